@@ -1,0 +1,119 @@
+//! Account administration (`auth-svc user ...`): accounts are hashes
+//! `<prefix>user:<name>` holding a bcrypt hash and a creation time.
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use shared::keys::Keys;
+use shared::protocol::is_valid_name;
+
+use crate::AuthError;
+
+/// Creates the account unless the name is taken (atomically).
+const CREATE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'password', ARGV[1],
+  'created', tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+return 1
+"#;
+
+async fn hash(password: &str, cost: u32) -> Result<String, AuthError> {
+    if password.is_empty() {
+        return Err(AuthError::EmptyPassword);
+    }
+    let password = password.to_string();
+    Ok(tokio::task::spawn_blocking(move || bcrypt::hash(password, cost)).await??)
+}
+
+fn check_name(user: &str) -> Result<(), AuthError> {
+    if is_valid_name(user) {
+        Ok(())
+    } else {
+        Err(AuthError::BadName)
+    }
+}
+
+/// Creates `user`; `Err(Exists)` when the name is taken.
+pub async fn add(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    user: &str,
+    password: &str,
+    cost: u32,
+) -> Result<(), AuthError> {
+    check_name(user)?;
+    let hashed = hash(password, cost).await?;
+    let created: i64 = Script::new(CREATE_LUA)
+        .key(keys.user(user))
+        .arg(hashed)
+        .invoke_async(conn)
+        .await?;
+    if created == 1 {
+        Ok(())
+    } else {
+        Err(AuthError::Exists(user.to_string()))
+    }
+}
+
+/// Replaces the password of an existing user.
+pub async fn set_password(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    user: &str,
+    password: &str,
+    cost: u32,
+) -> Result<(), AuthError> {
+    check_name(user)?;
+    if !conn.exists::<_, bool>(keys.user(user)).await? {
+        return Err(AuthError::NotFound(user.to_string()));
+    }
+    let hashed = hash(password, cost).await?;
+    conn.hset::<_, _, _, ()>(keys.user(user), "password", hashed)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the account (its live session, if any, ends at its next login
+/// check or logout).
+pub async fn delete(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    user: &str,
+) -> Result<(), AuthError> {
+    check_name(user)?;
+    let removed: i64 = conn.del(keys.user(user)).await?;
+    if removed == 1 {
+        Ok(())
+    } else {
+        Err(AuthError::NotFound(user.to_string()))
+    }
+}
+
+/// All account names, sorted.
+pub async fn list(conn: &mut ConnectionManager, keys: &Keys) -> Result<Vec<String>, AuthError> {
+    let prefix = keys.user("");
+    let mut names = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        names.extend(
+            batch
+                .into_iter()
+                .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)),
+        );
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}

@@ -1,0 +1,104 @@
+//! auth-svc: checks passwords and opens sessions.
+//!
+//! Edges put `login` requests on the `req:auth` stream; every auth-svc
+//! instance reads it as a consumer of the `auth` group, so instances share
+//! the work. A password is checked with bcrypt on the blocking pool (at most
+//! `bcrypt_concurrency` at once); a good one opens the session with one Lua
+//! script that applies the duplicate-login policy, writes the session hash,
+//! puts the user in the lobby and answers the edge, all in one step.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+mod login;
+
+use redis::Client;
+use shared::config::Config;
+use shared::keys::Keys;
+use shared::protocol::ErrorCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The consumer group of auth-svc on the login stream.
+pub const GROUP: &str = "auth";
+
+/// How long one stream read waits for new requests.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// Everything that can go wrong in auth-svc. The full cause is logged; a
+/// client sees only [`AuthError::code`] and a short text.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("bad user name: names are 1-32 characters of A-Z a-z 0-9 _ -")]
+    BadName,
+    #[error("the password is empty")]
+    EmptyPassword,
+    #[error("user {0} exists")]
+    Exists(String),
+    #[error("no user {0}")]
+    NotFound(String),
+    #[error("unexpected request: {0}")]
+    Unexpected(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("bcrypt: {0}")]
+    Bcrypt(#[from] bcrypt::BcryptError),
+    #[error("blocking task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("reading the password: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AuthError {
+    /// The protocol error code a client is shown.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::BadName => ErrorCode::BadName,
+            AuthError::EmptyPassword => ErrorCode::BadArgs,
+            AuthError::Exists(_) => ErrorCode::UserExists,
+            AuthError::NotFound(_) => ErrorCode::NoSuchUser,
+            AuthError::Redis(_) => ErrorCode::Unavailable,
+            AuthError::Unexpected(_)
+            | AuthError::Bcrypt(_)
+            | AuthError::Join(_)
+            | AuthError::Io(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Serves login requests until `shutdown`; requests in hand are finished.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthError> {
+    let client = Client::open(cfg.redis_url.as_str())?;
+    let keys = Keys::new(cfg.key_prefix.clone());
+    let mut cmds = shared::store::commands(&client).await?;
+    let mut reader = shared::store::blocking(&client, BLOCK).await?;
+    let stream = keys.auth_requests();
+    shared::store::ensure_group(&mut cmds, &stream, GROUP).await?;
+    let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds).await?);
+    tracing::info!(id = %cfg.auth.id, policy = cfg.auth.duplicate_login.as_str(), "auth-svc ready");
+
+    let tracker = TaskTracker::new();
+    let streams = [stream];
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = shared::store::read_group(&mut reader, &streams, GROUP, &cfg.auth.id, cfg.auth.batch, BLOCK) => r,
+        };
+        let entries = match read {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading login requests failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for entry in entries {
+            tracker.spawn(login::handle(ctx.clone(), entry));
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("auth-svc stopped");
+    Ok(())
+}

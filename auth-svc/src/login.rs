@@ -1,0 +1,147 @@
+//! One login request: password check, then the session switch script.
+
+use crate::{AuthError, GROUP};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use shared::config::{Config, DuplicateLogin};
+use shared::envelope::{Op, Reply, Request};
+use shared::keys::Keys;
+use shared::protocol::{err_line, ErrorCode};
+use shared::store::{Entry, LUA_PRELUDE};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+/// ARGV: prefix, user, edge, conn, rid, addr, policy.
+///
+/// One live session per user: an existing one is either closed (its edge
+/// gets a `close` effect, its room membership goes) or kept and the new
+/// login refused. The session id comes from a counter, so it is unique.
+const LOGIN_LUA: &str = r#"
+local user, edge, conn, rid, addr, policy = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local skey = P .. 'session:' .. user
+local old = redis.call('HMGET', skey, 'edge', 'conn', 'sid', 'room')
+if old[3] then
+  if policy == 'reject' then
+    reply(edge, conn, rid, {'ERR already-logged-in ' .. user .. ' is logged in elsewhere'})
+    return 'rejected'
+  end
+  reply(old[1], old[2], nil, nil, {kind = 'close', reason = 'logged-in-elsewhere', sid = old[3]})
+  end_session(user, old)
+end
+local sid = tostring(redis.call('INCR', P .. 'seq:sid'))
+redis.call('HSET', skey, 'edge', edge, 'conn', conn, 'sid', sid, 'room', 'lobby',
+  'addr', addr, 'since', tostring(now_ms()))
+redis.call('SADD', P .. 'room:lobby', user)
+redis.call('SADD', P .. 'rooms', 'lobby')
+reply(edge, conn, rid, {'OK LOGIN ' .. user .. ' lobby'},
+  {kind = 'login', user = user, sid = sid, room = 'lobby'})
+return old[3] and 'replaced' or 'ok'
+"#;
+
+pub(crate) struct Ctx {
+    keys: Keys,
+    conn: ConnectionManager,
+    policy: DuplicateLogin,
+    login: Script,
+    bcrypt: Semaphore,
+    /// Checked against when the user does not exist, so that an unknown
+    /// user costs as much time as a wrong password.
+    dummy_hash: String,
+}
+
+impl Ctx {
+    pub(crate) async fn new(
+        cfg: &Config,
+        keys: Keys,
+        conn: ConnectionManager,
+    ) -> Result<Ctx, AuthError> {
+        let cost = cfg.auth.bcrypt_cost;
+        let dummy_hash =
+            tokio::task::spawn_blocking(move || bcrypt::hash("not a real password", cost))
+                .await??;
+        let permits = match cfg.auth.bcrypt_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(Ctx {
+            keys,
+            conn,
+            policy: cfg.auth.duplicate_login,
+            login: Script::new(&format!("{LUA_PRELUDE}{LOGIN_LUA}")),
+            bcrypt: Semaphore::new(permits),
+            dummy_hash,
+        })
+    }
+}
+
+/// Handles one entry of the login stream and removes it.
+pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry) {
+    let stream = entry.stream.clone();
+    let ids = [entry.id.clone()];
+    match entry.req {
+        Some(req) => {
+            let span =
+                tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
+            if let Err(e) = login(&ctx, &req).instrument(span.clone()).await {
+                span.in_scope(|| tracing::error!(error = %e, "login failed"));
+                let line = err_line(e.code(), "the login could not be completed, try again");
+                let _ = publish(&ctx, &req, line).await;
+            }
+        }
+        None => tracing::warn!(id = %entry.id, "undecodable login request dropped"),
+    }
+    let mut pipe = redis::pipe();
+    shared::store::ack_and_delete(&mut pipe, &stream, GROUP, &ids);
+    if let Err(e) = pipe.query_async::<()>(&mut ctx.conn.clone()).await {
+        tracing::warn!(error = %e, "acknowledging a login request failed");
+    }
+}
+
+async fn login(ctx: &Ctx, req: &Request) -> Result<(), AuthError> {
+    let Op::Login { password, addr } = &req.op else {
+        return Err(AuthError::Unexpected(format!("{:?}", req.op)));
+    };
+    let mut conn = ctx.conn.clone();
+    let stored: Option<String> = conn.hget(ctx.keys.user(&req.user), "password").await?;
+    let exists = stored.is_some();
+    let hash = stored.unwrap_or_else(|| ctx.dummy_hash.clone());
+    let password = password.0.clone();
+    let good = {
+        let _permit = ctx.bcrypt.acquire().await.expect("semaphore never closed");
+        tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await?
+    };
+    if !(good && exists) {
+        tracing::info!("bad credentials");
+        let line = err_line(ErrorCode::BadCredentials, "wrong user name or password");
+        return publish(ctx, req, line).await;
+    }
+    let outcome: String = ctx
+        .login
+        .arg(ctx.keys.prefix())
+        .arg(&req.user)
+        .arg(&req.edge)
+        .arg(req.conn.to_string())
+        .arg(req.rid.to_string())
+        .arg(addr)
+        .arg(ctx.policy.as_str())
+        .invoke_async(&mut conn)
+        .await?;
+    tracing::info!(outcome = %outcome, "login");
+    Ok(())
+}
+
+async fn publish(ctx: &Ctx, req: &Request, line: String) -> Result<(), AuthError> {
+    let reply = Reply {
+        conn: req.conn,
+        rid: req.rid,
+        lines: vec![line],
+        effect: None,
+    };
+    let json = serde_json::to_string(&reply).expect("replies serialize");
+    let mut conn = ctx.conn.clone();
+    conn.publish::<_, _, ()>(ctx.keys.edge_channel(&req.edge), json)
+        .await?;
+    Ok(())
+}

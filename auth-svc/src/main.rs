@@ -1,0 +1,128 @@
+#![forbid(unsafe_code)]
+
+use auth_svc::accounts;
+use auth_svc::AuthError;
+use clap::{Parser, Subcommand};
+use shared::config::Config;
+use shared::keys::Keys;
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Chat authentication service, and account administration.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file (also $CHAT_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve login requests (the default).
+    Serve,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account; the password is read from the terminal or from
+    /// one line of standard input.
+    Add {
+        name: String,
+        /// Succeed without change when the account exists.
+        #[arg(long)]
+        if_missing: bool,
+    },
+    /// Delete an account.
+    Del { name: String },
+    /// List accounts.
+    List,
+    /// Set a new password (read like `add`).
+    Passwd { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    shared::telemetry::init();
+    let cfg = Config::load_or_exit("auth-svc", cli.config.as_deref());
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => {
+                let shutdown = shared::shutdown::on_signal();
+                match auth_svc::run(cfg, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = %e, "auth-svc failed");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::User(cmd) => match user(cfg, cmd).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("auth-svc: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    })
+}
+
+async fn user(cfg: Config, cmd: UserCommand) -> Result<(), AuthError> {
+    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let mut conn = shared::store::commands(&client).await?;
+    let keys = Keys::new(cfg.key_prefix.clone());
+    let cost = cfg.auth.bcrypt_cost;
+    match cmd {
+        UserCommand::Add { name, if_missing } => {
+            let password = read_password(&format!("password for {name}: "))?;
+            match accounts::add(&mut conn, &keys, &name, &password, cost).await {
+                Err(AuthError::Exists(_)) if if_missing => {
+                    println!("user {name} exists, left as it is");
+                    Ok(())
+                }
+                Ok(()) => {
+                    println!("user {name} added");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        UserCommand::Del { name } => {
+            accounts::delete(&mut conn, &keys, &name).await?;
+            println!("user {name} deleted");
+            Ok(())
+        }
+        UserCommand::List => {
+            for name in accounts::list(&mut conn, &keys).await? {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        UserCommand::Passwd { name } => {
+            let password = read_password(&format!("new password for {name}: "))?;
+            accounts::set_password(&mut conn, &keys, &name, &password, cost).await?;
+            println!("password of {name} changed");
+            Ok(())
+        }
+    }
+}
+
+/// From the terminal without echo, else the first line of standard input.
+fn read_password(prompt: &str) -> Result<String, AuthError> {
+    let line = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt)?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line
+    };
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}

@@ -1,0 +1,319 @@
+//! Test harness: a real redis-server per test on a free port, the services
+//! run in-process (or as real processes), and a TLS line client.
+#![forbid(unsafe_code)]
+
+use redis::aio::ConnectionManager;
+use shared::config::Config;
+use shared::tls::{DevCerts, Trust};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for anything before it fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A redis-server of the test's own, killed on drop.
+pub struct TestRedis {
+    child: Child,
+    pub port: u16,
+}
+
+impl TestRedis {
+    pub async fn start() -> TestRedis {
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(std::env::temp_dir())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (make test installs it)");
+            let mut redis = TestRedis { child, port };
+            if redis.ready().await {
+                return redis;
+            }
+            let _ = redis.child.kill();
+        }
+        panic!("redis-server did not start");
+    }
+
+    async fn ready(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false; // exited: port taken, most likely
+            }
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    if redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn conn(&self) -> ConnectionManager {
+        let client = redis::Client::open(self.url()).unwrap();
+        shared::store::commands(&client).await.unwrap()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A configuration for tests: the given Redis, cheap bcrypt, short leases.
+pub fn test_config(redis: &TestRedis) -> Config {
+    let mut cfg = Config {
+        redis_url: redis.url(),
+        ..Config::default()
+    };
+    cfg.auth.bcrypt_cost = 4;
+    cfg.router.lease_ms = 1500;
+    cfg.edge.listen = "127.0.0.1:0".into();
+    cfg
+}
+
+/// Development certificates made once per test process.
+pub fn certs() -> &'static DevCerts {
+    static CERTS: std::sync::OnceLock<DevCerts> = std::sync::OnceLock::new();
+    CERTS.get_or_init(|| DevCerts::generate(&["localhost", "127.0.0.1"]).unwrap())
+}
+
+pub fn trust() -> Trust {
+    Trust::CaPem(certs().ca_pem.clone())
+}
+
+/// The whole system in-process: auths, routers and edges on one Redis.
+pub struct System {
+    pub redis: TestRedis,
+    pub cfg: Config,
+    pub edges: Vec<SocketAddr>,
+    edge_stops: Vec<CancellationToken>,
+    stop: CancellationToken,
+}
+
+pub struct Shape {
+    pub edges: usize,
+    pub routers: usize,
+    pub auths: usize,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            edges: 2,
+            routers: 1,
+            auths: 1,
+        }
+    }
+}
+
+impl System {
+    pub async fn start() -> System {
+        Self::start_with(Shape::default(), |_| {}).await
+    }
+
+    pub async fn start_with(shape: Shape, tweak: impl FnOnce(&mut Config)) -> System {
+        let redis = TestRedis::start().await;
+        let mut cfg = test_config(&redis);
+        tweak(&mut cfg);
+        let stop = CancellationToken::new();
+        for i in 0..shape.auths {
+            let mut c = cfg.clone();
+            c.auth.id = format!("auth-{i}");
+            tokio::spawn(auth_svc::run(c, stop.child_token()));
+        }
+        for i in 0..shape.routers {
+            let mut c = cfg.clone();
+            c.router.id = format!("router-{i}");
+            tokio::spawn(router_svc::run(c, stop.child_token()));
+        }
+        let tls =
+            shared::tls::server_config_pem(&certs().server_pem, &certs().server_key_pem).unwrap();
+        let mut edges = Vec::new();
+        let mut edge_stops = Vec::new();
+        for i in 0..shape.edges {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            edges.push(listener.local_addr().unwrap());
+            let mut c = cfg.clone();
+            c.edge.id = format!("edge-{}", i + 1);
+            let token = stop.child_token();
+            edge_stops.push(token.clone());
+            tokio::spawn(edge_svc::run(listener, c, tls.clone(), token));
+        }
+        System {
+            redis,
+            cfg,
+            edges,
+            edge_stops,
+            stop,
+        }
+    }
+
+    pub async fn add_user(&self, name: &str) {
+        let keys = shared::keys::Keys::new(self.cfg.key_prefix.clone());
+        let mut conn = self.redis.conn().await;
+        auth_svc::accounts::add(&mut conn, &keys, name, &password(name), 4)
+            .await
+            .unwrap();
+    }
+
+    /// Logs `user` in on edge `edge` (0-based).
+    pub async fn login(&self, edge: usize, user: &str) -> Client {
+        let mut c = Client::connect(self.edges[edge], &trust()).await.unwrap();
+        c.expect_prefix("HELLO ").await;
+        c.send(&format!("LOGIN {user} {}", password(user))).await;
+        c.expect(&format!("OK LOGIN {user} lobby")).await;
+        c
+    }
+
+    pub fn stop_edge(&self, edge: usize) {
+        self.edge_stops[edge].cancel();
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The test password of a user: `<name>-pw`.
+pub fn password(user: &str) -> String {
+    format!("{user}-pw")
+}
+
+/// A line-oriented TLS client that fails the test on timeouts.
+pub struct Client {
+    lines: Lines<BufReader<ReadHalf<TlsStream<TcpStream>>>>,
+    wr: WriteHalf<TlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, trust: &Trust) -> std::io::Result<Client> {
+        let cfg = shared::tls::client_config(trust).map_err(std::io::Error::other)?;
+        let tcp = TcpStream::connect(addr).await?;
+        let name = shared::tls::server_name("localhost").unwrap();
+        let tls = TlsConnector::from(Arc::clone(&cfg))
+            .connect(name, tcp)
+            .await?;
+        let (rd, wr) = tokio::io::split(tls);
+        Ok(Client {
+            lines: BufReader::new(rd).lines(),
+            wr,
+        })
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\n").as_bytes()).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.wr.write_all(bytes).await.unwrap();
+        self.wr.flush().await.unwrap();
+    }
+
+    /// The next line; `None` at end of stream.
+    pub async fn next(&mut self) -> Option<String> {
+        tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("timed out waiting for a line")
+            .ok()
+            .flatten()
+    }
+
+    pub async fn line(&mut self) -> String {
+        self.next().await.expect("connection closed")
+    }
+
+    pub async fn expect(&mut self, want: &str) {
+        assert_eq!(self.line().await, want);
+    }
+
+    pub async fn expect_prefix(&mut self, prefix: &str) -> String {
+        let line = self.line().await;
+        assert!(
+            line.starts_with(prefix),
+            "expected {prefix:?}…, got {line:?}"
+        );
+        line
+    }
+
+    /// Skips lines until one satisfies `pred`.
+    pub async fn until(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        loop {
+            let line = self.line().await;
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection.
+    pub async fn closed(&mut self) {
+        while self.next().await.is_some() {}
+    }
+}
+
+/// Polls `check` until it is true; fails the test after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// The workspace's built binaries (`cargo build --bins`, which `make test`
+/// runs first).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (make test does)",
+        path.display()
+    );
+    path
+}

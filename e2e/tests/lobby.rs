@@ -1,0 +1,105 @@
+//! Saying text in the lobby, across edges and routers.
+
+use e2e::{Shape, System};
+
+fn parse_msg(line: &str) -> (String, String, String, String) {
+    let mut p = line.splitn(5, ' ');
+    assert_eq!(p.next(), Some("MSG"), "{line}");
+    let room = p.next().unwrap().to_string();
+    let id = p.next().unwrap().to_string();
+    let from = p.next().unwrap().to_string();
+    let text = p.next().unwrap_or_default().to_string();
+    (room, id, from, text)
+}
+
+fn id_parts(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("id is <ms>-<seq>");
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+#[tokio::test]
+async fn lobby_text_reaches_both_edges_and_echoes() {
+    let sys = System::start().await;
+    sys.add_user("alice").await;
+    sys.add_user("bob").await;
+    let mut alice = sys.login(0, "alice").await;
+    let mut bob = sys.login(1, "bob").await;
+
+    let before = shared::now_ms();
+    alice.send("hello bob, with  two spaces").await;
+    let seen_by_bob = bob.line().await;
+    let echo = alice.line().await;
+    assert_eq!(seen_by_bob, echo);
+    let (room, id, from, text) = parse_msg(&echo);
+    assert_eq!((room.as_str(), from.as_str()), ("lobby", "alice"));
+    assert_eq!(text, "hello bob, with  two spaces");
+    let (ms, _) = id_parts(&id);
+    assert!(
+        ms + 5_000 >= before && ms <= shared::now_ms() + 5_000,
+        "id {id} is a receive time"
+    );
+
+    bob.send("//me waves").await;
+    let (_, id2, from, text) = parse_msg(&alice.line().await);
+    assert_eq!((from.as_str(), text.as_str()), ("bob", "/me waves"));
+    assert!(id_parts(&id2) > id_parts(&id), "ids increase in send order");
+    let (_, _, from, _) = parse_msg(&bob.line().await);
+    assert_eq!(from, "bob");
+}
+
+#[tokio::test]
+async fn two_routers_share_partitions_and_keep_each_senders_order() {
+    let sys = System::start_with(
+        Shape {
+            edges: 2,
+            routers: 2,
+            auths: 2,
+        },
+        |_| {},
+    )
+    .await;
+    let users = ["alice", "bob", "carol", "dave"];
+    for u in users {
+        sys.add_user(u).await;
+    }
+    let mut clients = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        clients.push(sys.login(i % 2, u).await);
+    }
+    // Both routers hold leases once they have balanced.
+    let mut r = sys.redis.conn().await;
+    e2e::eventually("both routers own partitions", || {
+        let mut r = r.clone();
+        async move {
+            let mut owners = std::collections::HashSet::new();
+            for p in 0..16 {
+                let o: Option<String> =
+                    redis::AsyncCommands::get(&mut r, format!("chat:router:lease:{p}"))
+                        .await
+                        .unwrap();
+                owners.extend(o);
+            }
+            owners.len() == 2
+        }
+    })
+    .await;
+    let _ = &mut r;
+
+    const N: usize = 200;
+    for i in 0..N {
+        for c in clients.iter_mut() {
+            c.send(&format!("n {i}")).await;
+        }
+    }
+    for c in clients.iter_mut() {
+        let mut next = std::collections::HashMap::new();
+        for _ in 0..N * users.len() {
+            let (_, _, from, text) = parse_msg(&c.line().await);
+            let n: usize = text.strip_prefix("n ").unwrap().parse().unwrap();
+            let want = next.entry(from.clone()).or_insert(0usize);
+            assert_eq!(n, *want, "message of {from} out of order");
+            *want += 1;
+        }
+        assert!(next.values().all(|v| *v == N));
+    }
+}

@@ -1,0 +1,152 @@
+//! LOGIN, what is allowed before it, and the session in Redis.
+
+use e2e::{eventually, Client, Shape, System};
+use redis::AsyncCommands;
+use std::collections::HashMap;
+
+#[tokio::test]
+async fn right_password_logs_in_wrong_and_unknown_look_the_same() {
+    let sys = System::start().await;
+    sys.add_user("alice").await;
+
+    let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+    c.expect("HELLO edge-1 chat/1").await;
+    c.send("LOGIN alice wrong-pw").await;
+    let wrong = c.expect_prefix("ERR bad-credentials").await;
+    c.send("LOGIN nobody nobody-pw").await;
+    let unknown = c.expect_prefix("ERR bad-credentials").await;
+    assert_eq!(wrong, unknown, "an unknown user must not be told apart");
+    c.send("login alice alice-pw").await;
+    c.expect("OK LOGIN alice lobby").await;
+    c.send("LOGIN alice alice-pw").await;
+    c.expect_prefix("ERR already-authenticated").await;
+}
+
+#[tokio::test]
+async fn only_login_help_ping_quit_before_login() {
+    let sys = System::start().await;
+    let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+    c.expect_prefix("HELLO ").await;
+    for line in [
+        "hello everyone",
+        "/join dev",
+        "/rooms",
+        "/msg bob hi",
+        "/nosuchcommand",
+    ] {
+        c.send(line).await;
+        c.expect_prefix("ERR auth-required").await;
+    }
+    c.send("/ping").await;
+    c.expect("OK PING").await;
+    c.send("/help").await;
+    let first = c.line().await;
+    assert!(first.starts_with("INFO "), "{first}");
+    c.until(|l| l == "OK HELP").await;
+    c.send("LOGIN alice").await;
+    c.expect_prefix("ERR bad-args").await;
+    c.send("LOGIN al!ce pw").await;
+    c.expect_prefix("ERR bad-name").await;
+    c.send("/quit").await;
+    c.expect("BYE quit").await;
+    c.closed().await;
+}
+
+#[tokio::test]
+async fn session_hash_and_lobby_set_follow_the_session() {
+    let sys = System::start().await;
+    sys.add_user("alice").await;
+    let mut r = sys.redis.conn().await;
+
+    // Ended by /quit.
+    let mut c = sys.login(0, "alice").await;
+    let session: HashMap<String, String> = r.hgetall("chat:session:alice").await.unwrap();
+    assert_eq!(session["edge"], "edge-1");
+    assert_eq!(session["room"], "lobby");
+    for field in ["conn", "sid", "addr", "since"] {
+        assert!(!session[field].is_empty(), "{field} missing");
+    }
+    assert!(r
+        .sismember::<_, _, bool>("chat:room:lobby", "alice")
+        .await
+        .unwrap());
+    assert!(r
+        .sismember::<_, _, bool>("chat:rooms", "lobby")
+        .await
+        .unwrap());
+    let first_sid = session["sid"].clone();
+    c.send("/quit").await;
+    c.expect("BYE quit").await;
+    c.closed().await;
+    assert!(!r.exists::<_, bool>("chat:session:alice").await.unwrap());
+    assert!(!r
+        .sismember::<_, _, bool>("chat:room:lobby", "alice")
+        .await
+        .unwrap());
+    assert!(!r
+        .sismember::<_, _, bool>("chat:rooms", "lobby")
+        .await
+        .unwrap());
+
+    // Ended by dropping the connection; on the other edge this time.
+    let c = sys.login(1, "alice").await;
+    let session: HashMap<String, String> = r.hgetall("chat:session:alice").await.unwrap();
+    assert_eq!(session["edge"], "edge-2");
+    assert_ne!(session["sid"], first_sid, "session ids are unique");
+    drop(c);
+    eventually("the dropped session is gone", || {
+        let mut r = r.clone();
+        async move {
+            !r.exists::<_, bool>("chat:session:alice").await.unwrap()
+                && !r
+                    .sismember::<_, _, bool>("chat:room:lobby", "alice")
+                    .await
+                    .unwrap()
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn second_login_forces_the_first_out_by_default() {
+    let sys = System::start().await;
+    sys.add_user("alice").await;
+    sys.add_user("bob").await;
+    let mut bob = sys.login(1, "bob").await;
+    let mut old = sys.login(0, "alice").await;
+    let mut new = sys.login(1, "alice").await;
+    old.expect("BYE logged-in-elsewhere").await;
+    old.closed().await;
+
+    let mut r = sys.redis.conn().await;
+    let edge: String = r.hget("chat:session:alice", "edge").await.unwrap();
+    assert_eq!(edge, "edge-2");
+    // The old connection's cleanup must not remove the new session.
+    new.send("still here").await;
+    new.until(|l| l.ends_with(" alice still here")).await;
+    bob.until(|l| l.ends_with(" alice still here")).await;
+    assert!(r.exists::<_, bool>("chat:session:alice").await.unwrap());
+    assert!(r
+        .sismember::<_, _, bool>("chat:room:lobby", "alice")
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn reject_policy_keeps_the_first_session() {
+    let sys = System::start_with(Shape::default(), |c| {
+        c.auth.duplicate_login = shared::config::DuplicateLogin::Reject;
+    })
+    .await;
+    sys.add_user("alice").await;
+    let mut first = sys.login(0, "alice").await;
+    let mut second = Client::connect(sys.edges[1], &e2e::trust()).await.unwrap();
+    second.expect_prefix("HELLO ").await;
+    second.send("LOGIN alice alice-pw").await;
+    second.expect_prefix("ERR already-logged-in").await;
+    first.send("/ping").await;
+    first.expect("OK PING").await;
+    let mut r = sys.redis.conn().await;
+    let edge: String = r.hget("chat:session:alice", "edge").await.unwrap();
+    assert_eq!(edge, "edge-1");
+}

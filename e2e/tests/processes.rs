@@ -1,0 +1,195 @@
+//! The real binaries as processes, driven as a user would: certificates,
+//! accounts, the services, and the `chat` client with piped input.
+
+use e2e::{binary, eventually, free_port, TestRedis, WAIT};
+use redis::AsyncCommands;
+use std::path::Path;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+fn service(name: &str, redis: &TestRedis, envs: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(binary(name));
+    cmd.env("CHAT_REDIS_URL", redis.url())
+        .env("CHAT_AUTH__BCRYPT_COST", "4")
+        .env("CHAT_ROUTER__LEASE_MS", "1500")
+        .env("RUST_LOG", "warn")
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+struct ChatClient {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Lines<BufReader<ChildStdout>>,
+}
+
+impl ChatClient {
+    fn start(port: u16, ca: &Path, user: &str) -> ChatClient {
+        let mut child = Command::new(binary("chat"))
+            .args(["--server", &format!("127.0.0.1:{port}")])
+            .arg("--ca")
+            .arg(ca)
+            .args(["--user", user])
+            .env("CHAT_PASSWORD", format!("{user}-pw"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = BufReader::new(child.stdout.take().unwrap()).lines();
+        ChatClient { child, stdin, out }
+    }
+
+    async fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn until(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        loop {
+            let line = tokio::time::timeout(WAIT, self.out.next_line())
+                .await
+                .expect("timed out waiting for client output")
+                .unwrap()
+                .expect("client output ended");
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    async fn exits_ok(&mut self) {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("client exits")
+            .unwrap();
+        assert!(status.success(), "client exit status {status}");
+    }
+}
+
+#[tokio::test]
+async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
+    let redis = TestRedis::start().await;
+    let dir = std::env::temp_dir().join(format!("chat-e2e-{}", std::process::id()));
+    let certs = dir.join("certs");
+    let out = std::process::Command::new(binary("chat-certs"))
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SHA-256"));
+
+    for user in ["alice", "bob"] {
+        let mut add = service("auth-svc", &redis, &[])
+            .args(["user", "add", user])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = add.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{user}-pw\n").as_bytes())
+            .await
+            .unwrap();
+        drop(stdin);
+        assert!(add.wait().await.unwrap().success());
+    }
+    let mut r = redis.conn().await;
+    let hash: String = r.hget("chat:user:alice", "password").await.unwrap();
+    assert!(hash.starts_with("$2"), "stored as a bcrypt hash");
+    assert!(!hash.contains("alice-pw"));
+
+    let _auth = service("auth-svc", &redis, &[]).spawn().unwrap();
+    let _router = service("router-svc", &redis, &[]).spawn().unwrap();
+    let ports = [free_port(), free_port()];
+    let mut edges = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let envs = [
+            ("CHAT_EDGE__ID", format!("edge-{}", i + 1)),
+            ("CHAT_EDGE__LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "CHAT_EDGE__TLS_CERT",
+                certs.join("server.pem").display().to_string(),
+            ),
+            (
+                "CHAT_EDGE__TLS_KEY",
+                certs.join("server-key.pem").display().to_string(),
+            ),
+        ];
+        edges.push(service("edge-svc", &redis, &envs).spawn().unwrap());
+    }
+    for port in ports {
+        eventually("the edge listens", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+
+    let ca = certs.join("ca.pem");
+    let mut alice = ChatClient::start(ports[0], &ca, "alice");
+    let mut bob = ChatClient::start(ports[1], &ca, "bob");
+    alice.until(|l| l == "OK LOGIN alice lobby").await;
+    bob.until(|l| l == "OK LOGIN bob lobby").await;
+
+    alice.say("hello from alice").await;
+    let got = bob.until(|l| l.starts_with("MSG ")).await;
+    assert!(
+        got.starts_with("MSG lobby ") && got.ends_with(" alice hello from alice"),
+        "{got}"
+    );
+    bob.say("hi alice").await;
+    let got = alice.until(|l| l.ends_with(" bob hi alice")).await;
+    assert!(got.starts_with("MSG lobby "), "{got}");
+
+    // End of input logs bob out.
+    bob.stdin = None;
+    bob.until(|l| l == "BYE quit").await;
+    bob.exits_ok().await;
+
+    // SIGTERM: the edge says goodbye, ends the session and exits.
+    let pid = edges[0].id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    alice.until(|l| l == "BYE server-shutdown").await;
+    alice.exits_ok().await;
+    let status = tokio::time::timeout(WAIT, edges[0].wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "edge exit status {status}");
+    eventually("the sessions are gone", || {
+        let mut r = r.clone();
+        async move {
+            !r.exists::<_, bool>("chat:session:alice").await.unwrap()
+                && !r.exists::<_, bool>("chat:session:bob").await.unwrap()
+                && !r.exists::<_, bool>("chat:room:lobby").await.unwrap()
+        }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_64_before_binding() {
+    let redis = TestRedis::start().await;
+    for name in ["edge-svc", "auth-svc", "router-svc"] {
+        let status = service(name, &redis, &[("CHAT_PARTITIONS", "0".into())])
+            .status()
+            .await
+            .unwrap();
+        assert_eq!(status.code(), Some(64), "{name}");
+    }
+}

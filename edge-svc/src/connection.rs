@@ -1,0 +1,382 @@
+//! One client connection: TLS detection and handshake, then a reader that
+//! turns lines into commands and a writer that drains the connection's
+//! bounded queue.
+
+use crate::frame::{Frame, LineDecoder};
+use crate::hub::{Closer, Out, Session};
+use crate::{Ctx, EdgeError, Phase};
+use bytes::BytesMut;
+use shared::envelope::{Effect, Op, Request, Secret};
+use shared::protocol::{self, err_line, Command, ErrorCode, ProtoError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tracing::Instrument;
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+const TLS_REQUIRED: &str = "ERR tls-required this port speaks TLS only\n";
+/// Most bytes gathered into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Runs `fut` with a deadline; the error names the phase.
+pub(crate) async fn within<T>(
+    phase: Phase,
+    limit: Duration,
+    fut: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, EdgeError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(EdgeError::Io { phase, source }),
+        Err(_) => Err(EdgeError::Timeout(phase)),
+    }
+}
+
+/// Serves one accepted TCP connection to its end.
+pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let id = ctx.next_conn_id();
+    let span = tracing::info_span!("conn", %peer, conn = id, user = tracing::field::Empty, sid = tracing::field::Empty);
+    async move {
+        match serve_tls(&ctx, stream, peer, id).await {
+            Ok(()) => tracing::debug!("connection closed"),
+            Err(e) => tracing::debug!(error = %e, "connection ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve_tls(
+    ctx: &Arc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> Result<(), EdgeError> {
+    let limit = ctx.cfg.edge.handshake_timeout();
+    let mut first = [0u8; 1];
+    if within(Phase::Handshake, limit, stream.peek(&mut first)).await? == 0 {
+        return Ok(());
+    }
+    if first[0] != TLS_HANDSHAKE {
+        let mut stream = stream;
+        within(
+            Phase::Write,
+            limit,
+            stream.write_all(TLS_REQUIRED.as_bytes()),
+        )
+        .await?;
+        let _ = within(Phase::Close, limit, stream.shutdown()).await;
+        return Ok(());
+    }
+    let tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
+    let (rd, wr) = tokio::io::split(tls);
+
+    let (tx, rx) = mpsc::channel(ctx.cfg.edge.out_queue);
+    let closer = Arc::new(Closer::default());
+    ctx.hub.register(id, tx, closer.clone());
+    let writer = tokio::spawn(
+        write_loop(wr, rx, closer.clone(), ctx.cfg.edge.write_timeout()).in_current_span(),
+    );
+    ctx.hub.send(
+        id,
+        &format!("HELLO {} {}", ctx.cfg.edge.id, protocol::PROTOCOL_VERSION),
+    );
+
+    let mut handler = Handler {
+        ctx: ctx.clone(),
+        id,
+        peer,
+        session: None,
+    };
+    let result = handler.read_loop(rd, &closer).await;
+
+    // The session ends with the connection, whatever ended it.
+    let session = ctx.hub.remove(id).or(handler.session.take());
+    if let Some(session) = session {
+        ctx.end_session(session).await;
+    }
+    let _ = writer.await;
+    result
+}
+
+struct Handler {
+    ctx: Arc<Ctx>,
+    id: u64,
+    peer: SocketAddr,
+    session: Option<Session>,
+}
+
+/// Whether to keep reading after a line.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Handler {
+    async fn read_loop(
+        &mut self,
+        mut rd: ReadHalf<TlsStream<TcpStream>>,
+        closer: &Closer,
+    ) -> Result<(), EdgeError> {
+        let mut decoder = LineDecoder::new(self.ctx.cfg.edge.max_line);
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            while let Some(frame) = decoder.decode(&mut buf) {
+                if let Flow::Stop = self.frame(frame).await {
+                    return Ok(());
+                }
+            }
+            let n = tokio::select! {
+                _ = closer.token.cancelled() => return Ok(()),
+                r = rd.read_buf(&mut buf) => r.map_err(|source| EdgeError::Io { phase: Phase::Read, source })?,
+            };
+            if n == 0 {
+                if let Some(frame) = decoder.decode_eof(&mut buf) {
+                    self.frame(frame).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    async fn frame(&mut self, frame: Frame) -> Flow {
+        let line = match frame {
+            Frame::TooLong => {
+                let max = self.ctx.cfg.edge.max_line;
+                self.reply(&err_line(
+                    ErrorCode::LineTooLong,
+                    &format!("lines are at most {max} bytes"),
+                ));
+                return Flow::Continue;
+            }
+            Frame::Line(line) => line,
+        };
+        let Ok(text) = std::str::from_utf8(&line) else {
+            self.reply(&err_line(ErrorCode::BadEncoding, "lines must be UTF-8"));
+            return Flow::Continue;
+        };
+        if self.session.is_none()
+            && !text.trim().is_empty()
+            && !protocol::allowed_before_login(text)
+        {
+            self.reply(&err_line(
+                ErrorCode::AuthRequired,
+                "log in first: LOGIN <user> <password>",
+            ));
+            return Flow::Continue;
+        }
+        match Command::parse(text) {
+            Ok(None) => Flow::Continue,
+            Ok(Some(cmd)) => self.command(cmd).await,
+            Err(e) => {
+                self.reply(&e.line());
+                Flow::Continue
+            }
+        }
+    }
+
+    fn reply(&self, line: &str) {
+        self.ctx.hub.send(self.id, line);
+    }
+
+    async fn command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Login { user, password } => self.login(user, password).await,
+            Command::Register { .. } => {
+                self.reply(&err_line(
+                    ErrorCode::RegistrationClosed,
+                    "registration is closed",
+                ));
+            }
+            Command::Say(text) => self.say(text).await,
+            Command::Ping => self.reply("OK PING"),
+            Command::Help => {
+                for line in protocol::HELP {
+                    self.reply(&format!("INFO {line}"));
+                }
+                self.reply("OK HELP");
+            }
+            Command::Quit => {
+                self.quit().await;
+                return Flow::Stop;
+            }
+            other => {
+                tracing::debug!(command = ?other, "command not offered");
+                self.reply(&err_line(
+                    ErrorCode::UnknownCommand,
+                    "not offered by this server yet",
+                ));
+            }
+        }
+        Flow::Continue
+    }
+
+    fn request(&self, rid: u64, user: &str, op: Op) -> Request {
+        Request {
+            edge: self.ctx.cfg.edge.id.clone(),
+            conn: self.id,
+            rid,
+            user: user.to_string(),
+            sid: self
+                .session
+                .as_ref()
+                .map(|s| s.sid.clone())
+                .unwrap_or_default(),
+            op,
+        }
+    }
+
+    async fn login(&mut self, user: String, password: String) {
+        if self.session.is_some() {
+            self.reply(&err_line(
+                ErrorCode::AlreadyAuthenticated,
+                "already logged in",
+            ));
+            return;
+        }
+        let rid = self.ctx.next_rid();
+        let op = Op::Login {
+            password: Secret(password),
+            addr: self.peer.to_string(),
+        };
+        let req = self.request(rid, &user, op);
+        let stream = self.ctx.keys.auth_requests();
+        match self.call(&stream, req).await {
+            Ok(Some(Effect::Login { user, sid, .. })) => {
+                let span = tracing::Span::current();
+                span.record("user", user.as_str());
+                span.record("sid", sid.as_str());
+                tracing::info!("logged in");
+                self.session = Some(Session { user, sid });
+            }
+            Ok(_) => {}
+            Err(e) => self.reply(&e.line()),
+        }
+    }
+
+    async fn say(&mut self, text: String) {
+        let Some(session) = &self.session else { return };
+        let user = session.user.clone();
+        let req = self.request(0, &user, Op::Say { text });
+        if let Err(e) = self
+            .ctx
+            .send_request(&self.ctx.router_stream(&user), &req)
+            .await
+        {
+            tracing::warn!(error = %e, "forwarding a message failed");
+            self.reply(&unavailable().line());
+        }
+    }
+
+    async fn quit(&mut self) {
+        if let Some(session) = self.session.clone() {
+            let rid = self.ctx.next_rid();
+            let req = self.request(rid, &session.user, Op::Logout);
+            let stream = self.ctx.router_stream(&session.user);
+            if let Ok(Some(Effect::Close { .. })) = self.call(&stream, req).await {
+                // The router ended the session and its reply closes us.
+                self.session = None;
+                return;
+            }
+        }
+        self.ctx.hub.bye(self.id, "quit");
+    }
+
+    /// Sends a request and waits for its reply (whose lines the dispatcher
+    /// has already queued); returns the reply's effect.
+    async fn call(&self, stream: &str, req: Request) -> Result<Option<Effect>, ProtoError> {
+        let hub = &self.ctx.hub;
+        let mut rx = hub.expect(self.id, req.rid);
+        if let Err(e) = self.ctx.send_request(stream, &req).await {
+            tracing::warn!(error = %e, "sending a request failed");
+            hub.give_up(self.id, req.rid);
+            return Err(unavailable());
+        }
+        let limit = self.ctx.cfg.edge.request_timeout();
+        match tokio::time::timeout(limit, &mut rx).await {
+            Ok(Ok(effect)) => Ok(effect),
+            _ if !hub.give_up(self.id, req.rid) => {
+                // The reply came just as we stopped waiting.
+                Ok(rx.try_recv().ok().flatten())
+            }
+            _ => {
+                tracing::warn!(stream, "no reply in time");
+                Err(unavailable())
+            }
+        }
+    }
+}
+
+fn unavailable() -> ProtoError {
+    ProtoError::new(
+        ErrorCode::Unavailable,
+        "the service did not answer, try again",
+    )
+}
+
+/// Drains the queue into the socket, many lines per write when several are
+/// queued; ends with `BYE <reason>` when the connection is closed by the
+/// server.
+async fn write_loop<W: AsyncWrite>(
+    mut wr: WriteHalf<W>,
+    mut rx: mpsc::Receiver<Out>,
+    closer: Arc<Closer>,
+    limit: Duration,
+) {
+    let mut buf = Vec::with_capacity(8192);
+    let bye = loop {
+        let first = tokio::select! {
+            biased;
+            _ = closer.token.cancelled() => break closer.reason().map(str::to_string),
+            m = rx.recv() => m,
+        };
+        let mut bye = match first {
+            None => break None,
+            Some(Out::Bye(reason)) => break Some(reason),
+            Some(Out::Line(line)) => {
+                buf.extend_from_slice(&line);
+                None
+            }
+        };
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(Out::Line(line)) => buf.extend_from_slice(&line),
+                Ok(Out::Bye(reason)) => {
+                    bye = Some(reason);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let written = within(Phase::Write, limit, async {
+            wr.write_all(&buf).await?;
+            wr.flush().await
+        })
+        .await;
+        buf.clear();
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "write failed");
+            closer.token.cancel();
+            return;
+        }
+        if bye.is_some() {
+            break bye;
+        }
+    };
+    if let Some(reason) = bye {
+        tracing::info!(reason = %reason, "closing");
+        let line = format!("BYE {reason}\n");
+        let _ = within(Phase::Write, limit, async {
+            wr.write_all(line.as_bytes()).await?;
+            wr.flush().await
+        })
+        .await;
+    }
+    let _ = within(Phase::Close, limit, wr.shutdown()).await;
+    closer.token.cancel();
+}

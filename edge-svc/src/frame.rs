@@ -1,0 +1,185 @@
+//! Splitting the client byte stream into lines, with a length limit.
+//!
+//! A line that is still incomplete is kept apart from a line that is too
+//! long: the first waits for more bytes, the second is discarded up to its
+//! terminator and reported once as [`Frame::TooLong`].
+
+use bytes::{Bytes, BytesMut};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A line without its terminator (LF or CR LF).
+    Line(Bytes),
+    /// A line longer than the limit was discarded.
+    TooLong,
+}
+
+#[derive(Debug)]
+pub struct LineDecoder {
+    max: usize,
+    /// Bytes of the buffer already searched for a terminator.
+    scanned: usize,
+    /// Inside an over-long line: drop bytes until its terminator.
+    discarding: bool,
+}
+
+impl LineDecoder {
+    /// `max` is the longest line accepted, terminator included.
+    pub fn new(max: usize) -> Self {
+        LineDecoder {
+            max,
+            scanned: 0,
+            discarding: false,
+        }
+    }
+
+    /// The next complete frame in `buf`, consuming it; `None` when more bytes
+    /// are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Frame> {
+        let newline = buf[self.scanned..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map(|i| i + self.scanned);
+        match newline {
+            Some(i) => {
+                self.scanned = 0;
+                let line = buf.split_to(i + 1);
+                if std::mem::take(&mut self.discarding) || line.len() > self.max {
+                    return Some(Frame::TooLong);
+                }
+                let mut line = line.freeze();
+                line.truncate(i);
+                if line.last() == Some(&b'\r') {
+                    line.truncate(i - 1);
+                }
+                Some(Frame::Line(line))
+            }
+            None if self.discarding => {
+                buf.clear();
+                self.scanned = 0;
+                None
+            }
+            None if buf.len() >= self.max => {
+                self.discarding = true;
+                buf.clear();
+                self.scanned = 0;
+                None
+            }
+            None => {
+                self.scanned = buf.len();
+                None
+            }
+        }
+    }
+
+    /// At end of input: an unterminated last line, if any.
+    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Option<Frame> {
+        if let Some(frame) = self.decode(buf) {
+            return Some(frame);
+        }
+        if self.discarding {
+            self.discarding = false;
+            return Some(Frame::TooLong);
+        }
+        if buf.is_empty() {
+            return None;
+        }
+        self.scanned = 0;
+        let mut line = buf.split().freeze();
+        if line.last() == Some(&b'\r') {
+            line.truncate(line.len() - 1);
+        }
+        Some(Frame::Line(line))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all(dec: &mut LineDecoder, buf: &mut BytesMut) -> Vec<Frame> {
+        std::iter::from_fn(|| dec.decode(buf)).collect()
+    }
+
+    #[test]
+    fn lines_and_crlf() {
+        let mut d = LineDecoder::new(100);
+        let mut b = BytesMut::from(&b"one\ntwo\r\nthr"[..]);
+        assert_eq!(
+            all(&mut d, &mut b),
+            vec![Frame::Line("one".into()), Frame::Line("two".into())]
+        );
+        b.extend_from_slice(b"ee\n");
+        assert_eq!(all(&mut d, &mut b), vec![Frame::Line("three".into())]);
+    }
+
+    #[test]
+    fn limit_counts_the_terminator() {
+        let mut d = LineDecoder::new(8);
+        let mut b = BytesMut::from(&b"1234567\n12345678\nok\n"[..]);
+        assert_eq!(
+            all(&mut d, &mut b),
+            vec![
+                Frame::Line("1234567".into()),
+                Frame::TooLong,
+                Frame::Line("ok".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn long_line_in_pieces_is_reported_once() {
+        let mut d = LineDecoder::new(8);
+        let mut b = BytesMut::new();
+        for _ in 0..10 {
+            b.extend_from_slice(b"xxxxxx");
+            assert_eq!(d.decode(&mut b), None);
+        }
+        assert!(b.len() < 8, "discarded bytes are not kept");
+        b.extend_from_slice(b"xx\nnext\n");
+        assert_eq!(
+            all(&mut d, &mut b),
+            vec![Frame::TooLong, Frame::Line("next".into())]
+        );
+    }
+
+    #[test]
+    fn eof_flushes_the_last_line() {
+        let mut d = LineDecoder::new(100);
+        let mut b = BytesMut::from(&b"a\nlast"[..]);
+        assert_eq!(d.decode(&mut b), Some(Frame::Line("a".into())));
+        assert_eq!(d.decode_eof(&mut b), Some(Frame::Line("last".into())));
+        assert_eq!(d.decode_eof(&mut b), None);
+    }
+
+    proptest! {
+        /// Whatever the bytes and however they are cut, no frame is longer
+        /// than the limit, the buffer stays bounded, and the number of
+        /// frames equals the number of terminators.
+        #[test]
+        fn any_input_is_bounded(data in proptest::collection::vec(any::<u8>(), 0..2000),
+                                cuts in proptest::collection::vec(1usize..300, 1..20)) {
+            let max = 64;
+            let mut d = LineDecoder::new(max);
+            let mut b = BytesMut::new();
+            let mut frames = 0;
+            let mut rest = &data[..];
+            let mut cut = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*cut.next().unwrap()).min(rest.len());
+                b.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                while let Some(f) = d.decode(&mut b) {
+                    frames += 1;
+                    if let Frame::Line(l) = f {
+                        prop_assert!(l.len() < max);
+                        prop_assert!(!l.contains(&b'\n'));
+                    }
+                }
+                prop_assert!(b.len() < max);
+            }
+            prop_assert_eq!(frames, data.iter().filter(|c| **c == b'\n').count());
+        }
+    }
+}

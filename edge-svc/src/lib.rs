@@ -1,0 +1,239 @@
+//! edge-svc: the TLS edge that holds client connections.
+//!
+//! The edge keeps no shared state: only its own connection table ([`hub`]).
+//! It forwards logins to auth-svc and every other command to router-svc
+//! over Redis streams, and receives replies and room traffic over Redis
+//! Pub/Sub on one connection.
+#![forbid(unsafe_code)]
+
+mod connection;
+pub mod frame;
+mod hub;
+
+use futures_util::StreamExt;
+use hub::{Hub, Session};
+use redis::aio::ConnectionManager;
+use redis::Client;
+use shared::config::Config;
+use shared::envelope::{Op, Request};
+use shared::keys::{partition_of, Keys};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The phase of a connection an I/O error or timeout happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Handshake,
+    Read,
+    Write,
+    Close,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Handshake => "handshake",
+            Phase::Read => "read",
+            Phase::Write => "write",
+            Phase::Close => "close",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("{0} timed out")]
+    Timeout(Phase),
+    #[error("{phase}: {source}")]
+    Io {
+        phase: Phase,
+        source: std::io::Error,
+    },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What every connection of this edge shares.
+pub(crate) struct Ctx {
+    cfg: Config,
+    keys: Keys,
+    hub: Arc<Hub>,
+    redis: ConnectionManager,
+    acceptor: TlsAcceptor,
+    next_conn: AtomicU64,
+    next_rid: AtomicU64,
+}
+
+impl Ctx {
+    /// Connection ids start from the clock, so that an edge that restarts
+    /// under the same id never reuses one that Redis may still name.
+    fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn next_rid(&self) -> u64 {
+        self.next_rid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn router_stream(&self, user: &str) -> String {
+        self.keys
+            .router_requests(partition_of(user, self.cfg.partitions))
+    }
+
+    async fn send_request(&self, stream: &str, req: &Request) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        shared::store::add_request(&mut pipe, stream, self.cfg.request_stream_maxlen, req);
+        pipe.query_async(&mut self.redis.clone()).await
+    }
+
+    /// Asks the router to end `session` (if it is still the current one).
+    async fn end_session(&self, session: Session) {
+        let req = Request {
+            edge: self.cfg.edge.id.clone(),
+            conn: 0,
+            rid: 0,
+            user: session.user.clone(),
+            sid: session.sid,
+            op: Op::Logout,
+        };
+        if let Err(e) = self
+            .send_request(&self.router_stream(&session.user), &req)
+            .await
+        {
+            tracing::warn!(user = %session.user, error = %e, "ending a session failed");
+        }
+    }
+}
+
+/// Serves clients on `listener` until `shutdown`; then says
+/// `BYE server-shutdown` to every client, ends their sessions and returns.
+pub async fn run(
+    listener: TcpListener,
+    cfg: Config,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), EdgeError> {
+    let client = Client::open(cfg.redis_url.as_str())?;
+    let keys = Keys::new(cfg.key_prefix.clone());
+    let redis = shared::store::commands(&client).await?;
+    let (hub, orphans) = Hub::new(keys.clone());
+    let channels = vec![
+        keys.edge_channel(&cfg.edge.id),
+        keys.room_channel(shared::protocol::LOBBY),
+    ];
+    let pubsub = subscribe(&client, &channels).await?;
+    let ctx = Arc::new(Ctx {
+        keys,
+        hub: hub.clone(),
+        redis,
+        acceptor: TlsAcceptor::from(tls),
+        next_conn: AtomicU64::new(shared::now_ms() * 1000),
+        next_rid: AtomicU64::new(1),
+        cfg,
+    });
+    let background = CancellationToken::new();
+    tokio::spawn(deliver(
+        client,
+        channels,
+        pubsub,
+        hub.clone(),
+        background.clone(),
+    ));
+    tokio::spawn(end_orphans(ctx.clone(), orphans));
+
+    let addr = listener.local_addr().map_err(|source| EdgeError::Io {
+        phase: Phase::Handshake,
+        source,
+    })?;
+    tracing::info!(id = %ctx.cfg.edge.id, %addr, "edge-svc ready");
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracker.spawn(connection::serve(ctx.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: wait, never give up.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    for closer in hub.closers() {
+        closer.close("server-shutdown");
+    }
+    tracker.close();
+    if tokio::time::timeout(ctx.cfg.edge.shutdown_grace(), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain deadline");
+    }
+    background.cancel();
+    tracing::info!("edge-svc stopped");
+    Ok(())
+}
+
+async fn subscribe(client: &Client, channels: &[String]) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    for ch in channels {
+        pubsub.subscribe(ch).await?;
+    }
+    Ok(pubsub)
+}
+
+/// Applies Pub/Sub messages in arrival order; reconnects and subscribes
+/// again if the connection drops.
+async fn deliver(
+    client: Client,
+    channels: Vec<String>,
+    first: redis::aio::PubSub,
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+) {
+    let mut pubsub = Some(first);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Some(ps) = pubsub.take() {
+            backoff = Duration::from_millis(100);
+            let mut messages = ps.into_on_message();
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = messages.next() => m,
+                };
+                let Some(msg) = msg else { break };
+                hub.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+            }
+            tracing::warn!("Pub/Sub connection lost; reconnecting");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        match subscribe(&client, &channels).await {
+            Ok(ps) => pubsub = Some(ps),
+            Err(e) => {
+                tracing::warn!(error = %e, "Pub/Sub reconnect failed");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn end_orphans(ctx: Arc<Ctx>, mut orphans: tokio::sync::mpsc::UnboundedReceiver<Session>) {
+    while let Some(session) = orphans.recv().await {
+        tracing::info!(user = %session.user, "ending a session nobody holds");
+        ctx.end_session(session).await;
+    }
+}

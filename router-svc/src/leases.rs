@@ -1,0 +1,140 @@
+//! Partition leases: each router instance owns a fair share of the
+//! partitions, renews its leases, takes free ones and gives back extras.
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use shared::config::Config;
+use shared::keys::{partition_of, Keys};
+use std::collections::BTreeSet;
+
+const RENEW_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+pub(crate) struct Leases {
+    keys: Keys,
+    conn: ConnectionManager,
+    id: String,
+    partitions: u32,
+    ttl_ms: u64,
+    owned: BTreeSet<u32>,
+    renew: Script,
+    release: Script,
+}
+
+impl Leases {
+    pub(crate) fn new(cfg: &Config, keys: Keys, conn: ConnectionManager) -> Leases {
+        Leases {
+            keys,
+            conn,
+            id: cfg.router.id.clone(),
+            partitions: cfg.partitions,
+            ttl_ms: cfg.router.lease_ms,
+            owned: BTreeSet::new(),
+            renew: Script::new(RENEW_LUA),
+            release: Script::new(RELEASE_LUA),
+        }
+    }
+
+    pub(crate) fn owned(&self) -> impl Iterator<Item = u32> + '_ {
+        self.owned.iter().copied()
+    }
+
+    /// Heartbeat, renewal, rebalancing. Returns the partitions newly taken,
+    /// whose pending requests the caller must take over first.
+    pub(crate) async fn maintain(&mut self) -> Vec<u32> {
+        match self.try_maintain().await {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease maintenance failed");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn try_maintain(&mut self) -> redis::RedisResult<Vec<u32>> {
+        let now = shared::now_ms();
+        let routers = self.keys.routers();
+        let (_, _, live): ((), (), u32) = redis::pipe()
+            .zadd(&routers, &self.id, now)
+            .zrembyscore(&routers, "-inf", now.saturating_sub(3 * self.ttl_ms))
+            .zcount(&routers, now.saturating_sub(self.ttl_ms), "+inf")
+            .query_async(&mut self.conn)
+            .await?;
+        for p in self.owned.clone() {
+            let kept: i64 = self
+                .renew
+                .key(self.keys.router_lease(p))
+                .arg(&self.id)
+                .arg(self.ttl_ms)
+                .invoke_async(&mut self.conn)
+                .await?;
+            if kept == 0 {
+                tracing::warn!(partition = p, "lease lost");
+                self.owned.remove(&p);
+            }
+        }
+        let fair = self.partitions.div_ceil(live.max(1)) as usize;
+        while self.owned.len() > fair {
+            let p = *self.owned.iter().next_back().expect("not empty");
+            self.release_one(p).await?;
+            tracing::info!(partition = p, "lease handed back for balance");
+        }
+        let mut taken = Vec::new();
+        let start = partition_of(&self.id, self.partitions);
+        for i in 0..self.partitions {
+            if self.owned.len() >= fair {
+                break;
+            }
+            let p = (start + i) % self.partitions;
+            if self.owned.contains(&p) {
+                continue;
+            }
+            let got: Option<String> = redis::cmd("SET")
+                .arg(self.keys.router_lease(p))
+                .arg(&self.id)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.ttl_ms)
+                .query_async(&mut self.conn)
+                .await?;
+            if got.is_some() {
+                self.owned.insert(p);
+                taken.push(p);
+            }
+        }
+        if !taken.is_empty() {
+            tracing::info!(partitions = ?taken, owned = self.owned.len(), "leases taken");
+        }
+        Ok(taken)
+    }
+
+    async fn release_one(&mut self, p: u32) -> redis::RedisResult<()> {
+        self.owned.remove(&p);
+        self.release
+            .key(self.keys.router_lease(p))
+            .arg(&self.id)
+            .invoke_async::<i64>(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives every lease back (shutdown), so other routers take over at once.
+    pub(crate) async fn release_all(&mut self) {
+        for p in self.owned.clone() {
+            if let Err(e) = self.release_one(p).await {
+                tracing::warn!(partition = p, error = %e, "releasing a lease failed");
+            }
+        }
+        let _: redis::RedisResult<()> = self.conn.zrem(self.keys.routers(), &self.id).await;
+    }
+}

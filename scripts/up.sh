@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# `make up`: the whole system in the foreground on this machine. Ctrl-C stops
+# everything. Settings: REDIS_URL (use that Redis instead of starting one),
+# REDIS_PORT (6379), EDGE1_PORT (7001), EDGE2_PORT (7002), BIN (target/release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release}
+REDIS_PORT=${REDIS_PORT:-6379}
+EDGE1_PORT=${EDGE1_PORT:-7001}
+EDGE2_PORT=${EDGE2_PORT:-7002}
+export RUST_LOG=${RUST_LOG:-info}
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping..."
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  echo "stopped."
+  exit 0
+}
+trap stop INT TERM EXIT
+
+if [ -z "${REDIS_URL:-}" ]; then
+  mkdir -p data/redis
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    echo "a Redis already answers on port $REDIS_PORT; set REDIS_PORT or REDIS_URL" >&2
+    exit 1
+  fi
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/data/redis" \
+    --appendonly yes --save "" --logfile "$PWD/data/redis/redis.log" &
+  pids+=($!)
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+export CHAT_REDIS_URL="$REDIS_URL"
+
+for user in alice bob carol dave; do
+  printf '%s-pw\n' "$user" | "$BIN/auth-svc" user add "$user" --if-missing
+done
+
+"$BIN/auth-svc" & pids+=($!)
+"$BIN/router-svc" & pids+=($!)
+CHAT_EDGE__ID=edge-1 CHAT_EDGE__LISTEN="0.0.0.0:$EDGE1_PORT" "$BIN/edge-svc" & pids+=($!)
+CHAT_EDGE__ID=edge-2 CHAT_EDGE__LISTEN="0.0.0.0:$EDGE2_PORT" "$BIN/edge-svc" & pids+=($!)
+
+for port in "$EDGE1_PORT" "$EDGE2_PORT"; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+cat <<MSG
+
+  The chat is up: Redis at $REDIS_URL, edges on ports $EDGE1_PORT and $EDGE2_PORT.
+  Demo accounts (test credentials only): alice, bob, carol, dave; password <name>-pw.
+
+  Connect, in two other terminals:
+      $BIN/chat --server localhost:$EDGE1_PORT --user alice     # password: alice-pw
+      $BIN/chat --server localhost:$EDGE2_PORT --user bob       # password: bob-pw
+  Look inside:
+      redis-cli -u $REDIS_URL hgetall chat:session:alice
+      redis-cli -u $REDIS_URL smembers chat:room:lobby
+
+  Ctrl-C stops everything.
+
+MSG
+# Wait until Ctrl-C, or until a service dies.
+wait -n "${pids[@]}" || true
+echo "a service stopped; shutting down the rest" >&2

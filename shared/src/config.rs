@@ -1,0 +1,307 @@
+//! Configuration of every service: defaults, then a TOML file, then
+//! environment variables (`CHAT_` prefix, `__` between section and key, for
+//! example `CHAT_REDIS_URL` or `CHAT_EDGE__LISTEN`).
+//!
+//! docs/operations.md lists every setting.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Exit code for invalid configuration (EX_CONFIG-like `EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Environment variable naming the TOML file (also `--config`).
+pub const CONFIG_ENV: &str = "CHAT_CONFIG";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Redis to use, `redis://host:port[/db]`.
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel.
+    pub key_prefix: String,
+    /// Number of router request partitions; the same on every edge and router.
+    pub partitions: u32,
+    /// Approximate cap on each request stream, against unbounded growth
+    /// while no service reads it.
+    pub request_stream_maxlen: u64,
+    pub edge: EdgeConfig,
+    pub auth: AuthConfig,
+    pub router: RouterConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This edge's id (replies come back on its channel); unique per edge.
+    /// Empty means `<hostname>-<pid>`.
+    pub id: String,
+    /// Address of the TLS listener.
+    pub listen: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Longest accepted line in bytes, terminator included.
+    pub max_line: usize,
+    /// Time allowed for the TLS handshake (and the first byte before it).
+    pub handshake_timeout_ms: u64,
+    /// Time a back-end service has to answer before `ERR unavailable`.
+    pub request_timeout_ms: u64,
+    /// Lines queued to one client before it is dropped as `too-slow`.
+    pub out_queue: usize,
+    /// Time a closing connection gets to flush its last lines.
+    pub write_timeout_ms: u64,
+    /// Time a stopping edge waits for its connections to close.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Consumer name in the `auth` group; empty means `<hostname>-<pid>`.
+    pub id: String,
+    /// bcrypt cost for new password hashes (4..=31).
+    pub bcrypt_cost: u32,
+    /// Password checks that run at once; 0 means the number of cores.
+    pub bcrypt_concurrency: usize,
+    /// `force-logout` or `reject`.
+    pub duplicate_login: DuplicateLogin,
+    /// Most requests read per stream read.
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Instance id (lease owner, consumer name); empty means `<hostname>-<pid>`.
+    pub id: String,
+    /// Entries kept in each history stream.
+    pub history_cap: u64,
+    /// Lifetime of a partition lease; renewed every third of it.
+    pub lease_ms: u64,
+    /// Most requests read per stream read.
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DuplicateLogin {
+    ForceLogout,
+    Reject,
+}
+
+impl DuplicateLogin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DuplicateLogin::ForceLogout => "force-logout",
+            DuplicateLogin::Reject => "reject",
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "chat:".into(),
+            partitions: 16,
+            request_stream_maxlen: 100_000,
+            edge: EdgeConfig::default(),
+            auth: AuthConfig::default(),
+            router: RouterConfig::default(),
+        }
+    }
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            id: String::new(),
+            listen: "0.0.0.0:7001".into(),
+            tls_cert: "certs/server.pem".into(),
+            tls_key: "certs/server-key.pem".into(),
+            max_line: 4096,
+            handshake_timeout_ms: 10_000,
+            request_timeout_ms: 5_000,
+            out_queue: 1024,
+            write_timeout_ms: 5_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl EdgeConfig {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            id: String::new(),
+            bcrypt_cost: 12,
+            bcrypt_concurrency: 0,
+            duplicate_login: DuplicateLogin::ForceLogout,
+            batch: 64,
+        }
+    }
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            id: String::new(),
+            history_cap: 1000,
+            lease_ms: 5_000,
+            batch: 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file` (or `$CHAT_CONFIG`) if given, then `CHAT_*`
+    /// variables, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let env_file = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} not found",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let fig = fig.merge(Env::prefixed("CHAT_").split("__").ignore(&["config"]));
+        let mut cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.fill_ids();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// [`Config::load`] for a service's `main`: on error, says why and
+    /// exits with [`EXIT_CONFIG`] before anything binds.
+    pub fn load_or_exit(service: &str, file: Option<&Path>) -> Config {
+        Config::load(file).unwrap_or_else(|e| exit_config(service, &e))
+    }
+
+    fn fill_ids(&mut self) {
+        for id in [&mut self.edge.id, &mut self.auth.id, &mut self.router.id] {
+            if id.is_empty() {
+                *id = default_instance_id();
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("unix://") {
+            return bad("redis_url must start with redis:// or unix://");
+        }
+        if self.partitions == 0 || self.partitions > 1024 {
+            return bad("partitions must be 1..=1024");
+        }
+        if self.edge.max_line < 64 {
+            return bad("edge.max_line must be at least 64");
+        }
+        if self.edge.out_queue == 0 {
+            return bad("edge.out_queue must be at least 1");
+        }
+        if self.edge.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("edge.listen must be host:port with a numeric host");
+        }
+        if !(4..=31).contains(&self.auth.bcrypt_cost) {
+            return bad("auth.bcrypt_cost must be 4..=31");
+        }
+        if self.router.lease_ms < 300 {
+            return bad("router.lease_ms must be at least 300");
+        }
+        if self.router.history_cap == 0 || self.auth.batch == 0 || self.router.batch == 0 {
+            return bad("router.history_cap, auth.batch and router.batch must be positive");
+        }
+        let id_ok = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
+        if !id_ok(&self.edge.id) || !id_ok(&self.auth.id) || !id_ok(&self.router.id) {
+            return bad("instance ids must be non-empty and without spaces");
+        }
+        Ok(())
+    }
+}
+
+/// Reports a configuration error and exits with [`EXIT_CONFIG`].
+pub fn exit_config(service: &str, e: &dyn std::fmt::Display) -> ! {
+    eprintln!("{service}: {e}");
+    std::process::exit(EXIT_CONFIG)
+}
+
+/// `<hostname>-<pid>`: unique per process on a host, and across containers.
+pub fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure type
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "partitions = 4\n[edge]\nid = \"from-file\"\nmax_line = 100\n",
+            )?;
+            jail.set_env("CHAT_EDGE__MAX_LINE", "200");
+            let cfg = Config::load(Some(Path::new("c.toml"))).expect("load");
+            assert_eq!(cfg.partitions, 4);
+            assert_eq!(cfg.edge.id, "from-file");
+            assert_eq!(cfg.edge.max_line, 200);
+            assert_eq!(cfg.auth.duplicate_login, DuplicateLogin::ForceLogout);
+            jail.set_env("CHAT_AUTH__DUPLICATE_LOGIN", "reject");
+            let cfg = Config::load(Some(Path::new("c.toml"))).expect("load");
+            assert_eq!(cfg.auth.duplicate_login, DuplicateLogin::Reject);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CHAT_PARTITIONS", "0");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_PARTITIONS", "8");
+            jail.set_env("CHAT_EDGE__NO_SUCH_KEY", "1");
+            assert!(Config::load(None).is_err());
+            Ok(())
+        });
+    }
+}

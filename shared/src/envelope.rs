@@ -1,0 +1,161 @@
+//! What travels between edges and services.
+//!
+//! Requests go from an edge to a service as one stream entry with a single
+//! field `req` holding a JSON [`Request`]. Replies go back on the edge's
+//! Pub/Sub channel as a JSON [`Reply`]. Room deliveries are the ready-made
+//! wire line on the room's channel (no envelope: the hot path stays cheap).
+//!
+//! Replies are written by Lua scripts inside Redis (so that a reply and the
+//! state change it reports happen at one instant, in one order that every
+//! subscriber sees), which is why connection and request ids travel as
+//! strings: Lua numbers would lose their low digits.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The stream entry field that holds a request.
+pub const REQUEST_FIELD: &str = "req";
+
+/// A request from an edge on behalf of one connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Request {
+    /// The edge's id: replies go to its channel.
+    pub edge: String,
+    /// The connection on that edge.
+    #[serde(with = "as_string")]
+    pub conn: u64,
+    /// Request id, unique per edge; 0 when no reply is expected.
+    #[serde(with = "as_string")]
+    pub rid: u64,
+    /// The user the request acts for (the claimed one, for a login).
+    pub user: String,
+    /// The session id; empty before login.
+    #[serde(default)]
+    pub sid: String,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Check the password and open a session (auth-svc).
+    Login { password: Secret, addr: String },
+    /// Say text in the current room (router-svc).
+    Say { text: String },
+    /// End the session `sid`, if it is still the current one (router-svc).
+    Logout,
+}
+
+/// A reply to one connection, or a notice to it (`rid` 0).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reply {
+    #[serde(with = "as_string")]
+    pub conn: u64,
+    #[serde(default, with = "as_string")]
+    pub rid: u64,
+    /// Lines to send, in order; the last is the final `OK`/`ERR` of a reply.
+    #[serde(default)]
+    pub lines: Vec<String>,
+    #[serde(default)]
+    pub effect: Option<Effect>,
+}
+
+/// A change of the connection's state that the edge applies in order with
+/// the deliveries it receives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Effect {
+    /// The connection is now logged in as `user`, session `sid`, in `room`.
+    Login {
+        user: String,
+        sid: String,
+        room: String,
+    },
+    /// The session `sid` is over: send `BYE <reason>` and close.
+    Close { reason: String, sid: String },
+}
+
+/// A password in transit: serialized as it is, never shown by `Debug`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// u64 as a JSON string (and accepted as a number too).
+mod as_string {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            S(String),
+            N(u64),
+        }
+        match Either::deserialize(d)? {
+            Either::S(s) => s.parse().map_err(de::Error::custom),
+            Either::N(n) => Ok(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_keeps_big_ids_and_hides_password() {
+        let r = Request {
+            edge: "e1".into(),
+            conn: 1_790_000_000_000_123,
+            rid: 7,
+            user: "alice".into(),
+            sid: String::new(),
+            op: Op::Login {
+                password: Secret("pw with space".into()),
+                addr: "127.0.0.1:5".into(),
+            },
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"conn\":\"1790000000000123\""));
+        assert!(json.contains("\"op\":\"login\""));
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r);
+        assert!(!format!("{r:?}").contains("pw with space"));
+    }
+
+    #[test]
+    fn reply_as_lua_writes_it() {
+        let r: Reply = serde_json::from_str(
+            r#"{"conn":"42","rid":"3","lines":["OK LOGIN alice lobby"],
+                "effect":{"kind":"login","user":"alice","sid":"9","room":"lobby"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.conn, 42);
+        assert_eq!(r.rid, 3);
+        assert_eq!(
+            r.effect,
+            Some(Effect::Login {
+                user: "alice".into(),
+                sid: "9".into(),
+                room: "lobby".into()
+            })
+        );
+        let bye: Reply = serde_json::from_str(
+            r#"{"conn":"42","effect":{"kind":"close","reason":"logged-in-elsewhere","sid":"9"}}"#,
+        )
+        .unwrap();
+        assert_eq!(bye.rid, 0);
+        assert!(bye.lines.is_empty());
+    }
+}

@@ -1,0 +1,115 @@
+//! Redis key and channel names. Every name starts with a configurable
+//! prefix (default `chat:`); docs/protocol.md lists them all.
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Hash `password`, `created`.
+    pub fn user(&self, user: &str) -> String {
+        format!("{}user:{user}", self.prefix)
+    }
+
+    /// Hash `edge`, `conn`, `sid`, `room`, `addr`, `since`.
+    pub fn session(&self, user: &str) -> String {
+        format!("{}session:{user}", self.prefix)
+    }
+
+    /// Set of the users in a room.
+    pub fn room(&self, room: &str) -> String {
+        format!("{}room:{room}", self.prefix)
+    }
+
+    /// Set of non-empty rooms.
+    pub fn rooms(&self) -> String {
+        format!("{}rooms", self.prefix)
+    }
+
+    /// Stream of login requests, read by the `auth` consumer group.
+    pub fn auth_requests(&self) -> String {
+        format!("{}req:auth", self.prefix)
+    }
+
+    /// Stream of one partition of router requests, read by the `router`
+    /// consumer group; see [`partition_of`].
+    pub fn router_requests(&self, partition: u32) -> String {
+        format!("{}req:router:{partition}", self.prefix)
+    }
+
+    /// Lease on a router partition: the id of the router instance that owns it.
+    pub fn router_lease(&self, partition: u32) -> String {
+        format!("{}router:lease:{partition}", self.prefix)
+    }
+
+    /// Sorted set of live router instances, scored by last heartbeat (ms).
+    pub fn routers(&self) -> String {
+        format!("{}routers", self.prefix)
+    }
+
+    /// Pub/Sub channel of one edge: replies and notices for its connections.
+    pub fn edge_channel(&self, edge: &str) -> String {
+        format!("{}ch:edge:{edge}", self.prefix)
+    }
+
+    /// Pub/Sub channel of one room: ready-made `MSG`/`SYS` lines.
+    pub fn room_channel(&self, room: &str) -> String {
+        format!("{}ch:room:{room}", self.prefix)
+    }
+
+    /// The room a room channel belongs to, if `channel` is one.
+    pub fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(&self.prefix)?.strip_prefix("ch:room:")
+    }
+}
+
+/// The router partition of a user: every request of one user travels on
+/// the same partition stream, so one router handles them in order.
+///
+/// FNV-1a, so that every process agrees without sharing state.
+pub fn partition_of(user: &str, partitions: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(partitions.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        let k = Keys::new("chat:");
+        assert_eq!(k.user("alice"), "chat:user:alice");
+        assert_eq!(k.session("alice"), "chat:session:alice");
+        assert_eq!(k.room("lobby"), "chat:room:lobby");
+        assert_eq!(k.rooms(), "chat:rooms");
+        assert_eq!(k.room_of_channel("chat:ch:room:dev"), Some("dev"));
+        assert_eq!(k.room_of_channel("chat:ch:edge:e1"), None);
+    }
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        assert_eq!(partition_of("alice", 16), partition_of("alice", 16));
+        let used: std::collections::HashSet<u32> = (0..200)
+            .map(|i| partition_of(&format!("user{i}"), 16))
+            .collect();
+        assert_eq!(used.len(), 16);
+        assert!(used.iter().all(|p| *p < 16));
+    }
+}

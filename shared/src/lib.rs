@@ -1,0 +1,20 @@
+//! Common code of the chat services: the wire protocol, Redis key names and
+//! envelopes, configuration loading, TLS helpers, logging and shutdown.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod envelope;
+pub mod keys;
+pub mod protocol;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,180 @@
+//! Redis plumbing shared by the services: connections, consumer-group
+//! reads of request streams, and the Lua prelude of the services' scripts.
+
+use crate::envelope::{Request, REQUEST_FIELD};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, RedisResult};
+use std::time::Duration;
+
+/// Longest wait for an ordinary command's answer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A reconnecting, multiplexed connection for ordinary commands.
+pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(Duration::from_secs(2)));
+    client.get_connection_manager_with_config(cfg).await
+}
+
+/// A connection of its own for blocking reads (`XREADGROUP ... BLOCK`),
+/// which would hold up every other command on a shared one.
+pub async fn blocking(client: &Client, block: Duration) -> RedisResult<MultiplexedConnection> {
+    let cfg = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(block + RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(Duration::from_secs(2)));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+}
+
+/// Creates `group` on `stream` (and the stream) unless it exists. A new
+/// group starts at the beginning, so requests written before any service
+/// ran are still served.
+pub async fn ensure_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> RedisResult<()> {
+    let res: RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
+    match res {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// One request read from a stream; `req` is `None` when the entry could not
+/// be decoded (it is acknowledged and dropped by the caller).
+pub struct Entry {
+    pub stream: String,
+    pub id: String,
+    pub req: Option<Request>,
+}
+
+/// Reads up to `count` new entries from `streams` for `consumer` of `group`,
+/// waiting up to `block`.
+pub async fn read_group(
+    conn: &mut MultiplexedConnection,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block: Duration,
+) -> RedisResult<Vec<Entry>> {
+    let opts = StreamReadOptions::default()
+        .group(group, consumer)
+        .count(count)
+        .block(block.as_millis() as usize);
+    let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
+    let reply: Option<StreamReadReply> = conn.xread_options(streams, &ids, &opts).await?;
+    Ok(reply
+        .map(|r| {
+            r.keys
+                .into_iter()
+                .flat_map(|k| {
+                    let stream = k.key;
+                    k.ids.into_iter().map(move |e| Entry {
+                        stream: stream.clone(),
+                        req: decode(&e.map),
+                        id: e.id,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Entries of `stream` pending for other consumers of `group` for at least
+/// `min_idle`, now claimed for `consumer` (oldest first).
+pub async fn claim_pending(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    count: usize,
+) -> RedisResult<Vec<Entry>> {
+    let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle.as_millis() as u64)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(reply
+        .claimed
+        .into_iter()
+        .map(|e| Entry {
+            stream: stream.to_string(),
+            req: decode(&e.map),
+            id: e.id,
+        })
+        .collect())
+}
+
+fn decode(map: &std::collections::HashMap<String, redis::Value>) -> Option<Request> {
+    match map.get(REQUEST_FIELD)? {
+        redis::Value::BulkString(b) => serde_json::from_slice(b).ok(),
+        _ => None,
+    }
+}
+
+/// Acknowledges entries and deletes them: a handled request (which may hold
+/// a password) does not outlive its handling.
+pub fn ack_and_delete(pipe: &mut redis::Pipeline, stream: &str, group: &str, ids: &[String]) {
+    if !ids.is_empty() {
+        pipe.xack(stream, group, ids).ignore();
+        pipe.xdel(stream, ids).ignore();
+    }
+}
+
+/// Appends a request to a stream, capped at about `maxlen` entries.
+pub fn add_request(pipe: &mut redis::Pipeline, stream: &str, maxlen: u64, req: &Request) {
+    let json = serde_json::to_string(req).expect("requests serialize");
+    pipe.cmd("XADD")
+        .arg(stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(maxlen)
+        .arg("*")
+        .arg(REQUEST_FIELD)
+        .arg(json)
+        .ignore();
+}
+
+/// Lua functions every service script starts with. `P` is the key prefix
+/// (each script sets it from its first argument).
+///
+/// - `reply(edge, conn, rid, lines, effect)` publishes a JSON `Reply` to an
+///   edge's channel (`lines` and `effect` may be nil).
+/// - `end_session(user, sess)` removes a user's room membership and session
+///   hash; `sess` is the `HMGET` of `edge conn sid room`.
+/// - `now_ms()` is Redis's clock in Unix milliseconds.
+pub const LUA_PRELUDE: &str = r#"
+local P = ARGV[1]
+local function reply(edge, conn, rid, lines, effect)
+  local r = {conn = conn}
+  if rid then r.rid = rid end
+  if lines then r.lines = lines end
+  if effect then r.effect = effect end
+  redis.call('PUBLISH', P .. 'ch:edge:' .. edge, cjson.encode(r))
+end
+local function leave_room(user, room)
+  redis.call('SREM', P .. 'room:' .. room, user)
+  if redis.call('SCARD', P .. 'room:' .. room) == 0 then
+    redis.call('SREM', P .. 'rooms', room)
+  end
+end
+local function end_session(user, sess)
+  if sess[4] then leave_room(user, sess[4]) end
+  redis.call('DEL', P .. 'session:' .. user)
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#;
