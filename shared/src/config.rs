@@ -16,6 +16,10 @@ pub const EXIT_CONFIG: i32 = 64;
 /// Environment variable naming the TOML file (also `--config`).
 pub const CONFIG_ENV: &str = "CHAT_CONFIG";
 
+/// `CHAT_*` variables that are not settings: the config file, the log
+/// format, and the `chat` client's own variables.
+const NOT_SETTINGS: &[&str] = &["config", "log_format", "password", "server", "ca"];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -196,7 +200,7 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        let fig = fig.merge(Env::prefixed("CHAT_").split("__").ignore(&["config"]));
+        let fig = fig.merge(Env::prefixed("CHAT_").split("__").ignore(NOT_SETTINGS));
         let mut cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.fill_ids();
         cfg.validate()?;
@@ -286,6 +290,8 @@ mod tests {
             assert_eq!(cfg.edge.id, "from-file");
             assert_eq!(cfg.edge.max_line, 200);
             assert_eq!(cfg.auth.duplicate_login, DuplicateLogin::ForceLogout);
+            jail.set_env("CHAT_LOG_FORMAT", "json");
+            jail.set_env("CHAT_PASSWORD", "client-only");
             jail.set_env("CHAT_AUTH__DUPLICATE_LOGIN", "reject");
             let cfg = Config::load(Some(Path::new("c.toml"))).expect("load");
             assert_eq!(cfg.auth.duplicate_login, DuplicateLogin::Reject);
