@@ -75,12 +75,16 @@ pub(crate) struct Hub {
     state: Mutex<State>,
     /// Sessions to end that no connection holds any more (a login answered
     /// after its connection left or gave up waiting).
-    orphans: mpsc::UnboundedSender<Session>,
+    orphans: mpsc::Sender<Session>,
 }
 
+/// Orphaned sessions waiting to be ended; past this, they are left to the
+/// next login of their user, which replaces them.
+const ORPHANS: usize = 1024;
+
 impl Hub {
-    pub(crate) fn new(keys: Keys) -> (Arc<Hub>, mpsc::UnboundedReceiver<Session>) {
-        let (orphans, rx) = mpsc::unbounded_channel();
+    pub(crate) fn new(keys: Keys) -> (Arc<Hub>, mpsc::Receiver<Session>) {
+        let (orphans, rx) = mpsc::channel(ORPHANS);
         let hub = Hub {
             keys,
             state: Mutex::new(State::default()),
@@ -194,7 +198,7 @@ impl Hub {
         let Some(conn) = st.conns.get_mut(&reply.conn) else {
             // The connection is gone; a session opened for it must not stay.
             if let Some(Effect::Login { user, sid, .. }) = reply.effect {
-                let _ = self.orphans.send(Session { user, sid });
+                self.orphan(Session { user, sid });
             }
             return;
         };
@@ -206,6 +210,7 @@ impl Hub {
         // A late reply (the client was told `ERR unavailable`) shows no
         // lines, but its effect still holds or is undone.
         let show = reply.rid == 0 || waiting;
+        let mut bye = None;
         match &reply.effect {
             Some(Effect::Login { user, sid, room }) if waiting => {
                 conn.session = Some(Session {
@@ -215,46 +220,42 @@ impl Hub {
                 conn.room = Some(room.clone());
                 st.rooms.entry(room.clone()).or_default().insert(reply.conn);
             }
-            Some(Effect::Login { user, sid, .. }) => {
-                let _ = self.orphans.send(Session {
-                    user: user.clone(),
-                    sid: sid.clone(),
-                });
-            }
-            Some(Effect::Close { sid, .. })
-                if conn.session.as_ref().is_some_and(|s| s.sid != *sid) =>
+            Some(Effect::Login { user, sid, .. }) => self.orphan(Session {
+                user: user.clone(),
+                sid: sid.clone(),
+            }),
+            // A close for an earlier session of this connection is moot.
+            Some(Effect::Close { reason, sid })
+                if conn.session.as_ref().is_none_or(|s| s.sid == *sid) =>
             {
-                // For an earlier session of this connection: nothing to do.
-            }
-            Some(Effect::Close { reason, .. }) => {
                 conn.session = None;
                 if let Some(room) = conn.room.take() {
                     leave(&mut st.rooms, &room, reply.conn);
                 }
-                if show {
-                    for line in &reply.lines {
-                        push(conn, Out::Line(Bytes::from(format!("{line}\n"))));
-                    }
-                }
-                push(conn, Out::Bye(reason.clone()));
-                complete(conn, waiting, reply.effect.clone());
-                return;
+                bye = Some(reason.clone());
             }
-            None => {}
+            Some(Effect::Close { .. }) | None => {}
         }
         if show {
             for line in &reply.lines {
                 push(conn, Out::Line(Bytes::from(format!("{line}\n"))));
             }
         }
-        complete(conn, waiting, reply.effect);
+        if let Some(reason) = bye {
+            push(conn, Out::Bye(reason));
+        }
+        if waiting {
+            if let Some((_, tx)) = conn.pending.take() {
+                let _ = tx.send(reply.effect);
+            }
+        }
     }
 }
 
-fn complete(conn: &mut Conn, waiting: bool, effect: Option<Effect>) {
-    if waiting {
-        if let Some((_, tx)) = conn.pending.take() {
-            let _ = tx.send(effect);
+impl Hub {
+    fn orphan(&self, session: Session) {
+        if self.orphans.try_send(session).is_err() {
+            tracing::warn!("too many orphaned sessions queued; one left to its next login");
         }
     }
 }
@@ -275,5 +276,142 @@ fn push(conn: &Conn, out: Out) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => conn.closer.close("too-slow"),
         Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> (Arc<Hub>, mpsc::Receiver<Session>) {
+        Hub::new(Keys::new("chat:"))
+    }
+
+    fn conn(hub: &Hub, id: u64, queue: usize) -> (mpsc::Receiver<Out>, Arc<Closer>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let closer = Arc::new(Closer::default());
+        hub.register(id, tx, closer.clone());
+        (rx, closer)
+    }
+
+    fn login_reply(conn: u64, rid: u64, user: &str, sid: &str) -> Vec<u8> {
+        serde_json::to_vec(&Reply {
+            conn,
+            rid,
+            lines: vec![format!("OK LOGIN {user} lobby")],
+            effect: Some(Effect::Login {
+                user: user.into(),
+                sid: sid.into(),
+                room: "lobby".into(),
+            }),
+        })
+        .unwrap()
+    }
+
+    fn lines(rx: &mut mpsc::Receiver<Out>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            out.push(match o {
+                Out::Line(b) => String::from_utf8(b.to_vec()).unwrap(),
+                Out::Bye(r) => format!("BYE {r}"),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn room_lines_reach_only_logged_in_members() {
+        let (hub, _orphans) = hub();
+        let (mut a, _) = conn(&hub, 1, 8);
+        let (mut b, _) = conn(&hub, 2, 8);
+        let mut wait = hub.expect(1, 10);
+        hub.dispatch("chat:ch:edge:e1", &login_reply(1, 10, "alice", "5"));
+        assert!(
+            wait.try_recv().unwrap().is_some(),
+            "the waiting login learns its effect"
+        );
+        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob hi");
+        hub.dispatch("chat:ch:room:dev", b"MSG dev 1-0 bob elsewhere");
+        assert_eq!(
+            lines(&mut a),
+            ["OK LOGIN alice lobby\n", "MSG lobby 1-0 bob hi\n"]
+        );
+        assert!(lines(&mut b).is_empty(), "not logged in, not in the room");
+    }
+
+    #[test]
+    fn a_full_queue_closes_that_client_only() {
+        let (hub, _orphans) = hub();
+        let (mut slow, slow_closer) = conn(&hub, 1, 2);
+        let (mut fast, fast_closer) = conn(&hub, 2, 64);
+        for (id, user) in [(1, "slow"), (2, "fast")] {
+            let _wait = hub.expect(id, id);
+            hub.dispatch(
+                "chat:ch:edge:e1",
+                &login_reply(id, id, user, &id.to_string()),
+            );
+        }
+        for i in 0..10 {
+            hub.dispatch(
+                "chat:ch:room:lobby",
+                format!("MSG lobby {i}-0 x m").as_bytes(),
+            );
+        }
+        assert_eq!(slow_closer.reason(), Some("too-slow"));
+        assert!(fast_closer.reason().is_none());
+        assert_eq!(lines(&mut fast).len(), 11);
+        assert_eq!(
+            lines(&mut slow).len(),
+            2,
+            "the queue never grows past its bound"
+        );
+    }
+
+    #[test]
+    fn a_late_login_is_undone_and_shows_nothing() {
+        let (hub, mut orphans) = hub();
+        let (mut a, _) = conn(&hub, 1, 8);
+        let _wait = hub.expect(1, 10);
+        assert!(hub.give_up(1, 10));
+        hub.dispatch("chat:ch:edge:e1", &login_reply(1, 10, "alice", "7"));
+        assert!(lines(&mut a).is_empty());
+        let orphan = orphans.try_recv().unwrap();
+        assert_eq!((orphan.user.as_str(), orphan.sid.as_str()), ("alice", "7"));
+        // A reply for a connection that is gone is undone as well.
+        hub.dispatch("chat:ch:edge:e1", &login_reply(99, 3, "bob", "8"));
+        assert_eq!(orphans.try_recv().unwrap().user, "bob");
+    }
+
+    #[test]
+    fn close_applies_to_the_current_session_only() {
+        let (hub, _orphans) = hub();
+        let (mut a, _) = conn(&hub, 1, 8);
+        let _wait = hub.expect(1, 1);
+        hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
+        let close = |sid: &str| {
+            serde_json::to_vec(&Reply {
+                conn: 1,
+                rid: 0,
+                lines: vec![],
+                effect: Some(Effect::Close {
+                    reason: "logged-in-elsewhere".into(),
+                    sid: sid.into(),
+                }),
+            })
+            .unwrap()
+        };
+        hub.dispatch("chat:ch:edge:e1", &close("4"));
+        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob still");
+        hub.dispatch("chat:ch:edge:e1", &close("5"));
+        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 2-0 bob gone");
+        assert_eq!(
+            lines(&mut a),
+            [
+                "OK LOGIN alice lobby\n",
+                "MSG lobby 1-0 bob still\n",
+                "BYE logged-in-elsewhere"
+            ]
+        );
+        assert!(hub.remove(1).is_none(), "the session is over");
     }
 }

@@ -231,7 +231,7 @@ async fn deliver(
     }
 }
 
-async fn end_orphans(ctx: Arc<Ctx>, mut orphans: tokio::sync::mpsc::UnboundedReceiver<Session>) {
+async fn end_orphans(ctx: Arc<Ctx>, mut orphans: tokio::sync::mpsc::Receiver<Session>) {
     while let Some(session) = orphans.recv().await {
         tracing::info!(user = %session.user, "ending a session nobody holds");
         ctx.end_session(session).await;
