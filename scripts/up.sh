@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `make up`: the whole system in the foreground on this machine. Ctrl-C stops
 # everything. Settings: REDIS_URL (use that Redis instead of starting one),
-# REDIS_PORT (6379), EDGE1_PORT (7001), EDGE2_PORT (7002), BIN (target/release).
+# REDIS_PORT (6380, clear of a system Redis on 6379), EDGE1_PORT (7001), EDGE2_PORT (7002), BIN (target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
-REDIS_PORT=${REDIS_PORT:-6379}
+REDIS_PORT=${REDIS_PORT:-6380}
 EDGE1_PORT=${EDGE1_PORT:-7001}
 EDGE2_PORT=${EDGE2_PORT:-7002}
 export RUST_LOG=${RUST_LOG:-info}
