@@ -151,16 +151,6 @@ impl System {
         let mut cfg = test_config(&redis);
         tweak(&mut cfg);
         let stop = CancellationToken::new();
-        for i in 0..shape.auths {
-            let mut c = cfg.clone();
-            c.auth.id = format!("auth-{i}");
-            tokio::spawn(auth_svc::run(c, stop.child_token()));
-        }
-        for i in 0..shape.routers {
-            let mut c = cfg.clone();
-            c.router.id = format!("router-{i}");
-            tokio::spawn(router_svc::run(c, stop.child_token()));
-        }
         let tls =
             shared::tls::server_config_pem(&certs().server_pem, &certs().server_key_pem).unwrap();
         let mut edges = Vec::new();
@@ -174,13 +164,34 @@ impl System {
             edge_stops.push(token.clone());
             tokio::spawn(edge_svc::run(listener, c, tls.clone(), token));
         }
-        System {
+        let sys = System {
             redis,
             cfg,
             edges,
             edge_stops,
             stop,
+        };
+        for i in 0..shape.auths {
+            sys.spawn_auth(i);
         }
+        for i in 0..shape.routers {
+            sys.spawn_router(i);
+        }
+        sys
+    }
+
+    /// Starts auth-svc instance `auth-<i>`.
+    pub fn spawn_auth(&self, i: usize) {
+        let mut c = self.cfg.clone();
+        c.auth.id = format!("auth-{i}");
+        tokio::spawn(auth_svc::run(c, self.stop.child_token()));
+    }
+
+    /// Starts router-svc instance `router-<i>`.
+    pub fn spawn_router(&self, i: usize) {
+        let mut c = self.cfg.clone();
+        c.router.id = format!("router-{i}");
+        tokio::spawn(router_svc::run(c, self.stop.child_token()));
     }
 
     pub async fn add_user(&self, name: &str) {

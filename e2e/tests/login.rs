@@ -150,3 +150,48 @@ async fn reject_policy_keeps_the_first_session() {
     let edge: String = r.hget("chat:session:alice", "edge").await.unwrap();
     assert_eq!(edge, "edge-1");
 }
+
+#[tokio::test]
+async fn no_answer_is_unavailable_and_a_late_login_is_undone() {
+    let shape = Shape {
+        edges: 1,
+        routers: 1,
+        auths: 0,
+    };
+    let sys = System::start_with(shape, |c| c.edge.request_timeout_ms = 300).await;
+    sys.add_user("alice").await;
+    let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+    c.expect_prefix("HELLO ").await;
+    c.send("LOGIN alice alice-pw").await;
+    c.expect_prefix("ERR unavailable").await;
+    c.send("/ping").await;
+    c.expect("OK PING").await;
+
+    // auth-svc comes up and handles the request the edge gave up on: the
+    // session it opens must not stay, and the client is not told twice.
+    let r = sys.redis.conn().await;
+    sys.spawn_auth(0);
+    eventually("the late login opened a session", || {
+        let mut r = r.clone();
+        async move { r.get::<_, i64>("chat:seq:sid").await.unwrap_or(0) > 0 }
+    })
+    .await;
+    eventually("the late session is ended again", || {
+        let mut r = r.clone();
+        async move {
+            !r.exists::<_, bool>("chat:session:alice").await.unwrap()
+                && !r
+                    .sismember::<_, _, bool>("chat:room:lobby", "alice")
+                    .await
+                    .unwrap()
+        }
+    })
+    .await;
+    c.send("/ping").await;
+    c.expect("OK PING").await;
+    c.send("hello?").await;
+    c.expect_prefix("ERR auth-required").await;
+    // And a login now works as usual.
+    c.send("LOGIN alice alice-pw").await;
+    c.expect("OK LOGIN alice lobby").await;
+}
