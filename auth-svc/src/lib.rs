@@ -17,6 +17,7 @@ use shared::keys::Keys;
 use shared::protocol::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -67,38 +68,81 @@ impl AuthError {
     }
 }
 
-/// Serves login requests until `shutdown`; requests in hand are finished.
+/// Serves login requests until `shutdown`; requests in hand are finished
+/// (within `shutdown_grace_ms`).
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthError> {
     let client = Client::open(cfg.redis_url.as_str())?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let mut cmds = shared::store::commands(&client).await?;
     let mut reader = shared::store::blocking(&client, BLOCK).await?;
-    let stream = keys.auth_requests();
-    shared::store::ensure_group(&mut cmds, &stream, GROUP).await?;
-    let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds).await?);
+    let streams = [keys.auth_requests()];
+    shared::store::ensure_groups(&mut cmds, &streams, GROUP).await?;
+    let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds.clone()).await?);
     tracing::info!(id = %cfg.auth.id, policy = cfg.auth.duplicate_login.as_str(), "auth-svc ready");
 
+    let in_flight = Arc::new(Semaphore::new(cfg.auth.max_in_flight));
+    let max_age = cfg.edge.request_timeout_ms;
     let tracker = TaskTracker::new();
-    let streams = [stream];
     loop {
+        let room = in_flight.available_permits().clamp(1, cfg.auth.batch);
         let read = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = shared::store::read_group(&mut reader, &streams, GROUP, &cfg.auth.id, cfg.auth.batch, BLOCK) => r,
+            r = shared::store::read_group(&mut reader, &streams, GROUP, &cfg.auth.id, room, BLOCK) => r,
         };
         let entries = match read {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "reading login requests failed; retrying");
+                if e.code() == Some("NOGROUP") {
+                    let _ = shared::store::ensure_groups(&mut cmds, &streams, GROUP).await;
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
+        if entries.is_empty() {
+            continue;
+        }
+        // Redis's clock, the one that stamped the entry ids.
+        let now = match redis_time_ms(&mut cmds).await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the Redis clock failed");
+                0
+            }
+        };
         for entry in entries {
-            tracker.spawn(login::handle(ctx.clone(), entry));
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = in_flight.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            // The edge stopped waiting for an old request: acting on it
+            // would open a session nobody holds.
+            let stale = entry_ms(&entry.id).is_some_and(|ms| ms + max_age < now);
+            let ctx = ctx.clone();
+            tracker.spawn(async move {
+                login::handle(ctx, entry, stale).await;
+                drop(permit);
+            });
         }
     }
     tracker.close();
-    tracker.wait().await;
+    if tokio::time::timeout(cfg.shutdown_grace(), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in hand after the grace period");
+    }
     tracing::info!("auth-svc stopped");
     Ok(())
+}
+
+/// The `<ms>` part of a stream entry id.
+fn entry_ms(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+async fn redis_time_ms(conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<u64> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs * 1000 + micros / 1000)
 }

@@ -75,11 +75,15 @@ impl Ctx {
     }
 }
 
-/// Handles one entry of the login stream and removes it.
-pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry) {
+/// Handles one entry of the login stream and removes it; a `stale` one
+/// (its edge no longer waits) is only removed.
+pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
     let stream = entry.stream.clone();
     let ids = [entry.id.clone()];
     match entry.req {
+        Some(req) if stale => {
+            tracing::warn!(edge = %req.edge, user = %req.user, "login request too old, dropped");
+        }
         Some(req) => {
             let span =
                 tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);

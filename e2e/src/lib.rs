@@ -187,11 +187,12 @@ impl System {
         tokio::spawn(auth_svc::run(c, self.stop.child_token()));
     }
 
-    /// Starts router-svc instance `router-<i>`.
-    pub fn spawn_router(&self, i: usize) {
+    /// Starts router-svc instance `router-<i>`; aborting the handle stops
+    /// it as abruptly as `kill -9` (no lease handed back, nothing finished).
+    pub fn spawn_router(&self, i: usize) -> tokio::task::AbortHandle {
         let mut c = self.cfg.clone();
         c.router.id = format!("router-{i}");
-        tokio::spawn(router_svc::run(c, self.stop.child_token()));
+        tokio::spawn(router_svc::run(c, self.stop.child_token())).abort_handle()
     }
 
     pub async fn add_user(&self, name: &str) {

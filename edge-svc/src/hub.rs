@@ -224,9 +224,11 @@ impl Hub {
                 user: user.clone(),
                 sid: sid.clone(),
             }),
-            // A close for an earlier session of this connection is moot.
+            // Only the connection's current session is closed: a close for
+            // one it no longer holds (say, a late login already undone) is
+            // moot.
             Some(Effect::Close { reason, sid })
-                if conn.session.as_ref().is_none_or(|s| s.sid == *sid) =>
+                if conn.session.as_ref().is_some_and(|s| s.sid == *sid) =>
             {
                 conn.session = None;
                 if let Some(room) = conn.room.take() {
@@ -386,11 +388,12 @@ mod tests {
     fn close_applies_to_the_current_session_only() {
         let (hub, _orphans) = hub();
         let (mut a, _) = conn(&hub, 1, 8);
+        let (mut b, _) = conn(&hub, 2, 8);
         let _wait = hub.expect(1, 1);
         hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
-        let close = |sid: &str| {
+        let close = |conn: u64, sid: &str| {
             serde_json::to_vec(&Reply {
-                conn: 1,
+                conn,
                 rid: 0,
                 lines: vec![],
                 effect: Some(Effect::Close {
@@ -400,9 +403,10 @@ mod tests {
             })
             .unwrap()
         };
-        hub.dispatch("chat:ch:edge:e1", &close("4"));
+        hub.dispatch("chat:ch:edge:e1", &close(1, "4"));
         hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob still");
-        hub.dispatch("chat:ch:edge:e1", &close("5"));
+        hub.dispatch("chat:ch:edge:e1", &close(2, "5"));
+        hub.dispatch("chat:ch:edge:e1", &close(1, "5"));
         hub.dispatch("chat:ch:room:lobby", b"MSG lobby 2-0 bob gone");
         assert_eq!(
             lines(&mut a),
@@ -412,6 +416,7 @@ mod tests {
                 "BYE logged-in-elsewhere"
             ]
         );
+        assert!(lines(&mut b).is_empty(), "no session, nothing to close");
         assert!(hub.remove(1).is_none(), "the session is over");
     }
 }

@@ -173,7 +173,7 @@ pub async fn run(
         closer.close("server-shutdown");
     }
     tracker.close();
-    if tokio::time::timeout(ctx.cfg.edge.shutdown_grace(), tracker.wait())
+    if tokio::time::timeout(ctx.cfg.shutdown_grace(), tracker.wait())
         .await
         .is_err()
     {

@@ -49,19 +49,24 @@ impl Leases {
         self.owned.iter().copied()
     }
 
-    /// Heartbeat, renewal, rebalancing. Returns the partitions newly taken,
-    /// whose pending requests the caller must take over first.
-    pub(crate) async fn maintain(&mut self) -> Vec<u32> {
-        match self.try_maintain().await {
-            Ok(taken) => taken,
-            Err(e) => {
-                tracing::warn!(error = %e, "lease maintenance failed");
-                Vec::new()
-            }
+    /// Heartbeat, renewal, rebalancing.
+    pub(crate) async fn maintain(&mut self) {
+        if let Err(e) = self.try_maintain().await {
+            // Unconfirmed leases may have run out: stop acting on them.
+            // Pending requests stay for whoever owns the partitions next.
+            tracing::warn!(error = %e, "lease maintenance failed; dropping leases");
+            self.owned.clear();
         }
     }
 
-    async fn try_maintain(&mut self) -> redis::RedisResult<Vec<u32>> {
+    /// A lease found lost while applying requests.
+    pub(crate) fn forget(&mut self, p: u32) {
+        if self.owned.remove(&p) {
+            tracing::warn!(partition = p, "lease lost");
+        }
+    }
+
+    async fn try_maintain(&mut self) -> redis::RedisResult<()> {
         let now = shared::now_ms();
         let routers = self.keys.routers();
         let (_, _, live): ((), (), u32) = redis::pipe()
@@ -115,7 +120,7 @@ impl Leases {
         if !taken.is_empty() {
             tracing::info!(partitions = ?taken, owned = self.owned.len(), "leases taken");
         }
-        Ok(taken)
+        Ok(())
     }
 
     async fn release_one(&mut self, p: u32) -> redis::RedisResult<()> {

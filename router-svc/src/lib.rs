@@ -13,6 +13,10 @@
 mod leases;
 mod process;
 
+use process::{Outcome, Worker};
+use shared::store::Entry;
+use tokio::time::Instant;
+
 use redis::Client;
 use shared::config::Config;
 use shared::keys::Keys;
@@ -37,46 +41,106 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
     let keys = Keys::new(cfg.key_prefix.clone());
     let mut cmds = shared::store::commands(&client).await?;
     let mut reader = shared::store::blocking(&client, BLOCK).await?;
-    for p in 0..cfg.partitions {
-        shared::store::ensure_group(&mut cmds, &keys.router_requests(p), GROUP).await?;
-    }
+    let streams: Vec<String> = (0..cfg.partitions)
+        .map(|p| keys.router_requests(p))
+        .collect();
+    shared::store::ensure_groups(&mut cmds, &streams, GROUP).await?;
     let mut leases = leases::Leases::new(&cfg, keys.clone(), cmds.clone());
-    let mut worker = process::Worker::new(&cfg, keys.clone(), cmds, shutdown.clone());
+    let mut worker = Worker::new(&cfg, keys.clone(), cmds.clone());
     tracing::info!(id = %cfg.router.id, partitions = cfg.partitions, "router-svc ready");
 
     let renew_every = Duration::from_millis(cfg.router.lease_ms / 3);
-    let mut next_renewal = tokio::time::Instant::now();
+    let mut next_renewal = Instant::now();
     while !shutdown.is_cancelled() {
-        if tokio::time::Instant::now() >= next_renewal {
-            for p in leases.maintain().await {
-                worker.take_over(p).await;
+        if Instant::now() >= next_renewal {
+            leases.maintain().await;
+            // Between batches nothing is in flight: whatever is pending on
+            // an owned partition is left over (a previous owner's, or ours
+            // that failed) and goes first.
+            let owned: Vec<u32> = leases.owned().collect();
+            if let Ok(counts) = worker.pending(&owned).await {
+                for (p, n) in owned.into_iter().zip(counts) {
+                    if n > 0 {
+                        let outcome = worker.recover(p).await;
+                        settle(&mut leases, p, outcome);
+                    }
+                }
             }
-            next_renewal = tokio::time::Instant::now() + renew_every;
+            next_renewal = Instant::now() + renew_every;
         }
-        let streams: Vec<String> = leases.owned().map(|p| keys.router_requests(p)).collect();
-        let wait = next_renewal.saturating_duration_since(tokio::time::Instant::now());
-        if streams.is_empty() {
+        let owned: Vec<u32> = leases.owned().collect();
+        let wait = next_renewal.saturating_duration_since(Instant::now());
+        if owned.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => continue,
             }
         }
+        let streams: Vec<String> = owned.iter().map(|p| keys.router_requests(*p)).collect();
         let block = wait.clamp(Duration::from_millis(1), BLOCK);
         let read = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = shared::store::read_group(&mut reader, &streams, GROUP, &cfg.router.id, cfg.router.batch, block) => r,
         };
-        match read {
-            Ok(entries) => {
-                worker.handle(entries).await;
-            }
+        let entries = match read {
+            Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "reading requests failed; retrying");
+                if e.code() == Some("NOGROUP") {
+                    // Redis lost its data (restart without persistence).
+                    let _ = shared::store::ensure_groups(&mut cmds, &streams, GROUP).await;
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             }
+        };
+        let batches = by_partition(entries);
+        let parts: Vec<u32> = batches.iter().map(|(p, _)| *p).collect();
+        let Ok(pending) = worker.pending(&parts).await else {
+            continue; // left pending; recovered in order at the next tick
+        };
+        let mut retry = false;
+        for ((p, batch), n) in batches.into_iter().zip(pending) {
+            // Anything pending besides this batch is older than it.
+            let outcome = if n > batch.len() as u64 {
+                worker.recover(p).await
+            } else {
+                worker.apply_in_order(batch).await
+            };
+            retry |= outcome == Outcome::Retry;
+            settle(&mut leases, p, outcome);
+        }
+        if retry {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     leases.release_all().await;
     tracing::info!("router-svc stopped");
     Ok(())
+}
+
+fn settle(leases: &mut leases::Leases, p: u32, outcome: Outcome) {
+    match outcome {
+        Outcome::Done => {}
+        Outcome::Fenced => leases.forget(p),
+        Outcome::Retry => tracing::warn!(partition = p, "requests left for a retry"),
+    }
+}
+
+/// Splits a read into runs per partition, keeping stream order.
+fn by_partition(entries: Vec<Entry>) -> Vec<(u32, Vec<Entry>)> {
+    let mut out: Vec<(u32, Vec<Entry>)> = Vec::new();
+    for entry in entries {
+        let p = entry
+            .stream
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        match out.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, run)) => run.push(entry),
+            None => out.push((p, vec![entry])),
+        }
+    }
+    out
 }

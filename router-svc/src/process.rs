@@ -3,13 +3,12 @@
 
 use crate::GROUP;
 use redis::aio::ConnectionManager;
-use redis::{ErrorKind, Script, Value};
+use redis::{Script, Value};
 use shared::config::Config;
 use shared::envelope::{Op, Request};
 use shared::keys::Keys;
 use shared::store::{Entry, LUA_PRELUDE};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// ARGV: prefix, partition, owner, entry id, edge, conn, rid, user, sid,
 /// op, history cap, then the op's arguments.
@@ -39,48 +38,87 @@ if op == 'logout' then
   return 'ok'
 end
 if sess[3] ~= sid then return 'stale' end
+-- History ids take the time the edge received the request (the request's
+-- own id), raised to the stream's last id if need be, so they increase.
+local function add_history(key, ...)
+  local ms = tonumber(string.match(eid, '^(%d+)-'))
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+  if last then ms = math.max(ms, tonumber(string.match(last[1], '^(%d+)-'))) end
+  local id = redis.pcall('XADD', key, 'MAXLEN', cap, string.format('%d-*', ms), ...)
+  if type(id) == 'table' and id.err then
+    id = redis.call('XADD', key, 'MAXLEN', cap, '*', ...)
+  end
+  return id
+end
 if op == 'say' then
   local room, text = sess[4], ARGV[12]
-  local id = redis.call('XADD', P .. 'history:' .. room, 'MAXLEN', cap, '*', 'from', user, 'text', text)
+  local id = add_history(P .. 'history:' .. room, 'from', user, 'text', text)
   redis.call('PUBLISH', P .. 'ch:room:' .. room, 'MSG ' .. room .. ' ' .. id .. ' ' .. user .. ' ' .. text)
   return 'ok'
 end
 return 'unknown-op'
 "#;
 
+/// How a run of requests of one partition went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// All applied (or recognized as applied before) and acknowledged.
+    Done,
+    /// This router no longer owns the partition.
+    Fenced,
+    /// Redis failed for a while: what is left stays pending, to be retried
+    /// in order before anything newer.
+    Retry,
+}
+
 pub(crate) struct Worker {
     keys: Keys,
     conn: ConnectionManager,
     id: String,
-    partitions: u32,
     history_cap: u64,
     batch: usize,
     script: Script,
-    shutdown: CancellationToken,
 }
 
 impl Worker {
-    pub(crate) fn new(
-        cfg: &Config,
-        keys: Keys,
-        conn: ConnectionManager,
-        shutdown: CancellationToken,
-    ) -> Worker {
+    pub(crate) fn new(cfg: &Config, keys: Keys, conn: ConnectionManager) -> Worker {
         Worker {
             keys,
             conn,
             id: cfg.router.id.clone(),
-            partitions: cfg.partitions,
             history_cap: cfg.router.history_cap,
             batch: cfg.router.batch,
             script: Script::new(&format!("{LUA_PRELUDE}{ROUTER_LUA}")),
-            shutdown,
         }
     }
 
-    /// Takes over what a previous owner of partition `p` read but did not
-    /// finish; done before any new request of `p`, so order holds.
-    pub(crate) async fn take_over(&mut self, p: u32) {
+    /// Number of entries pending (read, not acknowledged) on each
+    /// partition, whoever read them.
+    pub(crate) async fn pending(&mut self, partitions: &[u32]) -> redis::RedisResult<Vec<u64>> {
+        let mut pipe = redis::pipe();
+        for p in partitions {
+            pipe.cmd("XPENDING")
+                .arg(self.keys.router_requests(*p))
+                .arg(GROUP);
+        }
+        let summaries: Vec<Value> = pipe.query_async(&mut self.conn).await?;
+        Ok(summaries
+            .into_iter()
+            .map(|v| match v {
+                Value::Array(items) => items
+                    .into_iter()
+                    .next()
+                    .and_then(|n| redis::from_redis_value(n).ok())
+                    .unwrap_or(0),
+                _ => 0,
+            })
+            .collect())
+    }
+
+    /// Applies, in id order, everything pending on partition `p`: requests
+    /// a previous owner read but did not finish, and our own that failed.
+    /// Done before anything newer of `p`, so order holds.
+    pub(crate) async fn recover(&mut self, p: u32) -> Outcome {
         let stream = self.keys.router_requests(p);
         loop {
             let claimed = shared::store::claim_pending(
@@ -93,66 +131,76 @@ impl Worker {
             )
             .await;
             match claimed {
-                Ok(entries) if entries.is_empty() => return,
+                Ok(entries) if entries.is_empty() => return Outcome::Done,
                 Ok(entries) => {
                     tracing::info!(
                         partition = p,
                         count = entries.len(),
-                        "took over pending requests"
+                        "applying pending requests"
                     );
-                    if !self.handle(entries).await {
-                        return;
+                    let outcome = self.apply_in_order(entries).await;
+                    if outcome != Outcome::Done {
+                        return outcome;
                     }
                 }
                 Err(e) => {
                     tracing::warn!(partition = p, error = %e, "claiming pending requests failed");
-                    return;
+                    return Outcome::Retry;
                 }
             }
         }
     }
 
-    /// Applies entries in order and acknowledges those done. Returns false
-    /// when some were left (lease lost, or Redis unreachable).
-    pub(crate) async fn handle(&mut self, entries: Vec<Entry>) -> bool {
-        if entries.is_empty() {
-            return true;
-        }
-        let mut backoff = Duration::from_millis(50);
-        let statuses = loop {
-            match self.apply(&entries).await {
-                Ok(statuses) => break statuses,
-                Err(e) if e.code() == Some("NOSCRIPT") => {
-                    if let Err(e) = self.script.load_async(&mut self.conn).await {
+    /// Applies entries of one partition in order and acknowledges those
+    /// done.
+    pub(crate) async fn apply_in_order(&mut self, entries: Vec<Entry>) -> Outcome {
+        let statuses = match self.apply(&entries).await {
+            Ok(statuses) => statuses,
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                // Redis lost its script cache (restart): load and go on.
+                match self.script.load_async(&mut self.conn).await {
+                    Ok(_) => return Box::pin(self.apply_in_order(entries)).await,
+                    Err(e) => {
                         tracing::warn!(error = %e, "loading the router script failed");
+                        return Outcome::Retry;
                     }
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => {
-                    // A request the script rejects must not hold up the rest.
-                    tracing::error!(error = %e, "batch failed; applying one by one");
-                    break self.apply_singly(&entries).await;
-                }
-                Err(e) => {
-                    // Retried until done: newer requests must not overtake
-                    // these (duplicates are recognized by the script).
-                    tracing::warn!(error = %e, "applying requests failed; retrying");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
+            Err(e) if transient(&e) => {
+                tracing::warn!(error = %e, "applying requests failed; will retry");
+                return Outcome::Retry;
+            }
+            Err(e) => {
+                // One request the script rejects must not hold up the rest.
+                tracing::error!(error = %e, "batch failed; applying one by one");
+                self.apply_singly(&entries).await
+            }
         };
-        let mut pipe = redis::pipe();
-        let mut all_done = true;
-        for (stream, ids) in done_by_stream(&entries, &statuses, &mut all_done) {
-            shared::store::ack_and_delete(&mut pipe, &stream, GROUP, &ids);
+        let mut outcome = Outcome::Done;
+        let mut done = Vec::new();
+        for (entry, status) in entries.iter().zip(&statuses) {
+            match status.as_str() {
+                "fenced" => outcome = Outcome::Fenced,
+                "retry" => outcome = Outcome::Retry,
+                "ok" | "duplicate" | "stale" => done.push(entry.id.clone()),
+                other => {
+                    tracing::error!(id = %entry.id, status = other, "request dropped");
+                    done.push(entry.id.clone());
+                }
+            }
+            if outcome != Outcome::Done {
+                break; // nothing after it may be acknowledged out of order
+            }
         }
-        if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
-            tracing::warn!(error = %e, "acknowledging requests failed");
+        if let Some(first) = entries.first() {
+            let mut pipe = redis::pipe();
+            shared::store::ack_and_delete(&mut pipe, &first.stream, GROUP, &done);
+            if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
+                // Left pending: applied again later, recognized as duplicates.
+                tracing::warn!(error = %e, "acknowledging requests failed");
+            }
         }
-        all_done
+        outcome
     }
 
     async fn apply(&mut self, entries: &[Entry]) -> redis::RedisResult<Vec<String>> {
@@ -188,31 +236,32 @@ impl Worker {
             .collect())
     }
 
+    /// After a batch failed on a script error: each entry alone; a
+    /// transient failure stops here and leaves the rest for a retry.
     async fn apply_singly(&mut self, entries: &[Entry]) -> Vec<String> {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let status = match self.apply(std::slice::from_ref(entry)).await {
                 Ok(mut s) => s.pop().unwrap_or_default(),
+                Err(e) if transient(&e) => "retry".into(),
                 Err(e) => {
-                    tracing::error!(id = %entry.id, error = %e, "request dropped");
+                    tracing::error!(id = %entry.id, error = %e, "request failed");
                     "failed".into()
                 }
             };
+            let stop = status == "retry";
             out.push(status);
+            if stop {
+                break;
+            }
         }
         out
     }
 
     fn invocation<'a>(&'a self, entry: &Entry, req: &Request) -> redis::ScriptInvocation<'a> {
-        let partition = entry
-            .stream
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u32>().ok())
-            .unwrap_or_else(|| shared::keys::partition_of(&req.user, self.partitions));
         let mut inv = self.script.prepare_invoke();
         inv.arg(self.keys.prefix())
-            .arg(partition)
+            .arg(entry.stream.rsplit(':').next().unwrap_or_default())
             .arg(&self.id)
             .arg(&entry.id)
             .arg(&req.edge)
@@ -229,26 +278,14 @@ impl Worker {
     }
 }
 
-/// The entries to acknowledge, by stream: all but those fenced off.
-fn done_by_stream(
-    entries: &[Entry],
-    statuses: &[String],
-    all_done: &mut bool,
-) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for (entry, status) in entries.iter().zip(statuses) {
-        match status.as_str() {
-            "fenced" => *all_done = false,
-            "ok" | "duplicate" | "stale" => {}
-            other => tracing::warn!(id = %entry.id, status = other, "request not applied"),
-        }
-        if status == "fenced" {
-            continue;
-        }
-        match out.iter_mut().find(|(s, _)| *s == entry.stream) {
-            Some((_, ids)) => ids.push(entry.id.clone()),
-            None => out.push((entry.stream.clone(), vec![entry.id.clone()])),
-        }
-    }
-    out
+/// Errors that pass (Redis restarting, failing over, busy, out of reach),
+/// as opposed to a request the script cannot apply.
+fn transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.code(),
+            Some("OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "NOSCRIPT")
+        )
 }

@@ -32,6 +32,9 @@ pub struct Config {
     /// Approximate cap on each request stream, against unbounded growth
     /// while no service reads it.
     pub request_stream_maxlen: u64,
+    /// Time a stopping service gives the work in hand (an edge: its clients
+    /// to close) before it exits anyway.
+    pub shutdown_grace_ms: u64,
     pub edge: EdgeConfig,
     pub auth: AuthConfig,
     pub router: RouterConfig,
@@ -57,8 +60,6 @@ pub struct EdgeConfig {
     pub out_queue: usize,
     /// Time a closing connection gets to flush its last lines.
     pub write_timeout_ms: u64,
-    /// Time a stopping edge waits for its connections to close.
-    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +75,9 @@ pub struct AuthConfig {
     pub duplicate_login: DuplicateLogin,
     /// Most requests read per stream read.
     pub batch: usize,
+    /// Most requests in hand at once; the rest wait in the stream, where
+    /// other instances can take them.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +116,7 @@ impl Default for Config {
             key_prefix: "chat:".into(),
             partitions: 16,
             request_stream_maxlen: 100_000,
+            shutdown_grace_ms: 5_000,
             edge: EdgeConfig::default(),
             auth: AuthConfig::default(),
             router: RouterConfig::default(),
@@ -131,7 +136,6 @@ impl Default for EdgeConfig {
             request_timeout_ms: 5_000,
             out_queue: 1024,
             write_timeout_ms: 5_000,
-            shutdown_grace_ms: 5_000,
         }
     }
 }
@@ -148,10 +152,6 @@ impl EdgeConfig {
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
     }
-
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
-    }
 }
 
 impl Default for AuthConfig {
@@ -162,6 +162,7 @@ impl Default for AuthConfig {
             bcrypt_concurrency: 0,
             duplicate_login: DuplicateLogin::ForceLogout,
             batch: 64,
+            max_in_flight: 256,
         }
     }
 }
@@ -186,6 +187,10 @@ pub enum ConfigError {
 }
 
 impl Config {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
     /// Loads defaults, then `file` (or `$CHAT_CONFIG`) if given, then `CHAT_*`
     /// variables, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -244,8 +249,12 @@ impl Config {
         if self.router.lease_ms < 300 {
             return bad("router.lease_ms must be at least 300");
         }
-        if self.router.history_cap == 0 || self.auth.batch == 0 || self.router.batch == 0 {
-            return bad("router.history_cap, auth.batch and router.batch must be positive");
+        if self.router.history_cap == 0
+            || self.auth.batch == 0
+            || self.router.batch == 0
+            || self.auth.max_in_flight == 0
+        {
+            return bad("history_cap, batch and max_in_flight settings must be positive");
         }
         let id_ok = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
         if !id_ok(&self.edge.id) || !id_ok(&self.auth.id) || !id_ok(&self.router.id) {

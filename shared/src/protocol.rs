@@ -235,7 +235,7 @@ impl Command {
 /// `/ping` and `/quit` (judged by the keyword alone, so that anything else,
 /// even malformed, is answered `ERR auth-required`).
 pub fn allowed_before_login(line: &str) -> bool {
-    let word = split_word(line.trim_start()).0;
+    let word = split_word(line).0;
     ["LOGIN", "REGISTER", "/help", "/ping", "/quit"]
         .iter()
         .any(|k| word.eq_ignore_ascii_case(k))

@@ -29,19 +29,23 @@ pub async fn blocking(client: &Client, block: Duration) -> RedisResult<Multiplex
         .await
 }
 
-/// Creates `group` on `stream` (and the stream) unless it exists. A new
+/// Creates `group` on each stream (and the stream) unless it exists. A new
 /// group starts at the beginning, so requests written before any service
-/// ran are still served.
-pub async fn ensure_group(
+/// ran are still served. Called at start and again on `NOGROUP` (Redis lost
+/// its data).
+pub async fn ensure_groups(
     conn: &mut ConnectionManager,
-    stream: &str,
+    streams: &[String],
     group: &str,
 ) -> RedisResult<()> {
-    let res: RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
-    match res {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
+    for stream in streams {
+        let res: RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
+        match res {
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            other => other?,
+        }
     }
+    Ok(())
 }
 
 /// One request read from a stream; `req` is `None` when the entry could not

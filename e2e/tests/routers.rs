@@ -1,0 +1,134 @@
+//! Router instances failing: a crash, and a router that lost its lease
+//! with requests in hand. Nothing accepted is lost, duplicated or reordered.
+
+use e2e::{Client, Shape, System};
+use redis::AsyncCommands;
+use shared::envelope::{Op, Request};
+use shared::keys::{partition_of, Keys};
+
+fn numbers(lines: &[String], from: &str) -> Vec<usize> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("MSG lobby "))
+        .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
+        .filter_map(|l| l.strip_prefix(&format!("{from} n ")))
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+async fn collect(c: &mut Client, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let line = c.line().await;
+        if line.starts_with("MSG ") {
+            out.push(line);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_crashed_router_is_taken_over_without_loss_duplicates_or_reordering() {
+    let shape = Shape {
+        edges: 2,
+        routers: 0,
+        auths: 1,
+    };
+    let sys = System::start_with(shape, |c| c.router.lease_ms = 900).await;
+    sys.add_user("alice").await;
+    sys.add_user("bob").await;
+    let first = sys.spawn_router(0);
+    let mut alice = sys.login(0, "alice").await;
+    let mut bob = sys.login(1, "bob").await;
+
+    const N: usize = 300;
+    for i in 0..N {
+        if i == 100 {
+            first.abort();
+            sys.spawn_router(1);
+        }
+        alice.send(&format!("n {i}")).await;
+    }
+    let got = numbers(&collect(&mut bob, N).await, "alice");
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    let echoed = numbers(&collect(&mut alice, N).await, "alice");
+    assert_eq!(echoed, (0..N).collect::<Vec<_>>());
+    // Nothing more arrives: the next line answers the next command.
+    bob.send("/ping").await;
+    bob.expect("OK PING").await;
+}
+
+/// A router read requests, then lost its lease before applying them (a long
+/// pause). The new owner must apply them, in order, before anything newer.
+#[tokio::test]
+async fn requests_left_by_a_router_that_lost_its_lease_go_first() {
+    let shape = Shape {
+        edges: 2,
+        routers: 0,
+        auths: 1,
+    };
+    let sys = System::start_with(shape, |_| {}).await;
+    sys.add_user("alice").await;
+    sys.add_user("bob").await;
+    let mut alice = sys.login(0, "alice").await;
+    let mut bob = sys.login(1, "bob").await;
+
+    // The router owns alice's partition and waits for requests.
+    sys.spawn_router(0);
+    let mut r = sys.redis.conn().await;
+    let keys = Keys::new("chat:");
+    let partition = partition_of("alice", sys.cfg.partitions);
+    let stream = keys.router_requests(partition);
+    e2e::eventually("the router owns alice's partition", || {
+        let mut r = r.clone();
+        let lease = keys.router_lease(partition);
+        async move { r.get::<_, Option<String>>(lease).await.unwrap().as_deref() == Some("router-0") }
+    })
+    .await;
+
+    // Requests of alice, read (atomically, before the router can) by a
+    // router ("ghost") that has lost its lease and never comes back.
+    let sid: String = r.hget("chat:session:alice", "sid").await.unwrap();
+    let conn: String = r.hget("chat:session:alice", "conn").await.unwrap();
+    let mut tx = redis::pipe();
+    tx.atomic();
+    for i in 0..3 {
+        let req = Request {
+            edge: "edge-1".into(),
+            conn: conn.parse().unwrap(),
+            rid: 0,
+            user: "alice".into(),
+            sid: sid.clone(),
+            op: Op::Say {
+                text: format!("n {i}"),
+            },
+        };
+        shared::store::add_request(&mut tx, &stream, 1000, &req);
+    }
+    tx.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("router")
+        .arg("ghost")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .ignore();
+    tx.query_async::<()>(&mut r).await.unwrap();
+
+    // alice goes on talking through her edge: her old requests come first.
+    for i in 3..6 {
+        alice.send(&format!("n {i}")).await;
+    }
+    let got = numbers(&collect(&mut bob, 6).await, "alice");
+    assert_eq!(got, (0..6).collect::<Vec<_>>());
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("router")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    match pending {
+        redis::Value::Array(v) => assert_eq!(v[0], redis::Value::Int(0)),
+        other => panic!("{other:?}"),
+    }
+}
