@@ -28,8 +28,10 @@ if [ -z "${REDIS_URL:-}" ]; then
     echo "a Redis already answers on port $REDIS_PORT; set REDIS_PORT or REDIS_URL" >&2
     exit 1
   fi
+  # Snapshots rather than an append-only file: the AOF would record every
+  # login request, password included (docs/design.md, Known limits).
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/data/redis" \
-    --appendonly yes --save "" --logfile "$PWD/data/redis/redis.log" &
+    --appendonly no --save "300 1 60 1000" --logfile "$PWD/data/redis/redis.log" &
   pids+=($!)
   REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
   for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
