@@ -120,7 +120,7 @@ impl Hub {
         conn.session
     }
 
-    /// Every session on this edge (shutdown).
+    /// The closers of every connection (shutdown).
     pub(crate) fn closers(&self) -> Vec<Arc<Closer>> {
         self.lock()
             .conns

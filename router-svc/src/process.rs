@@ -95,6 +95,9 @@ impl Worker {
     /// Number of entries pending (read, not acknowledged) on each
     /// partition, whoever read them.
     pub(crate) async fn pending(&mut self, partitions: &[u32]) -> redis::RedisResult<Vec<u64>> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for p in partitions {
             pipe.cmd("XPENDING")
@@ -192,7 +195,7 @@ impl Worker {
                 break; // nothing after it may be acknowledged out of order
             }
         }
-        if let Some(first) = entries.first() {
+        if let (Some(first), false) = (entries.first(), done.is_empty()) {
             let mut pipe = redis::pipe();
             shared::store::ack_and_delete(&mut pipe, &first.stream, GROUP, &done);
             if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
