@@ -94,7 +94,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
                 continue;
             }
         };
-        let batches = by_partition(entries);
+        let batches = by_partition(&keys, entries);
         let parts: Vec<u32> = batches.iter().map(|(p, _)| *p).collect();
         let Ok(pending) = worker.pending(&parts).await else {
             continue; // left pending; recovered in order at the next tick
@@ -105,7 +105,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
             let outcome = if n > batch.len() as u64 {
                 worker.recover(p).await
             } else {
-                worker.apply_in_order(batch).await
+                worker.apply_in_order(p, batch).await
             };
             retry |= outcome == Outcome::Retry;
             settle(&mut leases, p, outcome);
@@ -128,15 +128,13 @@ fn settle(leases: &mut leases::Leases, p: u32, outcome: Outcome) {
 }
 
 /// Splits a read into runs per partition, keeping stream order.
-fn by_partition(entries: Vec<Entry>) -> Vec<(u32, Vec<Entry>)> {
+fn by_partition(keys: &Keys, entries: Vec<Entry>) -> Vec<(u32, Vec<Entry>)> {
     let mut out: Vec<(u32, Vec<Entry>)> = Vec::new();
     for entry in entries {
-        let p = entry
-            .stream
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
+        let Some(p) = keys.partition_of_stream(&entry.stream) else {
+            tracing::warn!(stream = %entry.stream, "entry from an unexpected stream ignored");
+            continue;
+        };
         match out.iter_mut().find(|(q, _)| *q == p) {
             Some((_, run)) => run.push(entry),
             None => out.push((p, vec![entry])),

@@ -141,7 +141,7 @@ impl Worker {
                         count = entries.len(),
                         "applying pending requests"
                     );
-                    let outcome = self.apply_in_order(entries).await;
+                    let outcome = self.apply_in_order(p, entries).await;
                     if outcome != Outcome::Done {
                         return outcome;
                     }
@@ -154,15 +154,15 @@ impl Worker {
         }
     }
 
-    /// Applies entries of one partition in order and acknowledges those
+    /// Applies entries of partition `p` in order and acknowledges those
     /// done.
-    pub(crate) async fn apply_in_order(&mut self, entries: Vec<Entry>) -> Outcome {
-        let statuses = match self.apply(&entries).await {
+    pub(crate) async fn apply_in_order(&mut self, p: u32, entries: Vec<Entry>) -> Outcome {
+        let statuses = match self.apply(p, &entries).await {
             Ok(statuses) => statuses,
             Err(e) if e.code() == Some("NOSCRIPT") => {
                 // Redis lost its script cache (restart): load and go on.
                 match self.script.load_async(&mut self.conn).await {
-                    Ok(_) => return Box::pin(self.apply_in_order(entries)).await,
+                    Ok(_) => return Box::pin(self.apply_in_order(p, entries)).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "loading the router script failed");
                         return Outcome::Retry;
@@ -176,7 +176,7 @@ impl Worker {
             Err(e) => {
                 // One request the script rejects must not hold up the rest.
                 tracing::error!(error = %e, "batch failed; applying one by one");
-                self.apply_singly(&entries).await
+                self.apply_singly(p, &entries).await
             }
         };
         let mut outcome = Outcome::Done;
@@ -206,13 +206,13 @@ impl Worker {
         outcome
     }
 
-    async fn apply(&mut self, entries: &[Entry]) -> redis::RedisResult<Vec<String>> {
+    async fn apply(&mut self, p: u32, entries: &[Entry]) -> redis::RedisResult<Vec<String>> {
         let mut pipe = redis::pipe();
         let mut slots = Vec::with_capacity(entries.len());
         for entry in entries {
             match &entry.req {
                 Some(req) => {
-                    let invocation = self.invocation(entry, req);
+                    let invocation = self.invocation(p, entry, req);
                     pipe.invoke_script(&invocation);
                     slots.push(true);
                 }
@@ -241,10 +241,10 @@ impl Worker {
 
     /// After a batch failed on a script error: each entry alone; a
     /// transient failure stops here and leaves the rest for a retry.
-    async fn apply_singly(&mut self, entries: &[Entry]) -> Vec<String> {
+    async fn apply_singly(&mut self, p: u32, entries: &[Entry]) -> Vec<String> {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            let status = match self.apply(std::slice::from_ref(entry)).await {
+            let status = match self.apply(p, std::slice::from_ref(entry)).await {
                 Ok(mut s) => s.pop().unwrap_or_default(),
                 Err(e) if transient(&e) => "retry".into(),
                 Err(e) => {
@@ -261,10 +261,15 @@ impl Worker {
         out
     }
 
-    fn invocation<'a>(&'a self, entry: &Entry, req: &Request) -> redis::ScriptInvocation<'a> {
+    fn invocation<'a>(
+        &'a self,
+        p: u32,
+        entry: &Entry,
+        req: &Request,
+    ) -> redis::ScriptInvocation<'a> {
         let mut inv = self.script.prepare_invoke();
         inv.arg(self.keys.prefix())
-            .arg(entry.stream.rsplit(':').next().unwrap_or_default())
+            .arg(p)
             .arg(&self.id)
             .arg(&entry.id)
             .arg(&req.edge)

@@ -49,6 +49,15 @@ impl Keys {
         format!("{}req:router:{partition}", self.prefix)
     }
 
+    /// The partition of a router request stream, if `stream` is one.
+    pub fn partition_of_stream(&self, stream: &str) -> Option<u32> {
+        stream
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("req:router:")?
+            .parse()
+            .ok()
+    }
+
     /// Lease on a router partition: the id of the router instance that owns it.
     pub fn router_lease(&self, partition: u32) -> String {
         format!("{}router:lease:{partition}", self.prefix)
@@ -101,6 +110,8 @@ mod tests {
         assert_eq!(k.rooms(), "chat:rooms");
         assert_eq!(k.room_of_channel("chat:ch:room:dev"), Some("dev"));
         assert_eq!(k.room_of_channel("chat:ch:edge:e1"), None);
+        assert_eq!(k.partition_of_stream(&k.router_requests(7)), Some(7));
+        assert_eq!(k.partition_of_stream(&k.auth_requests()), None);
     }
 
     #[test]
