@@ -17,6 +17,7 @@ use tracing::Instrument;
 /// One live session per user: an existing one is either closed (its edge
 /// gets a `close` effect, its room membership goes) or kept and the new
 /// login refused. The session id comes from a counter, so it is unique.
+/// Private messages queued while the user was offline go out with the reply.
 const LOGIN_LUA: &str = r#"
 local user, edge, conn, rid, addr, policy = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local skey = P .. 'session:' .. user
@@ -34,8 +35,18 @@ redis.call('HSET', skey, 'edge', edge, 'conn', conn, 'sid', sid, 'room', 'lobby'
   'addr', addr, 'since', tostring(now_ms()))
 redis.call('SADD', P .. 'room:lobby', user)
 redis.call('SADD', P .. 'rooms', 'lobby')
-reply(edge, conn, rid, {'OK LOGIN ' .. user .. ' lobby'},
-  {kind = 'login', user = user, sid = sid, room = 'lobby'})
+local subs = online(user, 1)
+-- Private messages queued while offline follow OK LOGIN, in order, once.
+local lines = {'OK LOGIN ' .. user .. ' lobby'}
+local inbox = P .. 'inbox:' .. user
+for _, e in ipairs(redis.call('XRANGE', inbox, '-', '+')) do
+  local f = fields(e[2])
+  lines[#lines + 1] = 'DM ' .. f.id .. ' ' .. f.from .. ' ' .. f.text
+end
+redis.call('DEL', inbox)
+reply(edge, conn, rid, lines,
+  {kind = 'login', user = user, sid = sid, room = 'lobby', subs = table.concat(subs, ' ')})
+sys('lobby', user, 'joined')
 return old[3] and 'replaced' or 'ok'
 "#;
 
@@ -142,6 +153,7 @@ async fn publish(ctx: &Ctx, req: &Request, line: String) -> Result<(), AuthError
         rid: req.rid,
         lines: vec![line],
         effect: None,
+        sid: String::new(),
     };
     let json = serde_json::to_string(&reply).expect("replies serialize");
     let mut conn = ctx.conn.clone();

@@ -212,6 +212,27 @@ impl System {
         c
     }
 
+    /// Waits until `n` routers own partitions (they have balanced).
+    pub async fn routers_own_partitions(&self, n: usize) {
+        let r = self.redis.conn().await;
+        let partitions = self.cfg.partitions;
+        let keys = shared::keys::Keys::new(self.cfg.key_prefix.clone());
+        eventually("the routers share the partitions", || {
+            let (mut r, keys) = (r.clone(), keys.clone());
+            async move {
+                let mut owners = std::collections::HashSet::new();
+                for p in 0..partitions {
+                    let o: Option<String> = redis::AsyncCommands::get(&mut r, keys.router_lease(p))
+                        .await
+                        .unwrap();
+                    owners.extend(o);
+                }
+                owners.len() == n
+            }
+        })
+        .await;
+    }
+
     pub fn stop_edge(&self, edge: usize) {
         self.edge_stops[edge].cancel();
     }
@@ -229,9 +250,13 @@ pub fn password(user: &str) -> String {
 }
 
 /// A line-oriented TLS client that fails the test on timeouts.
+///
+/// It skips `SYS` notices (which arrive whenever anyone comes or goes)
+/// unless [`Client::with_sys`] asks for them.
 pub struct Client {
     lines: Lines<BufReader<ReadHalf<TlsStream<TcpStream>>>>,
     wr: WriteHalf<TlsStream<TcpStream>>,
+    sys: bool,
 }
 
 impl Client {
@@ -246,7 +271,14 @@ impl Client {
         Ok(Client {
             lines: BufReader::new(rd).lines(),
             wr,
+            sys: false,
         })
+    }
+
+    /// Shows `SYS` notices from the next line on.
+    pub fn with_sys(mut self) -> Client {
+        self.sys = true;
+        self
     }
 
     pub async fn send(&mut self, line: &str) {
@@ -260,11 +292,17 @@ impl Client {
 
     /// The next line; `None` at end of stream.
     pub async fn next(&mut self) -> Option<String> {
-        tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("timed out waiting for a line")
-            .ok()
-            .flatten()
+        loop {
+            let line = tokio::time::timeout(WAIT, self.lines.next_line())
+                .await
+                .expect("timed out waiting for a line")
+                .ok()
+                .flatten();
+            match line {
+                Some(l) if !self.sys && l.starts_with("SYS ") => continue,
+                other => return other,
+            }
+        }
     }
 
     pub async fn line(&mut self) -> String {
@@ -292,6 +330,29 @@ impl Client {
                 return line;
             }
         }
+    }
+
+    /// Sends a command and returns the lines up to and including its final
+    /// `OK`/`ERR` line.
+    pub async fn command(&mut self, line: &str) -> Vec<String> {
+        self.send(line).await;
+        let mut lines = Vec::new();
+        loop {
+            let l = self.line().await;
+            let last = l.starts_with("OK ") || l.starts_with("ERR ");
+            lines.push(l);
+            if last {
+                return lines;
+            }
+        }
+    }
+
+    /// Sends a command and returns its final line, which must be the only
+    /// one.
+    pub async fn ask(&mut self, line: &str) -> String {
+        let mut lines = self.command(line).await;
+        assert_eq!(lines.len(), 1, "{line}: {lines:?}");
+        lines.pop().unwrap()
     }
 
     /// Waits for the server to close the connection.

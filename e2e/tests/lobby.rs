@@ -66,23 +66,7 @@ async fn two_routers_share_partitions_and_keep_each_senders_order() {
     for (i, u) in users.iter().enumerate() {
         clients.push(sys.login(i % 2, u).await);
     }
-    // Both routers hold leases once they have balanced.
-    let r = sys.redis.conn().await;
-    e2e::eventually("both routers own partitions", || {
-        let mut r = r.clone();
-        async move {
-            let mut owners = std::collections::HashSet::new();
-            for p in 0..16 {
-                let o: Option<String> =
-                    redis::AsyncCommands::get(&mut r, format!("chat:router:lease:{p}"))
-                        .await
-                        .unwrap();
-                owners.extend(o);
-            }
-            owners.len() == 2
-        }
-    })
-    .await;
+    sys.routers_own_partitions(2).await;
 
     const N: usize = 200;
     for i in 0..N {

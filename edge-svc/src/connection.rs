@@ -7,7 +7,7 @@ use crate::hub::{Closer, Out, Session};
 use crate::{Ctx, EdgeError, Phase};
 use bytes::BytesMut;
 use shared::envelope::{Effect, Op, Request, Secret};
-use shared::protocol::{self, err_line, Command, ErrorCode, ProtoError};
+use shared::protocol::{self, err_line, Command, ErrorCode, HistoryTarget, ProtoError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -194,6 +194,28 @@ impl Handler {
                 ));
             }
             Command::Say(text) => self.say(text).await,
+            Command::Join(room) => {
+                let channel = self.ctx.keys.room_channel(&room);
+                self.route(Op::Join { room }, &[channel]).await;
+            }
+            Command::Leave => self.route(Op::Leave, &[]).await,
+            Command::Rooms => self.route(Op::Rooms, &[]).await,
+            Command::Who(room) => self.route(Op::Who { room }, &[]).await,
+            Command::Subscribe(target) => {
+                let channel = self.ctx.keys.pub_channel(&target);
+                self.route(Op::Subscribe { target }, &[channel]).await;
+            }
+            Command::Unsubscribe(target) => self.route(Op::Unsubscribe { target }, &[]).await,
+            Command::Subscriptions => self.route(Op::Subscriptions, &[]).await,
+            Command::Publish(text) => self.route(Op::Publish { text }, &[]).await,
+            Command::Msg { to, text } => self.route(Op::Msg { to, text }, &[]).await,
+            Command::History { target, n } => {
+                let with = match target {
+                    HistoryTarget::Room => None,
+                    HistoryTarget::User(user) => Some(user),
+                };
+                self.route(Op::History { with, n }, &[]).await;
+            }
             Command::Ping => self.reply("OK PING"),
             Command::Help => {
                 for line in protocol::HELP {
@@ -204,13 +226,6 @@ impl Handler {
             Command::Quit => {
                 self.quit().await;
                 return Flow::Stop;
-            }
-            other => {
-                tracing::debug!(command = ?other, "command not offered");
-                self.reply(&err_line(
-                    ErrorCode::UnknownCommand,
-                    "not offered by this server yet",
-                ));
             }
         }
         Flow::Continue
@@ -239,6 +254,23 @@ impl Handler {
             ));
             return;
         }
+        // The publishers the user subscribes to: their channels are
+        // subscribed before the session starts, so that nothing published
+        // after it is missed.
+        let subs: Vec<String> = match redis::AsyncCommands::smembers(
+            &mut self.ctx.redis.clone(),
+            self.ctx.keys.subscriptions(&user),
+        )
+        .await
+        {
+            Ok(subs) => subs,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading subscriptions failed");
+                self.reply(&unavailable().line());
+                return;
+            }
+        };
+        let channels: Vec<String> = subs.iter().map(|p| self.ctx.keys.pub_channel(p)).collect();
         let rid = self.ctx.next_rid();
         let op = Op::Login {
             password: Secret(password),
@@ -246,7 +278,8 @@ impl Handler {
         };
         let req = self.request(rid, &user, op);
         let stream = self.ctx.keys.auth_requests();
-        match self.call(&stream, req).await {
+        let result = self.held(&channels, self.call(&stream, req)).await;
+        match result {
             Ok(Some(Effect::Login { user, sid, .. })) => {
                 let span = tracing::Span::current();
                 span.record("user", user.as_str());
@@ -271,6 +304,39 @@ impl Handler {
             tracing::warn!(error = %e, "forwarding a message failed");
             self.reply(&unavailable().line());
         }
+    }
+
+    /// Sends a router request for the session and waits for its reply,
+    /// holding `channels` (those the reply may add the connection to).
+    async fn route(&mut self, op: Op, channels: &[String]) {
+        let Some(session) = &self.session else { return };
+        let user = session.user.clone();
+        let req = self.request(self.ctx.next_rid(), &user, op);
+        let stream = self.ctx.router_stream(&user);
+        if let Err(e) = self.held(channels, self.call(&stream, req)).await {
+            self.reply(&e.line());
+        }
+    }
+
+    /// Runs `call` with `channels` held (subscribed) throughout.
+    async fn held<T>(
+        &self,
+        channels: &[String],
+        call: impl Future<Output = Result<T, ProtoError>>,
+    ) -> Result<T, ProtoError> {
+        let hub = &self.ctx.hub;
+        let subscribed = channels.is_empty()
+            || tokio::time::timeout(self.ctx.cfg.edge.request_timeout(), hub.hold(channels))
+                .await
+                .unwrap_or(false);
+        let result = if subscribed {
+            call.await
+        } else {
+            tracing::warn!("subscribing to channels failed");
+            Err(unavailable())
+        };
+        hub.release(channels);
+        result
     }
 
     async fn quit(&mut self) {

@@ -1,16 +1,19 @@
 //! The edge's connection table, and the dispatcher that applies what comes
-//! back over Pub/Sub: room lines fan out to the local members of the room;
-//! replies go to one connection and may change its state (logged in,
-//! closed).
+//! back over Pub/Sub: room and publisher lines fan out to the local
+//! connections in their audience; replies go to one connection and may
+//! change its state (logged in, moved, subscribed, closed).
 //!
 //! The edge reads all its channels on one Pub/Sub connection, so it sees
-//! replies and room lines in the order Redis ran the scripts that published
-//! them; applying membership changes in that same order is what makes "the
-//! members of the room at routing time" exact.
+//! replies and broadcast lines in the order Redis ran the scripts that
+//! published them; applying membership changes in that same order is what
+//! makes "the members of the room at routing time" exact. A request that
+//! may add a connection to a channel's audience first *holds* the channel,
+//! which subscribes the edge to it before the request goes out.
 
 use bytes::Bytes;
 use shared::envelope::{Effect, Reply};
 use shared::keys::Keys;
+use shared::protocol::LOBBY;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{mpsc, oneshot};
@@ -19,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 /// What the writer of a connection sends.
 #[derive(Debug)]
 pub(crate) enum Out {
-    /// A complete line, terminator included.
+    /// Complete lines, terminators included.
     Line(Bytes),
     /// Send `BYE <reason>` and close.
     Bye(String),
@@ -55,10 +58,21 @@ pub(crate) struct Session {
     pub(crate) sid: String,
 }
 
+/// A request to the Pub/Sub task: bring the subscription to `channel` in
+/// line with whether the hub wants it, and say whether it is subscribed.
+pub(crate) struct Sync {
+    pub(crate) channel: String,
+    pub(crate) done: Option<oneshot::Sender<bool>>,
+}
+
 struct Conn {
     tx: mpsc::Sender<Out>,
     closer: Arc<Closer>,
     session: Option<Session>,
+    /// The channels whose lines this connection receives: its room's and
+    /// those of the publishers it subscribes to.
+    channels: HashSet<String>,
+    /// Its room's channel (also in `channels`).
     room: Option<String>,
     /// The request this connection waits for, and where to say it came.
     pending: Option<(u64, oneshot::Sender<Option<Effect>>)>,
@@ -67,30 +81,53 @@ struct Conn {
 #[derive(Default)]
 struct State {
     conns: HashMap<u64, Conn>,
-    rooms: HashMap<String, HashSet<u64>>,
+    /// Channel → the connections that receive its lines.
+    audience: HashMap<String, HashSet<u64>>,
+    /// Channel → requests in flight that may add to its audience.
+    holds: HashMap<String, usize>,
 }
 
 pub(crate) struct Hub {
     keys: Keys,
+    /// The edge's own channel (replies), and the lobby's: always wanted.
+    edge_channel: String,
+    lobby_channel: String,
     state: Mutex<State>,
     /// Sessions to end that no connection holds any more (a login answered
     /// after its connection left or gave up waiting).
     orphans: mpsc::Sender<Session>,
+    /// To the Pub/Sub task. Unbounded, but one message per change of an
+    /// audience or hold, each caused by a client request or a reply.
+    subs: mpsc::UnboundedSender<Sync>,
 }
 
 /// Orphaned sessions waiting to be ended; past this, they are left to the
 /// next login of their user, which replaces them.
 const ORPHANS: usize = 1024;
 
+/// What [`Hub::new`] hands to the edge's background tasks.
+pub(crate) struct HubTasks {
+    pub(crate) orphans: mpsc::Receiver<Session>,
+    pub(crate) subs: mpsc::UnboundedReceiver<Sync>,
+}
+
 impl Hub {
-    pub(crate) fn new(keys: Keys) -> (Arc<Hub>, mpsc::Receiver<Session>) {
-        let (orphans, rx) = mpsc::channel(ORPHANS);
+    pub(crate) fn new(keys: Keys, edge_id: &str) -> (Arc<Hub>, HubTasks) {
+        let (orphans, orphans_rx) = mpsc::channel(ORPHANS);
+        let (subs, subs_rx) = mpsc::unbounded_channel();
         let hub = Hub {
+            edge_channel: keys.edge_channel(edge_id),
+            lobby_channel: keys.room_channel(LOBBY),
             keys,
             state: Mutex::new(State::default()),
             orphans,
+            subs,
         };
-        (Arc::new(hub), rx)
+        let tasks = HubTasks {
+            orphans: orphans_rx,
+            subs: subs_rx,
+        };
+        (Arc::new(hub), tasks)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -104,6 +141,7 @@ impl Hub {
                 tx,
                 closer,
                 session: None,
+                channels: HashSet::new(),
                 room: None,
                 pending: None,
             },
@@ -113,10 +151,8 @@ impl Hub {
     /// Forgets a connection; returns its session, which the caller ends.
     pub(crate) fn remove(&self, id: u64) -> Option<Session> {
         let mut st = self.lock();
-        let conn = st.conns.remove(&id)?;
-        if let Some(room) = &conn.room {
-            leave(&mut st.rooms, room, id);
-        }
+        let mut conn = st.conns.remove(&id)?;
+        self.leave_all(&mut st.audience, id, &mut conn);
         conn.session
     }
 
@@ -127,6 +163,68 @@ impl Hub {
             .values()
             .map(|c| c.closer.clone())
             .collect()
+    }
+
+    /// Whether the edge should be subscribed to `channel`.
+    pub(crate) fn wants(&self, channel: &str) -> bool {
+        if channel == self.edge_channel || channel == self.lobby_channel {
+            return true;
+        }
+        let st = self.lock();
+        st.audience.contains_key(channel) || st.holds.contains_key(channel)
+    }
+
+    /// Every channel the edge should be subscribed to (after a reconnect).
+    pub(crate) fn wanted(&self) -> Vec<String> {
+        let st = self.lock();
+        let mut all: HashSet<String> = st.audience.keys().cloned().collect();
+        all.extend(st.holds.keys().cloned());
+        all.insert(self.edge_channel.clone());
+        all.insert(self.lobby_channel.clone());
+        all.into_iter().collect()
+    }
+
+    /// Keeps `channels` subscribed until [`Hub::release`], and waits until
+    /// they are; false if that failed (Redis unreachable).
+    pub(crate) async fn hold(&self, channels: &[String]) -> bool {
+        let mut waits = Vec::with_capacity(channels.len());
+        {
+            let mut st = self.lock();
+            for ch in channels {
+                *st.holds.entry(ch.clone()).or_default() += 1;
+                let (done, wait) = oneshot::channel();
+                let _ = self.subs.send(Sync {
+                    channel: ch.clone(),
+                    done: Some(done),
+                });
+                waits.push(wait);
+            }
+        }
+        let mut all = true;
+        for wait in waits {
+            all &= wait.await.unwrap_or(false);
+        }
+        all
+    }
+
+    pub(crate) fn release(&self, channels: &[String]) {
+        let mut st = self.lock();
+        for ch in channels {
+            if let Some(n) = st.holds.get_mut(ch) {
+                *n -= 1;
+                if *n == 0 {
+                    st.holds.remove(ch);
+                }
+            }
+            self.sync(ch);
+        }
+    }
+
+    fn sync(&self, channel: &str) {
+        let _ = self.subs.send(Sync {
+            channel: channel.to_string(),
+            done: None,
+        });
     }
 
     /// Registers that `conn` waits for the reply to `rid`.
@@ -166,8 +264,8 @@ impl Hub {
 
     /// Applies one Pub/Sub message.
     pub(crate) fn dispatch(&self, channel: &str, payload: &[u8]) {
-        if let Some(room) = self.keys.room_of_channel(channel) {
-            self.deliver_to_room(room, payload);
+        if channel != self.edge_channel {
+            self.broadcast(channel, payload);
             return;
         }
         match serde_json::from_slice::<Reply>(payload) {
@@ -176,13 +274,13 @@ impl Hub {
         }
     }
 
-    fn deliver_to_room(&self, room: &str, payload: &[u8]) {
+    fn broadcast(&self, channel: &str, payload: &[u8]) {
         let mut line = Vec::with_capacity(payload.len() + 1);
         line.extend_from_slice(payload);
         line.push(b'\n');
         let line = Bytes::from(line);
         let st = self.lock();
-        let Some(members) = st.rooms.get(room) else {
+        let Some(members) = st.audience.get(channel) else {
             return;
         };
         for id in members {
@@ -202,46 +300,72 @@ impl Hub {
             }
             return;
         };
+        let id = reply.conn;
         let waiting = reply.rid != 0
             && conn
                 .pending
                 .as_ref()
                 .is_some_and(|(rid, _)| *rid == reply.rid);
+        let holds = |sid: &str| conn.session.as_ref().is_some_and(|s| s.sid == sid);
         // A late reply (the client was told `ERR unavailable`) shows no
-        // lines, but its effect still holds or is undone.
-        let show = reply.rid == 0 || waiting;
+        // lines, but its effect still holds or is undone. A notice to a
+        // session shows only while the connection holds that session.
+        let show = waiting || (reply.rid == 0 && (reply.sid.is_empty() || holds(&reply.sid)));
         let mut bye = None;
         match &reply.effect {
-            Some(Effect::Login { user, sid, room }) if waiting => {
+            Some(Effect::Login {
+                user,
+                sid,
+                room,
+                subs,
+            }) if waiting => {
                 conn.session = Some(Session {
                     user: user.clone(),
                     sid: sid.clone(),
                 });
-                conn.room = Some(room.clone());
-                st.rooms.entry(room.clone()).or_default().insert(reply.conn);
+                let room = self.keys.room_channel(room);
+                self.enter(&mut st.audience, id, conn, &room);
+                conn.room = Some(room);
+                for publisher in subs.split_whitespace() {
+                    let ch = self.keys.pub_channel(publisher);
+                    self.enter(&mut st.audience, id, conn, &ch);
+                }
             }
             Some(Effect::Login { user, sid, .. }) => self.orphan(Session {
                 user: user.clone(),
                 sid: sid.clone(),
             }),
+            Some(Effect::Room { sid, room }) if holds(sid) => {
+                if let Some(old) = conn.room.take() {
+                    self.exit(&mut st.audience, id, conn, &old);
+                }
+                let room = self.keys.room_channel(room);
+                self.enter(&mut st.audience, id, conn, &room);
+                conn.room = Some(room);
+            }
+            Some(Effect::Subscribe { sid, user }) if holds(sid) => {
+                let ch = self.keys.pub_channel(user);
+                self.enter(&mut st.audience, id, conn, &ch);
+            }
+            Some(Effect::Unsubscribe { sid, user }) if holds(sid) => {
+                let ch = self.keys.pub_channel(user);
+                self.exit(&mut st.audience, id, conn, &ch);
+            }
             // Only the connection's current session is closed: a close for
             // one it no longer holds (say, a late login already undone) is
             // moot.
-            Some(Effect::Close { reason, sid })
-                if conn.session.as_ref().is_some_and(|s| s.sid == *sid) =>
-            {
+            Some(Effect::Close { reason, sid }) if holds(sid) => {
                 conn.session = None;
-                if let Some(room) = conn.room.take() {
-                    leave(&mut st.rooms, &room, reply.conn);
-                }
+                self.leave_all(&mut st.audience, id, conn);
                 bye = Some(reason.clone());
             }
-            Some(Effect::Close { .. }) | None => {}
+            _ => {}
         }
-        if show {
-            for line in &reply.lines {
-                push(conn, Out::Line(Bytes::from(format!("{line}\n"))));
-            }
+        if show && !reply.lines.is_empty() {
+            // One queue slot for the whole reply, however long a listing.
+            let mut text = reply.lines.join("\n");
+            text.push('\n');
+            push(conn, Out::Line(Bytes::from(text)));
         }
         if let Some(reason) = bye {
             push(conn, Out::Bye(reason));
@@ -252,9 +376,41 @@ impl Hub {
             }
         }
     }
-}
 
-impl Hub {
+    fn enter(
+        &self,
+        audience: &mut HashMap<String, HashSet<u64>>,
+        id: u64,
+        conn: &mut Conn,
+        channel: &str,
+    ) {
+        if conn.channels.insert(channel.to_string()) {
+            audience.entry(channel.to_string()).or_default().insert(id);
+            self.sync(channel);
+        }
+    }
+
+    fn exit(
+        &self,
+        audience: &mut HashMap<String, HashSet<u64>>,
+        id: u64,
+        conn: &mut Conn,
+        channel: &str,
+    ) {
+        if conn.channels.remove(channel) {
+            drop_member(audience, channel, id);
+            self.sync(channel);
+        }
+    }
+
+    fn leave_all(&self, audience: &mut HashMap<String, HashSet<u64>>, id: u64, conn: &mut Conn) {
+        conn.room = None;
+        for ch in std::mem::take(&mut conn.channels) {
+            drop_member(audience, &ch, id);
+            self.sync(&ch);
+        }
+    }
+
     fn orphan(&self, session: Session) {
         if self.orphans.try_send(session).is_err() {
             tracing::warn!("too many orphaned sessions queued; one left to its next login");
@@ -262,11 +418,11 @@ impl Hub {
     }
 }
 
-fn leave(rooms: &mut HashMap<String, HashSet<u64>>, room: &str, id: u64) {
-    if let Some(members) = rooms.get_mut(room) {
+fn drop_member(audience: &mut HashMap<String, HashSet<u64>>, channel: &str, id: u64) {
+    if let Some(members) = audience.get_mut(channel) {
         members.remove(&id);
         if members.is_empty() {
-            rooms.remove(room);
+            audience.remove(channel);
         }
     }
 }
@@ -285,8 +441,8 @@ fn push(conn: &Conn, out: Out) {
 mod tests {
     use super::*;
 
-    fn hub() -> (Arc<Hub>, mpsc::Receiver<Session>) {
-        Hub::new(Keys::new("chat:"))
+    fn hub() -> (Arc<Hub>, HubTasks) {
+        Hub::new(Keys::new("chat:"), "e1")
     }
 
     fn conn(hub: &Hub, id: u64, queue: usize) -> (mpsc::Receiver<Out>, Arc<Closer>) {
@@ -305,7 +461,9 @@ mod tests {
                 user: user.into(),
                 sid: sid.into(),
                 room: "lobby".into(),
+                subs: String::new(),
             }),
+            sid: String::new(),
         })
         .unwrap()
     }
@@ -323,7 +481,7 @@ mod tests {
 
     #[test]
     fn room_lines_reach_only_logged_in_members() {
-        let (hub, _orphans) = hub();
+        let (hub, _tasks) = hub();
         let (mut a, _) = conn(&hub, 1, 8);
         let (mut b, _) = conn(&hub, 2, 8);
         let mut wait = hub.expect(1, 10);
@@ -343,7 +501,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_closes_that_client_only() {
-        let (hub, _orphans) = hub();
+        let (hub, _tasks) = hub();
         let (mut slow, slow_closer) = conn(&hub, 1, 2);
         let (mut fast, fast_closer) = conn(&hub, 2, 64);
         for (id, user) in [(1, "slow"), (2, "fast")] {
@@ -371,22 +529,22 @@ mod tests {
 
     #[test]
     fn a_late_login_is_undone_and_shows_nothing() {
-        let (hub, mut orphans) = hub();
+        let (hub, mut tasks) = hub();
         let (mut a, _) = conn(&hub, 1, 8);
         let _wait = hub.expect(1, 10);
         assert!(hub.give_up(1, 10));
         hub.dispatch("chat:ch:edge:e1", &login_reply(1, 10, "alice", "7"));
         assert!(lines(&mut a).is_empty());
-        let orphan = orphans.try_recv().unwrap();
+        let orphan = tasks.orphans.try_recv().unwrap();
         assert_eq!((orphan.user.as_str(), orphan.sid.as_str()), ("alice", "7"));
         // A reply for a connection that is gone is undone as well.
         hub.dispatch("chat:ch:edge:e1", &login_reply(99, 3, "bob", "8"));
-        assert_eq!(orphans.try_recv().unwrap().user, "bob");
+        assert_eq!(tasks.orphans.try_recv().unwrap().user, "bob");
     }
 
     #[test]
     fn close_applies_to_the_current_session_only() {
-        let (hub, _orphans) = hub();
+        let (hub, _tasks) = hub();
         let (mut a, _) = conn(&hub, 1, 8);
         let (mut b, _) = conn(&hub, 2, 8);
         let _wait = hub.expect(1, 1);
@@ -400,6 +558,7 @@ mod tests {
                     reason: "logged-in-elsewhere".into(),
                     sid: sid.into(),
                 }),
+                sid: String::new(),
             })
             .unwrap()
         };

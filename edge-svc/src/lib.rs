@@ -12,15 +12,17 @@ mod hub;
 
 use futures_util::StreamExt;
 use hub::{Hub, Session};
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use redis::Client;
 use shared::config::Config;
 use shared::envelope::{Op, Request};
 use shared::keys::{partition_of, Keys};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -121,12 +123,8 @@ pub async fn run(
     let client = Client::open(cfg.redis_url.as_str())?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let redis = shared::store::commands(&client).await?;
-    let (hub, orphans) = Hub::new(keys.clone());
-    let channels = vec![
-        keys.edge_channel(&cfg.edge.id),
-        keys.room_channel(shared::protocol::LOBBY),
-    ];
-    let pubsub = subscribe(&client, &channels).await?;
+    let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
+    let pubsub = subscribe(&client, &hub.wanted()).await?;
     let ctx = Arc::new(Ctx {
         keys,
         hub: hub.clone(),
@@ -139,12 +137,12 @@ pub async fn run(
     let background = CancellationToken::new();
     tokio::spawn(deliver(
         client,
-        channels,
         pubsub,
         hub.clone(),
+        tasks.subs,
         background.clone(),
     ));
-    tokio::spawn(end_orphans(ctx.clone(), orphans));
+    tokio::spawn(end_orphans(ctx.clone(), tasks.orphans));
 
     let addr = listener.local_addr().map_err(|source| EdgeError::Io {
         phase: Phase::Handshake,
@@ -184,45 +182,64 @@ pub async fn run(
     Ok(())
 }
 
-async fn subscribe(client: &Client, channels: &[String]) -> redis::RedisResult<redis::aio::PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
-    for ch in channels {
-        pubsub.subscribe(ch).await?;
-    }
-    Ok(pubsub)
+async fn subscribe(
+    client: &Client,
+    channels: &[String],
+) -> redis::RedisResult<(PubSubSink, PubSubStream, HashSet<String>)> {
+    let (mut sink, stream) = client.get_async_pubsub().await?.split();
+    sink.subscribe(channels).await?;
+    Ok((sink, stream, channels.iter().cloned().collect()))
 }
 
-/// Applies Pub/Sub messages in arrival order; reconnects and subscribes
-/// again if the connection drops.
+/// Applies Pub/Sub messages in arrival order, and keeps the subscriptions
+/// in line with what the hub wants; reconnects and subscribes again if the
+/// connection drops.
 async fn deliver(
     client: Client,
-    channels: Vec<String>,
-    first: redis::aio::PubSub,
+    first: (PubSubSink, PubSubStream, HashSet<String>),
     hub: Arc<Hub>,
+    mut syncs: mpsc::UnboundedReceiver<hub::Sync>,
     stop: CancellationToken,
 ) {
-    let mut pubsub = Some(first);
+    let mut connected = Some(first);
     let mut backoff = Duration::from_millis(100);
     loop {
-        if let Some(ps) = pubsub.take() {
+        if let Some((mut sink, mut stream, mut subscribed)) = connected.take() {
             backoff = Duration::from_millis(100);
-            let mut messages = ps.into_on_message();
             loop {
-                let msg = tokio::select! {
+                tokio::select! {
                     _ = stop.cancelled() => return,
-                    m = messages.next() => m,
-                };
-                let Some(msg) = msg else { break };
-                hub.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+                    m = stream.next() => match m {
+                        Some(msg) => hub.dispatch(msg.get_channel_name(), msg.get_payload_bytes()),
+                        None => break,
+                    },
+                    s = syncs.recv() => {
+                        let Some(s) = s else { return };
+                        let ok = sync(&hub, &mut sink, &mut subscribed, &s.channel).await;
+                        if let Some(done) = s.done {
+                            let _ = done.send(ok);
+                        }
+                    }
+                }
             }
             tracing::warn!("Pub/Sub connection lost; reconnecting");
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        // While disconnected, holds fail at once: their requests would miss
+        // what they wait for.
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = &mut pause => break,
+                s = syncs.recv() => match s {
+                    Some(s) => if let Some(done) = s.done { let _ = done.send(false); },
+                    None => return,
+                },
+            }
         }
-        match subscribe(&client, &channels).await {
-            Ok(ps) => pubsub = Some(ps),
+        match subscribe(&client, &hub.wanted()).await {
+            Ok(c) => connected = Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "Pub/Sub reconnect failed");
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -231,7 +248,41 @@ async fn deliver(
     }
 }
 
-async fn end_orphans(ctx: Arc<Ctx>, mut orphans: tokio::sync::mpsc::Receiver<Session>) {
+/// Subscribes to `channel` or unsubscribes from it, as the hub wants;
+/// returns whether it is subscribed.
+async fn sync(
+    hub: &Hub,
+    sink: &mut PubSubSink,
+    subscribed: &mut HashSet<String>,
+    channel: &str,
+) -> bool {
+    let want = hub.wants(channel);
+    if want == subscribed.contains(channel) {
+        return want;
+    }
+    let done = if want {
+        sink.subscribe(channel).await
+    } else {
+        sink.unsubscribe(channel).await
+    };
+    match done {
+        Ok(()) => {
+            if want {
+                subscribed.insert(channel.to_string());
+            } else {
+                subscribed.remove(channel);
+            }
+            want
+        }
+        Err(e) => {
+            // The connection is failing; the reconnect subscribes afresh.
+            tracing::warn!(channel, error = %e, "Pub/Sub (un)subscribe failed");
+            false
+        }
+    }
+}
+
+async fn end_orphans(ctx: Arc<Ctx>, mut orphans: mpsc::Receiver<Session>) {
     while let Some(session) = orphans.recv().await {
         tracing::info!(user = %session.user, "ending a session nobody holds");
         ctx.end_session(session).await;

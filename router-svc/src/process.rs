@@ -11,14 +11,19 @@ use shared::store::{Entry, LUA_PRELUDE};
 use std::time::Duration;
 
 /// ARGV: prefix, partition, owner, entry id, edge, conn, rid, user, sid,
-/// op, history cap, then the op's arguments.
+/// op, history cap, then the op's arguments (up to three; for `msg` and
+/// `history @user` the last is the conversation's stream, named in Rust).
 ///
 /// Returns `ok`, `fenced` (this router no longer owns the partition: the
 /// entry is left for the new owner), `duplicate` (applied before), `stale`
 /// (the session is no longer current) or `unknown-op`.
+///
+/// Every reply is published before the notices of the same change, so the
+/// edge applies the change (moves the connection) before it sees them.
 const ROUTER_LUA: &str = r#"
 local part, owner, eid = ARGV[2], ARGV[3], ARGV[4]
 local edge, conn, rid, user, sid, op, cap = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local a1, a2, a3 = ARGV[12], ARGV[13], ARGV[14]
 if redis.call('GET', P .. 'router:lease:' .. part) ~= owner then return 'fenced' end
 local function id_after(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -33,28 +38,125 @@ redis.call('SET', applied, eid)
 
 local sess = redis.call('HMGET', P .. 'session:' .. user, 'edge', 'conn', 'sid', 'room')
 if op == 'logout' then
-  if sess[3] == sid then end_session(user, sess) end
   if rid ~= '0' then reply(edge, conn, rid, nil, {kind = 'close', reason = 'quit', sid = sid}) end
+  if sess[3] == sid then end_session(user, sess) end
   return 'ok'
 end
 if sess[3] ~= sid then return 'stale' end
--- History ids take the time the edge received the request (the request's
--- own id), raised to the stream's last id if need be, so they increase.
+local room = sess[4]
+
+local function answer(lines, effect) reply(edge, conn, rid, lines, effect) return 'ok' end
+local function fail(code, text) return answer({'ERR ' .. code .. ' ' .. text}) end
+local function exists(u) return redis.call('EXISTS', P .. 'user:' .. u) == 1 end
+-- Names sort by their bytes (Lua's < follows the server's locale).
+local function sorted(names)
+  table.sort(names, function(a, b)
+    for i = 1, math.min(#a, #b) do
+      local x, y = string.byte(a, i), string.byte(b, i)
+      if x ~= y then return x < y end
+    end
+    return #a < #b
+  end)
+  return names
+end
+local function listing(kind, names, final)
+  local lines = {}
+  for _, n in ipairs(names) do lines[#lines + 1] = kind .. ' ' .. n end
+  lines[#lines + 1] = final
+  return answer(lines)
+end
+-- Ids take the time the edge received the request (the request's own id),
+-- raised to the stream's last id if need be, so they increase.
 local function add_history(key, ...)
   local ms = tonumber(string.match(eid, '^(%d+)-'))
-  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
-  if last then ms = math.max(ms, tonumber(string.match(last[1], '^(%d+)-'))) end
+  local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+  if top then ms = math.max(ms, tonumber(string.match(top[1], '^(%d+)-'))) end
   local id = redis.pcall('XADD', key, 'MAXLEN', cap, string.format('%d-*', ms), ...)
   if type(id) == 'table' and id.err then
     id = redis.call('XADD', key, 'MAXLEN', cap, '*', ...)
   end
   return id
 end
-if op == 'say' then
-  local room, text = sess[4], ARGV[12]
-  local id = add_history(P .. 'history:' .. room, 'from', user, 'text', text)
-  redis.call('PUBLISH', P .. 'ch:room:' .. room, 'MSG ' .. room .. ' ' .. id .. ' ' .. user .. ' ' .. text)
+local function move(to, final)
+  if to == room then return answer({final}) end
+  leave_room(user, room)
+  redis.call('SADD', P .. 'room:' .. to, user)
+  redis.call('SADD', P .. 'rooms', to)
+  redis.call('HSET', P .. 'session:' .. user, 'room', to)
+  answer({final}, {kind = 'room', sid = sid, room = to})
+  sys(room, user, 'left')
+  sys(to, user, 'joined')
   return 'ok'
+end
+
+if op == 'say' then
+  local id = add_history(P .. 'history:' .. room, 'from', user, 'text', a1)
+  redis.call('PUBLISH', P .. 'ch:room:' .. room, 'MSG ' .. room .. ' ' .. id .. ' ' .. user .. ' ' .. a1)
+  return 'ok'
+elseif op == 'join' then
+  return move(a1, 'OK JOIN ' .. a1)
+elseif op == 'leave' then
+  if room == 'lobby' then return fail('not-in-room', 'you are in the lobby') end
+  return move('lobby', 'OK LEAVE ' .. room)
+elseif op == 'rooms' then
+  local names = redis.call('SMEMBERS', P .. 'rooms')
+  if redis.call('SISMEMBER', P .. 'rooms', 'lobby') == 0 then names[#names + 1] = 'lobby' end
+  sorted(names)
+  for i, r in ipairs(names) do names[i] = r .. ' ' .. redis.call('SCARD', P .. 'room:' .. r) end
+  return listing('ROOM', names, 'OK ROOMS ' .. #names)
+elseif op == 'who' then
+  local r = a1 ~= '' and a1 or room
+  local names = sorted(redis.call('SMEMBERS', P .. 'room:' .. r))
+  return listing('USER', names, 'OK WHO ' .. r .. ' ' .. #names)
+elseif op == 'subscribe' then
+  if not exists(a1) then return fail('no-such-user', 'no such user') end
+  if redis.call('SADD', P .. 'subscriptions:' .. user, a1) == 1 then
+    redis.call('SADD', P .. 'subscribers:' .. a1, user)
+    count_subscriber(a1, 1)
+  end
+  return answer({'OK SUBSCRIBE ' .. a1}, {kind = 'subscribe', sid = sid, user = a1})
+elseif op == 'unsubscribe' then
+  if redis.call('SREM', P .. 'subscriptions:' .. user, a1) == 1 then
+    redis.call('SREM', P .. 'subscribers:' .. a1, user)
+    count_subscriber(a1, -1)
+  elseif not exists(a1) then
+    return fail('no-such-user', 'no such user')
+  end
+  return answer({'OK UNSUBSCRIBE ' .. a1}, {kind = 'unsubscribe', sid = sid, user = a1})
+elseif op == 'subscriptions' then
+  local names = sorted(redis.call('SMEMBERS', P .. 'subscriptions:' .. user))
+  return listing('SUB', names, 'OK SUBSCRIPTIONS ' .. #names)
+elseif op == 'publish' then
+  local id = add_history(P .. 'publications:' .. user, 'text', a1)
+  redis.call('PUBLISH', P .. 'ch:pub:' .. user, 'PUB ' .. id .. ' ' .. user .. ' ' .. a1)
+  local n = redis.call('GET', P .. 'online-subscribers:' .. user) or '0'
+  return answer({'OK PUBLISH ' .. id .. ' ' .. n})
+elseif op == 'msg' then
+  if not exists(a1) then return fail('no-such-user', 'no such user') end
+  local id = add_history(a3, 'from', user, 'to', a1, 'text', a2)
+  local to = redis.call('HMGET', P .. 'session:' .. a1, 'edge', 'conn', 'sid')
+  if to[3] then
+    reply(to[1], to[2], nil, {'DM ' .. id .. ' ' .. user .. ' ' .. a2}, nil, to[3])
+    return answer({'OK MSG ' .. a1 .. ' ' .. id})
+  end
+  redis.call('XADD', P .. 'inbox:' .. a1, 'MAXLEN', cap, '*', 'id', id, 'from', user, 'text', a2)
+  return answer({'OK MSG ' .. a1 .. ' ' .. id .. ' queued'})
+elseif op == 'history' then
+  local key, label = P .. 'history:' .. room, room
+  if a1 ~= '' then
+    key, label = a3, '@' .. a1
+    if not exists(a1) and redis.call('EXISTS', key) == 0 then
+      return fail('no-such-user', 'no such user')
+    end
+  end
+  local entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', a2)
+  local lines = {}
+  for i = #entries, 1, -1 do
+    local f = fields(entries[i][2])
+    lines[#lines + 1] = 'HIST ' .. label .. ' ' .. entries[i][1] .. ' ' .. f.from .. ' ' .. f.text
+  end
+  lines[#lines + 1] = 'OK HISTORY ' .. #entries
+  return answer(lines)
 end
 return 'unknown-op'
 "#;
@@ -277,11 +379,33 @@ impl Worker {
             .arg(req.rid.to_string())
             .arg(&req.user)
             .arg(&req.sid);
-        match &req.op {
-            Op::Say { text } => inv.arg("say").arg(self.history_cap).arg(text),
-            Op::Logout => inv.arg("logout").arg(self.history_cap),
-            Op::Login { .. } => inv.arg("login").arg(self.history_cap),
+        let (count, dm): (String, String);
+        let (op, args): (&str, [&str; 3]) = match &req.op {
+            Op::Say { text } => ("say", [text, "", ""]),
+            Op::Logout => ("logout", ["", "", ""]),
+            Op::Join { room } => ("join", [room, "", ""]),
+            Op::Leave => ("leave", ["", "", ""]),
+            Op::Rooms => ("rooms", ["", "", ""]),
+            Op::Who { room } => ("who", [room.as_deref().unwrap_or(""), "", ""]),
+            Op::Subscribe { target } => ("subscribe", [target, "", ""]),
+            Op::Unsubscribe { target } => ("unsubscribe", [target, "", ""]),
+            Op::Subscriptions => ("subscriptions", ["", "", ""]),
+            Op::Publish { text } => ("publish", [text, "", ""]),
+            Op::Msg { to, text } => {
+                dm = self.keys.dm(&req.user, to);
+                ("msg", [to, text, &dm])
+            }
+            Op::History { with, n } => {
+                count = n.to_string();
+                dm = with
+                    .as_ref()
+                    .map(|w| self.keys.dm(&req.user, w))
+                    .unwrap_or_default();
+                ("history", [with.as_deref().unwrap_or(""), &count, &dm])
+            }
+            Op::Login { .. } => ("login", ["", "", ""]),
         };
+        inv.arg(op).arg(self.history_cap).arg(&args[..]);
         inv
     }
 }

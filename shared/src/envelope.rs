@@ -41,11 +41,52 @@ pub struct Request {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// Check the password and open a session (auth-svc).
-    Login { password: Secret, addr: String },
-    /// Say text in the current room (router-svc).
-    Say { text: String },
-    /// End the session `sid`, if it is still the current one (router-svc).
+    Login {
+        password: Secret,
+        addr: String,
+    },
+    /// Say text in the current room. This and the rest go to router-svc.
+    Say {
+        text: String,
+    },
+    /// End the session `sid`, if it is still the current one.
     Logout,
+    /// Move to `room`.
+    Join {
+        room: String,
+    },
+    /// Move back to the lobby.
+    Leave,
+    /// List the rooms.
+    Rooms,
+    /// List the members of `room`, or of the current room.
+    Who {
+        room: Option<String>,
+    },
+    /// Subscribe to `target`'s publications.
+    Subscribe {
+        target: String,
+    },
+    Unsubscribe {
+        target: String,
+    },
+    /// List whom the user subscribes to.
+    Subscriptions,
+    /// Publish `text` to the online subscribers.
+    Publish {
+        text: String,
+    },
+    /// A private message to `to`.
+    Msg {
+        to: String,
+        text: String,
+    },
+    /// The last `n` messages of the current room, or of the private
+    /// conversation `with` a user.
+    History {
+        with: Option<String>,
+        n: u32,
+    },
 }
 
 /// A reply to one connection, or a notice to it (`rid` 0).
@@ -60,6 +101,10 @@ pub struct Reply {
     pub lines: Vec<String>,
     #[serde(default)]
     pub effect: Option<Effect>,
+    /// For a notice (`rid` 0) to a session, such as a private message: its
+    /// lines are shown only while the connection holds that session.
+    #[serde(default)]
+    pub sid: String,
 }
 
 /// A change of the connection's state that the edge applies in order with
@@ -67,12 +112,22 @@ pub struct Reply {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Effect {
-    /// The connection is now logged in as `user`, session `sid`, in `room`.
+    /// The connection is now logged in as `user`, session `sid`, in `room`,
+    /// subscribed to the publishers in `subs` (space-separated: Lua's JSON
+    /// encoder cannot tell an empty list from an empty object).
     Login {
         user: String,
         sid: String,
         room: String,
+        #[serde(default)]
+        subs: String,
     },
+    /// The session `sid` moved to `room`.
+    Room { sid: String, room: String },
+    /// The session `sid` now receives `user`'s publications.
+    Subscribe { sid: String, user: String },
+    /// The session `sid` no longer receives `user`'s publications.
+    Unsubscribe { sid: String, user: String },
     /// The session `sid` is over: send `BYE <reason>` and close.
     Close { reason: String, sid: String },
 }
@@ -148,7 +203,8 @@ mod tests {
             Some(Effect::Login {
                 user: "alice".into(),
                 sid: "9".into(),
-                room: "lobby".into()
+                room: "lobby".into(),
+                subs: String::new(),
             })
         );
         let bye: Reply = serde_json::from_str(

@@ -38,6 +38,44 @@ impl Keys {
         format!("{}rooms", self.prefix)
     }
 
+    /// Set of the users who subscribe to `user`.
+    pub fn subscribers(&self, user: &str) -> String {
+        format!("{}subscribers:{user}", self.prefix)
+    }
+
+    /// Set of the users `user` subscribes to.
+    pub fn subscriptions(&self, user: &str) -> String {
+        format!("{}subscriptions:{user}", self.prefix)
+    }
+
+    /// Counter of `user`'s subscribers that are online.
+    pub fn online_subscribers(&self, user: &str) -> String {
+        format!("{}online-subscribers:{user}", self.prefix)
+    }
+
+    /// Capped stream of a room's messages (`from`, `text`).
+    pub fn history(&self, room: &str) -> String {
+        format!("{}history:{room}", self.prefix)
+    }
+
+    /// Capped stream of the private messages between two users (`from`,
+    /// `to`, `text`), named in byte order of the names.
+    pub fn dm(&self, a: &str, b: &str) -> String {
+        let (a, b) = if a <= b { (a, b) } else { (b, a) };
+        format!("{}dm:{a}:{b}", self.prefix)
+    }
+
+    /// Stream of private messages queued for an offline user (`id`, `from`,
+    /// `text`).
+    pub fn inbox(&self, user: &str) -> String {
+        format!("{}inbox:{user}", self.prefix)
+    }
+
+    /// Capped stream of a user's publications (`text`).
+    pub fn publications(&self, user: &str) -> String {
+        format!("{}publications:{user}", self.prefix)
+    }
+
     /// Stream of login requests, read by the `auth` consumer group.
     pub fn auth_requests(&self) -> String {
         format!("{}req:auth", self.prefix)
@@ -78,9 +116,9 @@ impl Keys {
         format!("{}ch:room:{room}", self.prefix)
     }
 
-    /// The room a room channel belongs to, if `channel` is one.
-    pub fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(&self.prefix)?.strip_prefix("ch:room:")
+    /// Pub/Sub channel of one publisher: ready-made `PUB` lines.
+    pub fn pub_channel(&self, user: &str) -> String {
+        format!("{}ch:pub:{user}", self.prefix)
     }
 }
 
@@ -108,8 +146,11 @@ mod tests {
         assert_eq!(k.session("alice"), "chat:session:alice");
         assert_eq!(k.room("lobby"), "chat:room:lobby");
         assert_eq!(k.rooms(), "chat:rooms");
-        assert_eq!(k.room_of_channel("chat:ch:room:dev"), Some("dev"));
-        assert_eq!(k.room_of_channel("chat:ch:edge:e1"), None);
+        assert_eq!(k.dm("bob", "alice"), "chat:dm:alice:bob");
+        assert_eq!(k.dm("alice", "bob"), "chat:dm:alice:bob");
+        assert_eq!(k.subscribers("alice"), "chat:subscribers:alice");
+        assert_eq!(k.subscriptions("alice"), "chat:subscriptions:alice");
+        assert_eq!(k.inbox("bob"), "chat:inbox:bob");
         assert_eq!(k.partition_of_stream(&k.router_requests(7)), Some(7));
         assert_eq!(k.partition_of_stream(&k.auth_requests()), None);
     }

@@ -153,19 +153,27 @@ pub fn add_request(pipe: &mut redis::Pipeline, stream: &str, maxlen: u64, req: &
 /// Lua functions every service script starts with. `P` is the key prefix
 /// (each script sets it from its first argument).
 ///
-/// - `reply(edge, conn, rid, lines, effect)` publishes a JSON `Reply` to an
-///   edge's channel (`lines` and `effect` may be nil).
+/// - `reply(edge, conn, rid, lines, effect, sid)` publishes a JSON `Reply`
+///   to an edge's channel (all but the first two may be nil).
+/// - `sys(room, user, what)` publishes `SYS <room> <user> <what>`.
+/// - `online(user, delta)` keeps the online subscriber counts of the users
+///   `user` subscribes to, as it comes online or goes offline.
 /// - `end_session(user, sess)` removes a user's room membership and session
-///   hash; `sess` is the `HMGET` of `edge conn sid room`.
+///   hash and tells the room; `sess` is the `HMGET` of `edge conn sid room`.
+/// - `fields(flat)` turns a stream entry's field list into a table.
 /// - `now_ms()` is Redis's clock in Unix milliseconds.
 pub const LUA_PRELUDE: &str = r#"
 local P = ARGV[1]
-local function reply(edge, conn, rid, lines, effect)
+local function reply(edge, conn, rid, lines, effect, sid)
   local r = {conn = conn}
   if rid then r.rid = rid end
   if lines then r.lines = lines end
   if effect then r.effect = effect end
+  if sid then r.sid = sid end
   redis.call('PUBLISH', P .. 'ch:edge:' .. edge, cjson.encode(r))
+end
+local function sys(room, user, what)
+  redis.call('PUBLISH', P .. 'ch:room:' .. room, 'SYS ' .. room .. ' ' .. user .. ' ' .. what)
 end
 local function leave_room(user, room)
   redis.call('SREM', P .. 'room:' .. room, user)
@@ -173,9 +181,32 @@ local function leave_room(user, room)
     redis.call('SREM', P .. 'rooms', room)
   end
 end
+local function count_subscriber(publisher, delta)
+  local k = P .. 'online-subscribers:' .. publisher
+  if redis.call('INCRBY', k, delta) <= 0 then redis.call('DEL', k) end
+end
+-- The user comes online (delta 1) or goes offline (-1): the online
+-- subscriber counts of whom it subscribes to follow. Returns those.
+local function online(user, delta)
+  local subs = redis.call('SMEMBERS', P .. 'subscriptions:' .. user)
+  for _, p in ipairs(subs) do count_subscriber(p, delta) end
+  return subs
+end
+-- Ends a session (sess: HMGET edge, conn, sid, room). Whoever closes the
+-- connection publishes that first, so the user does not see its own exit.
 local function end_session(user, sess)
-  if sess[4] then leave_room(user, sess[4]) end
+  if sess[4] then
+    leave_room(user, sess[4])
+    sys(sess[4], user, 'left')
+  end
+  online(user, -1)
   redis.call('DEL', P .. 'session:' .. user)
+end
+-- A stream entry's flat field list as a table.
+local function fields(flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  return f
 end
 local function now_ms()
   local t = redis.call('TIME')

@@ -1,0 +1,135 @@
+//! Private messages (online and queued) and history.
+
+use e2e::System;
+use redis::AsyncCommands;
+
+/// The `<id>` of `OK MSG <user> <id> [queued]`.
+fn msg_id(ok: &str) -> String {
+    ok.split(' ')
+        .nth(3)
+        .expect("OK MSG <user> <id>")
+        .to_string()
+}
+
+#[tokio::test]
+async fn private_messages_are_queued_for_the_offline_and_delivered_once_in_order() {
+    let sys = System::start().await;
+    for u in ["alice", "bob"] {
+        sys.add_user(u).await;
+    }
+    let mut alice = sys.login(0, "alice").await;
+
+    let mut queued = Vec::new();
+    for i in 1..=3 {
+        let ok = alice.ask(&format!("/msg bob while you were out {i}")).await;
+        assert!(
+            ok.starts_with("OK MSG bob ") && ok.ends_with(" queued"),
+            "{ok}"
+        );
+        queued.push(msg_id(&ok));
+    }
+    let mut r = sys.redis.conn().await;
+    assert_eq!(r.xlen::<_, u64>("chat:inbox:bob").await.unwrap(), 3);
+
+    // Right after OK LOGIN, in order.
+    let mut bob = sys.login(1, "bob").await;
+    for (i, id) in queued.iter().enumerate() {
+        assert_eq!(
+            bob.line().await,
+            format!("DM {id} alice while you were out {}", i + 1)
+        );
+    }
+    assert!(!r.exists::<_, bool>("chat:inbox:bob").await.unwrap());
+
+    // Online now: delivered at once, not queued.
+    let ok = alice.ask("/msg bob you are back").await;
+    assert_eq!(ok.split(' ').count(), 4, "not queued: {ok}");
+    assert_eq!(
+        bob.line().await,
+        format!("DM {} alice you are back", msg_id(&ok))
+    );
+    let ok = bob.ask("/msg alice hi").await;
+    assert_eq!(alice.line().await, format!("DM {} bob hi", msg_id(&ok)));
+
+    // Delivered once: the next login of bob brings nothing queued.
+    bob.send("/quit").await;
+    bob.closed().await;
+    let mut bob = sys.login(0, "bob").await;
+    assert_eq!(bob.ask("/ping").await, "OK PING");
+
+    // The conversation's history, oldest first, from either side.
+    let history = bob.command("/history @alice").await;
+    assert_eq!(history.len(), 6);
+    assert_eq!(history[5], "OK HISTORY 5");
+    assert_eq!(
+        history[0],
+        format!("HIST @alice {} alice while you were out 1", queued[0])
+    );
+    assert_eq!(history[4], format!("HIST @alice {} bob hi", msg_id(&ok)));
+    assert_eq!(
+        alice.command("/history @bob 1").await,
+        [
+            format!("HIST @bob {} bob hi", msg_id(&ok)),
+            "OK HISTORY 1".into()
+        ]
+    );
+    assert_eq!(r.xlen::<_, u64>("chat:dm:alice:bob").await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn history_keeps_ids_order_and_cap() {
+    let sys = System::start_with(Default::default(), |c| c.router.history_cap = 5).await;
+    for u in ["alice", "bob"] {
+        sys.add_user(u).await;
+    }
+    let mut alice = sys.login(0, "alice").await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        alice.send(&format!("line {i}")).await;
+        let line = alice.line().await;
+        ids.push(line.split(' ').nth(2).unwrap().to_string());
+    }
+    let history = alice.command("/history").await;
+    let want: Vec<String> = (3..8)
+        .map(|i| format!("HIST lobby {} alice line {i}", ids[i]))
+        .chain(["OK HISTORY 5".to_string()])
+        .collect();
+    assert_eq!(history, want, "the last five (the cap), oldest first");
+    assert_eq!(
+        alice.command("/history 2").await,
+        [
+            format!("HIST lobby {} alice line 6", ids[6]),
+            format!("HIST lobby {} alice line 7", ids[7]),
+            "OK HISTORY 2".into()
+        ]
+    );
+    let mut r = sys.redis.conn().await;
+    assert_eq!(r.xlen::<_, u64>("chat:history:lobby").await.unwrap(), 5);
+
+    // Each room has its own; a new room has none.
+    alice.ask("/join dev").await;
+    assert_eq!(alice.command("/history").await, ["OK HISTORY 0"]);
+    alice.send("first in dev").await;
+    let line = alice.line().await;
+    let id = line.split(' ').nth(2).unwrap();
+    assert_eq!(
+        alice.command("/history 500").await,
+        [
+            format!("HIST dev {id} alice first in dev"),
+            "OK HISTORY 1".into()
+        ]
+    );
+
+    // Conversations are capped as well.
+    for i in 0..7 {
+        alice.ask(&format!("/msg bob dm {i}")).await;
+    }
+    let history = alice.command("/history @bob 100").await;
+    assert_eq!(history.len(), 6);
+    assert!(history[0].ends_with(" alice dm 2"), "{history:?}");
+    assert_eq!(r.xlen::<_, u64>("chat:dm:alice:bob").await.unwrap(), 5);
+    assert_eq!(alice.command("/history @bob").await.len(), 6);
+    // An empty conversation with an existing user is no error.
+    sys.add_user("carol").await;
+    assert_eq!(alice.command("/history @carol").await, ["OK HISTORY 0"]);
+}

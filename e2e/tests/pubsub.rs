@@ -1,0 +1,132 @@
+//! Publish-subscribe between users.
+
+use e2e::System;
+use redis::AsyncCommands;
+
+/// `PUB <id> <from> <text>` → (id, from, text).
+fn parse_pub(line: &str) -> (String, String, String) {
+    let mut p = line.splitn(4, ' ');
+    assert_eq!(p.next(), Some("PUB"), "{line}");
+    let id = p.next().unwrap().to_string();
+    let from = p.next().unwrap().to_string();
+    (id, from, p.next().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn publications_reach_online_subscribers_only_and_subscriptions_last() {
+    let sys = System::start().await;
+    for u in ["alice", "carol", "dave"] {
+        sys.add_user(u).await;
+    }
+    let mut alice = sys.login(0, "alice").await;
+    let mut carol = sys.login(1, "carol").await;
+    let mut dave = sys.login(0, "dave").await;
+
+    assert_eq!(carol.ask("/subscribe alice").await, "OK SUBSCRIBE alice");
+    assert_eq!(
+        carol.ask("/subscribe alice").await,
+        "OK SUBSCRIBE alice",
+        "idempotent"
+    );
+    assert_eq!(
+        carol.command("/subscriptions").await,
+        ["SUB alice", "OK SUBSCRIPTIONS 1"]
+    );
+    let mut r = sys.redis.conn().await;
+    let subscribers: Vec<String> = r.smembers("chat:subscribers:alice").await.unwrap();
+    assert_eq!(subscribers, ["carol"]);
+
+    let ok = alice.ask("/publish hello  subscribers").await;
+    let (id, from, text) = parse_pub(&carol.line().await);
+    assert_eq!(ok, format!("OK PUBLISH {id} 1"), "one online subscriber");
+    assert_eq!(
+        (from.as_str(), text.as_str()),
+        ("alice", "hello  subscribers")
+    );
+    // dave does not subscribe: the next thing from alice he sees is a
+    // private message sent after the publication.
+    alice.ask("/msg dave marker").await;
+    assert!(dave.line().await.ends_with(" alice marker"));
+
+    // Unsubscribed, carol gets nothing more.
+    assert_eq!(
+        carol.ask("/unsubscribe alice").await,
+        "OK UNSUBSCRIBE alice"
+    );
+    assert_eq!(
+        carol.ask("/unsubscribe alice").await,
+        "OK UNSUBSCRIBE alice"
+    );
+    let ok = alice.ask("/publish anyone?").await;
+    assert!(ok.starts_with("OK PUBLISH ") && ok.ends_with(" 0"), "{ok}");
+    alice.ask("/msg carol marker").await;
+    let line = carol.line().await;
+    assert!(
+        line.starts_with("DM ") && line.ends_with(" alice marker"),
+        "{line}"
+    );
+    assert_eq!(
+        carol.command("/subscriptions").await,
+        ["OK SUBSCRIPTIONS 0"]
+    );
+
+    // The subscription belongs to the account: it outlives the session, and
+    // counts only while carol is online.
+    carol.ask("/subscribe alice").await;
+    carol.send("/quit").await;
+    carol.closed().await;
+    e2e::eventually("carol is offline", || async {
+        let mut r = sys.redis.conn().await;
+        !r.exists::<_, bool>("chat:session:carol").await.unwrap()
+    })
+    .await;
+    let ok = alice.ask("/publish nobody online").await;
+    assert!(ok.ends_with(" 0"), "{ok}");
+    let mut carol = sys.login(0, "carol").await;
+    assert_eq!(
+        carol.command("/subscriptions").await,
+        ["SUB alice", "OK SUBSCRIPTIONS 1"]
+    );
+    let ok = alice.ask("/publish welcome back").await;
+    let (id, _, text) = parse_pub(&carol.line().await);
+    assert_eq!(text, "welcome back", "nothing published while offline");
+    assert_eq!(ok, format!("OK PUBLISH {id} 1"));
+}
+
+#[tokio::test]
+async fn a_publication_is_one_publish_whatever_the_number_of_subscribers() {
+    let sys = System::start().await;
+    sys.add_user("alice").await;
+    let mut subscribers = Vec::new();
+    for i in 0..6 {
+        let name = format!("sub{i}");
+        sys.add_user(&name).await;
+        let mut c = sys.login(i % 2, &name).await;
+        c.ask("/subscribe alice").await;
+        subscribers.push(c);
+    }
+    let mut alice = sys.login(0, "alice").await;
+    let mut r = sys.redis.conn().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let ok = alice.ask("/publish to all six").await;
+    assert!(ok.ends_with(" 6"), "{ok}");
+    for c in &mut subscribers {
+        assert_eq!(parse_pub(&c.line().await).2, "to all six");
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let publishes = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map(|n| n.parse::<u64>().unwrap());
+    // One PUBLISH for the PUB line and one for the reply to alice.
+    assert_eq!(publishes, Some(2), "{info}");
+}

@@ -1,0 +1,127 @@
+//! Rooms: membership, room-only delivery across edges, listings, notices.
+
+use e2e::System;
+
+#[tokio::test]
+async fn messages_reach_exactly_the_rooms_members_across_edges() {
+    let sys = System::start().await;
+    for u in ["alice", "bob", "carol"] {
+        sys.add_user(u).await;
+    }
+    let mut alice = sys.login(0, "alice").await.with_sys();
+    let mut bob = sys.login(1, "bob").await.with_sys();
+    let mut carol = sys.login(0, "carol").await;
+    alice.until(|l| l == "SYS lobby carol joined").await;
+    bob.until(|l| l == "SYS lobby carol joined").await;
+
+    // alice and bob move to dev; each member sees the moves as notices.
+    assert_eq!(alice.ask("/join dev").await, "OK JOIN dev");
+    alice.expect("SYS dev alice joined").await;
+    bob.expect("SYS lobby alice left").await;
+    assert_eq!(bob.command("/JOIN dev").await, ["OK JOIN dev"]);
+    bob.expect("SYS dev bob joined").await;
+    alice.expect("SYS dev bob joined").await;
+
+    alice.send("only for dev").await;
+    let line = alice.line().await;
+    assert!(line.starts_with("MSG dev ") && line.ends_with(" alice only for dev"));
+    assert_eq!(bob.line().await, line, "bob, on the other edge, is in dev");
+    carol.send("only for the lobby").await;
+    let line = carol.line().await;
+    assert!(line.starts_with("MSG lobby ") && line.ends_with(" carol only for the lobby"));
+
+    // Listings.
+    assert_eq!(
+        bob.command("/who").await,
+        ["USER alice", "USER bob", "OK WHO dev 2"]
+    );
+    assert_eq!(
+        bob.command("/who lobby").await,
+        ["USER carol", "OK WHO lobby 1"]
+    );
+    assert_eq!(bob.command("/who empty").await, ["OK WHO empty 0"]);
+    assert_eq!(
+        carol.command("/rooms").await,
+        ["ROOM dev 2", "ROOM lobby 1", "OK ROOMS 2"]
+    );
+
+    // alice goes back to the lobby: dev hears she left, the lobby that she
+    // came, and her text now reaches carol and not bob.
+    assert_eq!(alice.ask("/leave").await, "OK LEAVE dev");
+    alice.expect("SYS lobby alice joined").await;
+    bob.expect("SYS dev alice left").await;
+    alice.send("back in the lobby").await;
+    let echo = alice.line().await;
+    let line = carol.line().await;
+    assert_eq!(line, echo);
+    assert!(
+        line.starts_with("MSG lobby ") && line.ends_with(" alice back in the lobby"),
+        "carol saw nothing of dev: {line}"
+    );
+    // What alice sends after it reaches bob after it, if at all: a private
+    // message shows bob never got the lobby line.
+    alice.ask("/msg bob marker").await;
+    let line = bob.line().await;
+    assert!(
+        line.starts_with("DM ") && line.ends_with(" alice marker"),
+        "{line}"
+    );
+
+    // bob moves from dev straight to another room; dev empties and drops
+    // out of the listing and of Redis.
+    assert_eq!(bob.ask("/join ops").await, "OK JOIN ops");
+    bob.expect("SYS ops bob joined").await;
+    assert_eq!(
+        carol.command("/rooms").await,
+        ["ROOM lobby 2", "ROOM ops 1", "OK ROOMS 2"]
+    );
+    let mut r = sys.redis.conn().await;
+    let rooms: Vec<String> = redis::AsyncCommands::smembers(&mut r, "chat:rooms")
+        .await
+        .unwrap();
+    assert!(!rooms.contains(&"dev".to_string()), "{rooms:?}");
+    let room: String = redis::AsyncCommands::hget(&mut r, "chat:session:bob", "room")
+        .await
+        .unwrap();
+    assert_eq!(room, "ops");
+
+    // Joining the room you are in changes nothing and tells no one.
+    assert_eq!(bob.ask("/join ops").await, "OK JOIN ops");
+    assert_eq!(bob.ask("/ping").await, "OK PING");
+}
+
+#[tokio::test]
+async fn leaving_and_disconnecting_tell_the_room() {
+    let sys = System::start().await;
+    for u in ["alice", "bob"] {
+        sys.add_user(u).await;
+    }
+    let mut alice = sys.login(0, "alice").await.with_sys();
+    alice.expect("SYS lobby alice joined").await;
+    let mut bob = sys.login(1, "bob").await;
+    alice.expect("SYS lobby bob joined").await;
+    bob.send("/quit").await;
+    bob.closed().await;
+    alice.expect("SYS lobby bob left").await;
+
+    let mut bob = sys.login(1, "bob").await;
+    alice.expect("SYS lobby bob joined").await;
+    bob.ask("/join dev").await;
+    alice.expect("SYS lobby bob left").await;
+    drop(bob);
+    assert_eq!(alice.ask("/join dev").await, "OK JOIN dev");
+    // bob's dropped connection may end before or after alice's join.
+    let line = alice.line().await;
+    assert!(
+        line == "SYS dev alice joined" || line == "SYS dev bob left",
+        "{line}"
+    );
+    e2e::eventually("bob's session is gone", || async {
+        let mut r = sys.redis.conn().await;
+        let n: u64 = redis::AsyncCommands::scard(&mut r, "chat:room:dev")
+            .await
+            .unwrap();
+        n == 1
+    })
+    .await;
+}
