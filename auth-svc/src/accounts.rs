@@ -17,6 +17,25 @@ redis.call('HSET', KEYS[1], 'password', ARGV[1],
 return 1
 "#;
 
+/// Deletes the account and what hangs off it: its subscriptions both ways
+/// (so that a new account of the same name inherits no subscribers), its
+/// queued private messages and its publications. Conversations stay: they
+/// belong to the other side too. ARGV: prefix, user.
+const DELETE_LUA: &str = r#"
+local user = ARGV[2]
+if redis.call('DEL', P .. 'user:' .. user) == 0 then return 0 end
+if redis.call('EXISTS', P .. 'session:' .. user) == 1 then online(user, -1) end
+for _, p in ipairs(redis.call('SMEMBERS', P .. 'subscriptions:' .. user)) do
+  redis.call('SREM', P .. 'subscribers:' .. p, user)
+end
+for _, s in ipairs(redis.call('SMEMBERS', P .. 'subscribers:' .. user)) do
+  redis.call('SREM', P .. 'subscriptions:' .. s, user)
+end
+redis.call('DEL', P .. 'subscriptions:' .. user, P .. 'subscribers:' .. user,
+  P .. 'online-subscribers:' .. user, P .. 'inbox:' .. user, P .. 'publications:' .. user)
+return 1
+"#;
+
 async fn hash(password: &str, cost: u32) -> Result<String, AuthError> {
     if password.is_empty() {
         return Err(AuthError::EmptyPassword);
@@ -73,15 +92,19 @@ pub async fn set_password(
     Ok(())
 }
 
-/// Deletes the account (its live session, if any, ends at its next login
-/// check or logout).
+/// Deletes the account (a live session goes on until it ends; the user
+/// cannot log in again).
 pub async fn delete(
     conn: &mut ConnectionManager,
     keys: &Keys,
     user: &str,
 ) -> Result<(), AuthError> {
     check_name(user)?;
-    let removed: i64 = conn.del(keys.user(user)).await?;
+    let removed: i64 = Script::new(&format!("{}{DELETE_LUA}", shared::store::LUA_PRELUDE))
+        .arg(keys.prefix())
+        .arg(user)
+        .invoke_async(conn)
+        .await?;
     if removed == 1 {
         Ok(())
     } else {

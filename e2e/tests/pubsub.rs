@@ -130,3 +130,33 @@ async fn a_publication_is_one_publish_whatever_the_number_of_subscribers() {
     // One PUBLISH for the PUB line and one for the reply to alice.
     assert_eq!(publishes, Some(2), "{info}");
 }
+
+#[tokio::test]
+async fn a_deleted_account_leaves_no_subscriptions_behind() {
+    let sys = System::start().await;
+    for u in ["alice", "carol"] {
+        sys.add_user(u).await;
+    }
+    let mut carol = sys.login(1, "carol").await;
+    carol.ask("/subscribe alice").await;
+    let mut r = sys.redis.conn().await;
+    let keys = shared::keys::Keys::new("chat:");
+    auth_svc::accounts::delete(&mut r, &keys, "alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        carol.command("/subscriptions").await,
+        ["OK SUBSCRIPTIONS 0"]
+    );
+    assert!(!r.exists::<_, bool>("chat:subscribers:alice").await.unwrap());
+    assert!(!r
+        .exists::<_, bool>("chat:online-subscribers:alice")
+        .await
+        .unwrap());
+
+    // A new alice starts with no subscribers.
+    sys.add_user("alice").await;
+    let mut alice = sys.login(0, "alice").await;
+    let ok = alice.ask("/publish anyone?").await;
+    assert!(ok.ends_with(" 0"), "{ok}");
+}

@@ -578,4 +578,103 @@ mod tests {
         assert!(lines(&mut b).is_empty(), "no session, nothing to close");
         assert!(hub.remove(1).is_none(), "the session is over");
     }
+
+    #[test]
+    fn moves_subscriptions_and_notices_follow_the_current_session() {
+        let (hub, mut tasks) = hub();
+        let (mut a, _) = conn(&hub, 1, 16);
+        let _wait = hub.expect(1, 1);
+        let mut login = serde_json::from_slice::<Reply>(&login_reply(1, 1, "alice", "5")).unwrap();
+        login.effect = Some(Effect::Login {
+            user: "alice".into(),
+            sid: "5".into(),
+            room: "lobby".into(),
+            subs: "carol dave".into(),
+        });
+        hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&login).unwrap());
+        let notice = |rid: u64, sid: &str, lines: &[&str], effect: Option<Effect>| {
+            serde_json::to_vec(&Reply {
+                conn: 1,
+                rid,
+                lines: lines.iter().map(|l| l.to_string()).collect(),
+                effect,
+                sid: sid.into(),
+            })
+            .unwrap()
+        };
+        hub.dispatch("chat:ch:pub:carol", b"PUB 1-0 carol x");
+        // A move of another (older) session is ignored; of this one, done.
+        let moved = |sid: &str| {
+            Some(Effect::Room {
+                sid: sid.into(),
+                room: "dev".into(),
+            })
+        };
+        hub.dispatch("chat:ch:edge:e1", &notice(0, "", &[], moved("4")));
+        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob still here");
+        hub.dispatch("chat:ch:edge:e1", &notice(0, "", &[], moved("5")));
+        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 2-0 bob gone");
+        hub.dispatch("chat:ch:room:dev", b"MSG dev 1-0 bob in dev");
+        let unsub = Some(Effect::Unsubscribe {
+            sid: "5".into(),
+            user: "carol".into(),
+        });
+        hub.dispatch("chat:ch:edge:e1", &notice(0, "", &[], unsub));
+        hub.dispatch("chat:ch:pub:carol", b"PUB 2-0 carol y");
+        hub.dispatch("chat:ch:pub:dave", b"PUB 1-0 dave z");
+        // A private message to an older session is not shown.
+        hub.dispatch(
+            "chat:ch:edge:e1",
+            &notice(0, "4", &["DM 1-0 bob old"], None),
+        );
+        hub.dispatch(
+            "chat:ch:edge:e1",
+            &notice(0, "5", &["DM 2-0 bob new"], None),
+        );
+        assert_eq!(
+            lines(&mut a),
+            [
+                "OK LOGIN alice lobby\n",
+                "PUB 1-0 carol x\n",
+                "MSG lobby 1-0 bob still here\n",
+                "MSG dev 1-0 bob in dev\n",
+                "PUB 1-0 dave z\n",
+                "DM 2-0 bob new\n",
+            ]
+        );
+        assert!(hub.wants("chat:ch:room:dev") && hub.wants("chat:ch:pub:dave"));
+        assert!(!hub.wants("chat:ch:pub:carol"));
+        assert!(
+            hub.wants("chat:ch:room:lobby"),
+            "the lobby is always wanted"
+        );
+        let mut synced = Vec::new();
+        while let Ok(s) = tasks.subs.try_recv() {
+            synced.push(s.channel);
+        }
+        assert!(synced.contains(&"chat:ch:room:dev".to_string()));
+        assert!(synced.contains(&"chat:ch:pub:carol".to_string()));
+
+        // Closing the connection leaves every channel.
+        assert!(hub.remove(1).is_some());
+        assert!(!hub.wants("chat:ch:room:dev") && !hub.wants("chat:ch:pub:dave"));
+    }
+
+    #[tokio::test]
+    async fn a_hold_keeps_a_channel_wanted_until_released() {
+        let (hub, mut tasks) = hub();
+        let channels = ["chat:ch:room:dev".to_string()];
+        let holder = {
+            let hub = hub.clone();
+            let channels = channels.clone();
+            tokio::spawn(async move { hub.hold(&channels).await })
+        };
+        let sync = tasks.subs.recv().await.unwrap();
+        assert_eq!(sync.channel, "chat:ch:room:dev");
+        assert!(hub.wants("chat:ch:room:dev"));
+        sync.done.unwrap().send(true).unwrap();
+        assert!(holder.await.unwrap());
+        hub.release(&channels);
+        assert!(!hub.wants("chat:ch:room:dev"));
+    }
 }

@@ -162,7 +162,10 @@ fn pretty(line: &str) -> String {
             _ => line.clone(),
         },
         "HIST" => match field(4).as_slice() {
-            [conv, id, from, text] => format!("{} {conv} <{from}> {text} (history)", stamp(id)),
+            [conv, id, from, text] if conv.starts_with('@') => {
+                format!("{} {conv} <{from}> {text} (history)", stamp(id))
+            }
+            [room, id, from, text] => format!("{} #{room} <{from}> {text} (history)", stamp(id)),
             _ => line.clone(),
         },
         "SYS" => format!("-- {rest}"),
