@@ -30,6 +30,11 @@ for _, p in ipairs(redis.call('SMEMBERS', P .. 'subscriptions:' .. user)) do
 end
 for _, s in ipairs(redis.call('SMEMBERS', P .. 'subscribers:' .. user)) do
   redis.call('SREM', P .. 'subscriptions:' .. s, user)
+  -- An online subscriber's edge stops passing on the channel.
+  local sess = redis.call('HMGET', P .. 'session:' .. s, 'edge', 'conn', 'sid')
+  if sess[3] then
+    reply(sess[1], sess[2], nil, nil, {kind = 'unsubscribe', sid = sess[3], user = user})
+  end
 end
 redis.call('DEL', P .. 'subscriptions:' .. user, P .. 'subscribers:' .. user,
   P .. 'online-subscribers:' .. user, P .. 'inbox:' .. user, P .. 'publications:' .. user)

@@ -138,7 +138,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
 }
 
 /// The `<ms>` part of a stream entry id.
-fn entry_ms(id: &str) -> Option<u64> {
+pub(crate) fn entry_ms(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
 }
 

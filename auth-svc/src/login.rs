@@ -12,14 +12,18 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-/// ARGV: prefix, user, edge, conn, rid, addr, policy.
+/// ARGV: prefix, user, edge, conn, rid, addr, policy, deadline (ms).
+///
+/// Past the deadline the edge no longer waits: nothing is done (`stale`).
 ///
 /// One live session per user: an existing one is either closed (its edge
 /// gets a `close` effect, its room membership goes) or kept and the new
 /// login refused. The session id comes from a counter, so it is unique.
-/// Private messages queued while the user was offline go out with the reply.
+/// Private messages queued while the user was offline go out with the reply;
+/// the effect names the last one, which the edge acknowledges once shown.
 const LOGIN_LUA: &str = r#"
 local user, edge, conn, rid, addr, policy = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if now_ms() > tonumber(ARGV[8]) then return 'stale' end
 local skey = P .. 'session:' .. user
 local old = redis.call('HMGET', skey, 'edge', 'conn', 'sid', 'room')
 if old[3] then
@@ -36,16 +40,17 @@ redis.call('HSET', skey, 'edge', edge, 'conn', conn, 'sid', sid, 'room', 'lobby'
 redis.call('SADD', P .. 'room:lobby', user)
 redis.call('SADD', P .. 'rooms', 'lobby')
 local subs = online(user, 1)
--- Private messages queued while offline follow OK LOGIN, in order, once.
+-- Private messages queued while offline follow OK LOGIN, in order. They
+-- leave the inbox when the edge has shown them (the `delivered` request).
 local lines = {'OK LOGIN ' .. user .. ' lobby'}
-local inbox = P .. 'inbox:' .. user
-for _, e in ipairs(redis.call('XRANGE', inbox, '-', '+')) do
+local last = ''
+for _, e in ipairs(redis.call('XRANGE', P .. 'inbox:' .. user, '-', '+')) do
   local f = fields(e[2])
-  lines[#lines + 1] = 'DM ' .. f.id .. ' ' .. f.from .. ' ' .. f.text
+  lines[#lines + 1] = 'DM ' .. (f.id or e[1]) .. ' ' .. (f.from or '?') .. ' ' .. (f.text or '')
+  last = e[1]
 end
-redis.call('DEL', inbox)
-reply(edge, conn, rid, lines,
-  {kind = 'login', user = user, sid = sid, room = 'lobby', subs = table.concat(subs, ' ')})
+reply(edge, conn, rid, lines, {kind = 'login', user = user, sid = sid, room = 'lobby',
+  subs = table.concat(subs, ' '), inbox = last})
 sys('lobby', user, 'joined')
 return old[3] and 'replaced' or 'ok'
 "#;
@@ -56,6 +61,8 @@ pub(crate) struct Ctx {
     policy: DuplicateLogin,
     login: Script,
     bcrypt: Semaphore,
+    /// How long an edge waits for a login (ms): older requests are stale.
+    max_age: u64,
     /// Checked against when the user does not exist, so that an unknown
     /// user costs as much time as a wrong password.
     dummy_hash: String,
@@ -81,6 +88,7 @@ impl Ctx {
             policy: cfg.auth.duplicate_login,
             login: Script::new(&format!("{LUA_PRELUDE}{LOGIN_LUA}")),
             bcrypt: Semaphore::new(permits),
+            max_age: cfg.edge.request_timeout_ms,
             dummy_hash,
         })
     }
@@ -98,7 +106,8 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
         Some(req) => {
             let span =
                 tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
-            if let Err(e) = login(&ctx, &req).instrument(span.clone()).await {
+            let deadline = crate::entry_ms(&entry.id).map_or(u64::MAX, |ms| ms + ctx.max_age);
+            if let Err(e) = login(&ctx, &req, deadline).instrument(span.clone()).await {
                 span.in_scope(|| tracing::error!(error = %e, "login failed"));
                 let line = err_line(e.code(), "the login could not be completed, try again");
                 let _ = publish(&ctx, &req, line).await;
@@ -113,7 +122,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
     }
 }
 
-async fn login(ctx: &Ctx, req: &Request) -> Result<(), AuthError> {
+async fn login(ctx: &Ctx, req: &Request, deadline: u64) -> Result<(), AuthError> {
     let Op::Login { password, addr } = &req.op else {
         return Err(AuthError::Unexpected(format!("{:?}", req.op)));
     };
@@ -141,6 +150,7 @@ async fn login(ctx: &Ctx, req: &Request) -> Result<(), AuthError> {
         .arg(req.rid.to_string())
         .arg(addr)
         .arg(ctx.policy.as_str())
+        .arg(deadline)
         .invoke_async(&mut conn)
         .await?;
     tracing::info!(outcome = %outcome, "login");

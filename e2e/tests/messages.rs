@@ -39,7 +39,12 @@ async fn private_messages_are_queued_for_the_offline_and_delivered_once_in_order
             format!("DM {id} alice while you were out {}", i + 1)
         );
     }
-    assert!(!r.exists::<_, bool>("chat:inbox:bob").await.unwrap());
+    // Shown, so acknowledged: the inbox goes.
+    e2e::eventually("the inbox is emptied", || {
+        let mut r = r.clone();
+        async move { !r.exists::<_, bool>("chat:inbox:bob").await.unwrap() }
+    })
+    .await;
 
     // Online now: delivered at once, not queued.
     let ok = alice.ask("/msg bob you are back").await;
@@ -132,4 +137,48 @@ async fn history_keeps_ids_order_and_cap() {
     // An empty conversation with an existing user is no error.
     sys.add_user("carol").await;
     assert_eq!(alice.command("/history @carol").await, ["OK HISTORY 0"]);
+}
+
+#[tokio::test]
+async fn a_login_answered_too_late_opens_nothing_and_keeps_the_inbox() {
+    let sys = System::start_with(Default::default(), |c| c.edge.request_timeout_ms = 300).await;
+    sys.add_user("alice").await;
+    // bob's password hash takes far longer to check than the edge waits.
+    let keys = shared::keys::Keys::new("chat:");
+    let mut r = sys.redis.conn().await;
+    auth_svc::accounts::add(&mut r, &keys, "bob", "bob-pw", 11)
+        .await
+        .unwrap();
+    let mut alice = sys.login(0, "alice").await;
+    let ok = alice.ask("/msg bob are you there?").await;
+    assert!(ok.ends_with(" queued"), "{ok}");
+
+    let mut bob = e2e::Client::connect(sys.edges[1], &e2e::trust())
+        .await
+        .unwrap();
+    bob.expect_prefix("HELLO ").await;
+    bob.send("LOGIN bob bob-pw").await;
+    bob.expect_prefix("ERR unavailable").await;
+    e2e::eventually("auth-svc is done with the login", || {
+        let mut r = r.clone();
+        async move { r.xlen::<_, u64>("chat:req:auth").await.unwrap() == 0 }
+    })
+    .await;
+    let sessions_opened: u64 = r.get("chat:seq:sid").await.unwrap();
+    assert_eq!(
+        sessions_opened, 1,
+        "only alice's: none for a client that was told its login failed"
+    );
+    assert_eq!(r.xlen::<_, u64>("chat:inbox:bob").await.unwrap(), 1);
+
+    // With a hash that checks in time, the message comes with the login.
+    auth_svc::accounts::set_password(&mut r, &keys, "bob", "bob-pw", 4)
+        .await
+        .unwrap();
+    bob.send("LOGIN bob bob-pw").await;
+    bob.expect("OK LOGIN bob lobby").await;
+    assert_eq!(
+        bob.line().await,
+        format!("DM {} alice are you there?", msg_id(&ok))
+    );
 }

@@ -154,9 +154,16 @@ async fn a_deleted_account_leaves_no_subscriptions_behind() {
         .await
         .unwrap());
 
-    // A new alice starts with no subscribers.
+    // A new alice starts with no subscribers: carol, still online, gets
+    // nothing of hers.
     sys.add_user("alice").await;
     let mut alice = sys.login(0, "alice").await;
     let ok = alice.ask("/publish anyone?").await;
     assert!(ok.ends_with(" 0"), "{ok}");
+    alice.ask("/msg carol marker").await;
+    let line = carol.line().await;
+    assert!(
+        line.starts_with("DM ") && line.ends_with(" alice marker"),
+        "{line}"
+    );
 }

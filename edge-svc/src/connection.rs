@@ -193,7 +193,7 @@ impl Handler {
                     "registration is closed",
                 ));
             }
-            Command::Say(text) => self.say(text).await,
+            Command::Say(text) => self.forward(Op::Say { text }).await,
             Command::Join(room) => {
                 let channel = self.ctx.keys.room_channel(&room);
                 self.route(Op::Join { room }, &[channel]).await;
@@ -278,65 +278,50 @@ impl Handler {
         };
         let req = self.request(rid, &user, op);
         let stream = self.ctx.keys.auth_requests();
-        let result = self.held(&channels, self.call(&stream, req)).await;
-        match result {
-            Ok(Some(Effect::Login { user, sid, .. })) => {
+        match self.call(&stream, req, &channels).await {
+            Ok(Some(Effect::Login {
+                user, sid, inbox, ..
+            })) => {
                 let span = tracing::Span::current();
                 span.record("user", user.as_str());
                 span.record("sid", sid.as_str());
                 tracing::info!("logged in");
                 self.session = Some(Session { user, sid });
+                if !inbox.is_empty() {
+                    // Shown (queued before anything else): they may go.
+                    self.forward(Op::Delivered { upto: inbox }).await;
+                }
             }
             Ok(_) => {}
             Err(e) => self.reply(&e.line()),
         }
     }
 
-    async fn say(&mut self, text: String) {
+    /// Sends a router request that expects no reply.
+    async fn forward(&mut self, op: Op) {
         let Some(session) = &self.session else { return };
         let user = session.user.clone();
-        let req = self.request(0, &user, Op::Say { text });
+        let req = self.request(0, &user, op);
         if let Err(e) = self
             .ctx
             .send_request(&self.ctx.router_stream(&user), &req)
             .await
         {
-            tracing::warn!(error = %e, "forwarding a message failed");
+            tracing::warn!(error = %e, "forwarding a request failed");
             self.reply(&unavailable().line());
         }
     }
 
-    /// Sends a router request for the session and waits for its reply,
-    /// holding `channels` (those the reply may add the connection to).
+    /// Sends a router request for the session and waits for its reply;
+    /// `channels` are those the reply may add the connection to.
     async fn route(&mut self, op: Op, channels: &[String]) {
         let Some(session) = &self.session else { return };
         let user = session.user.clone();
         let req = self.request(self.ctx.next_rid(), &user, op);
         let stream = self.ctx.router_stream(&user);
-        if let Err(e) = self.held(channels, self.call(&stream, req)).await {
+        if let Err(e) = self.call(&stream, req, channels).await {
             self.reply(&e.line());
         }
-    }
-
-    /// Runs `call` with `channels` held (subscribed) throughout.
-    async fn held<T>(
-        &self,
-        channels: &[String],
-        call: impl Future<Output = Result<T, ProtoError>>,
-    ) -> Result<T, ProtoError> {
-        let hub = &self.ctx.hub;
-        let subscribed = channels.is_empty()
-            || tokio::time::timeout(self.ctx.cfg.edge.request_timeout(), hub.hold(channels))
-                .await
-                .unwrap_or(false);
-        let result = if subscribed {
-            call.await
-        } else {
-            tracing::warn!("subscribing to channels failed");
-            Err(unavailable())
-        };
-        hub.release(channels);
-        result
     }
 
     async fn quit(&mut self) {
@@ -344,7 +329,7 @@ impl Handler {
             let rid = self.ctx.next_rid();
             let req = self.request(rid, &session.user, Op::Logout);
             let stream = self.ctx.router_stream(&session.user);
-            if let Ok(Some(Effect::Close { .. })) = self.call(&stream, req).await {
+            if let Ok(Some(Effect::Close { .. })) = self.call(&stream, req, &[]).await {
                 // The router ended the session and its reply closes us.
                 self.session = None;
                 return;
@@ -355,15 +340,33 @@ impl Handler {
 
     /// Sends a request and waits for its reply (whose lines the dispatcher
     /// has already queued); returns the reply's effect.
-    async fn call(&self, stream: &str, req: Request) -> Result<Option<Effect>, ProtoError> {
+    ///
+    /// `channels` (those the reply may add the connection to) are held
+    /// subscribed from before the request goes out until its reply, even a
+    /// late one, has been applied.
+    async fn call(
+        &self,
+        stream: &str,
+        req: Request,
+        channels: &[String],
+    ) -> Result<Option<Effect>, ProtoError> {
         let hub = &self.ctx.hub;
+        let limit = self.ctx.cfg.edge.request_timeout();
+        if !channels.is_empty() {
+            let held = tokio::time::timeout(limit, hub.hold(self.id, req.rid, channels)).await;
+            if held != Ok(true) {
+                tracing::warn!("subscribing to channels failed");
+                hub.release(self.id, req.rid);
+                return Err(unavailable());
+            }
+        }
         let mut rx = hub.expect(self.id, req.rid);
         if let Err(e) = self.ctx.send_request(stream, &req).await {
             tracing::warn!(error = %e, "sending a request failed");
             hub.give_up(self.id, req.rid);
+            hub.release(self.id, req.rid);
             return Err(unavailable());
         }
-        let limit = self.ctx.cfg.edge.request_timeout();
         match tokio::time::timeout(limit, &mut rx).await {
             Ok(Ok(effect)) => Ok(effect),
             _ if !hub.give_up(self.id, req.rid) => {

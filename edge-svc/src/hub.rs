@@ -74,6 +74,8 @@ struct Conn {
     channels: HashSet<String>,
     /// Its room's channel (also in `channels`).
     room: Option<String>,
+    /// Channels held for requests in flight, by request id.
+    holds: Vec<(u64, Vec<String>)>,
     /// The request this connection waits for, and where to say it came.
     pending: Option<(u64, oneshot::Sender<Option<Effect>>)>,
 }
@@ -143,6 +145,7 @@ impl Hub {
                 session: None,
                 channels: HashSet::new(),
                 room: None,
+                holds: Vec::new(),
                 pending: None,
             },
         );
@@ -153,6 +156,9 @@ impl Hub {
         let mut st = self.lock();
         let mut conn = st.conns.remove(&id)?;
         self.leave_all(&mut st.audience, id, &mut conn);
+        for (_, channels) in conn.holds.drain(..) {
+            self.unhold(&mut st.holds, &channels);
+        }
         conn.session
     }
 
@@ -184,12 +190,18 @@ impl Hub {
         all.into_iter().collect()
     }
 
-    /// Keeps `channels` subscribed until [`Hub::release`], and waits until
-    /// they are; false if that failed (Redis unreachable).
-    pub(crate) async fn hold(&self, channels: &[String]) -> bool {
+    /// Keeps `channels` subscribed for request `rid` of `conn` until its
+    /// reply has been applied (or [`Hub::release`]), and waits until they
+    /// are; false if that failed (Redis unreachable).
+    pub(crate) async fn hold(&self, conn: u64, rid: u64, channels: &[String]) -> bool {
         let mut waits = Vec::with_capacity(channels.len());
         {
             let mut st = self.lock();
+            let st = &mut *st;
+            let Some(c) = st.conns.get_mut(&conn) else {
+                return false;
+            };
+            c.holds.push((rid, channels.to_vec()));
             for ch in channels {
                 *st.holds.entry(ch.clone()).or_default() += 1;
                 let (done, wait) = oneshot::channel();
@@ -207,13 +219,28 @@ impl Hub {
         all
     }
 
-    pub(crate) fn release(&self, channels: &[String]) {
+    /// Ends the holds of request `rid` of `conn`.
+    pub(crate) fn release(&self, conn: u64, rid: u64) {
         let mut st = self.lock();
+        let st = &mut *st;
+        if let Some(c) = st.conns.get_mut(&conn) {
+            self.release_in(&mut st.holds, c, rid);
+        }
+    }
+
+    fn release_in(&self, holds: &mut HashMap<String, usize>, conn: &mut Conn, rid: u64) {
+        if let Some(i) = conn.holds.iter().position(|(r, _)| *r == rid) {
+            let (_, channels) = conn.holds.swap_remove(i);
+            self.unhold(holds, &channels);
+        }
+    }
+
+    fn unhold(&self, holds: &mut HashMap<String, usize>, channels: &[String]) {
         for ch in channels {
-            if let Some(n) = st.holds.get_mut(ch) {
+            if let Some(n) = holds.get_mut(ch) {
                 *n -= 1;
                 if *n == 0 {
-                    st.holds.remove(ch);
+                    holds.remove(ch);
                 }
             }
             self.sync(ch);
@@ -318,6 +345,7 @@ impl Hub {
                 sid,
                 room,
                 subs,
+                ..
             }) if waiting => {
                 conn.session = Some(Session {
                     user: user.clone(),
@@ -369,6 +397,9 @@ impl Hub {
         }
         if let Some(reason) = bye {
             push(conn, Out::Bye(reason));
+        }
+        if reply.rid != 0 {
+            self.release_in(&mut st.holds, conn, reply.rid);
         }
         if waiting {
             if let Some((_, tx)) = conn.pending.take() {
@@ -462,6 +493,7 @@ mod tests {
                 sid: sid.into(),
                 room: "lobby".into(),
                 subs: String::new(),
+                inbox: String::new(),
             }),
             sid: String::new(),
         })
@@ -590,6 +622,7 @@ mod tests {
             sid: "5".into(),
             room: "lobby".into(),
             subs: "carol dave".into(),
+            inbox: String::new(),
         });
         hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&login).unwrap());
         let notice = |rid: u64, sid: &str, lines: &[&str], effect: Option<Effect>| {
@@ -661,20 +694,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_hold_keeps_a_channel_wanted_until_released() {
+    async fn a_hold_lasts_until_its_reply_even_a_late_one() {
         let (hub, mut tasks) = hub();
+        let (_rx, _) = conn(&hub, 1, 8);
         let channels = ["chat:ch:room:dev".to_string()];
         let holder = {
             let hub = hub.clone();
             let channels = channels.clone();
-            tokio::spawn(async move { hub.hold(&channels).await })
+            tokio::spawn(async move { hub.hold(1, 7, &channels).await })
         };
         let sync = tasks.subs.recv().await.unwrap();
         assert_eq!(sync.channel, "chat:ch:room:dev");
         assert!(hub.wants("chat:ch:room:dev"));
         sync.done.unwrap().send(true).unwrap();
         assert!(holder.await.unwrap());
-        hub.release(&channels);
+        // The client gave up waiting; the hold stays until the reply.
+        let _wait = hub.expect(1, 7);
+        assert!(hub.give_up(1, 7));
+        assert!(hub.wants("chat:ch:room:dev"));
+        let reply = Reply {
+            conn: 1,
+            rid: 7,
+            lines: vec!["OK JOIN dev".into()],
+            effect: None,
+            sid: String::new(),
+        };
+        hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&reply).unwrap());
+        assert!(!hub.wants("chat:ch:room:dev"));
+        // A connection that goes ends its holds too.
+        let (_rx2, _) = conn(&hub, 2, 8);
+        let holder = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.hold(2, 8, &channels).await })
+        };
+        loop {
+            if let Some(done) = tasks.subs.recv().await.unwrap().done {
+                done.send(true).unwrap();
+                break;
+            }
+        }
+        assert!(holder.await.unwrap());
+        hub.remove(2);
         assert!(!hub.wants("chat:ch:room:dev"));
     }
 }

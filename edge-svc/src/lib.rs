@@ -140,6 +140,7 @@ pub async fn run(
         pubsub,
         hub.clone(),
         tasks.subs,
+        ctx.cfg.edge.request_timeout(),
         background.clone(),
     ));
     tokio::spawn(end_orphans(ctx.clone(), tasks.orphans));
@@ -199,10 +200,12 @@ async fn deliver(
     first: (PubSubSink, PubSubStream, HashSet<String>),
     hub: Arc<Hub>,
     mut syncs: mpsc::UnboundedReceiver<hub::Sync>,
+    limit: Duration,
     stop: CancellationToken,
 ) {
     let mut connected = Some(first);
     let mut backoff = Duration::from_millis(100);
+
     loop {
         if let Some((mut sink, mut stream, mut subscribed)) = connected.take() {
             backoff = Duration::from_millis(100);
@@ -214,10 +217,26 @@ async fn deliver(
                         None => break,
                     },
                     s = syncs.recv() => {
-                        let Some(s) = s else { return };
-                        let ok = sync(&hub, &mut sink, &mut subscribed, &s.channel).await;
-                        if let Some(done) = s.done {
-                            let _ = done.send(ok);
+                        let Some(first) = s else { return };
+                        // Everything asked for meanwhile, in one round trip.
+                        let mut batch = vec![first];
+                        while batch.len() < SYNC_BATCH {
+                            match syncs.try_recv() {
+                                Ok(s) => batch.push(s),
+                                Err(_) => break,
+                            }
+                        }
+                        let synced = sync(&hub, &mut sink, &mut subscribed, &batch, limit).await;
+                        if let Err(e) = &synced {
+                            tracing::warn!(error = %e, "Pub/Sub (un)subscribe failed");
+                        }
+                        for s in batch {
+                            if let Some(done) = s.done {
+                                let _ = done.send(synced.is_ok() && subscribed.contains(&s.channel));
+                            }
+                        }
+                        if synced.is_err() {
+                            break; // start afresh on a new connection
                         }
                     }
                 }
@@ -248,38 +267,51 @@ async fn deliver(
     }
 }
 
-/// Subscribes to `channel` or unsubscribes from it, as the hub wants;
-/// returns whether it is subscribed.
+/// Most subscription changes made in one round trip.
+const SYNC_BATCH: usize = 1024;
+
+/// Subscribes to the channels of `batch` the hub wants and unsubscribes
+/// from those it no longer wants. An error or timeout leaves the
+/// connection in doubt: the caller drops it.
 async fn sync(
     hub: &Hub,
     sink: &mut PubSubSink,
     subscribed: &mut HashSet<String>,
-    channel: &str,
-) -> bool {
-    let want = hub.wants(channel);
-    if want == subscribed.contains(channel) {
-        return want;
+    batch: &[hub::Sync],
+    limit: Duration,
+) -> redis::RedisResult<()> {
+    let (mut on, mut off) = (HashSet::new(), HashSet::new());
+    for s in batch {
+        let (want, have) = (hub.wants(&s.channel), subscribed.contains(&s.channel));
+        if want && !have {
+            on.insert(s.channel.as_str());
+        } else if !want && have {
+            off.insert(s.channel.as_str());
+        }
     }
-    let done = if want {
-        sink.subscribe(channel).await
-    } else {
-        sink.unsubscribe(channel).await
+    let timed_out = || {
+        redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer from Redis",
+        ))
     };
-    match done {
-        Ok(()) => {
-            if want {
-                subscribed.insert(channel.to_string());
-            } else {
-                subscribed.remove(channel);
-            }
-            want
-        }
-        Err(e) => {
-            // The connection is failing; the reconnect subscribes afresh.
-            tracing::warn!(channel, error = %e, "Pub/Sub (un)subscribe failed");
-            false
+    if !on.is_empty() {
+        let on: Vec<&str> = on.into_iter().collect();
+        tokio::time::timeout(limit, sink.subscribe(&on))
+            .await
+            .map_err(|_| timed_out())??;
+        subscribed.extend(on.into_iter().map(str::to_string));
+    }
+    if !off.is_empty() {
+        let off: Vec<&str> = off.into_iter().collect();
+        tokio::time::timeout(limit, sink.unsubscribe(&off))
+            .await
+            .map_err(|_| timed_out())??;
+        for ch in off {
+            subscribed.remove(ch);
         }
     }
+    Ok(())
 }
 
 async fn end_orphans(ctx: Arc<Ctx>, mut orphans: mpsc::Receiver<Session>) {

@@ -42,6 +42,16 @@ if op == 'logout' then
   if sess[3] == sid then end_session(user, sess) end
   return 'ok'
 end
+if op == 'delivered' then
+  -- The queued messages up to this id were shown (to whichever session):
+  -- drop them. MINID keeps the ids from the next one on.
+  local ms, seq = string.match(a1, '^(%d+)-(%d+)$')
+  if not ms then return 'ok' end
+  local inbox = P .. 'inbox:' .. user
+  redis.call('XTRIM', inbox, 'MINID', ms .. '-' .. (tonumber(seq) + 1))
+  if redis.call('XLEN', inbox) == 0 then redis.call('DEL', inbox) end
+  return 'ok'
+end
 if sess[3] ~= sid then return 'stale' end
 local room = sess[4]
 
@@ -153,7 +163,7 @@ elseif op == 'history' then
   local lines = {}
   for i = #entries, 1, -1 do
     local f = fields(entries[i][2])
-    lines[#lines + 1] = 'HIST ' .. label .. ' ' .. entries[i][1] .. ' ' .. f.from .. ' ' .. f.text
+    lines[#lines + 1] = 'HIST ' .. label .. ' ' .. entries[i][1] .. ' ' .. (f.from or '?') .. ' ' .. (f.text or '')
   end
   lines[#lines + 1] = 'OK HISTORY ' .. #entries
   return answer(lines)
@@ -391,6 +401,7 @@ impl Worker {
             Op::Unsubscribe { target } => ("unsubscribe", [target, "", ""]),
             Op::Subscriptions => ("subscriptions", ["", "", ""]),
             Op::Publish { text } => ("publish", [text, "", ""]),
+            Op::Delivered { upto } => ("delivered", [upto, "", ""]),
             Op::Msg { to, text } => {
                 dm = self.keys.dm(&req.user, to);
                 ("msg", [to, text, &dm])

@@ -81,6 +81,10 @@ pub enum Op {
         to: String,
         text: String,
     },
+    /// The queued private messages up to `upto` were shown: drop them.
+    Delivered {
+        upto: String,
+    },
     /// The last `n` messages of the current room, or of the private
     /// conversation `with` a user.
     History {
@@ -121,6 +125,10 @@ pub enum Effect {
         room: String,
         #[serde(default)]
         subs: String,
+        /// The id of the last queued private message in `lines` (empty if
+        /// none): acknowledged with [`Op::Delivered`] once shown.
+        #[serde(default)]
+        inbox: String,
     },
     /// The session `sid` moved to `room`.
     Room { sid: String, room: String },
@@ -205,6 +213,7 @@ mod tests {
                 sid: "9".into(),
                 room: "lobby".into(),
                 subs: String::new(),
+                inbox: String::new(),
             })
         );
         let bye: Reply = serde_json::from_str(
