@@ -12,9 +12,11 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-/// ARGV: prefix, user, edge, conn, rid, addr, policy, deadline (ms).
+/// ARGV: prefix, user, edge, conn, rid, addr, policy, deadline (ms), and
+/// for a registration the new password hash (else empty).
 ///
 /// Past the deadline the edge no longer waits: nothing is done (`stale`).
+/// A registration creates the account first, unless the name is taken.
 ///
 /// One live session per user: an existing one is either closed (its edge
 /// gets a `close` effect, its room membership goes) or kept and the new
@@ -24,6 +26,15 @@ use tracing::Instrument;
 const LOGIN_LUA: &str = r#"
 local user, edge, conn, rid, addr, policy = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if now_ms() > tonumber(ARGV[8]) then return 'stale' end
+local ukey = P .. 'user:' .. user
+if ARGV[9] ~= '' then
+  if redis.call('EXISTS', ukey) == 1 then
+    reply(edge, conn, rid, {'ERR user-exists the name ' .. user .. ' is taken'})
+    return 'exists'
+  end
+  redis.call('HSET', ukey, 'password', ARGV[9], 'created', tostring(now_ms()))
+end
+redis.call('DEL', P .. 'fail:user:' .. user)
 local skey = P .. 'session:' .. user
 local old = redis.call('HMGET', skey, 'edge', 'conn', 'sid', 'room')
 if old[3] then
@@ -37,6 +48,7 @@ end
 local sid = tostring(redis.call('INCR', P .. 'seq:sid'))
 redis.call('HSET', skey, 'edge', edge, 'conn', conn, 'sid', sid, 'room', 'lobby',
   'addr', addr, 'since', tostring(now_ms()))
+redis.call('SADD', P .. 'edge:sessions:' .. edge, user)
 redis.call('SADD', P .. 'room:lobby', user)
 redis.call('SADD', P .. 'rooms', 'lobby')
 local subs = online(user, 1)
@@ -63,6 +75,13 @@ pub(crate) struct Ctx {
     bcrypt: Semaphore,
     /// How long an edge waits for a login (ms): older requests are stale.
     max_age: u64,
+    registration: bool,
+    min_password: usize,
+    cost: u32,
+    /// Failed logins allowed per user and per address within `window` ms.
+    max_failures: [u32; 2],
+    window: u64,
+    count_failure: Script,
     /// Checked against when the user does not exist, so that an unknown
     /// user costs as much time as a wrong password.
     dummy_hash: String,
@@ -89,8 +108,62 @@ impl Ctx {
             login: Script::new(&format!("{LUA_PRELUDE}{LOGIN_LUA}")),
             bcrypt: Semaphore::new(permits),
             max_age: cfg.edge.request_timeout_ms,
+            registration: cfg.auth.registration,
+            min_password: cfg.auth.min_password,
+            cost,
+            max_failures: [
+                cfg.auth.max_failures_per_user,
+                cfg.auth.max_failures_per_addr,
+            ],
+            window: cfg.auth.failure_window_ms,
+            count_failure: Script::new(COUNT_FAILURE_LUA),
             dummy_hash,
         })
+    }
+}
+
+/// Counts a failed login on each key (KEYS) in a window that starts with
+/// the first failure. ARGV: window (ms).
+const COUNT_FAILURE_LUA: &str = r#"
+for _, k in ipairs(KEYS) do
+  if redis.call('INCR', k) == 1 then redis.call('PEXPIRE', k, ARGV[1]) end
+end
+"#;
+
+impl Ctx {
+    /// The failure counters of a user name and of a client address.
+    fn failure_keys(&self, user: &str, addr: &str) -> [String; 2] {
+        let ip = addr
+            .parse::<std::net::SocketAddr>()
+            .map_or_else(|_| addr.to_string(), |a| a.ip().to_string());
+        let p = self.keys.prefix();
+        [format!("{p}fail:user:{user}"), format!("{p}fail:addr:{ip}")]
+    }
+
+    /// Whether either counter has reached its limit (0: no limit).
+    async fn throttled(
+        &self,
+        conn: &mut ConnectionManager,
+        keys: &[String; 2],
+    ) -> Result<bool, AuthError> {
+        let counts: Vec<Option<u32>> = conn.mget(&keys[..]).await?;
+        Ok(counts
+            .iter()
+            .zip(self.max_failures)
+            .any(|(n, max)| max > 0 && n.unwrap_or(0) >= max))
+    }
+
+    async fn count_failure(
+        &self,
+        conn: &mut ConnectionManager,
+        keys: &[String; 2],
+    ) -> Result<(), AuthError> {
+        self.count_failure
+            .key(&keys[..])
+            .arg(self.window)
+            .invoke_async::<()>(conn)
+            .await?;
+        Ok(())
     }
 }
 
@@ -123,24 +196,54 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
 }
 
 async fn login(ctx: &Ctx, req: &Request, deadline: u64) -> Result<(), AuthError> {
-    let Op::Login { password, addr } = &req.op else {
+    let Op::Login {
+        password,
+        addr,
+        register,
+    } = &req.op
+    else {
         return Err(AuthError::Unexpected(format!("{:?}", req.op)));
     };
     let mut conn = ctx.conn.clone();
-    let stored: Option<String> = conn.hget(ctx.keys.user(&req.user), "password").await?;
-    let exists = stored.is_some();
-    let hash = stored.unwrap_or_else(|| ctx.dummy_hash.clone());
     let password = password.0.clone();
-    let good = {
+    let new_hash = if *register {
+        if !ctx.registration {
+            let line = err_line(ErrorCode::RegistrationClosed, "registration is closed");
+            return publish(ctx, req, line).await;
+        }
+        if password.chars().count() < ctx.min_password {
+            let text = format!("passwords are at least {} characters", ctx.min_password);
+            return publish(ctx, req, err_line(ErrorCode::BadArgs, &text)).await;
+        }
+        let cost = ctx.cost;
         let _permit = ctx.bcrypt.acquire().await.expect("semaphore never closed");
-        tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await?
+        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost)).await??
+    } else {
+        let failures = ctx.failure_keys(&req.user, addr);
+        if ctx.throttled(&mut conn, &failures).await? {
+            tracing::info!("too many failed logins");
+            let line = err_line(
+                ErrorCode::RateLimited,
+                "too many failed logins, wait a minute",
+            );
+            return publish(ctx, req, line).await;
+        }
+        let stored: Option<String> = conn.hget(ctx.keys.user(&req.user), "password").await?;
+        let exists = stored.is_some();
+        let hash = stored.unwrap_or_else(|| ctx.dummy_hash.clone());
+        let good = {
+            let _permit = ctx.bcrypt.acquire().await.expect("semaphore never closed");
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await?
+        };
+        if !(good && exists) {
+            tracing::info!("bad credentials");
+            ctx.count_failure(&mut conn, &failures).await?;
+            let line = err_line(ErrorCode::BadCredentials, "wrong user name or password");
+            return publish(ctx, req, line).await;
+        }
+        String::new()
     };
-    if !(good && exists) {
-        tracing::info!("bad credentials");
-        let line = err_line(ErrorCode::BadCredentials, "wrong user name or password");
-        return publish(ctx, req, line).await;
-    }
     let outcome: String = ctx
         .login
         .arg(ctx.keys.prefix())
@@ -151,6 +254,7 @@ async fn login(ctx: &Ctx, req: &Request, deadline: u64) -> Result<(), AuthError>
         .arg(addr)
         .arg(ctx.policy.as_str())
         .arg(deadline)
+        .arg(new_hash)
         .invoke_async(&mut conn)
         .await?;
     tracing::info!(outcome = %outcome, "login");

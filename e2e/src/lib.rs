@@ -103,6 +103,10 @@ pub fn test_config(redis: &TestRedis) -> Config {
     cfg.auth.bcrypt_cost = 4;
     cfg.router.lease_ms = 1500;
     cfg.edge.listen = "127.0.0.1:0".into();
+    // Tests that send fast or err on purpose; those of the limits turn
+    // them on.
+    cfg.edge.lines_per_sec = 0;
+    cfg.edge.max_errors_per_min = 0;
     cfg
 }
 

@@ -4,6 +4,7 @@
 
 use crate::frame::{Frame, LineDecoder};
 use crate::hub::{Closer, Out, Session};
+use crate::limits::{Bucket, Mistakes, Slot};
 use crate::{Ctx, EdgeError, Phase};
 use bytes::BytesMut;
 use shared::envelope::{Effect, Op, Request, Secret};
@@ -11,7 +12,7 @@ use shared::protocol::{self, err_line, Command, ErrorCode, HistoryTarget, ProtoE
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -21,6 +22,7 @@ use tracing::Instrument;
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 const TLS_REQUIRED: &str = "ERR tls-required this port speaks TLS only\n";
+const TOO_MANY: &str = "ERR rate-limited too many connections, try again later\n";
 /// Most bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -41,8 +43,10 @@ pub(crate) async fn within<T>(
 pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let id = ctx.next_conn_id();
     let span = tracing::info_span!("conn", %peer, conn = id, user = tracing::field::Empty, sid = tracing::field::Empty);
+    // Held from before the handshake, so handshakes count too.
+    let slot = ctx.slots.acquire(peer.ip());
     async move {
-        match serve_tls(&ctx, stream, peer, id).await {
+        match serve_tls(&ctx, stream, peer, id, slot).await {
             Ok(()) => tracing::debug!("connection closed"),
             Err(e) => tracing::debug!(error = %e, "connection ended"),
         }
@@ -56,7 +60,9 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
+    slot: Option<Slot>,
 ) -> Result<(), EdgeError> {
+    let started = Instant::now();
     let limit = ctx.cfg.edge.handshake_timeout();
     let mut first = [0u8; 1];
     if within(Phase::Handshake, limit, stream.peek(&mut first)).await? == 0 {
@@ -73,7 +79,13 @@ async fn serve_tls(
         let _ = within(Phase::Close, limit, stream.shutdown()).await;
         return Ok(());
     }
-    let tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
+    let mut tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
+    if slot.is_none() {
+        tracing::info!("too many connections; refused");
+        within(Phase::Write, limit, tls.write_all(TOO_MANY.as_bytes())).await?;
+        let _ = within(Phase::Close, limit, tls.shutdown()).await;
+        return Ok(());
+    }
     let (rd, wr) = tokio::io::split(tls);
 
     let (tx, rx) = mpsc::channel(ctx.cfg.edge.out_queue);
@@ -87,11 +99,17 @@ async fn serve_tls(
         &format!("HELLO {} {}", ctx.cfg.edge.id, protocol::PROTOCOL_VERSION),
     );
 
+    let edge = &ctx.cfg.edge;
     let mut handler = Handler {
         ctx: ctx.clone(),
         id,
         peer,
         session: None,
+        login_by: (edge.login_timeout_ms > 0)
+            .then(|| started + Duration::from_millis(edge.login_timeout_ms)),
+        last_line: Instant::now(),
+        bucket: Bucket::new(edge.lines_per_sec, edge.line_burst, started),
+        mistakes: Mistakes::new(edge.max_errors_per_min, started),
     };
     let result = handler.read_loop(rd, &closer).await;
 
@@ -109,6 +127,11 @@ struct Handler {
     id: u64,
     peer: SocketAddr,
     session: Option<Session>,
+    /// Log in by then, or be closed (against sockets held open idle).
+    login_by: Option<Instant>,
+    last_line: Instant,
+    bucket: Bucket,
+    mistakes: Mistakes,
 }
 
 /// Whether to keep reading after a line.
@@ -131,8 +154,14 @@ impl Handler {
                     return Ok(());
                 }
             }
+            let deadline = self.deadline();
             let n = tokio::select! {
                 _ = closer.token.cancelled() => return Ok(()),
+                _ = sleep_until_some(deadline) => {
+                    tracing::info!("idle too long");
+                    closer.close("idle-timeout");
+                    return Ok(());
+                }
                 r = rd.read_buf(&mut buf) => r.map_err(|source| EdgeError::Io { phase: Phase::Read, source })?,
             };
             if n == 0 {
@@ -144,7 +173,26 @@ impl Handler {
         }
     }
 
+    /// When the connection is closed unless a line comes first.
+    fn deadline(&self) -> Option<Instant> {
+        match &self.session {
+            None => self.login_by,
+            Some(_) => {
+                let idle = self.ctx.cfg.edge.idle_timeout_ms;
+                (idle > 0).then(|| self.last_line + Duration::from_millis(idle))
+            }
+        }
+    }
+
     async fn frame(&mut self, frame: Frame) -> Flow {
+        let now = Instant::now();
+        self.last_line = now;
+        if !self.bucket.take(now) {
+            return self.mistake(ProtoError::new(
+                ErrorCode::RateLimited,
+                "too many lines, slow down (this one was dropped)",
+            ));
+        }
         let line = match frame {
             Frame::TooLong => {
                 let max = self.ctx.cfg.edge.max_line;
@@ -152,32 +200,45 @@ impl Handler {
                     ErrorCode::LineTooLong,
                     &format!("lines are at most {max} bytes"),
                 ));
-                return Flow::Continue;
+                return self.counted();
             }
             Frame::Line(line) => line,
         };
         let Ok(text) = std::str::from_utf8(&line) else {
-            self.reply(&err_line(ErrorCode::BadEncoding, "lines must be UTF-8"));
-            return Flow::Continue;
+            return self.mistake(ProtoError::new(
+                ErrorCode::BadEncoding,
+                "lines must be UTF-8",
+            ));
         };
         if self.session.is_none()
             && !text.trim().is_empty()
             && !protocol::allowed_before_login(text)
         {
-            self.reply(&err_line(
+            return self.mistake(ProtoError::new(
                 ErrorCode::AuthRequired,
                 "log in first: LOGIN <user> <password>",
             ));
-            return Flow::Continue;
         }
         match Command::parse(text) {
             Ok(None) => Flow::Continue,
             Ok(Some(cmd)) => self.command(cmd).await,
-            Err(e) => {
-                self.reply(&e.line());
-                Flow::Continue
-            }
+            Err(e) => self.mistake(e),
         }
+    }
+
+    /// Answers a mistake of the client's; too many close the connection.
+    fn mistake(&mut self, e: ProtoError) -> Flow {
+        self.reply(&e.line());
+        self.counted()
+    }
+
+    fn counted(&mut self) -> Flow {
+        if self.mistakes.record(Instant::now()) {
+            tracing::info!("too many errors");
+            self.ctx.hub.bye(self.id, "too-many-errors");
+            return Flow::Stop;
+        }
+        Flow::Continue
     }
 
     fn reply(&self, line: &str) {
@@ -186,13 +247,8 @@ impl Handler {
 
     async fn command(&mut self, cmd: Command) -> Flow {
         match cmd {
-            Command::Login { user, password } => self.login(user, password).await,
-            Command::Register { .. } => {
-                self.reply(&err_line(
-                    ErrorCode::RegistrationClosed,
-                    "registration is closed",
-                ));
-            }
+            Command::Login { user, password } => self.login(user, password, false).await,
+            Command::Register { user, password } => self.login(user, password, true).await,
             Command::Say(text) => self.forward(Op::Say { text }).await,
             Command::Join(room) => {
                 let channel = self.ctx.keys.room_channel(&room);
@@ -246,7 +302,8 @@ impl Handler {
         }
     }
 
-    async fn login(&mut self, user: String, password: String) {
+    /// `LOGIN`, or `REGISTER` with `register`.
+    async fn login(&mut self, user: String, password: String, register: bool) {
         if self.session.is_some() {
             self.reply(&err_line(
                 ErrorCode::AlreadyAuthenticated,
@@ -275,6 +332,7 @@ impl Handler {
         let op = Op::Login {
             password: Secret(password),
             addr: self.peer.to_string(),
+            register,
         };
         let req = self.request(rid, &user, op);
         let stream = self.ctx.keys.auth_requests();
@@ -378,6 +436,13 @@ impl Handler {
                 Err(unavailable())
             }
         }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

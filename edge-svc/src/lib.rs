@@ -9,6 +9,7 @@
 mod connection;
 pub mod frame;
 mod hub;
+mod limits;
 
 use futures_util::StreamExt;
 use hub::{Hub, Session};
@@ -67,6 +68,7 @@ pub(crate) struct Ctx {
     hub: Arc<Hub>,
     redis: ConnectionManager,
     acceptor: TlsAcceptor,
+    slots: Arc<limits::Slots>,
     next_conn: AtomicU64,
     next_rid: AtomicU64,
 }
@@ -122,7 +124,12 @@ pub async fn run(
 ) -> Result<(), EdgeError> {
     let client = Client::open(cfg.redis_url.as_str())?;
     let keys = Keys::new(cfg.key_prefix.clone());
-    let redis = shared::store::commands(&client).await?;
+    let mut redis = shared::store::commands(&client).await?;
+    // Sessions a previous run under this id left (it was killed) end now.
+    let left = shared::store::edge_restart(&mut redis, &keys, &cfg.edge.id).await?;
+    if left > 0 {
+        tracing::info!(sessions = left, "ended sessions left by a previous run");
+    }
     let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
     let pubsub = subscribe(&client, &hub.wanted()).await?;
     let ctx = Arc::new(Ctx {
@@ -130,6 +137,7 @@ pub async fn run(
         hub: hub.clone(),
         redis,
         acceptor: TlsAcceptor::from(tls),
+        slots: limits::Slots::new(cfg.edge.max_connections, cfg.edge.max_connections_per_addr),
         next_conn: AtomicU64::new(shared::now_ms() * 1000),
         next_rid: AtomicU64::new(1),
         cfg,
@@ -144,6 +152,7 @@ pub async fn run(
         background.clone(),
     ));
     tokio::spawn(end_orphans(ctx.clone(), tasks.orphans));
+    tokio::spawn(heartbeat(ctx.clone(), background.clone()));
 
     let addr = listener.local_addr().map_err(|source| EdgeError::Io {
         phase: Phase::Handshake,
@@ -312,6 +321,21 @@ async fn sync(
         }
     }
     Ok(())
+}
+
+/// Tells Redis this edge is alive, so that its sessions are kept.
+async fn heartbeat(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let mut conn = ctx.redis.clone();
+    let mut tick = tokio::time::interval(ctx.cfg.edge.heartbeat_every());
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = shared::store::heartbeat(&mut conn, &ctx.keys, &ctx.cfg.edge.id).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
 }
 
 async fn end_orphans(ctx: Arc<Ctx>, mut orphans: mpsc::Receiver<Session>) {

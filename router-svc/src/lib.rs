@@ -54,6 +54,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
     while !shutdown.is_cancelled() {
         if Instant::now() >= next_renewal {
             leases.maintain().await;
+            // Sessions of edges that stopped beating (killed) end here.
+            match shared::store::reap_dead_edges(&mut cmds, &keys, cfg.edge.dead_after_ms).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "ended the sessions of dead edges"),
+                Err(e) => tracing::warn!(error = %e, "looking for dead edges failed"),
+            }
             // Between batches nothing is in flight: whatever is pending on
             // an owned partition is left over (a previous owner's, or ours
             // that failed) and goes first.

@@ -60,6 +60,25 @@ pub struct EdgeConfig {
     pub out_queue: usize,
     /// Time a closing connection gets to flush its last lines.
     pub write_timeout_ms: u64,
+    /// Time a connection may take to log in; 0: no limit.
+    pub login_timeout_ms: u64,
+    /// Time a logged-in client may send nothing (`/ping` counts) before
+    /// `BYE idle-timeout`; 0: no limit.
+    pub idle_timeout_ms: u64,
+    /// Connections this edge holds at once (handshakes included); 0: no cap.
+    pub max_connections: usize,
+    /// Connections from one IP address at once; 0: no cap.
+    pub max_connections_per_addr: usize,
+    /// Lines a connection may send per second, on average; 0: no limit.
+    pub lines_per_sec: u32,
+    /// Lines a connection may send at once before the rate applies.
+    pub line_burst: u32,
+    /// `ERR` replies to a connection's own mistakes within a minute before
+    /// `BYE too-many-errors`; 0: no limit.
+    pub max_errors_per_min: u32,
+    /// An edge whose heartbeat is older than this is dead: its sessions
+    /// are removed (by router-svc).
+    pub dead_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +97,16 @@ pub struct AuthConfig {
     /// Most requests in hand at once; the rest wait in the stream, where
     /// other instances can take them.
     pub max_in_flight: usize,
+    /// Whether `REGISTER` creates accounts.
+    pub registration: bool,
+    /// Shortest password `REGISTER` accepts (characters).
+    pub min_password: usize,
+    /// Failed logins per user name within `failure_window_ms` before
+    /// `ERR rate-limited`; 0: no limit.
+    pub max_failures_per_user: u32,
+    /// Failed logins per client IP address within the window; 0: no limit.
+    pub max_failures_per_addr: u32,
+    pub failure_window_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +165,14 @@ impl Default for EdgeConfig {
             request_timeout_ms: 5_000,
             out_queue: 1024,
             write_timeout_ms: 5_000,
+            login_timeout_ms: 30_000,
+            idle_timeout_ms: 900_000,
+            max_connections: 20_000,
+            max_connections_per_addr: 64,
+            lines_per_sec: 20,
+            line_burst: 50,
+            max_errors_per_min: 60,
+            dead_after_ms: 15_000,
         }
     }
 }
@@ -152,6 +189,11 @@ impl EdgeConfig {
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
     }
+
+    /// How often an edge renews its heartbeat.
+    pub fn heartbeat_every(&self) -> Duration {
+        Duration::from_millis(self.dead_after_ms / 3)
+    }
 }
 
 impl Default for AuthConfig {
@@ -163,6 +205,11 @@ impl Default for AuthConfig {
             duplicate_login: DuplicateLogin::ForceLogout,
             batch: 64,
             max_in_flight: 256,
+            registration: false,
+            min_password: 8,
+            max_failures_per_user: 5,
+            max_failures_per_addr: 30,
+            failure_window_ms: 60_000,
         }
     }
 }
@@ -245,6 +292,12 @@ impl Config {
         }
         if !(4..=31).contains(&self.auth.bcrypt_cost) {
             return bad("auth.bcrypt_cost must be 4..=31");
+        }
+        if self.edge.dead_after_ms < 300 {
+            return bad("edge.dead_after_ms must be at least 300");
+        }
+        if self.edge.lines_per_sec > 0 && self.edge.line_burst == 0 {
+            return bad("edge.line_burst must be at least 1");
         }
         if self.router.lease_ms < 300 {
             return bad("router.lease_ms must be at least 300");

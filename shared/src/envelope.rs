@@ -44,6 +44,9 @@ pub enum Op {
     Login {
         password: Secret,
         addr: String,
+        /// Create the account first (`REGISTER`).
+        #[serde(default)]
+        register: bool,
     },
     /// Say text in the current room. This and the rest go to router-svc.
     Say {
@@ -188,6 +191,7 @@ mod tests {
             op: Op::Login {
                 password: Secret("pw with space".into()),
                 addr: "127.0.0.1:5".into(),
+                register: false,
             },
         };
         let json = serde_json::to_string(&r).unwrap();

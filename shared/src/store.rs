@@ -2,9 +2,10 @@
 //! reads of request streams, and the Lua prelude of the services' scripts.
 
 use crate::envelope::{Request, REQUEST_FIELD};
+use crate::keys::Keys;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, AsyncConnectionConfig, Client, RedisResult};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, RedisResult, Script};
 use std::time::Duration;
 
 /// Longest wait for an ordinary command's answer.
@@ -160,6 +161,7 @@ pub fn add_request(pipe: &mut redis::Pipeline, stream: &str, maxlen: u64, req: &
 ///   `user` subscribes to, as it comes online or goes offline.
 /// - `end_session(user, sess)` removes a user's room membership and session
 ///   hash and tells the room; `sess` is the `HMGET` of `edge conn sid room`.
+/// - `end_edge_sessions(edge)` ends every session an edge holds.
 /// - `fields(flat)` turns a stream entry's field list into a table.
 /// - `now_ms()` is Redis's clock in Unix milliseconds.
 pub const LUA_PRELUDE: &str = r#"
@@ -195,12 +197,27 @@ end
 -- Ends a session (sess: HMGET edge, conn, sid, room). Whoever closes the
 -- connection publishes that first, so the user does not see its own exit.
 local function end_session(user, sess)
+  if sess[1] then redis.call('SREM', P .. 'edge:sessions:' .. sess[1], user) end
   if sess[4] then
     leave_room(user, sess[4])
     sys(sess[4], user, 'left')
   end
   online(user, -1)
   redis.call('DEL', P .. 'session:' .. user)
+end
+-- Ends the sessions an edge still holds (it died, or restarts).
+local function end_edge_sessions(edge)
+  local set = P .. 'edge:sessions:' .. edge
+  local n = 0
+  for _, user in ipairs(redis.call('SMEMBERS', set)) do
+    local sess = redis.call('HMGET', P .. 'session:' .. user, 'edge', 'conn', 'sid', 'room')
+    if sess[1] == edge then
+      end_session(user, sess)
+      n = n + 1
+    end
+  end
+  redis.call('DEL', set)
+  return n
 end
 -- A stream entry's flat field list as a table.
 local function fields(flat)
@@ -213,3 +230,69 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 "#;
+
+/// Edge liveness: a heartbeat per edge in the sorted set `edges`, scored
+/// with Redis's clock, and the set of users whose sessions each holds.
+const EDGES_LUA: &str = r#"
+local edges = P .. 'edges'
+if ARGV[2] == 'beat' then
+  redis.call('ZADD', edges, now_ms(), ARGV[3])
+  return 0
+elseif ARGV[2] == 'restart' then
+  local n = end_edge_sessions(ARGV[3])
+  redis.call('ZADD', edges, now_ms(), ARGV[3])
+  return n
+end
+local n = 0
+for _, edge in ipairs(redis.call('ZRANGEBYSCORE', edges, '-inf', now_ms() - tonumber(ARGV[3]))) do
+  n = n + end_edge_sessions(edge)
+  redis.call('ZREM', edges, edge)
+end
+return n
+"#;
+
+fn edges_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(&format!("{LUA_PRELUDE}{EDGES_LUA}")))
+}
+
+/// Renews edge `edge`'s heartbeat.
+pub async fn heartbeat(conn: &mut ConnectionManager, keys: &Keys, edge: &str) -> RedisResult<()> {
+    edges_script()
+        .arg(keys.prefix())
+        .arg("beat")
+        .arg(edge)
+        .invoke_async::<i64>(conn)
+        .await
+        .map(drop)
+}
+
+/// An edge starting: ends what a previous run under its id left behind,
+/// and beats. Returns how many sessions it ended.
+pub async fn edge_restart(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    edge: &str,
+) -> RedisResult<u64> {
+    edges_script()
+        .arg(keys.prefix())
+        .arg("restart")
+        .arg(edge)
+        .invoke_async(conn)
+        .await
+}
+
+/// Ends the sessions of every edge whose heartbeat is older than
+/// `dead_after_ms`. Returns how many sessions it ended.
+pub async fn reap_dead_edges(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    dead_after_ms: u64,
+) -> RedisResult<u64> {
+    edges_script()
+        .arg(keys.prefix())
+        .arg("reap")
+        .arg(dead_after_ms)
+        .invoke_async(conn)
+        .await
+}
