@@ -1,7 +1,7 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test build certs redis lint clean
+.PHONY: up test build certs redis lint fuzz clean
 
 ## Start the whole system in the foreground (Ctrl-C stops it).
 up: redis build certs
@@ -28,6 +28,18 @@ redis:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Fuzz the line framer and parser for FUZZ_SECONDS (default 60): with
+## cargo-fuzz on a nightly toolchain when present, else the same harness
+## under proptest with many cases.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@if $(CARGO) +nightly fuzz --version >/dev/null 2>&1; then \
+		cd fuzz && $(CARGO) +nightly fuzz run lines -- -max_total_time=$(FUZZ_SECONDS); \
+	else \
+		echo "cargo-fuzz or nightly missing: running the fuzz harness under proptest"; \
+		PROPTEST_CASES=20000 $(CARGO) test --release -p edge-svc --lib frame::tests; \
+	fi
 
 clean:
 	$(CARGO) clean

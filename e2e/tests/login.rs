@@ -187,3 +187,86 @@ async fn no_answer_is_unavailable_and_the_request_is_not_acted_on_later() {
     c.send("LOGIN alice alice-pw").await;
     c.expect("OK LOGIN alice lobby").await;
 }
+
+/// 20 logins of one user at once, over two edges and two auth-svc
+/// instances: exactly one session lives, and Redis agrees which.
+async fn race(policy: &str) {
+    let shape = Shape {
+        edges: 2,
+        routers: 1,
+        auths: 2,
+    };
+    let sys = System::start_with(shape, |c| {
+        c.auth.duplicate_login = match policy {
+            "reject" => shared::config::DuplicateLogin::Reject,
+            _ => shared::config::DuplicateLogin::ForceLogout,
+        }
+    })
+    .await;
+    sys.add_user("alice").await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = Client::connect(sys.edges[i % 2], &e2e::trust())
+            .await
+            .unwrap();
+        c.expect_prefix("HELLO ").await;
+        clients.push(c);
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            tokio::spawn(async move {
+                c.send("LOGIN alice alice-pw").await;
+                let first = c.line().await;
+                (i, first, c)
+            })
+        })
+        .collect();
+    let mut logged_in = Vec::new();
+    let mut rejected = 0;
+    for t in tasks {
+        let (i, first, c) = t.await.unwrap();
+        if first == "OK LOGIN alice lobby" {
+            logged_in.push((i, c));
+        } else {
+            assert!(first.starts_with("ERR already-logged-in "), "{first}");
+            rejected += 1;
+        }
+    }
+    match policy {
+        "reject" => assert_eq!((logged_in.len(), rejected), (1, 19)),
+        _ => assert_eq!(logged_in.len(), 20),
+    }
+    // A routed command is answered only for the live session; every other
+    // connection was closed before its answer could come.
+    let mut alive = Vec::new();
+    for (i, mut c) in logged_in {
+        c.send("/who").await;
+        loop {
+            match c.next().await.as_deref() {
+                Some("OK WHO lobby 1") => {
+                    alive.push((i, c));
+                    break;
+                }
+                Some("BYE logged-in-elsewhere") | None => break,
+                Some(_) => {}
+            }
+        }
+    }
+    let alive: Vec<usize> = alive.iter().map(|(i, _)| *i).collect();
+    assert_eq!(alive.len(), 1, "exactly one live session: {alive:?}");
+    let mut r = sys.redis.conn().await;
+    let edge: String = r.hget("chat:session:alice", "edge").await.unwrap();
+    assert_eq!(edge, format!("edge-{}", alive[0] % 2 + 1), "Redis agrees");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_racing_logins_end_with_one_session_under_force_logout() {
+    race("force-logout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_racing_logins_end_with_one_session_under_reject() {
+    race("reject").await;
+}

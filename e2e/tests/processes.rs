@@ -75,10 +75,24 @@ impl ChatClient {
     }
 }
 
-#[tokio::test]
-async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
-    let redis = TestRedis::start().await;
-    let dir = std::env::temp_dir().join(format!("chat-e2e-{}", std::process::id()));
+/// Certificates, accounts (`<name>-pw`), auth-svc, router-svc and two
+/// edges, all as processes.
+struct Stack {
+    dir: std::path::PathBuf,
+    ca: std::path::PathBuf,
+    ports: [u16; 2],
+    edges: Vec<Child>,
+    _services: Vec<Child>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn stack(redis: &TestRedis, users: &[&str], envs: &[(&str, String)]) -> Stack {
+    let dir = std::env::temp_dir().join(format!("chat-e2e-{}-{}", std::process::id(), free_port()));
     let certs = dir.join("certs");
     let out = std::process::Command::new(binary("chat-certs"))
         .arg(&certs)
@@ -87,8 +101,8 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("SHA-256"));
 
-    for user in ["alice", "bob"] {
-        let mut add = service("auth-svc", &redis, &[])
+    for user in users {
+        let mut add = service("auth-svc", redis, envs)
             .args(["user", "add", user])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -102,17 +116,14 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
         drop(stdin);
         assert!(add.wait().await.unwrap().success());
     }
-    let mut r = redis.conn().await;
-    let hash: String = r.hget("chat:user:alice", "password").await.unwrap();
-    assert!(hash.starts_with("$2"), "stored as a bcrypt hash");
-    assert!(!hash.contains("alice-pw"));
-
-    let _auth = service("auth-svc", &redis, &[]).spawn().unwrap();
-    let _router = service("router-svc", &redis, &[]).spawn().unwrap();
+    let services = vec![
+        service("auth-svc", redis, envs).spawn().unwrap(),
+        service("router-svc", redis, envs).spawn().unwrap(),
+    ];
     let ports = [free_port(), free_port()];
     let mut edges = Vec::new();
     for (i, port) in ports.iter().enumerate() {
-        let envs = [
+        let mut edge_envs = vec![
             ("CHAT_EDGE__ID", format!("edge-{}", i + 1)),
             ("CHAT_EDGE__LISTEN", format!("127.0.0.1:{port}")),
             (
@@ -124,7 +135,8 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
                 certs.join("server-key.pem").display().to_string(),
             ),
         ];
-        edges.push(service("edge-svc", &redis, &envs).spawn().unwrap());
+        edge_envs.extend(envs.iter().cloned());
+        edges.push(service("edge-svc", redis, &edge_envs).spawn().unwrap());
     }
     for port in ports {
         eventually("the edge listens", || async move {
@@ -134,8 +146,33 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
         })
         .await;
     }
+    Stack {
+        ca: certs.join("ca.pem"),
+        dir,
+        ports,
+        edges,
+        _services: services,
+    }
+}
 
-    let ca = certs.join("ca.pem");
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[tokio::test]
+async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
+    let redis = TestRedis::start().await;
+    let mut st = stack(&redis, &["alice", "bob"], &[]).await;
+    let mut r = redis.conn().await;
+    let hash: String = r.hget("chat:user:alice", "password").await.unwrap();
+    assert!(hash.starts_with("$2"), "stored as a bcrypt hash");
+    assert!(!hash.contains("alice-pw"));
+    let (ca, ports) = (st.ca.clone(), st.ports);
     let mut alice = ChatClient::start(ports[0], &ca, "alice");
     let mut bob = ChatClient::start(ports[1], &ca, "bob");
     alice.until(|l| l == "OK LOGIN alice lobby").await;
@@ -157,15 +194,10 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
     bob.exits_ok().await;
 
     // SIGTERM: the edge says goodbye, ends the session and exits.
-    let pid = edges[0].id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&st.edges[0], "-TERM");
     alice.until(|l| l == "BYE server-shutdown").await;
     alice.exits_ok().await;
-    let status = tokio::time::timeout(WAIT, edges[0].wait())
+    let status = tokio::time::timeout(WAIT, st.edges[0].wait())
         .await
         .unwrap()
         .unwrap();
@@ -179,7 +211,36 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
         }
     })
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_edge_killed_leaves_no_ghosts_and_its_users_log_in_again_at_once() {
+    let redis = TestRedis::start().await;
+    let envs = [("CHAT_EDGE__DEAD_AFTER_MS", "1500".to_string())];
+    let mut st = stack(&redis, &["alice", "bob", "carol"], &envs).await;
+    let (ca, ports) = (st.ca.clone(), st.ports);
+    let mut alice = ChatClient::start(ports[0], &ca, "alice");
+    let mut carol = ChatClient::start(ports[0], &ca, "carol");
+    let mut bob = ChatClient::start(ports[1], &ca, "bob");
+    alice.until(|l| l == "OK LOGIN alice lobby").await;
+    carol.until(|l| l == "OK LOGIN carol lobby").await;
+    bob.until(|l| l == "OK LOGIN bob lobby").await;
+
+    signal(&st.edges[0], "-KILL");
+    let _ = st.edges[0].wait().await;
+    // alice comes back on the other edge at once: her old session, on a
+    // dead edge, is replaced without waiting for anything.
+    let mut alice = ChatClient::start(ports[1], &ca, "alice");
+    alice.until(|l| l == "OK LOGIN alice lobby").await;
+    // carol does not come back: the reaper ends her session.
+    bob.until(|l| l == "SYS lobby carol left").await;
+    let mut r = redis.conn().await;
+    assert!(!r.exists::<_, bool>("chat:session:carol").await.unwrap());
+    let members: Vec<String> = r.smembers("chat:room:lobby").await.unwrap();
+    assert!(!members.contains(&"carol".to_string()), "{members:?}");
+    let session_edge: String = r.hget("chat:session:alice", "edge").await.unwrap();
+    assert_eq!(session_edge, "edge-2");
+    drop(carol);
 }
 
 #[tokio::test]

@@ -93,6 +93,48 @@ impl LineDecoder {
     }
 }
 
+/// Feeds `data` through the framer and the parser as a client could send
+/// it, cut into pieces of the sizes `cuts` gives in turn, and checks what
+/// must hold for any input: no frame longer than the limit, the buffer
+/// bounded, one frame per terminator, and a parsed command's debug form
+/// never shows a password. Panics otherwise. The fuzz target
+/// (`fuzz/fuzz_targets/lines.rs`) and the property test below both drive it.
+pub fn exercise(data: &[u8], cuts: &[usize], max: usize) {
+    use shared::protocol::{allowed_before_login, Command};
+    let mut d = LineDecoder::new(max);
+    let mut b = BytesMut::new();
+    let mut frames = 0;
+    let mut rest = data;
+    let mut cut = cuts.iter().map(|c| (*c).max(1)).cycle();
+    while !rest.is_empty() {
+        let n = cut.next().unwrap_or(rest.len()).min(rest.len());
+        b.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        while let Some(f) = d.decode(&mut b) {
+            frames += 1;
+            let Frame::Line(l) = f else { continue };
+            assert!(l.len() < max && !l.contains(&b'\n'));
+            let Ok(text) = std::str::from_utf8(&l) else {
+                continue;
+            };
+            let _ = allowed_before_login(text);
+            if let Ok(Some(cmd @ (Command::Login { .. } | Command::Register { .. }))) =
+                Command::parse(text)
+            {
+                let (kind, user) = match &cmd {
+                    Command::Login { user, .. } => ("Login", user),
+                    Command::Register { user, .. } => ("Register", user),
+                    _ => unreachable!(),
+                };
+                let want = format!("{kind} {{ user: {user:?}, password: *** }}");
+                assert_eq!(format!("{cmd:?}"), want, "a password in a debug line");
+            }
+        }
+        assert!(b.len() < max);
+    }
+    assert_eq!(frames, data.iter().filter(|c| **c == b'\n').count());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,26 +202,18 @@ mod tests {
         #[test]
         fn any_input_is_bounded(data in proptest::collection::vec(any::<u8>(), 0..2000),
                                 cuts in proptest::collection::vec(1usize..300, 1..20)) {
-            let max = 64;
-            let mut d = LineDecoder::new(max);
-            let mut b = BytesMut::new();
-            let mut frames = 0;
-            let mut rest = &data[..];
-            let mut cut = cuts.iter().cycle();
-            while !rest.is_empty() {
-                let n = (*cut.next().unwrap()).min(rest.len());
-                b.extend_from_slice(&rest[..n]);
-                rest = &rest[n..];
-                while let Some(f) = d.decode(&mut b) {
-                    frames += 1;
-                    if let Frame::Line(l) = f {
-                        prop_assert!(l.len() < max);
-                        prop_assert!(!l.contains(&b'\n'));
-                    }
-                }
-                prop_assert!(b.len() < max);
-            }
-            prop_assert_eq!(frames, data.iter().filter(|c| **c == b'\n').count());
+            exercise(&data, &cuts, 64);
+        }
+
+        /// Lines that look like commands, to reach deep into the parser.
+        #[test]
+        fn command_like_lines_are_handled(
+            lines in proptest::collection::vec(
+                "(/|//|LOGIN |REGISTER )?(join|leave|who|msg|history|publish|subscribe|rooms|@|[ a-zA-Z0-9_!-]){0,12}( [@a-z0-9]{0,8}){0,3}",
+                1..20),
+        ) {
+            let data: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            exercise(data.as_bytes(), &[7, 300], 64);
         }
     }
 }

@@ -1,0 +1,242 @@
+//! Abuse limits: each answered with its specified error, nothing else lost.
+
+use e2e::{Client, Shape, System};
+use redis::AsyncCommands;
+use std::time::Duration;
+
+async fn connect(sys: &System, edge: usize) -> Client {
+    let mut c = Client::connect(sys.edges[edge], &e2e::trust())
+        .await
+        .unwrap();
+    c.expect_prefix("HELLO ").await;
+    c
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_and_persistent_abuse_is_closed() {
+    let sys = System::start_with(Default::default(), |c| {
+        c.edge.lines_per_sec = 1;
+        c.edge.line_burst = 5;
+        c.edge.max_errors_per_min = 10;
+    })
+    .await;
+    sys.add_user("alice").await;
+    let mut alice = sys.login(0, "alice").await; // the login took one token
+    let burst: String = (0..8).map(|i| format!("line {i}\n")).collect();
+    alice.send_raw(burst.as_bytes()).await;
+    let mut said = 0;
+    let mut limited = 0;
+    for _ in 0..8 {
+        let line = alice.line().await;
+        if line.starts_with("MSG ") {
+            said += 1;
+        } else {
+            assert!(line.starts_with("ERR rate-limited "), "{line}");
+            limited += 1;
+        }
+    }
+    assert_eq!(
+        (said, limited),
+        (4, 4),
+        "the burst passes, the rest is refused"
+    );
+    // Still connected; flooding on runs out the mistake budget.
+    let flood: String = (0..20).map(|i| format!("more {i}\n")).collect();
+    alice.send_raw(flood.as_bytes()).await;
+    let last = alice.until(|l| !l.starts_with("ERR rate-limited")).await;
+    assert_eq!(last, "BYE too-many-errors");
+    alice.closed().await;
+    e2e::eventually("the session is gone", || async {
+        let mut r = sys.redis.conn().await;
+        !r.exists::<_, bool>("chat:session:alice").await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_before_and_after_login() {
+    let sys = System::start_with(Default::default(), |c| {
+        c.edge.login_timeout_ms = 300;
+        c.edge.idle_timeout_ms = 600;
+    })
+    .await;
+    sys.add_user("alice").await;
+    // Never logs in, though it trickles bytes (slowloris).
+    let mut lurker = connect(&sys, 0).await;
+    lurker.send_raw(b"LOG").await;
+    assert_eq!(lurker.line().await, "BYE idle-timeout");
+    lurker.closed().await;
+    // Logs in, then says nothing.
+    let mut alice = sys.login(0, "alice").await;
+    assert_eq!(alice.ask("/ping").await, "OK PING", "a line keeps it alive");
+    assert_eq!(alice.line().await, "BYE idle-timeout");
+    alice.closed().await;
+    e2e::eventually("the session is gone", || async {
+        let mut r = sys.redis.conn().await;
+        !r.exists::<_, bool>("chat:session:alice").await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_tls_handshake_has_a_deadline() {
+    let sys = System::start_with(Default::default(), |c| c.edge.handshake_timeout_ms = 300).await;
+    let mut tcp = tokio::net::TcpStream::connect(sys.edges[0]).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap(); // a handshake that stops
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("the edge closes a stalled handshake")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_address_and_per_edge() {
+    let sys = System::start_with(Default::default(), |c| c.edge.max_connections_per_addr = 2).await;
+    let a = connect(&sys, 0).await;
+    let _b = connect(&sys, 0).await;
+    let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+    assert!(c.line().await.starts_with("ERR rate-limited "));
+    c.closed().await;
+    let _other_edge = connect(&sys, 1).await; // the cap is per edge
+    drop(a);
+    e2e::eventually("a freed slot is taken again", || async {
+        let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+        c.line().await.starts_with("HELLO ")
+    })
+    .await;
+
+    let sys = System::start_with(Default::default(), |c| c.edge.max_connections = 1).await;
+    let _a = connect(&sys, 0).await;
+    let mut b = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+    assert!(b.line().await.starts_with("ERR rate-limited "));
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_across_edges() {
+    let sys = System::start_with(
+        Shape {
+            edges: 2,
+            routers: 1,
+            auths: 2,
+        },
+        |c| {
+            c.auth.max_failures_per_user = 3;
+            c.auth.max_failures_per_addr = 5;
+        },
+    )
+    .await;
+    for u in ["alice", "bob", "carol"] {
+        sys.add_user(u).await;
+    }
+    let mut c = connect(&sys, 0).await;
+    for _ in 0..3 {
+        assert!(c
+            .ask("LOGIN alice wrong")
+            .await
+            .starts_with("ERR bad-credentials"));
+    }
+    // The right password, on the other edge: still refused for a while.
+    let mut d = connect(&sys, 1).await;
+    assert!(d
+        .ask("LOGIN alice alice-pw")
+        .await
+        .starts_with("ERR rate-limited "));
+    // Another user is not affected, until the address has failed too often.
+    assert_eq!(d.ask("LOGIN bob bob-pw").await, "OK LOGIN bob lobby");
+    for _ in 0..2 {
+        assert!(c
+            .ask("LOGIN carol wrong")
+            .await
+            .starts_with("ERR bad-credentials"));
+    }
+    assert!(c
+        .ask("LOGIN carol carol-pw")
+        .await
+        .starts_with("ERR rate-limited "));
+    // The counters expire with their window.
+    let mut r = sys.redis.conn().await;
+    let ttl: i64 = r.pttl("chat:fail:user:alice").await.unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+    let _: () = r
+        .del(&["chat:fail:user:alice", "chat:fail:addr:127.0.0.1"])
+        .await
+        .unwrap();
+    assert_eq!(c.ask("LOGIN alice alice-pw").await, "OK LOGIN alice lobby");
+}
+
+#[tokio::test]
+async fn a_stalled_reader_is_dropped_and_does_not_slow_the_room() {
+    let sys = System::start_with(Default::default(), |c| c.edge.out_queue = 64).await;
+    for u in ["fast", "stalled", "sender"] {
+        sys.add_user(u).await;
+    }
+    let mut fast = sys.login(0, "fast").await;
+    let _stalled = sys.login(0, "stalled").await; // never reads again
+    let mut sender = sys.login(1, "sender").await;
+    let text = "x".repeat(3000);
+    const N: usize = 3000; // ~9 MB: more than socket buffers hold
+    let sending = tokio::spawn(async move {
+        for chunk in (0..N).collect::<Vec<_>>().chunks(32) {
+            let lines: String = chunk.iter().map(|i| format!("{i} {text}\n")).collect();
+            sender.send_raw(lines.as_bytes()).await;
+            for _ in chunk {
+                sender.line().await; // its own echoes: it keeps up
+            }
+        }
+        sender
+    });
+    for i in 0..N {
+        let line = fast.line().await;
+        let n: usize = line.split(' ').nth(4).unwrap().parse().unwrap();
+        assert_eq!(n, i, "the fast reader gets everything, in order");
+    }
+    sending.await.unwrap();
+    e2e::eventually("the stalled reader was dropped (too-slow)", || async {
+        let mut r = sys.redis.conn().await;
+        !r.exists::<_, bool>("chat:session:stalled").await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn registration_creates_an_account_and_logs_in() {
+    let sys = System::start_with(Default::default(), |c| {
+        c.auth.registration = true;
+        c.auth.min_password = 8;
+    })
+    .await;
+    sys.add_user("alice").await;
+    let mut c = connect(&sys, 0).await;
+    assert!(c
+        .ask("REGISTER erin short")
+        .await
+        .starts_with("ERR bad-args "));
+    assert!(c
+        .ask("REGISTER alice long enough")
+        .await
+        .starts_with("ERR user-exists "));
+    assert_eq!(
+        c.ask("REGISTER erin long enough").await,
+        "OK LOGIN erin lobby"
+    );
+    let mut r = sys.redis.conn().await;
+    let hash: String = r.hget("chat:user:erin", "password").await.unwrap();
+    assert!(
+        hash.starts_with("$2") && !hash.contains("long enough"),
+        "bcrypt only"
+    );
+    c.send("/quit").await;
+    c.closed().await;
+    let mut c = connect(&sys, 1).await;
+    assert_eq!(c.ask("LOGIN erin long enough").await, "OK LOGIN erin lobby");
+
+    let closed = System::start().await;
+    let mut c = connect(&closed, 0).await;
+    assert!(c
+        .ask("REGISTER erin long enough")
+        .await
+        .starts_with("ERR registration-closed "));
+}
