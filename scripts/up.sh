@@ -42,7 +42,8 @@ for user in alice bob carol dave; do
   printf '%s-pw\n' "$user" | "$BIN/auth-svc" user add "$user" --if-missing
 done
 
-"$BIN/auth-svc" & pids+=($!)
+# Anyone may create an account here with REGISTER (off by default).
+CHAT_AUTH__REGISTRATION="${CHAT_AUTH__REGISTRATION:-true}" "$BIN/auth-svc" & pids+=($!)
 "$BIN/router-svc" & pids+=($!)
 CHAT_EDGE__ID=edge-1 CHAT_EDGE__LISTEN="0.0.0.0:$EDGE1_PORT" "$BIN/edge-svc" & pids+=($!)
 CHAT_EDGE__ID=edge-2 CHAT_EDGE__LISTEN="0.0.0.0:$EDGE2_PORT" "$BIN/edge-svc" & pids+=($!)
@@ -54,6 +55,7 @@ cat <<MSG
 
   The chat is up: Redis at $REDIS_URL, edges on ports $EDGE1_PORT and $EDGE2_PORT.
   Demo accounts (test credentials only): alice, bob, carol, dave; password <name>-pw.
+  New accounts: type REGISTER <name> <password> (8 characters or more) after connecting.
 
   Connect, in two other terminals:
       $BIN/chat --server localhost:$EDGE1_PORT --user alice     # password: alice-pw

@@ -11,10 +11,16 @@ use shared::tls::{self, Trust};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+/// After this long without a line typed, the client sends a `/ping` so that
+/// the server's idle timeout (15 minutes by default) does not close it.
+const KEEPALIVE: Duration = Duration::from_secs(120);
 
 #[derive(Parser)]
 #[command(
@@ -86,10 +92,21 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let (rd, mut wr) = tokio::io::split(stream);
 
     let raw = cli.raw || !std::io::stdout().is_terminal();
+    // Keepalive pings (against the server's idle timeout) whose `OK PING`
+    // is not shown.
+    let keepalives = Arc::new(AtomicUsize::new(0));
+    let unanswered = keepalives.clone();
     let printer = tokio::spawn(async move {
         use std::io::Write;
         let mut lines = BufReader::new(rd).lines();
         while let Ok(Some(line)) = lines.next_line().await {
+            if line == "OK PING"
+                && unanswered
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                continue;
+            }
             let shown = if raw { line } else { pretty(&line) };
             let mut out = std::io::stdout().lock();
             if writeln!(out, "{shown}").and_then(|()| out.flush()).is_err() {
@@ -104,11 +121,21 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut quit_sent = false;
     let mut printer = printer;
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.reset();
+    let mut typed = false;
     loop {
         tokio::select! {
             _ = &mut printer => return Ok(()),
+            _ = keepalive.tick() => {
+                if !std::mem::take(&mut typed) {
+                    keepalives.fetch_add(1, Ordering::Relaxed);
+                    wr.write_all(b"/ping\n").await?;
+                }
+            }
             line = input.next_line() => match line? {
                 Some(line) => {
+                    typed = true;
                     quit_sent |= line.trim().eq_ignore_ascii_case("/quit");
                     wr.write_all(format!("{line}\n").as_bytes()).await?;
                 }
