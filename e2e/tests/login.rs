@@ -114,6 +114,7 @@ async fn second_login_forces_the_first_out_by_default() {
     sys.add_user("bob").await;
     let mut bob = sys.login(1, "bob").await;
     let mut old = sys.login(0, "alice").await;
+    assert_eq!(old.ask("/join dev").await, "OK JOIN dev");
     let mut new = sys.login(1, "alice").await;
     old.expect("BYE logged-in-elsewhere").await;
     old.closed().await;
@@ -121,6 +122,12 @@ async fn second_login_forces_the_first_out_by_default() {
     let mut r = sys.redis.conn().await;
     let edge: String = r.hget("chat:session:alice", "edge").await.unwrap();
     assert_eq!(edge, "edge-2");
+    let room: String = r.hget("chat:session:alice", "room").await.unwrap();
+    assert_eq!(room, "lobby", "the new session starts in the lobby");
+    assert!(
+        !r.exists::<_, bool>("chat:room:dev").await.unwrap(),
+        "the old session's membership went with it"
+    );
     // The old connection's cleanup must not remove the new session.
     new.send("still here").await;
     new.until(|l| l.ends_with(" alice still here")).await;
@@ -130,6 +137,49 @@ async fn second_login_forces_the_first_out_by_default() {
         .sismember::<_, _, bool>("chat:room:lobby", "alice")
         .await
         .unwrap());
+    assert_no_password_in_redis(&mut r, &e2e::password("alice")).await;
+}
+
+/// The keys whose value (a string, a hash's fields and values, or a
+/// stream's entries) contains `needle`.
+async fn keys_holding(r: &mut redis::aio::ConnectionManager, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let keys: Vec<String> = r.keys("*").await.unwrap();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(r).await.unwrap();
+        let text = match kind.as_str() {
+            "string" => r.get::<_, String>(&key).await.unwrap(),
+            "hash" => r.hgetall::<_, Vec<String>>(&key).await.unwrap().join(" "),
+            "stream" => {
+                let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(r)
+                    .await
+                    .unwrap();
+                format!("{entries:?}")
+            }
+            _ => continue,
+        };
+        if text.contains(needle) {
+            found.push(key);
+        }
+    }
+    found
+}
+
+async fn assert_no_password_in_redis(r: &mut redis::aio::ConnectionManager, password: &str) {
+    eventually("the login requests are deleted", || {
+        let mut r = r.clone();
+        async move { r.xlen::<_, u64>("chat:req:auth").await.unwrap() == 0 }
+    })
+    .await;
+    assert_eq!(keys_holding(r, password).await, Vec::<String>::new());
+    // The search does see into values: the bcrypt hash is found.
+    assert!(keys_holding(r, "$2")
+        .await
+        .contains(&"chat:user:alice".to_string()));
 }
 
 #[tokio::test]
