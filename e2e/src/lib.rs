@@ -31,28 +31,45 @@ pub fn free_port() -> u16 {
 pub struct TestRedis {
     child: Child,
     pub port: u16,
+    /// Where [`TestRedis::restart`] keeps the data across the restart.
+    dir: PathBuf,
 }
 
 impl TestRedis {
     pub async fn start() -> TestRedis {
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(std::env::temp_dir())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (make test installs it)");
-            let mut redis = TestRedis { child, port };
+            let dir =
+                std::env::temp_dir().join(format!("chat-redis-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut redis = TestRedis {
+                child: spawn_redis(port, &dir),
+                port,
+                dir,
+            };
             if redis.ready().await {
                 return redis;
             }
             let _ = redis.child.kill();
         }
         panic!("redis-server did not start");
+    }
+
+    /// Stops the server, keeping its data (`SHUTDOWN SAVE`).
+    pub async fn stop(&mut self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _ = redis::cmd("SHUTDOWN")
+            .arg("SAVE")
+            .query_async::<()>(&mut c)
+            .await;
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the saved data.
+    pub async fn start_again(&mut self) {
+        self.child = spawn_redis(self.port, &self.dir);
+        assert!(self.ready().await, "redis-server restarts");
     }
 
     async fn ready(&mut self) -> bool {
@@ -91,7 +108,20 @@ impl Drop for TestRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (make test installs it)")
 }
 
 /// A configuration for tests: the given Redis, cheap bcrypt, short leases.

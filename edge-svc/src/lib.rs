@@ -270,7 +270,7 @@ async fn deliver(
             Ok(c) => connected = Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "Pub/Sub reconnect failed");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }

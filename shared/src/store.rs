@@ -3,9 +3,9 @@
 
 use crate::envelope::{Request, REQUEST_FIELD};
 use crate::keys::Keys;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, AsyncConnectionConfig, Client, RedisResult, Script};
+use redis::{AsyncCommands, Client, RedisResult, Script};
 use std::time::Duration;
 
 /// Longest wait for an ordinary command's answer.
@@ -13,20 +13,26 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A reconnecting, multiplexed connection for ordinary commands.
 pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
-    let cfg = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_connection_timeout(Some(Duration::from_secs(2)));
-    client.get_connection_manager_with_config(cfg).await
+    client
+        .get_connection_manager_with_config(manager_config(RESPONSE_TIMEOUT))
+        .await
+}
+
+/// Reconnects with backoff (at most a second apart, so service resumes
+/// soon after Redis is back).
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(1))
 }
 
 /// A connection of its own for blocking reads (`XREADGROUP ... BLOCK`),
-/// which would hold up every other command on a shared one.
-pub async fn blocking(client: &Client, block: Duration) -> RedisResult<MultiplexedConnection> {
-    let cfg = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(block + RESPONSE_TIMEOUT))
-        .set_connection_timeout(Some(Duration::from_secs(2)));
+/// which would hold up every other command on a shared one. Like
+/// [`commands`], it reconnects by itself after Redis restarts.
+pub async fn blocking(client: &Client, block: Duration) -> RedisResult<ConnectionManager> {
     client
-        .get_multiplexed_async_connection_with_config(&cfg)
+        .get_connection_manager_with_config(manager_config(block + RESPONSE_TIMEOUT))
         .await
 }
 
@@ -60,7 +66,7 @@ pub struct Entry {
 /// Reads up to `count` new entries from `streams` for `consumer` of `group`,
 /// waiting up to `block`.
 pub async fn read_group(
-    conn: &mut MultiplexedConnection,
+    conn: &mut ConnectionManager,
     streams: &[String],
     group: &str,
     consumer: &str,

@@ -1,0 +1,47 @@
+//! Surviving a Redis restart: clients stay connected, get `ERR unavailable`
+//! while Redis is down, and normal service when it is back.
+
+use e2e::System;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_ride_out_a_redis_restart_without_reconnecting() {
+    let mut sys =
+        System::start_with(Default::default(), |c| c.edge.request_timeout_ms = 1000).await;
+    for u in ["alice", "bob"] {
+        sys.add_user(u).await;
+    }
+    let mut alice = sys.login(0, "alice").await;
+    let mut bob = sys.login(1, "bob").await;
+    bob.ask("/join dev").await;
+    alice.ask("/join dev").await;
+    bob.ask("/subscribe alice").await;
+
+    sys.redis.stop().await;
+    alice.send("while redis is down").await;
+    assert!(alice.line().await.starts_with("ERR unavailable "));
+    assert!(alice.ask("/who").await.starts_with("ERR unavailable "));
+    assert_eq!(alice.ask("/ping").await, "OK PING", "the connection stays");
+
+    sys.redis.start_again().await;
+    // Service comes back by itself, on the same connections.
+    let deadline = tokio::time::Instant::now() + e2e::WAIT;
+    loop {
+        let reply = alice.command("/who").await;
+        if reply.last().is_some_and(|l| l == "OK WHO dev 2") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no service after the restart: {reply:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    alice.send("back").await;
+    let echo = alice.until(|l| l.starts_with("MSG ")).await;
+    assert!(echo.ends_with(" alice back"), "{echo}");
+    assert_eq!(bob.until(|l| l.starts_with("MSG ")).await, echo);
+    let ok = alice.ask("/publish and published").await;
+    assert!(ok.ends_with(" 1"), "{ok}");
+    let publication = bob.until(|l| l.starts_with("PUB ")).await;
+    assert!(publication.ends_with(" alice and published"));
+}
