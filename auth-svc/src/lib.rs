@@ -16,7 +16,7 @@ use shared::config::Config;
 use shared::keys::Keys;
 use shared::protocol::ErrorCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,6 +82,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
 
     let in_flight = Arc::new(Semaphore::new(cfg.auth.max_in_flight));
     let max_age = cfg.edge.request_timeout_ms;
+    let claim_idle = Duration::from_millis(cfg.auth.claim_idle_ms);
+    let mut last_claim = Instant::now();
     let tracker = TaskTracker::new();
     loop {
         let room = in_flight.available_permits().clamp(1, cfg.auth.batch);
@@ -89,7 +91,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
             _ = shutdown.cancelled() => break,
             r = shared::store::read_group(&mut reader, &streams, GROUP, &cfg.auth.id, room, BLOCK) => r,
         };
-        let entries = match read {
+        let mut entries = match read {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "reading login requests failed; retrying");
@@ -100,6 +102,28 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
                 continue;
             }
         };
+        // Requests an instance read and never finished (it died): taken
+        // over once idle for `claim_idle_ms`, still within the edge's wait.
+        if last_claim.elapsed() >= claim_idle {
+            last_claim = Instant::now();
+            let claimed = shared::store::claim_pending(
+                &mut cmds,
+                &streams[0],
+                GROUP,
+                &cfg.auth.id,
+                claim_idle,
+                cfg.auth.batch,
+            )
+            .await;
+            match claimed {
+                Ok(more) if !more.is_empty() => {
+                    tracing::info!(count = more.len(), "took over login requests left pending");
+                    entries.extend(more);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "claiming pending login requests failed"),
+            }
+        }
         if entries.is_empty() {
             continue;
         }

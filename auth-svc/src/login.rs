@@ -12,10 +12,13 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-/// ARGV: prefix, user, edge, conn, rid, addr, policy, deadline (ms), and
-/// for a registration the new password hash (else empty).
+/// ARGV: prefix, user, edge, conn, rid, addr, policy, deadline (ms), for a
+/// registration the new password hash (else empty), and the request's
+/// entry id.
 ///
 /// Past the deadline the edge no longer waits: nothing is done (`stale`).
+/// A request already applied (claimed again from an instance thought dead)
+/// is not applied twice (`duplicate`).
 /// A registration creates the account first, unless the name is taken.
 ///
 /// One live session per user: an existing one is either closed (its edge
@@ -26,6 +29,9 @@ use tracing::Instrument;
 const LOGIN_LUA: &str = r#"
 local user, edge, conn, rid, addr, policy = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if now_ms() > tonumber(ARGV[8]) then return 'stale' end
+if not redis.call('SET', P .. 'auth:done:' .. ARGV[10], '1', 'NX', 'PX', 600000) then
+  return 'duplicate'
+end
 local ukey = P .. 'user:' .. user
 if ARGV[9] ~= '' then
   if redis.call('EXISTS', ukey) == 1 then
@@ -180,7 +186,8 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
             let span =
                 tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
             let deadline = crate::entry_ms(&entry.id).map_or(u64::MAX, |ms| ms + ctx.max_age);
-            if let Err(e) = login(&ctx, &req, deadline).instrument(span.clone()).await {
+            let done = login(&ctx, &req, &entry.id, deadline);
+            if let Err(e) = done.instrument(span.clone()).await {
                 span.in_scope(|| tracing::error!(error = %e, "login failed"));
                 let line = err_line(e.code(), "the login could not be completed, try again");
                 let _ = publish(&ctx, &req, line).await;
@@ -195,7 +202,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
     }
 }
 
-async fn login(ctx: &Ctx, req: &Request, deadline: u64) -> Result<(), AuthError> {
+async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Result<(), AuthError> {
     let Op::Login {
         password,
         addr,
@@ -255,6 +262,7 @@ async fn login(ctx: &Ctx, req: &Request, deadline: u64) -> Result<(), AuthError>
         .arg(ctx.policy.as_str())
         .arg(deadline)
         .arg(new_hash)
+        .arg(entry_id)
         .invoke_async(&mut conn)
         .await?;
     tracing::info!(outcome = %outcome, "login");

@@ -214,11 +214,12 @@ impl System {
         sys
     }
 
-    /// Starts auth-svc instance `auth-<i>`.
-    pub fn spawn_auth(&self, i: usize) {
+    /// Starts auth-svc instance `auth-<i>`; aborting the handle stops it
+    /// as abruptly as `kill -9`.
+    pub fn spawn_auth(&self, i: usize) -> tokio::task::AbortHandle {
         let mut c = self.cfg.clone();
         c.auth.id = format!("auth-{i}");
-        tokio::spawn(auth_svc::run(c, self.stop.child_token()));
+        tokio::spawn(auth_svc::run(c, self.stop.child_token())).abort_handle()
     }
 
     /// Starts router-svc instance `router-<i>`; aborting the handle stops

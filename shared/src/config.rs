@@ -107,6 +107,10 @@ pub struct AuthConfig {
     /// Failed logins per client IP address within the window; 0: no limit.
     pub max_failures_per_addr: u32,
     pub failure_window_ms: u64,
+    /// A login request read by an instance and left unfinished this long
+    /// (the instance died) is taken over by another. Keep it well below
+    /// `edge.request_timeout_ms`.
+    pub claim_idle_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,6 +214,7 @@ impl Default for AuthConfig {
             max_failures_per_user: 5,
             max_failures_per_addr: 30,
             failure_window_ms: 60_000,
+            claim_idle_ms: 2_000,
         }
     }
 }
@@ -298,6 +303,9 @@ impl Config {
         }
         if self.edge.lines_per_sec > 0 && self.edge.line_burst == 0 {
             return bad("edge.line_burst must be at least 1");
+        }
+        if self.auth.claim_idle_ms < 100 {
+            return bad("auth.claim_idle_ms must be at least 100");
         }
         if self.router.lease_ms < 300 {
             return bad("router.lease_ms must be at least 300");
