@@ -13,8 +13,8 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 /// ARGV: prefix, user, edge, conn, rid, addr, policy, deadline (ms), for a
-/// registration the new password hash (else empty), and the request's
-/// entry id.
+/// registration the new password hash (else empty), the request's entry
+/// id, and the client's IP address.
 ///
 /// Past the deadline the edge no longer waits: nothing is done (`stale`).
 /// A request already applied (claimed again from an instance thought dead)
@@ -29,6 +29,9 @@ use tracing::Instrument;
 const LOGIN_LUA: &str = r#"
 local user, edge, conn, rid, addr, policy = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if now_ms() > tonumber(ARGV[8]) then return 'stale' end
+-- Nor for an edge taken for dead: nobody would end the session.
+local alive = redis.call('ZSCORE', P .. 'edges', edge)
+if not alive or tonumber(alive) < now_ms() then return 'stale' end
 if not redis.call('SET', P .. 'auth:done:' .. ARGV[10], '1', 'NX', 'PX', 600000) then
   return 'duplicate'
 end
@@ -40,7 +43,12 @@ if ARGV[9] ~= '' then
   end
   redis.call('HSET', ukey, 'password', ARGV[9], 'created', tostring(now_ms()))
 end
+-- A good login gives back its attempts: the user's count starts over, the
+-- address's loses this one (registrations keep theirs).
 redis.call('DEL', P .. 'fail:user:' .. user)
+if ARGV[9] == '' and redis.call('DECR', P .. 'fail:addr:' .. ARGV[11]) <= 0 then
+  redis.call('DEL', P .. 'fail:addr:' .. ARGV[11])
+end
 local skey = P .. 'session:' .. user
 local old = redis.call('HMGET', skey, 'edge', 'conn', 'sid', 'room')
 if old[3] then
@@ -87,7 +95,7 @@ pub(crate) struct Ctx {
     /// Failed logins allowed per user and per address within `window` ms.
     max_failures: [u32; 2],
     window: u64,
-    count_failure: Script,
+    attempt: Script,
     /// Checked against when the user does not exist, so that an unknown
     /// user costs as much time as a wrong password.
     dummy_hash: String,
@@ -122,54 +130,46 @@ impl Ctx {
                 cfg.auth.max_failures_per_addr,
             ],
             window: cfg.auth.failure_window_ms,
-            count_failure: Script::new(COUNT_FAILURE_LUA),
+            attempt: Script::new(ATTEMPT_LUA),
             dummy_hash,
         })
     }
 }
 
-/// Counts a failed login on each key (KEYS) in a window that starts with
-/// the first failure. ARGV: window (ms).
-const COUNT_FAILURE_LUA: &str = r#"
-for _, k in ipairs(KEYS) do
-  if redis.call('INCR', k) == 1 then redis.call('PEXPIRE', k, ARGV[1]) end
+/// Counts an attempt on each counter (KEYS: the user's, the address's),
+/// in a window that starts with the first, and says whether any is now
+/// over its limit (ARGV: window ms, then each key's limit, 0: none). Counted
+/// before the password is checked, so that guesses sent in parallel are
+/// limited too; a login that succeeds gives its count back.
+const ATTEMPT_LUA: &str = r#"
+local over = 0
+for i, k in ipairs(KEYS) do
+  local n = redis.call('INCR', k)
+  if n == 1 then redis.call('PEXPIRE', k, ARGV[1]) end
+  local max = tonumber(ARGV[i + 1])
+  if max > 0 and n > max then over = 1 end
 end
+return over
 "#;
 
 impl Ctx {
-    /// The failure counters of a user name and of a client address.
-    fn failure_keys(&self, user: &str, addr: &str) -> [String; 2] {
-        let ip = addr
-            .parse::<std::net::SocketAddr>()
-            .map_or_else(|_| addr.to_string(), |a| a.ip().to_string());
+    /// The attempt counters of a user name and of a client IP address.
+    fn attempt_keys(&self, user: &str, ip: &str) -> [String; 2] {
         let p = self.keys.prefix();
         [format!("{p}fail:user:{user}"), format!("{p}fail:addr:{ip}")]
     }
 
-    /// Whether either counter has reached its limit (0: no limit).
-    async fn throttled(
+    /// Counts an attempt on `keys`; true if one of them is over its limit.
+    async fn over_limit(
         &self,
         conn: &mut ConnectionManager,
-        keys: &[String; 2],
+        keys: &[String],
+        limits: &[u32],
     ) -> Result<bool, AuthError> {
-        let counts: Vec<Option<u32>> = conn.mget(&keys[..]).await?;
-        Ok(counts
-            .iter()
-            .zip(self.max_failures)
-            .any(|(n, max)| max > 0 && n.unwrap_or(0) >= max))
-    }
-
-    async fn count_failure(
-        &self,
-        conn: &mut ConnectionManager,
-        keys: &[String; 2],
-    ) -> Result<(), AuthError> {
-        self.count_failure
-            .key(&keys[..])
-            .arg(self.window)
-            .invoke_async::<()>(conn)
-            .await?;
-        Ok(())
+        let mut inv = self.attempt.prepare_invoke();
+        inv.key(keys).arg(self.window).arg(limits);
+        let over: i64 = inv.invoke_async(conn).await?;
+        Ok(over == 1)
     }
 }
 
@@ -213,6 +213,14 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
     };
     let mut conn = ctx.conn.clone();
     let password = password.0.clone();
+    let ip = addr
+        .parse::<std::net::SocketAddr>()
+        .map_or_else(|_| addr.to_string(), |a| a.ip().to_string());
+    let counters = ctx.attempt_keys(&req.user, &ip);
+    let refused = |what: &str| {
+        tracing::info!("too many {what}");
+        err_line(ErrorCode::RateLimited, "too many attempts, wait a minute")
+    };
     let new_hash = if *register {
         if !ctx.registration {
             let line = err_line(ErrorCode::RegistrationClosed, "registration is closed");
@@ -222,18 +230,27 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             let text = format!("passwords are at least {} characters", ctx.min_password);
             return publish(ctx, req, err_line(ErrorCode::BadArgs, &text)).await;
         }
+        // Registrations count against the address, and are not given back.
+        let addr_only = &counters[1..];
+        if ctx
+            .over_limit(&mut conn, addr_only, &ctx.max_failures[1..])
+            .await?
+        {
+            return publish(ctx, req, refused("registrations")).await;
+        }
+        if conn.exists(ctx.keys.user(&req.user)).await? {
+            let text = format!("the name {} is taken", req.user);
+            return publish(ctx, req, err_line(ErrorCode::UserExists, &text)).await;
+        }
         let cost = ctx.cost;
         let _permit = ctx.bcrypt.acquire().await.expect("semaphore never closed");
         tokio::task::spawn_blocking(move || bcrypt::hash(password, cost)).await??
     } else {
-        let failures = ctx.failure_keys(&req.user, addr);
-        if ctx.throttled(&mut conn, &failures).await? {
-            tracing::info!("too many failed logins");
-            let line = err_line(
-                ErrorCode::RateLimited,
-                "too many failed logins, wait a minute",
-            );
-            return publish(ctx, req, line).await;
+        if ctx
+            .over_limit(&mut conn, &counters, &ctx.max_failures)
+            .await?
+        {
+            return publish(ctx, req, refused("failed logins")).await;
         }
         let stored: Option<String> = conn.hget(ctx.keys.user(&req.user), "password").await?;
         let exists = stored.is_some();
@@ -245,7 +262,6 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
         };
         if !(good && exists) {
             tracing::info!("bad credentials");
-            ctx.count_failure(&mut conn, &failures).await?;
             let line = err_line(ErrorCode::BadCredentials, "wrong user name or password");
             return publish(ctx, req, line).await;
         }
@@ -263,6 +279,7 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
         .arg(deadline)
         .arg(new_hash)
         .arg(entry_id)
+        .arg(&ip)
         .invoke_async(&mut conn)
         .await?;
     tracing::info!(outcome = %outcome, "login");

@@ -124,7 +124,8 @@ async fn failed_logins_are_throttled_across_edges() {
         },
         |c| {
             c.auth.max_failures_per_user = 3;
-            c.auth.max_failures_per_addr = 5;
+            // Counted: every attempt but those that succeed.
+            c.auth.max_failures_per_addr = 6;
         },
     )
     .await;
@@ -239,4 +240,55 @@ async fn registration_creates_an_account_and_logs_in() {
         .ask("REGISTER erin long enough")
         .await
         .starts_with("ERR registration-closed "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_sent_in_parallel_are_throttled_too() {
+    let sys = System::start_with(Default::default(), |c| {
+        c.auth.max_failures_per_user = 3;
+        c.auth.max_failures_per_addr = 0;
+    })
+    .await;
+    sys.add_user("alice").await;
+    let mut guesses = Vec::new();
+    for i in 0..20 {
+        let mut c = connect(&sys, i % 2).await;
+        guesses.push(tokio::spawn(async move {
+            c.ask(&format!("LOGIN alice guess{i}")).await
+        }));
+    }
+    let mut checked = 0;
+    for g in guesses {
+        let reply = g.await.unwrap();
+        if reply.starts_with("ERR bad-credentials") {
+            checked += 1;
+        } else {
+            assert!(reply.starts_with("ERR rate-limited "), "{reply}");
+        }
+    }
+    assert_eq!(checked, 3, "only three passwords were checked");
+}
+
+#[tokio::test]
+async fn registrations_count_against_the_address() {
+    let sys = System::start_with(Default::default(), |c| {
+        c.auth.registration = true;
+        c.auth.max_failures_per_addr = 2;
+    })
+    .await;
+    let mut c = connect(&sys, 0).await;
+    assert_eq!(
+        c.ask("REGISTER erin long enough").await,
+        "OK LOGIN erin lobby"
+    );
+    let mut d = connect(&sys, 1).await;
+    assert_eq!(
+        d.ask("REGISTER fred long enough").await,
+        "OK LOGIN fred lobby"
+    );
+    let mut e = connect(&sys, 0).await;
+    assert!(e
+        .ask("REGISTER gina long enough")
+        .await
+        .starts_with("ERR rate-limited "));
 }

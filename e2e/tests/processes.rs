@@ -216,7 +216,10 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
 #[tokio::test]
 async fn an_edge_killed_leaves_no_ghosts_and_its_users_log_in_again_at_once() {
     let redis = TestRedis::start().await;
-    let envs = [("CHAT_EDGE__DEAD_AFTER_MS", "1500".to_string())];
+    let envs = [
+        ("CHAT_EDGE__DEAD_AFTER_MS", "1500".to_string()),
+        ("CHAT_EDGE__REQUEST_TIMEOUT_MS", "1000".to_string()),
+    ];
     let mut st = stack(&redis, &["alice", "bob", "carol"], &envs).await;
     let (ca, ports) = (st.ca.clone(), st.ports);
     let mut alice = ChatClient::start(ports[0], &ca, "alice");

@@ -91,3 +91,22 @@ async fn a_login_left_by_a_killed_auth_instance_is_taken_over_once() {
         .unwrap();
     assert_eq!(sessions, 1, "applied once");
 }
+
+#[tokio::test]
+async fn an_edge_taken_for_dead_closes_its_connections() {
+    // Heartbeats 20 s apart: the test's own "death" is not undone first.
+    let sys = System::start_with(Default::default(), |c| c.edge.dead_after_ms = 60_000).await;
+    sys.add_user("alice").await;
+    let mut alice = sys.login(0, "alice").await;
+    let mut r = sys.redis.conn().await;
+    let _: () = redis::AsyncCommands::zadd(&mut r, "chat:edges", "edge-1", 0)
+        .await
+        .unwrap();
+    // The reaper ends the session, and the edge, alive after all, is told.
+    assert_eq!(alice.line().await, "BYE server-shutdown");
+    alice.closed().await;
+    let gone: bool = redis::AsyncCommands::exists(&mut r, "chat:session:alice")
+        .await
+        .unwrap();
+    assert!(!gone);
+}

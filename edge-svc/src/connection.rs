@@ -40,11 +40,10 @@ pub(crate) async fn within<T>(
 }
 
 /// Serves one accepted TCP connection to its end.
-pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+/// `slot` is held from before the handshake, so handshakes count too.
+pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
     let id = ctx.next_conn_id();
     let span = tracing::info_span!("conn", %peer, conn = id, user = tracing::field::Empty, sid = tracing::field::Empty);
-    // Held from before the handshake, so handshakes count too.
-    let slot = ctx.slots.acquire(peer.ip());
     async move {
         match serve_tls(&ctx, stream, peer, id, slot).await {
             Ok(()) => tracing::debug!("connection closed"),
@@ -60,7 +59,7 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
-    slot: Option<Slot>,
+    _slot: Slot,
 ) -> Result<(), EdgeError> {
     let started = Instant::now();
     let limit = ctx.cfg.edge.handshake_timeout();
@@ -79,13 +78,7 @@ async fn serve_tls(
         let _ = within(Phase::Close, limit, stream.shutdown()).await;
         return Ok(());
     }
-    let mut tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
-    if slot.is_none() {
-        tracing::info!("too many connections; refused");
-        within(Phase::Write, limit, tls.write_all(TOO_MANY.as_bytes())).await?;
-        let _ = within(Phase::Close, limit, tls.shutdown()).await;
-        return Ok(());
-    }
+    let tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
     let (rd, wr) = tokio::io::split(tls);
 
     let (tx, rx) = mpsc::channel(ctx.cfg.edge.out_queue);
@@ -120,6 +113,20 @@ async fn serve_tls(
     }
     let _ = writer.await;
     result
+}
+
+/// Tells a connection over the caps why it is closed (a few at a time:
+/// the caller holds one of a small number of permits).
+pub(crate) async fn refuse(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let limit = ctx.cfg.edge.handshake_timeout().min(Duration::from_secs(2));
+    let refused = async {
+        let mut tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
+        within(Phase::Write, limit, tls.write_all(TOO_MANY.as_bytes())).await?;
+        within(Phase::Close, limit, tls.shutdown()).await
+    };
+    if let Err(e) = refused.await {
+        tracing::debug!(%peer, error = %e, "refusing a connection failed");
+    }
 }
 
 struct Handler {

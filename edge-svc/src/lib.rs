@@ -61,6 +61,10 @@ pub enum EdgeError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Connections over the caps that are told so at once; past this, they
+/// are closed without a word.
+const REFUSALS: usize = 16;
+
 /// What every connection of this edge shares.
 pub(crate) struct Ctx {
     cfg: Config,
@@ -125,13 +129,15 @@ pub async fn run(
     let client = Client::open(cfg.redis_url.as_str())?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let mut redis = shared::store::commands(&client).await?;
-    // Sessions a previous run under this id left (it was killed) end now.
-    let left = shared::store::edge_restart(&mut redis, &keys, &cfg.edge.id).await?;
+    let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
+    let pubsub = subscribe(&client, &hub.wanted()).await?;
+    // Sessions a previous run under this id left (it was killed) end now;
+    // subscribed first, so that a late answer to that run is seen.
+    let (id, dead_after) = (&cfg.edge.id, cfg.edge.dead_after_ms);
+    let left = shared::store::heartbeat(&mut redis, &keys, id, dead_after, true).await?;
     if left > 0 {
         tracing::info!(sessions = left, "ended sessions left by a previous run");
     }
-    let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
-    let pubsub = subscribe(&client, &hub.wanted()).await?;
     let ctx = Arc::new(Ctx {
         keys,
         hub: hub.clone(),
@@ -160,13 +166,29 @@ pub async fn run(
     })?;
     tracing::info!(id = %ctx.cfg.edge.id, %addr, "edge-svc ready");
     let tracker = TaskTracker::new();
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tracker.spawn(connection::serve(ctx.clone(), stream, peer));
+                    match ctx.slots.acquire(peer.ip()) {
+                        Some(slot) => {
+                            tracker.spawn(connection::serve(ctx.clone(), stream, peer, slot));
+                        }
+                        None => {
+                            tracing::info!(%peer, "too many connections; refused");
+                            // A few are told why; the rest are just closed.
+                            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                                let ctx = ctx.clone();
+                                tracker.spawn(async move {
+                                    connection::refuse(ctx, stream, peer).await;
+                                    drop(permit);
+                                });
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of descriptors and the like: wait, never give up.
@@ -332,7 +354,9 @@ async fn heartbeat(ctx: Arc<Ctx>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = shared::store::heartbeat(&mut conn, &ctx.keys, &ctx.cfg.edge.id).await {
+        let (id, dead_after) = (&ctx.cfg.edge.id, ctx.cfg.edge.dead_after_ms);
+        let beat = shared::store::heartbeat(&mut conn, &ctx.keys, id, dead_after, false);
+        if let Err(e) = beat.await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
     }

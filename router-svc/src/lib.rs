@@ -55,7 +55,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
         if Instant::now() >= next_renewal {
             leases.maintain().await;
             // Sessions of edges that stopped beating (killed) end here.
-            match shared::store::reap_dead_edges(&mut cmds, &keys, cfg.edge.dead_after_ms).await {
+            match shared::store::reap_dead_edges(&mut cmds, &keys).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(sessions = n, "ended the sessions of dead edges"),
                 Err(e) => tracing::warn!(error = %e, "looking for dead edges failed"),

@@ -301,6 +301,14 @@ impl Config {
         if self.edge.dead_after_ms < 300 {
             return bad("edge.dead_after_ms must be at least 300");
         }
+        if self.edge.request_timeout_ms >= self.edge.dead_after_ms {
+            return bad("edge.request_timeout_ms must be below edge.dead_after_ms");
+        }
+        if self.auth.failure_window_ms == 0
+            && (self.auth.max_failures_per_user > 0 || self.auth.max_failures_per_addr > 0)
+        {
+            return bad("auth.failure_window_ms must be positive while a failure limit is set");
+        }
         if self.edge.lines_per_sec > 0 && self.edge.line_burst == 0 {
             return bad("edge.line_burst must be at least 1");
         }

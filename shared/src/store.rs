@@ -211,13 +211,15 @@ local function end_session(user, sess)
   online(user, -1)
   redis.call('DEL', P .. 'session:' .. user)
 end
--- Ends the sessions an edge still holds (it died, or restarts).
+-- Ends the sessions an edge still holds (it died, or restarts). Should it
+-- be alive after all, its connections are told and closed.
 local function end_edge_sessions(edge)
   local set = P .. 'edge:sessions:' .. edge
   local n = 0
   for _, user in ipairs(redis.call('SMEMBERS', set)) do
     local sess = redis.call('HMGET', P .. 'session:' .. user, 'edge', 'conn', 'sid', 'room')
     if sess[1] == edge then
+      reply(edge, sess[2], nil, nil, {kind = 'close', reason = 'server-shutdown', sid = sess[3]})
       end_session(user, sess)
       n = n + 1
     end
@@ -237,20 +239,22 @@ local function now_ms()
 end
 "#;
 
-/// Edge liveness: a heartbeat per edge in the sorted set `edges`, scored
-/// with Redis's clock, and the set of users whose sessions each holds.
+/// Edge liveness: each edge in the sorted set `edges`, scored with the
+/// time (Redis's clock) until which its heartbeat holds, and the set of
+/// users whose sessions each holds. ARGV: prefix, action, then for `beat`
+/// and `restart` the edge id and how long the beat holds (ms).
 const EDGES_LUA: &str = r#"
 local edges = P .. 'edges'
 if ARGV[2] == 'beat' then
-  redis.call('ZADD', edges, now_ms(), ARGV[3])
+  redis.call('ZADD', edges, now_ms() + tonumber(ARGV[4]), ARGV[3])
   return 0
 elseif ARGV[2] == 'restart' then
   local n = end_edge_sessions(ARGV[3])
-  redis.call('ZADD', edges, now_ms(), ARGV[3])
+  redis.call('ZADD', edges, now_ms() + tonumber(ARGV[4]), ARGV[3])
   return n
 end
 local n = 0
-for _, edge in ipairs(redis.call('ZRANGEBYSCORE', edges, '-inf', now_ms() - tonumber(ARGV[3]))) do
+for _, edge in ipairs(redis.call('ZRANGEBYSCORE', edges, '-inf', now_ms())) do
   n = n + end_edge_sessions(edge)
   redis.call('ZREM', edges, edge)
 end
@@ -262,43 +266,31 @@ fn edges_script() -> &'static Script {
     SCRIPT.get_or_init(|| Script::new(&format!("{LUA_PRELUDE}{EDGES_LUA}")))
 }
 
-/// Renews edge `edge`'s heartbeat.
-pub async fn heartbeat(conn: &mut ConnectionManager, keys: &Keys, edge: &str) -> RedisResult<()> {
-    edges_script()
-        .arg(keys.prefix())
-        .arg("beat")
-        .arg(edge)
-        .invoke_async::<i64>(conn)
-        .await
-        .map(drop)
-}
-
-/// An edge starting: ends what a previous run under its id left behind,
-/// and beats. Returns how many sessions it ended.
-pub async fn edge_restart(
+/// Renews edge `edge`'s heartbeat, to hold for `dead_after_ms`. With
+/// `restart`, first ends what a previous run under that id left behind;
+/// returns how many sessions that ended.
+pub async fn heartbeat(
     conn: &mut ConnectionManager,
     keys: &Keys,
     edge: &str,
+    dead_after_ms: u64,
+    restart: bool,
 ) -> RedisResult<u64> {
     edges_script()
         .arg(keys.prefix())
-        .arg("restart")
+        .arg(if restart { "restart" } else { "beat" })
         .arg(edge)
+        .arg(dead_after_ms)
         .invoke_async(conn)
         .await
 }
 
-/// Ends the sessions of every edge whose heartbeat is older than
-/// `dead_after_ms`. Returns how many sessions it ended.
-pub async fn reap_dead_edges(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    dead_after_ms: u64,
-) -> RedisResult<u64> {
+/// Ends the sessions of every edge whose heartbeat has run out. Returns
+/// how many sessions it ended.
+pub async fn reap_dead_edges(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<u64> {
     edges_script()
         .arg(keys.prefix())
         .arg("reap")
-        .arg(dead_after_ms)
         .invoke_async(conn)
         .await
 }
