@@ -77,7 +77,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
     let mut reader = shared::store::blocking(&client, BLOCK).await?;
     let streams = [keys.auth_requests()];
     shared::store::ensure_groups(&mut cmds, &streams, GROUP).await?;
+    let admin = shared::admin::bind(&cfg.auth.admin_listen).await?;
     let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds.clone()).await?);
+    if let Some(admin) = admin {
+        tokio::spawn(shared::admin::serve(admin, ctx.clone(), shutdown.clone()));
+    }
     tracing::info!(id = %cfg.auth.id, policy = cfg.auth.duplicate_login.as_str(), "auth-svc ready");
 
     let in_flight = Arc::new(Semaphore::new(cfg.auth.max_in_flight));

@@ -3,6 +3,7 @@
 use crate::{AuthError, GROUP};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
+use shared::admin::{Counter, Histogram, Page, Probe};
 use shared::config::{Config, DuplicateLogin};
 use shared::envelope::{Op, Reply, Request};
 use shared::keys::Keys;
@@ -81,8 +82,14 @@ sys('lobby', user, 'joined')
 return old[3] and 'replaced' or 'ok'
 "#;
 
+/// Login outcomes counted for /metrics, by label.
+const OUTCOMES: [&str; 5] = ["ok", "bad_credentials", "rate_limited", "refused", "error"];
+
 pub(crate) struct Ctx {
     keys: Keys,
+    /// Per [`OUTCOMES`].
+    outcomes: [Counter; 5],
+    bcrypt_seconds: Histogram,
     conn: ConnectionManager,
     policy: DuplicateLogin,
     login: Script,
@@ -117,6 +124,8 @@ impl Ctx {
         };
         Ok(Ctx {
             keys,
+            outcomes: Default::default(),
+            bcrypt_seconds: Histogram::default(),
             conn,
             policy: cfg.auth.duplicate_login,
             login: Script::new(&format!("{LUA_PRELUDE}{LOGIN_LUA}")),
@@ -189,6 +198,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
             let done = login(&ctx, &req, &entry.id, deadline);
             if let Err(e) = done.instrument(span.clone()).await {
                 span.in_scope(|| tracing::error!(error = %e, "login failed"));
+                ctx.count("error");
                 let line = err_line(e.code(), "the login could not be completed, try again");
                 let _ = publish(&ctx, &req, line).await;
             }
@@ -236,6 +246,7 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             .over_limit(&mut conn, addr_only, &ctx.max_failures[1..])
             .await?
         {
+            ctx.count("rate_limited");
             return publish(ctx, req, refused("registrations")).await;
         }
         if conn.exists(ctx.keys.user(&req.user)).await? {
@@ -250,6 +261,7 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             .over_limit(&mut conn, &counters, &ctx.max_failures)
             .await?
         {
+            ctx.count("rate_limited");
             return publish(ctx, req, refused("failed logins")).await;
         }
         let stored: Option<String> = conn.hget(ctx.keys.user(&req.user), "password").await?;
@@ -257,11 +269,17 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
         let hash = stored.unwrap_or_else(|| ctx.dummy_hash.clone());
         let good = {
             let _permit = ctx.bcrypt.acquire().await.expect("semaphore never closed");
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await?
+            let started = std::time::Instant::now();
+            let good = tokio::task::spawn_blocking(move || {
+                bcrypt::verify(password, &hash).unwrap_or(false)
+            })
+            .await?;
+            ctx.bcrypt_seconds.observe(started.elapsed());
+            good
         };
         if !(good && exists) {
             tracing::info!("bad credentials");
+            ctx.count("bad_credentials");
             let line = err_line(ErrorCode::BadCredentials, "wrong user name or password");
             return publish(ctx, req, line).await;
         }
@@ -283,7 +301,74 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
         .invoke_async(&mut conn)
         .await?;
     tracing::info!(outcome = %outcome, "login");
+    ctx.count(match outcome.as_str() {
+        "ok" | "replaced" => "ok",
+        _ => "refused",
+    });
     Ok(())
+}
+
+impl Probe for Ctx {
+    async fn healthy(&self) -> bool {
+        shared::admin::redis_answers(&self.conn).await
+    }
+
+    async fn metrics(&self) -> String {
+        let stream = self.keys.auth_requests();
+        let mut conn = self.conn.clone();
+        let (length, pending): (i64, redis::Value) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&stream)
+            .cmd("XPENDING")
+            .arg(&stream)
+            .arg(crate::GROUP)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or((-1, redis::Value::Nil));
+        let pending = match pending {
+            redis::Value::Array(v) => v
+                .first()
+                .and_then(|n| redis::from_redis_value::<i64>(n.clone()).ok())
+                .unwrap_or(-1),
+            _ => -1,
+        };
+        let outcomes: Vec<(&str, u64)> = OUTCOMES
+            .iter()
+            .zip(&self.outcomes)
+            .map(|(l, c)| (*l, c.get()))
+            .collect();
+        Page::default()
+            .counters(
+                "chat_auth_logins_total",
+                "Login and registration requests by outcome.",
+                "result",
+                &outcomes,
+            )
+            .histogram(
+                "chat_auth_bcrypt_seconds",
+                "Time of one password check.",
+                &self.bcrypt_seconds,
+            )
+            .gauge(
+                "chat_auth_stream_length",
+                "Login requests in the stream, read or not (-1: unknown).",
+                length,
+            )
+            .gauge(
+                "chat_auth_pending",
+                "Login requests read and not finished (-1: unknown).",
+                pending,
+            )
+            .finish()
+    }
+}
+
+impl Ctx {
+    fn count(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.outcomes[i].inc();
+        }
+    }
 }
 
 async fn publish(ctx: &Ctx, req: &Request, line: String) -> Result<(), AuthError> {

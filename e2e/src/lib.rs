@@ -137,6 +137,10 @@ pub fn test_config(redis: &TestRedis) -> Config {
     // them on.
     cfg.edge.lines_per_sec = 0;
     cfg.edge.max_errors_per_min = 0;
+    // Many services in one process: no admin ports unless a test asks.
+    cfg.edge.admin_listen.clear();
+    cfg.auth.admin_listen.clear();
+    cfg.router.admin_listen.clear();
     cfg
 }
 
@@ -410,6 +414,30 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out waiting until {what}");
+}
+
+/// `GET path` on a plain-HTTP admin port: (status, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut text))
+        .await
+        .expect("the admin port answers")
+        .unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// The workspace's built binaries (`cargo build --bins`, which `make test`

@@ -81,6 +81,8 @@ struct Stack {
     dir: std::path::PathBuf,
     ca: std::path::PathBuf,
     ports: [u16; 2],
+    /// Admin ports: auth-svc, router-svc, edge 1, edge 2.
+    admin: [u16; 4],
     edges: Vec<Child>,
     _services: Vec<Child>,
 }
@@ -116,16 +118,26 @@ async fn stack(redis: &TestRedis, users: &[&str], envs: &[(&str, String)]) -> St
         drop(stdin);
         assert!(add.wait().await.unwrap().success());
     }
+    let admin = [free_port(), free_port()];
+    let local = |port: u16| format!("127.0.0.1:{port}");
     let services = vec![
-        service("auth-svc", redis, envs).spawn().unwrap(),
-        service("router-svc", redis, envs).spawn().unwrap(),
+        service("auth-svc", redis, envs)
+            .env("CHAT_AUTH__ADMIN_LISTEN", local(admin[0]))
+            .spawn()
+            .unwrap(),
+        service("router-svc", redis, envs)
+            .env("CHAT_ROUTER__ADMIN_LISTEN", local(admin[1]))
+            .spawn()
+            .unwrap(),
     ];
+    let edge_admin = [free_port(), free_port()];
     let ports = [free_port(), free_port()];
     let mut edges = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let mut edge_envs = vec![
             ("CHAT_EDGE__ID", format!("edge-{}", i + 1)),
             ("CHAT_EDGE__LISTEN", format!("127.0.0.1:{port}")),
+            ("CHAT_EDGE__ADMIN_LISTEN", local(edge_admin[i])),
             (
                 "CHAT_EDGE__TLS_CERT",
                 certs.join("server.pem").display().to_string(),
@@ -147,6 +159,7 @@ async fn stack(redis: &TestRedis, users: &[&str], envs: &[(&str, String)]) -> St
         .await;
     }
     Stack {
+        admin: [admin[0], admin[1], edge_admin[0], edge_admin[1]],
         ca: certs.join("ca.pem"),
         dir,
         ports,
@@ -177,6 +190,22 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
     let mut bob = ChatClient::start(ports[1], &ca, "bob");
     alice.until(|l| l == "OK LOGIN alice lobby").await;
     bob.until(|l| l == "OK LOGIN bob lobby").await;
+
+    // Each service is ready and counts what it does.
+    for port in st.admin {
+        assert_eq!(e2e::http_get(port, "/healthz").await, (200, "ok\n".into()));
+    }
+    let (_, auth) = e2e::http_get(st.admin[0], "/metrics").await;
+    assert!(
+        auth.contains("chat_auth_logins_total{result=\"ok\"} 2"),
+        "{auth}"
+    );
+    let (_, edge) = e2e::http_get(st.admin[2], "/metrics").await;
+    assert!(edge.contains("chat_edge_connections 1"), "{edge}");
+    assert!(
+        edge.contains("# TYPE chat_edge_request_seconds histogram"),
+        "{edge}"
+    );
 
     alice.say("hello from alice").await;
     let got = bob.until(|l| l.starts_with("MSG ")).await;

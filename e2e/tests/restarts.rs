@@ -5,8 +5,12 @@ use e2e::System;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_ride_out_a_redis_restart_without_reconnecting() {
-    let mut sys =
-        System::start_with(Default::default(), |c| c.edge.request_timeout_ms = 1000).await;
+    let admin = e2e::free_port();
+    let mut sys = System::start_with(Default::default(), |c| {
+        c.edge.request_timeout_ms = 1000;
+        c.router.admin_listen = format!("127.0.0.1:{admin}");
+    })
+    .await;
     for u in ["alice", "bob"] {
         sys.add_user(u).await;
     }
@@ -16,7 +20,13 @@ async fn clients_ride_out_a_redis_restart_without_reconnecting() {
     alice.ask("/join dev").await;
     bob.ask("/subscribe alice").await;
 
+    assert_eq!(e2e::http_get(admin, "/healthz").await, (200, "ok\n".into()));
     sys.redis.stop().await;
+    assert_eq!(
+        e2e::http_get(admin, "/healthz").await.0,
+        503,
+        "not ready without Redis"
+    );
     alice.send("while redis is down").await;
     assert!(alice.line().await.starts_with("ERR unavailable "));
     assert!(alice.ask("/who").await.starts_with("ERR unavailable "));
@@ -44,6 +54,12 @@ async fn clients_ride_out_a_redis_restart_without_reconnecting() {
     assert!(ok.ends_with(" 1"), "{ok}");
     let publication = bob.until(|l| l.starts_with("PUB ")).await;
     assert!(publication.ends_with(" alice and published"));
+    assert_eq!(e2e::http_get(admin, "/healthz").await.0, 200);
+    let (_, metrics) = e2e::http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("chat_router_partitions_owned 16"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

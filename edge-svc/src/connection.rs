@@ -45,10 +45,12 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sl
     let id = ctx.next_conn_id();
     let span = tracing::info_span!("conn", %peer, conn = id, user = tracing::field::Empty, sid = tracing::field::Empty);
     async move {
+        ctx.metrics.connections.inc();
         match serve_tls(&ctx, stream, peer, id, slot).await {
             Ok(()) => tracing::debug!("connection closed"),
             Err(e) => tracing::debug!(error = %e, "connection ended"),
         }
+        ctx.metrics.connections.dec();
     }
     .instrument(span)
     .await
@@ -192,6 +194,7 @@ impl Handler {
     }
 
     async fn frame(&mut self, frame: Frame) -> Flow {
+        self.ctx.metrics.lines.inc();
         let now = Instant::now();
         self.last_line = now;
         if !self.bucket.take(now) {
@@ -351,14 +354,18 @@ impl Handler {
                 span.record("user", user.as_str());
                 span.record("sid", sid.as_str());
                 tracing::info!("logged in");
+                self.ctx.metrics.logins_ok.inc();
                 self.session = Some(Session { user, sid });
                 if !inbox.is_empty() {
                     // Shown (queued before anything else): they may go.
                     self.forward(Op::Delivered { upto: inbox }).await;
                 }
             }
-            Ok(_) => {}
-            Err(e) => self.reply(&e.line()),
+            Ok(_) => self.ctx.metrics.logins_failed.inc(),
+            Err(e) => {
+                self.ctx.metrics.logins_failed.inc();
+                self.reply(&e.line());
+            }
         }
     }
 
@@ -426,6 +433,7 @@ impl Handler {
             }
         }
         let mut rx = hub.expect(self.id, req.rid);
+        let sent = Instant::now();
         if let Err(e) = self.ctx.send_request(stream, &req).await {
             tracing::warn!(error = %e, "sending a request failed");
             hub.give_up(self.id, req.rid);
@@ -433,7 +441,10 @@ impl Handler {
             return Err(unavailable());
         }
         match tokio::time::timeout(limit, &mut rx).await {
-            Ok(Ok(effect)) => Ok(effect),
+            Ok(Ok(effect)) => {
+                self.ctx.metrics.request_seconds.observe(sent.elapsed());
+                Ok(effect)
+            }
             _ if !hub.give_up(self.id, req.rid) => {
                 // The reply came just as we stopped waiting.
                 Ok(rx.try_recv().ok().flatten())

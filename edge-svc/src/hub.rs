@@ -11,6 +11,7 @@
 //! which subscribes the edge to it before the request goes out.
 
 use bytes::Bytes;
+use shared::admin::Counter;
 use shared::envelope::{Effect, Reply};
 use shared::keys::Keys;
 use shared::protocol::LOBBY;
@@ -91,6 +92,11 @@ struct State {
 
 pub(crate) struct Hub {
     keys: Keys,
+    /// Pub/Sub messages applied, lines queued to clients, and clients
+    /// dropped for a full queue (for /metrics).
+    pub(crate) pubsub_messages: Counter,
+    pub(crate) deliveries: Counter,
+    pub(crate) drops: Counter,
     /// The edge's own channel (replies), and the lobby's: always wanted.
     edge_channel: String,
     lobby_channel: String,
@@ -121,6 +127,9 @@ impl Hub {
             edge_channel: keys.edge_channel(edge_id),
             lobby_channel: keys.room_channel(LOBBY),
             keys,
+            pubsub_messages: Counter::default(),
+            deliveries: Counter::default(),
+            drops: Counter::default(),
             state: Mutex::new(State::default()),
             orphans,
             subs,
@@ -278,19 +287,20 @@ impl Hub {
     /// Queues a line to one connection.
     pub(crate) fn send(&self, conn: u64, line: &str) {
         if let Some(c) = self.lock().conns.get(&conn) {
-            push(c, Out::Line(Bytes::from(format!("{line}\n"))));
+            self.push(c, Out::Line(Bytes::from(format!("{line}\n"))));
         }
     }
 
     /// Queues a close to one connection, after what is queued already.
     pub(crate) fn bye(&self, conn: u64, reason: &str) {
         if let Some(c) = self.lock().conns.get(&conn) {
-            push(c, Out::Bye(reason.to_string()));
+            self.push(c, Out::Bye(reason.to_string()));
         }
     }
 
     /// Applies one Pub/Sub message.
     pub(crate) fn dispatch(&self, channel: &str, payload: &[u8]) {
+        self.pubsub_messages.inc();
         if channel != self.edge_channel {
             self.broadcast(channel, payload);
             return;
@@ -312,9 +322,10 @@ impl Hub {
         };
         for id in members {
             if let Some(c) = st.conns.get(id) {
-                push(c, Out::Line(line.clone()));
+                self.push(c, Out::Line(line.clone()));
             }
         }
+        self.deliveries.add(members.len() as u64);
     }
 
     fn apply(&self, reply: Reply) {
@@ -393,10 +404,10 @@ impl Hub {
             // One queue slot for the whole reply, however long a listing.
             let mut text = reply.lines.join("\n");
             text.push('\n');
-            push(conn, Out::Line(Bytes::from(text)));
+            self.push(conn, Out::Line(Bytes::from(text)));
         }
         if let Some(reason) = bye {
-            push(conn, Out::Bye(reason));
+            self.push(conn, Out::Bye(reason));
         }
         if reply.rid != 0 {
             self.release_in(&mut st.holds, conn, reply.rid);
@@ -458,13 +469,20 @@ fn drop_member(audience: &mut HashMap<String, HashSet<u64>>, channel: &str, id: 
     }
 }
 
-/// Queues without waiting: a connection whose queue is full is too slow
-/// and is closed rather than allowed to hold anyone up.
-fn push(conn: &Conn, out: Out) {
-    match conn.tx.try_send(out) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => conn.closer.close("too-slow"),
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
+impl Hub {
+    /// Queues without waiting: a connection whose queue is full is too
+    /// slow and is closed rather than allowed to hold anyone up.
+    fn push(&self, conn: &Conn, out: Out) {
+        match conn.tx.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if conn.closer.reason().is_none() {
+                    self.drops.inc();
+                }
+                conn.closer.close("too-slow");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use hub::{Hub, Session};
 use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use redis::Client;
+use shared::admin::{Counter, Gauge, Histogram, Page, Probe};
 use shared::config::Config;
 use shared::envelope::{Op, Request};
 use shared::keys::{partition_of, Keys};
@@ -61,6 +62,65 @@ pub enum EdgeError {
     Redis(#[from] redis::RedisError),
 }
 
+/// What the edge counts, besides the hub's counters.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    connections: Gauge,
+    logins_ok: Counter,
+    logins_failed: Counter,
+    lines: Counter,
+    /// From a request sent to its reply.
+    request_seconds: Histogram,
+}
+
+impl Probe for Ctx {
+    async fn healthy(&self) -> bool {
+        shared::admin::redis_answers(&self.redis).await
+    }
+
+    async fn metrics(&self) -> String {
+        let (m, hub) = (&self.metrics, &self.hub);
+        Page::default()
+            .gauge(
+                "chat_edge_connections",
+                "Client connections open.",
+                m.connections.get(),
+            )
+            .counters(
+                "chat_edge_logins_total",
+                "Logins by result.",
+                "result",
+                &[("ok", m.logins_ok.get()), ("failed", m.logins_failed.get())],
+            )
+            .counter(
+                "chat_edge_lines_total",
+                "Lines received from clients.",
+                m.lines.get(),
+            )
+            .counter(
+                "chat_edge_pubsub_messages_total",
+                "Pub/Sub messages received from Redis.",
+                hub.pubsub_messages.get(),
+            )
+            .counter(
+                "chat_edge_deliveries_total",
+                "Broadcast lines queued to clients.",
+                hub.deliveries.get(),
+            )
+            .counter(
+                "chat_edge_queue_drops_total",
+                "Clients closed because their queue was full (too-slow).",
+                hub.drops.get(),
+            )
+            .histogram(
+                "chat_edge_request_seconds",
+                "Time from a request to its reply.",
+                &m.request_seconds,
+            )
+            .finish()
+    }
+}
+
 /// Connections over the caps that are told so at once; past this, they
 /// are closed without a word.
 const REFUSALS: usize = 16;
@@ -73,6 +133,7 @@ pub(crate) struct Ctx {
     redis: ConnectionManager,
     acceptor: TlsAcceptor,
     slots: Arc<limits::Slots>,
+    metrics: Metrics,
     next_conn: AtomicU64,
     next_rid: AtomicU64,
 }
@@ -128,6 +189,12 @@ pub async fn run(
 ) -> Result<(), EdgeError> {
     let client = Client::open(cfg.redis_url.as_str())?;
     let keys = Keys::new(cfg.key_prefix.clone());
+    let admin = shared::admin::bind(&cfg.edge.admin_listen)
+        .await
+        .map_err(|source| EdgeError::Io {
+            phase: Phase::Handshake,
+            source,
+        })?;
     let mut redis = shared::store::commands(&client).await?;
     let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
     let pubsub = subscribe(&client, &hub.wanted()).await?;
@@ -144,6 +211,7 @@ pub async fn run(
         redis,
         acceptor: TlsAcceptor::from(tls),
         slots: limits::Slots::new(cfg.edge.max_connections, cfg.edge.max_connections_per_addr),
+        metrics: Metrics::default(),
         next_conn: AtomicU64::new(shared::now_ms() * 1000),
         next_rid: AtomicU64::new(1),
         cfg,
@@ -159,6 +227,9 @@ pub async fn run(
     ));
     tokio::spawn(end_orphans(ctx.clone(), tasks.orphans));
     tokio::spawn(heartbeat(ctx.clone(), background.clone()));
+    if let Some(admin) = admin {
+        tokio::spawn(shared::admin::serve(admin, ctx.clone(), background.clone()));
+    }
 
     let addr = listener.local_addr().map_err(|source| EdgeError::Io {
         phase: Phase::Handshake,

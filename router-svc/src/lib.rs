@@ -18,8 +18,10 @@ use shared::store::Entry;
 use tokio::time::Instant;
 
 use redis::Client;
+use shared::admin::{Counter, Gauge, Histogram, Page, Probe};
 use shared::config::Config;
 use shared::keys::Keys;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +35,59 @@ const BLOCK: Duration = Duration::from_millis(1000);
 pub enum RouterError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("admin port: {0}")]
+    Admin(#[from] std::io::Error),
+}
+
+/// What /metrics shows.
+struct Metrics {
+    conn: redis::aio::ConnectionManager,
+    streams: Vec<String>,
+    /// Requests read and handed to the script (with retries and duplicates).
+    requests: Counter,
+    /// One read batch, from read to acknowledged.
+    batch_seconds: Histogram,
+    owned: Gauge,
+}
+
+impl Probe for Metrics {
+    async fn healthy(&self) -> bool {
+        shared::admin::redis_answers(&self.conn).await
+    }
+
+    async fn metrics(&self) -> String {
+        // Handled requests are deleted: a stream's length is its backlog.
+        let mut pipe = redis::pipe();
+        for s in &self.streams {
+            pipe.cmd("XLEN").arg(s);
+        }
+        let lengths: Vec<i64> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap_or_default();
+        Page::default()
+            .counter(
+                "chat_router_requests_total",
+                "Requests applied (retries included).",
+                self.requests.get(),
+            )
+            .histogram(
+                "chat_router_batch_seconds",
+                "Time to apply one read batch.",
+                &self.batch_seconds,
+            )
+            .gauge(
+                "chat_router_partitions_owned",
+                "Partitions this instance owns.",
+                self.owned.get(),
+            )
+            .gauge(
+                "chat_router_backlog",
+                "Requests waiting or in hand, all partitions.",
+                lengths.iter().sum(),
+            )
+            .finish()
+    }
 }
 
 /// Routes requests until `shutdown`, then hands its partitions back.
@@ -47,6 +102,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
     shared::store::ensure_groups(&mut cmds, &streams, GROUP).await?;
     let mut leases = leases::Leases::new(&cfg, keys.clone(), cmds.clone());
     let mut worker = Worker::new(&cfg, keys.clone(), cmds.clone());
+    let metrics = Arc::new(Metrics {
+        conn: cmds.clone(),
+        streams: streams.clone(),
+        requests: Counter::default(),
+        batch_seconds: Histogram::default(),
+        owned: Gauge::default(),
+    });
+    if let Some(admin) = shared::admin::bind(&cfg.router.admin_listen).await? {
+        tokio::spawn(shared::admin::serve(
+            admin,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(id = %cfg.router.id, partitions = cfg.partitions, "router-svc ready");
 
     let renew_every = Duration::from_millis(cfg.router.lease_ms / 3);
@@ -64,6 +133,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
             // an owned partition is left over (a previous owner's, or ours
             // that failed) and goes first.
             let owned: Vec<u32> = leases.owned().collect();
+            metrics.owned.set(owned.len() as i64);
             if let Ok(counts) = worker.pending(&owned).await {
                 for (p, n) in owned.into_iter().zip(counts) {
                     if n > 0 {
@@ -106,7 +176,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
             continue; // left pending; recovered in order at the next tick
         };
         let mut retry = false;
+        let started = Instant::now();
         for ((p, batch), n) in batches.into_iter().zip(pending) {
+            metrics.requests.add(batch.len() as u64);
             // Anything pending besides this batch is older than it.
             let outcome = if n > batch.len() as u64 {
                 worker.recover(p).await
@@ -116,6 +188,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
             retry |= outcome == Outcome::Retry;
             settle(&mut leases, p, outcome);
         }
+        metrics.batch_seconds.observe(started.elapsed());
         if retry {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

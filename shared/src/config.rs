@@ -79,6 +79,8 @@ pub struct EdgeConfig {
     /// An edge whose heartbeat is older than this is dead: its sessions
     /// are removed (by router-svc).
     pub dead_after_ms: u64,
+    /// Plain-HTTP admin port (`/healthz`, `/metrics`); empty: none.
+    pub admin_listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +113,8 @@ pub struct AuthConfig {
     /// (the instance died) is taken over by another. Keep it well below
     /// `edge.request_timeout_ms`.
     pub claim_idle_ms: u64,
+    /// Plain-HTTP admin port (`/healthz`, `/metrics`); empty: none.
+    pub admin_listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +128,8 @@ pub struct RouterConfig {
     pub lease_ms: u64,
     /// Most requests read per stream read.
     pub batch: usize,
+    /// Plain-HTTP admin port (`/healthz`, `/metrics`); empty: none.
+    pub admin_listen: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -177,6 +183,7 @@ impl Default for EdgeConfig {
             line_burst: 50,
             max_errors_per_min: 60,
             dead_after_ms: 15_000,
+            admin_listen: "0.0.0.0:9101".into(),
         }
     }
 }
@@ -215,6 +222,7 @@ impl Default for AuthConfig {
             max_failures_per_addr: 30,
             failure_window_ms: 60_000,
             claim_idle_ms: 2_000,
+            admin_listen: "0.0.0.0:9102".into(),
         }
     }
 }
@@ -226,6 +234,7 @@ impl Default for RouterConfig {
             history_cap: 1000,
             lease_ms: 5_000,
             batch: 256,
+            admin_listen: "0.0.0.0:9103".into(),
         }
     }
 }
@@ -300,6 +309,15 @@ impl Config {
         }
         if self.edge.dead_after_ms < 300 {
             return bad("edge.dead_after_ms must be at least 300");
+        }
+        for admin in [
+            &self.edge.admin_listen,
+            &self.auth.admin_listen,
+            &self.router.admin_listen,
+        ] {
+            if !admin.is_empty() && admin.parse::<std::net::SocketAddr>().is_err() {
+                return bad("admin_listen must be empty or host:port with a numeric host");
+            }
         }
         if self.edge.request_timeout_ms >= self.edge.dead_after_ms {
             return bad("edge.request_timeout_ms must be below edge.dead_after_ms");

@@ -2,6 +2,7 @@
 //! envelopes, configuration loading, TLS helpers, logging and shutdown.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod envelope;
 pub mod keys;
