@@ -1,7 +1,7 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test build certs redis lint fuzz clean
+.PHONY: up test build certs redis lint fuzz compose-up compose-users compose-test clean
 
 ## Start the whole system in the foreground (Ctrl-C stops it).
 up: redis build certs
@@ -11,6 +11,28 @@ up: redis build certs
 test: redis
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+	@if docker info >/dev/null 2>&1; then \
+		echo "a Docker engine is here: make compose-test runs the container test"; \
+	else \
+		echo "container test skipped: no Docker engine (make compose-test runs it where there is one)"; \
+	fi
+
+## The whole system in containers (Redis, auth-svc, router-svc, two edges).
+compose-up:
+	docker compose up --build
+
+## The demo accounts, in the compose stack's Redis.
+compose-users:
+	docker compose run --rm users
+
+## The end-to-end scenario against the compose stack (needs a Docker engine).
+compose-test:
+	docker compose up --build --detach --wait
+	docker compose run --rm users
+	docker compose cp certs:/certs/ca.pem target/compose-ca.pem
+	CHAT_COMPOSE_EDGES=localhost:7001,localhost:7002 CHAT_COMPOSE_CA=target/compose-ca.pem \
+		$(CARGO) test -p e2e --test compose -- --nocapture; \
+		status=$$?; docker compose down; exit $$status
 
 ## Release build of the services and the client.
 build:
