@@ -66,6 +66,11 @@ impl TestRedis {
         let _ = self.child.wait();
     }
 
+    /// Deletes the saved data (while stopped): the next start is empty.
+    pub fn forget_data(&self) {
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+    }
+
     /// Starts it again on the same port with the saved data.
     pub async fn start_again(&mut self) {
         self.child = spawn_redis(self.port, &self.dir);

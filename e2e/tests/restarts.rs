@@ -126,3 +126,19 @@ async fn an_edge_taken_for_dead_closes_its_connections() {
         .unwrap();
     assert!(!gone);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_lost_with_redis_close_their_connections() {
+    let mut sys = System::start().await;
+    sys.add_user("alice").await;
+    let mut alice = sys.login(0, "alice").await;
+    sys.redis.stop().await;
+    sys.redis.forget_data();
+    sys.redis.start_again().await;
+    // Redis came back without the session: the edge, reading it back,
+    // closes the connection instead of keeping a session nobody has.
+    assert_eq!(
+        alice.until(|l| l.starts_with("BYE ")).await,
+        "BYE server-shutdown"
+    );
+}

@@ -419,6 +419,48 @@ impl Hub {
         }
     }
 
+    /// The logged-in connections and their sessions.
+    pub(crate) fn sessions(&self) -> Vec<(u64, Session)> {
+        let st = self.lock();
+        st.conns
+            .iter()
+            .filter_map(|(id, c)| c.session.clone().map(|s| (*id, s)))
+            .collect()
+    }
+
+    /// Brings a connection in line with its session as Redis has it now
+    /// (after replies may have been lost): `current` is the session's sid,
+    /// room and subscriptions there, or `None` if it has no session. A
+    /// connection whose session is gone is closed.
+    pub(crate) fn resync(&self, id: u64, held: &Session, current: Option<(&str, &str, &[String])>) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(conn) = st.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.session.as_ref() != Some(held) {
+            return; // changed meanwhile, by a reply that did arrive
+        }
+        let Some((_, room, subs)) = current.filter(|(sid, ..)| *sid == held.sid) else {
+            tracing::info!(user = %held.user, "session gone while Redis was away; closing");
+            conn.session = None;
+            self.leave_all(&mut st.audience, id, conn);
+            self.push(conn, Out::Bye("server-shutdown".into()));
+            return;
+        };
+        let room = self.keys.room_channel(room);
+        let mut wanted: HashSet<String> = subs.iter().map(|p| self.keys.pub_channel(p)).collect();
+        wanted.insert(room.clone());
+        let stale: Vec<String> = conn.channels.difference(&wanted).cloned().collect();
+        for ch in stale {
+            self.exit(&mut st.audience, id, conn, &ch);
+        }
+        for ch in wanted {
+            self.enter(&mut st.audience, id, conn, &ch);
+        }
+        conn.room = Some(room);
+    }
+
     fn enter(
         &self,
         audience: &mut HashMap<String, HashSet<u64>>,
@@ -754,5 +796,34 @@ mod tests {
         assert!(holder.await.unwrap());
         hub.remove(2);
         assert!(!hub.wants("chat:ch:room:dev"));
+    }
+
+    #[test]
+    fn resync_follows_redis_and_closes_a_lost_session() {
+        let (hub, _tasks) = hub();
+        let (mut a, _) = conn(&hub, 1, 16);
+        let _wait = hub.expect(1, 1);
+        hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
+        let held = Session {
+            user: "alice".into(),
+            sid: "5".into(),
+        };
+        let subs = ["dave".to_string()];
+        hub.resync(1, &held, Some(("5", "dev", &subs)));
+        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob not here");
+        hub.dispatch("chat:ch:room:dev", b"MSG dev 1-0 bob here");
+        hub.dispatch("chat:ch:pub:dave", b"PUB 1-0 dave news");
+        hub.resync(1, &held, None);
+        hub.dispatch("chat:ch:room:dev", b"MSG dev 2-0 bob gone");
+        assert_eq!(
+            lines(&mut a),
+            [
+                "OK LOGIN alice lobby\n",
+                "MSG dev 1-0 bob here\n",
+                "PUB 1-0 dave news\n",
+                "BYE server-shutdown"
+            ]
+        );
+        assert!(!hub.wants("chat:ch:room:dev") && !hub.wants("chat:ch:pub:dave"));
     }
 }

@@ -220,9 +220,8 @@ pub async fn run(
     tokio::spawn(deliver(
         client,
         pubsub,
-        hub.clone(),
+        ctx.clone(),
         tasks.subs,
-        ctx.cfg.edge.request_timeout(),
         background.clone(),
     ));
     tokio::spawn(end_orphans(ctx.clone(), tasks.orphans));
@@ -300,11 +299,12 @@ async fn subscribe(
 async fn deliver(
     client: Client,
     first: (PubSubSink, PubSubStream, HashSet<String>),
-    hub: Arc<Hub>,
+    ctx: Arc<Ctx>,
     mut syncs: mpsc::UnboundedReceiver<hub::Sync>,
-    limit: Duration,
     stop: CancellationToken,
 ) {
+    let hub = &ctx.hub;
+    let limit = ctx.cfg.edge.request_timeout();
     let mut connected = Some(first);
     let mut backoff = Duration::from_millis(100);
 
@@ -360,12 +360,54 @@ async fn deliver(
             }
         }
         match subscribe(&client, &hub.wanted()).await {
-            Ok(c) => connected = Some(c),
+            Ok(c) => {
+                // Replies published while we were away are lost: read back
+                // what they would have changed.
+                tokio::spawn(resync(ctx.clone(), stop.clone()));
+                connected = Some(c);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Pub/Sub reconnect failed");
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// Brings every logged-in connection in line with its session in Redis;
+/// retries while Redis is not quite back.
+async fn resync(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let sessions = ctx.hub.sessions();
+    if sessions.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for (_, s) in &sessions {
+        pipe.cmd("HMGET")
+            .arg(ctx.keys.session(&s.user))
+            .arg("sid")
+            .arg("room");
+        pipe.cmd("SMEMBERS").arg(ctx.keys.subscriptions(&s.user));
+    }
+    let values: Vec<redis::Value> = loop {
+        match pipe.query_async(&mut ctx.redis.clone()).await {
+            Ok(v) => break v,
+            Err(e) => tracing::warn!(error = %e, "reading sessions back failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    };
+    for ((id, held), pair) in sessions.iter().zip(values.chunks(2)) {
+        let (sid, room): (Option<String>, Option<String>) =
+            redis::from_redis_value(pair[0].clone()).unwrap_or((None, None));
+        let subs: Vec<String> = redis::from_redis_value(pair[1].clone()).unwrap_or_default();
+        let current = match (&sid, &room) {
+            (Some(sid), Some(room)) => Some((sid.as_str(), room.as_str(), subs.as_slice())),
+            _ => None,
+        };
+        ctx.hub.resync(*id, held, current);
     }
 }
 
