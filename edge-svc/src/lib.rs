@@ -328,7 +328,7 @@ async fn deliver(
                                 Err(_) => break,
                             }
                         }
-                        let synced = sync(&hub, &mut sink, &mut subscribed, &batch, limit).await;
+                        let synced = sync(hub, &mut sink, &mut subscribed, &batch, limit).await;
                         if let Err(e) = &synced {
                             tracing::warn!(error = %e, "Pub/Sub (un)subscribe failed");
                         }
