@@ -27,12 +27,7 @@ compose-users:
 
 ## The end-to-end scenario against the compose stack (needs a Docker engine).
 compose-test:
-	docker compose up --build --detach --wait
-	docker compose run --rm users
-	docker compose cp certs:/certs/ca.pem target/compose-ca.pem
-	CHAT_COMPOSE_EDGES=localhost:7001,localhost:7002 CHAT_COMPOSE_CA=target/compose-ca.pem \
-		$(CARGO) test -p e2e --test compose -- --nocapture; \
-		status=$$?; docker compose down; exit $$status
+	./scripts/compose-test.sh
 
 ## Release build of the services and the client.
 build:

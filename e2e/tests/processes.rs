@@ -84,7 +84,8 @@ struct Stack {
     /// Admin ports: auth-svc, router-svc, edge 1, edge 2.
     admin: [u16; 4],
     edges: Vec<Child>,
-    _services: Vec<Child>,
+    /// auth-svc, router-svc.
+    services: Vec<Child>,
 }
 
 impl Drop for Stack {
@@ -164,7 +165,7 @@ async fn stack(redis: &TestRedis, users: &[&str], envs: &[(&str, String)]) -> St
         dir,
         ports,
         edges,
-        _services: services,
+        services,
     }
 }
 
@@ -240,6 +241,21 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
         }
     })
     .await;
+
+    // auth-svc and router-svc stop cleanly on SIGTERM too.
+    for service in &mut st.services {
+        signal(service, "-TERM");
+        let status = tokio::time::timeout(WAIT, service.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+    let leases: Vec<String> = r.keys("chat:router:lease:*").await.unwrap();
+    assert!(
+        leases.is_empty(),
+        "router-svc handed its leases back: {leases:?}"
+    );
 }
 
 #[tokio::test]

@@ -299,7 +299,11 @@ impl Worker {
                 "retry" => outcome = Outcome::Retry,
                 "ok" | "duplicate" | "stale" => done.push(entry.id.clone()),
                 other => {
-                    tracing::error!(id = %entry.id, status = other, "request dropped");
+                    let (user, sid) = entry
+                        .req
+                        .as_ref()
+                        .map_or(("", ""), |r| (r.user.as_str(), r.sid.as_str()));
+                    tracing::error!(id = %entry.id, user, sid, status = other, "request dropped");
                     done.push(entry.id.clone());
                 }
             }
