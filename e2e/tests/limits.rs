@@ -56,8 +56,9 @@ async fn a_flood_is_rate_limited_and_persistent_abuse_is_closed() {
 #[tokio::test]
 async fn silent_connections_are_closed_before_and_after_login() {
     let sys = System::start_with(Default::default(), |c| {
-        c.edge.login_timeout_ms = 300;
-        c.edge.idle_timeout_ms = 600;
+        // Long enough for a login under load, short for a test.
+        c.edge.login_timeout_ms = 1500;
+        c.edge.idle_timeout_ms = 1500;
     })
     .await;
     sys.add_user("alice").await;
