@@ -302,3 +302,50 @@ async fn invalid_configuration_exits_64_before_binding() {
         assert_eq!(status.code(), Some(64), "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_router_killed_mid_load_loses_and_repeats_nothing() {
+    let redis = TestRedis::start().await;
+    let envs = [("CHAT_EDGE__LINES_PER_SEC", "0".to_string())]; // alice floods
+    let mut st = stack(&redis, &["alice", "bob"], &envs).await;
+    // A second router process shares the partitions with the first.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let _second = service(
+        "router-svc",
+        &redis,
+        &[("CHAT_ROUTER__ADMIN_LISTEN", admin)],
+    )
+    .spawn()
+    .unwrap();
+    let (ca, ports) = (st.ca.clone(), st.ports);
+    let mut alice = ChatClient::start(ports[0], &ca, "alice");
+    let mut bob = ChatClient::start(ports[1], &ca, "bob");
+    alice.until(|l| l == "OK LOGIN alice lobby").await;
+    bob.until(|l| l == "OK LOGIN bob lobby").await;
+
+    const N: usize = 300;
+    for i in 0..N {
+        alice.say(&format!("n {i}")).await;
+        if i == N / 3 {
+            // kill -9 the first router while lines are in flight.
+            signal(&st.services[1], "-KILL");
+        }
+    }
+    for i in 0..N {
+        let line = bob.until(|l| l.starts_with("MSG ")).await;
+        assert!(
+            line.ends_with(&format!(" alice n {i}")),
+            "expected n {i}, got {line}"
+        );
+    }
+    // Nothing more: a duplicate would come before this marker.
+    alice.say("/msg bob done").await;
+    let next = bob
+        .until(|l| l.starts_with("MSG ") || l.starts_with("DM "))
+        .await;
+    assert!(
+        next.starts_with("DM ") && next.ends_with(" alice done"),
+        "{next}"
+    );
+    let _ = st.services[1].wait().await;
+}
