@@ -46,7 +46,7 @@ done
 CHAT_AUTH__REGISTRATION="${CHAT_AUTH__REGISTRATION:-true}" "$BIN/auth-svc" & pids+=($!)
 "$BIN/router-svc" & pids+=($!)
 CHAT_EDGE__ID=edge-1 CHAT_EDGE__LISTEN="0.0.0.0:$EDGE1_PORT" "$BIN/edge-svc" & pids+=($!)
-CHAT_EDGE__ID=edge-2 CHAT_EDGE__LISTEN="0.0.0.0:$EDGE2_PORT" CHAT_EDGE__ADMIN_LISTEN=0.0.0.0:9104 "$BIN/edge-svc" & pids+=($!)
+CHAT_EDGE__ID=edge-2 CHAT_EDGE__LISTEN="0.0.0.0:$EDGE2_PORT" CHAT_EDGE__ADMIN_LISTEN=127.0.0.1:9104 "$BIN/edge-svc" & pids+=($!)
 
 for port in "$EDGE1_PORT" "$EDGE2_PORT"; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done

@@ -15,7 +15,8 @@ use redis::Client;
 use shared::config::Config;
 use shared::keys::Keys;
 use shared::protocol::ErrorCode;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +88,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
     let in_flight = Arc::new(Semaphore::new(cfg.auth.max_in_flight));
     let max_age = cfg.edge.request_timeout_ms;
     let claim_idle = Duration::from_millis(cfg.auth.claim_idle_ms);
+    // Ids of the requests this instance has in hand.
+    let in_hand: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut last_claim = Instant::now();
     let tracker = TaskTracker::new();
     loop {
@@ -108,8 +111,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
         };
         // Requests an instance read and never finished (it died): taken
         // over once idle for `claim_idle_ms`, still within the edge's wait.
-        if last_claim.elapsed() >= claim_idle {
+        // Our own in hand are claimed afresh twice as often, so that a busy
+        // instance never looks dead.
+        if last_claim.elapsed() >= claim_idle / 2 {
             last_claim = Instant::now();
+            let held: Vec<String> = lock(&in_hand).iter().cloned().collect();
+            if !held.is_empty() {
+                let refreshed: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
+                    .arg(&streams[0])
+                    .arg(GROUP)
+                    .arg(&cfg.auth.id)
+                    .arg(0)
+                    .arg(&held)
+                    .arg("JUSTID")
+                    .query_async(&mut cmds)
+                    .await;
+                if let Err(e) = refreshed {
+                    tracing::warn!(error = %e, "refreshing login requests in hand failed");
+                }
+            }
             let claimed = shared::store::claim_pending(
                 &mut cmds,
                 &streams[0],
@@ -121,6 +141,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
             .await;
             match claimed {
                 Ok(more) if !more.is_empty() => {
+                    let set = lock(&in_hand);
+                    let more: Vec<_> = more.into_iter().filter(|e| !set.contains(&e.id)).collect();
+                    drop(set);
                     tracing::info!(count = more.len(), "took over login requests left pending");
                     entries.extend(more);
                 }
@@ -148,8 +171,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
             // would open a session nobody holds.
             let stale = entry_ms(&entry.id).is_some_and(|ms| ms + max_age < now);
             let ctx = ctx.clone();
+            lock(&in_hand).insert(entry.id.clone());
+            let in_hand = in_hand.clone();
             tracker.spawn(async move {
+                let id = entry.id.clone();
                 login::handle(ctx, entry, stale).await;
+                lock(&in_hand).remove(&id);
                 drop(permit);
             });
         }
@@ -163,6 +190,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
     }
     tracing::info!("auth-svc stopped");
     Ok(())
+}
+
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The `<ms>` part of a stream entry id.

@@ -142,3 +142,34 @@ async fn sessions_lost_with_redis_close_their_connections() {
         "BYE server-shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_longer_than_the_edge_timeout_logs_nobody_out() {
+    let mut sys = System::start_with(Default::default(), |c| {
+        c.edge.request_timeout_ms = 500;
+        c.edge.dead_after_ms = 1500;
+    })
+    .await;
+    sys.add_user("alice").await;
+    let mut alice = sys.login(0, "alice").await;
+    sys.redis.stop().await;
+    // Down for twice the time after which an edge counts as dead.
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    sys.redis.start_again().await;
+    let deadline = tokio::time::Instant::now() + e2e::WAIT;
+    loop {
+        let reply = alice.command("/who").await;
+        assert!(!reply.iter().any(|l| l.starts_with("BYE")), "{reply:?}");
+        if reply.last().is_some_and(|l| l == "OK WHO lobby 1") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{reply:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The edge beat again as soon as it was back: it is not taken for dead.
+    let mut r = sys.redis.conn().await;
+    let until: f64 = redis::AsyncCommands::zscore(&mut r, "chat:edges", "edge-1")
+        .await
+        .unwrap();
+    assert!(until as u64 > shared::now_ms(), "the beat holds");
+}

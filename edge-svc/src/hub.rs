@@ -419,6 +419,11 @@ impl Hub {
         }
     }
 
+    /// Whether connection `id` is open.
+    pub(crate) fn has(&self, id: u64) -> bool {
+        self.lock().conns.contains_key(&id)
+    }
+
     /// The logged-in connections and their sessions.
     pub(crate) fn sessions(&self) -> Vec<(u64, Session)> {
         let st = self.lock();

@@ -377,7 +377,12 @@ async fn deliver(
 /// Brings every logged-in connection in line with its session in Redis;
 /// retries while Redis is not quite back.
 async fn resync(ctx: Arc<Ctx>, stop: CancellationToken) {
+    // Beat at once: routers may be about to take this edge for dead.
+    let (id, dead_after) = (&ctx.cfg.edge.id, ctx.cfg.edge.dead_after_ms);
+    let _ =
+        shared::store::heartbeat(&mut ctx.redis.clone(), &ctx.keys, id, dead_after, false).await;
     let sessions = ctx.hub.sessions();
+    end_unheld(&ctx, &sessions).await;
     if sessions.is_empty() {
         return;
     }
@@ -408,6 +413,37 @@ async fn resync(ctx: Arc<Ctx>, stop: CancellationToken) {
             _ => None,
         };
         ctx.hub.resync(*id, held, current);
+    }
+}
+
+/// Ends the sessions Redis has on this edge that no connection of it holds
+/// (a login whose reply was lost while Pub/Sub was down).
+async fn end_unheld(ctx: &Ctx, held: &[(u64, Session)]) {
+    let mut conn = ctx.redis.clone();
+    let set = ctx.keys.edge_sessions(&ctx.cfg.edge.id);
+    let Ok(users) = redis::AsyncCommands::smembers::<_, Vec<String>>(&mut conn, set).await else {
+        return;
+    };
+    for user in users
+        .into_iter()
+        .filter(|u| !held.iter().any(|(_, s)| &s.user == u))
+    {
+        let fields: redis::RedisResult<(Option<String>, Option<u64>, Option<String>)> =
+            redis::cmd("HMGET")
+                .arg(ctx.keys.session(&user))
+                .arg("edge")
+                .arg("conn")
+                .arg("sid")
+                .query_async(&mut conn)
+                .await;
+        if let Ok((Some(edge), Some(id), Some(sid))) = fields {
+            // A connection that is still here may be waiting for this very
+            // login's reply: leave it be.
+            if edge == ctx.cfg.edge.id && !ctx.hub.has(id) {
+                tracing::info!(%user, "ending a session nobody here holds");
+                ctx.end_session(Session { user, sid }).await;
+            }
+        }
     }
 }
 

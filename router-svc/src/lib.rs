@@ -119,15 +119,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
     tracing::info!(id = %cfg.router.id, partitions = cfg.partitions, "router-svc ready");
 
     let renew_every = Duration::from_millis(cfg.router.lease_ms / 3);
+    let dead_after = Duration::from_millis(cfg.edge.dead_after_ms);
+    let mut redis_back_since = Instant::now()
+        .checked_sub(dead_after)
+        .unwrap_or_else(Instant::now);
     let mut next_renewal = Instant::now();
     while !shutdown.is_cancelled() {
         if Instant::now() >= next_renewal {
             leases.maintain().await;
-            // Sessions of edges that stopped beating (killed) end here.
-            match shared::store::reap_dead_edges(&mut cmds, &keys).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(sessions = n, "ended the sessions of dead edges"),
-                Err(e) => tracing::warn!(error = %e, "looking for dead edges failed"),
+            // Sessions of edges that stopped beating (killed) end here; not
+            // right after Redis was away, when nobody could beat.
+            if redis_back_since.elapsed() >= dead_after {
+                match shared::store::reap_dead_edges(&mut cmds, &keys).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(sessions = n, "ended the sessions of dead edges"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "looking for dead edges failed");
+                        redis_back_since = Instant::now();
+                    }
+                }
             }
             // Between batches nothing is in flight: whatever is pending on
             // an owned partition is left over (a previous owner's, or ours
@@ -162,6 +172,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "reading requests failed; retrying");
+                redis_back_since = Instant::now();
                 if e.code() == Some("NOGROUP") {
                     // Redis lost its data (restart without persistence).
                     let _ = shared::store::ensure_groups(&mut cmds, &streams, GROUP).await;

@@ -20,8 +20,10 @@ pub trait Probe: Send + Sync + 'static {
     fn metrics(&self) -> impl Future<Output = String> + Send;
 }
 
-/// Serves `probe` on `listener` until `shutdown`.
+/// Serves `probe` on `listener` until `shutdown`, a few requests at a time
+/// (more are closed at once).
 pub async fn serve<P: Probe>(listener: TcpListener, probe: Arc<P>, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -29,9 +31,13 @@ pub async fn serve<P: Probe>(listener: TcpListener, probe: Arc<P>, shutdown: Can
         };
         match accepted {
             Ok((stream, _)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue; // dropped: closed
+                };
                 let probe = probe.clone();
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(TIMEOUT, answer(stream, &*probe)).await;
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -52,7 +58,9 @@ pub async fn bind(addr: &str) -> std::io::Result<Option<TcpListener>> {
     Ok(Some(listener))
 }
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Admin requests served at once.
+const AT_ONCE: usize = 8;
 
 async fn answer(mut stream: TcpStream, probe: &impl Probe) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
@@ -150,18 +158,19 @@ const BOUNDS: [f64; 16] = [
 /// A latency histogram with fixed buckets.
 #[derive(Debug, Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; BOUNDS.len()],
-    count: AtomicU64,
+    /// One per bound, and a last one for what is above them all.
+    buckets: [AtomicU64; BOUNDS.len() + 1],
     sum_micros: AtomicU64,
 }
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = BOUNDS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let i = BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
@@ -210,7 +219,8 @@ impl Page {
             cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(self.0, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let count = h.count.load(Ordering::Relaxed);
+        // The total of the same reads, so that +Inf and _count agree.
+        let count = cumulative + h.buckets[BOUNDS.len()].load(Ordering::Relaxed);
         let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(self.0, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(self.0, "{name}_sum {sum}\n{name}_count {count}");

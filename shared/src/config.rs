@@ -183,7 +183,7 @@ impl Default for EdgeConfig {
             line_burst: 50,
             max_errors_per_min: 60,
             dead_after_ms: 15_000,
-            admin_listen: "0.0.0.0:9101".into(),
+            admin_listen: "127.0.0.1:9101".into(),
         }
     }
 }
@@ -222,7 +222,7 @@ impl Default for AuthConfig {
             max_failures_per_addr: 30,
             failure_window_ms: 60_000,
             claim_idle_ms: 2_000,
-            admin_listen: "0.0.0.0:9102".into(),
+            admin_listen: "127.0.0.1:9102".into(),
         }
     }
 }
@@ -234,7 +234,7 @@ impl Default for RouterConfig {
             history_cap: 1000,
             lease_ms: 5_000,
             batch: 256,
-            admin_listen: "0.0.0.0:9103".into(),
+            admin_listen: "127.0.0.1:9103".into(),
         }
     }
 }

@@ -76,6 +76,11 @@ impl Keys {
         format!("{}publications:{user}", self.prefix)
     }
 
+    /// Set of the users whose sessions an edge holds.
+    pub fn edge_sessions(&self, edge: &str) -> String {
+        format!("{}edge:sessions:{edge}", self.prefix)
+    }
+
     /// Stream of login requests, read by the `auth` consumer group.
     pub fn auth_requests(&self) -> String {
         format!("{}req:auth", self.prefix)
