@@ -223,12 +223,11 @@ impl System {
         sys
     }
 
-    /// Starts auth-svc instance `auth-<i>`; aborting the handle stops it
-    /// as abruptly as `kill -9`.
-    pub fn spawn_auth(&self, i: usize) -> tokio::task::AbortHandle {
+    /// Starts auth-svc instance `auth-<i>`.
+    pub fn spawn_auth(&self, i: usize) {
         let mut c = self.cfg.clone();
         c.auth.id = format!("auth-{i}");
-        tokio::spawn(auth_svc::run(c, self.stop.child_token())).abort_handle()
+        tokio::spawn(auth_svc::run(c, self.stop.child_token()));
     }
 
     /// Starts router-svc instance `router-<i>`; aborting the handle stops

@@ -349,3 +349,43 @@ async fn a_router_killed_mid_load_loses_and_repeats_nothing() {
     );
     let _ = st.services[1].wait().await;
 }
+
+#[tokio::test]
+async fn a_login_in_hand_of_an_auth_process_killed_is_taken_over() {
+    let redis = TestRedis::start().await;
+    let envs = [
+        ("CHAT_AUTH__CLAIM_IDLE_MS", "500".to_string()),
+        ("CHAT_EDGE__REQUEST_TIMEOUT_MS", "12000".to_string()),
+    ];
+    let mut st = stack(&redis, &[], &envs).await;
+    // A slow hash, so that the login is in hand when the process dies.
+    let mut r = redis.conn().await;
+    let keys = shared::keys::Keys::new("chat:");
+    auth_svc::accounts::add(&mut r, &keys, "alice", "alice-pw", 12)
+        .await
+        .unwrap();
+    let mut alice = ChatClient::start(st.ports[0], &st.ca, "alice");
+    eventually("auth-svc has read the login", || {
+        let mut r = r.clone();
+        async move {
+            let pending: redis::Value = redis::cmd("XPENDING")
+                .arg("chat:req:auth")
+                .arg("auth")
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            matches!(pending, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(1)))
+        }
+    })
+    .await;
+    signal(&st.services[0], "-KILL");
+    let _ = st.services[0].wait().await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let _second = service("auth-svc", &redis, &envs)
+        .env("CHAT_AUTH__ADMIN_LISTEN", admin)
+        .spawn()
+        .unwrap();
+    alice.until(|l| l == "OK LOGIN alice lobby").await;
+    let sessions: u64 = r.get("chat:seq:sid").await.unwrap();
+    assert_eq!(sessions, 1, "applied once");
+}

@@ -62,52 +62,6 @@ async fn clients_ride_out_a_redis_restart_without_reconnecting() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_login_left_by_a_killed_auth_instance_is_taken_over_once() {
-    let shape = e2e::Shape {
-        edges: 1,
-        routers: 1,
-        auths: 0,
-    };
-    let sys = System::start_with(shape, |c| {
-        c.edge.request_timeout_ms = 12_000;
-        c.auth.claim_idle_ms = 500;
-    })
-    .await;
-    // A slow hash, so that the login is in hand when its instance dies.
-    let keys = shared::keys::Keys::new("chat:");
-    let mut r = sys.redis.conn().await;
-    auth_svc::accounts::add(&mut r, &keys, "alice", "alice-pw", 12)
-        .await
-        .unwrap();
-    let first = sys.spawn_auth(0);
-    let mut alice = e2e::Client::connect(sys.edges[0], &e2e::trust())
-        .await
-        .unwrap();
-    alice.expect_prefix("HELLO ").await;
-    alice.send("LOGIN alice alice-pw").await;
-    e2e::eventually("auth-0 has read the login", || {
-        let mut r = r.clone();
-        async move {
-            let pending: redis::Value = redis::cmd("XPENDING")
-                .arg("chat:req:auth")
-                .arg("auth")
-                .query_async(&mut r)
-                .await
-                .unwrap();
-            matches!(pending, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(1)))
-        }
-    })
-    .await;
-    first.abort(); // kill -9: the request stays pending, unfinished
-    sys.spawn_auth(1);
-    assert_eq!(alice.line().await, "OK LOGIN alice lobby");
-    let sessions: u64 = redis::AsyncCommands::get(&mut r, "chat:seq:sid")
-        .await
-        .unwrap();
-    assert_eq!(sessions, 1, "applied once");
-}
-
 #[tokio::test]
 async fn an_edge_taken_for_dead_closes_its_connections() {
     // Heartbeats 20 s apart: the test's own "death" is not undone first.
