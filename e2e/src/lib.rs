@@ -255,6 +255,18 @@ impl System {
         c
     }
 
+    /// Waits until `user` has no session in Redis any more.
+    pub async fn session_gone(&self, user: &str) {
+        let key = shared::keys::Keys::new(self.cfg.key_prefix.clone()).session(user);
+        eventually(&format!("{user}'s session is gone"), || async {
+            let mut r = self.redis.conn().await;
+            !redis::AsyncCommands::exists::<_, bool>(&mut r, &key)
+                .await
+                .unwrap()
+        })
+        .await;
+    }
+
     /// Waits until `n` routers own partitions (they have balanced).
     pub async fn routers_own_partitions(&self, n: usize) {
         let r = self.redis.conn().await;

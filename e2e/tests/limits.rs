@@ -46,11 +46,7 @@ async fn a_flood_is_rate_limited_and_persistent_abuse_is_closed() {
     let last = alice.until(|l| !l.starts_with("ERR rate-limited")).await;
     assert_eq!(last, "BYE too-many-errors");
     alice.closed().await;
-    e2e::eventually("the session is gone", || async {
-        let mut r = sys.redis.conn().await;
-        !r.exists::<_, bool>("chat:session:alice").await.unwrap()
-    })
-    .await;
+    sys.session_gone("alice").await;
 }
 
 #[tokio::test]
@@ -72,11 +68,7 @@ async fn silent_connections_are_closed_before_and_after_login() {
     assert_eq!(alice.ask("/ping").await, "OK PING", "a line keeps it alive");
     assert_eq!(alice.line().await, "BYE idle-timeout");
     alice.closed().await;
-    e2e::eventually("the session is gone", || async {
-        let mut r = sys.redis.conn().await;
-        !r.exists::<_, bool>("chat:session:alice").await.unwrap()
-    })
-    .await;
+    sys.session_gone("alice").await;
 }
 
 #[tokio::test]
@@ -196,11 +188,7 @@ async fn a_stalled_reader_is_dropped_and_does_not_slow_the_room() {
         assert_eq!(n, i, "the fast reader gets everything, in order");
     }
     sending.await.unwrap();
-    e2e::eventually("the stalled reader was dropped (too-slow)", || async {
-        let mut r = sys.redis.conn().await;
-        !r.exists::<_, bool>("chat:session:stalled").await.unwrap()
-    })
-    .await;
+    sys.session_gone("stalled").await;
 }
 
 #[tokio::test]

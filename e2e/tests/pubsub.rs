@@ -75,11 +75,7 @@ async fn publications_reach_online_subscribers_only_and_subscriptions_last() {
     carol.ask("/subscribe alice").await;
     carol.send("/quit").await;
     carol.closed().await;
-    e2e::eventually("carol is offline", || async {
-        let mut r = sys.redis.conn().await;
-        !r.exists::<_, bool>("chat:session:carol").await.unwrap()
-    })
-    .await;
+    sys.session_gone("carol").await;
     let ok = alice.ask("/publish nobody online").await;
     assert!(ok.ends_with(" 0"), "{ok}");
     let mut carol = sys.login(0, "carol").await;

@@ -160,6 +160,12 @@ impl Ctx {
         pipe.query_async(&mut self.redis.clone()).await
     }
 
+    /// Renews this edge's heartbeat (see [`shared::store::heartbeat`]).
+    async fn beat(&self, restart: bool) -> redis::RedisResult<u64> {
+        let (id, dead_after) = (&self.cfg.edge.id, self.cfg.edge.dead_after_ms);
+        shared::store::heartbeat(&mut self.redis.clone(), &self.keys, id, dead_after, restart).await
+    }
+
     /// Asks the router to end `session` (if it is still the current one).
     async fn end_session(&self, session: Session) {
         let req = Request {
@@ -195,16 +201,9 @@ pub async fn run(
             phase: Phase::Handshake,
             source,
         })?;
-    let mut redis = shared::store::commands(&client).await?;
+    let redis = shared::store::commands(&client).await?;
     let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
     let pubsub = subscribe(&client, &hub.wanted()).await?;
-    // Sessions a previous run under this id left (it was killed) end now;
-    // subscribed first, so that a late answer to that run is seen.
-    let (id, dead_after) = (&cfg.edge.id, cfg.edge.dead_after_ms);
-    let left = shared::store::heartbeat(&mut redis, &keys, id, dead_after, true).await?;
-    if left > 0 {
-        tracing::info!(sessions = left, "ended sessions left by a previous run");
-    }
     let ctx = Arc::new(Ctx {
         keys,
         hub: hub.clone(),
@@ -216,6 +215,12 @@ pub async fn run(
         next_rid: AtomicU64::new(1),
         cfg,
     });
+    // Sessions a previous run under this id left (it was killed) end now;
+    // subscribed first, so that a late answer to that run is seen.
+    let left = ctx.beat(true).await?;
+    if left > 0 {
+        tracing::info!(sessions = left, "ended sessions left by a previous run");
+    }
     let background = CancellationToken::new();
     tokio::spawn(deliver(
         client,
@@ -378,9 +383,7 @@ async fn deliver(
 /// retries while Redis is not quite back.
 async fn resync(ctx: Arc<Ctx>, stop: CancellationToken) {
     // Beat at once: routers may be about to take this edge for dead.
-    let (id, dead_after) = (&ctx.cfg.edge.id, ctx.cfg.edge.dead_after_ms);
-    let _ =
-        shared::store::heartbeat(&mut ctx.redis.clone(), &ctx.keys, id, dead_after, false).await;
+    let _ = ctx.beat(false).await;
     let sessions = ctx.hub.sessions();
     end_unheld(&ctx, &sessions).await;
     if sessions.is_empty() {
@@ -496,16 +499,13 @@ async fn sync(
 
 /// Tells Redis this edge is alive, so that its sessions are kept.
 async fn heartbeat(ctx: Arc<Ctx>, stop: CancellationToken) {
-    let mut conn = ctx.redis.clone();
     let mut tick = tokio::time::interval(ctx.cfg.edge.heartbeat_every());
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (id, dead_after) = (&ctx.cfg.edge.id, ctx.cfg.edge.dead_after_ms);
-        let beat = shared::store::heartbeat(&mut conn, &ctx.keys, id, dead_after, false);
-        if let Err(e) = beat.await {
+        if let Err(e) = ctx.beat(false).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
     }
