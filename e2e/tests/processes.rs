@@ -389,3 +389,56 @@ async fn a_login_in_hand_of_an_auth_process_killed_is_taken_over() {
     let sessions: u64 = r.get("chat:seq:sid").await.unwrap();
     assert_eq!(sessions, 1, "applied once");
 }
+
+#[tokio::test]
+async fn services_stop_on_sigterm_even_when_nobody_reads_their_logs() {
+    let redis = TestRedis::start().await;
+    let dir = std::env::temp_dir().join(format!("chat-e2e-logs-{}", free_port()));
+    let certs = dir.join("certs");
+    let made = std::process::Command::new(binary("chat-certs"))
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let port = free_port();
+    let envs = [
+        ("CHAT_EDGE__LISTEN", format!("127.0.0.1:{port}")),
+        ("CHAT_EDGE__ADMIN_LISTEN", String::new()),
+        ("CHAT_AUTH__ADMIN_LISTEN", String::new()),
+        ("CHAT_ROUTER__ADMIN_LISTEN", String::new()),
+        (
+            "CHAT_EDGE__TLS_CERT",
+            certs.join("server.pem").display().to_string(),
+        ),
+        (
+            "CHAT_EDGE__TLS_KEY",
+            certs.join("server-key.pem").display().to_string(),
+        ),
+        ("RUST_LOG", "info".into()),
+    ];
+    let mut children = Vec::new();
+    for name in ["edge-svc", "auth-svc", "router-svc"] {
+        let mut child = service(name, &redis, &envs)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Nobody reads the logs: the pipe's read end is closed at once.
+        drop(child.stderr.take());
+        children.push((name, child));
+    }
+    eventually("the edge listens", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    for (name, child) in &mut children {
+        signal(child, "-TERM");
+        let status = tokio::time::timeout(WAIT, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{name} ignored SIGTERM with its log pipe closed"))
+            .unwrap();
+        assert!(status.success(), "{name}: {status}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

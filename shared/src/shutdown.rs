@@ -9,8 +9,8 @@ pub fn on_signal() -> CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received");
         t.cancel();
+        tracing::info!("shutdown signal received");
     });
     token
 }
