@@ -1,7 +1,7 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test build certs redis lint fuzz compose-up compose-users compose-test clean
+.PHONY: up test bench build certs redis lint fuzz compose-up compose-users compose-test clean
 
 ## Start the whole system in the foreground (Ctrl-C stops it).
 up: redis build certs
@@ -16,6 +16,15 @@ test: redis
 	else \
 		echo "container test skipped: no Docker engine (make compose-test runs it where there is one)"; \
 	fi
+
+## Benchmark: starts a fresh local system on free ports, runs every
+## scenario of chat-bench (a few minutes), writes target/bench/results.json
+## and the report docs/benchmarks.md. BENCH_ARGS passes options
+## (./target/release/chat-bench --help).
+BENCH_ARGS ?=
+bench: redis
+	$(CARGO) build --release --workspace --bins
+	ulimit -n $$(ulimit -Hn); ./target/release/chat-bench $(BENCH_ARGS)
 
 ## The whole system in containers (Redis, auth-svc, router-svc, two edges).
 compose-up:

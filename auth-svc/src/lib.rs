@@ -11,7 +11,6 @@
 pub mod accounts;
 mod login;
 
-use redis::Client;
 use shared::config::Config;
 use shared::keys::Keys;
 use shared::protocol::ErrorCode;
@@ -72,7 +71,7 @@ impl AuthError {
 /// Serves login requests until `shutdown`; requests in hand are finished
 /// (within `shutdown_grace_ms`).
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthError> {
-    let client = Client::open(cfg.redis_url.as_str())?;
+    let client = shared::store::client(&cfg.redis_url)?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let mut cmds = shared::store::commands(&client).await?;
     let mut reader = shared::store::blocking(&client, BLOCK).await?;

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 }
 
 async fn user(cfg: Config, cmd: UserCommand) -> Result<(), AuthError> {
-    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let client = shared::store::client(&cfg.redis_url)?;
     let mut conn = shared::store::commands(&client).await?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let cost = cfg.auth.bcrypt_cost;

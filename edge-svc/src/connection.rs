@@ -87,7 +87,14 @@ async fn serve_tls(
     let closer = Arc::new(Closer::default());
     ctx.hub.register(id, tx, closer.clone());
     let writer = tokio::spawn(
-        write_loop(wr, rx, closer.clone(), ctx.cfg.edge.write_timeout()).in_current_span(),
+        write_loop(
+            wr,
+            rx,
+            closer.clone(),
+            ctx.cfg.edge.write_timeout(),
+            Duration::from_millis(ctx.cfg.edge.write_coalesce_ms),
+        )
+        .in_current_span(),
     );
     ctx.hub.send(
         id,
@@ -474,13 +481,21 @@ fn unavailable() -> ProtoError {
 /// Drains the queue into the socket, many lines per write when several are
 /// queued; ends with `BYE <reason>` when the connection is closed by the
 /// server.
+///
+/// A socket is written at most once per `write_coalesce_ms`: under load,
+/// lines that arrive within that time share one TLS record and one system
+/// call (on each side) instead of costing one each; an idle connection's
+/// first line goes out at once.
 async fn write_loop<W: AsyncWrite>(
     mut wr: WriteHalf<W>,
     mut rx: mpsc::Receiver<Out>,
     closer: Arc<Closer>,
     limit: Duration,
+    coalesce: Duration,
 ) {
-    let mut buf = Vec::with_capacity(8192);
+    let mut next_write = Instant::now();
+    // Grown on first use: an idle connection holds no write buffer.
+    let mut buf = Vec::new();
     let bye = loop {
         let first = tokio::select! {
             biased;
@@ -495,6 +510,9 @@ async fn write_loop<W: AsyncWrite>(
                 None
             }
         };
+        if next_write > Instant::now() {
+            tokio::time::sleep_until(next_write.into()).await;
+        }
         while buf.len() < WRITE_BATCH {
             match rx.try_recv() {
                 Ok(Out::Line(line)) => buf.extend_from_slice(&line),
@@ -510,7 +528,11 @@ async fn write_loop<W: AsyncWrite>(
             wr.flush().await
         })
         .await;
+        next_write = Instant::now() + coalesce;
         buf.clear();
+        if buf.capacity() > WRITE_BATCH * 2 {
+            buf = Vec::new();
+        }
         if let Err(e) = written {
             tracing::debug!(error = %e, "write failed");
             closer.token.cancel();

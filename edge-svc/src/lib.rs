@@ -193,7 +193,7 @@ pub async fn run(
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), EdgeError> {
-    let client = Client::open(cfg.redis_url.as_str())?;
+    let client = shared::store::client(&cfg.redis_url)?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let admin = shared::admin::bind(&cfg.edge.admin_listen)
         .await

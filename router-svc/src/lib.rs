@@ -17,7 +17,6 @@ use process::{Outcome, Worker};
 use shared::store::Entry;
 use tokio::time::Instant;
 
-use redis::Client;
 use shared::admin::{Counter, Gauge, Histogram, Page, Probe};
 use shared::config::Config;
 use shared::keys::Keys;
@@ -92,7 +91,7 @@ impl Probe for Metrics {
 
 /// Routes requests until `shutdown`, then hands its partitions back.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterError> {
-    let client = Client::open(cfg.redis_url.as_str())?;
+    let client = shared::store::client(&cfg.redis_url)?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let mut cmds = shared::store::commands(&client).await?;
     let mut reader = shared::store::blocking(&client, BLOCK).await?;
@@ -188,14 +187,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
         };
         let mut retry = false;
         let started = Instant::now();
+        let mut runs = Vec::new();
         for ((p, batch), n) in batches.into_iter().zip(pending) {
             metrics.requests.add(batch.len() as u64);
             // Anything pending besides this batch is older than it.
-            let outcome = if n > batch.len() as u64 {
-                worker.recover(p).await
+            if n > batch.len() as u64 {
+                let outcome = worker.recover(p).await;
+                retry |= outcome == Outcome::Retry;
+                settle(&mut leases, p, outcome);
             } else {
-                worker.apply_in_order(p, batch).await
-            };
+                runs.push((p, batch));
+            }
+        }
+        for (p, outcome) in worker.apply_runs(runs).await {
             retry |= outcome == Outcome::Retry;
             settle(&mut leases, p, outcome);
         }

@@ -75,12 +75,10 @@ local function listing(kind, names, final)
   lines[#lines + 1] = final
   return answer(lines)
 end
--- Ids take the time the edge received the request (the request's own id),
--- raised to the stream's last id if need be, so they increase.
+-- Ids take the time the edge received the request (the request's own id);
+-- if the stream already has a later one, Redis picks the next id after it.
 local function add_history(key, ...)
   local ms = tonumber(string.match(eid, '^(%d+)-'))
-  local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
-  if top then ms = math.max(ms, tonumber(string.match(top[1], '^(%d+)-'))) end
   local id = redis.pcall('XADD', key, 'MAXLEN', cap, string.format('%d-*', ms), ...)
   if type(id) == 'table' and id.err then
     id = redis.call('XADD', key, 'MAXLEN', cap, '*', ...)
@@ -291,68 +289,90 @@ impl Worker {
                 self.apply_singly(p, &entries).await
             }
         };
-        let mut outcome = Outcome::Done;
-        let mut done = Vec::new();
-        for (entry, status) in entries.iter().zip(&statuses) {
-            match status.as_str() {
-                "fenced" => outcome = Outcome::Fenced,
-                "retry" => outcome = Outcome::Retry,
-                "ok" | "duplicate" | "stale" => done.push(entry.id.clone()),
-                other => {
-                    let (user, sid) = entry
-                        .req
-                        .as_ref()
-                        .map_or(("", ""), |r| (r.user.as_str(), r.sid.as_str()));
-                    tracing::error!(id = %entry.id, user, sid, status = other, "request dropped");
-                    done.push(entry.id.clone());
+        let (outcome, done) = judge(&entries, &statuses);
+        self.acknowledge(&[(&entries, done)]).await;
+        outcome
+    }
+
+    /// Applies the runs of several partitions with one round trip for the
+    /// scripts and one for the acknowledgements, whatever their number.
+    /// If the round trip fails, each run takes the careful path of
+    /// [`Worker::apply_in_order`] (requests already applied are recognized
+    /// as duplicates there).
+    pub(crate) async fn apply_runs(&mut self, runs: Vec<(u32, Vec<Entry>)>) -> Vec<(u32, Outcome)> {
+        let mut pipe = redis::pipe();
+        let slots: Vec<Vec<bool>> = runs
+            .iter()
+            .map(|(p, entries)| self.invocations(&mut pipe, *p, entries))
+            .collect();
+        let values: Vec<Value> = if pipe.is_empty() {
+            Vec::new()
+        } else {
+            match pipe.query_async(&mut self.conn).await {
+                Ok(values) => values,
+                Err(_) => {
+                    let mut out = Vec::new();
+                    for (p, entries) in runs {
+                        out.push((p, self.apply_in_order(p, entries).await));
+                    }
+                    return out;
                 }
             }
-            if outcome != Outcome::Done {
-                break; // nothing after it may be acknowledged out of order
+        };
+        let mut values = values.into_iter();
+        let mut outcomes = Vec::new();
+        let mut acks = Vec::new();
+        for ((p, entries), slots) in runs.iter().zip(slots) {
+            let statuses = statuses(slots, &mut values);
+            let (outcome, done) = judge(entries, &statuses);
+            outcomes.push((*p, outcome));
+            acks.push((entries.as_slice(), done));
+        }
+        self.acknowledge(&acks).await;
+        outcomes
+    }
+
+    /// Acknowledges and deletes the `done` ids of each run.
+    async fn acknowledge(&mut self, runs: &[(&[Entry], Vec<String>)]) {
+        let mut pipe = redis::pipe();
+        for (entries, done) in runs {
+            if let (Some(first), false) = (entries.first(), done.is_empty()) {
+                shared::store::ack_and_delete(&mut pipe, &first.stream, GROUP, done);
             }
         }
-        if let (Some(first), false) = (entries.first(), done.is_empty()) {
-            let mut pipe = redis::pipe();
-            shared::store::ack_and_delete(&mut pipe, &first.stream, GROUP, &done);
-            if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
-                // Left pending: applied again later, recognized as duplicates.
-                tracing::warn!(error = %e, "acknowledging requests failed");
-            }
+        if pipe.is_empty() {
+            return;
         }
-        outcome
+        if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
+            // Left pending: applied again later, recognized as duplicates.
+            tracing::warn!(error = %e, "acknowledging requests failed");
+        }
+    }
+
+    /// Adds the script call of every decodable entry to `pipe`; says which
+    /// entries have one.
+    fn invocations(&self, pipe: &mut redis::Pipeline, p: u32, entries: &[Entry]) -> Vec<bool> {
+        entries
+            .iter()
+            .map(|entry| match &entry.req {
+                Some(req) => {
+                    pipe.invoke_script(&self.invocation(p, entry, req));
+                    true
+                }
+                None => false,
+            })
+            .collect()
     }
 
     async fn apply(&mut self, p: u32, entries: &[Entry]) -> redis::RedisResult<Vec<String>> {
         let mut pipe = redis::pipe();
-        let mut slots = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match &entry.req {
-                Some(req) => {
-                    let invocation = self.invocation(p, entry, req);
-                    pipe.invoke_script(&invocation);
-                    slots.push(true);
-                }
-                None => slots.push(false),
-            }
-        }
+        let slots = self.invocations(&mut pipe, p, entries);
         let values: Vec<Value> = if pipe.is_empty() {
             Vec::new()
         } else {
             pipe.query_async(&mut self.conn).await?
         };
-        let mut values = values.into_iter();
-        Ok(slots
-            .into_iter()
-            .map(|decoded| {
-                if !decoded {
-                    return "undecodable".to_string();
-                }
-                match values.next() {
-                    Some(v) => redis::from_redis_value(v).unwrap_or_else(|_| "bad-reply".into()),
-                    None => "missing".into(),
-                }
-            })
-            .collect())
+        Ok(statuses(slots, &mut values.into_iter()))
     }
 
     /// After a batch failed on a script error: each entry alone; a
@@ -423,6 +443,49 @@ impl Worker {
         inv.arg(op).arg(self.history_cap).arg(&args[..]);
         inv
     }
+}
+
+/// The status of each entry: the script's answer, taken from `values` in
+/// turn, or why there was none.
+fn statuses(slots: Vec<bool>, values: &mut impl Iterator<Item = Value>) -> Vec<String> {
+    slots
+        .into_iter()
+        .map(|decoded| {
+            if !decoded {
+                return "undecodable".to_string();
+            }
+            match values.next() {
+                Some(v) => redis::from_redis_value(v).unwrap_or_else(|_| "bad-reply".into()),
+                None => "missing".into(),
+            }
+        })
+        .collect()
+}
+
+/// The run's outcome and the ids that may be acknowledged: those before
+/// the first entry that must be tried again.
+fn judge(entries: &[Entry], statuses: &[String]) -> (Outcome, Vec<String>) {
+    let mut outcome = Outcome::Done;
+    let mut done = Vec::new();
+    for (entry, status) in entries.iter().zip(statuses) {
+        match status.as_str() {
+            "fenced" => outcome = Outcome::Fenced,
+            "retry" => outcome = Outcome::Retry,
+            "ok" | "duplicate" | "stale" => done.push(entry.id.clone()),
+            other => {
+                let (user, sid) = entry
+                    .req
+                    .as_ref()
+                    .map_or(("", ""), |r| (r.user.as_str(), r.sid.as_str()));
+                tracing::error!(id = %entry.id, user, sid, status = other, "request dropped");
+                done.push(entry.id.clone());
+            }
+        }
+        if outcome != Outcome::Done {
+            break; // nothing after it may be acknowledged out of order
+        }
+    }
+    (outcome, done)
 }
 
 /// Errors that pass (Redis restarting, failing over, busy, out of reach),

@@ -60,6 +60,9 @@ pub struct EdgeConfig {
     pub out_queue: usize,
     /// Time a closing connection gets to flush its last lines.
     pub write_timeout_ms: u64,
+    /// A client's socket is written at most once per this many ms; what
+    /// arrives meanwhile goes out in the same write (0: write at once).
+    pub write_coalesce_ms: u64,
     /// Time a connection may take to log in; 0: no limit.
     pub login_timeout_ms: u64,
     /// Time a logged-in client may send nothing (`/ping` counts) before
@@ -175,6 +178,7 @@ impl Default for EdgeConfig {
             request_timeout_ms: 5_000,
             out_queue: 1024,
             write_timeout_ms: 5_000,
+            write_coalesce_ms: 5,
             login_timeout_ms: 30_000,
             idle_timeout_ms: 900_000,
             max_connections: 20_000,

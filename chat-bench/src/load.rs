@@ -1,0 +1,412 @@
+//! The load itself: logged-in TLS clients, senders at a fixed offered rate,
+//! and receivers that check every delivery for loss and order and record
+//! its latency.
+
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+/// The password of every prepared user.
+pub const PASSWORD: &str = "bench-password";
+/// Longest wait for one reply while setting up.
+const SETUP_WAIT: Duration = Duration::from_secs(60);
+/// How often senders wake up to send what is due.
+const TICK: Duration = Duration::from_millis(2);
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the load goes.
+#[derive(Clone)]
+pub struct Target {
+    pub edges: Vec<String>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// The reading side of a connection, with its own buffer so that every
+/// complete line a read brought can be handled in one go.
+pub struct Reader {
+    rd: ReadHalf<TlsStream<TcpStream>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+pub struct Writer(WriteHalf<TlsStream<TcpStream>>);
+
+impl Reader {
+    /// Reads more; false at the end.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.reserve(16 * 1024);
+        Ok(self.rd.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// The complete lines buffered (terminators included), now consumed.
+    fn complete(&mut self) -> &[u8] {
+        let start = self.pos;
+        match self.buf[start..].iter().rposition(|&b| b == b'\n') {
+            Some(i) => {
+                self.pos = start + i + 1;
+                &self.buf[start..self.pos]
+            }
+            None => &[],
+        }
+    }
+
+    /// The next line, without its terminator; `None` at the end.
+    pub async fn line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(i) = self.buf[self.pos..].iter().position(|&b| b == b'\n') {
+                let mut line = self.buf[self.pos..self.pos + i].to_vec();
+                self.pos += i + 1;
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(Some(line));
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads up to the first line for which `done` says yes (or errors on
+    /// an `ERR`, the end, or a long wait).
+    pub async fn until(&mut self, done: impl Fn(&str) -> bool) -> Result<String, Error> {
+        loop {
+            let line = tokio::time::timeout(SETUP_WAIT, self.line())
+                .await
+                .map_err(|_| "no answer in time")??
+                .ok_or("connection closed")?;
+            let line = String::from_utf8_lossy(&line);
+            if done(&line) {
+                return Ok(line.into_owned());
+            }
+            if line.starts_with("ERR ") || line.starts_with("BYE ") {
+                return Err(line.into_owned().into());
+            }
+        }
+    }
+}
+
+impl Writer {
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes).await?;
+        self.0.flush().await
+    }
+}
+
+/// A TLS connection to edge `edge`, past its `HELLO`.
+pub async fn connect(target: &Target, edge: usize) -> Result<(Reader, Writer), Error> {
+    let addr = &target.edges[edge % target.edges.len()];
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+    let name = shared::tls::server_name(host)?;
+    let tls = TlsConnector::from(target.tls.clone())
+        .connect(name, tcp)
+        .await?;
+    let (rd, wr) = tokio::io::split(tls);
+    let mut reader = Reader {
+        rd,
+        buf: Vec::new(),
+        pos: 0,
+    };
+    reader.until(|l| l.starts_with("HELLO ")).await?;
+    Ok((reader, Writer(wr)))
+}
+
+/// A logged-in connection.
+pub async fn login(target: &Target, edge: usize, user: &str) -> Result<(Reader, Writer), Error> {
+    let (mut rd, mut wr) = connect(target, edge).await?;
+    wr.send(format!("LOGIN {user} {PASSWORD}\n").as_bytes())
+        .await?;
+    rd.until(|l| l.starts_with("OK LOGIN")).await?;
+    Ok((rd, wr))
+}
+
+/// Sends `line` and waits for the reply starting with `ok`.
+pub async fn command(rd: &mut Reader, wr: &mut Writer, line: &str, ok: &str) -> Result<(), Error> {
+    wr.send(format!("{line}\n").as_bytes()).await?;
+    rd.until(|l| l.starts_with(ok)).await?;
+    Ok(())
+}
+
+/// Logs in `users[i]` on edge `i % edges`, `parallel` at a time.
+pub async fn login_all(
+    target: &Target,
+    users: &[String],
+    parallel: usize,
+) -> Result<Vec<(Reader, Writer)>, Error> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    stream::iter(users.iter().enumerate())
+        .map(|(i, user)| login(target, i, user))
+        .buffered(parallel)
+        .try_collect()
+        .await
+}
+
+/// A latency histogram in microseconds.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+/// The shared clock: send times are microseconds since `origin`.
+#[derive(Clone, Copy)]
+pub struct Window {
+    pub origin: Instant,
+    /// Deliveries of messages sent in `[from, to)` (µs) are measured.
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Window {
+    pub fn new(warmup: Duration, duration: Duration) -> Window {
+        let from = warmup.as_micros() as u64;
+        Window {
+            origin: Instant::now(),
+            from,
+            to: from + duration.as_micros() as u64,
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+
+    pub fn seconds(&self) -> f64 {
+        (self.to - self.from) as f64 / 1e6
+    }
+}
+
+/// Counts shared by every task, for the progress line and the drain.
+#[derive(Default)]
+pub struct Live {
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+/// One receiver's account of what it got.
+pub struct Tally {
+    pub window: Window,
+    /// The next sequence number expected from each sender (by slot).
+    next: Vec<u64>,
+    pub latency: Histogram<u64>,
+    /// From the receiving edge's stamp (the message id) to delivery, in
+    /// whole milliseconds: the part of the latency after the first edge.
+    pub after_edge: Histogram<u64>,
+    /// Deliveries of messages sent inside the window.
+    pub measured: u64,
+    pub received: u64,
+    /// Sequence numbers skipped (messages lost, unless they come later).
+    pub gaps: u64,
+    /// Messages older than one already received from the same sender.
+    pub out_of_order: u64,
+    pub closed: bool,
+    live: Arc<Live>,
+}
+
+impl Tally {
+    pub fn new(window: Window, senders: usize, live: Arc<Live>) -> Tally {
+        Tally {
+            window,
+            next: vec![0; senders],
+            latency: histogram(),
+            after_edge: histogram(),
+            measured: 0,
+            received: 0,
+            gaps: 0,
+            out_of_order: 0,
+            closed: false,
+            live,
+        }
+    }
+
+    /// Notes one delivery: `<sender slot> <seq> <sent µs>` as the last
+    /// three fields of `fields`.
+    /// `now` is [`Window::now`], `wall_ms` the Unix time in ms (read once
+    /// per batch of lines).
+    pub fn on(&mut self, slot: usize, seq: u64, sent: u64, now: u64, stamp: Option<(u64, u64)>) {
+        self.received += 1;
+        self.live.delivered.fetch_add(1, Ordering::Relaxed);
+        let Some(next) = self.next.get_mut(slot) else {
+            return;
+        };
+        if seq >= *next {
+            self.gaps += seq - *next;
+            *next = seq + 1;
+        } else {
+            self.out_of_order += 1;
+        }
+        if sent >= self.window.from && sent < self.window.to {
+            self.measured += 1;
+            let _ = self.latency.record(now.saturating_sub(sent).max(1));
+            if let Some((stamp, wall_ms)) = stamp {
+                let _ = self
+                    .after_edge
+                    .record(wall_ms.saturating_sub(stamp) * 1000 + 1);
+            }
+        }
+    }
+}
+
+/// Parses the payload `<slot> <seq> <sent>` at the end of a delivered
+/// line, whose first `skip` fields are the keyword and routing fields.
+pub fn payload(line: &[u8], skip: usize) -> Option<(usize, u64, u64)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut fields = text.splitn(skip + 4, ' ').skip(skip);
+    let _from = fields.next()?;
+    let slot = fields.next()?.parse().ok()?;
+    let seq = fields.next()?.parse().ok()?;
+    let sent = fields.next()?.parse().ok()?;
+    Some((slot, seq, sent))
+}
+
+/// The milliseconds of the message id in field `at` of `line`.
+fn stamp(line: &[u8], at: usize) -> Option<u64> {
+    let id = line.split(|&b| b == b' ').nth(at)?;
+    let ms = id.split(|&b| b == b'-').next()?;
+    std::str::from_utf8(ms).ok()?.parse().ok()
+}
+
+/// Reads deliveries until `stop`: room lines (`MSG <room> <id> <from>
+/// <text>`) or publications (`PUB <id> <from> <text>`).
+pub async fn receive(mut rd: Reader, mut tally: Tally, stop: CancellationToken) -> Tally {
+    loop {
+        let more = tokio::select! {
+            _ = stop.cancelled() => break,
+            more = rd.fill() => more,
+        };
+        if !matches!(more, Ok(true)) {
+            tally.closed = true;
+            break;
+        }
+        let (now, wall_ms) = (tally.window.now(), shared::now_ms());
+        for line in rd
+            .complete()
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            let parsed = if line.starts_with(b"MSG ") {
+                payload(line, 3).map(|p| (p, stamp(line, 2)))
+            } else if line.starts_with(b"PUB ") {
+                payload(line, 2).map(|p| (p, stamp(line, 1)))
+            } else {
+                if line.starts_with(b"BYE ") {
+                    tally.closed = true;
+                    return tally;
+                }
+                None
+            };
+            if let Some(((slot, seq, sent), stamp)) = parsed {
+                tally.on(slot, seq, sent, now, stamp.map(|s| (s, wall_ms)));
+            }
+        }
+    }
+    tally
+}
+
+/// How a sender writes message `seq` (sent at `sent` µs) for slot `slot`.
+pub type Format = fn(slot: usize, seq: u64, sent: u64, out: &mut Vec<u8>);
+
+pub fn say(slot: usize, seq: u64, sent: u64, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = writeln!(out, "{slot} {seq} {sent}");
+}
+
+pub fn publish(slot: usize, seq: u64, sent: u64, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = writeln!(out, "/publish {slot} {seq} {sent}");
+}
+
+/// Where a sender's batches of lines go.
+pub trait Sink {
+    /// Sends `batch`; false when the connection is gone.
+    fn put(&mut self, batch: Vec<u8>) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl Sink for Writer {
+    async fn put(&mut self, batch: Vec<u8>) -> bool {
+        self.send(&batch).await.is_ok()
+    }
+}
+
+/// The messages of one sender at `per_sec`, from the start of `window`
+/// to its end. A message's send time is when it was due, so a sender that
+/// falls behind shows as latency (no coordinated omission).
+pub struct Schedule {
+    pub slot: usize,
+    /// Where in its interval this sender starts (0 to 1): senders spread
+    /// out rather than all sending at the same instants.
+    pub phase: f64,
+    pub per_sec: f64,
+    pub window: Window,
+    pub format: Format,
+}
+
+impl Schedule {
+    /// Sends every message when due; returns how many were sent.
+    pub async fn run(&self, sink: &mut impl Sink, live: &Live) -> u64 {
+        let interval_us = 1e6 / self.per_sec;
+        let due = |seq: u64| ((seq as f64 + self.phase) * interval_us) as u64;
+        let mut seq = 0u64;
+        loop {
+            // Sleep until the next message is due, but wake at most once
+            // per TICK: faster senders send what is due in one batch.
+            let at = due(seq).max(self.window.now() + TICK.as_micros() as u64);
+            if at >= self.window.to {
+                return seq;
+            }
+            tokio::time::sleep_until((self.window.origin + Duration::from_micros(at)).into()).await;
+            let now = self.window.now().min(self.window.to);
+            let mut out = Vec::new();
+            let mut n = 0;
+            while due(seq) < now {
+                (self.format)(self.slot, seq, due(seq), &mut out);
+                seq += 1;
+                n += 1;
+            }
+            if n > 0 {
+                live.sent.fetch_add(n, Ordering::Relaxed);
+                if !sink.put(out).await {
+                    return seq;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_takes_the_last_three_fields() {
+        assert_eq!(
+            payload(b"MSG lobby 1-0 fan-3 2 17 123456", 3),
+            Some((2, 17, 123456))
+        );
+        assert_eq!(payload(b"PUB 1-0 pub-1 0 5 99", 2), Some((0, 5, 99)));
+        assert_eq!(payload(b"MSG lobby 1-0 fan-3 hello", 3), None);
+        assert_eq!(stamp(b"MSG lobby 17-3 fan-3 2 17 123456", 2), Some(17));
+    }
+
+    #[test]
+    fn tally_counts_gaps_and_reordering() {
+        let window = Window::new(Duration::ZERO, Duration::from_secs(3600));
+        let mut t = Tally::new(window, 2, Arc::default());
+        for seq in [0, 1, 3, 2, 4] {
+            t.on(0, seq, 1, 2, None);
+        }
+        t.on(1, 0, 1, 2, None);
+        assert_eq!((t.received, t.gaps, t.out_of_order), (6, 1, 1));
+        assert_eq!(t.measured, 6);
+    }
+}

@@ -1,0 +1,137 @@
+//! `chat-bench`: starts a fresh local system (Redis, auth-svc, router-svc,
+//! two edges) on free ports, runs the benchmark scenarios against it, and
+//! writes the figures as JSON and as a report (docs/benchmarks.md).
+#![forbid(unsafe_code)]
+
+mod load;
+mod report;
+mod scenarios;
+mod system;
+
+use clap::Parser;
+use scenarios::Timing;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(version, about = "Load generator and benchmark for the chat service.")]
+pub struct Cli {
+    /// Where the service binaries are (build them with --release).
+    #[arg(long, default_value = "target/release")]
+    bin: PathBuf,
+    /// Scratch directory for the system's certificates and logs.
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+    /// Every figure, with the configuration, as JSON.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+    /// The report to (re)write between its markers.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    report: PathBuf,
+    /// Write only the JSON, not the report.
+    #[arg(long)]
+    no_report: bool,
+    /// Scenarios to run (comma-separated): fanout, rooms, pubsub, baseline,
+    /// login, connect.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fanout,rooms,pubsub,baseline,login,connect"
+    )]
+    only: Vec<String>,
+    /// Offered rates (messages per second, in total) for fanout and baseline.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000,7500")]
+    rates: Vec<f64>,
+    /// Clients in the fan-out room (and baseline subscribers).
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// How many of them send.
+    #[arg(long, default_value_t = 20)]
+    senders: usize,
+    /// Offered rate for `rooms` (1000 clients in 100 rooms, a sender in each).
+    #[arg(long, default_value_t = 2000.0)]
+    room_rate: f64,
+    /// Offered rate for `pubsub` (10 publishers with 100 subscribers each).
+    /// A connection has one command in flight, so one publisher's rate is
+    /// bounded by the round trip of `/publish`.
+    #[arg(long, default_value_t = 300.0)]
+    pub_rate: f64,
+    /// Idle connections for `connect`.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), load::Error> {
+    let timing = Timing {
+        warmup_s: cli.warmup,
+        duration_s: cli.duration,
+        drain_s: cli.drain,
+    };
+    let wants = |s: &str| cli.only.iter().any(|o| o == s);
+    eprintln!("starting a local system from {}", cli.bin.display());
+    let mut system = system::System::start(&cli.bin, &cli.dir, 2).await?;
+    let mut results = report::Results::new(&cli, timing, &system).await;
+
+    for scenario in ["fanout", "rooms", "pubsub", "baseline"] {
+        if !wants(scenario) {
+            continue;
+        }
+        // fanout and baseline at every rate, for the plot; the others once.
+        let rates = match scenario {
+            "rooms" => vec![cli.room_rate],
+            "pubsub" => vec![cli.pub_rate],
+            _ => cli.rates.clone(),
+        };
+        for rate in rates {
+            let (clients, senders) = (cli.clients, cli.senders);
+            let t = match scenario {
+                "fanout" => scenarios::fanout(&system, clients, senders, rate, timing).await?,
+                "rooms" => scenarios::rooms(&system, 1000, 100, rate, timing).await?,
+                "pubsub" => scenarios::pubsub(&system, 10, 100, rate, timing).await?,
+                _ => scenarios::baseline(&system, clients, senders, rate, timing).await?,
+            };
+            report::line(&t);
+            results.traffic.push(t);
+        }
+    }
+    if wants("login") {
+        let l = scenarios::login(&mut system, 4 * cores(), timing).await?;
+        eprintln!(
+            "  login: {:?} logins/s by auth-svc instances; bcrypt alone {}/s at cost {}",
+            l.logins_per_s, l.bcrypt_verifies_per_s, l.bcrypt_cost
+        );
+        results.login = Some(l);
+    }
+    if wants("connect") {
+        let c = scenarios::connect(&system, cli.idle).await?;
+        eprintln!(
+            "  connect: {} held, edge {} MB -> {} MB, {} KB per connection",
+            c.held, c.edge_rss_before_mb, c.edge_rss_after_mb, c.kb_per_connection
+        );
+        results.connect = Some(c);
+    }
+    results.write(&cli)?;
+    Ok(())
+}

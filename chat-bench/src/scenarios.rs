@@ -1,0 +1,645 @@
+//! The named scenarios: `fanout`, `rooms`, `pubsub`, `baseline`, `login`
+//! and `connect`.
+
+use crate::load::{self, Error, Live, Reader, Schedule, Sink, Tally, Window, Writer};
+use crate::system::{self, System, LOAD_USER_COST};
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long each measured run lasts.
+#[derive(Clone, Copy, Serialize)]
+pub struct Timing {
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    /// Longest wait, after the senders stop, for deliveries in flight.
+    pub drain_s: f64,
+}
+
+/// One measured run of a traffic scenario.
+#[derive(Serialize, Clone, Default)]
+pub struct Traffic {
+    pub scenario: String,
+    pub clients: usize,
+    pub senders: usize,
+    pub offered_msgs_per_s: f64,
+    pub sent: u64,
+    /// Deliveries of messages sent inside the measured window, per second.
+    pub deliveries_per_s: f64,
+    pub expected_deliveries: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub disconnected: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// From the first edge's receive stamp to delivery (whole ms).
+    pub after_edge_p50_ms: f64,
+    pub after_edge_p99_ms: f64,
+    /// CPU seconds used per second of sending, by process.
+    pub cpu: BTreeMap<String, f64>,
+    /// Redis calls per message sent, by command (those at 0.01 or more).
+    pub redis_calls_per_msg: BTreeMap<String, f64>,
+}
+
+/// One traffic run in the making: its clock, counters and stop signal.
+pub struct Run {
+    pub window: Window,
+    pub live: Arc<Live>,
+    pub stop: CancellationToken,
+    drain: Duration,
+}
+
+impl Run {
+    pub fn new(timing: Timing) -> Run {
+        Run {
+            window: Window::new(
+                Duration::from_secs_f64(timing.warmup_s),
+                Duration::from_secs_f64(timing.duration_s),
+            ),
+            live: Arc::default(),
+            stop: CancellationToken::new(),
+            drain: Duration::from_secs_f64(timing.drain_s),
+        }
+    }
+
+    pub fn tally(&self, senders: usize) -> Tally {
+        Tally::new(self.window, senders, self.live.clone())
+    }
+
+    /// Receives room lines and publications on a chat connection.
+    pub fn receive(&self, rd: Reader, senders: usize) -> JoinHandle<Tally> {
+        tokio::spawn(load::receive(rd, self.tally(senders), self.stop.clone()))
+    }
+}
+
+/// What a traffic run is, for its row in the report.
+pub struct Meta {
+    pub scenario: String,
+    pub clients: usize,
+    pub rate: f64,
+    pub format: load::Format,
+    /// How many clients hear each sender slot.
+    pub listeners: Vec<u64>,
+}
+
+/// Sends from `sinks` at `meta.rate` in total, waits for what is in flight,
+/// and adds up what the receivers saw.
+pub async fn measure<S: Sink + Send + 'static>(
+    system: &System,
+    run: Run,
+    receivers: Vec<JoinHandle<Tally>>,
+    sinks: Vec<S>,
+    meta: Meta,
+) -> Result<Traffic, Error> {
+    let senders = sinks.len();
+    let cpu_before = cpu_now(system);
+    let calls_before = system.command_calls().await?;
+    let started = Instant::now();
+    let per_sec = meta.rate / senders as f64;
+    let sending: Vec<_> = sinks
+        .into_iter()
+        .enumerate()
+        .map(|(slot, mut sink)| {
+            let schedule = Schedule {
+                slot,
+                phase: slot as f64 / senders as f64,
+                per_sec,
+                window: run.window,
+                format: meta.format,
+            };
+            let live = run.live.clone();
+            tokio::spawn(async move {
+                let sent = schedule.run(&mut sink, &live).await;
+                (sent, sink)
+            })
+        })
+        .collect();
+    let shown = CancellationToken::new();
+    let label = format!("{} {:.0} msg/s", meta.scenario, meta.rate);
+    tokio::spawn(progress(label, run.live.clone(), run.window, shown.clone()));
+
+    let mut sent = Vec::new();
+    let mut keep = Vec::new(); // connections stay open until the end
+    for s in sending {
+        let (n, sink) = s.await?;
+        sent.push(n);
+        keep.push(sink);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_since(&cpu_before, system, seconds);
+    let total_sent: u64 = sent.iter().sum();
+    let calls = calls_per(&calls_before, &system.command_calls().await?, total_sent);
+    let expected: u64 = sent.iter().zip(&meta.listeners).map(|(s, l)| s * l).sum();
+    let drained_by = Instant::now() + run.drain;
+    while run.live.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drained_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.stop.cancel();
+    shown.cancel();
+
+    let mut latency = load::histogram();
+    let mut after_edge = load::histogram();
+    let mut t = Traffic {
+        scenario: meta.scenario,
+        clients: meta.clients,
+        senders,
+        offered_msgs_per_s: meta.rate,
+        sent: total_sent,
+        expected_deliveries: expected,
+        cpu,
+        redis_calls_per_msg: calls,
+        ..Traffic::default()
+    };
+    let mut measured = 0;
+    for r in receivers {
+        let tally = r.await?;
+        latency.add(&tally.latency)?;
+        after_edge.add(&tally.after_edge)?;
+        measured += tally.measured;
+        t.received += tally.received;
+        t.out_of_order += tally.out_of_order;
+        t.disconnected += usize::from(tally.closed);
+    }
+    drop(keep);
+    t.lost = expected.saturating_sub(t.received - t.out_of_order);
+    t.deliveries_per_s = (measured as f64 / run.window.seconds()).round();
+    let ms = |v: u64| (v as f64 / 1000.0 * 100.0).round() / 100.0;
+    t.p50_ms = ms(latency.value_at_quantile(0.5));
+    t.p99_ms = ms(latency.value_at_quantile(0.99));
+    t.p999_ms = ms(latency.value_at_quantile(0.999));
+    t.max_ms = ms(latency.max());
+    if !after_edge.is_empty() {
+        t.after_edge_p50_ms = ms(after_edge.value_at_quantile(0.5));
+        t.after_edge_p99_ms = ms(after_edge.value_at_quantile(0.99));
+    }
+    Ok(t)
+}
+
+/// Progress on standard error while a run goes on.
+async fn progress(label: String, live: Arc<Live>, window: Window, stop: CancellationToken) {
+    use std::io::Write;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = window.now();
+        let phase = match now {
+            n if n < window.from => "warm-up",
+            n if n < window.to => "measuring",
+            _ => "draining",
+        };
+        eprint!(
+            "\r  {label}: {:5.1}s {phase:9} sent {:>9} delivered {:>11} ",
+            now as f64 / 1e6,
+            live.sent.load(Ordering::Relaxed),
+            live.delivered.load(Ordering::Relaxed)
+        );
+        let _ = std::io::stderr().flush();
+    }
+    eprint!("\r{:100}\r", "");
+}
+
+fn cpu_now(system: &System) -> Vec<(String, f64)> {
+    system
+        .pids()
+        .into_iter()
+        .map(|(name, pid)| (name, system::cpu_seconds(pid)))
+        .collect()
+}
+
+fn cpu_since(before: &[(String, f64)], system: &System, seconds: f64) -> BTreeMap<String, f64> {
+    cpu_now(system)
+        .into_iter()
+        .zip(before)
+        .map(|((name, after), (_, b))| (name, ((after - b) / seconds * 100.0).round() / 100.0))
+        .collect()
+}
+
+fn calls_per(before: &[(String, u64)], after: &[(String, u64)], per: u64) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(cmd, n)| {
+            let b = before.iter().find(|(c, _)| c == cmd).map_or(0, |(_, n)| *n);
+            let v = n.saturating_sub(b) as f64 / per.max(1) as f64;
+            (v >= 0.01).then(|| (cmd.clone(), (v * 100.0).round() / 100.0))
+        })
+        .collect()
+}
+
+/// Logs in `users` and has each send `setup(i)` (if any) and wait for its
+/// reply.
+async fn clients(
+    system: &System,
+    users: &[String],
+    setup: impl Fn(usize) -> Option<(String, &'static str)>,
+) -> Result<Vec<(Reader, Writer)>, Error> {
+    let mut conns = load::login_all(&system.target, users, 64).await?;
+    let jobs = conns.iter_mut().enumerate().filter_map(|(i, (rd, wr))| {
+        setup(i).map(|(line, ok)| async move { load::command(rd, wr, &line, ok).await })
+    });
+    futures_util::stream::iter(jobs)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, Error>>()?;
+    Ok(conns)
+}
+
+/// Splits connections into receivers (all) and the writers of `senders`.
+fn split(
+    run: &Run,
+    conns: Vec<(Reader, Writer)>,
+    senders: &[usize],
+) -> (Vec<JoinHandle<Tally>>, Vec<Writer>) {
+    let mut receivers = Vec::new();
+    let mut writers: Vec<Option<Writer>> = Vec::new();
+    for (rd, wr) in conns {
+        receivers.push(run.receive(rd, senders.len()));
+        writers.push(Some(wr));
+    }
+    let sinks = senders.iter().filter_map(|&i| writers[i].take()).collect();
+    (receivers, sinks)
+}
+
+/// `fanout`: `clients` in one room across all edges, `senders` of them
+/// sending.
+pub async fn fanout(
+    system: &System,
+    clients: usize,
+    senders: usize,
+    rate: f64,
+    timing: Timing,
+) -> Result<Traffic, Error> {
+    in_rooms(system, "fanout", clients, 1, senders, rate, timing).await
+}
+
+/// `rooms`: `clients` in `rooms` rooms of equal size, one sender in each.
+pub async fn rooms(
+    system: &System,
+    clients: usize,
+    rooms: usize,
+    rate: f64,
+    timing: Timing,
+) -> Result<Traffic, Error> {
+    in_rooms(system, "rooms", clients, rooms, rooms, rate, timing).await
+}
+
+/// Client `i` (user `<scenario>-<i>`, on edge `i % edges`) is in room
+/// `i % rooms`; clients `0..senders` send.
+async fn in_rooms(
+    system: &System,
+    scenario: &str,
+    clients: usize,
+    rooms: usize,
+    senders: usize,
+    rate: f64,
+    timing: Timing,
+) -> Result<Traffic, Error> {
+    system.flush_history().await?;
+    let users = system
+        .users(&format!("{scenario}-"), clients, LOAD_USER_COST)
+        .await?;
+    let conns = self::clients(system, &users, |i| {
+        Some((format!("/join {scenario}{}", i % rooms), "OK JOIN"))
+    })
+    .await?;
+    let run = Run::new(timing);
+    let who: Vec<usize> = (0..senders).collect();
+    let (receivers, sinks) = split(&run, conns, &who);
+    let meta = Meta {
+        scenario: scenario.into(),
+        clients,
+        rate,
+        format: load::say,
+        listeners: vec![(clients / rooms) as u64; senders],
+    };
+    measure(system, run, receivers, sinks, meta).await
+}
+
+/// `publishers`, each followed by `per` subscribers.
+pub async fn pubsub(
+    system: &System,
+    publishers: usize,
+    per: usize,
+    rate: f64,
+    timing: Timing,
+) -> Result<Traffic, Error> {
+    let pubs = system.users("pub-", publishers, LOAD_USER_COST).await?;
+    let subs = system
+        .users("sub-", publishers * per, LOAD_USER_COST)
+        .await?;
+    let mut users = pubs.clone();
+    users.extend(subs);
+    let conns = self::clients(system, &users, |i| {
+        (i >= publishers).then(|| (format!("/subscribe pub-{}", i % publishers), "OK SUBSCRIBE"))
+    })
+    .await?;
+    let run = Run::new(timing);
+    let who: Vec<usize> = (0..publishers).collect();
+    let (receivers, sinks) = split(&run, conns, &who);
+    let meta = Meta {
+        scenario: "pubsub".into(),
+        clients: users.len(),
+        rate,
+        format: load::publish,
+        listeners: vec![per as u64; publishers],
+    };
+    measure(system, run, receivers, sinks, meta).await
+}
+
+/// A publisher straight to Redis: `PUBLISH` per line, one round trip per
+/// batch.
+struct RedisSink {
+    conn: redis::aio::MultiplexedConnection,
+    channel: String,
+}
+
+impl Sink for RedisSink {
+    async fn put(&mut self, batch: Vec<u8>) -> bool {
+        let mut pipe = redis::pipe();
+        for line in batch.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            pipe.publish(&self.channel, line).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn).await.is_ok()
+    }
+}
+
+fn baseline_line(slot: usize, seq: u64, sent: u64, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = writeln!(out, "redis {slot} {seq} {sent}");
+}
+
+/// The fan-out of `fanout` done with Redis Pub/Sub alone: `clients`
+/// subscriber connections, `senders` publishing connections.
+pub async fn baseline(
+    system: &System,
+    clients: usize,
+    senders: usize,
+    rate: f64,
+    timing: Timing,
+) -> Result<Traffic, Error> {
+    let client = shared::store::client(&system.redis_url)?;
+    let channel = "bench:baseline".to_string();
+    let run = Run::new(timing);
+    let mut receivers = Vec::new();
+    for _ in 0..clients {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        let mut tally = run.tally(senders);
+        let stop = run.stop.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut messages = pubsub.on_message();
+            loop {
+                let m = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = messages.next() => m,
+                };
+                let Some(m) = m else {
+                    tally.closed = true;
+                    break;
+                };
+                if let Some((slot, seq, sent)) = load::payload(m.get_payload_bytes(), 0) {
+                    let now = tally.window.now();
+                    tally.on(slot, seq, sent, now, None);
+                }
+            }
+            tally
+        }));
+    }
+    let mut sinks = Vec::new();
+    for _ in 0..senders {
+        sinks.push(RedisSink {
+            conn: client.get_multiplexed_async_connection().await?,
+            channel: channel.clone(),
+        });
+    }
+    let meta = Meta {
+        scenario: "baseline".into(),
+        clients,
+        rate,
+        format: baseline_line,
+        listeners: vec![clients as u64; senders],
+    };
+    measure(system, run, receivers, sinks, meta).await
+}
+
+#[derive(Serialize, Default)]
+pub struct Connect {
+    pub requested: usize,
+    pub held: usize,
+    pub edge_rss_before_mb: f64,
+    pub edge_rss_after_mb: f64,
+    pub kb_per_connection: f64,
+    pub seconds_to_connect: f64,
+    pub still_answering: usize,
+}
+
+/// `n` idle logged-in connections on the first edge.
+pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
+    let users = system.users("idle-", n, LOAD_USER_COST).await?;
+    let pid = system.edges[0].id().unwrap_or(0);
+    let mut out = Connect {
+        requested: n,
+        edge_rss_before_mb: system::rss(pid) as f64 / 1e6,
+        ..Connect::default()
+    };
+    let started = Instant::now();
+    let target = &system.target;
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let shown = CancellationToken::new();
+    tokio::spawn(count_up("connect", done.clone(), shown.clone()));
+    let mut conns: Vec<(Reader, Writer)> = futures_util::stream::iter(users.iter())
+        .map(|u| {
+            let done = done.clone();
+            async move {
+                let c = load::login(target, 0, u).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+        })
+        .buffer_unordered(64)
+        .filter_map(|c| async move { c.ok() })
+        .collect()
+        .await;
+    shown.cancel();
+    out.seconds_to_connect = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    out.held = conns.len();
+    // Let the edge settle (allocator, queues) before reading its memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = system::rss(pid);
+    out.edge_rss_after_mb = (after as f64 / 1e6 * 10.0).round() / 10.0;
+    out.edge_rss_before_mb = (out.edge_rss_before_mb * 10.0).round() / 10.0;
+    out.kb_per_connection =
+        ((after as f64 - out.edge_rss_before_mb * 1e6) / out.held.max(1) as f64 / 1e3 * 10.0)
+            .round()
+            / 10.0;
+    // The last ones still answer.
+    for (rd, wr) in conns.iter_mut().rev().take(20) {
+        if load::command(rd, wr, "/ping", "OK PING").await.is_ok() {
+            out.still_answering += 1;
+        }
+    }
+    Ok(out)
+}
+
+async fn count_up(label: &str, n: Arc<std::sync::atomic::AtomicU64>, stop: CancellationToken) {
+    use std::io::Write;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        eprint!("\r  {label}: {:>7} ", n.load(Ordering::Relaxed));
+        let _ = std::io::stderr().flush();
+    }
+    eprint!("\r{:60}\r", "");
+}
+
+#[derive(Serialize, Default)]
+pub struct Login {
+    pub bcrypt_cost: u32,
+    pub cores: usize,
+    /// `bcrypt::verify` per second on every core, in this process.
+    pub bcrypt_verifies_per_s: f64,
+    /// Logins per second through the system, by auth-svc instances.
+    pub logins_per_s: BTreeMap<String, f64>,
+    pub share_of_bcrypt: f64,
+    pub failed: u64,
+    /// A small room's latency, quiet and during the login storm.
+    pub chat_quiet: Traffic,
+    pub chat_during_storm: Traffic,
+}
+
+/// Logins per second at the configured bcrypt cost, with one and then two
+/// auth-svc instances; and a small room chatting through a login storm.
+pub async fn login(system: &mut System, parallel: usize, timing: Timing) -> Result<Login, Error> {
+    let cost = system.bcrypt_cost;
+    let users = system.users("login-", parallel, cost).await?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut out = Login {
+        bcrypt_cost: cost,
+        cores,
+        ..Login::default()
+    };
+    out.bcrypt_verifies_per_s = bcrypt_rate(cost, cores, Duration::from_secs(3)).await?;
+
+    // Both rooms log in first: a login storm delays other logins too.
+    let quiet = small_room(system, "quiet-").await?;
+    let busy = small_room(system, "busy-").await?;
+    out.chat_quiet = chat_in(system, quiet, timing).await?;
+    let seconds = timing.warmup_s + timing.duration_s;
+    let (logins, chat) = tokio::join!(
+        storm(system, &users, seconds),
+        chat_in(system, busy, timing)
+    );
+    let (ok, failed) = logins?;
+    out.chat_during_storm = chat?;
+    out.logins_per_s
+        .insert("1".into(), round1(ok as f64 / seconds));
+    out.failed += failed;
+    system.add_auth()?;
+    // The new instance joins the consumer group as it starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (ok, failed) = storm(system, &users, seconds).await?;
+    out.logins_per_s
+        .insert("2".into(), round1(ok as f64 / seconds));
+    out.failed += failed;
+    out.share_of_bcrypt =
+        ((out.logins_per_s["1"] / out.bcrypt_verifies_per_s) * 100.0).round() / 100.0;
+    Ok(out)
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// 20 users of `prefix` logged in, in a room of their own.
+async fn small_room(system: &System, prefix: &str) -> Result<Vec<(Reader, Writer)>, Error> {
+    let users = system.users(prefix, 20, LOAD_USER_COST).await?;
+    let room = format!("/join {}room", prefix.trim_end_matches('-'));
+    clients(system, &users, |_| Some((room.clone(), "OK JOIN"))).await
+}
+
+/// 2 of the 20 send at 200 messages per second in total.
+async fn chat_in(
+    system: &System,
+    conns: Vec<(Reader, Writer)>,
+    timing: Timing,
+) -> Result<Traffic, Error> {
+    let run = Run::new(timing);
+    let (receivers, sinks) = split(&run, conns, &[0, 10]);
+    let meta = Meta {
+        scenario: "chat".into(),
+        clients: 20,
+        rate: 200.0,
+        format: load::say,
+        listeners: vec![20; 2],
+    };
+    measure(system, run, receivers, sinks, meta).await
+}
+
+/// Every user logs in over and over (a new connection each time) for
+/// `seconds`; returns logins that succeeded and failed.
+async fn storm(system: &System, users: &[String], seconds: f64) -> Result<(u64, u64), Error> {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let (target, user) = (system.target.clone(), user.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                while Instant::now() < until {
+                    match load::login(&target, i, &user).await {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut totals = (0, 0);
+    for t in tasks {
+        let (ok, failed) = t.await?;
+        totals.0 += ok;
+        totals.1 += failed;
+    }
+    Ok(totals)
+}
+
+/// `bcrypt::verify` per second with `threads` threads at `cost`.
+async fn bcrypt_rate(cost: u32, threads: usize, time: Duration) -> Result<f64, Error> {
+    let hash = bcrypt::hash(load::PASSWORD, cost)?;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let hash = hash.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut n = 0u64;
+                while started.elapsed() < time {
+                    let _ = bcrypt::verify(load::PASSWORD, &hash);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w.await?;
+    }
+    Ok(round1(total as f64 / started.elapsed().as_secs_f64()))
+}
