@@ -257,8 +257,8 @@ impl Results {
             let _ = writeln!(s, "\n### Idle connections on one edge\n");
             let _ = writeln!(
                 s,
-                "- {} of {} logged in within {} s; the last 20 still answer `/ping`: {}\n- edge resident memory {} MB before, {} MB after: **{} KB per connection**",
-                c.held, c.requested, c.seconds_to_connect, c.still_answering, c.edge_rss_before_mb, c.edge_rss_after_mb, c.kb_per_connection
+                "- {} of {} logged in within {} s; at the end {} answered `/ping`, {} had been closed\n- edge resident memory {} MB before, {} MB after: **{} KB per connection**",
+                c.held, c.requested, c.seconds_to_connect, c.answering, c.closed, c.edge_rss_before_mb, c.edge_rss_after_mb, c.kb_per_connection
             );
         }
         s

@@ -6,7 +6,7 @@ use crate::system::{self, System, LOAD_USER_COST};
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -136,12 +136,13 @@ pub async fn measure<S: Sink + Send + 'static>(
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_since(&cpu_before, system, seconds);
     let total_sent: u64 = sent.iter().sum();
-    let calls = calls_per(&calls_before, &system.command_calls().await?, total_sent);
     let expected: u64 = sent.iter().zip(&meta.listeners).map(|(s, l)| s * l).sum();
     let drained_by = Instant::now() + run.drain;
     while run.live.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drained_by {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Read once everything sent has been routed.
+    let calls = calls_per(&calls_before, &system.command_calls().await?, total_sent);
     run.stop.cancel();
     shown.cancel();
 
@@ -442,58 +443,88 @@ pub struct Connect {
     pub edge_rss_after_mb: f64,
     pub kb_per_connection: f64,
     pub seconds_to_connect: f64,
-    pub still_answering: usize,
+    /// Connections that answered a `/ping` sent to all at the end.
+    pub answering: u64,
+    /// Connections the server closed meanwhile.
+    pub closed: u64,
+}
+
+/// Reads a held connection (every login is announced to the lobby, so
+/// idle connections still receive) and counts `OK PING` and `BYE`.
+async fn drain(mut rd: Reader, pongs: Arc<AtomicU64>, closed: Arc<AtomicU64>) {
+    while let Ok(Some(line)) = rd.line().await {
+        if line.starts_with(b"OK PING") {
+            pongs.fetch_add(1, Ordering::Relaxed);
+        } else if line.starts_with(b"BYE ") {
+            break;
+        }
+    }
+    closed.fetch_add(1, Ordering::Relaxed);
 }
 
 /// `n` idle logged-in connections on the first edge.
 pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
     let users = system.users("idle-", n, LOAD_USER_COST).await?;
     let pid = system.edges[0].id().unwrap_or(0);
-    let mut out = Connect {
-        requested: n,
-        edge_rss_before_mb: system::rss(pid) as f64 / 1e6,
-        ..Connect::default()
-    };
+    let before = system::rss(pid);
     let started = Instant::now();
     let target = &system.target;
-    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (done, pongs, closed) = (
+        Arc::<AtomicU64>::default(),
+        Arc::<AtomicU64>::default(),
+        Arc::<AtomicU64>::default(),
+    );
     let shown = CancellationToken::new();
     tokio::spawn(count_up("connect", done.clone(), shown.clone()));
-    let mut conns: Vec<(Reader, Writer)> = futures_util::stream::iter(users.iter())
-        .map(|u| {
-            let done = done.clone();
-            async move {
-                let c = load::login(target, 0, u).await;
-                done.fetch_add(1, Ordering::Relaxed);
-                c
-            }
-        })
+    let mut drains = Vec::new();
+    let mut writers: Vec<Writer> = futures_util::stream::iter(users.iter())
+        .map(|u| async move { load::login(target, 0, u).await })
         .buffer_unordered(64)
-        .filter_map(|c| async move { c.ok() })
+        .filter_map(|c| {
+            done.fetch_add(1, Ordering::Relaxed);
+            let c = c.ok().map(|(rd, wr)| {
+                drains.push(tokio::spawn(drain(rd, pongs.clone(), closed.clone())));
+                wr
+            });
+            async move { c }
+        })
         .collect()
         .await;
     shown.cancel();
-    out.seconds_to_connect = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-    out.held = conns.len();
-    // Let the edge settle (allocator, queues) before reading its memory.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seconds_to_connect = started.elapsed().as_secs_f64();
+    // Let the edge settle (queues drained, allocator) before reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let after = system::rss(pid);
-    out.edge_rss_after_mb = (after as f64 / 1e6 * 10.0).round() / 10.0;
-    out.edge_rss_before_mb = (out.edge_rss_before_mb * 10.0).round() / 10.0;
-    out.kb_per_connection =
-        ((after as f64 - out.edge_rss_before_mb * 1e6) / out.held.max(1) as f64 / 1e3 * 10.0)
-            .round()
-            / 10.0;
-    // The last ones still answer.
-    for (rd, wr) in conns.iter_mut().rev().take(20) {
-        if load::command(rd, wr, "/ping", "OK PING").await.is_ok() {
-            out.still_answering += 1;
-        }
+    for wr in &mut writers {
+        let _ = wr.send(b"/ping\n").await;
     }
-    Ok(out)
+    let until = Instant::now() + Duration::from_secs(30);
+    while pongs.load(Ordering::Relaxed) + closed.load(Ordering::Relaxed) < writers.len() as u64
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mb = |b: u64| (b as f64 / 1e5).round() / 10.0;
+    let held = writers.len();
+    drop(writers);
+    for d in drains {
+        d.abort();
+    }
+    Ok(Connect {
+        requested: n,
+        held,
+        edge_rss_before_mb: mb(before),
+        edge_rss_after_mb: mb(after),
+        kb_per_connection: ((after.saturating_sub(before)) as f64 / held.max(1) as f64 / 100.0)
+            .round()
+            / 10.0,
+        seconds_to_connect: round1(seconds_to_connect),
+        answering: pongs.load(Ordering::Relaxed),
+        closed: closed.load(Ordering::Relaxed),
+    })
 }
 
-async fn count_up(label: &str, n: Arc<std::sync::atomic::AtomicU64>, stop: CancellationToken) {
+async fn count_up(label: &str, n: Arc<AtomicU64>, stop: CancellationToken) {
     use std::io::Write;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {

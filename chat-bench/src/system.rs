@@ -68,7 +68,8 @@ impl System {
         let redis_url = format!("redis://127.0.0.1:{port}");
         wait_for_port(port).await?;
 
-        let bcrypt_cost = shared::config::Config::default().auth.bcrypt_cost;
+        // The services read the same settings from the environment.
+        let bcrypt_cost = shared::config::Config::load(None)?.auth.bcrypt_cost;
         let mut env: Vec<(String, String)> = BENCH_SETTINGS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
