@@ -238,7 +238,7 @@ impl Results {
             for (n, rate) in &l.logins_per_s {
                 let _ = writeln!(
                     s,
-                    "- through the system with {n} auth-svc instance(s): {rate} logins/s"
+                    "- through the system, auth-svc instances {n}: {rate} logins/s"
                 );
             }
             let _ = writeln!(

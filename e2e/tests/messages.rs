@@ -182,3 +182,46 @@ async fn a_login_answered_too_late_opens_nothing_and_keeps_the_inbox() {
         format!("DM {} alice are you there?", msg_id(&ok))
     );
 }
+
+#[tokio::test]
+async fn lines_sent_in_one_write_are_routed_in_order_before_a_command_after_them() {
+    let sys = System::start().await;
+    for u in ["alice", "bob"] {
+        sys.add_user(u).await;
+    }
+    let mut alice = sys.login(0, "alice").await;
+    let mut bob = sys.login(1, "bob").await;
+    // Room lines read together go to Redis together; the command after
+    // them must still see them all.
+    let burst: String = (0..50).map(|i| format!("burst {i}\n")).collect();
+    alice
+        .send_raw(format!("{burst}/history 50\n").as_bytes())
+        .await;
+    let mut echoes = Vec::new();
+    let history = loop {
+        let line = alice.line().await;
+        if line.starts_with("MSG ") {
+            echoes.push(line);
+        } else {
+            let mut lines = vec![line];
+            while !lines.last().unwrap().starts_with("OK ") {
+                lines.push(alice.line().await);
+            }
+            break lines;
+        }
+    };
+    assert_eq!(history.len(), 51, "{history:?}");
+    for (i, h) in history[..50].iter().enumerate() {
+        assert!(h.ends_with(&format!(" alice burst {i}")), "{h}");
+    }
+    for i in 0..50 {
+        let line = bob.expect_prefix("MSG lobby ").await;
+        assert!(line.ends_with(&format!(" alice burst {i}")), "{line}");
+    }
+    while echoes.len() < 50 {
+        echoes.push(alice.expect_prefix("MSG lobby ").await);
+    }
+    for (i, e) in echoes.iter().enumerate() {
+        assert!(e.ends_with(&format!(" alice burst {i}")), "{e}");
+    }
+}

@@ -112,6 +112,7 @@ async fn serve_tls(
         last_line: Instant::now(),
         bucket: Bucket::new(edge.lines_per_sec, edge.line_burst, started),
         mistakes: Mistakes::new(edge.max_errors_per_min, started),
+        unrouted: Vec::new(),
     };
     let result = handler.read_loop(rd, &closer).await;
 
@@ -148,6 +149,9 @@ struct Handler {
     last_line: Instant,
     bucket: Bucket,
     mistakes: Mistakes,
+    /// Requests that expect no reply, read but not yet sent: those of one
+    /// read go to Redis in one round trip (see [`Handler::flush`]).
+    unrouted: Vec<Request>,
 }
 
 /// Whether to keep reading after a line.
@@ -167,9 +171,11 @@ impl Handler {
         loop {
             while let Some(frame) = decoder.decode(&mut buf) {
                 if let Flow::Stop = self.frame(frame).await {
+                    self.flush().await;
                     return Ok(());
                 }
             }
+            self.flush().await;
             let deadline = self.deadline();
             let n = tokio::select! {
                 _ = closer.token.cancelled() => return Ok(()),
@@ -183,6 +189,7 @@ impl Handler {
             if n == 0 {
                 if let Some(frame) = decoder.decode_eof(&mut buf) {
                     self.frame(frame).await;
+                    self.flush().await;
                 }
                 return Ok(());
             }
@@ -263,10 +270,16 @@ impl Handler {
     }
 
     async fn command(&mut self, cmd: Command) -> Flow {
+        if let Command::Say(text) = cmd {
+            self.queue(Op::Say { text });
+            return Flow::Continue;
+        }
+        // Anything else comes after the room lines before it.
+        self.flush().await;
         match cmd {
             Command::Login { user, password } => self.login(user, password, false).await,
             Command::Register { user, password } => self.login(user, password, true).await,
-            Command::Say(text) => self.forward(Op::Say { text }).await,
+            Command::Say(_) => {}
             Command::Join(room) => {
                 let channel = self.ctx.keys.room_channel(&room);
                 self.route(Op::Join { room }, &[channel]).await;
@@ -365,7 +378,7 @@ impl Handler {
                 self.session = Some(Session { user, sid });
                 if !inbox.is_empty() {
                     // Shown (queued before anything else): they may go.
-                    self.forward(Op::Delivered { upto: inbox }).await;
+                    self.queue(Op::Delivered { upto: inbox });
                 }
             }
             Ok(_) => self.ctx.metrics.logins_failed.inc(),
@@ -376,18 +389,28 @@ impl Handler {
         }
     }
 
-    /// Sends a router request that expects no reply.
-    async fn forward(&mut self, op: Op) {
-        let Some(session) = &self.session else { return };
-        let user = session.user.clone();
-        let req = self.request(0, &user, op);
-        if let Err(e) = self
-            .ctx
-            .send_request(&self.ctx.router_stream(&user), &req)
-            .await
-        {
-            tracing::warn!(error = %e, "forwarding a request failed");
-            self.reply(&unavailable().line());
+    /// Queues a router request that expects no reply (a room line, an
+    /// inbox shown); [`Handler::flush`] sends it.
+    fn queue(&mut self, op: Op) {
+        if let Some(session) = &self.session {
+            let req = self.request(0, &session.user.clone(), op);
+            self.unrouted.push(req);
+        }
+    }
+
+    /// Sends the queued requests, in order, in one round trip: the room
+    /// lines of one read cost one, however many there are.
+    async fn flush(&mut self) {
+        if self.unrouted.is_empty() {
+            return;
+        }
+        let reqs = std::mem::take(&mut self.unrouted);
+        let stream = self.ctx.router_stream(&reqs[0].user);
+        if let Err(e) = self.ctx.send_requests(&stream, &reqs).await {
+            tracing::warn!(error = %e, requests = reqs.len(), "forwarding requests failed");
+            for _ in &reqs {
+                self.reply(&unavailable().line());
+            }
         }
     }
 
@@ -441,7 +464,11 @@ impl Handler {
         }
         let mut rx = hub.expect(self.id, req.rid);
         let sent = Instant::now();
-        if let Err(e) = self.ctx.send_request(stream, &req).await {
+        if let Err(e) = self
+            .ctx
+            .send_requests(stream, std::slice::from_ref(&req))
+            .await
+        {
             tracing::warn!(error = %e, "sending a request failed");
             hub.give_up(self.id, req.rid);
             hub.release(self.id, req.rid);

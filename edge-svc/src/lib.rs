@@ -154,9 +154,12 @@ impl Ctx {
             .router_requests(partition_of(user, self.cfg.partitions))
     }
 
-    async fn send_request(&self, stream: &str, req: &Request) -> redis::RedisResult<()> {
+    /// Adds `reqs` to `stream`, in order, in one round trip.
+    async fn send_requests(&self, stream: &str, reqs: &[Request]) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
-        shared::store::add_request(&mut pipe, stream, self.cfg.request_stream_maxlen, req);
+        for req in reqs {
+            shared::store::add_request(&mut pipe, stream, self.cfg.request_stream_maxlen, req);
+        }
         pipe.query_async(&mut self.redis.clone()).await
     }
 
@@ -177,7 +180,7 @@ impl Ctx {
             op: Op::Logout,
         };
         if let Err(e) = self
-            .send_request(&self.router_stream(&session.user), &req)
+            .send_requests(&self.router_stream(&session.user), &[req])
             .await
         {
             tracing::warn!(user = %session.user, error = %e, "ending a session failed");
