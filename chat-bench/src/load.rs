@@ -211,6 +211,9 @@ pub struct Tally {
     pub out_of_order: u64,
     pub closed: bool,
     live: Arc<Live>,
+    /// `received` as last added to `live` (once per read, not per line:
+    /// the counter is shared by every receiver).
+    reported: u64,
 }
 
 impl Tally {
@@ -226,16 +229,22 @@ impl Tally {
             out_of_order: 0,
             closed: false,
             live,
+            reported: 0,
         }
     }
 
-    /// Notes one delivery: `<sender slot> <seq> <sent µs>` as the last
-    /// three fields of `fields`.
-    /// `now` is [`Window::now`], `wall_ms` the Unix time in ms (read once
-    /// per batch of lines).
+    /// Adds what was received since the last call to the shared count.
+    pub fn report(&mut self) {
+        let new = self.received - self.reported;
+        self.live.delivered.fetch_add(new, Ordering::Relaxed);
+        self.reported = self.received;
+    }
+
+    /// Notes one delivery of message `seq` from sender `slot`, due at
+    /// `sent` µs. `now` is [`Window::now`]; `stamp` the message id's ms
+    /// and the Unix time in ms (both read once per batch of lines).
     pub fn on(&mut self, slot: usize, seq: u64, sent: u64, now: u64, stamp: Option<(u64, u64)>) {
         self.received += 1;
-        self.live.delivered.fetch_add(1, Ordering::Relaxed);
         let Some(next) = self.next.get_mut(slot) else {
             return;
         };
@@ -260,20 +269,28 @@ impl Tally {
 /// Parses the payload `<slot> <seq> <sent>` at the end of a delivered
 /// line, whose first `skip` fields are the keyword and routing fields.
 pub fn payload(line: &[u8], skip: usize) -> Option<(usize, u64, u64)> {
-    let text = std::str::from_utf8(line).ok()?;
-    let mut fields = text.splitn(skip + 4, ' ').skip(skip);
-    let _from = fields.next()?;
-    let slot = fields.next()?.parse().ok()?;
-    let seq = fields.next()?.parse().ok()?;
-    let sent = fields.next()?.parse().ok()?;
-    Some((slot, seq, sent))
+    let mut fields = line.splitn(skip + 4, |&b| b == b' ').skip(skip + 1);
+    let slot = number(fields.next()?)?;
+    let seq = number(fields.next()?)?;
+    let sent = number(fields.next()?)?;
+    Some((slot as usize, seq, sent))
+}
+
+/// A decimal number, without going through `str` (this runs for every
+/// delivery).
+fn number(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
 }
 
 /// The milliseconds of the message id in field `at` of `line`.
 fn stamp(line: &[u8], at: usize) -> Option<u64> {
     let id = line.split(|&b| b == b' ').nth(at)?;
-    let ms = id.split(|&b| b == b'-').next()?;
-    std::str::from_utf8(ms).ok()?.parse().ok()
+    number(id.split(|&b| b == b'-').next()?)
 }
 
 /// Reads deliveries until `stop`: room lines (`MSG <room> <id> <from>
@@ -301,6 +318,7 @@ pub async fn receive(mut rd: Reader, mut tally: Tally, stop: CancellationToken) 
             } else {
                 if line.starts_with(b"BYE ") {
                     tally.closed = true;
+                    tally.report();
                     return tally;
                 }
                 None
@@ -309,6 +327,7 @@ pub async fn receive(mut rd: Reader, mut tally: Tally, stop: CancellationToken) 
                 tally.on(slot, seq, sent, now, stamp.map(|s| (s, wall_ms)));
             }
         }
+        tally.report();
     }
     tally
 }

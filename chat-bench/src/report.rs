@@ -267,6 +267,10 @@ impl Results {
     /// Latency (p50 and p99, log scale) against offered rate.
     fn svg(&self) -> String {
         let (w, h, left, bottom, top, right) = (640.0, 400.0, 60.0, 50.0, 30.0, 150.0);
+        let (clients, senders) = self
+            .runs("fanout")
+            .first()
+            .map_or((0, 0), |t| (t.clients, t.senders));
         let mut series: Vec<Series> = Vec::new();
         for (name, colour) in [("fanout", "#d62728"), ("baseline", "#1f77b4")] {
             let runs = self.runs(name);
@@ -295,7 +299,7 @@ impl Results {
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
              <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-             <text x=\"{left}\" y=\"18\">Latency, send to receive, against offered rate (200 clients, 20 senders)</text>\n"
+             <text x=\"{left}\" y=\"18\">Latency, send to receive, against offered rate ({clients} clients, {senders} senders)</text>\n"
         );
         for e in -1..=4 {
             let v = 10f64.powi(e);

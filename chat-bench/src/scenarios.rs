@@ -425,6 +425,7 @@ pub async fn baseline(
                 if let Some((slot, seq, sent)) = load::payload(m.get_payload_bytes(), 0) {
                     let now = tally.window.now();
                     tally.on(slot, seq, sent, now, None);
+                    tally.report();
                 }
             }
             tally
