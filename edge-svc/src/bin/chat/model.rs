@@ -344,9 +344,11 @@ impl Model {
             Some((attempt, delay_ms)) => State::Reconnecting { attempt, delay_ms },
             None => State::Closed(why.to_string()),
         };
-        if !why.is_empty() {
-            self.notice(now, format!("connection lost: {why}"));
-        }
+        let text = match retry {
+            Some((_, delay_ms)) => format!("disconnected: {why}; trying again in {delay_ms} ms"),
+            None => format!("disconnected: {why}"),
+        };
+        self.notice(now, text);
     }
 
     /// A keepalive `/ping` is being sent.
@@ -489,12 +491,8 @@ impl Model {
                 self.push(now, Kind::Reply, text.trim_end(), false);
             }
             Server::Info(text) => self.push(now, Kind::Reply, text, false),
-            Server::Bye(reason) => self.push(
-                now,
-                Kind::Error,
-                format!("server closed the session: {reason}"),
-                false,
-            ),
+            // The end of the connection follows and says why.
+            Server::Bye(_) => {}
             Server::Ok(rest) => self.ok(now, &rest),
             Server::Err(rest) => {
                 if std::mem::take(&mut self.logging_in) {
