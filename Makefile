@@ -46,7 +46,7 @@ build:
 certs: build
 	./target/release/chat-certs certs
 
-## Install redis-server when missing (apt-get, as root).
+## Install redis-server and tmux (for the client tests) when missing (apt-get, as root).
 redis:
 	./scripts/ensure-redis.sh
 

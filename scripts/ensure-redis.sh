@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Makes sure redis-server is installed: installs it with apt-get when we are
-# root, otherwise prints the one command that does it and fails.
+# Makes sure what the tests run is installed: redis-server, and tmux (the
+# pseudo-terminal that drives the interactive client in e2e/tests/client.rs).
+# Installs what is missing with apt-get when we are root, otherwise prints
+# the one command that does it and fails.
 set -euo pipefail
-command -v redis-server >/dev/null 2>&1 && exit 0
+missing=()
+for tool in redis-server tmux; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+[ ${#missing[@]} = 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "redis-server is missing; installing it with apt-get..." >&2
+  echo "${missing[*]} missing; installing with apt-get..." >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq redis-server >&2
+  apt-get install -y -qq "${missing[@]}" >&2
   exit 0
 fi
-echo "redis-server is not installed. Install it with:" >&2
-echo "    sudo apt-get install -y redis-server" >&2
+echo "${missing[*]} not installed. Install with:" >&2
+echo "    sudo apt-get install -y ${missing[*]}" >&2
 exit 1

@@ -2,6 +2,8 @@
 //! run in-process (or as real processes), and a TLS line client.
 #![forbid(unsafe_code)]
 
+pub mod procs;
+
 use redis::aio::ConnectionManager;
 use shared::config::Config;
 use shared::tls::{DevCerts, Trust};

@@ -1,187 +1,15 @@
 //! The real binaries as processes, driven as a user would: certificates,
 //! accounts, the services, and the `chat` client with piped input.
 
+use e2e::procs::{service, signal, ChatClient, Stack};
 use e2e::{binary, eventually, free_port, TestRedis, WAIT};
 use redis::AsyncCommands;
-use std::path::Path;
 use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-
-fn service(name: &str, redis: &TestRedis, envs: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(binary(name));
-    cmd.env("CHAT_REDIS_URL", redis.url())
-        .env("CHAT_AUTH__BCRYPT_COST", "4")
-        .env("CHAT_ROUTER__LEASE_MS", "1500")
-        .env("RUST_LOG", "warn")
-        .envs(envs.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-struct ChatClient {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Lines<BufReader<ChildStdout>>,
-}
-
-impl ChatClient {
-    fn start(port: u16, ca: &Path, user: &str) -> ChatClient {
-        let mut child = Command::new(binary("chat"))
-            .args(["--server", &format!("127.0.0.1:{port}")])
-            .arg("--ca")
-            .arg(ca)
-            .args(["--user", user])
-            .env("CHAT_PASSWORD", format!("{user}-pw"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let out = BufReader::new(child.stdout.take().unwrap()).lines();
-        ChatClient { child, stdin, out }
-    }
-
-    async fn say(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        stdin.flush().await.unwrap();
-    }
-
-    async fn until(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        loop {
-            let line = tokio::time::timeout(WAIT, self.out.next_line())
-                .await
-                .expect("timed out waiting for client output")
-                .unwrap()
-                .expect("client output ended");
-            if pred(&line) {
-                return line;
-            }
-        }
-    }
-
-    async fn exits_ok(&mut self) {
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("client exits")
-            .unwrap();
-        assert!(status.success(), "client exit status {status}");
-    }
-}
-
-/// Certificates, accounts (`<name>-pw`), auth-svc, router-svc and two
-/// edges, all as processes.
-struct Stack {
-    dir: std::path::PathBuf,
-    ca: std::path::PathBuf,
-    ports: [u16; 2],
-    /// Admin ports: auth-svc, router-svc, edge 1, edge 2.
-    admin: [u16; 4],
-    edges: Vec<Child>,
-    /// auth-svc, router-svc.
-    services: Vec<Child>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn stack(redis: &TestRedis, users: &[&str], envs: &[(&str, String)]) -> Stack {
-    let dir = std::env::temp_dir().join(format!("chat-e2e-{}-{}", std::process::id(), free_port()));
-    let certs = dir.join("certs");
-    let out = std::process::Command::new(binary("chat-certs"))
-        .arg(&certs)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SHA-256"));
-
-    for user in users {
-        let mut add = service("auth-svc", redis, envs)
-            .args(["user", "add", user])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = add.stdin.take().unwrap();
-        stdin
-            .write_all(format!("{user}-pw\n").as_bytes())
-            .await
-            .unwrap();
-        drop(stdin);
-        assert!(add.wait().await.unwrap().success());
-    }
-    let admin = [free_port(), free_port()];
-    let local = |port: u16| format!("127.0.0.1:{port}");
-    let services = vec![
-        service("auth-svc", redis, envs)
-            .env("CHAT_AUTH__ADMIN_LISTEN", local(admin[0]))
-            .spawn()
-            .unwrap(),
-        service("router-svc", redis, envs)
-            .env("CHAT_ROUTER__ADMIN_LISTEN", local(admin[1]))
-            .spawn()
-            .unwrap(),
-    ];
-    let edge_admin = [free_port(), free_port()];
-    let ports = [free_port(), free_port()];
-    let mut edges = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let mut edge_envs = vec![
-            ("CHAT_EDGE__ID", format!("edge-{}", i + 1)),
-            ("CHAT_EDGE__LISTEN", format!("127.0.0.1:{port}")),
-            ("CHAT_EDGE__ADMIN_LISTEN", local(edge_admin[i])),
-            (
-                "CHAT_EDGE__TLS_CERT",
-                certs.join("server.pem").display().to_string(),
-            ),
-            (
-                "CHAT_EDGE__TLS_KEY",
-                certs.join("server-key.pem").display().to_string(),
-            ),
-        ];
-        edge_envs.extend(envs.iter().cloned());
-        edges.push(service("edge-svc", redis, &edge_envs).spawn().unwrap());
-    }
-    for port in ports {
-        eventually("the edge listens", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-    }
-    Stack {
-        admin: [admin[0], admin[1], edge_admin[0], edge_admin[1]],
-        ca: certs.join("ca.pem"),
-        dir,
-        ports,
-        edges,
-        services,
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap()
-        .success());
-}
 
 #[tokio::test]
 async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
     let redis = TestRedis::start().await;
-    let mut st = stack(&redis, &["alice", "bob"], &[]).await;
+    let mut st = Stack::start(&redis, &["alice", "bob"], &[]).await;
     let mut r = redis.conn().await;
     let hash: String = r.hget("chat:user:alice", "password").await.unwrap();
     assert!(hash.starts_with("$2"), "stored as a bcrypt hash");
@@ -265,7 +93,7 @@ async fn an_edge_killed_leaves_no_ghosts_and_its_users_log_in_again_at_once() {
         ("CHAT_EDGE__DEAD_AFTER_MS", "1500".to_string()),
         ("CHAT_EDGE__REQUEST_TIMEOUT_MS", "1000".to_string()),
     ];
-    let mut st = stack(&redis, &["alice", "bob", "carol"], &envs).await;
+    let mut st = Stack::start(&redis, &["alice", "bob", "carol"], &envs).await;
     let (ca, ports) = (st.ca.clone(), st.ports);
     let mut alice = ChatClient::start(ports[0], &ca, "alice");
     let mut carol = ChatClient::start(ports[0], &ca, "carol");
@@ -307,7 +135,7 @@ async fn invalid_configuration_exits_64_before_binding() {
 async fn a_router_killed_mid_load_loses_and_repeats_nothing() {
     let redis = TestRedis::start().await;
     let envs = [("CHAT_EDGE__LINES_PER_SEC", "0".to_string())]; // alice floods
-    let mut st = stack(&redis, &["alice", "bob"], &envs).await;
+    let mut st = Stack::start(&redis, &["alice", "bob"], &envs).await;
     // A second router process shares the partitions with the first.
     let admin = format!("127.0.0.1:{}", free_port());
     let _second = service(
@@ -357,7 +185,7 @@ async fn a_login_in_hand_of_an_auth_process_killed_is_taken_over() {
         ("CHAT_AUTH__CLAIM_IDLE_MS", "500".to_string()),
         ("CHAT_EDGE__REQUEST_TIMEOUT_MS", "12000".to_string()),
     ];
-    let mut st = stack(&redis, &[], &envs).await;
+    let mut st = Stack::start(&redis, &[], &envs).await;
     // A slow hash, so that the login is in hand when the process dies.
     let mut r = redis.conn().await;
     let keys = shared::keys::Keys::new("chat:");

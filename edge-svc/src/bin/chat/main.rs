@@ -1,0 +1,199 @@
+//! `chat`: the bundled client.
+//!
+//! On a terminal it is a full-screen chat (see `tui.rs`) that reconnects by
+//! itself; with `--plain`, or when standard input or output is not a
+//! terminal, it sends each input line and prints the server's lines as
+//! they are (see `plain.rs`). Settings come from the command line, then
+//! from `$XDG_CONFIG_HOME/chat/config.toml` (or `~/.config/chat/...`).
+#![forbid(unsafe_code)]
+
+mod conn;
+mod input;
+mod model;
+mod plain;
+mod tui;
+
+use clap::Parser;
+use conn::Error;
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use shared::tls::{self, Trust};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Chat client: lines you type are sent; /help lists commands."
+)]
+struct Cli {
+    /// Edge to connect to, host:port; repeat it to give others to fall
+    /// back on (default localhost:7001).
+    #[arg(long, short, env = "CHAT_SERVER", value_delimiter = ',')]
+    server: Vec<String>,
+    /// CA certificate that signed the servers' certificates (default
+    /// certs/ca.pem).
+    #[arg(long, env = "CHAT_CA")]
+    ca: Option<PathBuf>,
+    /// Trust only the certificate with this SHA-256 fingerprint (hex)
+    /// instead of a CA.
+    #[arg(long)]
+    pin: Option<String>,
+    /// Log in as this user; the password comes from $CHAT_PASSWORD,
+    /// --password-file or a prompt, never from the command line.
+    #[arg(long, short)]
+    user: Option<String>,
+    /// File whose first line is the password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Configuration file (default: chat/config.toml in the user's
+    /// configuration directory).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Plain line mode: print the server's lines as received (the default
+    /// when standard input or output is not a terminal).
+    #[arg(long, alias = "raw")]
+    plain: bool,
+}
+
+/// The configuration file: the same settings as the command line, which
+/// wins. Relative paths are relative to the file's directory.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    servers: Vec<String>,
+    ca: Option<PathBuf>,
+    pin: Option<String>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// Everything the client runs with.
+struct Settings {
+    servers: Vec<String>,
+    trust: Trust,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    plain: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let code = match settings(cli).and_then(|s| rt.block_on(run(s))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    // The threads reading standard input or the terminal cannot be
+    // interrupted: do not wait for them once the session is over.
+    rt.shutdown_background();
+    code
+}
+
+fn settings(cli: Cli) -> Result<Settings, Error> {
+    let file = match &cli.config {
+        Some(path) if !path.exists() => {
+            return Err(format!("{}: no such configuration file", path.display()).into())
+        }
+        Some(path) => read_config(path)?,
+        None => match default_config_path() {
+            Some(path) if path.exists() => read_config(&path)?,
+            _ => FileConfig::default(),
+        },
+    };
+    let servers = if !cli.server.is_empty() {
+        cli.server
+    } else if !file.servers.is_empty() {
+        file.servers
+    } else {
+        vec!["localhost:7001".into()]
+    };
+    let trust = match cli.pin.or(file.pin) {
+        Some(pin) => Trust::Pin(tls::parse_pin(&pin)?),
+        None => {
+            let ca = cli.ca.or(file.ca).unwrap_or_else(|| "certs/ca.pem".into());
+            Trust::ca_file(&ca).map_err(|e| format!("{}: {e}", ca.display()))?
+        }
+    };
+    let plain = cli.plain || !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal();
+    Ok(Settings {
+        servers,
+        trust,
+        user: cli.user.or(file.user),
+        password_file: cli.password_file.or(file.password_file),
+        plain,
+    })
+}
+
+/// `$XDG_CONFIG_HOME/chat/config.toml`, else `~/.config/chat/config.toml`.
+fn default_config_path() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let base = env("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("chat").join("config.toml"))
+}
+
+fn read_config(path: &Path) -> Result<FileConfig, Error> {
+    let mut cfg: FileConfig = Figment::from(Toml::file_exact(path))
+        .extract()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for p in [&mut cfg.ca, &mut cfg.password_file].into_iter().flatten() {
+        *p = dir.join(&*p);
+    }
+    Ok(cfg)
+}
+
+async fn run(s: Settings) -> Result<(), Error> {
+    if s.plain {
+        let login = match &s.user {
+            Some(user) => Some(format!("LOGIN {user} {}", password(&s, user)?)),
+            None => None,
+        };
+        return plain::run(&s.servers, &s.trust, login).await;
+    }
+    let user = match &s.user {
+        Some(user) => user.clone(),
+        None => prompt("user: ")?,
+    };
+    let login = format!("LOGIN {user} {}", password(&s, &user)?);
+    tui::run(s.servers, s.trust, &user, login).await
+}
+
+fn prompt(what: &str) -> Result<String, Error> {
+    use std::io::Write;
+    print!("{what}");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let line = line.trim().to_string();
+    if line.is_empty() {
+        return Err("a user name is needed".into());
+    }
+    Ok(line)
+}
+
+/// `$CHAT_PASSWORD`, else the first line of the password file, else a
+/// prompt.
+fn password(s: &Settings, user: &str) -> Result<String, Error> {
+    if let Ok(pw) = std::env::var("CHAT_PASSWORD") {
+        return Ok(pw);
+    }
+    if let Some(path) = &s.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok(text.lines().next().unwrap_or_default().to_string());
+    }
+    Ok(rpassword::prompt_password(format!(
+        "password for {user}: "
+    ))?)
+}
+
+#[cfg(test)]
+mod tests;
