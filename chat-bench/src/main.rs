@@ -13,7 +13,7 @@ use scenarios::Timing;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Parser)]
+#[derive(Parser, Clone, serde::Serialize)]
 #[command(version, about = "Load generator and benchmark for the chat service.")]
 pub struct Cli {
     /// Where the service binaries are (build them with --release).
@@ -84,6 +84,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), load::Error> {
+    if cli.senders == 0 || cli.senders > cli.clients {
+        return Err("--senders must be between 1 and --clients".into());
+    }
+    if cli
+        .rates
+        .iter()
+        .chain([&cli.room_rate, &cli.pub_rate])
+        .any(|r| *r <= 0.0)
+    {
+        return Err("rates must be above 0".into());
+    }
     let timing = Timing {
         warmup_s: cli.warmup,
         duration_s: cli.duration,

@@ -4,7 +4,7 @@
 
 use crate::load::Error;
 use crate::scenarios::{Connect, Login, Timing, Traffic};
-use crate::system::{System, BENCH_SETTINGS};
+use crate::system::System;
 use crate::Cli;
 use serde::Serialize;
 use std::fmt::Write;
@@ -33,6 +33,8 @@ pub struct Results {
     pub machine: Machine,
     pub timing: Timing,
     pub settings: Vec<(String, String)>,
+    /// The command line's options.
+    pub options: Cli,
     pub traffic: Vec<Traffic>,
     pub login: Option<Login>,
     pub connect: Option<Connect>,
@@ -43,7 +45,7 @@ fn read(path: &str) -> String {
 }
 
 impl Results {
-    pub async fn new(_cli: &Cli, timing: Timing, system: &System) -> Results {
+    pub async fn new(cli: &Cli, timing: Timing, system: &System) -> Results {
         let cpuinfo = read("/proc/cpuinfo");
         let meminfo = read("/proc/meminfo");
         let kb: f64 = meminfo
@@ -66,10 +68,8 @@ impl Results {
                 kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             },
             timing,
-            settings: BENCH_SETTINGS
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            settings: system.settings(),
+            options: cli.clone(),
             traffic: Vec::new(),
             login: None,
             connect: None,

@@ -33,6 +33,7 @@ pub struct System {
     pub redis_url: String,
     pub target: Target,
     pub bcrypt_cost: u32,
+    keys: shared::keys::Keys,
     bin: PathBuf,
     env: Vec<(String, String)>,
     // Dropped (killed) in this order: Redis last.
@@ -69,7 +70,7 @@ impl System {
         wait_for_port(port).await?;
 
         // The services read the same settings from the environment.
-        let bcrypt_cost = shared::config::Config::load(None)?.auth.bcrypt_cost;
+        let config = shared::config::Config::load(None)?;
         let mut env: Vec<(String, String)> = BENCH_SETTINGS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -82,7 +83,8 @@ impl System {
                 edges: Vec::new(),
                 tls: shared::tls::client_config(&shared::tls::Trust::CaPem(certs.ca_pem))?,
             },
-            bcrypt_cost,
+            bcrypt_cost: config.auth.bcrypt_cost,
+            keys: shared::keys::Keys::new(config.key_prefix),
             bin: bin.to_path_buf(),
             env,
             redis,
@@ -125,6 +127,23 @@ impl System {
             .map_err(|e| format!("{name}: {e}"))?)
     }
 
+    /// The settings the services run with beyond their defaults: those of
+    /// this environment (`CHAT_*`, `RUST_LOG`) under [`BENCH_SETTINGS`].
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("CHAT_") || k == "RUST_LOG")
+            .filter(|(k, _)| !self.env.iter().any(|(e, _)| e == k))
+            .collect();
+        all.extend(
+            self.env
+                .iter()
+                .filter(|(k, _)| k != "CHAT_REDIS_URL")
+                .cloned(),
+        );
+        all.sort();
+        all
+    }
+
     /// Starts one more auth-svc instance.
     pub fn add_auth(&mut self) -> Result<(), Error> {
         let child = self.service("auth-svc", &[])?;
@@ -141,7 +160,7 @@ impl System {
     /// at `cost` (one hash, shared: only logging in is measured).
     pub async fn users(&self, prefix: &str, n: usize, cost: u32) -> Result<Vec<String>, Error> {
         let hash = tokio::task::spawn_blocking(move || bcrypt::hash(PASSWORD, cost)).await??;
-        let keys = shared::keys::Keys::new("chat:");
+        let keys = &self.keys;
         let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
         let mut conn = self.redis().await?;
         for chunk in names.chunks(1000) {
@@ -198,7 +217,7 @@ impl System {
     /// Forgets what the previous scenario left (sessions end by themselves).
     pub async fn flush_history(&self) -> Result<(), Error> {
         let mut conn = self.redis().await?;
-        let keys: Vec<String> = conn.keys("chat:history:*").await?;
+        let keys: Vec<String> = conn.keys(self.keys.history("*")).await?;
         if !keys.is_empty() {
             let () = conn.del(keys).await?;
         }

@@ -1,6 +1,7 @@
 //! Saying text in the lobby, across edges and routers.
 
 use e2e::{Shape, System};
+use redis::AsyncCommands;
 
 fn parse_msg(line: &str) -> (String, String, String, String) {
     let mut p = line.splitn(5, ' ');
@@ -85,4 +86,60 @@ async fn two_routers_share_partitions_and_keep_each_senders_order() {
         }
         assert!(next.values().all(|v| *v == N));
     }
+}
+
+/// A message routed after a later one (here planted in the history) takes
+/// the next id in that later id's millisecond: as close to the time the
+/// edge received it as order allows, not the router's clock.
+#[tokio::test]
+async fn a_message_behind_a_later_history_id_keeps_that_ids_millisecond() {
+    let sys = System::start_with(
+        Shape {
+            edges: 1,
+            routers: 0,
+            auths: 1,
+        },
+        |_| {},
+    )
+    .await;
+    sys.add_user("alice").await;
+    let router = sys.spawn_router(0);
+    let mut alice = sys.login(0, "alice").await;
+    router.abort();
+
+    alice.send("routed late").await;
+    // The edge stamps the request on arrival; read that stamp back.
+    let keys = shared::keys::Keys::new(sys.cfg.key_prefix.clone());
+    let requests = keys.router_requests(shared::keys::partition_of("alice", sys.cfg.partitions));
+    let r = sys.redis.conn().await;
+    let top = |mut r: redis::aio::ConnectionManager, requests: String| async move {
+        let top: redis::streams::StreamRangeReply =
+            r.xrevrange_count(&requests, "+", "-", 1).await.unwrap();
+        top.ids.into_iter().find(|e| {
+            e.get::<String>("req")
+                .is_some_and(|q| q.contains("routed late"))
+        })
+    };
+    e2e::eventually("the edge queued the message", || {
+        let q = top(r.clone(), requests.clone());
+        async move { q.await.is_some() }
+    })
+    .await;
+    let received = id_parts(&top(r.clone(), requests.clone()).await.unwrap().id).0;
+    // A later message of another partition, routed first.
+    let later = received + 1;
+    let _: String = r
+        .clone()
+        .xadd(
+            keys.history("lobby"),
+            format!("{later}-0"),
+            &[("from", "bob"), ("text", "first")],
+        )
+        .await
+        .unwrap();
+
+    sys.spawn_router(1); // takes over once the first one's lease runs out
+    let (_, id, from, text) = parse_msg(&alice.until(|l| l.starts_with("MSG ")).await);
+    assert_eq!((from.as_str(), text.as_str()), ("alice", "routed late"));
+    assert_eq!(id, format!("{later}-1"));
 }

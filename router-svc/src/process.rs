@@ -76,12 +76,15 @@ local function listing(kind, names, final)
   return answer(lines)
 end
 -- Ids take the time the edge received the request (the request's own id);
--- if the stream already has a later one, Redis picks the next id after it.
+-- if the stream already has a later one, the next id in that one's ms (read
+-- only then, as the rare case: another partition's later message first).
 local function add_history(key, ...)
-  local ms = tonumber(string.match(eid, '^(%d+)-'))
-  local id = redis.pcall('XADD', key, 'MAXLEN', cap, string.format('%d-*', ms), ...)
+  local ms = string.match(eid, '^(%d+)-')
+  local id = redis.pcall('XADD', key, 'MAXLEN', cap, ms .. '-*', ...)
   if type(id) == 'table' and id.err then
-    id = redis.call('XADD', key, 'MAXLEN', cap, '*', ...)
+    local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+    ms = top and string.match(top[1], '^(%d+)-') or ms
+    id = redis.call('XADD', key, 'MAXLEN', cap, ms .. '-*', ...)
   end
   return id
 end
