@@ -270,16 +270,14 @@ impl Handler {
     }
 
     async fn command(&mut self, cmd: Command) -> Flow {
-        if let Command::Say(text) = cmd {
-            self.queue(Op::Say { text });
-            return Flow::Continue;
+        // Anything but a room line comes after the room lines before it.
+        if !matches!(cmd, Command::Say(_)) {
+            self.flush().await;
         }
-        // Anything else comes after the room lines before it.
-        self.flush().await;
         match cmd {
+            Command::Say(text) => self.queue(Op::Say { text }),
             Command::Login { user, password } => self.login(user, password, false).await,
             Command::Register { user, password } => self.login(user, password, true).await,
-            Command::Say(_) => {}
             Command::Join(room) => {
                 let channel = self.ctx.keys.room_channel(&room);
                 self.route(Op::Join { room }, &[channel]).await;
@@ -393,13 +391,14 @@ impl Handler {
     /// inbox shown); [`Handler::flush`] sends it.
     fn queue(&mut self, op: Op) {
         if let Some(session) = &self.session {
-            let req = self.request(0, &session.user.clone(), op);
+            let req = self.request(0, &session.user, op);
             self.unrouted.push(req);
         }
     }
 
-    /// Sends the queued requests, in order, in one round trip: the room
-    /// lines of one read cost one, however many there are.
+    /// Sends the queued requests, in order, in one round trip (all or
+    /// none): the room lines of one read cost one, however many there are.
+    /// Each room line lost to a failure is answered `ERR unavailable`.
     async fn flush(&mut self) {
         if self.unrouted.is_empty() {
             return;
@@ -408,7 +407,7 @@ impl Handler {
         let stream = self.ctx.router_stream(&reqs[0].user);
         if let Err(e) = self.ctx.send_requests(&stream, &reqs).await {
             tracing::warn!(error = %e, requests = reqs.len(), "forwarding requests failed");
-            for _ in &reqs {
+            for _ in reqs.iter().filter(|r| matches!(r.op, Op::Say { .. })) {
                 self.reply(&unavailable().line());
             }
         }
@@ -510,9 +509,10 @@ fn unavailable() -> ProtoError {
 /// server.
 ///
 /// A socket is written at most once per `write_coalesce_ms`: under load,
-/// lines that arrive within that time share one TLS record and one system
-/// call (on each side) instead of costing one each; an idle connection's
-/// first line goes out at once.
+/// lines that arrive within that time share TLS records (up to 16 KiB
+/// each) and one system call (on each side) instead of costing one each;
+/// an idle connection's first line goes out at once, and so does the next
+/// batch when the last one was full.
 async fn write_loop<W: AsyncWrite>(
     mut wr: WriteHalf<W>,
     mut rx: mpsc::Receiver<Out>,
@@ -521,7 +521,8 @@ async fn write_loop<W: AsyncWrite>(
     coalesce: Duration,
 ) {
     let mut next_write = Instant::now();
-    // Grown on first use: an idle connection holds no write buffer.
+    // Grown when there is something to write, and let go of once the
+    // queue is empty: an idle connection holds no write buffer.
     let mut buf = Vec::new();
     let bye = loop {
         let first = tokio::select! {
@@ -555,10 +556,12 @@ async fn write_loop<W: AsyncWrite>(
             wr.flush().await
         })
         .await;
-        next_write = Instant::now() + coalesce;
-        buf.clear();
-        if buf.capacity() > WRITE_BATCH * 2 {
+        let full = buf.len() >= WRITE_BATCH;
+        next_write = Instant::now() + if full { Duration::ZERO } else { coalesce };
+        if rx.is_empty() {
             buf = Vec::new();
+        } else {
+            buf.clear();
         }
         if let Err(e) = written {
             tracing::debug!(error = %e, "write failed");

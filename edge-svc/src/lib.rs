@@ -157,6 +157,7 @@ impl Ctx {
     /// Adds `reqs` to `stream`, in order, in one round trip.
     async fn send_requests(&self, stream: &str, reqs: &[Request]) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for req in reqs {
             shared::store::add_request(&mut pipe, stream, self.cfg.request_stream_maxlen, req);
         }

@@ -313,7 +313,8 @@ impl Worker {
         } else {
             match pipe.query_async(&mut self.conn).await {
                 Ok(values) => values,
-                Err(_) => {
+                Err(e) => {
+                    tracing::warn!(error = %e, "applying a batch failed; applying it request by request");
                     let mut out = Vec::new();
                     for (p, entries) in runs {
                         out.push((p, self.apply_in_order(p, entries).await));

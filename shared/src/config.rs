@@ -60,8 +60,9 @@ pub struct EdgeConfig {
     pub out_queue: usize,
     /// Time a closing connection gets to flush its last lines.
     pub write_timeout_ms: u64,
-    /// A client's socket is written at most once per this many ms; what
-    /// arrives meanwhile goes out in the same write (0: write at once).
+    /// A client's socket is written at most once per this many ms (at most
+    /// 100); what arrives meanwhile goes out in the same write (0: write at
+    /// once).
     pub write_coalesce_ms: u64,
     /// Time a connection may take to log in; 0: no limit.
     pub login_timeout_ms: u64,
@@ -302,6 +303,13 @@ impl Config {
         if self.edge.max_line < 64 {
             return bad("edge.max_line must be at least 64");
         }
+        if self.edge.write_coalesce_ms > 100
+            || self.edge.write_coalesce_ms >= self.edge.write_timeout_ms
+        {
+            return bad(
+                "edge.write_coalesce_ms must be at most 100 and below edge.write_timeout_ms",
+            );
+        }
         if self.edge.out_queue == 0 {
             return bad("edge.out_queue must be at least 1");
         }
@@ -405,6 +413,10 @@ mod tests {
             jail.set_env("CHAT_PARTITIONS", "0");
             assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
             jail.set_env("CHAT_PARTITIONS", "8");
+            jail.set_env("CHAT_EDGE__WRITE_COALESCE_MS", "101");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_EDGE__WRITE_COALESCE_MS", "100");
+            assert!(Config::load(None).is_ok());
             jail.set_env("CHAT_EDGE__NO_SUCH_KEY", "1");
             assert!(Config::load(None).is_err());
             Ok(())

@@ -11,7 +11,6 @@ use std::time::Duration;
 /// Longest wait for an ordinary command's answer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A reconnecting, multiplexed connection for ordinary commands.
 /// A client for `url` whose connections send at once (`TCP_NODELAY`).
 /// The redis crate leaves Nagle's algorithm on by default, which holds a
 /// small write back until the previous one is acknowledged: up to 40 ms
@@ -25,6 +24,7 @@ pub fn client(url: &str) -> RedisResult<Client> {
     Client::open(info)
 }
 
+/// A reconnecting, multiplexed connection for ordinary commands.
 pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
     client
         .get_connection_manager_with_config(manager_config(RESPONSE_TIMEOUT))
