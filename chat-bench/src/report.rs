@@ -130,20 +130,21 @@ impl Results {
         let _ = writeln!(s, "\n### Traffic\n");
         let _ = writeln!(
             s,
-            "| scenario | clients | senders | offered msg/s | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | reordered | dropped clients |"
+            "| scenario | clients | senders | offered msg/s | sent msg/s | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | reordered | dropped clients |"
         );
         let _ = writeln!(
             s,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for t in &self.traffic {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 t.scenario,
                 t.clients,
                 t.senders,
                 t.offered_msgs_per_s,
+                t.sent_msgs_per_s,
                 t.deliveries_per_s,
                 t.p50_ms,
                 t.p99_ms,
@@ -364,8 +365,8 @@ fn room_size(t: &Traffic) -> usize {
 /// Prints one run as it finishes.
 pub fn line(t: &Traffic) {
     eprintln!(
-        "  {:8} {:>6} msg/s offered: {:>9} deliveries/s, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms (after the edge: p50 {} p99 {}), lost {}, reordered {}, dropped {}",
-        t.scenario, t.offered_msgs_per_s, t.deliveries_per_s, t.p50_ms, t.p99_ms, t.p999_ms, t.max_ms, t.after_edge_p50_ms, t.after_edge_p99_ms, t.lost, t.out_of_order, t.disconnected
+        "  {:8} {:>6} msg/s offered ({} sent): {:>9} deliveries/s, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms (after the edge: p50 {} p99 {}), lost {}, reordered {}, dropped {}",
+        t.scenario, t.offered_msgs_per_s, t.sent_msgs_per_s, t.deliveries_per_s, t.p50_ms, t.p99_ms, t.p999_ms, t.max_ms, t.after_edge_p50_ms, t.after_edge_p99_ms, t.lost, t.out_of_order, t.disconnected
     );
 }
 

@@ -29,6 +29,9 @@ pub struct Traffic {
     pub senders: usize,
     pub offered_msgs_per_s: f64,
     pub sent: u64,
+    /// Messages sent per second (warm-up included): below the offered
+    /// rate when the senders could not keep up.
+    pub sent_msgs_per_s: f64,
     /// Deliveries of messages sent inside the measured window, per second.
     pub deliveries_per_s: f64,
     pub expected_deliveries: u64,
@@ -154,6 +157,7 @@ pub async fn measure<S: Sink + Send + 'static>(
         senders,
         offered_msgs_per_s: meta.rate,
         sent: total_sent,
+        sent_msgs_per_s: (total_sent as f64 / (run.window.to as f64 / 1e6)).round(),
         expected_deliveries: expected,
         cpu,
         redis_calls_per_msg: calls,
