@@ -3,7 +3,8 @@
 //! On a terminal it is a full-screen chat (see `tui.rs`) that reconnects by
 //! itself; with `--plain`, or when standard input or output is not a
 //! terminal, it sends each input line and prints the server's lines as
-//! they are (see `plain.rs`). Settings come from the command line, then
+//! they are, their control characters replaced on a terminal (see
+//! `plain.rs`). Settings come from the command line, then
 //! from `$XDG_CONFIG_HOME/chat/config.toml` (or `~/.config/chat/...`).
 #![forbid(unsafe_code)]
 
