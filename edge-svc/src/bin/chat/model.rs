@@ -213,7 +213,7 @@ pub enum State {
     Ready,
     /// Lost; the next attempt is on its way.
     Reconnecting { attempt: u32, delay_ms: u64 },
-    /// Closed for good (quit, logged in elsewhere, bad credentials).
+    /// Closed for good (quit, logged in elsewhere).
     Closed(String),
 }
 
