@@ -1,7 +1,7 @@
 //! The interactive `chat` client in a pseudo-terminal (tmux), against the
 //! real services as processes: what a person sees on the screen.
 
-use e2e::procs::{signal, ChatClient, Stack};
+use e2e::procs::{service, signal, ChatClient, Stack};
 use e2e::{binary, free_port, TestRedis, WAIT};
 use std::process::Command;
 use std::time::Duration;
@@ -85,6 +85,34 @@ impl Tmux {
         }
     }
 
+    /// What tmux prints for `args`, trimmed.
+    fn ask(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Whether the pane shows the terminal's alternate screen (a
+    /// full-screen program that has not restored the terminal).
+    fn alternate_on(&self) -> bool {
+        self.ask(&["display-message", "-p", "-t", "0", "#{alternate_on}"]) == "1"
+    }
+
+    /// The process id of the command the pane runs (a child of its shell).
+    fn command_pid(&self) -> String {
+        let shell = self.ask(&["display-message", "-p", "-t", "0", "#{pane_pid}"]);
+        let out = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &shell])
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(!pid.is_empty() && !pid.contains('\n'), "one child: {pid:?}");
+        pid
+    }
+
     async fn shows(&self, text: &str) -> String {
         self.until(&format!("the screen shows {text:?}"), |s| s.contains(text))
             .await
@@ -101,15 +129,21 @@ impl Drop for Tmux {
 
 /// The interactive client as `alice` on the given edges.
 fn alice(st: &Stack, edges: &[usize]) -> Tmux {
+    Tmux::start(&chat_command(st, edges, "alice-pw", ""))
+}
+
+/// The `chat` command line for `alice` with `password` on the given
+/// edges, and `more` arguments.
+fn chat_command(st: &Stack, edges: &[usize], password: &str, more: &str) -> String {
     let mut cmd = format!(
-        "env CHAT_PASSWORD=alice-pw XDG_CONFIG_HOME=/nonexistent '{}' --ca '{}' --user alice",
+        "env CHAT_PASSWORD={password} XDG_CONFIG_HOME=/nonexistent '{}' --ca '{}' --user alice {more}",
         binary("chat").display(),
         st.ca.display()
     );
     for &i in edges {
         cmd.push_str(&format!(" --server 127.0.0.1:{}", st.ports[i]));
     }
-    Tmux::start(&cmd)
+    cmd
 }
 
 /// The status line, connected as `alice` in `room` through edge `i`.
@@ -190,42 +224,55 @@ async fn logs_in_joins_a_room_and_keeps_a_half_typed_line_while_messages_arrive(
     .await;
     tmux.press("C-u");
 
-    // More than a screenful: PageUp shows the start again.
-    for i in 0..60 {
+    // Four screens: PageUp goes back one page (37 rows of the pane's 38),
+    // not to the top.
+    for i in 0..150 {
         bob.say(&format!("line {i}")).await;
     }
-    tmux.shows("<bob> line 59").await;
+    tmux.shows("<bob> line 149").await;
     tmux.press("PPage");
-    tmux.until("scrolled back", |s| {
-        s.contains("scrolled back") && !s.contains("<bob> line 59")
-    })
-    .await;
+    let screen = tmux
+        .until("scrolled back a page", |s| {
+            s.contains("scrolled back 37 rows")
+        })
+        .await;
+    assert!(screen.contains("<bob> line 100\n"), "{screen}");
+    assert!(!screen.contains("<bob> line 149"), "{screen}");
+    tmux.press("PPage");
+    tmux.shows("scrolled back 74 rows").await;
+    tmux.press("NPage");
     tmux.press("NPage");
     tmux.until("back at the bottom", |s| {
-        !s.contains("scrolled back") && s.contains("<bob> line 59")
+        !s.contains("scrolled back") && s.contains("<bob> line 149")
     })
     .await;
 
     // Ctrl-C logs out and restores the terminal.
+    assert!(tmux.alternate_on());
     tmux.press("C-c");
     bob.until(|l| l == "SYS den alice left").await;
     tmux.shows("[chat exited 0]").await;
+    assert!(!tmux.alternate_on(), "the terminal is restored");
 }
 
 #[tokio::test]
 async fn reconnects_after_its_edge_restarts_and_shows_what_it_missed_once() {
     let redis = TestRedis::start().await;
     let mut st = Stack::start(&redis, &["alice", "bob"], &[]).await;
+    let mut bob = ChatClient::start(st.ports[1], &st.ca, "bob");
+    bob.until(|l| l == "OK LOGIN bob lobby").await;
+    bob.say("/join den").await;
+    bob.until(|l| l == "OK JOIN den").await;
+    bob.say("said before alice came").await;
+    bob.until(|l| l.ends_with(" bob said before alice came"))
+        .await;
+
     let tmux = alice(&st, &[0]);
     tmux.shows(&status(&st, "lobby", 0)).await;
     tmux.type_text("/join den");
     tmux.press("Enter");
     tmux.shows(&status(&st, "den", 0)).await;
-
-    let mut bob = ChatClient::start(st.ports[1], &st.ca, "bob");
-    bob.until(|l| l == "OK LOGIN bob lobby").await;
-    bob.say("/join den").await;
-    bob.until(|l| l == "OK JOIN den").await;
+    bob.until(|l| l == "SYS den alice joined").await;
     bob.say("before the restart").await;
     tmux.shows("<bob> before the restart").await;
 
@@ -241,6 +288,7 @@ async fn reconnects_after_its_edge_restarts_and_shows_what_it_missed_once() {
     assert!(screen.contains("=== back in #den"), "{screen}");
     assert_eq!(count(&screen, "<bob> while you were away"), 1, "{screen}");
     assert_eq!(count(&screen, "<bob> before the restart"), 1, "{screen}");
+    assert_eq!(count(&screen, "said before alice came"), 0, "{screen}");
     assert_eq!(input_line(&screen), "[#den] typed while away", "{screen}");
     bob.until(|l| l == "SYS den alice joined").await;
 
@@ -253,6 +301,7 @@ async fn reconnects_after_its_edge_restarts_and_shows_what_it_missed_once() {
     let screen = tmux.shows("»<alice> typed while away").await;
     assert_eq!(count(&screen, "<bob> while you were away"), 1, "{screen}");
     assert_eq!(count(&screen, "<bob> before the restart"), 1, "{screen}");
+    assert_eq!(count(&screen, "said before alice came"), 0, "{screen}");
 }
 
 #[tokio::test]
@@ -295,4 +344,117 @@ async fn plain_mode_prints_the_server_lines_as_received() {
     alice.stdin = None;
     assert_eq!(alice.line().await, "BYE quit");
     alice.exits_ok().await;
+}
+
+#[tokio::test]
+async fn bad_credentials_end_the_client_with_an_error_in_both_modes() {
+    let redis = TestRedis::start().await;
+    let st = Stack::start(&redis, &["alice"], &[]).await;
+    let tmux = Tmux::start(&chat_command(&st, &[0], "wrong", ""));
+    let screen = tmux.shows("[chat exited 1]").await;
+    assert!(
+        screen.contains("chat: login failed: bad-credentials"),
+        "{screen}"
+    );
+    assert!(!tmux.alternate_on(), "the terminal is restored");
+
+    let out = tokio::process::Command::new(binary("chat"))
+        .args(["--server", &format!("127.0.0.1:{}", st.ports[0])])
+        .arg("--ca")
+        .arg(&st.ca)
+        .args(["--user", "alice"])
+        .env("CHAT_PASSWORD", "wrong")
+        .stdin(std::process::Stdio::piped())
+        .output();
+    let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\nERR bad-credentials"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("login failed"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_login_the_back_end_could_not_answer_is_tried_again() {
+    let redis = TestRedis::start().await;
+    let envs = [("CHAT_EDGE__REQUEST_TIMEOUT_MS", "500".to_string())];
+    let mut st = Stack::start(&redis, &["alice"], &envs).await;
+    signal(&st.services[0], "-KILL");
+    let _ = st.services[0].wait().await;
+    let tmux = alice(&st, &[0]);
+    tmux.shows("disconnected: login failed: unavailable").await;
+    tmux.shows("| reconnecting").await;
+    let _auth = service("auth-svc", &redis, &envs)
+        .env(
+            "CHAT_AUTH__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .spawn()
+        .unwrap();
+    tmux.shows(&status(&st, "lobby", 0)).await;
+    tmux.shows("=== logged in as alice, in #lobby").await;
+}
+
+#[tokio::test]
+async fn a_login_elsewhere_is_left_alone() {
+    let redis = TestRedis::start().await;
+    let st = Stack::start(&redis, &["alice"], &[]).await;
+    let tmux = alice(&st, &[0, 1]);
+    tmux.shows(&status(&st, "lobby", 0)).await;
+    let mut other = ChatClient::start(st.ports[1], &st.ca, "alice");
+    other.until(|l| l == "OK LOGIN alice lobby").await;
+    let port = st.ports[0];
+    let closed = format!(" alice | #lobby | 127.0.0.1:{port} | disconnected: logged-in-elsewhere");
+    let screen = tmux.shows(&closed).await;
+    assert_eq!(count(&screen, "*** connected to"), 1, "{screen}");
+    // The other session goes on.
+    other.say("/ping").await;
+    let got = other
+        .until(|l| l == "OK PING" || l.starts_with("BYE"))
+        .await;
+    assert_eq!(got, "OK PING");
+    tmux.press("C-c");
+    tmux.shows("[chat exited 0]").await;
+    other.say("/ping").await;
+    let got = other
+        .until(|l| l == "OK PING" || l.starts_with("BYE"))
+        .await;
+    assert_eq!(got, "OK PING");
+}
+
+#[tokio::test]
+async fn sigterm_restores_the_terminal() {
+    let redis = TestRedis::start().await;
+    let st = Stack::start(&redis, &["alice"], &[]).await;
+    let tmux = alice(&st, &[0]);
+    tmux.shows(&status(&st, "lobby", 0)).await;
+    assert!(tmux.alternate_on());
+    let pid = tmux.command_pid();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tmux.shows("[chat exited 0]").await;
+    assert!(!tmux.alternate_on(), "the terminal is restored");
+}
+
+#[tokio::test]
+async fn plain_mode_on_a_terminal_shows_escapes_harmlessly() {
+    let redis = TestRedis::start().await;
+    let st = Stack::start(&redis, &["alice", "bob"], &[]).await;
+    let tmux = Tmux::start(&chat_command(&st, &[0], "alice-pw", "--plain"));
+    tmux.shows("OK LOGIN alice lobby").await;
+    let mut bob = ChatClient::start(st.ports[1], &st.ca, "bob");
+    bob.until(|l| l == "OK LOGIN bob lobby").await;
+    bob.say("\u{1b}[2J\u{1b}[31mred hi").await;
+    let screen = tmux.shows("[31mred hi").await;
+    assert!(
+        screen.contains(" bob \u{fffd}[2J\u{fffd}[31mred hi"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("OK LOGIN alice lobby"),
+        "not cleared: {screen}"
+    );
 }

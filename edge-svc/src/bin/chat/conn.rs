@@ -1,24 +1,54 @@
-//! TLS connections to the edges, and the interactive client's reconnect
-//! loop.
+//! TLS connections to the edges: one session's lines both ways (used by
+//! both modes), and the interactive client's reconnect loop.
 
-use crate::model::reconnect_after;
+use crate::model::{login_retry, reconnect_after};
+use bytes::BytesMut;
+use edge_svc::frame::{Frame, LineDecoder};
 use shared::tls::{self, Trust};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// The first wait before connecting again, doubled after each failure up
-/// to [`BACKOFF_MAX`].
+/// to [`BACKOFF_MAX`]; each wait is cut by a random part of up to half
+/// (jitter), so that clients dropped together do not return together.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A connection that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest server line read; a longer one is left out (with a notice).
+pub const MAX_LINE: usize = 64 * 1024;
+/// How many lines or events wait in a channel between the tasks.
+pub const QUEUE: usize = 256;
+
+/// When a session pings and when it gives up on a silent server.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// After this long without a line sent, a `/ping` goes out, so that the
+    /// server's idle timeout (15 minutes by default) does not close the
+    /// session.
+    pub keepalive: Duration,
+    /// After a keepalive `/ping`, the connection is taken for dead when no
+    /// line at all arrives within this long.
+    pub answer_within: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            keepalive: Duration::from_secs(120),
+            answer_within: Duration::from_secs(20),
+        }
+    }
+}
 
 /// Opens a TLS connection to `server` (`host:port`).
 pub async fn connect(server: &str, trust: &Trust) -> Result<TlsStream<TcpStream>, Error> {
@@ -43,29 +73,49 @@ pub async fn connect(server: &str, trust: &Trust) -> Result<TlsStream<TcpStream>
     }
 }
 
-/// What the reconnect loop tells the interface.
-#[derive(Debug)]
+/// What a connection tells the interface.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Net {
     Connected(String),
     Line(String),
+    /// Something the client itself has to say.
+    Notice(String),
     /// The connection is gone (or could not be opened); the next attempt is
     /// `retry`: (attempt number, delay), or none at all.
     Lost {
         why: String,
         retry: Option<(u32, Duration)>,
     },
+    /// The login was refused for good (bad credentials, ...): the client
+    /// ends with an error.
+    Refused(String),
+}
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The server closed it, after `BYE <reason>` if it said one.
+    Closed(Option<String>),
+    /// It broke off, or the server stopped answering.
+    Broken(String),
+    /// The login was answered `ERR <code> <text>`: this is `<code> <text>`.
+    Refused(String),
+    /// The interface went away.
+    Gone,
 }
 
 /// Keeps a session open: connects to the servers in turn, sends `login`
 /// first, then the lines from `outgoing`, and reports everything on
-/// `events`. After a loss it waits (doubling backoff) and tries the next
-/// server, unless the server said `BYE quit` or `BYE logged-in-elsewhere`.
+/// `events`. After a loss it waits (backoff) and tries the next server,
+/// unless the server said `BYE quit` or `BYE logged-in-elsewhere`, or
+/// refused the login for good.
 pub async fn keep_open(
     servers: Vec<String>,
     trust: Trust,
     login: String,
-    mut outgoing: mpsc::UnboundedReceiver<String>,
-    events: mpsc::UnboundedSender<Net>,
+    timing: Timing,
+    mut outgoing: mpsc::Receiver<String>,
+    events: mpsc::Sender<Net>,
 ) {
     let mut next = 0;
     let mut attempt = 0u32;
@@ -81,77 +131,178 @@ pub async fn keep_open(
                 let since = Instant::now();
                 // Lines typed for the connection that was lost are not
                 // sent on this one before the login.
-                while outgoing.try_recv().is_ok() {}
-                if events.send(Net::Connected(server.clone())).is_err() {
+                let mut dropped = 0;
+                while outgoing.try_recv().is_ok() {
+                    dropped += 1;
+                }
+                if dropped > 0 {
+                    let text =
+                        format!("{dropped} line(s) typed as the connection was lost were not sent");
+                    if events.send(Net::Notice(text)).await.is_err() {
+                        return;
+                    }
+                }
+                if events.send(Net::Connected(server.clone())).await.is_err() {
                     return;
                 }
-                let (why, again) = session(stream, &login, &mut outgoing, &events).await;
-                if !again {
-                    let _ = events.send(Net::Lost { why, retry: None });
-                    return;
-                }
+                let end = session(stream, Some(&login), timing, &mut outgoing, &events).await;
                 if since.elapsed() > STABLE {
                     delay = BACKOFF_MIN;
                 }
-                why
+                match end {
+                    End::Gone => return,
+                    End::Refused(err) if !login_retry(&err) => {
+                        let _ = events.send(Net::Refused(err)).await;
+                        return;
+                    }
+                    End::Refused(err) => format!("login failed: {err}"),
+                    End::Closed(Some(reason)) if !reconnect_after(&reason) => {
+                        let _ = events
+                            .send(Net::Lost {
+                                why: reason,
+                                retry: None,
+                            })
+                            .await;
+                        return;
+                    }
+                    End::Closed(Some(reason)) => reason,
+                    End::Closed(None) => "the server closed the connection".into(),
+                    End::Broken(why) => why,
+                }
             }
         };
-        let retry = Some((attempt + 1, delay));
-        if events.send(Net::Lost { why, retry }).is_err() {
+        let wait = jitter(delay);
+        let retry = Some((attempt + 1, wait));
+        if events.send(Net::Lost { why, retry }).await.is_err() {
             return;
         }
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(wait).await;
         delay = (delay * 2).min(BACKOFF_MAX);
     }
 }
 
-/// One connection, until it ends: why it ended, and whether to reconnect.
-async fn session(
+/// `delay` less a random part of up to half of it.
+pub fn jitter(delay: Duration) -> Duration {
+    let random = RandomState::new().hash_one(());
+    delay.mul_f64(1.0 - (random % 1000) as f64 / 2000.0)
+}
+
+/// Server lines, at most [`MAX_LINE`] bytes each.
+struct Reader<R> {
+    rd: R,
+    buf: BytesMut,
+    decoder: LineDecoder,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// The next frame; `None` at the end. Cancel-safe: what was read stays
+    /// in the buffer.
+    async fn next(&mut self) -> std::io::Result<Option<Frame>> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf) {
+                return Ok(Some(frame));
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                return Ok(self.decoder.decode_eof(&mut self.buf));
+            }
+        }
+    }
+}
+
+/// One connection, until it ends: sends `login` (if any) first, then the
+/// lines from `outgoing`, pings after [`Timing::keepalive`] without a line
+/// sent (its `OK PING` is not passed on), and passes the server's lines to
+/// `events`. An `ERR` before the `OK LOGIN` ends the session as
+/// [`End::Refused`]. When `outgoing` closes, the session goes on until the
+/// server closes it or `events` closes.
+pub async fn session(
     stream: TlsStream<TcpStream>,
-    login: &str,
-    outgoing: &mut mpsc::UnboundedReceiver<String>,
-    events: &mpsc::UnboundedSender<Net>,
-) -> (String, bool) {
+    login: Option<&str>,
+    timing: Timing,
+    outgoing: &mut mpsc::Receiver<String>,
+    events: &mpsc::Sender<Net>,
+) -> End {
     let (rd, mut wr) = tokio::io::split(stream);
-    let mut lines = BufReader::new(rd).lines();
-    if let Err(e) = wr.write_all(format!("{login}\n").as_bytes()).await {
-        return (e.to_string(), true);
+    let mut lines = Reader {
+        rd,
+        buf: BytesMut::new(),
+        decoder: LineDecoder::new(MAX_LINE),
+    };
+    let mut logging_in = login.is_some();
+    if let Some(login) = login {
+        if let Err(e) = wr.write_all(format!("{login}\n").as_bytes()).await {
+            return End::Broken(e.to_string());
+        }
     }
     let mut bye: Option<String> = None;
+    let mut pings = 0usize;
+    let mut ping_at = Instant::now() + timing.keepalive;
+    // Set while a keepalive ping waits for a sign of life.
+    let mut answer_by: Option<Instant> = None;
+    let mut input_open = true;
     loop {
-        tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(Some(line)) => {
+        let event = tokio::select! {
+            frame = lines.next() => match frame {
+                Ok(Some(Frame::Line(bytes))) => {
+                    answer_by = None;
+                    let line = String::from_utf8_lossy(&bytes).into_owned();
+                    if line == "OK PING" && pings > 0 {
+                        pings -= 1;
+                        continue;
+                    }
+                    if logging_in && line.starts_with("OK LOGIN ") {
+                        logging_in = false;
+                    }
                     if let Some(reason) = line.strip_prefix("BYE ") {
                         bye = Some(reason.to_string());
                     }
-                    if events.send(Net::Line(line)).is_err() {
-                        return ("closed".into(), false);
+                    if let Some(err) = line.strip_prefix("ERR ").filter(|_| logging_in) {
+                        let err = err.to_string();
+                        let _ = events.send(Net::Line(line)).await;
+                        return End::Refused(err);
                     }
+                    Net::Line(line)
                 }
-                Ok(None) => {
-                    return match bye {
-                        Some(reason) => {
-                            let again = reconnect_after(&reason);
-                            (reason, again)
-                        }
-                        None => ("the server closed the connection".into(), true),
-                    };
+                Ok(Some(Frame::TooLong)) => {
+                    answer_by = None;
+                    Net::Notice(format!("a server line over {MAX_LINE} bytes was left out"))
                 }
+                // After a `BYE`, however the connection ends.
+                Ok(None) => return End::Closed(bye),
+                Err(_) if bye.is_some() => return End::Closed(bye),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return ("the connection broke off".into(), true);
+                    return End::Broken("the connection broke off".into());
                 }
-                Err(e) => return (e.to_string(), true),
+                Err(e) => return End::Broken(e.to_string()),
             },
-            line = outgoing.recv() => match line {
-                Some(line) => {
-                    if let Err(e) = wr.write_all(format!("{line}\n").as_bytes()).await {
-                        return (e.to_string(), true);
-                    }
+            line = outgoing.recv(), if input_open => {
+                let Some(line) = line else {
+                    input_open = false;
+                    continue;
+                };
+                if let Err(e) = wr.write_all(format!("{line}\n").as_bytes()).await {
+                    return End::Broken(e.to_string());
                 }
-                // The interface is gone.
-                None => return ("closed".into(), false),
-            },
+                ping_at = Instant::now() + timing.keepalive;
+                continue;
+            }
+            _ = tokio::time::sleep_until(answer_by.unwrap_or(ping_at)) => {
+                if answer_by.is_some() {
+                    let secs = timing.answer_within.as_secs_f64();
+                    return End::Broken(format!("no answer from the server in {secs} s"));
+                }
+                if let Err(e) = wr.write_all(b"/ping\n").await {
+                    return End::Broken(e.to_string());
+                }
+                pings += 1;
+                let now = Instant::now();
+                answer_by = Some(now + timing.answer_within);
+                ping_at = now + timing.keepalive;
+                continue;
+            }
+        };
+        if events.send(event).await.is_err() {
+            return End::Gone;
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The input line: editing, history of lines sent, Tab completion.
 
 use crate::model::{Model, COMMANDS};
+use unicode_width::UnicodeWidthChar;
 
 /// How many lines sent Up and Down go back through.
 const HISTORY: usize = 500;
@@ -15,15 +16,13 @@ pub struct Input {
     browsing: Option<usize>,
     /// What was typed before browsing began.
     draft: String,
+    /// The completion shown, while Tab is pressed again and again.
+    cycle: Option<Cycle>,
 }
 
 impl Input {
     pub fn text(&self) -> String {
         self.chars.iter().collect()
-    }
-
-    pub fn cursor(&self) -> usize {
-        self.cursor
     }
 
     pub fn set(&mut self, text: &str) {
@@ -136,13 +135,67 @@ impl Input {
         }
     }
 
+    /// What fits of the line in `cols` terminal columns, scrolled
+    /// sideways so that the cursor stays in sight, and the cursor's column
+    /// in it. Wide characters (CJK, emoji) take two columns.
+    pub fn view(&self, cols: usize) -> (String, usize) {
+        let w = |c: &char| c.width().unwrap_or(0);
+        // The last column is kept for the cursor at the end of the line.
+        let room = cols.saturating_sub(1);
+        let mut skip = 0;
+        let mut cursor: usize = self.chars[..self.cursor].iter().map(w).sum();
+        while cursor > room {
+            cursor -= w(&self.chars[skip]);
+            skip += 1;
+        }
+        let mut used = 0;
+        let shown = self.chars[skip..]
+            .iter()
+            .take_while(|c| {
+                used += w(c);
+                used <= cols
+            })
+            .collect();
+        (shown, cursor)
+    }
+
+    /// Any key but Tab: the completion shown is kept as it is.
+    pub fn accept(&mut self) {
+        self.cycle = None;
+    }
+
     /// Tab: completes the word before the cursor (a command, a room or a
-    /// user, by where it stands). Returns the candidates when there are
-    /// several, to be shown.
-    pub fn complete(&mut self, model: &Model) -> Vec<String> {
+    /// user, by where it stands) with the first match; Tab again right
+    /// after replaces it with the next, round and round, as in irssi.
+    pub fn complete(&mut self, model: &Model) {
+        let cycle = match self.cycle.take() {
+            Some(mut c) => {
+                c.at = (c.at + 1) % c.matches.len();
+                c
+            }
+            None => match self.matches(model) {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let text = format!(
+            "{}{}{}",
+            cycle.prefix, cycle.matches[cycle.at], cycle.suffix
+        );
+        let n = text.chars().count();
+        self.chars.splice(cycle.start..self.cursor, text.chars());
+        self.cursor = cycle.start + n;
+        self.cycle = Some(cycle);
+    }
+
+    /// What the word before the cursor could be completed to.
+    fn matches(&self, model: &Model) -> Option<Cycle> {
         let before: String = self.chars[..self.cursor].iter().collect();
         let start = before.rfind(' ').map_or(0, |i| i + 1);
         let word = &before[start..];
+        if word.is_empty() {
+            return None;
+        }
         let first = before
             .split(' ')
             .next()
@@ -152,7 +205,8 @@ impl Input {
             Some(w) => ("@", w),
             None => ("", word),
         };
-        let candidates: Vec<String> = if start == 0 && word.starts_with('/') {
+        let command = start == 0 && word.starts_with('/');
+        let candidates: Vec<String> = if command {
             COMMANDS.iter().map(|c| c.to_string()).collect()
         } else if start > 0 && matches!(first.as_str(), "/join" | "/who") {
             model.rooms.iter().cloned().collect()
@@ -162,38 +216,38 @@ impl Input {
             users.retain(|u| *u != model.user);
             users
         };
-        let mut matches: Vec<String> = candidates
-            .into_iter()
-            .filter(|c| c.starts_with(word))
-            .collect();
+        // Commands in any case, names as they are (they are
+        // case-sensitive).
+        let fits = |c: &String| match command {
+            true => c.starts_with(&word.to_ascii_lowercase()),
+            false => c.starts_with(word),
+        };
+        let mut matches: Vec<String> = candidates.into_iter().filter(fits).collect();
         matches.sort();
         matches.dedup();
-        let Some(first_match) = matches.first() else {
-            return Vec::new();
-        };
-        let common = matches.iter().fold(first_match.clone(), |acc, m| {
-            acc.chars()
-                .zip(m.chars())
-                .take_while(|(a, b)| a == b)
-                .map(|(a, _)| a)
-                .collect()
-        });
-        let mut replacement = format!("{prefix}{common}");
-        if matches.len() == 1 {
-            // Like irssi: a name first on a line of text addresses someone.
-            let addressed = start == 0 && !word.starts_with('/') && prefix.is_empty();
-            replacement.push_str(if addressed { ": " } else { " " });
+        if matches.is_empty() {
+            return None;
         }
-        let start_chars = before[..start].chars().count();
-        let after: Vec<char> = self.chars[self.cursor..].to_vec();
-        self.chars.truncate(start_chars);
-        self.chars.extend(replacement.chars());
-        self.cursor = self.chars.len();
-        self.chars.extend(after);
-        if matches.len() > 1 {
-            matches
-        } else {
-            Vec::new()
-        }
+        // Like irssi: a name first on a line of text addresses someone.
+        let addressed = start == 0 && !command && prefix.is_empty();
+        Some(Cycle {
+            start: before[..start].chars().count(),
+            prefix,
+            suffix: if addressed { ": " } else { " " },
+            matches,
+            at: 0,
+        })
     }
+}
+
+/// A completion being cycled through with Tab.
+#[derive(Debug)]
+struct Cycle {
+    /// Where the word completed starts, in characters.
+    start: usize,
+    prefix: &'static str,
+    suffix: &'static str,
+    matches: Vec<String>,
+    /// Which match is shown.
+    at: usize,
 }

@@ -3,7 +3,8 @@
 //! On a terminal it is a full-screen chat (see `tui.rs`) that reconnects by
 //! itself; with `--plain`, or when standard input or output is not a
 //! terminal, it sends each input line and prints the server's lines as
-//! they are (see `plain.rs`). Settings come from the command line, then
+//! they are, their control characters replaced on a terminal (see
+//! `plain.rs`). Settings come from the command line, then
 //! from `$XDG_CONFIG_HOME/chat/config.toml` (or `~/.config/chat/...`).
 #![forbid(unsafe_code)]
 
@@ -152,19 +153,24 @@ fn read_config(path: &Path) -> Result<FileConfig, Error> {
 }
 
 async fn run(s: Settings) -> Result<(), Error> {
-    if s.plain {
-        let login = match &s.user {
-            Some(user) => Some(format!("LOGIN {user} {}", password(&s, user)?)),
-            None => None,
-        };
-        return plain::run(&s.servers, &s.trust, login).await;
-    }
     let user = match &s.user {
-        Some(user) => user.clone(),
-        None => prompt("user: ")?,
+        Some(user) => Some(user.clone()),
+        None if s.plain => None,
+        None => Some(prompt("user: ")?),
     };
-    let login = format!("LOGIN {user} {}", password(&s, &user)?);
-    tui::run(s.servers, s.trust, &user, login).await
+    let login = match &user {
+        Some(user) => {
+            check_user(user)?;
+            let env = std::env::var("CHAT_PASSWORD").ok();
+            let pw = password(env, s.password_file.as_deref(), user)?;
+            Some(format!("LOGIN {user} {pw}"))
+        }
+        None => None,
+    };
+    match (user, login) {
+        (Some(user), Some(login)) if !s.plain => tui::run(s.servers, s.trust, &user, login).await,
+        (_, login) => plain::run(&s.servers, &s.trust, login).await,
+    }
 }
 
 fn prompt(what: &str) -> Result<String, Error> {
@@ -173,26 +179,33 @@ fn prompt(what: &str) -> Result<String, Error> {
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
-    let line = line.trim().to_string();
-    if line.is_empty() {
-        return Err("a user name is needed".into());
-    }
-    Ok(line)
+    Ok(line.trim().to_string())
 }
 
-/// `$CHAT_PASSWORD`, else the first line of the password file, else a
-/// prompt.
-fn password(s: &Settings, user: &str) -> Result<String, Error> {
-    if let Ok(pw) = std::env::var("CHAT_PASSWORD") {
-        return Ok(pw);
+/// A user name is `[A-Za-z0-9_-]{1,32}`.
+fn check_user(user: &str) -> Result<(), Error> {
+    if !shared::protocol::is_valid_name(user) {
+        return Err(format!("{user:?} is not a user name: 1 to 32 of A-Z a-z 0-9 _ -").into());
     }
-    if let Some(path) = &s.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        return Ok(text.lines().next().unwrap_or_default().to_string());
+    Ok(())
+}
+
+/// `env` (`$CHAT_PASSWORD`), else the first line of the password file,
+/// else a prompt. A line break would end the `LOGIN` line early.
+fn password(env: Option<String>, file: Option<&Path>, user: &str) -> Result<String, Error> {
+    let pw = match (env, file) {
+        (Some(pw), _) => pw,
+        (None, Some(path)) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            text.lines().next().unwrap_or_default().to_string()
+        }
+        (None, None) => rpassword::prompt_password(format!("password for {user}: "))?,
+    };
+    if pw.contains(['\r', '\n']) {
+        return Err("the password must not contain a line break".into());
     }
-    Ok(rpassword::prompt_password(format!(
-        "password for {user}: "
-    ))?)
+    Ok(pw)
 }
 
 #[cfg(test)]

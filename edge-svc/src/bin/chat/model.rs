@@ -1,7 +1,7 @@
 //! The interactive client's state, without sockets or a terminal: server
 //! lines in, entries for the message pane and lines to send out.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// How many lines the message pane keeps.
 pub const SCROLLBACK: usize = 5000;
@@ -157,6 +157,33 @@ pub fn reconnect_after(reason: &str) -> bool {
     )
 }
 
+/// Whether a login answered `ERR <code> <text>` is worth trying again:
+/// when the back end was slow or failed, the client was rate-limited, or
+/// the user's old session is still in place (policy `reject`). Any other
+/// error (`bad-credentials`, `bad-name`, ...) will not go away by itself.
+pub fn login_retry(err: &str) -> bool {
+    matches!(
+        err.split(' ').next().unwrap_or_default(),
+        "unavailable" | "rate-limited" | "internal" | "already-logged-in"
+    )
+}
+
+/// A message id `<ms>-<seq>`, ordered as the pair of numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Id(u64, u64);
+
+impl Id {
+    pub fn parse(id: &str) -> Option<Id> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Id(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    /// The first id of the millisecond `ms`.
+    fn at(ms: i64) -> Id {
+        Id(ms.max(0) as u64, 0)
+    }
+}
+
 /// The Unix milliseconds of a `<ms>-<seq>` message id.
 pub fn id_ms(id: &str) -> Option<i64> {
     id.split('-').next()?.parse().ok()
@@ -186,7 +213,7 @@ pub enum State {
     Ready,
     /// Lost; the next attempt is on its way.
     Reconnecting { attempt: u32, delay_ms: u64 },
-    /// Closed for good (quit, logged in elsewhere, bad credentials).
+    /// Closed for good (quit, logged in elsewhere).
     Closed(String),
 }
 
@@ -250,6 +277,26 @@ pub struct Entry {
     pub own: bool,
 }
 
+/// A command the client sent of its own accord after a login, whose
+/// answer is taken in without being shown as such. Every command gets one
+/// final `OK`/`ERR`, in order, and nothing of the user's is sent until
+/// these are answered, so the next final reply is the first one's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Quiet {
+    /// `/subscriptions`: its list replaces the one in the status line.
+    Subscriptions,
+    /// `/join <room>`: back into the room after a reconnect.
+    Rejoin,
+    /// `/history 200` after a reconnect: shows the rows newer than
+    /// `since` (the newest message shown, or the join) and older than
+    /// `until` (the first message that came live meanwhile).
+    CatchUp {
+        since: Option<Id>,
+        until: Option<Id>,
+        oldest: Option<Id>,
+    },
+}
+
 /// The client's whole state.
 #[derive(Debug)]
 pub struct Model {
@@ -264,19 +311,17 @@ pub struct Model {
     pub entries: VecDeque<Entry>,
     /// Entries ever pushed; the view uses it to keep a scrolled pane still.
     pub pushed: u64,
-    /// `<conversation> <id>` of every message shown: nothing twice.
-    seen: HashSet<String>,
-    /// Keepalive pings whose `OK PING` is not shown.
-    pings: usize,
+    /// Per conversation, the newest message id shown, or the first id of
+    /// the millisecond the user joined (by the local clock) if that is
+    /// later: what a catch-up shows must be newer.
+    last: HashMap<String, Id>,
+    /// The `SUB` lines of a `/subscriptions` answer so far.
+    listed: BTreeSet<String>,
+    /// The client's own commands not answered yet, oldest first.
+    pending: VecDeque<Quiet>,
     /// Logged in before: the next login is a reconnect, which rejoins and
     /// fetches what was missed.
     was_in: bool,
-    /// `LOGIN` sent, its answer not in yet.
-    logging_in: bool,
-    /// Waiting for the `OK JOIN` of the rejoin.
-    rejoining: bool,
-    /// The `HIST` lines coming are the catch-up after a reconnect.
-    catching_up: bool,
     /// `/quit` sent: the end of the session is not a reason to reconnect.
     pub quitting: bool,
 }
@@ -294,12 +339,10 @@ impl Model {
             users: BTreeSet::new(),
             entries: VecDeque::new(),
             pushed: 0,
-            seen: HashSet::new(),
-            pings: 0,
+            last: HashMap::new(),
+            listed: BTreeSet::new(),
+            pending: VecDeque::new(),
             was_in: false,
-            logging_in: false,
-            rejoining: false,
-            catching_up: false,
             quitting: false,
         }
     }
@@ -330,10 +373,8 @@ impl Model {
     pub fn connected(&mut self, now: i64, server: &str) {
         self.server = Some(server.to_string());
         self.state = State::LoggingIn;
-        self.pings = 0;
-        self.logging_in = true;
-        self.rejoining = false;
-        self.catching_up = false;
+        self.pending.clear();
+        self.listed.clear();
         self.notice(now, format!("connected to {server}"));
     }
 
@@ -349,11 +390,6 @@ impl Model {
             None => format!("disconnected: {why}"),
         };
         self.notice(now, text);
-    }
-
-    /// A keepalive `/ping` is being sent.
-    pub fn pinged(&mut self) {
-        self.pings += 1;
     }
 
     /// The user pressed Enter on `line`: what to send, if anything.
@@ -391,19 +427,19 @@ impl Model {
             Server::Hello { edge } => self.edge = Some(edge),
             Server::LoggedIn { user } => {
                 self.user = user;
-                self.logging_in = false;
                 // The room the user was in before a reconnect.
                 let before = std::mem::replace(&mut self.room, "lobby".into());
+                out.push("/subscriptions".into());
+                self.pending.push_back(Quiet::Subscriptions);
                 if std::mem::replace(&mut self.was_in, true) {
                     if before != "lobby" {
-                        let room = before;
-                        self.rejoining = true;
-                        out.push(format!("/join {room}"));
+                        out.push(format!("/join {before}"));
+                        self.pending.push_back(Quiet::Rejoin);
                     } else {
                         out.push(self.catch_up());
                     }
                 } else {
-                    self.state = State::Ready;
+                    self.mark("lobby", Id::at(now));
                     self.push(
                         now,
                         Kind::Room,
@@ -415,9 +451,11 @@ impl Model {
             Server::Joined { room } => {
                 self.rooms.insert(room.clone());
                 self.room = room;
-                if std::mem::take(&mut self.rejoining) {
+                if self.pending.front() == Some(&Quiet::Rejoin) {
+                    self.pending.pop_front();
                     out.push(self.catch_up());
                 } else {
+                    self.mark(&self.room.clone(), Id::at(now));
                     self.push(
                         now,
                         Kind::Room,
@@ -428,6 +466,7 @@ impl Model {
             }
             Server::Left { room } => {
                 self.room = "lobby".into();
+                self.mark("lobby", Id::at(now));
                 self.push(
                     now,
                     Kind::Room,
@@ -441,16 +480,17 @@ impl Model {
                 from,
                 text,
             } => {
+                if let Some(Quiet::CatchUp { until, .. }) = self.pending.front_mut() {
+                    if room == self.room && until.is_none() {
+                        *until = Id::parse(&id);
+                    }
+                }
                 self.rooms.insert(room.clone());
-                self.message(
-                    &room,
-                    &id,
-                    Kind::Msg {
-                        room: room.clone(),
-                        from,
-                    },
-                    text,
-                );
+                let kind = Kind::Msg {
+                    room: room.clone(),
+                    from,
+                };
+                self.message(&room, &id, kind, text);
             }
             Server::Pub { id, from, text } => {
                 self.message(&format!("pub:{from}"), &id, Kind::Pub { from }, text)
@@ -464,12 +504,27 @@ impl Model {
                 from,
                 text,
             } => {
-                if self.catching_up {
-                    let kind = Kind::Msg {
-                        room: conv.clone(),
-                        from,
-                    };
-                    self.message(&conv, &id, kind, text);
+                if let Some(Quiet::CatchUp {
+                    since,
+                    until,
+                    oldest,
+                }) = self.pending.front_mut()
+                {
+                    let row = Id::parse(&id);
+                    if oldest.is_none() {
+                        *oldest = row;
+                    }
+                    // Rows without a readable id are shown.
+                    let missed = row.is_none_or(|row| {
+                        since.is_none_or(|s| row > s) && until.is_none_or(|u| row < u)
+                    });
+                    if missed {
+                        let kind = Kind::Msg {
+                            room: conv.clone(),
+                            from,
+                        };
+                        self.message(&conv, &id, kind, text);
+                    }
                 } else {
                     self.users.insert(from.clone());
                     let own = from == self.user;
@@ -484,25 +539,21 @@ impl Model {
             Server::Listed { kind, name, rest } => {
                 match kind.as_str() {
                     "ROOM" => self.rooms.insert(name.clone()),
-                    "SUB" => self.subscriptions.insert(name.clone()),
+                    "SUB" => self.listed.insert(name.clone()),
                     _ => self.users.insert(name.clone()),
                 };
-                let text = format!("{} {name} {rest}", kind.to_lowercase());
-                self.push(now, Kind::Reply, text.trim_end(), false);
+                if self.pending.front() != Some(&Quiet::Subscriptions) {
+                    let text = format!("{} {name} {rest}", kind.to_lowercase());
+                    self.push(now, Kind::Reply, text.trim_end(), false);
+                }
             }
             Server::Info(text) => self.push(now, Kind::Reply, text, false),
             // The end of the connection follows and says why.
             Server::Bye(_) => {}
             Server::Ok(rest) => self.ok(now, &rest),
             Server::Err(rest) => {
-                if std::mem::take(&mut self.logging_in) {
-                    self.state = State::Closed("login failed".into());
-                } else if self.rejoining || self.catching_up {
-                    // The rejoin or the catch-up failed: go on without.
-                    self.rejoining = false;
-                    self.catching_up = false;
-                    self.state = State::Ready;
-                }
+                // A command of the client's own failed: go on without it.
+                self.answered();
                 self.push(now, Kind::Error, rest, false);
             }
             Server::Other(line) => self.push(now, Kind::Reply, line, false),
@@ -510,22 +561,54 @@ impl Model {
         out
     }
 
+    /// `/history 200` for the room the user is in, to show what was missed.
     fn catch_up(&mut self) -> String {
-        self.catching_up = true;
+        let since = self.last.get(&self.room).copied();
+        self.pending.push_back(Quiet::CatchUp {
+            since,
+            until: None,
+            oldest: None,
+        });
         format!("/history {CATCH_UP}")
+    }
+
+    /// The final answer to the oldest of the client's own commands, if
+    /// any: that command, taken off the list. Once all are answered after
+    /// a login, the user's lines go out.
+    fn answered(&mut self) -> Option<Quiet> {
+        let quiet = self.pending.pop_front()?;
+        if self.pending.is_empty() && self.state == State::LoggingIn {
+            self.state = State::Ready;
+        }
+        Some(quiet)
     }
 
     fn ok(&mut self, now: i64, rest: &str) {
         let words: Vec<&str> = rest.split(' ').collect();
         match words.as_slice() {
-            ["PING"] if self.pings > 0 => self.pings -= 1,
-            ["HISTORY", ..] if self.catching_up => {
-                self.catching_up = false;
-                self.state = State::Ready;
+            ["HISTORY", n] if matches!(self.pending.front(), Some(Quiet::CatchUp { .. })) => {
+                if let Some(Quiet::CatchUp { since, oldest, .. }) = self.answered() {
+                    let all = n.parse() == Ok(CATCH_UP);
+                    if all && since.is_some_and(|s| oldest.is_some_and(|o| o > s)) {
+                        self.notice(
+                            now,
+                            format!(
+                                "more than {CATCH_UP} messages were missed in #{}: \
+                                 the earlier ones are not shown",
+                                self.room
+                            ),
+                        );
+                    }
+                }
                 self.push(now, Kind::Room, format!("back in #{}", self.room), false);
             }
-            ["MSG", to, id, queued @ ..] => {
-                self.seen.insert(format!("@{to} {id}"));
+            ["SUBSCRIPTIONS", ..] => {
+                self.subscriptions = std::mem::take(&mut self.listed);
+                if self.pending.front() == Some(&Quiet::Subscriptions) {
+                    self.answered();
+                }
+            }
+            ["MSG", to, _id, queued @ ..] => {
                 if !queued.is_empty() {
                     self.notice(now, format!("{to} is offline: the message waits for them"));
                 }
@@ -538,7 +621,6 @@ impl Model {
                 self.subscriptions.remove(*user);
                 self.notice(now, format!("unsubscribed from {user}"));
             }
-            ["SUBSCRIPTIONS", ..] => {}
             _ => self.push(
                 now,
                 Kind::Reply,
@@ -548,10 +630,15 @@ impl Model {
         }
     }
 
-    /// Shows a message once, however often it arrives.
+    /// Remembers `id` as seen in `conv` if it is the newest.
+    fn mark(&mut self, conv: &str, id: Id) {
+        let last = self.last.entry(conv.to_string()).or_insert(id);
+        *last = (*last).max(id);
+    }
+
     fn message(&mut self, conv: &str, id: &str, kind: Kind, text: String) {
-        if !self.seen.insert(format!("{conv} {id}")) {
-            return;
+        if let Some(id) = Id::parse(id) {
+            self.mark(conv, id);
         }
         let from = match &kind {
             Kind::Msg { from, .. } | Kind::Pub { from } | Kind::DmIn { from } => from.clone(),

@@ -1,17 +1,18 @@
 //! Plain line mode, for scripts and pipes: each line of standard input is
-//! sent, each server line is printed exactly as received. No reconnect: the
-//! client ends with the session.
+//! sent, each server line is printed as received (on a terminal, with its
+//! control characters made harmless). No reconnect: the client ends with
+//! the session.
 
-use crate::conn::{self, Error};
+use crate::conn::{self, End, Error, Net};
+use crate::model::clean;
 use shared::tls::Trust;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::io::IsTerminal;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
 
-/// After this long without a line typed, the client sends a `/ping` so that
-/// the server's idle timeout (15 minutes by default) does not close it.
-pub const KEEPALIVE: Duration = Duration::from_secs(120);
+/// How long the server has to close the session after the end of input.
+const QUIT_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(servers: &[String], trust: &Trust, login: Option<String>) -> Result<(), Error> {
     // The first server that answers.
@@ -22,60 +23,62 @@ pub async fn run(servers: &[String], trust: &Trust, login: Option<String>) -> Re
             break;
         }
     }
-    let (rd, mut wr) = tokio::io::split(stream?);
-
-    // Keepalive pings whose `OK PING` is not shown.
-    let keepalives = Arc::new(AtomicUsize::new(0));
-    let unanswered = keepalives.clone();
-    let mut printer = tokio::spawn(async move {
-        use std::io::Write;
-        let mut lines = BufReader::new(rd).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line == "OK PING"
-                && unanswered
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-            {
-                continue;
-            }
-            let mut out = std::io::stdout().lock();
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                break; // nobody reads our output any more
-            }
-        }
+    let stream = stream?;
+    let (out_tx, mut out_rx) = mpsc::channel(conn::QUEUE);
+    let (net_tx, mut net_rx) = mpsc::channel(conn::QUEUE);
+    let session = tokio::spawn(async move {
+        let timing = conn::Timing::default();
+        conn::session(stream, login.as_deref(), timing, &mut out_rx, &net_tx).await
     });
+    let mut input = tokio::spawn(send_input(out_tx));
 
-    if let Some(login) = login {
-        wr.write_all(format!("{login}\n").as_bytes()).await?;
-    }
-    let mut input = BufReader::new(tokio::io::stdin()).lines();
-    let mut quit_sent = false;
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    keepalive.reset();
-    let mut typed = false;
+    let tty = std::io::stdout().is_terminal();
+    let mut stdout = tokio::io::stdout();
+    let mut quit_by = None;
     loop {
-        tokio::select! {
-            _ = &mut printer => return Ok(()),
-            _ = keepalive.tick() => {
-                if !std::mem::take(&mut typed) {
-                    keepalives.fetch_add(1, Ordering::Relaxed);
-                    wr.write_all(b"/ping\n").await?;
-                }
+        let quit_timer = async {
+            match quit_by {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
             }
-            line = input.next_line() => match line? {
-                Some(line) => {
-                    typed = true;
-                    quit_sent |= line.trim().eq_ignore_ascii_case("/quit");
-                    wr.write_all(format!("{line}\n").as_bytes()).await?;
+        };
+        tokio::select! {
+            ev = net_rx.recv() => match ev {
+                Some(Net::Line(line)) => {
+                    let line = if tty { clean(&line) } else { line };
+                    let written = stdout.write_all(format!("{line}\n").as_bytes()).await;
+                    if written.is_err() || stdout.flush().await.is_err() {
+                        return Ok(()); // nobody reads our output any more
+                    }
                 }
+                Some(Net::Notice(text)) => eprintln!("chat: {text}"),
+                Some(_) => {}
                 None => break,
             },
+            _ = &mut input, if quit_by.is_none() => {
+                quit_by = Some(tokio::time::Instant::now() + QUIT_WAIT);
+            }
+            _ = quit_timer => return Ok(()),
         }
     }
-    // End of input: log out and show what the server still sends.
-    if !quit_sent {
-        let _ = wr.write_all(b"/quit\n").await;
+    match session.await? {
+        End::Refused(err) => Err(format!("login failed: {err}").into()),
+        End::Broken(why) => Err(why.into()),
+        End::Closed(_) | End::Gone => Ok(()),
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), printer).await;
+}
+
+/// Sends each line of standard input; at its end, logs out (`/quit`)
+/// unless the input did.
+async fn send_input(out: mpsc::Sender<String>) -> Result<(), Error> {
+    let mut input = BufReader::new(tokio::io::stdin()).lines();
+    let mut quit_sent = false;
+    while let Some(line) = input.next_line().await? {
+        quit_sent |= line.trim().eq_ignore_ascii_case("/quit");
+        out.send(line).await?;
+    }
+    if !quit_sent {
+        out.send("/quit".into()).await?;
+    }
     Ok(())
 }

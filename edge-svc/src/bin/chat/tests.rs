@@ -15,7 +15,9 @@ fn logged_in(room: &str) -> Model {
     let mut m = Model::new("alice");
     m.connected(NOW, "127.0.0.1:7001");
     assert!(m.on_line(NOW, "HELLO edge-1 chat/1").is_empty());
-    assert!(m.on_line(NOW, "OK LOGIN alice lobby").is_empty());
+    assert_eq!(m.on_line(NOW, "OK LOGIN alice lobby"), ["/subscriptions"]);
+    assert!(!m.can_send(), "not before the subscriptions are in");
+    m.on_line(NOW, "OK SUBSCRIPTIONS 0");
     if room != "lobby" {
         m.on_line(NOW, &format!("OK JOIN {room}"));
     }
@@ -108,9 +110,8 @@ fn names_keep_their_colour_and_text_loses_its_escapes() {
 }
 
 #[test]
-fn messages_are_shown_once_and_own_ones_marked() {
+fn own_messages_are_marked() {
     let mut m = logged_in("den");
-    m.on_line(NOW, "MSG den 10-0 bob hi");
     m.on_line(NOW, "MSG den 10-0 bob hi");
     m.on_line(NOW, "MSG den 11-0 alice hello");
     let msgs: Vec<&Entry> = m
@@ -128,55 +129,6 @@ fn messages_are_shown_once_and_own_ones_marked() {
 }
 
 #[test]
-fn a_reconnect_rejoins_and_shows_only_what_was_missed() {
-    let mut m = logged_in("den");
-    m.on_line(NOW, "MSG den 10-0 bob before");
-    m.lost(NOW, "the server closed the connection", Some((1, 500)));
-    assert!(!m.can_send());
-    assert_eq!(m.room, "den", "the room is kept while away");
-    assert!(m.submit(NOW, "typed while away").is_none());
-
-    m.connected(NOW, "127.0.0.1:7002");
-    m.on_line(NOW, "HELLO edge-2 chat/1");
-    assert_eq!(m.on_line(NOW, "OK LOGIN alice lobby"), ["/join den"]);
-    assert!(!m.can_send(), "not before the catch-up");
-    assert_eq!(
-        m.on_line(NOW, "OK JOIN den"),
-        [format!("/history {CATCH_UP}")]
-    );
-    for line in [
-        "HIST den 10-0 bob before",
-        "HIST den 12-0 bob missed",
-        "OK HISTORY 2",
-    ] {
-        assert!(m.on_line(NOW, line).is_empty());
-    }
-    assert!(m.can_send());
-    assert_eq!(m.edge.as_deref(), Some("edge-2"));
-    let texts = shown(&m);
-    assert_eq!(texts.iter().filter(|t| *t == "before").count(), 1);
-    assert_eq!(texts.iter().filter(|t| *t == "missed").count(), 1);
-    let missed = m.entries.iter().find(|e| e.text == "missed").unwrap();
-    assert!(matches!(&missed.kind, Kind::Msg { room, .. } if room == "den"));
-    // Live again.
-    m.on_line(NOW, "MSG den 12-0 bob missed");
-    assert_eq!(shown(&m).iter().filter(|t| *t == "missed").count(), 1);
-}
-
-#[test]
-fn a_reconnect_in_the_lobby_only_catches_up() {
-    let mut m = logged_in("lobby");
-    m.lost(NOW, "eof", Some((1, 500)));
-    m.connected(NOW, "x:1");
-    assert_eq!(
-        m.on_line(NOW, "OK LOGIN alice lobby"),
-        [format!("/history {CATCH_UP}")]
-    );
-    m.on_line(NOW, "OK HISTORY 0");
-    assert!(m.can_send());
-}
-
-#[test]
 fn history_asked_for_is_shown_in_place_every_time() {
     let mut m = logged_in("den");
     m.on_line(NOW, "MSG den 10-0 bob hi");
@@ -189,30 +141,6 @@ fn history_asked_for_is_shown_in_place_every_time() {
     );
     assert_eq!(last_two[1].ms, 10);
     assert_eq!(last_two[0].text, "ok: history 1");
-}
-
-#[test]
-fn keepalive_pings_are_answered_quietly() {
-    let mut m = logged_in("lobby");
-    let before = m.entries.len();
-    m.pinged();
-    m.on_line(NOW, "OK PING");
-    assert_eq!(m.entries.len(), before);
-    m.on_line(NOW, "OK PING");
-    assert_eq!(m.entries.len(), before + 1, "a /ping typed is answered");
-}
-
-#[test]
-fn failed_logins_and_final_goodbyes_close_the_client() {
-    let mut m = Model::new("alice");
-    m.connected(NOW, "x:1");
-    m.on_line(NOW, "ERR bad-credentials wrong user or password");
-    assert_eq!(m.state, State::Closed("login failed".into()));
-    let mut m = logged_in("lobby");
-    m.on_line(NOW, "BYE logged-in-elsewhere");
-    m.lost(NOW, "logged-in-elsewhere", None);
-    assert_eq!(m.state, State::Closed("logged-in-elsewhere".into()));
-    assert!(m.state.label().contains("logged-in-elsewhere"));
 }
 
 #[test]
@@ -263,7 +191,8 @@ fn the_input_line_edits_and_remembers() {
     i.home();
     i.delete();
     i.insert('J');
-    assert_eq!((i.text().as_str(), i.cursor()), ("Jello wold", 1));
+    assert_eq!(i.text(), "Jello wold");
+    assert_eq!(i.view(80).1, 1, "the cursor's column");
     i.end();
     i.kill_word();
     assert_eq!(i.text(), "Jello ");
@@ -291,48 +220,6 @@ fn the_input_line_edits_and_remembers() {
 }
 
 #[test]
-fn tab_completes_commands_rooms_and_users() {
-    let mut m = logged_in("lobby");
-    for line in [
-        "ROOM dungeon 1",
-        "ROOM den 1",
-        "USER bob",
-        "USER bobby",
-        "USER carol",
-    ] {
-        m.on_line(NOW, line);
-    }
-    let mut i = Input::default();
-    let complete = |i: &mut Input, text: &str| {
-        i.set(text);
-        i.complete(&m)
-    };
-    assert!(complete(&mut i, "/jo").is_empty());
-    assert_eq!(i.text(), "/join ");
-    assert!(complete(&mut i, "/join dun").is_empty());
-    assert_eq!(i.text(), "/join dungeon ");
-    assert_eq!(complete(&mut i, "/join d"), ["den", "dungeon"]);
-    assert_eq!(i.text(), "/join d");
-    assert!(complete(&mut i, "/msg ca").is_empty());
-    assert_eq!(i.text(), "/msg carol ");
-    assert_eq!(complete(&mut i, "/msg bo"), ["bob", "bobby"]);
-    assert_eq!(i.text(), "/msg bob");
-    assert!(complete(&mut i, "/history @car").is_empty());
-    assert_eq!(i.text(), "/history @carol ");
-    assert!(complete(&mut i, "car").is_empty());
-    assert_eq!(i.text(), "carol: ");
-    assert_eq!(complete(&mut i, "/subs"), ["/subscribe", "/subscriptions"]);
-    assert_eq!(i.text(), "/subscri");
-    // The text after the cursor stays.
-    i.set("hi ca there");
-    for _ in 0.." there".len() {
-        i.left();
-    }
-    i.complete(&m);
-    assert_eq!(i.text(), "hi carol  there");
-}
-
-#[test]
 fn the_config_file_gives_defaults_and_paths_relative_to_it() {
     let dir = std::env::temp_dir().join(format!("chat-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -355,5 +242,630 @@ fn the_config_file_gives_defaults_and_paths_relative_to_it() {
     );
     std::fs::write(&path, "password = \"no\"\n").unwrap();
     assert!(read_config(&path).is_err(), "no password in the file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `m` loses its connection and logs in again, as alice, on another
+/// edge; returns what it sends after the `OK LOGIN`.
+fn reconnect(m: &mut Model) -> Vec<String> {
+    m.lost(NOW, "the server closed the connection", Some((1, 500)));
+    assert!(!m.can_send());
+    assert!(m.submit(NOW, "typed while away").is_none());
+    m.connected(NOW, "127.0.0.1:7002");
+    m.on_line(NOW, "HELLO edge-2 chat/1");
+    m.on_line(NOW, "OK LOGIN alice lobby")
+}
+
+fn count(m: &Model, text: &str) -> usize {
+    m.entries.iter().filter(|e| e.text == text).count()
+}
+
+#[test]
+fn a_reconnect_rejoins_and_shows_only_what_was_missed() {
+    // alice joins #den at 2000 ms, after bob's first message.
+    let mut m = logged_in("lobby");
+    m.on_line(2_000, "OK JOIN den");
+    m.on_line(NOW, "MSG den 2500-0 bob seen");
+    assert_eq!(m.room, "den");
+
+    assert_eq!(reconnect(&mut m), ["/subscriptions", "/join den"]);
+    assert_eq!(m.room, "lobby");
+    assert!(m.on_line(NOW, "OK SUBSCRIPTIONS 0").is_empty());
+    assert!(!m.can_send(), "not before the catch-up");
+    assert_eq!(
+        m.on_line(NOW, "OK JOIN den"),
+        [format!("/history {CATCH_UP}")]
+    );
+    // A message said after the rejoin comes live before the history.
+    m.on_line(NOW, "MSG den 4000-0 bob live");
+    for line in [
+        "HIST den 1000-0 bob before alice joined",
+        "HIST den 2500-0 bob seen",
+        "HIST den 3000-0 bob missed",
+        "HIST den 3000-1 bob missed too",
+        "HIST den 4000-0 bob live",
+        "OK HISTORY 5",
+    ] {
+        assert!(m.on_line(NOW, line).is_empty());
+    }
+    assert!(m.can_send());
+    assert_eq!(m.edge.as_deref(), Some("edge-2"));
+    assert_eq!(count(&m, "before alice joined"), 0);
+    for text in ["seen", "missed", "missed too", "live"] {
+        assert_eq!(count(&m, text), 1, "{text}");
+    }
+    let missed = m.entries.iter().find(|e| e.text == "missed").unwrap();
+    assert!(matches!(&missed.kind, Kind::Msg { room, .. } if room == "den"));
+    assert_eq!(count(&m, "back in #den"), 1);
+    assert!(!shown(&m).iter().any(|t| t.contains("not shown")));
+
+    // Another reconnect: nothing new, nothing shown again.
+    assert_eq!(reconnect(&mut m), ["/subscriptions", "/join den"]);
+    m.on_line(NOW, "OK SUBSCRIPTIONS 0");
+    m.on_line(NOW, "OK JOIN den");
+    for line in [
+        "HIST den 3000-1 bob missed too",
+        "HIST den 4000-0 bob live",
+        "OK HISTORY 2",
+    ] {
+        m.on_line(NOW, line);
+    }
+    for text in ["missed", "missed too", "live"] {
+        assert_eq!(count(&m, text), 1, "{text}");
+    }
+}
+
+#[test]
+fn a_catch_up_says_when_more_were_missed_than_it_fetches() {
+    let mut m = logged_in("lobby");
+    m.on_line(NOW, "MSG lobby 1000-0 bob seen");
+    assert_eq!(
+        reconnect(&mut m),
+        ["/subscriptions".to_string(), format!("/history {CATCH_UP}")]
+    );
+    m.on_line(NOW, "OK SUBSCRIPTIONS 0");
+    for i in 0..CATCH_UP {
+        m.on_line(NOW, &format!("HIST lobby {}-0 bob missed {i}", 2000 + i));
+    }
+    m.on_line(NOW, &format!("OK HISTORY {CATCH_UP}"));
+    assert!(m.can_send());
+    assert_eq!(count(&m, "missed 0"), 1);
+    let notice = format!(
+        "more than {CATCH_UP} messages were missed in #lobby: the earlier ones are not shown"
+    );
+    assert_eq!(count(&m, &notice), 1, "{:?}", shown(&m));
+}
+
+#[test]
+fn message_ids_compare_as_numbers() {
+    let id = |s| Id::parse(s).unwrap();
+    assert!(id("999-0") < id("1000-0"));
+    assert!(id("1000-9") < id("1000-10"));
+    assert_eq!(Id::parse("1000"), None);
+    assert_eq!(Id::parse("x-1"), None);
+}
+
+#[test]
+fn subscriptions_are_fetched_after_each_login_and_replace_the_list() {
+    let mut m = logged_in("lobby");
+    m.on_line(NOW, "OK SUBSCRIBE carol");
+    assert!(m.subscriptions.contains("carol"));
+    // carol was dropped in another session meanwhile, dave added.
+    assert_eq!(reconnect(&mut m)[0], "/subscriptions");
+    let before = m.entries.len();
+    for line in ["SUB bob", "SUB dave", "OK SUBSCRIPTIONS 2"] {
+        m.on_line(NOW, line);
+    }
+    let subs: Vec<&str> = m.subscriptions.iter().map(String::as_str).collect();
+    assert_eq!(subs, ["bob", "dave"]);
+    assert_eq!(m.entries.len(), before, "quietly");
+    m.on_line(NOW, "OK HISTORY 0");
+    assert!(m.can_send());
+    // Asked for by the user: shown, and replaces the list too.
+    m.submit(NOW, "/subscriptions");
+    for line in ["SUB erin", "OK SUBSCRIPTIONS 1"] {
+        m.on_line(NOW, line);
+    }
+    assert_eq!(shown(&m).last().unwrap(), "sub erin");
+    assert_eq!(m.subscriptions.len(), 1);
+}
+
+#[test]
+fn a_failed_rejoin_goes_on_in_the_lobby() {
+    let mut m = logged_in("den");
+    reconnect(&mut m);
+    m.on_line(NOW, "OK SUBSCRIPTIONS 0");
+    assert!(m.on_line(NOW, "ERR unavailable try again").is_empty());
+    assert!(m.can_send());
+    assert_eq!(m.room, "lobby");
+}
+
+#[test]
+fn only_transient_login_errors_are_tried_again() {
+    for err in [
+        "unavailable auth-svc did not answer",
+        "rate-limited too many failed logins",
+        "internal oops",
+        "already-logged-in alice is logged in elsewhere",
+    ] {
+        assert!(login_retry(err), "{err}");
+    }
+    for err in [
+        "bad-credentials wrong user or password",
+        "bad-name no",
+        "bad-args no",
+    ] {
+        assert!(!login_retry(err), "{err}");
+    }
+}
+
+#[test]
+fn a_final_goodbye_closes_the_client() {
+    let mut m = logged_in("lobby");
+    m.on_line(NOW, "BYE logged-in-elsewhere");
+    m.lost(NOW, "logged-in-elsewhere", None);
+    assert_eq!(m.state, State::Closed("logged-in-elsewhere".into()));
+    assert!(m.state.label().contains("logged-in-elsewhere"));
+}
+
+fn line_text(line: &ratatui::text::Line) -> String {
+    line.spans.iter().map(|s| s.content.as_ref()).collect()
+}
+
+#[test]
+fn publications_are_shown_apart_from_room_text() {
+    let mut m = logged_in("lobby");
+    m.on_line(NOW, "PUB 5-0 carol news");
+    let e = m.entries.back().unwrap();
+    assert_eq!(
+        e.kind,
+        Kind::Pub {
+            from: "carol".into()
+        }
+    );
+    assert_eq!((e.text.as_str(), e.ms), ("news", 5));
+    let text = line_text(&tui::entry_line(&m, e));
+    assert!(text.ends_with("[carol] news"), "{text}");
+    m.on_line(NOW, "MSG lobby 6-0 carol news");
+    let text = line_text(&tui::entry_line(&m, m.entries.back().unwrap()));
+    assert!(text.ends_with("<carol> news"), "{text}");
+}
+
+#[test]
+fn escapes_in_messages_do_not_reach_the_terminal() {
+    let mut m = logged_in("lobby");
+    m.on_line(NOW, "MSG lobby 6-0 mallory \u{1b}[2J\u{1b}]0;owned\u{7} hi");
+    let text = line_text(&tui::entry_line(&m, m.entries.back().unwrap()));
+    assert!(!text.chars().any(char::is_control), "{text:?}");
+    assert!(text.ends_with("<mallory> \u{fffd}[2J\u{fffd}]0;owned\u{fffd} hi"));
+}
+
+#[test]
+fn page_up_and_down_move_a_page_at_a_time() {
+    let mut m = logged_in("lobby");
+    for i in 0..300 {
+        m.on_line(NOW, &format!("MSG lobby {}-0 bob line {i}", 1000 + i));
+    }
+    let mut pane = tui::Pane::default();
+    let first = |pane: &mut tui::Pane, m: &Model| line_text(&pane.rows(m, 80, 10)[0]);
+    assert!(first(&mut pane, &m).ends_with("line 290"));
+    pane.page_up();
+    assert!(first(&mut pane, &m).ends_with("line 281"));
+    pane.page_up();
+    pane.page_up();
+    assert!(first(&mut pane, &m).ends_with("line 263"));
+    pane.page_down();
+    assert!(first(&mut pane, &m).ends_with("line 272"));
+    // New lines below do not move what is shown.
+    m.on_line(NOW, "MSG lobby 2000-0 bob new");
+    assert!(first(&mut pane, &m).ends_with("line 272"));
+    for _ in 0..100 {
+        pane.page_up();
+    }
+    let rows = pane.rows(&m, 80, 10);
+    assert!(line_text(&rows[0]).contains("connected to"), "at the top");
+    assert!(rows.iter().any(|row| line_text(row).ends_with("line 0")));
+    for _ in 0..100 {
+        pane.page_down();
+    }
+    let rows = pane.rows(&m, 80, 10);
+    assert!(line_text(&rows[9]).ends_with("<bob> new"), "at the bottom");
+}
+
+#[test]
+fn long_lines_wrap_in_any_width() {
+    let mut m = logged_in("lobby");
+    let long = format!("{}漢字🙂{}", "x".repeat(5000), "é".repeat(300));
+    m.on_line(NOW, &format!("MSG lobby 7-0 bob {long}"));
+    let e = m.entries.back().unwrap().clone();
+    for width in [1, 2, 3, 7, 80] {
+        let rows = tui::wrap(tui::entry_line(&m, &e), width);
+        let text: String = rows.iter().map(line_text).collect();
+        assert!(text.ends_with(&long));
+        // A wide character alone may stand in a one-column row.
+        assert!(rows.iter().all(|row| row.width() <= width.max(2)));
+        let mut pane = tui::Pane::default();
+        assert_eq!(pane.rows(&m, width, 5).len(), 5);
+    }
+}
+
+#[test]
+fn wide_characters_take_two_columns_in_the_input_line() {
+    let mut i = Input::default();
+    i.set("漢字 ok 🙂");
+    // 2+2+1+2+1+2 columns: the cursor after the emoji.
+    assert_eq!(i.view(80), ("漢字 ok 🙂".into(), 10));
+    // Five columns: scrolled so that the cursor (at the end) stays in
+    // sight, with a column free for it.
+    assert_eq!(i.view(5), ("k 🙂".into(), 4));
+    i.home();
+    assert_eq!(i.view(5), ("漢字 ".into(), 0));
+    i.right();
+    i.right();
+    assert_eq!(i.view(5), ("漢字 ".into(), 4));
+    i.right();
+    assert_eq!(i.view(5), ("字 ok".into(), 3));
+}
+
+#[test]
+fn tab_completes_commands_rooms_and_users_and_cycles() {
+    let mut m = logged_in("lobby");
+    for line in [
+        "ROOM dungeon 1",
+        "ROOM den 1",
+        "USER bob",
+        "USER bobby",
+        "USER carol",
+        "OK SUBSCRIBE bob",
+    ] {
+        m.on_line(NOW, line);
+    }
+    let mut i = Input::default();
+    let complete = |i: &mut Input, text: &str| {
+        i.accept();
+        i.set(text);
+        i.complete(&m);
+        i.text()
+    };
+    assert_eq!(complete(&mut i, "/jo"), "/join ");
+    assert_eq!(complete(&mut i, "/JO"), "/join ", "commands in any case");
+    assert_eq!(complete(&mut i, "/join dun"), "/join dungeon ");
+    assert_eq!(complete(&mut i, "/msg ca"), "/msg carol ");
+    assert_eq!(complete(&mut i, "/history @car"), "/history @carol ");
+    assert_eq!(complete(&mut i, "car"), "carol: ");
+    assert_eq!(complete(&mut i, "/msg Ca"), "/msg Ca", "names as they are");
+    assert_eq!(complete(&mut i, "hi "), "hi ", "no word, no name");
+
+    // Several: the first, then each in turn, round and round; bob is
+    // seen and subscribed to, and comes once.
+    assert_eq!(complete(&mut i, "/join d"), "/join den ");
+    i.complete(&m);
+    assert_eq!(i.text(), "/join dungeon ");
+    i.complete(&m);
+    assert_eq!(i.text(), "/join den ");
+    assert_eq!(complete(&mut i, "bo"), "bob: ");
+    i.complete(&m);
+    assert_eq!(i.text(), "bobby: ");
+    i.complete(&m);
+    assert_eq!(i.text(), "bob: ");
+    // Any other key keeps it; the next Tab completes a new word.
+    i.accept();
+    for c in "hi ca".chars() {
+        i.insert(c);
+    }
+    i.complete(&m);
+    assert_eq!(i.text(), "bob: hi carol ");
+    // One match: Tab again leaves it, the name is not put in twice.
+    i.complete(&m);
+    assert_eq!(i.text(), "bob: hi carol ");
+
+    // The text after the cursor stays.
+    i.accept();
+    i.set("hi ca there");
+    for _ in 0.." there".len() {
+        i.left();
+    }
+    i.complete(&m);
+    assert_eq!(i.text(), "hi carol  there");
+    i.complete(&m);
+    assert_eq!(i.text(), "hi carol  there");
+}
+
+use tokio::sync::mpsc::{Receiver, Sender};
+
+/// A fake edge on 127.0.0.1 that speaks TLS with certificates of its own.
+struct FakeEdge {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    addr: String,
+    trust: shared::tls::Trust,
+}
+
+type ServerLines = tokio::io::Lines<tokio::io::BufReader<tokio::io::ReadHalf<ServerTls>>>;
+type ServerSide = (ServerLines, tokio::io::WriteHalf<ServerTls>);
+type ServerTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+impl FakeEdge {
+    async fn start() -> FakeEdge {
+        let certs = shared::tls::DevCerts::generate(&["127.0.0.1"]).unwrap();
+        let config = shared::tls::server_config_pem(&certs.server_pem, &certs.server_key_pem);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        FakeEdge {
+            addr: listener.local_addr().unwrap().to_string(),
+            listener,
+            acceptor: tokio_rustls::TlsAcceptor::from(config.unwrap()),
+            trust: shared::tls::Trust::CaPem(certs.ca_pem),
+        }
+    }
+
+    /// The next connection, once its first line, the login, is in.
+    async fn accept(&self) -> ServerSide {
+        use tokio::io::AsyncBufReadExt;
+        let (tcp, _) = within(self.listener.accept()).await.unwrap();
+        let tls = self.acceptor.accept(tcp).await.unwrap();
+        let (rd, wr) = tokio::io::split(tls);
+        let mut lines = tokio::io::BufReader::new(rd).lines();
+        assert_eq!(read(&mut lines).await.as_deref(), Some("LOGIN alice pw"));
+        (lines, wr)
+    }
+
+    /// `keep_open` for alice on this edge: the channel to type into and
+    /// the events.
+    fn client(&self, timing: conn::Timing) -> (Sender<String>, Receiver<conn::Net>) {
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
+        let (net_tx, net_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
+        let (servers, trust) = (vec![self.addr.clone()], self.trust.clone());
+        let login = "LOGIN alice pw".to_string();
+        tokio::spawn(conn::keep_open(
+            servers, trust, login, timing, out_rx, net_tx,
+        ));
+        (out_tx, net_rx)
+    }
+}
+
+async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(15), fut)
+        .await
+        .expect("timed out")
+}
+
+async fn read(lines: &mut ServerLines) -> Option<String> {
+    within(lines.next_line()).await.unwrap()
+}
+
+/// The client closed the connection (with or without TLS close_notify).
+async fn hung_up(lines: &mut ServerLines) {
+    let next = within(lines.next_line()).await;
+    assert!(matches!(next, Ok(None) | Err(_)), "{next:?}");
+}
+
+async fn write(wr: &mut tokio::io::WriteHalf<ServerTls>, text: &str) {
+    use tokio::io::AsyncWriteExt;
+    wr.write_all(text.as_bytes()).await.unwrap();
+}
+
+async fn event(events: &mut Receiver<conn::Net>) -> Option<conn::Net> {
+    within(events.recv()).await
+}
+
+/// A fake edge, alice's client on it, and the edge's side of the
+/// connection once the login is in.
+async fn fake_session(
+    timing: conn::Timing,
+) -> (FakeEdge, Sender<String>, Receiver<conn::Net>, ServerSide) {
+    let edge = FakeEdge::start().await;
+    let (out, events) = edge.client(timing);
+    let side = edge.accept().await;
+    (edge, out, events, side)
+}
+
+async fn connected(events: &mut Receiver<conn::Net>) {
+    let got = event(events).await;
+    assert!(matches!(got, Some(conn::Net::Connected(_))), "{got:?}");
+}
+
+fn line(text: &str) -> Option<conn::Net> {
+    Some(conn::Net::Line(text.into()))
+}
+
+#[tokio::test]
+async fn a_login_that_failed_for_now_is_tried_again_on_a_new_connection() {
+    let (edge, _out, mut events, (mut lines, mut wr)) = fake_session(Default::default()).await;
+    write(&mut wr, "HELLO edge-1 chat/1\nERR unavailable no answer\n").await;
+    assert_eq!(
+        event(&mut events).await,
+        Some(conn::Net::Connected(edge.addr.clone()))
+    );
+    assert_eq!(event(&mut events).await, line("HELLO edge-1 chat/1"));
+    assert_eq!(event(&mut events).await, line("ERR unavailable no answer"));
+    match event(&mut events).await {
+        Some(conn::Net::Lost {
+            why,
+            retry: Some((1, delay)),
+        }) => {
+            assert_eq!(why, "login failed: unavailable no answer");
+            assert!(delay <= conn::BACKOFF_MIN);
+        }
+        other => panic!("{other:?}"),
+    }
+    hung_up(&mut lines).await;
+    let (_lines, mut wr) = edge.accept().await;
+    write(&mut wr, "OK LOGIN alice lobby\n").await;
+    connected(&mut events).await;
+    assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+}
+
+#[tokio::test]
+async fn bad_credentials_end_the_client_without_trying_again() {
+    let (_edge, _out, mut events, (mut lines, mut wr)) = fake_session(Default::default()).await;
+    write(&mut wr, "ERR bad-credentials wrong user or password\n").await;
+    connected(&mut events).await;
+    event(&mut events).await;
+    assert_eq!(
+        event(&mut events).await,
+        Some(conn::Net::Refused(
+            "bad-credentials wrong user or password".into()
+        ))
+    );
+    assert_eq!(event(&mut events).await, None, "the loop has ended");
+    hung_up(&mut lines).await;
+}
+
+#[tokio::test]
+async fn a_login_elsewhere_is_not_undone_by_a_reconnect() {
+    let (_edge, _out, mut events, (_lines, mut wr)) = fake_session(Default::default()).await;
+    write(&mut wr, "OK LOGIN alice lobby\nBYE logged-in-elsewhere\n").await;
+    drop(wr);
+    drop(_lines);
+    for _ in 0..3 {
+        event(&mut events).await;
+    }
+    assert_eq!(
+        event(&mut events).await,
+        Some(conn::Net::Lost {
+            why: "logged-in-elsewhere".into(),
+            retry: None
+        })
+    );
+    assert_eq!(event(&mut events).await, None, "the loop has ended");
+}
+
+#[tokio::test]
+async fn a_silent_server_is_left_after_a_keepalive_ping_goes_unanswered() {
+    let timing = conn::Timing {
+        keepalive: std::time::Duration::from_millis(100),
+        answer_within: std::time::Duration::from_millis(300),
+    };
+    let (edge, _out, mut events, (mut lines, mut wr)) = fake_session(timing).await;
+    write(&mut wr, "OK LOGIN alice lobby\n").await;
+    // The first ping is answered, and the answer not passed on.
+    assert_eq!(read(&mut lines).await.as_deref(), Some("/ping"));
+    write(&mut wr, "OK PING\n").await;
+    // The second is not.
+    assert_eq!(read(&mut lines).await.as_deref(), Some("/ping"));
+    connected(&mut events).await;
+    assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+    match event(&mut events).await {
+        Some(conn::Net::Lost { why, retry }) => {
+            assert_eq!(why, "no answer from the server in 0.3 s");
+            assert!(retry.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    let _again = edge.accept().await;
+}
+
+#[tokio::test]
+async fn over_long_server_lines_are_left_out_with_a_notice() {
+    let (_edge, _out, mut events, (_lines, mut wr)) = fake_session(Default::default()).await;
+    let long = "x".repeat(conn::MAX_LINE + 10);
+    write(
+        &mut wr,
+        &format!("OK LOGIN alice lobby\nINFO {long}\nINFO after\n"),
+    )
+    .await;
+    for _ in 0..2 {
+        event(&mut events).await;
+    }
+    assert!(matches!(
+        event(&mut events).await,
+        Some(conn::Net::Notice(text)) if text.contains("left out")
+    ));
+    assert_eq!(event(&mut events).await, line("INFO after"));
+}
+
+#[tokio::test]
+async fn lines_typed_for_a_lost_connection_are_dropped_with_a_notice() {
+    let edge = FakeEdge::start().await;
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
+    let (net_tx, mut events) = tokio::sync::mpsc::channel(conn::QUEUE);
+    out_tx.send("one".to_string()).await.unwrap();
+    out_tx.send("two".to_string()).await.unwrap();
+    let (servers, trust) = (vec![edge.addr.clone()], edge.trust.clone());
+    let login = "LOGIN alice pw".to_string();
+    let timing = conn::Timing::default();
+    tokio::spawn(conn::keep_open(
+        servers, trust, login, timing, out_rx, net_tx,
+    ));
+    let (mut lines, mut wr) = edge.accept().await;
+    assert!(matches!(
+        event(&mut events).await,
+        Some(conn::Net::Notice(text)) if text.starts_with("2 line(s)")
+    ));
+    write(&mut wr, "OK LOGIN alice lobby\n").await;
+    out_tx.send("three".to_string()).await.unwrap();
+    assert_eq!(read(&mut lines).await.as_deref(), Some("three"));
+}
+
+#[test]
+fn reconnect_waits_are_jittered() {
+    let waits: std::collections::HashSet<_> = (0..50)
+        .map(|_| conn::jitter(std::time::Duration::from_secs(2)))
+        .collect();
+    assert!(waits
+        .iter()
+        .all(|w| w.as_millis() > 1000 && w.as_millis() <= 2000));
+    assert!(waits.len() > 1, "{waits:?}");
+}
+
+#[test]
+fn user_names_and_passwords_are_checked() {
+    assert!(check_user("alice_01-x").is_ok());
+    for bad in ["", "a b", "é", &"x".repeat(33), "a\nb"] {
+        assert!(check_user(bad).is_err(), "{bad:?}");
+    }
+    assert!(password(Some("a b".into()), None, "alice").is_ok());
+    assert!(password(Some("a\nLOGIN x".into()), None, "alice").is_err());
+    assert!(password(Some("a\r".into()), None, "alice").is_err());
+}
+
+#[test]
+fn the_password_file_gives_its_first_line() {
+    let path = std::env::temp_dir().join(format!("chat-pw-{}", std::process::id()));
+    std::fs::write(&path, "s3cret pw\r\nsecond line\n").unwrap();
+    assert_eq!(password(None, Some(&path), "alice").unwrap(), "s3cret pw");
+    assert_eq!(
+        password(Some("env".into()), Some(&path), "alice").unwrap(),
+        "env",
+        "$CHAT_PASSWORD first"
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert!(password(None, Some(&path), "alice").is_err());
+}
+
+#[test]
+fn the_command_line_overrides_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("chat-override-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    let pin = "ab".repeat(32);
+    std::fs::write(
+        &path,
+        format!("servers = [\"a:1\"]\nuser = \"alice\"\npin = \"{pin}\"\npassword_file = \"pw\"\n"),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let mut argv = vec!["chat", "--config", config];
+        argv.extend(args);
+        settings(Cli::try_parse_from(argv).unwrap()).unwrap()
+    };
+    let s = cli(&[]);
+    assert_eq!(s.servers, ["a:1"]);
+    assert_eq!(s.user.as_deref(), Some("alice"));
+    assert_eq!(s.password_file, Some(dir.join("pw")));
+    let s = cli(&[
+        "--server",
+        "b:2",
+        "--server",
+        "c:3",
+        "--user",
+        "bob",
+        "--password-file",
+        "/elsewhere",
+    ]);
+    assert_eq!(s.servers, ["b:2", "c:3"]);
+    assert_eq!(s.user.as_deref(), Some("bob"));
+    assert_eq!(s.password_file, Some("/elsewhere".into()));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,7 +3,6 @@
 use crate::conn::{self, Error, Net};
 use crate::input::Input;
 use crate::model::{self, Entry, Kind, Model, State};
-use crate::plain::KEEPALIVE;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout, Position, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
@@ -11,9 +10,11 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 use ratatui::{DefaultTerminal, Frame};
 use shared::tls::Trust;
+use std::collections::VecDeque;
 use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use unicode_width::UnicodeWidthChar;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// Nick colours: a name always gets the same one.
 const PALETTE: [Color; 12] = [
@@ -40,15 +41,20 @@ pub async fn run(
     user: &str,
     login: String,
 ) -> Result<(), Error> {
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (net_tx, net_rx) = mpsc::unbounded_channel();
-    tokio::spawn(conn::keep_open(servers, trust, login, out_rx, net_tx));
+    let (out_tx, out_rx) = mpsc::channel(conn::QUEUE);
+    let (net_tx, net_rx) = mpsc::channel(conn::QUEUE);
+    let timing = conn::Timing::default();
+    tokio::spawn(conn::keep_open(
+        servers, trust, login, timing, out_rx, net_tx,
+    ));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     // Restores the terminal on panic too.
     let mut terminal = ratatui::try_init()?;
-    let (key_tx, key_rx) = mpsc::unbounded_channel();
+    let (key_tx, key_rx) = mpsc::channel(conn::QUEUE);
     std::thread::spawn(move || {
         while let Ok(ev) = event::read() {
-            if key_tx.send(ev).is_err() {
+            if key_tx.blocking_send(ev).is_err() {
                 break;
             }
         }
@@ -56,12 +62,15 @@ pub async fn run(
     let mut ui = Ui {
         model: Model::new(user),
         input: Input::default(),
-        scroll: 0,
-        rows: 0,
+        pane: Pane::default(),
         out: out_tx,
     };
     ui.model.notice(now(), "connecting... (Ctrl-C quits)");
-    let result = ui.run(&mut terminal, net_rx, key_rx).await;
+    let result = tokio::select! {
+        result = ui.run(&mut terminal, net_rx, key_rx) => result,
+        _ = term.recv() => Ok(()),
+        _ = hangup.recv() => Ok(()),
+    };
     ratatui::restore();
     result
 }
@@ -73,11 +82,8 @@ fn now() -> i64 {
 struct Ui {
     model: Model,
     input: Input,
-    /// Rows scrolled back from the bottom of the message pane.
-    scroll: usize,
-    /// Rows of the message pane at the last frame.
-    rows: usize,
-    out: mpsc::UnboundedSender<String>,
+    pane: Pane,
+    out: mpsc::Sender<String>,
 }
 
 enum Step {
@@ -89,13 +95,12 @@ impl Ui {
     async fn run(
         &mut self,
         terminal: &mut DefaultTerminal,
-        mut net: mpsc::UnboundedReceiver<Net>,
-        mut keys: mpsc::UnboundedReceiver<Event>,
+        mut net: mpsc::Receiver<Net>,
+        mut keys: mpsc::Receiver<Event>,
     ) -> Result<(), Error> {
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
-        keepalive.reset();
-        let mut typed = false;
         let mut quit_by: Option<tokio::time::Instant> = None;
+        // Closed for good, the client stays until the user quits.
+        let mut open = true;
         loop {
             terminal.draw(|f| self.draw(f))?;
             let quit_timer = async {
@@ -105,12 +110,15 @@ impl Ui {
                 }
             };
             tokio::select! {
-                ev = net.recv() => {
-                    let Some(ev) = ev else { return Ok(()) };
-                    self.net(ev);
+                ev = net.recv(), if open => {
+                    let Some(ev) = ev else {
+                        open = false;
+                        continue;
+                    };
+                    self.net(ev)?;
                     // Everything that is in already, before the next frame.
                     while let Ok(ev) = net.try_recv() {
-                        self.net(ev);
+                        self.net(ev)?;
                     }
                     if self.model.quitting && matches!(self.model.state, State::Closed(_)) {
                         return Ok(());
@@ -119,7 +127,6 @@ impl Ui {
                 key = keys.recv() => {
                     let Some(key) = key else { return Ok(()) };
                     if let Event::Key(key) = key {
-                        typed = true;
                         if let Step::Quit = self.key(key) {
                             if !self.model.can_send() {
                                 return Ok(());
@@ -128,29 +135,34 @@ impl Ui {
                         }
                     }
                 }
-                _ = keepalive.tick() => {
-                    if !std::mem::take(&mut typed) && self.model.can_send() {
-                        self.model.pinged();
-                        let _ = self.out.send("/ping".into());
-                    }
-                }
                 _ = quit_timer => return Ok(()),
             }
         }
     }
 
-    fn net(&mut self, ev: Net) {
+    fn net(&mut self, ev: Net) -> Result<(), Error> {
         match ev {
             Net::Connected(server) => self.model.connected(now(), &server),
             Net::Line(line) => {
                 for line in self.model.on_line(now(), &line) {
-                    let _ = self.out.send(line);
+                    self.send(line);
                 }
             }
+            Net::Notice(text) => self.model.notice(now(), text),
             Net::Lost { why, retry } => {
                 let retry = retry.map(|(n, d)| (n, d.as_millis() as u64));
                 self.model.lost(now(), &why, retry);
             }
+            Net::Refused(why) => return Err(format!("login failed: {why}").into()),
+        }
+        Ok(())
+    }
+
+    /// Queues `line` for the connection; says so when it cannot take it.
+    fn send(&mut self, line: String) {
+        if let Err(mpsc::error::TrySendError::Full(line)) = self.out.try_send(line) {
+            let text = format!("too many lines waiting for the connection: not sent: {line}");
+            self.model.notice(now(), text);
         }
     }
 
@@ -159,7 +171,9 @@ impl Ui {
             return Step::Go;
         }
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-        let page = self.rows.saturating_sub(1).max(1);
+        if key.code != KeyCode::Tab {
+            self.input.accept();
+        }
         match key.code {
             KeyCode::Char('c') if ctrl => return self.quit(),
             KeyCode::Char('d') if ctrl && self.input.text().is_empty() => return self.quit(),
@@ -169,7 +183,7 @@ impl Ui {
             KeyCode::Char('u') if ctrl => self.input.kill_before(),
             KeyCode::Char('k') if ctrl => self.input.kill_after(),
             KeyCode::Char('w') if ctrl => self.input.kill_word(),
-            KeyCode::Char('l') if ctrl => self.scroll = 0,
+            KeyCode::Char('l') if ctrl => self.pane.scroll = 0,
             KeyCode::Char(c) if !ctrl => self.input.insert(c),
             KeyCode::Backspace => self.input.backspace(),
             KeyCode::Delete => self.input.delete(),
@@ -179,14 +193,9 @@ impl Ui {
             KeyCode::End => self.input.end(),
             KeyCode::Up => self.input.older(),
             KeyCode::Down => self.input.newer(),
-            KeyCode::PageUp => self.scroll += page,
-            KeyCode::PageDown => self.scroll = self.scroll.saturating_sub(page),
-            KeyCode::Tab => {
-                let choices = self.input.complete(&self.model);
-                if !choices.is_empty() {
-                    self.model.notice(now(), choices.join(" "));
-                }
-            }
+            KeyCode::PageUp => self.pane.page_up(),
+            KeyCode::PageDown => self.pane.page_down(),
+            KeyCode::Tab => self.input.complete(&self.model),
             KeyCode::Enter => {
                 if !self.model.can_send() {
                     // Kept in the input line, to be sent once connected.
@@ -195,8 +204,8 @@ impl Ui {
                 }
                 let line = self.input.take();
                 if let Some(line) = self.model.submit(now(), &line) {
-                    let _ = self.out.send(line);
-                    self.scroll = 0;
+                    self.send(line);
+                    self.pane.scroll = 0;
                 }
                 if self.model.quitting {
                     return Step::Quit;
@@ -210,7 +219,7 @@ impl Ui {
     fn quit(&mut self) -> Step {
         if self.model.can_send() && !self.model.quitting {
             self.model.quitting = true;
-            let _ = self.out.send("/quit".into());
+            self.send("/quit".into());
         }
         Step::Quit
     }
@@ -222,47 +231,102 @@ impl Ui {
             Constraint::Length(1),
         ])
         .areas(f.area());
-        self.draw_pane(f, pane);
+        let rows = self
+            .pane
+            .rows(&self.model, pane.width as usize, pane.height as usize);
+        f.render_widget(Paragraph::new(rows), pane);
         f.render_widget(
-            Paragraph::new(status_line(&self.model, self.scroll))
+            Paragraph::new(status_line(&self.model, self.pane.scroll))
                 .style(Style::new().bg(Color::Blue).fg(Color::White)),
             status,
         );
         self.draw_input(f, input);
     }
 
-    fn draw_pane(&mut self, f: &mut Frame, area: Rect) {
-        let width = area.width.max(1) as usize;
-        let height = area.height as usize;
-        let rows: Vec<Line> = self
-            .model
-            .entries
-            .iter()
-            .flat_map(|e| wrap(entry_line(&self.model, e), width))
-            .collect();
-        // Scrolled back: new rows below do not move what is shown.
-        if self.scroll > 0 && rows.len() > self.rows {
-            self.scroll += rows.len() - self.rows;
-        }
-        self.rows = rows.len();
-        self.scroll = self.scroll.min(rows.len().saturating_sub(height));
-        let end = rows.len() - self.scroll;
-        let start = end.saturating_sub(height);
-        let shown: Vec<Line> = rows[start..end].to_vec();
-        f.render_widget(Paragraph::new(shown), area);
-    }
-
     fn draw_input(&self, f: &mut Frame, area: Rect) {
         let prompt = format!("[#{}] ", self.model.room);
-        let text: Vec<char> = self.input.text().chars().collect();
-        let room = (area.width as usize).saturating_sub(prompt.chars().count() + 1);
-        // Scrolled sideways so that the cursor stays in sight.
-        let skip = self.input.cursor().saturating_sub(room);
-        let visible: String = text.iter().skip(skip).take(room + 1).collect();
-        let line = Line::from(vec![Span::raw(prompt.clone()).bold(), Span::raw(visible)]);
+        let (visible, cursor) = self
+            .input
+            .view((area.width as usize).saturating_sub(prompt.width()));
+        let x = area.x as usize + prompt.width() + cursor;
+        let line = Line::from(vec![Span::raw(prompt).bold(), Span::raw(visible)]);
         f.render_widget(Paragraph::new(line), area);
-        let x = area.x + (prompt.chars().count() + self.input.cursor() - skip) as u16;
-        f.set_cursor_position(Position::new(x.min(area.right().saturating_sub(1)), area.y));
+        let x = (x as u16).min(area.right().saturating_sub(1));
+        f.set_cursor_position(Position::new(x, area.y));
+    }
+}
+
+/// The message pane: the model's entries wrapped into rows, each entry
+/// once (again only when the width or the room changes), and how far it
+/// is scrolled back.
+#[derive(Default)]
+pub(crate) struct Pane {
+    /// Rows scrolled back from the bottom.
+    scroll: usize,
+    /// Rows shown at the last frame: a page is one less.
+    height: usize,
+    /// The rows of each of the model's entries, in order.
+    wrapped: VecDeque<Vec<Line<'static>>>,
+    /// How many rows `wrapped` holds.
+    total: usize,
+    /// What `wrapped` is for: the width, the room (messages from other
+    /// rooms name theirs), and the model's `pushed` count.
+    width: usize,
+    room: String,
+    pushed: u64,
+}
+
+impl Pane {
+    fn page(&self) -> usize {
+        self.height.saturating_sub(1).max(1)
+    }
+
+    pub(crate) fn page_up(&mut self) {
+        self.scroll += self.page();
+    }
+
+    pub(crate) fn page_down(&mut self) {
+        self.scroll = self.scroll.saturating_sub(self.page());
+    }
+
+    /// The rows to show in `width` × `height`. Scrolled back, new rows
+    /// below do not move what is shown.
+    pub(crate) fn rows(&mut self, m: &Model, width: usize, height: usize) -> Vec<Line<'static>> {
+        let width = width.max(1);
+        let again = width != self.width || m.room != self.room;
+        if again {
+            self.wrapped.clear();
+            self.total = 0;
+            self.width = width;
+            self.room = m.room.clone();
+            self.pushed = m.pushed - m.entries.len() as u64;
+        }
+        let new = ((m.pushed - self.pushed) as usize).min(m.entries.len());
+        for e in m.entries.range(m.entries.len() - new..) {
+            let rows = wrap(entry_line(m, e), width);
+            self.total += rows.len();
+            if self.scroll > 0 && !again {
+                self.scroll += rows.len();
+            }
+            self.wrapped.push_back(rows);
+        }
+        self.pushed = m.pushed;
+        while self.wrapped.len() > m.entries.len() {
+            self.total -= self.wrapped.pop_front().map_or(0, |rows| rows.len());
+        }
+        self.height = height;
+        self.scroll = self.scroll.min(self.total.saturating_sub(height));
+        let mut shown: Vec<Line<'static>> = self
+            .wrapped
+            .iter()
+            .rev()
+            .flat_map(|rows| rows.iter().rev())
+            .skip(self.scroll)
+            .take(height)
+            .cloned()
+            .collect();
+        shown.reverse();
+        shown
     }
 }
 
@@ -289,7 +353,7 @@ fn nick(name: &str) -> Style {
 }
 
 /// One entry of the message pane, styled.
-fn entry_line(m: &Model, e: &Entry) -> Line<'static> {
+pub(crate) fn entry_line(m: &Model, e: &Entry) -> Line<'static> {
     let time = Span::raw(format!("{} ", model::clock(e.ms, &chrono::Local))).dark_gray();
     let mark = Span::raw(if e.own { "»" } else { " " }).bold();
     let text = model::clean(&e.text);
@@ -348,7 +412,7 @@ fn entry_line(m: &Model, e: &Entry) -> Line<'static> {
 }
 
 /// Cuts a line into rows of `width` columns.
-fn wrap(line: Line<'static>, width: usize) -> Vec<Line<'static>> {
+pub(crate) fn wrap(line: Line<'static>, width: usize) -> Vec<Line<'static>> {
     let mut rows = vec![Line::default()];
     let mut used = 0;
     for span in line.spans {
