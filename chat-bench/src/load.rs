@@ -202,7 +202,9 @@ pub struct Tally {
     /// From the receiving edge's stamp (the message id) to delivery, in
     /// whole milliseconds: the part of the latency after the first edge.
     pub after_edge: Histogram<u64>,
-    /// Deliveries of messages sent inside the window.
+    /// Deliveries received inside the window (the throughput: what was
+    /// sent earlier and arrives late counts, what is sent but still queued
+    /// does not).
     pub measured: u64,
     pub received: u64,
     /// Messages older than one already received from the same sender
@@ -251,8 +253,10 @@ impl Tally {
         } else {
             self.out_of_order += 1;
         }
-        if sent >= self.window.from && sent < self.window.to {
+        if now >= self.window.from && now < self.window.to {
             self.measured += 1;
+        }
+        if sent >= self.window.from && sent < self.window.to {
             let _ = self.latency.record(now.saturating_sub(sent).max(1));
             if let Some((stamp, wall_ms)) = stamp {
                 let _ = self
@@ -426,5 +430,16 @@ mod tests {
         t.on(1, 0, 1, 2, None);
         assert_eq!((t.received, t.out_of_order), (6, 1));
         assert_eq!(t.measured, 6);
+    }
+
+    #[test]
+    fn throughput_counts_arrivals_in_the_window_latency_sends_in_it() {
+        let window = Window::new(Duration::from_micros(10), Duration::from_micros(100));
+        let mut t = Tally::new(window, 1, Arc::default());
+        t.on(0, 0, 5, 20, None); // sent in the warm-up, arrives inside
+        t.on(0, 1, 50, 200, None); // sent inside, arrives after
+        assert_eq!(t.measured, 1);
+        assert_eq!(t.latency.len(), 1);
+        assert_eq!(t.latency.max(), 150);
     }
 }

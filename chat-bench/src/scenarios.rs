@@ -32,7 +32,7 @@ pub struct Traffic {
     /// Messages sent per second (warm-up included): below the offered
     /// rate when the senders could not keep up.
     pub sent_msgs_per_s: f64,
-    /// Deliveries of messages sent inside the measured window, per second.
+    /// Deliveries received inside the measured window, per second.
     pub deliveries_per_s: f64,
     pub expected_deliveries: u64,
     pub received: u64,

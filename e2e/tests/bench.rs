@@ -53,7 +53,10 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
         // 1.3 s at 100 messages/s (every one due sent), each to all 6
         // clients.
         assert!(sent.abs_diff(130) <= 3, "{t}");
-        assert!(t["sent_msgs_per_s"].as_f64().unwrap().round() >= 98.0, "{t}");
+        assert!(
+            t["sent_msgs_per_s"].as_f64().unwrap().round() >= 98.0,
+            "{t}"
+        );
         assert_eq!(t["expected_deliveries"].as_u64().unwrap(), sent * 6, "{t}");
         assert_eq!(t["received"], t["expected_deliveries"], "{t}");
         assert_eq!(t["lost"], 0, "{t}");

@@ -25,6 +25,8 @@ const TLS_REQUIRED: &str = "ERR tls-required this port speaks TLS only\n";
 const TOO_MANY: &str = "ERR rate-limited too many connections, try again later\n";
 /// Most bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The write buffer's first size.
+const WRITE_BUF: usize = 4 * 1024;
 
 /// Runs `fut` with a deadline; the error names the phase.
 pub(crate) async fn within<T>(
@@ -534,6 +536,8 @@ async fn write_loop<W: AsyncWrite>(
             None => break None,
             Some(Out::Bye(reason)) => break Some(reason),
             Some(Out::Line(line)) => {
+                // One allocation for a typical batch, not a doubling per line.
+                buf.reserve(WRITE_BUF.max(line.len()));
                 buf.extend_from_slice(&line);
                 None
             }
