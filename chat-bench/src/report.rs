@@ -157,7 +157,10 @@ impl Results {
         }
         let _ = writeln!(s, "\n![latency against offered rate]({PLOT})\n");
 
-        let _ = writeln!(s, "### CPU (seconds per second, by process)\n");
+        let _ = writeln!(
+            s,
+            "### CPU (seconds per second, by process; (idle) and (stolen) for the whole machine, stolen being time the hypervisor gave to other guests)\n"
+        );
         let procs: Vec<&String> = self
             .traffic
             .first()

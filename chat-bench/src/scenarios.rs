@@ -220,6 +220,7 @@ fn cpu_now(system: &System) -> Vec<(String, f64)> {
         .pids()
         .into_iter()
         .map(|(name, pid)| (name, system::cpu_seconds(pid)))
+        .chain(system::idle_and_stolen())
         .collect()
 }
 

@@ -264,6 +264,23 @@ pub fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The machine's idle time and the time the hypervisor gave other guests
+/// ("steal"), in seconds summed over the cores.
+pub fn idle_and_stolen() -> [(String, f64); 2] {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0) / 100.0;
+    [("(idle)".into(), at(3)), ("(stolen)".into(), at(7))]
+}
+
 /// CPU time `pid` has used, in seconds (user + system).
 pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

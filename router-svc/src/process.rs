@@ -302,12 +302,19 @@ impl Worker {
     /// If the round trip fails, each run takes the careful path of
     /// [`Worker::apply_in_order`] (requests already applied are recognized
     /// as duplicates there).
+    ///
+    /// The scripts go in the order the edges received the requests (their
+    /// entry ids), across partitions: each partition keeps its order, and
+    /// a room's history ids follow receive times without a correction.
     pub(crate) async fn apply_runs(&mut self, runs: Vec<(u32, Vec<Entry>)>) -> Vec<(u32, Outcome)> {
+        let order = by_receive_time(&runs);
         let mut pipe = redis::pipe();
-        let slots: Vec<Vec<bool>> = runs
-            .iter()
-            .map(|(p, entries)| self.invocations(&mut pipe, *p, entries))
-            .collect();
+        for &(r, i) in &order {
+            let (p, entry) = (runs[r].0, &runs[r].1[i]);
+            if let Some(req) = &entry.req {
+                pipe.invoke_script(&self.invocation(p, entry, req));
+            }
+        }
         let values: Vec<Value> = if pipe.is_empty() {
             Vec::new()
         } else {
@@ -323,11 +330,19 @@ impl Worker {
                 }
             }
         };
+        // Each run's answers, back in its own order.
+        let mut answers: Vec<Vec<Value>> = vec![Vec::new(); runs.len()];
         let mut values = values.into_iter();
+        for &(r, i) in &order {
+            if runs[r].1[i].req.is_some() {
+                answers[r].extend(values.next());
+            }
+        }
         let mut outcomes = Vec::new();
         let mut acks = Vec::new();
-        for ((p, entries), slots) in runs.iter().zip(slots) {
-            let statuses = statuses(slots, &mut values);
+        for ((p, entries), answers) in runs.iter().zip(answers) {
+            let slots = entries.iter().map(|e| e.req.is_some()).collect();
+            let statuses = statuses(slots, &mut answers.into_iter());
             let (outcome, done) = judge(entries, &statuses);
             outcomes.push((*p, outcome));
             acks.push((entries.as_slice(), done));
@@ -451,6 +466,24 @@ impl Worker {
 
 /// The status of each entry: the script's answer, taken from `values` in
 /// turn, or why there was none.
+/// (run, entry) pairs of `runs` by entry id (`<ms>-<seq>`, the time the
+/// request reached Redis); each run's own order is kept.
+fn by_receive_time(runs: &[(u32, Vec<Entry>)]) -> Vec<(usize, usize)> {
+    let id = |e: &Entry| -> (u64, u64) {
+        let (ms, seq) = e.id.split_once('-').unwrap_or((&e.id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    let mut order: Vec<(usize, usize)> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(r, (_, entries))| (0..entries.len()).map(move |i| (r, i)))
+        .collect();
+    // Stable: equal ids (other streams) keep run order, and ids within a
+    // stream only grow.
+    order.sort_by_key(|&(r, i)| id(&runs[r].1[i]));
+    order
+}
+
 fn statuses(slots: Vec<bool>, values: &mut impl Iterator<Item = Value>) -> Vec<String> {
     slots
         .into_iter()
@@ -502,4 +535,33 @@ fn transient(e: &redis::RedisError) -> bool {
             e.code(),
             Some("OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "NOSCRIPT")
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(p: u32, ids: &[&str]) -> (u32, Vec<Entry>) {
+        let entries = ids
+            .iter()
+            .map(|id| Entry {
+                stream: format!("s{p}"),
+                id: id.to_string(),
+                req: None,
+            })
+            .collect();
+        (p, entries)
+    }
+
+    #[test]
+    fn runs_interleave_by_receive_time_each_keeping_its_order() {
+        let runs = [
+            run(0, &["5-0", "9-0", "10-0"]),
+            run(1, &["5-0", "6-1", "11-0"]),
+        ];
+        assert_eq!(
+            by_receive_time(&runs),
+            [(0, 0), (1, 0), (1, 1), (0, 1), (0, 2), (1, 2)]
+        );
+    }
 }

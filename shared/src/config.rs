@@ -179,7 +179,7 @@ impl Default for EdgeConfig {
             request_timeout_ms: 5_000,
             out_queue: 1024,
             write_timeout_ms: 5_000,
-            write_coalesce_ms: 5,
+            write_coalesce_ms: 10,
             login_timeout_ms: 30_000,
             idle_timeout_ms: 900_000,
             max_connections: 20_000,
