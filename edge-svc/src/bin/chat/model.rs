@@ -285,6 +285,8 @@ pub struct Entry {
 enum Quiet {
     /// `/subscriptions`: its list replaces the one in the status line.
     Subscriptions,
+    /// `/rooms`: the rooms there are, for Tab completion.
+    Rooms,
     /// `/join <room>`: back into the room after a reconnect.
     Rejoin,
     /// `/history 200` after a reconnect: shows the rows newer than
@@ -431,6 +433,8 @@ impl Model {
                 let before = std::mem::replace(&mut self.room, "lobby".into());
                 out.push("/subscriptions".into());
                 self.pending.push_back(Quiet::Subscriptions);
+                out.push("/rooms".into());
+                self.pending.push_back(Quiet::Rooms);
                 if std::mem::replace(&mut self.was_in, true) {
                     if before != "lobby" {
                         out.push(format!("/join {before}"));
@@ -542,7 +546,10 @@ impl Model {
                     "SUB" => self.listed.insert(name.clone()),
                     _ => self.users.insert(name.clone()),
                 };
-                if self.pending.front() != Some(&Quiet::Subscriptions) {
+                if !matches!(
+                    self.pending.front(),
+                    Some(Quiet::Subscriptions | Quiet::Rooms)
+                ) {
                     let text = format!("{} {name} {rest}", kind.to_lowercase());
                     self.push(now, Kind::Reply, text.trim_end(), false);
                 }
@@ -607,6 +614,9 @@ impl Model {
                 if self.pending.front() == Some(&Quiet::Subscriptions) {
                     self.answered();
                 }
+            }
+            ["ROOMS", ..] if self.pending.front() == Some(&Quiet::Rooms) => {
+                self.answered();
             }
             ["MSG", to, _id, queued @ ..] => {
                 if !queued.is_empty() {
