@@ -260,6 +260,22 @@ async fn services_stop_on_sigterm_even_when_nobody_reads_their_logs() {
             .is_ok()
     })
     .await;
+    // auth-svc made its group, router-svc holds a lease: both are past
+    // setting up their signal handlers.
+    let r = redis.conn().await;
+    eventually("auth-svc and router-svc run", || {
+        let mut r = r.clone();
+        async move {
+            let n: u32 = redis::cmd("EXISTS")
+                .arg("chat:req:auth")
+                .arg("chat:router:lease:0")
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            n == 2
+        }
+    })
+    .await;
     for (name, child) in &mut children {
         signal(child, "-TERM");
         let status = tokio::time::timeout(WAIT, child.wait())
