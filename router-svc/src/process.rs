@@ -307,12 +307,14 @@ impl Worker {
     /// entry ids), across partitions: each partition keeps its order, and
     /// a room's history ids follow receive times without a correction.
     pub(crate) async fn apply_runs(&mut self, runs: Vec<(u32, Vec<Entry>)>) -> Vec<(u32, Outcome)> {
-        let order = by_receive_time(&runs);
         let mut pipe = redis::pipe();
-        for &(r, i) in &order {
+        // The run of each script in the pipeline, in its order.
+        let mut owners = Vec::new();
+        for (r, i) in by_receive_time(&runs) {
             let (p, entry) = (runs[r].0, &runs[r].1[i]);
             if let Some(req) = &entry.req {
                 pipe.invoke_script(&self.invocation(p, entry, req));
+                owners.push(r);
             }
         }
         let values: Vec<Value> = if pipe.is_empty() {
@@ -335,11 +337,8 @@ impl Worker {
         };
         // Each run's answers, back in its own order.
         let mut answers: Vec<Vec<Value>> = vec![Vec::new(); runs.len()];
-        let mut values = values.into_iter();
-        for &(r, i) in &order {
-            if runs[r].1[i].req.is_some() {
-                answers[r].extend(values.next());
-            }
+        for (r, value) in owners.into_iter().zip(values) {
+            answers[r].push(value);
         }
         let mut outcomes = Vec::new();
         let mut acks = Vec::new();
@@ -467,8 +466,6 @@ impl Worker {
     }
 }
 
-/// The status of each entry: the script's answer, taken from `values` in
-/// turn, or why there was none.
 /// (run, entry) pairs of `runs` by entry id (`<ms>-<seq>`, the time the
 /// request reached Redis); each run's own order is kept.
 fn by_receive_time(runs: &[(u32, Vec<Entry>)]) -> Vec<(usize, usize)> {
@@ -487,6 +484,8 @@ fn by_receive_time(runs: &[(u32, Vec<Entry>)]) -> Vec<(usize, usize)> {
     order
 }
 
+/// The status of each entry: the script's answer, taken from `values` in
+/// turn, or why there was none.
 fn statuses(slots: Vec<bool>, values: &mut impl Iterator<Item = Value>) -> Vec<String> {
     slots
         .into_iter()
