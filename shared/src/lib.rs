@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod envelope;
 pub mod keys;
+pub mod line;
 pub mod protocol;
 pub mod shutdown;
 pub mod store;

@@ -16,7 +16,8 @@ pub const LOBBY: &str = "lobby";
 pub const PROTOCOL_VERSION: &str = "chat/1";
 
 /// The `<code>` of an `ERR <code> <text>` line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ErrorCode {
     AuthRequired,
     BadCredentials,
@@ -38,6 +39,30 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the contract's order.
+    pub const ALL: [ErrorCode; 17] = {
+        use ErrorCode::*;
+        [
+            AuthRequired,
+            BadCredentials,
+            AlreadyLoggedIn,
+            AlreadyAuthenticated,
+            RegistrationClosed,
+            UserExists,
+            BadName,
+            BadArgs,
+            UnknownCommand,
+            NoSuchUser,
+            NotInRoom,
+            LineTooLong,
+            BadEncoding,
+            RateLimited,
+            TlsRequired,
+            Unavailable,
+            Internal,
+        ]
+    };
+
     pub fn as_str(self) -> &'static str {
         use ErrorCode::*;
         match self {
@@ -59,6 +84,17 @@ impl ErrorCode {
             Unavailable => "unavailable",
             Internal => "internal",
         }
+    }
+}
+
+impl std::str::FromStr for ErrorCode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<ErrorCode, ()> {
+        serde::Deserialize::deserialize(
+            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s),
+        )
+        .map_err(|_| ())
     }
 }
 
@@ -338,6 +374,16 @@ mod tests {
 
     fn code(line: &str) -> ErrorCode {
         p(line).unwrap_err().code
+    }
+
+    #[test]
+    fn error_codes_parse_as_they_print() {
+        for code in ErrorCode::ALL {
+            assert_eq!(code.as_str().parse::<ErrorCode>(), Ok(code));
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+        }
+        assert!("nope".parse::<ErrorCode>().is_err());
     }
 
     #[test]
