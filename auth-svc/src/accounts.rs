@@ -2,44 +2,12 @@
 //! `<prefix>user:<name>` holding a bcrypt hash and a creation time.
 
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use shared::keys::Keys;
 use shared::protocol::is_valid_name;
+use shared::scripts::Call;
 
 use crate::AuthError;
-
-/// Creates the account unless the name is taken (atomically).
-const CREATE_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'password', ARGV[1],
-  'created', tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
-return 1
-"#;
-
-/// Deletes the account and what hangs off it: its subscriptions both ways
-/// (so that a new account of the same name inherits no subscribers), its
-/// queued private messages and its publications. Conversations stay: they
-/// belong to the other side too. ARGV: prefix, user.
-const DELETE_LUA: &str = r#"
-local user = ARGV[2]
-if redis.call('DEL', P .. 'user:' .. user) == 0 then return 0 end
-if redis.call('EXISTS', P .. 'session:' .. user) == 1 then online(user, -1) end
-for _, p in ipairs(redis.call('SMEMBERS', P .. 'subscriptions:' .. user)) do
-  redis.call('SREM', P .. 'subscribers:' .. p, user)
-end
-for _, s in ipairs(redis.call('SMEMBERS', P .. 'subscribers:' .. user)) do
-  redis.call('SREM', P .. 'subscriptions:' .. s, user)
-  -- An online subscriber's edge stops passing on the channel.
-  local sess = redis.call('HMGET', P .. 'session:' .. s, 'edge', 'conn', 'sid')
-  if sess[3] then
-    reply(sess[1], sess[2], nil, nil, {kind = 'unsubscribe', sid = sess[3], user = user})
-  end
-end
-redis.call('DEL', P .. 'subscriptions:' .. user, P .. 'subscribers:' .. user,
-  P .. 'online-subscribers:' .. user, P .. 'inbox:' .. user, P .. 'publications:' .. user)
-return 1
-"#;
 
 async fn hash(password: &str, cost: u32) -> Result<String, AuthError> {
     if password.is_empty() {
@@ -67,10 +35,9 @@ pub async fn add(
 ) -> Result<(), AuthError> {
     check_name(user)?;
     let hashed = hash(password, cost).await?;
-    let created: i64 = Script::new(CREATE_LUA)
-        .key(keys.user(user))
+    let created: i64 = Call::new("chat_create_user", &[keys.user(user)])
         .arg(hashed)
-        .invoke_async(conn)
+        .invoke(conn)
         .await?;
     if created == 1 {
         Ok(())
@@ -92,9 +59,17 @@ pub async fn set_password(
         return Err(AuthError::NotFound(user.to_string()));
     }
     let hashed = hash(password, cost).await?;
-    conn.hset::<_, _, _, ()>(keys.user(user), "password", hashed)
+    // Written only if the account still exists: one deleted meanwhile
+    // does not come back as a bare password.
+    let replaced: i64 = Call::new("chat_set_password", &[keys.user(user)])
+        .arg(hashed)
+        .invoke(conn)
         .await?;
-    Ok(())
+    if replaced == 1 {
+        Ok(())
+    } else {
+        Err(AuthError::NotFound(user.to_string()))
+    }
 }
 
 /// Deletes the account (a live session goes on until it ends; the user
@@ -105,16 +80,41 @@ pub async fn delete(
     user: &str,
 ) -> Result<(), AuthError> {
     check_name(user)?;
-    let removed: i64 = Script::new(&format!("{}{DELETE_LUA}", shared::store::LUA_PRELUDE))
-        .arg(keys.prefix())
-        .arg(user)
-        .invoke_async(conn)
-        .await?;
-    if removed == 1 {
-        Ok(())
-    } else {
-        Err(AuthError::NotFound(user.to_string()))
+    // The function names every set it changes: read them, and read again
+    // should they change before it runs.
+    for _ in 0..5 {
+        let publishers: Vec<String> = conn.smembers(keys.subscriptions(user)).await?;
+        let subscribers: Vec<String> = conn.smembers(keys.subscribers(user)).await?;
+        let mut names = vec![
+            keys.user(user),
+            keys.subscriptions(user),
+            keys.subscribers(user),
+            keys.inbox(user),
+            keys.publications(user),
+        ];
+        names.extend(publishers.iter().map(|p| keys.subscribers(p)));
+        for s in &subscribers {
+            names.push(keys.subscriptions(s));
+            names.push(keys.session(s));
+        }
+        let outcome: redis::Value = Call::new("chat_delete_user", &names)
+            .arg(publishers.len())
+            .arg(subscribers.len())
+            .arg(user)
+            .arg(keys.edge_channel(""))
+            .arg(&publishers)
+            .arg(&subscribers)
+            .invoke(conn)
+            .await?;
+        match outcome {
+            redis::Value::Int(1) => return Ok(()),
+            redis::Value::Int(_) => return Err(AuthError::NotFound(user.to_string())),
+            _ => continue, // `moved`
+        }
     }
+    Err(AuthError::Unexpected(format!(
+        "the subscriptions of {user} kept changing"
+    )))
 }
 
 /// All account names, sorted.

@@ -2,85 +2,22 @@
 
 use crate::{AuthError, GROUP};
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use shared::admin::{Counter, Histogram, Page, Probe};
 use shared::config::{Config, DuplicateLogin};
 use shared::envelope::{Op, Reply, Request};
 use shared::keys::Keys;
-use shared::protocol::{err_line, ErrorCode};
-use shared::store::{Entry, LUA_PRELUDE};
+use shared::line::ServerLine;
+use shared::protocol::{ErrorCode, LOBBY};
+use shared::scripts::Call;
+use shared::store::Entry;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-/// ARGV: prefix, user, edge, conn, rid, addr, policy, deadline (ms), for a
-/// registration the new password hash (else empty), the request's entry
-/// id, and the client's IP address.
-///
-/// Past the deadline the edge no longer waits: nothing is done (`stale`).
-/// A request already applied (claimed again from an instance thought dead)
-/// is not applied twice (`duplicate`).
-/// A registration creates the account first, unless the name is taken.
-///
-/// One live session per user: an existing one is either closed (its edge
-/// gets a `close` effect, its room membership goes) or kept and the new
-/// login refused. The session id comes from a counter, so it is unique.
-/// Private messages queued while the user was offline go out with the reply;
-/// the effect names the last one, which the edge acknowledges once shown.
-const LOGIN_LUA: &str = r#"
-local user, edge, conn, rid, addr, policy = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if now_ms() > tonumber(ARGV[8]) then return 'stale' end
--- Nor for an edge taken for dead: nobody would end the session.
-local alive = redis.call('ZSCORE', P .. 'edges', edge)
-if not alive or tonumber(alive) < now_ms() then return 'stale' end
-if not redis.call('SET', P .. 'auth:done:' .. ARGV[10], '1', 'NX', 'PX', 600000) then
-  return 'duplicate'
-end
-local ukey = P .. 'user:' .. user
-if ARGV[9] ~= '' then
-  if redis.call('EXISTS', ukey) == 1 then
-    reply(edge, conn, rid, {'ERR user-exists the name ' .. user .. ' is taken'})
-    return 'exists'
-  end
-  redis.call('HSET', ukey, 'password', ARGV[9], 'created', tostring(now_ms()))
-end
--- A good login gives back its attempts: the user's count starts over, the
--- address's loses this one (registrations keep theirs).
-redis.call('DEL', P .. 'fail:user:' .. user)
-if ARGV[9] == '' and redis.call('DECR', P .. 'fail:addr:' .. ARGV[11]) <= 0 then
-  redis.call('DEL', P .. 'fail:addr:' .. ARGV[11])
-end
-local skey = P .. 'session:' .. user
-local old = redis.call('HMGET', skey, 'edge', 'conn', 'sid', 'room')
-if old[3] then
-  if policy == 'reject' then
-    reply(edge, conn, rid, {'ERR already-logged-in ' .. user .. ' is logged in elsewhere'})
-    return 'rejected'
-  end
-  reply(old[1], old[2], nil, nil, {kind = 'close', reason = 'logged-in-elsewhere', sid = old[3]})
-  end_session(user, old)
-end
-local sid = tostring(redis.call('INCR', P .. 'seq:sid'))
-redis.call('HSET', skey, 'edge', edge, 'conn', conn, 'sid', sid, 'room', 'lobby',
-  'addr', addr, 'since', tostring(now_ms()))
-redis.call('SADD', P .. 'edge:sessions:' .. edge, user)
-redis.call('SADD', P .. 'room:lobby', user)
-redis.call('SADD', P .. 'rooms', 'lobby')
-local subs = online(user, 1)
--- Private messages queued while offline follow OK LOGIN, in order. They
--- leave the inbox when the edge has shown them (the `delivered` request).
-local lines = {'OK LOGIN ' .. user .. ' lobby'}
-local last = ''
-for _, e in ipairs(redis.call('XRANGE', P .. 'inbox:' .. user, '-', '+')) do
-  local f = fields(e[2])
-  lines[#lines + 1] = 'DM ' .. (f.id or e[1]) .. ' ' .. (f.from or '?') .. ' ' .. (f.text or '')
-  last = e[1]
-end
-reply(edge, conn, rid, lines, {kind = 'login', user = user, sid = sid, room = 'lobby',
-  subs = table.concat(subs, ' '), inbox = last})
-sys('lobby', user, 'joined')
-return old[3] and 'replaced' or 'ok'
-"#;
+/// How many times a login reads again where the old session is, should it
+/// move between the read and the switch.
+const MOVES: usize = 5;
 
 /// Login outcomes counted for /metrics, by label.
 const OUTCOMES: [&str; 5] = ["ok", "bad_credentials", "rate_limited", "refused", "error"];
@@ -92,7 +29,6 @@ pub(crate) struct Ctx {
     bcrypt_seconds: Histogram,
     conn: ConnectionManager,
     policy: DuplicateLogin,
-    login: Script,
     bcrypt: Semaphore,
     /// How long an edge waits for a login (ms): older requests are stale.
     max_age: u64,
@@ -102,7 +38,6 @@ pub(crate) struct Ctx {
     /// Failed logins allowed per user and per address within `window` ms.
     max_failures: [u32; 2],
     window: u64,
-    attempt: Script,
     /// Checked against when the user does not exist, so that an unknown
     /// user costs as much time as a wrong password.
     dummy_hash: String,
@@ -128,7 +63,6 @@ impl Ctx {
             bcrypt_seconds: Histogram::default(),
             conn,
             policy: cfg.auth.duplicate_login,
-            login: Script::new(&format!("{LUA_PRELUDE}{LOGIN_LUA}")),
             bcrypt: Semaphore::new(permits),
             max_age: cfg.edge.request_timeout_ms,
             registration: cfg.auth.registration,
@@ -139,33 +73,15 @@ impl Ctx {
                 cfg.auth.max_failures_per_addr,
             ],
             window: cfg.auth.failure_window_ms,
-            attempt: Script::new(ATTEMPT_LUA),
             dummy_hash,
         })
     }
 }
 
-/// Counts an attempt on each counter (KEYS: the user's, the address's),
-/// in a window that starts with the first, and says whether any is now
-/// over its limit (ARGV: window ms, then each key's limit, 0: none). Counted
-/// before the password is checked, so that guesses sent in parallel are
-/// limited too; a login that succeeds gives its count back.
-const ATTEMPT_LUA: &str = r#"
-local over = 0
-for i, k in ipairs(KEYS) do
-  local n = redis.call('INCR', k)
-  if n == 1 then redis.call('PEXPIRE', k, ARGV[1]) end
-  local max = tonumber(ARGV[i + 1])
-  if max > 0 and n > max then over = 1 end
-end
-return over
-"#;
-
 impl Ctx {
     /// The attempt counters of a user name and of a client IP address.
     fn attempt_keys(&self, user: &str, ip: &str) -> [String; 2] {
-        let p = self.keys.prefix();
-        [format!("{p}fail:user:{user}"), format!("{p}fail:addr:{ip}")]
+        [self.keys.fail_user(user), self.keys.fail_addr(ip)]
     }
 
     /// Counts an attempt on `keys`; true if one of them is over its limit.
@@ -175,9 +91,11 @@ impl Ctx {
         keys: &[String],
         limits: &[u32],
     ) -> Result<bool, AuthError> {
-        let mut inv = self.attempt.prepare_invoke();
-        inv.key(keys).arg(self.window).arg(limits);
-        let over: i64 = inv.invoke_async(conn).await?;
+        let over: i64 = Call::new("chat_attempt", keys)
+            .arg(self.window)
+            .arg(limits)
+            .invoke(conn)
+            .await?;
         Ok(over == 1)
     }
 }
@@ -199,7 +117,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
             if let Err(e) = done.instrument(span.clone()).await {
                 span.in_scope(|| tracing::error!(error = %e, "login failed"));
                 ctx.count("error");
-                let line = err_line(e.code(), "the login could not be completed, try again");
+                let line = ServerLine::err(e.code(), "the login could not be completed, try again");
                 let _ = publish(&ctx, &req, line).await;
             }
         }
@@ -229,16 +147,16 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
     let counters = ctx.attempt_keys(&req.user, &ip);
     let refused = |what: &str| {
         tracing::info!("too many {what}");
-        err_line(ErrorCode::RateLimited, "too many attempts, wait a minute")
+        ServerLine::err(ErrorCode::RateLimited, "too many attempts, wait a minute")
     };
     let new_hash = if *register {
         if !ctx.registration {
-            let line = err_line(ErrorCode::RegistrationClosed, "registration is closed");
+            let line = ServerLine::err(ErrorCode::RegistrationClosed, "registration is closed");
             return publish(ctx, req, line).await;
         }
         if password.chars().count() < ctx.min_password {
             let text = format!("passwords are at least {} characters", ctx.min_password);
-            return publish(ctx, req, err_line(ErrorCode::BadArgs, &text)).await;
+            return publish(ctx, req, ServerLine::err(ErrorCode::BadArgs, text)).await;
         }
         // Registrations count against the address, and are not given back.
         let addr_only = &counters[1..];
@@ -251,7 +169,7 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
         }
         if conn.exists(ctx.keys.user(&req.user)).await? {
             let text = format!("the name {} is taken", req.user);
-            return publish(ctx, req, err_line(ErrorCode::UserExists, &text)).await;
+            return publish(ctx, req, ServerLine::err(ErrorCode::UserExists, text)).await;
         }
         let cost = ctx.cost;
         let _permit = ctx.bcrypt.acquire().await.expect("semaphore never closed");
@@ -280,26 +198,70 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
         if !(good && exists) {
             tracing::info!("bad credentials");
             ctx.count("bad_credentials");
-            let line = err_line(ErrorCode::BadCredentials, "wrong user name or password");
+            let line = ServerLine::err(ErrorCode::BadCredentials, "wrong user name or password");
             return publish(ctx, req, line).await;
         }
         String::new()
     };
-    let outcome: String = ctx
-        .login
-        .arg(ctx.keys.prefix())
-        .arg(&req.user)
-        .arg(&req.edge)
-        .arg(req.conn.to_string())
-        .arg(req.rid.to_string())
-        .arg(addr)
-        .arg(ctx.policy.as_str())
-        .arg(deadline)
-        .arg(new_hash)
-        .arg(entry_id)
-        .arg(&ip)
-        .invoke_async(&mut conn)
-        .await?;
+    // The session switch names the keys of where an old session is; should
+    // it move meanwhile (`moved`), read again.
+    let mut outcome = String::new();
+    for _ in 0..MOVES {
+        let (at_edge, at_room): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(ctx.keys.session(&req.user))
+            .arg("edge")
+            .arg("room")
+            .query_async(&mut conn)
+            .await?;
+        let (at_edge, at_room) = (at_edge.unwrap_or_default(), at_room.unwrap_or_default());
+        let k = &ctx.keys;
+        let keys = [
+            k.edges(),
+            k.auth_done(entry_id),
+            k.user(&req.user),
+            counters[0].clone(),
+            counters[1].clone(),
+            k.session(&req.user),
+            k.seq_sid(),
+            k.edge_sessions(&req.edge),
+            k.room(LOBBY),
+            k.rooms(),
+            k.room_sizes(),
+            k.online(),
+            k.inbox(&req.user),
+            k.subscriptions(&req.user),
+            k.edge_sessions(&at_edge),
+            k.room(&at_room),
+        ];
+        outcome = Call::new("chat_login", &keys)
+            .arg(&req.user)
+            .arg(&req.edge)
+            .arg(req.conn.to_string())
+            .arg(req.rid.to_string())
+            .arg(addr)
+            .arg(ctx.policy.as_str())
+            .arg(deadline)
+            .arg(&new_hash)
+            .arg(k.edge_channel(&req.edge))
+            .arg(k.room_channel(LOBBY))
+            .arg(LOBBY)
+            .arg(&at_edge)
+            .arg(&at_room)
+            .arg(k.edge_channel(&at_edge))
+            .arg(k.room_channel(&at_room))
+            .invoke(&mut conn)
+            .await?;
+        if outcome != "moved" {
+            break;
+        }
+    }
+    if outcome == "moved" {
+        let line = ServerLine::err(
+            ErrorCode::Unavailable,
+            "the login could not be completed, try again",
+        );
+        return publish(ctx, req, line).await;
+    }
     tracing::info!(outcome = %outcome, "login");
     ctx.count(match outcome.as_str() {
         "ok" | "replaced" => "ok",
@@ -371,7 +333,7 @@ impl Ctx {
     }
 }
 
-async fn publish(ctx: &Ctx, req: &Request, line: String) -> Result<(), AuthError> {
+async fn publish(ctx: &Ctx, req: &Request, line: ServerLine) -> Result<(), AuthError> {
     let reply = Reply {
         conn: req.conn,
         rid: req.rid,

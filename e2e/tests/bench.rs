@@ -65,9 +65,9 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
         assert!(t["deliveries_per_s"].as_f64().unwrap() > 0.0, "{t}");
         assert!(t["p99_ms"].as_f64().unwrap() > 0.0, "{t}");
     }
-    // A routed room message costs the router one script call.
+    // A routed room message costs the router one function call.
     let fanout = &traffic[0]["redis_calls_per_msg"];
-    assert!(fanout["evalsha"].as_f64().unwrap() >= 1.0, "{fanout}");
+    assert!(fanout["fcall"].as_f64().unwrap() >= 1.0, "{fanout}");
 
     let connect = &results["connect"];
     assert_eq!(connect["held"], 40, "{connect}");

@@ -8,7 +8,8 @@ use crate::limits::{Bucket, Mistakes, Slot};
 use crate::{Ctx, EdgeError, Phase};
 use bytes::BytesMut;
 use shared::envelope::{Effect, Op, Request, Secret};
-use shared::protocol::{self, err_line, Command, ErrorCode, HistoryTarget, ProtoError};
+use shared::line::ServerLine;
+use shared::protocol::{self, Command, ErrorCode, HistoryTarget, ProtoError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +22,12 @@ use tracing::Instrument;
 
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
-const TLS_REQUIRED: &str = "ERR tls-required this port speaks TLS only\n";
-const TOO_MANY: &str = "ERR rate-limited too many connections, try again later\n";
+const TLS_REQUIRED: ProtoError =
+    ProtoError::new(ErrorCode::TlsRequired, "this port speaks TLS only");
+const TOO_MANY: ProtoError = ProtoError::new(
+    ErrorCode::RateLimited,
+    "too many connections, try again later",
+);
 /// Most bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 /// The write buffer's first size.
@@ -76,7 +81,7 @@ async fn serve_tls(
         within(
             Phase::Write,
             limit,
-            stream.write_all(TLS_REQUIRED.as_bytes()),
+            stream.write_all(format!("{}\n", TLS_REQUIRED.line()).as_bytes()),
         )
         .await?;
         let _ = within(Phase::Close, limit, stream.shutdown()).await;
@@ -100,7 +105,10 @@ async fn serve_tls(
     );
     ctx.hub.send(
         id,
-        &format!("HELLO {} {}", ctx.cfg.edge.id, protocol::PROTOCOL_VERSION),
+        &ServerLine::Hello {
+            edge: ctx.cfg.edge.id.clone(),
+            version: protocol::PROTOCOL_VERSION.into(),
+        },
     );
 
     let edge = &ctx.cfg.edge;
@@ -133,7 +141,8 @@ pub(crate) async fn refuse(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let limit = ctx.cfg.edge.handshake_timeout().min(Duration::from_secs(2));
     let refused = async {
         let mut tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
-        within(Phase::Write, limit, tls.write_all(TOO_MANY.as_bytes())).await?;
+        let line = format!("{}\n", TOO_MANY.line());
+        within(Phase::Write, limit, tls.write_all(line.as_bytes())).await?;
         within(Phase::Close, limit, tls.shutdown()).await
     };
     if let Err(e) = refused.await {
@@ -222,9 +231,9 @@ impl Handler {
         let line = match frame {
             Frame::TooLong => {
                 let max = self.ctx.cfg.edge.max_line;
-                self.reply(&err_line(
+                self.reply(ServerLine::err(
                     ErrorCode::LineTooLong,
-                    &format!("lines are at most {max} bytes"),
+                    format!("lines are at most {max} bytes"),
                 ));
                 return self.counted();
             }
@@ -254,7 +263,7 @@ impl Handler {
 
     /// Answers a mistake of the client's; too many close the connection.
     fn mistake(&mut self, e: ProtoError) -> Flow {
-        self.reply(&e.line());
+        self.reply(e.line());
         self.counted()
     }
 
@@ -267,8 +276,8 @@ impl Handler {
         Flow::Continue
     }
 
-    fn reply(&self, line: &str) {
-        self.ctx.hub.send(self.id, line);
+    fn reply(&self, line: ServerLine) {
+        self.ctx.hub.send(self.id, &line);
     }
 
     async fn command(&mut self, cmd: Command) -> Flow {
@@ -302,12 +311,14 @@ impl Handler {
                 };
                 self.route(Op::History { with, n }, &[]).await;
             }
-            Command::Ping => self.reply("OK PING"),
+            Command::Ping => self.reply(ServerLine::OkPing),
             Command::Help => {
                 for line in protocol::HELP {
-                    self.reply(&format!("INFO {line}"));
+                    self.reply(ServerLine::Info {
+                        text: line.to_string(),
+                    });
                 }
-                self.reply("OK HELP");
+                self.reply(ServerLine::OkHelp);
             }
             Command::Quit => {
                 self.quit().await;
@@ -335,7 +346,7 @@ impl Handler {
     /// `LOGIN`, or `REGISTER` with `register`.
     async fn login(&mut self, user: String, password: String, register: bool) {
         if self.session.is_some() {
-            self.reply(&err_line(
+            self.reply(ServerLine::err(
                 ErrorCode::AlreadyAuthenticated,
                 "already logged in",
             ));
@@ -353,7 +364,7 @@ impl Handler {
             Ok(subs) => subs,
             Err(e) => {
                 tracing::warn!(error = %e, "reading subscriptions failed");
-                self.reply(&unavailable().line());
+                self.reply(unavailable().line());
                 return;
             }
         };
@@ -384,7 +395,7 @@ impl Handler {
             Ok(_) => self.ctx.metrics.logins_failed.inc(),
             Err(e) => {
                 self.ctx.metrics.logins_failed.inc();
-                self.reply(&e.line());
+                self.reply(e.line());
             }
         }
     }
@@ -410,7 +421,7 @@ impl Handler {
         if let Err(e) = self.ctx.send_requests(&stream, &reqs).await {
             tracing::warn!(error = %e, requests = reqs.len(), "forwarding requests failed");
             for _ in reqs.iter().filter(|r| matches!(r.op, Op::Say { .. })) {
-                self.reply(&unavailable().line());
+                self.reply(unavailable().line());
             }
         }
     }
@@ -423,7 +434,7 @@ impl Handler {
         let req = self.request(self.ctx.next_rid(), &user, op);
         let stream = self.ctx.router_stream(&user);
         if let Err(e) = self.call(&stream, req, channels).await {
-            self.reply(&e.line());
+            self.reply(e.line());
         }
     }
 

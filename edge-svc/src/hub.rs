@@ -14,6 +14,7 @@ use bytes::Bytes;
 use shared::admin::Counter;
 use shared::envelope::{Effect, Reply};
 use shared::keys::Keys;
+use shared::line::ServerLine;
 use shared::protocol::LOBBY;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -285,9 +286,9 @@ impl Hub {
     }
 
     /// Queues a line to one connection.
-    pub(crate) fn send(&self, conn: u64, line: &str) {
+    pub(crate) fn send(&self, conn: u64, line: &ServerLine) {
         if let Some(c) = self.lock().conns.get(&conn) {
-            self.push(c, Out::Line(Bytes::from(format!("{line}\n"))));
+            self.push(c, Out::Line(render(std::slice::from_ref(line))));
         }
     }
 
@@ -312,10 +313,13 @@ impl Hub {
     }
 
     fn broadcast(&self, channel: &str, payload: &[u8]) {
-        let mut line = Vec::with_capacity(payload.len() + 1);
-        line.extend_from_slice(payload);
-        line.push(b'\n');
-        let line = Bytes::from(line);
+        let line = match serde_json::from_slice::<ServerLine>(payload) {
+            Ok(line) => render(std::slice::from_ref(&line)),
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "undecodable line dropped");
+                return;
+            }
+        };
         let st = self.lock();
         let Some(members) = st.audience.get(channel) else {
             return;
@@ -328,7 +332,8 @@ impl Hub {
         self.deliveries.add(members.len() as u64);
     }
 
-    fn apply(&self, reply: Reply) {
+    fn apply(&self, mut reply: Reply) {
+        reply.sort_listing();
         let mut st = self.lock();
         let st = &mut *st;
         let Some(conn) = st.conns.get_mut(&reply.conn) else {
@@ -402,9 +407,7 @@ impl Hub {
         }
         if show && !reply.lines.is_empty() {
             // One queue slot for the whole reply, however long a listing.
-            let mut text = reply.lines.join("\n");
-            text.push('\n');
-            self.push(conn, Out::Line(Bytes::from(text)));
+            self.push(conn, Out::Line(render(&reply.lines)));
         }
         if let Some(reason) = bye {
             self.push(conn, Out::Bye(reason));
@@ -507,6 +510,16 @@ impl Hub {
     }
 }
 
+/// The wire form of `lines`, each with its terminator.
+fn render(lines: &[ServerLine]) -> Bytes {
+    use std::fmt::Write;
+    let mut text = String::new();
+    for line in lines {
+        let _ = writeln!(text, "{line}");
+    }
+    Bytes::from(text)
+}
+
 fn drop_member(audience: &mut HashMap<String, HashSet<u64>>, channel: &str, id: u64) {
     if let Some(members) = audience.get_mut(channel) {
         members.remove(&id);
@@ -537,6 +550,11 @@ impl Hub {
 mod tests {
     use super::*;
 
+    /// A broadcast line as the functions publish it (JSON).
+    fn wire(line: &str) -> Vec<u8> {
+        serde_json::to_vec(&ServerLine::parse(line).unwrap()).unwrap()
+    }
+
     fn hub() -> (Arc<Hub>, HubTasks) {
         Hub::new(Keys::new("chat:"), "e1")
     }
@@ -552,7 +570,7 @@ mod tests {
         serde_json::to_vec(&Reply {
             conn,
             rid,
-            lines: vec![format!("OK LOGIN {user} lobby")],
+            lines: vec![ServerLine::parse(&format!("OK LOGIN {user} lobby")).unwrap()],
             effect: Some(Effect::Login {
                 user: user.into(),
                 sid: sid.into(),
@@ -587,8 +605,8 @@ mod tests {
             wait.try_recv().unwrap().is_some(),
             "the waiting login learns its effect"
         );
-        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob hi");
-        hub.dispatch("chat:ch:room:dev", b"MSG dev 1-0 bob elsewhere");
+        hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob hi"));
+        hub.dispatch("chat:ch:room:dev", &wire("MSG dev 1-0 bob elsewhere"));
         assert_eq!(
             lines(&mut a),
             ["OK LOGIN alice lobby\n", "MSG lobby 1-0 bob hi\n"]
@@ -609,10 +627,7 @@ mod tests {
             );
         }
         for i in 0..10 {
-            hub.dispatch(
-                "chat:ch:room:lobby",
-                format!("MSG lobby {i}-0 x m").as_bytes(),
-            );
+            hub.dispatch("chat:ch:room:lobby", &wire(&format!("MSG lobby {i}-0 x m")));
         }
         assert_eq!(slow_closer.reason(), Some("too-slow"));
         assert!(fast_closer.reason().is_none());
@@ -660,10 +675,10 @@ mod tests {
             .unwrap()
         };
         hub.dispatch("chat:ch:edge:e1", &close(1, "4"));
-        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob still");
+        hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob still"));
         hub.dispatch("chat:ch:edge:e1", &close(2, "5"));
         hub.dispatch("chat:ch:edge:e1", &close(1, "5"));
-        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 2-0 bob gone");
+        hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 2-0 bob gone"));
         assert_eq!(
             lines(&mut a),
             [
@@ -694,13 +709,16 @@ mod tests {
             serde_json::to_vec(&Reply {
                 conn: 1,
                 rid,
-                lines: lines.iter().map(|l| l.to_string()).collect(),
+                lines: lines
+                    .iter()
+                    .map(|l| ServerLine::parse(l).unwrap())
+                    .collect(),
                 effect,
                 sid: sid.into(),
             })
             .unwrap()
         };
-        hub.dispatch("chat:ch:pub:carol", b"PUB 1-0 carol x");
+        hub.dispatch("chat:ch:pub:carol", &wire("PUB 1-0 carol x"));
         // A move of another (older) session is ignored; of this one, done.
         let moved = |sid: &str| {
             Some(Effect::Room {
@@ -709,17 +727,17 @@ mod tests {
             })
         };
         hub.dispatch("chat:ch:edge:e1", &notice(0, "", &[], moved("4")));
-        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob still here");
+        hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob still here"));
         hub.dispatch("chat:ch:edge:e1", &notice(0, "", &[], moved("5")));
-        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 2-0 bob gone");
-        hub.dispatch("chat:ch:room:dev", b"MSG dev 1-0 bob in dev");
+        hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 2-0 bob gone"));
+        hub.dispatch("chat:ch:room:dev", &wire("MSG dev 1-0 bob in dev"));
         let unsub = Some(Effect::Unsubscribe {
             sid: "5".into(),
             user: "carol".into(),
         });
         hub.dispatch("chat:ch:edge:e1", &notice(0, "", &[], unsub));
-        hub.dispatch("chat:ch:pub:carol", b"PUB 2-0 carol y");
-        hub.dispatch("chat:ch:pub:dave", b"PUB 1-0 dave z");
+        hub.dispatch("chat:ch:pub:carol", &wire("PUB 2-0 carol y"));
+        hub.dispatch("chat:ch:pub:dave", &wire("PUB 1-0 dave z"));
         // A private message to an older session is not shown.
         hub.dispatch(
             "chat:ch:edge:e1",
@@ -780,7 +798,7 @@ mod tests {
         let reply = Reply {
             conn: 1,
             rid: 7,
-            lines: vec!["OK JOIN dev".into()],
+            lines: vec![ServerLine::OkJoin { room: "dev".into() }],
             effect: None,
             sid: String::new(),
         };
@@ -815,11 +833,11 @@ mod tests {
         };
         let subs = ["dave".to_string()];
         hub.resync(1, &held, Some(("5", "dev", &subs)));
-        hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob not here");
-        hub.dispatch("chat:ch:room:dev", b"MSG dev 1-0 bob here");
-        hub.dispatch("chat:ch:pub:dave", b"PUB 1-0 dave news");
+        hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob not here"));
+        hub.dispatch("chat:ch:room:dev", &wire("MSG dev 1-0 bob here"));
+        hub.dispatch("chat:ch:pub:dave", &wire("PUB 1-0 dave news"));
         hub.resync(1, &held, None);
-        hub.dispatch("chat:ch:room:dev", b"MSG dev 2-0 bob gone");
+        hub.dispatch("chat:ch:room:dev", &wire("MSG dev 2-0 bob gone"));
         assert_eq!(
             lines(&mut a),
             [

@@ -2,23 +2,11 @@
 //! partitions, renews its leases, takes free ones and gives back extras.
 
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use shared::config::Config;
 use shared::keys::{partition_of, Keys};
+use shared::scripts::Call;
 use std::collections::BTreeSet;
-
-const RENEW_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
 
 pub(crate) struct Leases {
     keys: Keys,
@@ -27,8 +15,6 @@ pub(crate) struct Leases {
     partitions: u32,
     ttl_ms: u64,
     owned: BTreeSet<u32>,
-    renew: Script,
-    release: Script,
 }
 
 impl Leases {
@@ -40,8 +26,6 @@ impl Leases {
             partitions: cfg.partitions,
             ttl_ms: cfg.router.lease_ms,
             owned: BTreeSet::new(),
-            renew: Script::new(RENEW_LUA),
-            release: Script::new(RELEASE_LUA),
         }
     }
 
@@ -76,12 +60,10 @@ impl Leases {
             .query_async(&mut self.conn)
             .await?;
         for p in self.owned.clone() {
-            let kept: i64 = self
-                .renew
-                .key(self.keys.router_lease(p))
+            let kept: i64 = Call::new("chat_lease_renew", &[self.keys.router_lease(p)])
                 .arg(&self.id)
                 .arg(self.ttl_ms)
-                .invoke_async(&mut self.conn)
+                .invoke(&mut self.conn)
                 .await?;
             if kept == 0 {
                 tracing::warn!(partition = p, "lease lost");
@@ -125,10 +107,9 @@ impl Leases {
 
     async fn release_one(&mut self, p: u32) -> redis::RedisResult<()> {
         self.owned.remove(&p);
-        self.release
-            .key(self.keys.router_lease(p))
+        Call::new("chat_lease_release", &[self.keys.router_lease(p)])
             .arg(&self.id)
-            .invoke_async::<i64>(&mut self.conn)
+            .invoke::<i64>(&mut self.conn)
             .await?;
         Ok(())
     }

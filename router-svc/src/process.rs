@@ -1,176 +1,18 @@
-//! Applying requests: one Lua script call per request, pipelined per batch,
-//! then acknowledgement of what was applied.
+//! Applying requests: one call of a library function per request
+//! (shared/lua/router.lua), pipelined per batch, then acknowledgement of
+//! what was applied.
 
 use crate::GROUP;
 use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::Value;
 use shared::config::Config;
 use shared::envelope::{Op, Request};
 use shared::keys::Keys;
-use shared::store::{Entry, LUA_PRELUDE};
+use shared::protocol::LOBBY;
+use shared::scripts::Call;
+use shared::store::Entry;
+use std::collections::HashMap;
 use std::time::Duration;
-
-/// ARGV: prefix, partition, owner, entry id, edge, conn, rid, user, sid,
-/// op, history cap, then the op's arguments (up to three; for `msg` and
-/// `history @user` the last is the conversation's stream, named in Rust).
-///
-/// Returns `ok`, `fenced` (this router no longer owns the partition: the
-/// entry is left for the new owner), `duplicate` (applied before), `stale`
-/// (the session is no longer current) or `unknown-op`.
-///
-/// Every reply is published before the notices of the same change, so the
-/// edge applies the change (moves the connection) before it sees them.
-const ROUTER_LUA: &str = r#"
-local part, owner, eid = ARGV[2], ARGV[3], ARGV[4]
-local edge, conn, rid, user, sid, op, cap = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local a1, a2, a3 = ARGV[12], ARGV[13], ARGV[14]
-if redis.call('GET', P .. 'router:lease:' .. part) ~= owner then return 'fenced' end
-local function id_after(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
-local applied = P .. 'router:applied:' .. part
-local last = redis.call('GET', applied)
-if last and not id_after(eid, last) then return 'duplicate' end
-redis.call('SET', applied, eid)
-
-local sess = redis.call('HMGET', P .. 'session:' .. user, 'edge', 'conn', 'sid', 'room')
-if op == 'logout' then
-  if rid ~= '0' then reply(edge, conn, rid, nil, {kind = 'close', reason = 'quit', sid = sid}) end
-  if sess[3] == sid then end_session(user, sess) end
-  return 'ok'
-end
-if op == 'delivered' then
-  -- The queued messages up to this id were shown (to whichever session):
-  -- drop them. MINID keeps the ids from the next one on.
-  local ms, seq = string.match(a1, '^(%d+)-(%d+)$')
-  if not ms then return 'ok' end
-  local inbox = P .. 'inbox:' .. user
-  redis.call('XTRIM', inbox, 'MINID', ms .. '-' .. (tonumber(seq) + 1))
-  if redis.call('XLEN', inbox) == 0 then redis.call('DEL', inbox) end
-  return 'ok'
-end
-if sess[3] ~= sid then return 'stale' end
-local room = sess[4]
-
-local function answer(lines, effect) reply(edge, conn, rid, lines, effect) return 'ok' end
-local function fail(code, text) return answer({'ERR ' .. code .. ' ' .. text}) end
-local function exists(u) return redis.call('EXISTS', P .. 'user:' .. u) == 1 end
--- Names sort by their bytes (Lua's < follows the server's locale).
-local function sorted(names)
-  table.sort(names, function(a, b)
-    for i = 1, math.min(#a, #b) do
-      local x, y = string.byte(a, i), string.byte(b, i)
-      if x ~= y then return x < y end
-    end
-    return #a < #b
-  end)
-  return names
-end
-local function listing(kind, names, final)
-  local lines = {}
-  for _, n in ipairs(names) do lines[#lines + 1] = kind .. ' ' .. n end
-  lines[#lines + 1] = final
-  return answer(lines)
-end
--- Ids take the time the edge received the request (the request's own id);
--- if the stream already has a later one, the next id in that one's ms (read
--- only then, as the rare case: another partition's later message first).
-local function add_history(key, ...)
-  local ms = string.match(eid, '^(%d+)-')
-  local id = redis.pcall('XADD', key, 'MAXLEN', cap, ms .. '-*', ...)
-  if type(id) == 'table' and id.err then
-    local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
-    ms = top and string.match(top[1], '^(%d+)-') or ms
-    id = redis.call('XADD', key, 'MAXLEN', cap, ms .. '-*', ...)
-  end
-  return id
-end
-local function move(to, final)
-  if to == room then return answer({final}) end
-  leave_room(user, room)
-  redis.call('SADD', P .. 'room:' .. to, user)
-  redis.call('SADD', P .. 'rooms', to)
-  redis.call('HSET', P .. 'session:' .. user, 'room', to)
-  answer({final}, {kind = 'room', sid = sid, room = to})
-  sys(room, user, 'left')
-  sys(to, user, 'joined')
-  return 'ok'
-end
-
-if op == 'say' then
-  local id = add_history(P .. 'history:' .. room, 'from', user, 'text', a1)
-  redis.call('PUBLISH', P .. 'ch:room:' .. room, 'MSG ' .. room .. ' ' .. id .. ' ' .. user .. ' ' .. a1)
-  return 'ok'
-elseif op == 'join' then
-  return move(a1, 'OK JOIN ' .. a1)
-elseif op == 'leave' then
-  if room == 'lobby' then return fail('not-in-room', 'you are in the lobby') end
-  return move('lobby', 'OK LEAVE ' .. room)
-elseif op == 'rooms' then
-  local names = redis.call('SMEMBERS', P .. 'rooms')
-  if redis.call('SISMEMBER', P .. 'rooms', 'lobby') == 0 then names[#names + 1] = 'lobby' end
-  sorted(names)
-  for i, r in ipairs(names) do names[i] = r .. ' ' .. redis.call('SCARD', P .. 'room:' .. r) end
-  return listing('ROOM', names, 'OK ROOMS ' .. #names)
-elseif op == 'who' then
-  local r = a1 ~= '' and a1 or room
-  local names = sorted(redis.call('SMEMBERS', P .. 'room:' .. r))
-  return listing('USER', names, 'OK WHO ' .. r .. ' ' .. #names)
-elseif op == 'subscribe' then
-  if not exists(a1) then return fail('no-such-user', 'no such user') end
-  if redis.call('SADD', P .. 'subscriptions:' .. user, a1) == 1 then
-    redis.call('SADD', P .. 'subscribers:' .. a1, user)
-    count_subscriber(a1, 1)
-  end
-  return answer({'OK SUBSCRIBE ' .. a1}, {kind = 'subscribe', sid = sid, user = a1})
-elseif op == 'unsubscribe' then
-  if redis.call('SREM', P .. 'subscriptions:' .. user, a1) == 1 then
-    redis.call('SREM', P .. 'subscribers:' .. a1, user)
-    count_subscriber(a1, -1)
-  elseif not exists(a1) then
-    return fail('no-such-user', 'no such user')
-  end
-  return answer({'OK UNSUBSCRIBE ' .. a1}, {kind = 'unsubscribe', sid = sid, user = a1})
-elseif op == 'subscriptions' then
-  local names = sorted(redis.call('SMEMBERS', P .. 'subscriptions:' .. user))
-  return listing('SUB', names, 'OK SUBSCRIPTIONS ' .. #names)
-elseif op == 'publish' then
-  local id = add_history(P .. 'publications:' .. user, 'text', a1)
-  redis.call('PUBLISH', P .. 'ch:pub:' .. user, 'PUB ' .. id .. ' ' .. user .. ' ' .. a1)
-  local n = redis.call('GET', P .. 'online-subscribers:' .. user) or '0'
-  return answer({'OK PUBLISH ' .. id .. ' ' .. n})
-elseif op == 'msg' then
-  if not exists(a1) then return fail('no-such-user', 'no such user') end
-  local id = add_history(a3, 'from', user, 'to', a1, 'text', a2)
-  local to = redis.call('HMGET', P .. 'session:' .. a1, 'edge', 'conn', 'sid')
-  if to[3] then
-    reply(to[1], to[2], nil, {'DM ' .. id .. ' ' .. user .. ' ' .. a2}, nil, to[3])
-    return answer({'OK MSG ' .. a1 .. ' ' .. id})
-  end
-  redis.call('XADD', P .. 'inbox:' .. a1, 'MAXLEN', cap, '*', 'id', id, 'from', user, 'text', a2)
-  return answer({'OK MSG ' .. a1 .. ' ' .. id .. ' queued'})
-elseif op == 'history' then
-  local key, label = P .. 'history:' .. room, room
-  if a1 ~= '' then
-    key, label = a3, '@' .. a1
-    if not exists(a1) and redis.call('EXISTS', key) == 0 then
-      return fail('no-such-user', 'no such user')
-    end
-  end
-  local entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', a2)
-  local lines = {}
-  for i = #entries, 1, -1 do
-    local f = fields(entries[i][2])
-    lines[#lines + 1] = 'HIST ' .. label .. ' ' .. entries[i][1] .. ' ' .. (f.from or '?') .. ' ' .. (f.text or '')
-  end
-  lines[#lines + 1] = 'OK HISTORY ' .. #entries
-  return answer(lines)
-end
-return 'unknown-op'
-"#;
 
 /// How a run of requests of one partition went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +32,31 @@ pub(crate) struct Worker {
     id: String,
     history_cap: u64,
     batch: usize,
-    script: Script,
+}
+
+/// Where a user's session is (empty strings: it has none), as read before
+/// making the keys of its requests, then as each request of the pipeline
+/// will leave it.
+#[derive(Debug, Clone, Default)]
+struct Place {
+    sid: String,
+    edge: String,
+    room: String,
+}
+
+impl Place {
+    /// The session after `req`, if it acts on it.
+    fn after(&mut self, req: &Request) {
+        if self.sid.is_empty() || self.sid != req.sid {
+            return;
+        }
+        match &req.op {
+            Op::Join { room } => self.room = room.clone(),
+            Op::Leave => self.room = LOBBY.to_string(),
+            Op::Logout => *self = Place::default(),
+            _ => {}
+        }
+    }
 }
 
 impl Worker {
@@ -201,7 +67,6 @@ impl Worker {
             id: cfg.router.id.clone(),
             history_cap: cfg.router.history_cap,
             batch: cfg.router.batch,
-            script: Script::new(&format!("{LUA_PRELUDE}{ROUTER_LUA}")),
         }
     }
 
@@ -272,16 +137,6 @@ impl Worker {
     pub(crate) async fn apply_in_order(&mut self, p: u32, entries: Vec<Entry>) -> Outcome {
         let statuses = match self.apply(p, &entries).await {
             Ok(statuses) => statuses,
-            Err(e) if e.code() == Some("NOSCRIPT") => {
-                // Redis lost its script cache (restart): load and go on.
-                match self.script.load_async(&mut self.conn).await {
-                    Ok(_) => return Box::pin(self.apply_in_order(p, entries)).await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "loading the router script failed");
-                        return Outcome::Retry;
-                    }
-                }
-            }
             Err(e) if transient(&e) => {
                 tracing::warn!(error = %e, "applying requests failed; will retry");
                 return Outcome::Retry;
@@ -307,37 +162,23 @@ impl Worker {
     /// entry ids), across partitions: each partition keeps its order, and
     /// a room's history ids follow receive times without a correction.
     pub(crate) async fn apply_runs(&mut self, runs: Vec<(u32, Vec<Entry>)>) -> Vec<(u32, Outcome)> {
-        let mut pipe = redis::pipe();
-        // The run of each script in the pipeline, in its order.
-        let mut owners = Vec::new();
-        for (r, i) in by_receive_time(&runs) {
-            let (p, entry) = (runs[r].0, &runs[r].1[i]);
-            if let Some(req) = &entry.req {
-                pipe.invoke_script(&self.invocation(p, entry, req));
-                owners.push(r);
-            }
-        }
-        let values: Vec<Value> = if pipe.is_empty() {
-            Vec::new()
-        } else {
-            match pipe.query_async(&mut self.conn).await {
-                Ok(values) => values,
-                Err(e) => {
-                    // Not a warning yet: the careful path says what it
-                    // finds (the first batch after a start or a Redis
-                    // restart comes here to load the script).
-                    tracing::debug!(error = %e, "applying a batch failed; applying it partition by partition");
-                    let mut out = Vec::new();
-                    for (p, entries) in runs {
-                        out.push((p, self.apply_in_order(p, entries).await));
-                    }
-                    return out;
+        let order = by_receive_time(&runs);
+        let borrowed: Vec<(u32, &[Entry])> = runs.iter().map(|(p, e)| (*p, e.as_slice())).collect();
+        let values = match self.run_pipeline(&borrowed, &order).await {
+            Ok(values) => values,
+            Err(e) => {
+                // Not a warning yet: the careful path says what it finds.
+                tracing::debug!(error = %e, "applying a batch failed; applying it partition by partition");
+                let mut out = Vec::new();
+                for (p, entries) in runs {
+                    out.push((p, self.apply_in_order(p, entries).await));
                 }
+                return out;
             }
         };
         // Each run's answers, back in its own order.
         let mut answers: Vec<Vec<Value>> = vec![Vec::new(); runs.len()];
-        for (r, value) in owners.into_iter().zip(values) {
+        for ((r, _), value) in values {
             answers[r].push(value);
         }
         let mut outcomes = Vec::new();
@@ -370,30 +211,83 @@ impl Worker {
         }
     }
 
-    /// Adds the script call of every decodable entry to `pipe`; says which
-    /// entries have one.
-    fn invocations(&self, pipe: &mut redis::Pipeline, p: u32, entries: &[Entry]) -> Vec<bool> {
-        entries
-            .iter()
-            .map(|entry| match &entry.req {
-                Some(req) => {
-                    pipe.invoke_script(&self.invocation(p, entry, req));
-                    true
-                }
-                None => false,
-            })
-            .collect()
+    /// Applies the entries of one partition, in order, in one round trip.
+    async fn apply(&mut self, p: u32, entries: &[Entry]) -> redis::RedisResult<Vec<String>> {
+        let order: Vec<(usize, usize)> = (0..entries.len()).map(|i| (0, i)).collect();
+        let values = self.run_pipeline(&[(p, entries)], &order).await?;
+        let slots = entries.iter().map(|e| e.req.is_some()).collect();
+        Ok(statuses(slots, &mut values.into_iter().map(|(_, v)| v)))
     }
 
-    async fn apply(&mut self, p: u32, entries: &[Entry]) -> redis::RedisResult<Vec<String>> {
+    /// Calls the function of each decodable entry of `runs`, in `order`
+    /// ((run, entry) pairs), in one pipeline. First reads, in one round
+    /// trip, where each user's session is, to name the keys of its room
+    /// and edge. Returns each call's answer with its (run, entry).
+    async fn run_pipeline(
+        &mut self,
+        runs: &[(u32, &[Entry])],
+        order: &[(usize, usize)],
+    ) -> redis::RedisResult<Vec<((usize, usize), Value)>> {
+        let mut places = self.places(runs).await?;
         let mut pipe = redis::pipe();
-        let slots = self.invocations(&mut pipe, p, entries);
-        let values: Vec<Value> = if pipe.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut self.conn).await?
-        };
-        Ok(statuses(slots, &mut values.into_iter()))
+        let mut owners = Vec::new();
+        // The id of the previous call of each run in this pipeline.
+        let mut prev: Vec<&str> = vec![""; runs.len()];
+        for &(r, i) in order {
+            let (p, entry) = (runs[r].0, &runs[r].1[i]);
+            let Some(req) = &entry.req else { continue };
+            let place = places.entry(req.user.clone()).or_default();
+            if let Some(call) = self.call(p, entry, req, prev[r], place) {
+                pipe.add_command(call.cmd().clone());
+                owners.push((r, i));
+                prev[r] = &entry.id;
+            }
+            place.after(req);
+        }
+        if owners.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Value> = shared::scripts::query_pipe(&mut self.conn, &pipe).await?;
+        Ok(owners.into_iter().zip(values).collect())
+    }
+
+    /// Where the session of each user with a request in `runs` is now.
+    async fn places(
+        &mut self,
+        runs: &[(u32, &[Entry])],
+    ) -> redis::RedisResult<HashMap<String, Place>> {
+        let mut users: Vec<&str> = runs
+            .iter()
+            .flat_map(|(_, entries)| entries.iter())
+            .filter_map(|e| e.req.as_ref().map(|r| r.user.as_str()))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut pipe = redis::pipe();
+        for user in &users {
+            pipe.cmd("HMGET")
+                .arg(self.keys.session(user))
+                .arg("sid")
+                .arg("edge")
+                .arg("room");
+        }
+        let found: Vec<(Option<String>, Option<String>, Option<String>)> =
+            pipe.query_async(&mut self.conn).await?;
+        Ok(users
+            .into_iter()
+            .zip(found)
+            .map(|(user, (sid, edge, room))| {
+                let place = Place {
+                    sid: sid.unwrap_or_default(),
+                    edge: edge.unwrap_or_default(),
+                    room: room.unwrap_or_default(),
+                };
+                (user.to_string(), place)
+            })
+            .collect())
     }
 
     /// After a batch failed on a script error: each entry alone; a
@@ -418,51 +312,98 @@ impl Worker {
         out
     }
 
-    fn invocation<'a>(
-        &'a self,
-        p: u32,
-        entry: &Entry,
-        req: &Request,
-    ) -> redis::ScriptInvocation<'a> {
-        let mut inv = self.script.prepare_invoke();
-        inv.arg(self.keys.prefix())
-            .arg(p)
+    /// The call that applies `req` (shared/lua/router.lua says what each
+    /// key and argument is), with its session at `at` and `prev` the id of
+    /// the call before it in its run ('' for the first); `None` for a
+    /// request that is not the router's.
+    fn call(&self, p: u32, entry: &Entry, req: &Request, prev: &str, at: &Place) -> Option<Call> {
+        let k = &self.keys;
+        let (user, room, cap) = (req.user.as_str(), at.room.as_str(), self.history_cap);
+        let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
+            Op::Say { text } => (
+                "chat_say",
+                vec![k.history(room)],
+                vec![cap.to_string(), k.room_channel(room), text.clone()],
+            ),
+            Op::Join { room: to } => (
+                "chat_join",
+                vec![k.room(room), k.room(to), k.rooms(), k.room_sizes()],
+                vec![to.clone(), k.room_channel(room), k.room_channel(to)],
+            ),
+            Op::Leave => (
+                "chat_leave",
+                vec![k.room(room), k.room(LOBBY), k.rooms(), k.room_sizes()],
+                vec![LOBBY.into(), k.room_channel(room), k.room_channel(LOBBY)],
+            ),
+            Op::Rooms => ("chat_rooms", vec![k.room_sizes()], vec![LOBBY.into()]),
+            Op::Who { room: of } => {
+                let of = of.as_deref().unwrap_or(room);
+                ("chat_who", vec![k.room(of)], vec![of.into()])
+            }
+            Op::Subscribe { target } | Op::Unsubscribe { target } => (
+                if matches!(req.op, Op::Subscribe { .. }) {
+                    "chat_subscribe"
+                } else {
+                    "chat_unsubscribe"
+                },
+                vec![k.user(target), k.subscriptions(user), k.subscribers(target)],
+                vec![target.clone()],
+            ),
+            Op::Subscriptions => ("chat_subscriptions", vec![k.subscriptions(user)], vec![]),
+            Op::Publish { text } => (
+                "chat_publish",
+                vec![k.publications(user), k.subscribers(user), k.online()],
+                vec![cap.to_string(), k.pub_channel(user), text.clone()],
+            ),
+            Op::Msg { to, text } => (
+                "chat_msg",
+                vec![k.user(to), k.dm(user, to), k.session(to), k.inbox(to)],
+                vec![
+                    cap.to_string(),
+                    to.clone(),
+                    text.clone(),
+                    k.edge_channel(""),
+                ],
+            ),
+            Op::History { with: None, n } => (
+                "chat_history",
+                vec![k.history(room)],
+                vec![n.to_string(), room.into(), String::new()],
+            ),
+            Op::History { with: Some(w), n } => (
+                "chat_history",
+                vec![k.dm(user, w), k.user(w)],
+                vec![n.to_string(), format!("@{w}"), "dm".into()],
+            ),
+            Op::Logout => (
+                "chat_logout",
+                vec![
+                    k.edge_sessions(&at.edge),
+                    k.online(),
+                    k.room(room),
+                    k.rooms(),
+                    k.room_sizes(),
+                ],
+                vec![k.room_channel(room)],
+            ),
+            Op::Delivered { upto } => ("chat_delivered", vec![k.inbox(user)], vec![upto.clone()]),
+            Op::Login { .. } => return None,
+        };
+        let keys = [k.router_lease(p), k.router_applied(p), k.session(user)]
+            .into_iter()
+            .chain(keys);
+        let call = Call::new(name, &keys.collect::<Vec<_>>())
             .arg(&self.id)
             .arg(&entry.id)
-            .arg(&req.edge)
+            .arg(prev)
+            .arg(k.edge_channel(&req.edge))
             .arg(req.conn.to_string())
             .arg(req.rid.to_string())
-            .arg(&req.user)
-            .arg(&req.sid);
-        let (count, dm): (String, String);
-        let (op, args): (&str, [&str; 3]) = match &req.op {
-            Op::Say { text } => ("say", [text, "", ""]),
-            Op::Logout => ("logout", ["", "", ""]),
-            Op::Join { room } => ("join", [room, "", ""]),
-            Op::Leave => ("leave", ["", "", ""]),
-            Op::Rooms => ("rooms", ["", "", ""]),
-            Op::Who { room } => ("who", [room.as_deref().unwrap_or(""), "", ""]),
-            Op::Subscribe { target } => ("subscribe", [target, "", ""]),
-            Op::Unsubscribe { target } => ("unsubscribe", [target, "", ""]),
-            Op::Subscriptions => ("subscriptions", ["", "", ""]),
-            Op::Publish { text } => ("publish", [text, "", ""]),
-            Op::Delivered { upto } => ("delivered", [upto, "", ""]),
-            Op::Msg { to, text } => {
-                dm = self.keys.dm(&req.user, to);
-                ("msg", [to, text, &dm])
-            }
-            Op::History { with, n } => {
-                count = n.to_string();
-                dm = with
-                    .as_ref()
-                    .map(|w| self.keys.dm(&req.user, w))
-                    .unwrap_or_default();
-                ("history", [with.as_deref().unwrap_or(""), &count, &dm])
-            }
-            Op::Login { .. } => ("login", ["", "", ""]),
-        };
-        inv.arg(op).arg(self.history_cap).arg(&args[..]);
-        inv
+            .arg(user)
+            .arg(&req.sid)
+            .arg(&at.edge)
+            .arg(room);
+        Some(args.into_iter().fold(call, Call::arg))
     }
 }
 
@@ -509,7 +450,8 @@ fn judge(entries: &[Entry], statuses: &[String]) -> (Outcome, Vec<String>) {
     for (entry, status) in entries.iter().zip(statuses) {
         match status.as_str() {
             "fenced" => outcome = Outcome::Fenced,
-            "retry" => outcome = Outcome::Retry,
+            // `moved`: a session changed between reading it and the call.
+            "retry" | "moved" => outcome = Outcome::Retry,
             "ok" | "duplicate" | "stale" => done.push(entry.id.clone()),
             other => {
                 let (user, sid) = entry
@@ -535,7 +477,7 @@ fn transient(e: &redis::RedisError) -> bool {
         || e.is_timeout()
         || matches!(
             e.code(),
-            Some("OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "NOSCRIPT")
+            Some("OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN")
         )
 }
 

@@ -2,14 +2,15 @@
 //!
 //! Requests go from an edge to a service as one stream entry with a single
 //! field `req` holding a JSON [`Request`]. Replies go back on the edge's
-//! Pub/Sub channel as a JSON [`Reply`]. Room deliveries are the ready-made
-//! wire line on the room's channel (no envelope: the hot path stays cheap).
+//! Pub/Sub channel as a JSON [`Reply`]. Room and publisher deliveries are
+//! one JSON [`ServerLine`] each on the room's or publisher's channel.
 //!
-//! Replies are written by Lua scripts inside Redis (so that a reply and the
-//! state change it reports happen at one instant, in one order that every
-//! subscriber sees), which is why connection and request ids travel as
-//! strings: Lua numbers would lose their low digits.
+//! Replies are written by the Redis functions (shared/lua/), so that a
+//! reply and the state change it reports happen at one instant, in one
+//! order that every subscriber sees; which is why connection and request
+//! ids travel as strings: Lua numbers would lose their low digits.
 
+use crate::line::ServerLine;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -103,15 +104,30 @@ pub struct Reply {
     pub conn: u64,
     #[serde(default, with = "as_string")]
     pub rid: u64,
-    /// Lines to send, in order; the last is the final `OK`/`ERR` of a reply.
+    /// Lines to send, in order; the last is the final `OK`/`ERR` of a
+    /// reply. A listing (`ROOM`, `USER`, `SUB` lines) comes unsorted:
+    /// [`Reply::sort_listing`] sorts it outside Redis.
     #[serde(default)]
-    pub lines: Vec<String>,
+    pub lines: Vec<ServerLine>,
     #[serde(default)]
     pub effect: Option<Effect>,
     /// For a notice (`rid` 0) to a session, such as a private message: its
     /// lines are shown only while the connection holds that session.
     #[serde(default)]
     pub sid: String,
+}
+
+impl Reply {
+    /// Sorts the listing lines by name, in byte order (the functions leave
+    /// them unsorted: sorting inside Redis would hold up every client).
+    pub fn sort_listing(&mut self) {
+        let listed = self
+            .lines
+            .iter()
+            .take_while(|l| l.listing_name().is_some())
+            .count();
+        self.lines[..listed].sort_by(|a, b| a.listing_name().cmp(&b.listing_name()));
+    }
 }
 
 /// A change of the connection's state that the edge applies in order with
@@ -204,12 +220,13 @@ mod tests {
     #[test]
     fn reply_as_lua_writes_it() {
         let r: Reply = serde_json::from_str(
-            r#"{"conn":"42","rid":"3","lines":["OK LOGIN alice lobby"],
+            r#"{"conn":"42","rid":"3","lines":[{"k":"ok_login","user":"alice","room":"lobby"}],
                 "effect":{"kind":"login","user":"alice","sid":"9","room":"lobby"}}"#,
         )
         .unwrap();
         assert_eq!(r.conn, 42);
         assert_eq!(r.rid, 3);
+        assert_eq!(r.lines[0].to_string(), "OK LOGIN alice lobby");
         assert_eq!(
             r.effect,
             Some(Effect::Login {
@@ -226,5 +243,20 @@ mod tests {
         .unwrap();
         assert_eq!(bye.rid, 0);
         assert!(bye.lines.is_empty());
+    }
+
+    #[test]
+    fn listings_sort_by_name_in_byte_order() {
+        let mut r: Reply = serde_json::from_str(
+            r#"{"conn":"1","lines":[{"k":"user","user":"bob"},{"k":"user","user":"Zed"},
+                {"k":"user","user":"alice"},{"k":"ok_who","room":"dev","n":3}]}"#,
+        )
+        .unwrap();
+        r.sort_listing();
+        let lines: Vec<String> = r.lines.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            ["USER Zed", "USER alice", "USER bob", "OK WHO dev 3"]
+        );
     }
 }

@@ -48,9 +48,15 @@ impl Keys {
         format!("{}subscriptions:{user}", self.prefix)
     }
 
-    /// Counter of `user`'s subscribers that are online.
-    pub fn online_subscribers(&self, user: &str) -> String {
-        format!("{}online-subscribers:{user}", self.prefix)
+    /// Set of the users that have a session (for the online subscriber
+    /// count of `OK PUBLISH`).
+    pub fn online(&self) -> String {
+        format!("{}online", self.prefix)
+    }
+
+    /// Hash of each non-empty room's member count (for `/rooms`).
+    pub fn room_sizes(&self) -> String {
+        format!("{}room-sizes", self.prefix)
     }
 
     /// Capped stream of a room's messages (`from`, `text`).
@@ -106,6 +112,37 @@ impl Keys {
         format!("{}router:lease:{partition}", self.prefix)
     }
 
+    /// The last entry id applied from router partition `partition`.
+    pub fn router_applied(&self, partition: u32) -> String {
+        format!("{}router:applied:{partition}", self.prefix)
+    }
+
+    /// Counter that session ids come from.
+    pub fn seq_sid(&self) -> String {
+        format!("{}seq:sid", self.prefix)
+    }
+
+    /// Sorted set of edges, scored with the time (ms, Redis's clock) until
+    /// which their last heartbeat holds.
+    pub fn edges(&self) -> String {
+        format!("{}edges", self.prefix)
+    }
+
+    /// Marks the login request with stream entry id `id` applied.
+    pub fn auth_done(&self, id: &str) -> String {
+        format!("{}auth:done:{id}", self.prefix)
+    }
+
+    /// Failed logins of a user name in the current window.
+    pub fn fail_user(&self, user: &str) -> String {
+        format!("{}fail:user:{user}", self.prefix)
+    }
+
+    /// Failed logins from a client IP address in the current window.
+    pub fn fail_addr(&self, ip: &str) -> String {
+        format!("{}fail:addr:{ip}", self.prefix)
+    }
+
     /// Sorted set of live router instances, scored by last heartbeat (ms).
     pub fn routers(&self) -> String {
         format!("{}routers", self.prefix)
@@ -156,6 +193,19 @@ mod tests {
         assert_eq!(k.subscribers("alice"), "chat:subscribers:alice");
         assert_eq!(k.subscriptions("alice"), "chat:subscriptions:alice");
         assert_eq!(k.inbox("bob"), "chat:inbox:bob");
+        assert_eq!(k.session("bob"), "chat:session:bob");
+        assert_eq!(k.history("dev"), "chat:history:dev");
+        assert_eq!(k.publications("bob"), "chat:publications:bob");
+        assert_eq!(k.edge_sessions("e1"), "chat:edge:sessions:e1");
+        assert_eq!(k.edges(), "chat:edges");
+        assert_eq!(k.router_applied(3), "chat:router:applied:3");
+        assert_eq!(k.router_lease(3), "chat:router:lease:3");
+        assert_eq!(k.seq_sid(), "chat:seq:sid");
+        assert_eq!(k.fail_user("bob"), "chat:fail:user:bob");
+        assert_eq!(k.fail_addr("::1"), "chat:fail:addr:::1");
+        assert_eq!(k.edge_channel("e1"), "chat:ch:edge:e1");
+        assert_eq!(k.room_channel("dev"), "chat:ch:room:dev");
+        assert_eq!(k.pub_channel("bob"), "chat:ch:pub:bob");
         assert_eq!(k.partition_of_stream(&k.router_requests(7)), Some(7));
         assert_eq!(k.partition_of_stream(&k.auth_requests()), None);
     }

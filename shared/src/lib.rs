@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod keys;
 pub mod line;
 pub mod protocol;
+pub mod scripts;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -116,15 +116,10 @@ impl ProtoError {
         ProtoError { code, text }
     }
 
-    /// The wire line, without terminator.
-    pub fn line(&self) -> String {
-        err_line(self.code, self.text)
+    /// The `ERR` line.
+    pub fn line(&self) -> crate::line::ServerLine {
+        crate::line::ServerLine::err(self.code, self.text)
     }
-}
-
-/// `ERR <code> <text>`, without terminator.
-pub fn err_line(code: ErrorCode, text: &str) -> String {
-    format!("ERR {code} {text}")
 }
 
 /// Whether `s` is a valid user or room name: `[A-Za-z0-9_-]{1,32}`.

@@ -1,11 +1,12 @@
 //! Redis plumbing shared by the services: connections, consumer-group
-//! reads of request streams, and the Lua prelude of the services' scripts.
+//! reads of request streams, and edge liveness (heartbeats, reaping).
 
 use crate::envelope::{Request, REQUEST_FIELD};
 use crate::keys::Keys;
+use crate::scripts::Call;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, Client, RedisResult, Script};
+use redis::{AsyncCommands, Client, RedisResult};
 use std::time::Duration;
 
 /// Longest wait for an ordinary command's answer.
@@ -24,11 +25,14 @@ pub fn client(url: &str) -> RedisResult<Client> {
     Client::open(info)
 }
 
-/// A reconnecting, multiplexed connection for ordinary commands.
+/// A reconnecting, multiplexed connection for ordinary commands, with the
+/// functions library loaded (see [`crate::scripts`]).
 pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
-    client
+    let mut conn = client
         .get_connection_manager_with_config(manager_config(RESPONSE_TIMEOUT))
-        .await
+        .await?;
+    crate::scripts::load(&mut conn).await?;
+    Ok(conn)
 }
 
 /// Reconnects with backoff (at most a second apart, so service resumes
@@ -170,114 +174,8 @@ pub fn add_request(pipe: &mut redis::Pipeline, stream: &str, maxlen: u64, req: &
         .ignore();
 }
 
-/// Lua functions every service script starts with. `P` is the key prefix
-/// (each script sets it from its first argument).
-///
-/// - `reply(edge, conn, rid, lines, effect, sid)` publishes a JSON `Reply`
-///   to an edge's channel (all but the first two may be nil).
-/// - `sys(room, user, what)` publishes `SYS <room> <user> <what>`.
-/// - `online(user, delta)` keeps the online subscriber counts of the users
-///   `user` subscribes to, as it comes online or goes offline.
-/// - `end_session(user, sess)` removes a user's room membership and session
-///   hash and tells the room; `sess` is the `HMGET` of `edge conn sid room`.
-/// - `end_edge_sessions(edge)` ends every session an edge holds.
-/// - `fields(flat)` turns a stream entry's field list into a table.
-/// - `now_ms()` is Redis's clock in Unix milliseconds.
-pub const LUA_PRELUDE: &str = r#"
-local P = ARGV[1]
-local function reply(edge, conn, rid, lines, effect, sid)
-  local r = {conn = conn}
-  if rid then r.rid = rid end
-  if lines then r.lines = lines end
-  if effect then r.effect = effect end
-  if sid then r.sid = sid end
-  redis.call('PUBLISH', P .. 'ch:edge:' .. edge, cjson.encode(r))
-end
-local function sys(room, user, what)
-  redis.call('PUBLISH', P .. 'ch:room:' .. room, 'SYS ' .. room .. ' ' .. user .. ' ' .. what)
-end
-local function leave_room(user, room)
-  redis.call('SREM', P .. 'room:' .. room, user)
-  if redis.call('SCARD', P .. 'room:' .. room) == 0 then
-    redis.call('SREM', P .. 'rooms', room)
-  end
-end
-local function count_subscriber(publisher, delta)
-  local k = P .. 'online-subscribers:' .. publisher
-  if redis.call('INCRBY', k, delta) <= 0 then redis.call('DEL', k) end
-end
--- The user comes online (delta 1) or goes offline (-1): the online
--- subscriber counts of whom it subscribes to follow. Returns those.
-local function online(user, delta)
-  local subs = redis.call('SMEMBERS', P .. 'subscriptions:' .. user)
-  for _, p in ipairs(subs) do count_subscriber(p, delta) end
-  return subs
-end
--- Ends a session (sess: HMGET edge, conn, sid, room). Whoever closes the
--- connection publishes that first, so the user does not see its own exit.
-local function end_session(user, sess)
-  if sess[1] then redis.call('SREM', P .. 'edge:sessions:' .. sess[1], user) end
-  if sess[4] then
-    leave_room(user, sess[4])
-    sys(sess[4], user, 'left')
-  end
-  online(user, -1)
-  redis.call('DEL', P .. 'session:' .. user)
-end
--- Ends the sessions an edge still holds (it died, or restarts). Should it
--- be alive after all, its connections are told and closed.
-local function end_edge_sessions(edge)
-  local set = P .. 'edge:sessions:' .. edge
-  local n = 0
-  for _, user in ipairs(redis.call('SMEMBERS', set)) do
-    local sess = redis.call('HMGET', P .. 'session:' .. user, 'edge', 'conn', 'sid', 'room')
-    if sess[1] == edge then
-      reply(edge, sess[2], nil, nil, {kind = 'close', reason = 'server-shutdown', sid = sess[3]})
-      end_session(user, sess)
-      n = n + 1
-    end
-  end
-  redis.call('DEL', set)
-  return n
-end
--- A stream entry's flat field list as a table.
-local function fields(flat)
-  local f = {}
-  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-  return f
-end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"#;
-
-/// Edge liveness: each edge in the sorted set `edges`, scored with the
-/// time (Redis's clock) until which its heartbeat holds, and the set of
-/// users whose sessions each holds. ARGV: prefix, action, then for `beat`
-/// and `restart` the edge id and how long the beat holds (ms).
-const EDGES_LUA: &str = r#"
-local edges = P .. 'edges'
-if ARGV[2] == 'beat' then
-  redis.call('ZADD', edges, now_ms() + tonumber(ARGV[4]), ARGV[3])
-  return 0
-elseif ARGV[2] == 'restart' then
-  local n = end_edge_sessions(ARGV[3])
-  redis.call('ZADD', edges, now_ms() + tonumber(ARGV[4]), ARGV[3])
-  return n
-end
-local n = 0
-for _, edge in ipairs(redis.call('ZRANGEBYSCORE', edges, '-inf', now_ms())) do
-  n = n + end_edge_sessions(edge)
-  redis.call('ZREM', edges, edge)
-end
-return n
-"#;
-
-fn edges_script() -> &'static Script {
-    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(&format!("{LUA_PRELUDE}{EDGES_LUA}")))
-}
+/// Sessions of a dead edge ended in one round trip, at most.
+const END_CHUNK: usize = 256;
 
 /// Renews edge `edge`'s heartbeat, to hold for `dead_after_ms`. With
 /// `restart`, first ends what a previous run under that id left behind;
@@ -289,21 +187,93 @@ pub async fn heartbeat(
     dead_after_ms: u64,
     restart: bool,
 ) -> RedisResult<u64> {
-    edges_script()
-        .arg(keys.prefix())
-        .arg(if restart { "restart" } else { "beat" })
+    let ended = if restart {
+        end_edge_sessions(conn, keys, edge, "restart").await?
+    } else {
+        0
+    };
+    Call::new("chat_beat", &[keys.edges()])
         .arg(edge)
         .arg(dead_after_ms)
-        .invoke_async(conn)
-        .await
+        .invoke::<()>(conn)
+        .await?;
+    Ok(ended)
 }
 
-/// Ends the sessions of every edge whose heartbeat has run out. Returns
-/// how many sessions it ended.
+/// Ends the sessions of every edge whose heartbeat has run out, and
+/// forgets those edges. Returns how many sessions it ended.
 pub async fn reap_dead_edges(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<u64> {
-    edges_script()
-        .arg(keys.prefix())
-        .arg("reap")
-        .invoke_async(conn)
-        .await
+    let dead: Vec<String> = Call::new("chat_dead_edges", &[keys.edges()])
+        .invoke(conn)
+        .await?;
+    let mut ended = 0;
+    for edge in dead {
+        ended += end_edge_sessions(conn, keys, &edge, "reap").await?;
+        Call::new("chat_drop_edge", &[keys.edges(), keys.edge_sessions(&edge)])
+            .arg(&edge)
+            .invoke::<()>(conn)
+            .await?;
+    }
+    Ok(ended)
+}
+
+/// Ends the sessions `edge` holds, in chunks of one round trip each;
+/// `mode` is `reap` (only while the edge is still dead) or `restart`.
+async fn end_edge_sessions(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    edge: &str,
+    mode: &str,
+) -> RedisResult<u64> {
+    let users: Vec<String> = conn.smembers(keys.edge_sessions(edge)).await?;
+    let mut ended = 0;
+    for chunk in users.chunks(END_CHUNK) {
+        let mut todo: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        // A session that moves to another room meanwhile is read again.
+        for _ in 0..3 {
+            if todo.is_empty() {
+                break;
+            }
+            let mut read = redis::pipe();
+            for user in &todo {
+                read.hget(keys.session(user), "room");
+            }
+            let rooms: Vec<Option<String>> = read.query_async(conn).await?;
+            let mut calls = redis::pipe();
+            for (user, room) in todo.iter().zip(&rooms) {
+                let room = room.as_deref().unwrap_or("");
+                let call = Call::new(
+                    "chat_end_edge_session",
+                    &[
+                        keys.edges(),
+                        keys.edge_sessions(edge),
+                        keys.session(user),
+                        keys.online(),
+                        keys.room(room),
+                        keys.rooms(),
+                        keys.room_sizes(),
+                    ],
+                )
+                .arg(edge)
+                .arg(*user)
+                .arg(room)
+                .arg(keys.room_channel(room))
+                .arg(keys.edge_channel(edge))
+                .arg(mode);
+                calls.add_command(call.cmd().clone());
+            }
+            let statuses: Vec<String> = crate::scripts::query_pipe(conn, &calls).await?;
+            if statuses.iter().any(|s| s == "alive") {
+                return Ok(ended); // it beats again: nothing more to end
+            }
+            ended += statuses.iter().filter(|s| *s == "ended").count() as u64;
+            todo = todo
+                .into_iter()
+                .zip(&statuses)
+                .filter(|(_, s)| *s == "moved")
+                .map(|(u, _)| u)
+                .collect();
+        }
+    }
+    Ok(ended)
 }

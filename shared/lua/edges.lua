@@ -1,0 +1,57 @@
+-- Edge liveness: heartbeats in the sorted set `edges` (scored with the
+-- time, on Redis's clock, until which each edge's beat holds), and the end
+-- of the sessions of an edge that died or restarted.
+
+-- KEYS 1: the edges. ARGV: the edge, how long the beat holds (ms).
+redis.register_function('chat_beat', function(keys, args)
+  redis.call('ZADD', keys[1], now_ms() + tonumber(args[2]), args[1])
+  return 0
+end)
+
+-- The edges whose beat has run out. KEYS 1: the edges.
+redis.register_function{
+  function_name = 'chat_dead_edges',
+  flags = {'no-writes'},
+  callback = function(keys)
+    return redis.call('ZRANGEBYSCORE', keys[1], '-inf', now_ms())
+  end,
+}
+
+-- Ends one session an edge holds. KEYS 1-7: the edges, the edge's session
+-- set, the user's session, the online users, the session's room's
+-- members, the set of rooms, the room sizes. ARGV: the edge, the user, the
+-- session's room as read before, that room's channel, the edge's channel,
+-- and `reap` (only while the edge is still dead) or `restart` (the edge
+-- itself, starting again under its id).
+-- Returns `ended`, `gone` (not that edge's session any more), `alive`
+-- (reaping, but the edge beats again) or `moved` (read again).
+redis.register_function('chat_end_edge_session', function(keys, args)
+  local edges, edge_sessions, session, online = unpack(keys, 1, 4)
+  local room = {members = keys[5], rooms = keys[6], sizes = keys[7]}
+  local edge, user, at_room, room_channel, edge_channel, mode = unpack(args, 1, 6)
+  if mode == 'reap' then
+    local until_ms = redis.call('ZSCORE', edges, edge)
+    if until_ms and tonumber(until_ms) >= now_ms() then return 'alive' end
+  end
+  local s = where(session)
+  if s.edge ~= edge then
+    redis.call('SREM', edge_sessions, user)
+    return 'gone'
+  end
+  if not same_place(s, edge, at_room) then return 'moved' end
+  -- Should the edge be alive after all, its connection is told and closed.
+  reply(edge_channel, s.conn, nil, nil, {kind = 'close', reason = 'server-shutdown', sid = s.sid})
+  end_session({session = session, edge_sessions = edge_sessions, online = online, room = room},
+    s, user, room_channel)
+  return 'ended'
+end)
+
+-- Forgets a dead edge once it holds no session. KEYS 1-2: the edges, the
+-- edge's session set. ARGV 1: the edge. Returns 1 if forgotten.
+redis.register_function('chat_drop_edge', function(keys, args)
+  if redis.call('SCARD', keys[2]) > 0 then return 0 end
+  local until_ms = redis.call('ZSCORE', keys[1], args[1])
+  if until_ms and tonumber(until_ms) >= now_ms() then return 0 end
+  redis.call('ZREM', keys[1], args[1])
+  return 1
+end)
