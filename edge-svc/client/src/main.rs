@@ -26,6 +26,8 @@ use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
+    // `--version` has said `edge-svc`, the package the client began in.
+    name = "edge-svc",
     version,
     about = "Chat client: lines you type are sent; /help lists commands."
 )]
