@@ -2,10 +2,11 @@
 //! turns lines into commands and a writer that drains the connection's
 //! bounded queue.
 
+use crate::ctx::Ctx;
+use crate::error::{EdgeError, Phase};
 use crate::frame::{Frame, LineDecoder};
 use crate::hub::{Closer, Out, Session};
 use crate::limits::{Bucket, Mistakes, Slot};
-use crate::{Ctx, EdgeError, Phase};
 use bytes::BytesMut;
 use shared::envelope::{Effect, Op, Request, Secret};
 use shared::protocol::{self, err_line, Command, ErrorCode, HistoryTarget, ProtoError};

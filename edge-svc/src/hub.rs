@@ -61,7 +61,7 @@ pub(crate) struct Session {
 
 /// A request to the Pub/Sub task: bring the subscription to `channel` in
 /// line with whether the hub wants it, and say whether it is subscribed.
-pub(crate) struct Sync {
+pub(crate) struct SubChange {
     pub(crate) channel: String,
     pub(crate) done: Option<oneshot::Sender<bool>>,
 }
@@ -106,7 +106,7 @@ pub(crate) struct Hub {
     orphans: mpsc::Sender<Session>,
     /// To the Pub/Sub task. Unbounded, but one message per change of an
     /// audience or hold, each caused by a client request or a reply.
-    subs: mpsc::UnboundedSender<Sync>,
+    subs: mpsc::UnboundedSender<SubChange>,
 }
 
 /// Orphaned sessions waiting to be ended; past this, they are left to the
@@ -116,7 +116,7 @@ const ORPHANS: usize = 1024;
 /// What [`Hub::new`] hands to the edge's background tasks.
 pub(crate) struct HubTasks {
     pub(crate) orphans: mpsc::Receiver<Session>,
-    pub(crate) subs: mpsc::UnboundedReceiver<Sync>,
+    pub(crate) subs: mpsc::UnboundedReceiver<SubChange>,
 }
 
 impl Hub {
@@ -214,7 +214,7 @@ impl Hub {
             for ch in channels {
                 *st.holds.entry(ch.clone()).or_default() += 1;
                 let (done, wait) = oneshot::channel();
-                let _ = self.subs.send(Sync {
+                let _ = self.subs.send(SubChange {
                     channel: ch.clone(),
                     done: Some(done),
                 });
@@ -257,7 +257,7 @@ impl Hub {
     }
 
     fn sync(&self, channel: &str) {
-        let _ = self.subs.send(Sync {
+        let _ = self.subs.send(SubChange {
             channel: channel.to_string(),
             done: None,
         });
