@@ -32,8 +32,8 @@ pub async fn run(
     let keys = Keys::new(cfg.key_prefix.clone());
     let admin = shared::admin::bind(&cfg.edge.admin_listen)
         .await
-        .map_err(|source| EdgeError::Io {
-            phase: Phase::Handshake,
+        .map_err(|source| EdgeError::Admin {
+            addr: cfg.edge.admin_listen.clone(),
             source,
         })?;
     let redis = shared::store::commands(&client).await?;
@@ -148,5 +148,27 @@ impl Listener {
         {
             tracing::warn!("connections still open after the drain deadline");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_admin_port_is_named_in_the_error() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = busy.local_addr().unwrap().to_string();
+        let mut cfg = Config::default();
+        cfg.edge.admin_listen = addr.clone();
+        let certs = shared::tls::DevCerts::generate(&["localhost"]).unwrap();
+        let tls = shared::tls::server_config_pem(&certs.server_pem, &certs.server_key_pem).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = run(listener, cfg, tls, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EdgeError::Admin { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("admin port {addr}: ")), "{text}");
     }
 }
