@@ -26,8 +26,6 @@ use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
-    // `--version` has said `edge-svc`, the package the client began in.
-    name = "edge-svc",
     version,
     about = "Chat client: lines you type are sent; /help lists commands."
 )]

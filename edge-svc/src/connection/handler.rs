@@ -1,156 +1,24 @@
-//! One client connection: TLS detection and handshake, then a reader that
-//! turns lines into commands and a writer that drains the connection's
-//! bounded queue.
+//! The reader of a connection: lines to commands, within its limits; logins, requests and replies.
 
+use super::commands::{self, Action};
+use crate::ctx::Ctx;
+use crate::error::{EdgeError, Phase};
 use crate::frame::{Frame, LineDecoder};
-use crate::hub::{Closer, Out, Session};
-use crate::limits::{Bucket, Mistakes, Slot};
-use crate::{Ctx, EdgeError, Phase};
+use crate::hub::{Closer, Session};
+use crate::limits::{Bucket, Mistakes};
 use bytes::BytesMut;
 use shared::envelope::{Effect, Op, Request, Secret};
 use shared::line::ServerLine;
-use shared::protocol::{self, Command, ErrorCode, HistoryTarget, ProtoError};
-use std::future::Future;
+use shared::protocol::{self, Command, ErrorCode, ProtoError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, ReadHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tracing::Instrument;
 
-/// First byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
-const TLS_REQUIRED: ProtoError =
-    ProtoError::new(ErrorCode::TlsRequired, "this port speaks TLS only");
-const TOO_MANY: ProtoError = ProtoError::new(
-    ErrorCode::RateLimited,
-    "too many connections, try again later",
-);
-/// Most bytes gathered into one write.
-const WRITE_BATCH: usize = 64 * 1024;
-/// The write buffer's first size.
-const WRITE_BUF: usize = 4 * 1024;
-
-/// Runs `fut` with a deadline; the error names the phase.
-pub(crate) async fn within<T>(
-    phase: Phase,
-    limit: Duration,
-    fut: impl Future<Output = std::io::Result<T>>,
-) -> Result<T, EdgeError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(EdgeError::Io { phase, source }),
-        Err(_) => Err(EdgeError::Timeout(phase)),
-    }
-}
-
-/// Serves one accepted TCP connection to its end.
-/// `slot` is held from before the handshake, so handshakes count too.
-pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
-    let id = ctx.next_conn_id();
-    let span = tracing::info_span!("conn", %peer, conn = id, user = tracing::field::Empty, sid = tracing::field::Empty);
-    async move {
-        ctx.metrics.connections.inc();
-        match serve_tls(&ctx, stream, peer, id, slot).await {
-            Ok(()) => tracing::debug!("connection closed"),
-            Err(e) => tracing::debug!(error = %e, "connection ended"),
-        }
-        ctx.metrics.connections.dec();
-    }
-    .instrument(span)
-    .await
-}
-
-async fn serve_tls(
-    ctx: &Arc<Ctx>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-    _slot: Slot,
-) -> Result<(), EdgeError> {
-    let started = Instant::now();
-    let limit = ctx.cfg.edge.handshake_timeout();
-    let mut first = [0u8; 1];
-    if within(Phase::Handshake, limit, stream.peek(&mut first)).await? == 0 {
-        return Ok(());
-    }
-    if first[0] != TLS_HANDSHAKE {
-        let mut stream = stream;
-        within(
-            Phase::Write,
-            limit,
-            stream.write_all(format!("{}\n", TLS_REQUIRED.line()).as_bytes()),
-        )
-        .await?;
-        let _ = within(Phase::Close, limit, stream.shutdown()).await;
-        return Ok(());
-    }
-    let tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
-    let (rd, wr) = tokio::io::split(tls);
-
-    let (tx, rx) = mpsc::channel(ctx.cfg.edge.out_queue);
-    let closer = Arc::new(Closer::default());
-    ctx.hub.register(id, tx, closer.clone());
-    let writer = tokio::spawn(
-        write_loop(
-            wr,
-            rx,
-            closer.clone(),
-            ctx.cfg.edge.write_timeout(),
-            Duration::from_millis(ctx.cfg.edge.write_coalesce_ms),
-        )
-        .in_current_span(),
-    );
-    ctx.hub.send(
-        id,
-        &ServerLine::Hello {
-            edge: ctx.cfg.edge.id.clone(),
-            version: protocol::PROTOCOL_VERSION.into(),
-        },
-    );
-
-    let edge = &ctx.cfg.edge;
-    let mut handler = Handler {
-        ctx: ctx.clone(),
-        id,
-        peer,
-        session: None,
-        login_by: (edge.login_timeout_ms > 0)
-            .then(|| started + Duration::from_millis(edge.login_timeout_ms)),
-        last_line: Instant::now(),
-        bucket: Bucket::new(edge.lines_per_sec, edge.line_burst, started),
-        mistakes: Mistakes::new(edge.max_errors_per_min, started),
-        unrouted: Vec::new(),
-    };
-    let result = handler.read_loop(rd, &closer).await;
-
-    // The session ends with the connection, whatever ended it.
-    let session = ctx.hub.remove(id).or(handler.session.take());
-    if let Some(session) = session {
-        ctx.end_session(session).await;
-    }
-    let _ = writer.await;
-    result
-}
-
-/// Tells a connection over the caps why it is closed (a few at a time:
-/// the caller holds one of a small number of permits).
-pub(crate) async fn refuse(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
-    let limit = ctx.cfg.edge.handshake_timeout().min(Duration::from_secs(2));
-    let refused = async {
-        let mut tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
-        let line = format!("{}\n", TOO_MANY.line());
-        within(Phase::Write, limit, tls.write_all(line.as_bytes())).await?;
-        within(Phase::Close, limit, tls.shutdown()).await
-    };
-    if let Err(e) = refused.await {
-        tracing::debug!(%peer, error = %e, "refusing a connection failed");
-    }
-}
-
-struct Handler {
+/// The reading side of one connection, and what it knows of its session.
+pub(super) struct Handler {
     ctx: Arc<Ctx>,
     id: u64,
     peer: SocketAddr,
@@ -172,7 +40,34 @@ enum Flow {
 }
 
 impl Handler {
-    async fn read_loop(
+    /// A handler for connection `id`, accepted at `started`.
+    pub(super) fn new(ctx: Arc<Ctx>, id: u64, peer: SocketAddr, started: Instant) -> Handler {
+        let edge = &ctx.cfg.edge;
+        let login_by = (edge.login_timeout_ms > 0)
+            .then(|| started + Duration::from_millis(edge.login_timeout_ms));
+        let bucket = Bucket::new(edge.lines_per_sec, edge.line_burst, started);
+        let mistakes = Mistakes::new(edge.max_errors_per_min, started);
+        Handler {
+            ctx,
+            id,
+            peer,
+            session: None,
+            login_by,
+            last_line: Instant::now(),
+            bucket,
+            mistakes,
+            unrouted: Vec::new(),
+        }
+    }
+
+    /// The session this connection holds, if any (to end with it).
+    pub(super) fn into_session(self) -> Option<Session> {
+        self.session
+    }
+
+    /// Reads and answers lines until the client leaves or the connection
+    /// is closed.
+    pub(super) async fn read_loop(
         &mut self,
         mut rd: ReadHalf<TlsStream<TcpStream>>,
         closer: &Closer,
@@ -281,46 +176,25 @@ impl Handler {
     }
 
     async fn command(&mut self, cmd: Command) -> Flow {
+        let action = commands::action(cmd, &self.ctx.keys);
         // Anything but a room line comes after the room lines before it.
-        if !matches!(cmd, Command::Say(_)) {
+        if action.flushes() {
             self.flush().await;
         }
-        match cmd {
-            Command::Say(text) => self.queue(Op::Say { text }),
-            Command::Login { user, password } => self.login(user, password, false).await,
-            Command::Register { user, password } => self.login(user, password, true).await,
-            Command::Join(room) => {
-                let channel = self.ctx.keys.room_channel(&room);
-                self.route(Op::Join { room }, &[channel]).await;
-            }
-            Command::Leave => self.route(Op::Leave, &[]).await,
-            Command::Rooms => self.route(Op::Rooms, &[]).await,
-            Command::Who(room) => self.route(Op::Who { room }, &[]).await,
-            Command::Subscribe(target) => {
-                let channel = self.ctx.keys.pub_channel(&target);
-                self.route(Op::Subscribe { target }, &[channel]).await;
-            }
-            Command::Unsubscribe(target) => self.route(Op::Unsubscribe { target }, &[]).await,
-            Command::Subscriptions => self.route(Op::Subscriptions, &[]).await,
-            Command::Publish(text) => self.route(Op::Publish { text }, &[]).await,
-            Command::Msg { to, text } => self.route(Op::Msg { to, text }, &[]).await,
-            Command::History { target, n } => {
-                let with = match target {
-                    HistoryTarget::Room => None,
-                    HistoryTarget::User(user) => Some(user),
-                };
-                self.route(Op::History { with, n }, &[]).await;
-            }
-            Command::Ping => self.reply(ServerLine::OkPing),
-            Command::Help => {
-                for line in protocol::HELP {
-                    self.reply(ServerLine::Info {
-                        text: line.to_string(),
-                    });
+        match action {
+            Action::Queue(op) => self.queue(op),
+            Action::Route { op, hold } => self.route(op, &hold).await,
+            Action::Login {
+                user,
+                password,
+                register,
+            } => self.login(user, password, register).await,
+            Action::Reply(lines) => {
+                for line in lines {
+                    self.reply(line);
                 }
-                self.reply(ServerLine::OkHelp);
             }
-            Command::Quit => {
+            Action::Quit => {
                 self.quit().await;
                 return Flow::Stop;
             }
@@ -344,7 +218,7 @@ impl Handler {
     }
 
     /// `LOGIN`, or `REGISTER` with `register`.
-    async fn login(&mut self, user: String, password: String, register: bool) {
+    async fn login(&mut self, user: String, password: Secret, register: bool) {
         if self.session.is_some() {
             self.reply(ServerLine::err(
                 ErrorCode::AlreadyAuthenticated,
@@ -355,23 +229,17 @@ impl Handler {
         // The publishers the user subscribes to: their channels are
         // subscribed before the session starts, so that nothing published
         // after it is missed.
-        let subs: Vec<String> = match redis::AsyncCommands::smembers(
-            &mut self.ctx.redis.clone(),
-            self.ctx.keys.subscriptions(&user),
-        )
-        .await
-        {
-            Ok(subs) => subs,
+        let channels = match self.ctx.subscription_channels(&user).await {
+            Ok(channels) => channels,
             Err(e) => {
                 tracing::warn!(error = %e, "reading subscriptions failed");
                 self.reply(unavailable().line());
                 return;
             }
         };
-        let channels: Vec<String> = subs.iter().map(|p| self.ctx.keys.pub_channel(p)).collect();
         let rid = self.ctx.next_rid();
         let op = Op::Login {
-            password: Secret(password),
+            password,
             addr: self.peer.to_string(),
             register,
         };
@@ -515,87 +383,4 @@ fn unavailable() -> ProtoError {
         ErrorCode::Unavailable,
         "the service did not answer, try again",
     )
-}
-
-/// Drains the queue into the socket, many lines per write when several are
-/// queued; ends with `BYE <reason>` when the connection is closed by the
-/// server.
-///
-/// A socket is written at most once per `write_coalesce_ms`: under load,
-/// lines that arrive within that time share TLS records (up to 16 KiB
-/// each) and one system call (on each side) instead of costing one each;
-/// an idle connection's first line goes out at once, and so does the next
-/// batch when the last one was full.
-async fn write_loop<W: AsyncWrite>(
-    mut wr: WriteHalf<W>,
-    mut rx: mpsc::Receiver<Out>,
-    closer: Arc<Closer>,
-    limit: Duration,
-    coalesce: Duration,
-) {
-    let mut next_write = Instant::now();
-    // Grown when there is something to write, and let go of once the
-    // queue is empty: an idle connection holds no write buffer.
-    let mut buf = Vec::new();
-    let bye = loop {
-        let first = tokio::select! {
-            biased;
-            _ = closer.token.cancelled() => break closer.reason().map(str::to_string),
-            m = rx.recv() => m,
-        };
-        let mut bye = match first {
-            None => break None,
-            Some(Out::Bye(reason)) => break Some(reason),
-            Some(Out::Line(line)) => {
-                // One allocation for a typical batch, not a doubling per line.
-                buf.reserve(WRITE_BUF.max(line.len()));
-                buf.extend_from_slice(&line);
-                None
-            }
-        };
-        if next_write > Instant::now() {
-            tokio::time::sleep_until(next_write.into()).await;
-        }
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(Out::Line(line)) => buf.extend_from_slice(&line),
-                Ok(Out::Bye(reason)) => {
-                    bye = Some(reason);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let written = within(Phase::Write, limit, async {
-            wr.write_all(&buf).await?;
-            wr.flush().await
-        })
-        .await;
-        let full = buf.len() >= WRITE_BATCH;
-        next_write = Instant::now() + if full { Duration::ZERO } else { coalesce };
-        if rx.is_empty() {
-            buf = Vec::new();
-        } else {
-            buf.clear();
-        }
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "write failed");
-            closer.token.cancel();
-            return;
-        }
-        if bye.is_some() {
-            break bye;
-        }
-    };
-    if let Some(reason) = bye {
-        tracing::info!(reason = %reason, "closing");
-        let line = format!("BYE {reason}\n");
-        let _ = within(Phase::Write, limit, async {
-            wr.write_all(line.as_bytes()).await?;
-            wr.flush().await
-        })
-        .await;
-    }
-    let _ = within(Phase::Close, limit, wr.shutdown()).await;
-    closer.token.cancel();
 }

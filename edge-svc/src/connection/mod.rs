@@ -1,0 +1,103 @@
+//! One client connection: the TLS handshake, then a reader ([`handler`]) and a writer ([`writer`]).
+//!
+//! The reader turns lines into commands ([`commands`] says what each one
+//! does); the writer drains the connection's bounded queue.
+
+mod commands;
+mod handler;
+mod tls;
+mod writer;
+
+pub(crate) use tls::refuse;
+
+use crate::ctx::Ctx;
+use crate::error::{EdgeError, Phase};
+use crate::hub::Closer;
+use crate::limits::Slot;
+use handler::Handler;
+use shared::line::ServerLine;
+use shared::protocol;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use writer::write_loop;
+
+/// Runs `fut` with a deadline; the error names the phase.
+async fn within<T>(
+    phase: Phase,
+    limit: Duration,
+    fut: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, EdgeError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(EdgeError::Io { phase, source }),
+        Err(_) => Err(EdgeError::Timeout(phase)),
+    }
+}
+
+/// Serves one accepted TCP connection to its end.
+/// `slot` is held from before the handshake, so handshakes count too.
+pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+    let id = ctx.next_conn_id();
+    let span = tracing::info_span!("conn", %peer, conn = id, user = tracing::field::Empty, sid = tracing::field::Empty);
+    async move {
+        ctx.metrics.connections.inc();
+        match serve_tls(&ctx, stream, peer, id, slot).await {
+            Ok(()) => tracing::debug!("connection closed"),
+            Err(e) => tracing::debug!(error = %e, "connection ended"),
+        }
+        ctx.metrics.connections.dec();
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve_tls(
+    ctx: &Arc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    _slot: Slot,
+) -> Result<(), EdgeError> {
+    let started = Instant::now();
+    let Some(tls) = tls::handshake(ctx, stream).await? else {
+        return Ok(());
+    };
+    let (rd, wr) = tokio::io::split(tls);
+
+    let (tx, rx) = mpsc::channel(ctx.cfg.edge.out_queue);
+    let closer = Arc::new(Closer::default());
+    ctx.hub.register(id, tx, closer.clone());
+    let writer = tokio::spawn(
+        write_loop(
+            wr,
+            rx,
+            closer.clone(),
+            ctx.cfg.edge.write_timeout(),
+            Duration::from_millis(ctx.cfg.edge.write_coalesce_ms),
+        )
+        .in_current_span(),
+    );
+    ctx.hub.send(
+        id,
+        &ServerLine::Hello {
+            edge: ctx.cfg.edge.id.clone(),
+            version: protocol::PROTOCOL_VERSION.into(),
+        },
+    );
+
+    let mut handler = Handler::new(ctx.clone(), id, peer, started);
+    let result = handler.read_loop(rd, &closer).await;
+
+    // The session ends with the connection, whatever ended it.
+    let session = ctx.hub.remove(id).or(handler.into_session());
+    if let Some(session) = session {
+        ctx.end_session(session).await;
+    }
+    let _ = writer.await;
+    result
+}

@@ -1,0 +1,62 @@
+//! TLS on a new connection: telling TLS from plain text by its first byte, the handshake, refusals.
+
+use super::within;
+use crate::ctx::Ctx;
+use crate::error::{EdgeError, Phase};
+use shared::protocol::{ErrorCode, ProtoError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+const TLS_REQUIRED: ProtoError =
+    ProtoError::new(ErrorCode::TlsRequired, "this port speaks TLS only");
+const TOO_MANY: ProtoError = ProtoError::new(
+    ErrorCode::RateLimited,
+    "too many connections, try again later",
+);
+
+/// Completes the TLS handshake, within the handshake timeout; `None` if
+/// the client left first, or spoke plain text (it is told TLS is required).
+pub(super) async fn handshake(
+    ctx: &Ctx,
+    stream: TcpStream,
+) -> Result<Option<TlsStream<TcpStream>>, EdgeError> {
+    let limit = ctx.cfg.edge.handshake_timeout();
+    let mut first = [0u8; 1];
+    if within(Phase::Handshake, limit, stream.peek(&mut first)).await? == 0 {
+        return Ok(None);
+    }
+    if first[0] != TLS_HANDSHAKE {
+        let mut stream = stream;
+        within(
+            Phase::Write,
+            limit,
+            stream.write_all(format!("{}\n", TLS_REQUIRED.line()).as_bytes()),
+        )
+        .await?;
+        let _ = within(Phase::Close, limit, stream.shutdown()).await;
+        return Ok(None);
+    }
+    let tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
+    Ok(Some(tls))
+}
+
+/// Tells a connection over the caps why it is closed (a few at a time:
+/// the caller holds one of a small number of permits).
+pub(crate) async fn refuse(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let limit = ctx.cfg.edge.handshake_timeout().min(Duration::from_secs(2));
+    let refused = async {
+        let mut tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
+        let line = format!("{}\n", TOO_MANY.line());
+        within(Phase::Write, limit, tls.write_all(line.as_bytes())).await?;
+        within(Phase::Close, limit, tls.shutdown()).await
+    };
+    if let Err(e) = refused.await {
+        tracing::debug!(%peer, error = %e, "refusing a connection failed");
+    }
+}

@@ -1,0 +1,178 @@
+//! Applying Pub/Sub messages: broadcast lines fan out to audiences; replies show and take effect.
+
+use super::{Hub, Out, Session};
+use bytes::Bytes;
+use shared::envelope::{Effect, Reply};
+use shared::line::ServerLine;
+use std::collections::HashSet;
+
+impl Hub {
+    /// Applies one Pub/Sub message.
+    pub(crate) fn dispatch(&self, channel: &str, payload: &[u8]) {
+        self.pubsub_messages.inc();
+        if channel != self.edge_channel {
+            self.broadcast(channel, payload);
+            return;
+        }
+        match serde_json::from_slice::<Reply>(payload) {
+            Ok(reply) => self.apply(reply),
+            Err(e) => tracing::warn!(channel, error = %e, "undecodable reply dropped"),
+        }
+    }
+
+    fn broadcast(&self, channel: &str, payload: &[u8]) {
+        let line = match serde_json::from_slice::<ServerLine>(payload) {
+            Ok(line) => render(std::slice::from_ref(&line)),
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "undecodable line dropped");
+                return;
+            }
+        };
+        let st = self.lock();
+        let Some(members) = st.audience.get(channel) else {
+            return;
+        };
+        for id in members {
+            if let Some(c) = st.conns.get(id) {
+                self.push(c, Out::Line(line.clone()));
+            }
+        }
+        self.deliveries.add(members.len() as u64);
+    }
+
+    fn apply(&self, mut reply: Reply) {
+        reply.sort_listing();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(conn) = st.conns.get_mut(&reply.conn) else {
+            // The connection is gone; a session opened for it must not stay.
+            if let Some(Effect::Login { user, sid, .. }) = reply.effect {
+                self.orphan(Session { user, sid });
+            }
+            return;
+        };
+        let id = reply.conn;
+        let waiting = reply.rid != 0
+            && conn
+                .pending
+                .as_ref()
+                .is_some_and(|(rid, _)| *rid == reply.rid);
+        let holds = |sid: &str| conn.session.as_ref().is_some_and(|s| s.sid == sid);
+        // A late reply (the client was told `ERR unavailable`) shows no
+        // lines, but its effect still holds or is undone. A notice to a
+        // session shows only while the connection holds that session.
+        let show = waiting || (reply.rid == 0 && (reply.sid.is_empty() || holds(&reply.sid)));
+        let mut bye = None;
+        match &reply.effect {
+            Some(Effect::Login {
+                user,
+                sid,
+                room,
+                subs,
+                ..
+            }) if waiting => {
+                conn.session = Some(Session {
+                    user: user.clone(),
+                    sid: sid.clone(),
+                });
+                let room = self.keys.room_channel(room);
+                self.enter(&mut st.audience, id, conn, &room);
+                conn.room = Some(room);
+                for publisher in subs.split_whitespace() {
+                    let ch = self.keys.pub_channel(publisher);
+                    self.enter(&mut st.audience, id, conn, &ch);
+                }
+            }
+            Some(Effect::Login { user, sid, .. }) => self.orphan(Session {
+                user: user.clone(),
+                sid: sid.clone(),
+            }),
+            Some(Effect::Room { sid, room }) if holds(sid) => {
+                if let Some(old) = conn.room.take() {
+                    self.exit(&mut st.audience, id, conn, &old);
+                }
+                let room = self.keys.room_channel(room);
+                self.enter(&mut st.audience, id, conn, &room);
+                conn.room = Some(room);
+            }
+            Some(Effect::Subscribe { sid, user }) if holds(sid) => {
+                let ch = self.keys.pub_channel(user);
+                self.enter(&mut st.audience, id, conn, &ch);
+            }
+            Some(Effect::Unsubscribe { sid, user }) if holds(sid) => {
+                let ch = self.keys.pub_channel(user);
+                self.exit(&mut st.audience, id, conn, &ch);
+            }
+            // Only the connection's current session is closed: a close for
+            // one it no longer holds (say, a late login already undone) is
+            // moot.
+            Some(Effect::Close { reason, sid }) if holds(sid) => {
+                conn.session = None;
+                self.leave_all(&mut st.audience, id, conn);
+                bye = Some(reason.clone());
+            }
+            _ => {}
+        }
+        if show && !reply.lines.is_empty() {
+            // One queue slot for the whole reply, however long a listing.
+            self.push(conn, Out::Line(render(&reply.lines)));
+        }
+        if let Some(reason) = bye {
+            self.push(conn, Out::Bye(reason));
+        }
+        if reply.rid != 0 {
+            self.release_in(&mut st.holds, conn, reply.rid);
+        }
+        if waiting {
+            if let Some((_, tx)) = conn.pending.take() {
+                let _ = tx.send(reply.effect);
+            }
+        }
+    }
+
+    /// Brings a connection in line with its session as Redis has it now
+    /// (after replies may have been lost): `current` is the session's sid,
+    /// room and subscriptions there, or `None` if it has no session. A
+    /// connection whose session is gone is closed.
+    pub(crate) fn resync(&self, id: u64, held: &Session, current: Option<(&str, &str, &[String])>) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(conn) = st.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.session.as_ref() != Some(held) {
+            return; // changed meanwhile, by a reply that did arrive
+        }
+        let Some((_, room, subs)) = current.filter(|(sid, ..)| *sid == held.sid) else {
+            tracing::info!(user = %held.user, "session gone while Redis was away; closing");
+            conn.session = None;
+            self.leave_all(&mut st.audience, id, conn);
+            self.push(conn, Out::Bye("server-shutdown".into()));
+            return;
+        };
+        let room = self.keys.room_channel(room);
+        let mut wanted: HashSet<String> = subs.iter().map(|p| self.keys.pub_channel(p)).collect();
+        wanted.insert(room.clone());
+        let stale: Vec<String> = conn.channels.difference(&wanted).cloned().collect();
+        for ch in stale {
+            self.exit(&mut st.audience, id, conn, &ch);
+        }
+        for ch in wanted {
+            self.enter(&mut st.audience, id, conn, &ch);
+        }
+        conn.room = Some(room);
+    }
+}
+
+/// The bytes queued to a client for `lines`: the wire form of each, ended
+/// by `\n`, all in one queue entry. The one place lines become what
+/// clients read: a broadcast (one line), a reply's lines, and the edge's
+/// own lines ([`Hub::send`]).
+pub(super) fn render(lines: &[ServerLine]) -> Bytes {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    Bytes::from(out)
+}

@@ -1,0 +1,174 @@
+//! The accept loop: [`run`] starts the edge; a [`Listener`] admits connections, then drains them.
+
+use crate::connection;
+use crate::ctx::Ctx;
+use crate::error::{EdgeError, Phase};
+use crate::heartbeat::{end_orphans, heartbeat};
+use crate::hub::Hub;
+use crate::pubsub::{deliver, subscribe};
+use shared::config::Config;
+use shared::keys::Keys;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Connections over the caps that are told so at once; past this, they
+/// are closed without a word.
+const REFUSALS: usize = 16;
+
+/// Serves clients on `listener` until `shutdown`; then says
+/// `BYE server-shutdown` to every client, ends their sessions and returns.
+pub async fn run(
+    listener: TcpListener,
+    cfg: Config,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), EdgeError> {
+    let client = shared::store::client(&cfg.redis_url)?;
+    let keys = Keys::new(cfg.key_prefix.clone());
+    let admin = shared::admin::bind(&cfg.edge.admin_listen)
+        .await
+        .map_err(|source| EdgeError::Admin {
+            addr: cfg.edge.admin_listen.clone(),
+            source,
+        })?;
+    let redis = shared::store::commands(&client).await?;
+    let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
+    let pubsub = subscribe(&client, &hub.wanted()).await?;
+    let ctx = Arc::new(Ctx::new(cfg, keys, hub.clone(), redis, tls));
+    // Sessions a previous run under this id left (it was killed) end now;
+    // subscribed first, so that a late answer to that run is seen.
+    let left = ctx.beat(true).await?;
+    if left > 0 {
+        tracing::info!(sessions = left, "ended sessions left by a previous run");
+    }
+    let background = CancellationToken::new();
+    tokio::spawn(deliver(
+        client,
+        pubsub,
+        ctx.clone(),
+        tasks.subs,
+        background.clone(),
+    ));
+    tokio::spawn(end_orphans(ctx.clone(), tasks.orphans));
+    tokio::spawn(heartbeat(ctx.clone(), background.clone()));
+    if let Some(admin) = admin {
+        tokio::spawn(shared::admin::serve(admin, ctx.clone(), background.clone()));
+    }
+
+    let addr = listener.local_addr().map_err(|source| EdgeError::Io {
+        phase: Phase::Handshake,
+        source,
+    })?;
+    tracing::info!(id = %ctx.cfg.edge.id, %addr, "edge-svc ready");
+    let listener = Listener {
+        listener,
+        ctx,
+        tracker: TaskTracker::new(),
+        refusals: Arc::new(Semaphore::new(REFUSALS)),
+    };
+    listener.accept_loop(&shutdown).await;
+    listener.drain().await;
+    background.cancel();
+    tracing::info!("edge-svc stopped");
+    Ok(())
+}
+
+/// Accepts client connections and tracks the tasks that serve them.
+struct Listener {
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    tracker: TaskTracker,
+    /// Permits to tell a refused connection why (see [`REFUSALS`]).
+    refusals: Arc<Semaphore>,
+}
+
+impl Listener {
+    /// Accepts connections until `shutdown`.
+    async fn accept_loop(&self, shutdown: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.admit(stream, peer),
+                    Err(e) => {
+                        // Out of descriptors and the like: wait, never give up.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Serves an accepted connection if the caps allow it; refuses it if not.
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+        let ctx = &self.ctx;
+        let _ = stream.set_nodelay(true);
+        match ctx.slots.acquire(peer.ip()) {
+            Some(slot) => {
+                self.tracker
+                    .spawn(connection::serve(ctx.clone(), stream, peer, slot));
+            }
+            None => {
+                tracing::info!(%peer, "too many connections; refused");
+                // A few are told why; the rest are just closed.
+                if let Ok(permit) = self.refusals.clone().try_acquire_owned() {
+                    let ctx = ctx.clone();
+                    self.tracker.spawn(async move {
+                        connection::refuse(ctx, stream, peer).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Stops listening, says `BYE server-shutdown` to every client and
+    /// waits (within the grace period) for their connections to end.
+    async fn drain(self) {
+        let Listener {
+            listener,
+            ctx,
+            tracker,
+            ..
+        } = self;
+        drop(listener);
+        for closer in ctx.hub.closers() {
+            closer.close("server-shutdown");
+        }
+        tracker.close();
+        if tokio::time::timeout(ctx.cfg.shutdown_grace(), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the drain deadline");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_admin_port_is_named_in_the_error() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = busy.local_addr().unwrap().to_string();
+        let mut cfg = Config::default();
+        cfg.edge.admin_listen = addr.clone();
+        let certs = shared::tls::DevCerts::generate(&["localhost"]).unwrap();
+        let tls = shared::tls::server_config_pem(&certs.server_pem, &certs.server_key_pem).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = run(listener, cfg, tls, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EdgeError::Admin { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("admin port {addr}: ")), "{text}");
+    }
+}
