@@ -15,86 +15,58 @@ pub const LOBBY: &str = "lobby";
 /// Protocol version announced in `HELLO`.
 pub const PROTOCOL_VERSION: &str = "chat/1";
 
-/// The `<code>` of an `ERR <code> <text>` line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorCode {
-    AuthRequired,
-    BadCredentials,
-    AlreadyLoggedIn,
-    AlreadyAuthenticated,
-    RegistrationClosed,
-    UserExists,
-    BadName,
-    BadArgs,
-    UnknownCommand,
-    NoSuchUser,
-    NotInRoom,
-    LineTooLong,
-    BadEncoding,
-    RateLimited,
-    TlsRequired,
-    Unavailable,
-    Internal,
+/// Defines [`ErrorCode`] from one list of (variant, wire name).
+macro_rules! error_codes {
+    ($($variant:ident => $name:literal,)*) => {
+        /// The `<code>` of an `ERR <code> <text>` line.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        pub enum ErrorCode {
+            $(#[serde(rename = $name)] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the contract's order.
+            pub const ALL: &[ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    /// Every code, in the contract's order.
-    pub const ALL: [ErrorCode; 17] = {
-        use ErrorCode::*;
-        [
-            AuthRequired,
-            BadCredentials,
-            AlreadyLoggedIn,
-            AlreadyAuthenticated,
-            RegistrationClosed,
-            UserExists,
-            BadName,
-            BadArgs,
-            UnknownCommand,
-            NoSuchUser,
-            NotInRoom,
-            LineTooLong,
-            BadEncoding,
-            RateLimited,
-            TlsRequired,
-            Unavailable,
-            Internal,
-        ]
-    };
-
-    pub fn as_str(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            AuthRequired => "auth-required",
-            BadCredentials => "bad-credentials",
-            AlreadyLoggedIn => "already-logged-in",
-            AlreadyAuthenticated => "already-authenticated",
-            RegistrationClosed => "registration-closed",
-            UserExists => "user-exists",
-            BadName => "bad-name",
-            BadArgs => "bad-args",
-            UnknownCommand => "unknown-command",
-            NoSuchUser => "no-such-user",
-            NotInRoom => "not-in-room",
-            LineTooLong => "line-too-long",
-            BadEncoding => "bad-encoding",
-            RateLimited => "rate-limited",
-            TlsRequired => "tls-required",
-            Unavailable => "unavailable",
-            Internal => "internal",
-        }
-    }
+error_codes! {
+    AuthRequired => "auth-required",
+    BadCredentials => "bad-credentials",
+    AlreadyLoggedIn => "already-logged-in",
+    AlreadyAuthenticated => "already-authenticated",
+    RegistrationClosed => "registration-closed",
+    UserExists => "user-exists",
+    BadName => "bad-name",
+    BadArgs => "bad-args",
+    UnknownCommand => "unknown-command",
+    NoSuchUser => "no-such-user",
+    NotInRoom => "not-in-room",
+    LineTooLong => "line-too-long",
+    BadEncoding => "bad-encoding",
+    RateLimited => "rate-limited",
+    TlsRequired => "tls-required",
+    Unavailable => "unavailable",
+    Internal => "internal",
 }
 
 impl std::str::FromStr for ErrorCode {
     type Err = ();
 
     fn from_str(s: &str) -> Result<ErrorCode, ()> {
-        serde::Deserialize::deserialize(
-            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s),
-        )
-        .map_err(|_| ())
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str() == s)
+            .ok_or(())
     }
 }
 
@@ -373,7 +345,8 @@ mod tests {
 
     #[test]
     fn error_codes_parse_as_they_print() {
-        for code in ErrorCode::ALL {
+        assert_eq!(ErrorCode::ALL.len(), 17);
+        for &code in ErrorCode::ALL {
             assert_eq!(code.as_str().parse::<ErrorCode>(), Ok(code));
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{code}\""));
