@@ -1,5 +1,6 @@
 //! Common code of the chat services: the wire protocol, Redis key names and
-//! envelopes, configuration loading, TLS helpers, logging and shutdown.
+//! envelopes, configuration loading, TLS helpers, logging, shutdown and
+//! the `main` of a service binary.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -7,6 +8,7 @@ pub mod config;
 pub mod envelope;
 pub mod keys;
 pub mod protocol;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
