@@ -1,14 +1,15 @@
 //! One login request: password check, then the session switch script.
 
-use crate::{AuthError, GROUP};
+use crate::AuthError;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use shared::admin::{Counter, Histogram, Page, Probe};
 use shared::config::{Config, DuplicateLogin};
+use shared::consumer::{pending_count, Entry, EntryId};
 use shared::envelope::{Op, Reply, Request};
 use shared::keys::Keys;
 use shared::protocol::{err_line, ErrorCode};
-use shared::store::{Entry, LUA_PRELUDE};
+use shared::store::LUA_PRELUDE;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -182,11 +183,9 @@ impl Ctx {
     }
 }
 
-/// Handles one entry of the login stream and removes it; a `stale` one
-/// (its edge no longer waits) is only removed.
+/// Handles one entry of the login stream (the caller then removes it); a
+/// `stale` one (its edge no longer waits) is only dropped.
 pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
-    let stream = entry.stream.clone();
-    let ids = [entry.id.clone()];
     match entry.req {
         Some(req) if stale => {
             tracing::warn!(edge = %req.edge, user = %req.user, "login request too old, dropped");
@@ -194,7 +193,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
         Some(req) => {
             let span =
                 tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
-            let deadline = crate::entry_ms(&entry.id).map_or(u64::MAX, |ms| ms + ctx.max_age);
+            let deadline = EntryId::parse(&entry.id).map_or(u64::MAX, |id| id.ms + ctx.max_age);
             let done = login(&ctx, &req, &entry.id, deadline);
             if let Err(e) = done.instrument(span.clone()).await {
                 span.in_scope(|| tracing::error!(error = %e, "login failed"));
@@ -204,11 +203,6 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
             }
         }
         None => tracing::warn!(id = %entry.id, "undecodable login request dropped"),
-    }
-    let mut pipe = redis::pipe();
-    shared::store::ack_and_delete(&mut pipe, &stream, GROUP, &ids);
-    if let Err(e) = pipe.query_async::<()>(&mut ctx.conn.clone()).await {
-        tracing::warn!(error = %e, "acknowledging a login request failed");
     }
 }
 
@@ -325,13 +319,7 @@ impl Probe for Ctx {
             .query_async(&mut conn)
             .await
             .unwrap_or((-1, redis::Value::Nil));
-        let pending = match pending {
-            redis::Value::Array(v) => v
-                .first()
-                .and_then(|n| redis::from_redis_value::<i64>(n.clone()).ok())
-                .unwrap_or(-1),
-            _ => -1,
-        };
+        let pending = pending_count(pending).map_or(-1, |n| n as i64);
         let outcomes: Vec<(&str, u64)> = OUTCOMES
             .iter()
             .zip(&self.outcomes)
