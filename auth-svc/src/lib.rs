@@ -36,6 +36,8 @@ pub enum AuthError {
     BadName,
     #[error("the password is empty")]
     EmptyPassword,
+    #[error("passwords are at least {0} characters")]
+    ShortPassword(usize),
     #[error("user {0} exists")]
     Exists(String),
     #[error("no user {0}")]
@@ -57,7 +59,7 @@ impl AuthError {
     pub fn code(&self) -> ErrorCode {
         match self {
             AuthError::BadName => ErrorCode::BadName,
-            AuthError::EmptyPassword => ErrorCode::BadArgs,
+            AuthError::EmptyPassword | AuthError::ShortPassword(_) => ErrorCode::BadArgs,
             AuthError::Exists(_) => ErrorCode::UserExists,
             AuthError::NotFound(_) => ErrorCode::NoSuchUser,
             AuthError::Redis(_) => ErrorCode::Unavailable,

@@ -61,10 +61,11 @@ async fn user(cfg: Config, cmd: UserCommand) -> Result<(), AuthError> {
     let client = shared::store::client(&cfg.redis_url)?;
     let mut conn = shared::store::commands(&client).await?;
     let keys = Keys::new(cfg.key_prefix.clone());
-    let cost = cfg.auth.bcrypt_cost;
+    let (cost, min_password) = (cfg.auth.bcrypt_cost, cfg.auth.min_password);
     match cmd {
         UserCommand::Add { name, if_missing } => {
             let password = read_password(&format!("password for {name}: "))?;
+            accounts::check_password(&password, min_password)?;
             match accounts::add(&mut conn, &keys, &name, &password, cost).await {
                 Err(AuthError::Exists(_)) if if_missing => {
                     println!("user {name} exists, left as it is");
@@ -90,6 +91,7 @@ async fn user(cfg: Config, cmd: UserCommand) -> Result<(), AuthError> {
         }
         UserCommand::Passwd { name } => {
             let password = read_password(&format!("new password for {name}: "))?;
+            accounts::check_password(&password, min_password)?;
             accounts::set_password(&mut conn, &keys, &name, &password, cost).await?;
             println!("password of {name} changed");
             Ok(())

@@ -121,7 +121,9 @@ impl Stack {
         assert!(String::from_utf8_lossy(&out.stdout).contains("SHA-256"));
 
         for user in users {
+            // The test passwords are shorter than `auth.min_password` wants.
             let mut add = service("auth-svc", redis, envs)
+                .env("CHAT_AUTH__MIN_PASSWORD", "6")
                 .args(["user", "add", user])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -119,6 +119,71 @@ async fn an_edge_killed_leaves_no_ghosts_and_its_users_log_in_again_at_once() {
     drop(carol);
 }
 
+/// `auth-svc user <args>` with `password` on standard input: whether it
+/// succeeded, and what it said on standard error.
+async fn account_command(
+    redis: &TestRedis,
+    envs: &[(&str, String)],
+    args: &[&str],
+    password: &str,
+) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = service("auth-svc", redis, envs)
+        .arg("user")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{password}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the account command ends")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn account_commands_refuse_passwords_shorter_than_min_password() {
+    let redis = TestRedis::start().await;
+    let mut r = redis.conn().await;
+    let defaults: &[(&str, String)] = &[];
+    let (ok, said) = account_command(&redis, defaults, &["add", "erin"], "erin-pw").await;
+    assert!(!ok, "a 7-character password refused by default");
+    assert!(
+        said.contains("auth-svc: passwords are at least 8 characters"),
+        "{said}"
+    );
+    assert!(!r.exists::<_, bool>("chat:user:erin").await.unwrap());
+    let (ok, said) = account_command(&redis, defaults, &["add", "erin"], "erin-pass").await;
+    assert!(ok, "{said}");
+    let hash: String = r.hget("chat:user:erin", "password").await.unwrap();
+
+    let (ok, said) = account_command(&redis, defaults, &["passwd", "erin"], "short").await;
+    assert!(!ok, "passwd refuses it too");
+    assert!(said.contains("at least 8 characters"), "{said}");
+    let kept: String = r.hget("chat:user:erin", "password").await.unwrap();
+    assert_eq!(kept, hash, "the password is unchanged");
+
+    // The limit is the setting's.
+    let four = [("CHAT_AUTH__MIN_PASSWORD", "4".to_string())];
+    let (ok, said) = account_command(&redis, &four, &["passwd", "erin"], "four").await;
+    assert!(ok, "{said}");
+    let changed: String = r.hget("chat:user:erin", "password").await.unwrap();
+    assert_ne!(changed, hash);
+    let (ok, said) = account_command(&redis, &four, &["add", "bo"], "abc").await;
+    assert!(!ok && said.contains("at least 4 characters"), "{said}");
+}
+
 #[tokio::test]
 async fn invalid_configuration_exits_64_before_binding() {
     let redis = TestRedis::start().await;
