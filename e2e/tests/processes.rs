@@ -1,7 +1,7 @@
 //! The real binaries as processes, driven as a user would: certificates,
 //! accounts, the services, and the `chat` client with piped input.
 
-use e2e::procs::{service, signal, ChatClient, Stack};
+use e2e::procs::{account_command, service, signal, ChatClient, Stack};
 use e2e::{binary, eventually, free_port, TestRedis, WAIT};
 use redis::AsyncCommands;
 use std::process::Stdio;
@@ -117,39 +117,6 @@ async fn an_edge_killed_leaves_no_ghosts_and_its_users_log_in_again_at_once() {
     let session_edge: String = r.hget("chat:session:alice", "edge").await.unwrap();
     assert_eq!(session_edge, "edge-2");
     drop(carol);
-}
-
-/// `auth-svc user <args>` with `password` on standard input: whether it
-/// succeeded, and what it said on standard error.
-async fn account_command(
-    redis: &TestRedis,
-    envs: &[(&str, String)],
-    args: &[&str],
-    password: &str,
-) -> (bool, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = service("auth-svc", redis, envs)
-        .arg("user")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(format!("{password}\n").as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .expect("the account command ends")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]
