@@ -38,8 +38,9 @@ if [ -z "${REDIS_URL:-}" ]; then
 fi
 export CHAT_REDIS_URL="$REDIS_URL"
 
+# The demo passwords are shorter than auth.min_password (8) wants.
 for user in alice bob carol dave; do
-  printf '%s-pw\n' "$user" | "$BIN/auth-svc" user add "$user" --if-missing
+  printf '%s-pw\n' "$user" | CHAT_AUTH__MIN_PASSWORD=6 "$BIN/auth-svc" user add "$user" --if-missing
 done
 
 # Anyone may create an account here with REGISTER (off by default).

@@ -17,6 +17,15 @@ async fn hash(password: &str, cost: u32) -> Result<String, AuthError> {
     Ok(tokio::task::spawn_blocking(move || bcrypt::hash(password, cost)).await??)
 }
 
+/// Refuses a password shorter than `min` characters (`auth.min_password`,
+/// as `REGISTER` does). An empty one is left to [`hash`], which says so.
+pub fn check_password(password: &str, min: usize) -> Result<(), AuthError> {
+    match password.chars().count() {
+        n if n > 0 && n < min => Err(AuthError::ShortPassword(min)),
+        _ => Ok(()),
+    }
+}
+
 fn check_name(user: &str) -> Result<(), AuthError> {
     if is_valid_name(user) {
         Ok(())
@@ -144,4 +153,21 @@ pub async fn list(conn: &mut ConnectionManager, keys: &Keys) -> Result<Vec<Strin
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_shorter_than_the_minimum_are_refused() {
+        assert!(matches!(
+            check_password("seven77", 8),
+            Err(AuthError::ShortPassword(8))
+        ));
+        assert!(check_password("eight888", 8).is_ok());
+        // Counted in characters, not bytes.
+        assert!(check_password("ééééééé", 8).is_err());
+        assert!(check_password("short", 0).is_ok());
+    }
 }

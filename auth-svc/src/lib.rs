@@ -12,6 +12,7 @@ pub mod accounts;
 mod login;
 
 use shared::config::Config;
+use shared::consumer::{Consumer, EntryId};
 use shared::keys::Keys;
 use shared::protocol::ErrorCode;
 use std::collections::HashSet;
@@ -35,6 +36,8 @@ pub enum AuthError {
     BadName,
     #[error("the password is empty")]
     EmptyPassword,
+    #[error("passwords are at least {0} characters")]
+    ShortPassword(usize),
     #[error("user {0} exists")]
     Exists(String),
     #[error("no user {0}")]
@@ -56,7 +59,7 @@ impl AuthError {
     pub fn code(&self) -> ErrorCode {
         match self {
             AuthError::BadName => ErrorCode::BadName,
-            AuthError::EmptyPassword => ErrorCode::BadArgs,
+            AuthError::EmptyPassword | AuthError::ShortPassword(_) => ErrorCode::BadArgs,
             AuthError::Exists(_) => ErrorCode::UserExists,
             AuthError::NotFound(_) => ErrorCode::NoSuchUser,
             AuthError::Redis(_) => ErrorCode::Unavailable,
@@ -74,9 +77,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
     let client = shared::store::client(&cfg.redis_url)?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let mut cmds = shared::store::commands(&client).await?;
-    let mut reader = shared::store::blocking(&client, BLOCK).await?;
-    let streams = [keys.auth_requests()];
-    shared::store::ensure_groups(&mut cmds, &streams, GROUP).await?;
+    let stream = keys.auth_requests();
+    let streams = vec![stream.clone()];
+    let consumer =
+        Consumer::new(&client, cmds.clone(), streams, GROUP, &cfg.auth.id, BLOCK).await?;
     let admin = shared::admin::bind(&cfg.auth.admin_listen).await?;
     let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds.clone()).await?);
     if let Some(admin) = admin {
@@ -95,18 +99,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
         let room = in_flight.available_permits().clamp(1, cfg.auth.batch);
         let read = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = shared::store::read_group(&mut reader, &streams, GROUP, &cfg.auth.id, room, BLOCK) => r,
+            r = consumer.read(consumer.streams(), room, BLOCK) => r,
         };
-        let mut entries = match read {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading login requests failed; retrying");
-                if e.code() == Some("NOGROUP") {
-                    let _ = shared::store::ensure_groups(&mut cmds, &streams, GROUP).await;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
+        let Ok(mut entries) = read else {
+            continue;
         };
         // Requests an instance read and never finished (it died): taken
         // over once idle for `claim_idle_ms`, still within the edge's wait.
@@ -115,30 +111,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
         if last_claim.elapsed() >= claim_idle / 2 {
             last_claim = Instant::now();
             let held: Vec<String> = lock(&in_hand).iter().cloned().collect();
-            if !held.is_empty() {
-                let refreshed: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
-                    .arg(&streams[0])
-                    .arg(GROUP)
-                    .arg(&cfg.auth.id)
-                    .arg(0)
-                    .arg(&held)
-                    .arg("JUSTID")
-                    .query_async(&mut cmds)
-                    .await;
-                if let Err(e) = refreshed {
-                    tracing::warn!(error = %e, "refreshing login requests in hand failed");
-                }
+            if let Err(e) = consumer.refresh(&stream, &held).await {
+                tracing::warn!(error = %e, "refreshing login requests in hand failed");
             }
-            let claimed = shared::store::claim_pending(
-                &mut cmds,
-                &streams[0],
-                GROUP,
-                &cfg.auth.id,
-                claim_idle,
-                cfg.auth.batch,
-            )
-            .await;
-            match claimed {
+            match consumer.claim(&stream, claim_idle, cfg.auth.batch).await {
                 Ok(more) if !more.is_empty() => {
                     let set = lock(&in_hand);
                     let more: Vec<_> = more.into_iter().filter(|e| !set.contains(&e.id)).collect();
@@ -168,14 +144,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
             };
             // The edge stopped waiting for an old request: acting on it
             // would open a session nobody holds.
-            let stale = entry_ms(&entry.id).is_some_and(|ms| ms + max_age < now);
+            let stale = EntryId::parse(&entry.id).is_some_and(|id| id.ms + max_age < now);
             let ctx = ctx.clone();
             lock(&in_hand).insert(entry.id.clone());
             let in_hand = in_hand.clone();
+            let consumer = consumer.clone();
             tracker.spawn(async move {
-                let id = entry.id.clone();
+                let (stream, id) = (entry.stream.clone(), entry.id.clone());
                 login::handle(ctx, entry, stale).await;
-                lock(&in_hand).remove(&id);
+                // Done with, well or not: a request (it holds a password)
+                // does not outlive its handling.
+                let done = [id];
+                if let Err(e) = consumer.ack_and_delete(&[(&stream, &done)]).await {
+                    tracing::warn!(error = %e, "acknowledging a login request failed");
+                }
+                lock(&in_hand).remove(&done[0]);
                 drop(permit);
             });
         }
@@ -193,11 +176,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
 
 fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
     set.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The `<ms>` part of a stream entry id.
-pub(crate) fn entry_ms(id: &str) -> Option<u64> {
-    id.split('-').next()?.parse().ok()
 }
 
 async fn redis_time_ms(conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<u64> {

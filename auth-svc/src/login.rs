@@ -1,16 +1,16 @@
 //! One login request: password check, then the session switch script.
 
-use crate::{AuthError, GROUP};
+use crate::AuthError;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use shared::admin::{Counter, Histogram, Page, Probe};
 use shared::config::{Config, DuplicateLogin};
+use shared::consumer::{pending_count, Entry, EntryId};
 use shared::envelope::{Op, Reply, Request};
 use shared::keys::Keys;
 use shared::line::ServerLine;
 use shared::protocol::{ErrorCode, LOBBY};
 use shared::scripts::Call;
-use shared::store::Entry;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -100,11 +100,9 @@ impl Ctx {
     }
 }
 
-/// Handles one entry of the login stream and removes it; a `stale` one
-/// (its edge no longer waits) is only removed.
+/// Handles one entry of the login stream (the caller then removes it); a
+/// `stale` one (its edge no longer waits) is only dropped.
 pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
-    let stream = entry.stream.clone();
-    let ids = [entry.id.clone()];
     match entry.req {
         Some(req) if stale => {
             tracing::warn!(edge = %req.edge, user = %req.user, "login request too old, dropped");
@@ -112,7 +110,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
         Some(req) => {
             let span =
                 tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
-            let deadline = crate::entry_ms(&entry.id).map_or(u64::MAX, |ms| ms + ctx.max_age);
+            let deadline = EntryId::parse(&entry.id).map_or(u64::MAX, |id| id.ms + ctx.max_age);
             let done = login(&ctx, &req, &entry.id, deadline);
             if let Err(e) = done.instrument(span.clone()).await {
                 span.in_scope(|| tracing::error!(error = %e, "login failed"));
@@ -122,11 +120,6 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
             }
         }
         None => tracing::warn!(id = %entry.id, "undecodable login request dropped"),
-    }
-    let mut pipe = redis::pipe();
-    shared::store::ack_and_delete(&mut pipe, &stream, GROUP, &ids);
-    if let Err(e) = pipe.query_async::<()>(&mut ctx.conn.clone()).await {
-        tracing::warn!(error = %e, "acknowledging a login request failed");
     }
 }
 
@@ -154,9 +147,9 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             let line = ServerLine::err(ErrorCode::RegistrationClosed, "registration is closed");
             return publish(ctx, req, line).await;
         }
-        if password.chars().count() < ctx.min_password {
-            let text = format!("passwords are at least {} characters", ctx.min_password);
-            return publish(ctx, req, ServerLine::err(ErrorCode::BadArgs, text)).await;
+        if let Err(short) = crate::accounts::check_password(&password, ctx.min_password) {
+            let line = ServerLine::err(short.code(), short.to_string());
+            return publish(ctx, req, line).await;
         }
         // Registrations count against the address, and are not given back.
         let addr_only = &counters[1..];
@@ -287,13 +280,7 @@ impl Probe for Ctx {
             .query_async(&mut conn)
             .await
             .unwrap_or((-1, redis::Value::Nil));
-        let pending = match pending {
-            redis::Value::Array(v) => v
-                .first()
-                .and_then(|n| redis::from_redis_value::<i64>(n.clone()).ok())
-                .unwrap_or(-1),
-            _ => -1,
-        };
+        let pending = pending_count(pending).map_or(-1, |n| n as i64);
         let outcomes: Vec<(&str, u64)> = OUTCOMES
             .iter()
             .zip(&self.outcomes)

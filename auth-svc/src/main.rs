@@ -1,21 +1,17 @@
+//! The auth-svc binary: serves login requests, or administers accounts (`auth-svc user ...`).
 #![forbid(unsafe_code)]
 
 use auth_svc::accounts;
 use auth_svc::AuthError;
-use clap::{Parser, Subcommand};
+use clap::{Args, Subcommand};
 use shared::config::Config;
 use shared::keys::Keys;
+use shared::service::Failure;
 use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Chat authentication service, and account administration.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    /// TOML configuration file (also $CHAT_CONFIG).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
+#[derive(Args)]
+struct AuthArgs {
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -48,41 +44,28 @@ enum UserCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    shared::telemetry::init();
-    let cfg = Config::load_or_exit("auth-svc", cli.config.as_deref());
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    rt.block_on(async move {
-        match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => {
-                let shutdown = shared::shutdown::on_signal();
-                match auth_svc::run(cfg, shutdown).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!(error = %e, "auth-svc failed");
-                        ExitCode::FAILURE
-                    }
-                }
+    shared::service::main(
+        "auth-svc",
+        "Chat authentication service, and account administration",
+        |args: AuthArgs, cfg| async move {
+            match args.command.unwrap_or(Command::Serve) {
+                Command::Serve => auth_svc::run(cfg, shared::shutdown::on_signal()).await?,
+                Command::User(cmd) => user(cfg, cmd).await.map_err(Failure::print)?,
             }
-            Command::User(cmd) => match user(cfg, cmd).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("auth-svc: {e}");
-                    ExitCode::FAILURE
-                }
-            },
-        }
-    })
+            Ok(())
+        },
+    )
 }
 
 async fn user(cfg: Config, cmd: UserCommand) -> Result<(), AuthError> {
     let client = shared::store::client(&cfg.redis_url)?;
     let mut conn = shared::store::commands(&client).await?;
     let keys = Keys::new(cfg.key_prefix.clone());
-    let cost = cfg.auth.bcrypt_cost;
+    let (cost, min_password) = (cfg.auth.bcrypt_cost, cfg.auth.min_password);
     match cmd {
         UserCommand::Add { name, if_missing } => {
             let password = read_password(&format!("password for {name}: "))?;
+            accounts::check_password(&password, min_password)?;
             match accounts::add(&mut conn, &keys, &name, &password, cost).await {
                 Err(AuthError::Exists(_)) if if_missing => {
                     println!("user {name} exists, left as it is");
@@ -108,6 +91,7 @@ async fn user(cfg: Config, cmd: UserCommand) -> Result<(), AuthError> {
         }
         UserCommand::Passwd { name } => {
             let password = read_password(&format!("new password for {name}: "))?;
+            accounts::check_password(&password, min_password)?;
             accounts::set_password(&mut conn, &keys, &name, &password, cost).await?;
             println!("password of {name} changed");
             Ok(())

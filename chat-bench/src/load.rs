@@ -3,6 +3,7 @@
 //! its latency.
 
 use hdrhistogram::Histogram;
+use shared::consumer::EntryId;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -298,7 +299,7 @@ fn number(digits: &[u8]) -> Option<u64> {
 /// The milliseconds of the message id in field `at` of `line`.
 fn stamp(line: &[u8], at: usize) -> Option<u64> {
     let id = line.split(|&b| b == b' ').nth(at)?;
-    number(id.split(|&b| b == b'-').next()?)
+    Some(EntryId::parse(std::str::from_utf8(id).ok()?)?.ms)
 }
 
 /// Reads deliveries until `stop`: room lines (`MSG <room> <id> <from>

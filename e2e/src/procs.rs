@@ -82,6 +82,38 @@ impl ChatClient {
     }
 }
 
+/// `auth-svc user <args>` with `password` on standard input: whether it
+/// succeeded, and what it said on standard error.
+pub async fn account_command(
+    redis: &TestRedis,
+    envs: &[(&str, String)],
+    args: &[&str],
+    password: &str,
+) -> (bool, String) {
+    let mut child = service("auth-svc", redis, envs)
+        .arg("user")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{password}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the account command ends")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Certificates, accounts (`<name>-pw`), auth-svc, router-svc and two
 /// edges, all as processes.
 pub struct Stack {
@@ -120,20 +152,13 @@ impl Stack {
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("SHA-256"));
 
+        // The test passwords are shorter than `auth.min_password` wants.
+        let mut add_envs = vec![("CHAT_AUTH__MIN_PASSWORD", "6".to_string())];
+        add_envs.extend(envs.iter().cloned());
         for user in users {
-            let mut add = service("auth-svc", redis, envs)
-                .args(["user", "add", user])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut stdin = add.stdin.take().unwrap();
-            stdin
-                .write_all(format!("{user}-pw\n").as_bytes())
-                .await
-                .unwrap();
-            drop(stdin);
-            assert!(add.wait().await.unwrap().success());
+            let (ok, said) =
+                account_command(redis, &add_envs, &["add", user], &format!("{user}-pw")).await;
+            assert!(ok, "{said}");
         }
         let admin = [free_port(), free_port()];
         let local = |port: u16| format!("127.0.0.1:{port}");

@@ -2,6 +2,7 @@
 
 use e2e::{Shape, System};
 use redis::AsyncCommands;
+use shared::consumer::EntryId;
 
 fn parse_msg(line: &str) -> (String, String, String, String) {
     let mut p = line.splitn(5, ' ');
@@ -13,9 +14,8 @@ fn parse_msg(line: &str) -> (String, String, String, String) {
     (room, id, from, text)
 }
 
-fn id_parts(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').expect("id is <ms>-<seq>");
-    (ms.parse().unwrap(), seq.parse().unwrap())
+fn entry_id(id: &str) -> EntryId {
+    EntryId::parse(id).expect("id is <ms>-<seq>")
 }
 
 #[tokio::test]
@@ -34,7 +34,7 @@ async fn lobby_text_reaches_both_edges_and_echoes() {
     let (room, id, from, text) = parse_msg(&echo);
     assert_eq!((room.as_str(), from.as_str()), ("lobby", "alice"));
     assert_eq!(text, "hello bob, with  two spaces");
-    let (ms, _) = id_parts(&id);
+    let ms = entry_id(&id).ms;
     assert!(
         ms + 5_000 >= before && ms <= shared::now_ms() + 5_000,
         "id {id} is a receive time"
@@ -43,7 +43,7 @@ async fn lobby_text_reaches_both_edges_and_echoes() {
     bob.send("//me waves").await;
     let (_, id2, from, text) = parse_msg(&alice.line().await);
     assert_eq!((from.as_str(), text.as_str()), ("bob", "/me waves"));
-    assert!(id_parts(&id2) > id_parts(&id), "ids increase in send order");
+    assert!(entry_id(&id2) > entry_id(&id), "ids increase in send order");
     let (_, _, from, _) = parse_msg(&bob.line().await);
     assert_eq!(from, "bob");
 }
@@ -125,7 +125,7 @@ async fn a_message_behind_a_later_history_id_keeps_that_ids_millisecond() {
         async move { q.await.is_some() }
     })
     .await;
-    let received = id_parts(&top(r.clone(), requests.clone()).await.unwrap().id).0;
+    let received = entry_id(&top(r.clone(), requests.clone()).await.unwrap().id).ms;
     // A later message of another partition, routed first.
     let later = received + 1;
     let _: String = r

@@ -1,7 +1,7 @@
 //! The real binaries as processes, driven as a user would: certificates,
 //! accounts, the services, and the `chat` client with piped input.
 
-use e2e::procs::{service, signal, ChatClient, Stack};
+use e2e::procs::{account_command, service, signal, ChatClient, Stack};
 use e2e::{binary, eventually, free_port, TestRedis, WAIT};
 use redis::AsyncCommands;
 use std::process::Stdio;
@@ -117,6 +117,38 @@ async fn an_edge_killed_leaves_no_ghosts_and_its_users_log_in_again_at_once() {
     let session_edge: String = r.hget("chat:session:alice", "edge").await.unwrap();
     assert_eq!(session_edge, "edge-2");
     drop(carol);
+}
+
+#[tokio::test]
+async fn account_commands_refuse_passwords_shorter_than_min_password() {
+    let redis = TestRedis::start().await;
+    let mut r = redis.conn().await;
+    let defaults: &[(&str, String)] = &[];
+    let (ok, said) = account_command(&redis, defaults, &["add", "erin"], "erin-pw").await;
+    assert!(!ok, "a 7-character password refused by default");
+    assert!(
+        said.contains("auth-svc: passwords are at least 8 characters"),
+        "{said}"
+    );
+    assert!(!r.exists::<_, bool>("chat:user:erin").await.unwrap());
+    let (ok, said) = account_command(&redis, defaults, &["add", "erin"], "erin-pass").await;
+    assert!(ok, "{said}");
+    let hash: String = r.hget("chat:user:erin", "password").await.unwrap();
+
+    let (ok, said) = account_command(&redis, defaults, &["passwd", "erin"], "short").await;
+    assert!(!ok, "passwd refuses it too");
+    assert!(said.contains("at least 8 characters"), "{said}");
+    let kept: String = r.hget("chat:user:erin", "password").await.unwrap();
+    assert_eq!(kept, hash, "the password is unchanged");
+
+    // The limit is the setting's.
+    let four = [("CHAT_AUTH__MIN_PASSWORD", "4".to_string())];
+    let (ok, said) = account_command(&redis, &four, &["passwd", "erin"], "four").await;
+    assert!(ok, "{said}");
+    let changed: String = r.hget("chat:user:erin", "password").await.unwrap();
+    assert_ne!(changed, hash);
+    let (ok, said) = account_command(&redis, &four, &["add", "bo"], "abc").await;
+    assert!(!ok && said.contains("at least 4 characters"), "{said}");
 }
 
 #[tokio::test]

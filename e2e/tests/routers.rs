@@ -103,7 +103,7 @@ async fn requests_left_by_a_router_that_lost_its_lease_go_first() {
                 text: format!("n {i}"),
             },
         };
-        shared::store::add_request(&mut tx, &stream, 1000, &req);
+        shared::consumer::add_request(&mut tx, &stream, 1000, &req);
     }
     tx.cmd("XREADGROUP")
         .arg("GROUP")

@@ -69,7 +69,7 @@ impl Ctx {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for req in reqs {
-            shared::store::add_request(&mut pipe, stream, self.cfg.request_stream_maxlen, req);
+            shared::consumer::add_request(&mut pipe, stream, self.cfg.request_stream_maxlen, req);
         }
         pipe.query_async(&mut self.redis.clone()).await
     }

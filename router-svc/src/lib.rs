@@ -14,7 +14,7 @@ mod leases;
 mod process;
 
 use process::{Outcome, Worker};
-use shared::store::Entry;
+use shared::consumer::{Consumer, Entry};
 use tokio::time::Instant;
 
 use shared::admin::{Counter, Gauge, Histogram, Page, Probe};
@@ -94,13 +94,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
     let client = shared::store::client(&cfg.redis_url)?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let mut cmds = shared::store::commands(&client).await?;
-    let mut reader = shared::store::blocking(&client, BLOCK).await?;
     let streams: Vec<String> = (0..cfg.partitions)
         .map(|p| keys.router_requests(p))
         .collect();
-    shared::store::ensure_groups(&mut cmds, &streams, GROUP).await?;
+    let consumer = Consumer::new(
+        &client,
+        cmds.clone(),
+        streams.clone(),
+        GROUP,
+        &cfg.router.id,
+        BLOCK,
+    )
+    .await?;
     let mut leases = leases::Leases::new(&cfg, keys.clone(), cmds.clone());
-    let mut worker = Worker::new(&cfg, keys.clone(), cmds.clone());
+    let mut worker = Worker::new(&cfg, keys.clone(), cmds.clone(), consumer.clone());
     let metrics = Arc::new(Metrics {
         conn: cmds.clone(),
         streams: streams.clone(),
@@ -165,20 +172,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
         let block = wait.clamp(Duration::from_millis(1), BLOCK);
         let read = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = shared::store::read_group(&mut reader, &streams, GROUP, &cfg.router.id, cfg.router.batch, block) => r,
+            r = consumer.read(&streams, cfg.router.batch, block) => r,
         };
-        let entries = match read {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading requests failed; retrying");
-                redis_back_since = Instant::now();
-                if e.code() == Some("NOGROUP") {
-                    // Redis lost its data (restart without persistence).
-                    let _ = shared::store::ensure_groups(&mut cmds, &streams, GROUP).await;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
+        let Ok(entries) = read else {
+            redis_back_since = Instant::now();
+            continue;
         };
         let batches = by_partition(&keys, entries);
         let parts: Vec<u32> = batches.iter().map(|(p, _)| *p).collect();

@@ -1,29 +1,15 @@
+//! The router-svc binary: routes chat traffic until SIGINT or SIGTERM.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
-use shared::config::Config;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use shared::service::NoArgs;
 
-/// Chat router service: rooms, fan-out, history.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    /// TOML configuration file (also $CHAT_CONFIG).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    shared::telemetry::init();
-    let cfg = Config::load_or_exit("router-svc", cli.config.as_deref());
-    match router_svc::run(cfg, shared::shutdown::on_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "router-svc failed");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    shared::service::main(
+        "router-svc",
+        "Chat router service: rooms, fan-out, history",
+        |_: NoArgs, cfg| async move {
+            router_svc::run(cfg, shared::shutdown::on_signal()).await?;
+            Ok(())
+        },
+    )
 }

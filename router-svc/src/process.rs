@@ -2,15 +2,14 @@
 //! (shared/lua/router.lua), pipelined per batch, then acknowledgement of
 //! what was applied.
 
-use crate::GROUP;
 use redis::aio::ConnectionManager;
 use redis::Value;
 use shared::config::Config;
+use shared::consumer::{Consumer, Entry, EntryId};
 use shared::envelope::{Op, Request};
 use shared::keys::Keys;
 use shared::protocol::LOBBY;
 use shared::scripts::Call;
-use shared::store::Entry;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -29,6 +28,7 @@ pub(crate) enum Outcome {
 pub(crate) struct Worker {
     keys: Keys,
     conn: ConnectionManager,
+    consumer: Consumer,
     id: String,
     history_cap: u64,
     batch: usize,
@@ -60,10 +60,16 @@ impl Place {
 }
 
 impl Worker {
-    pub(crate) fn new(cfg: &Config, keys: Keys, conn: ConnectionManager) -> Worker {
+    pub(crate) fn new(
+        cfg: &Config,
+        keys: Keys,
+        conn: ConnectionManager,
+        consumer: Consumer,
+    ) -> Worker {
         Worker {
             keys,
             conn,
+            consumer,
             id: cfg.router.id.clone(),
             history_cap: cfg.router.history_cap,
             batch: cfg.router.batch,
@@ -72,28 +78,12 @@ impl Worker {
 
     /// Number of entries pending (read, not acknowledged) on each
     /// partition, whoever read them.
-    pub(crate) async fn pending(&mut self, partitions: &[u32]) -> redis::RedisResult<Vec<u64>> {
-        if partitions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for p in partitions {
-            pipe.cmd("XPENDING")
-                .arg(self.keys.router_requests(*p))
-                .arg(GROUP);
-        }
-        let summaries: Vec<Value> = pipe.query_async(&mut self.conn).await?;
-        Ok(summaries
-            .into_iter()
-            .map(|v| match v {
-                Value::Array(items) => items
-                    .into_iter()
-                    .next()
-                    .and_then(|n| redis::from_redis_value(n).ok())
-                    .unwrap_or(0),
-                _ => 0,
-            })
-            .collect())
+    pub(crate) async fn pending(&self, partitions: &[u32]) -> redis::RedisResult<Vec<u64>> {
+        let streams: Vec<String> = partitions
+            .iter()
+            .map(|p| self.keys.router_requests(*p))
+            .collect();
+        self.consumer.pending_counts(&streams).await
     }
 
     /// Applies, in id order, everything pending on partition `p`: requests
@@ -102,15 +92,10 @@ impl Worker {
     pub(crate) async fn recover(&mut self, p: u32) -> Outcome {
         let stream = self.keys.router_requests(p);
         loop {
-            let claimed = shared::store::claim_pending(
-                &mut self.conn,
-                &stream,
-                GROUP,
-                &self.id,
-                Duration::ZERO,
-                self.batch,
-            )
-            .await;
+            let claimed = self
+                .consumer
+                .claim(&stream, Duration::ZERO, self.batch)
+                .await;
             match claimed {
                 Ok(entries) if entries.is_empty() => return Outcome::Done,
                 Ok(entries) => {
@@ -195,17 +180,12 @@ impl Worker {
     }
 
     /// Acknowledges and deletes the `done` ids of each run.
-    async fn acknowledge(&mut self, runs: &[(&[Entry], Vec<String>)]) {
-        let mut pipe = redis::pipe();
-        for (entries, done) in runs {
-            if let (Some(first), false) = (entries.first(), done.is_empty()) {
-                shared::store::ack_and_delete(&mut pipe, &first.stream, GROUP, done);
-            }
-        }
-        if pipe.is_empty() {
-            return;
-        }
-        if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
+    async fn acknowledge(&self, runs: &[(&[Entry], Vec<String>)]) {
+        let done: Vec<(&str, &[String])> = runs
+            .iter()
+            .filter_map(|(entries, done)| Some((entries.first()?.stream.as_str(), &done[..])))
+            .collect();
+        if let Err(e) = self.consumer.ack_and_delete(&done).await {
             // Left pending: applied again later, recognized as duplicates.
             tracing::warn!(error = %e, "acknowledging requests failed");
         }
@@ -410,10 +390,6 @@ impl Worker {
 /// (run, entry) pairs of `runs` by entry id (`<ms>-<seq>`, the time the
 /// request reached Redis); each run's own order is kept.
 fn by_receive_time(runs: &[(u32, Vec<Entry>)]) -> Vec<(usize, usize)> {
-    let id = |e: &Entry| -> (u64, u64) {
-        let (ms, seq) = e.id.split_once('-').unwrap_or((&e.id, "0"));
-        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-    };
     let mut order: Vec<(usize, usize)> = runs
         .iter()
         .enumerate()
@@ -421,7 +397,7 @@ fn by_receive_time(runs: &[(u32, Vec<Entry>)]) -> Vec<(usize, usize)> {
         .collect();
     // Stable: equal ids (other streams) keep run order, and ids within a
     // stream only grow.
-    order.sort_by_key(|&(r, i)| id(&runs[r].1[i]));
+    order.sort_by_key(|&(r, i)| EntryId::parse(&runs[r].1[i].id).unwrap_or_default());
     order
 }
 

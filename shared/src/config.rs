@@ -105,7 +105,8 @@ pub struct AuthConfig {
     pub max_in_flight: usize,
     /// Whether `REGISTER` creates accounts.
     pub registration: bool,
-    /// Shortest password `REGISTER` accepts (characters).
+    /// Shortest password `REGISTER` and `auth-svc user add`/`passwd`
+    /// accept (characters).
     pub min_password: usize,
     /// Failed logins per user name within `failure_window_ms` before
     /// `ERR rate-limited`; 0: no limit.

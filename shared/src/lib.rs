@@ -1,14 +1,17 @@
-//! Common code of the chat services: the wire protocol, Redis key names and
-//! envelopes, configuration loading, TLS helpers, logging and shutdown.
+//! Common code of the chat services: the wire protocol, Redis key names,
+//! envelopes and request streams, configuration loading, TLS helpers,
+//! logging, shutdown and the `main` of a service binary.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+pub mod consumer;
 pub mod envelope;
 pub mod keys;
 pub mod line;
 pub mod protocol;
 pub mod scripts;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

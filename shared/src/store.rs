@@ -1,11 +1,9 @@
-//! Redis plumbing shared by the services: connections, consumer-group
-//! reads of request streams, and edge liveness (heartbeats, reaping).
+//! Redis plumbing shared by the services: connections and edge liveness
+//! (heartbeats, reaping the sessions of dead edges).
 
-use crate::envelope::{Request, REQUEST_FIELD};
 use crate::keys::Keys;
 use crate::scripts::Call;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Client, RedisResult};
 use std::time::Duration;
 
@@ -51,127 +49,6 @@ pub async fn blocking(client: &Client, block: Duration) -> RedisResult<Connectio
     client
         .get_connection_manager_with_config(manager_config(block + RESPONSE_TIMEOUT))
         .await
-}
-
-/// Creates `group` on each stream (and the stream) unless it exists. A new
-/// group starts at the beginning, so requests written before any service
-/// ran are still served. Called at start and again on `NOGROUP` (Redis lost
-/// its data).
-pub async fn ensure_groups(
-    conn: &mut ConnectionManager,
-    streams: &[String],
-    group: &str,
-) -> RedisResult<()> {
-    for stream in streams {
-        let res: RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
-        match res {
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            other => other?,
-        }
-    }
-    Ok(())
-}
-
-/// One request read from a stream; `req` is `None` when the entry could not
-/// be decoded (it is acknowledged and dropped by the caller).
-pub struct Entry {
-    pub stream: String,
-    pub id: String,
-    pub req: Option<Request>,
-}
-
-/// Reads up to `count` new entries from `streams` for `consumer` of `group`,
-/// waiting up to `block`.
-pub async fn read_group(
-    conn: &mut ConnectionManager,
-    streams: &[String],
-    group: &str,
-    consumer: &str,
-    count: usize,
-    block: Duration,
-) -> RedisResult<Vec<Entry>> {
-    let opts = StreamReadOptions::default()
-        .group(group, consumer)
-        .count(count)
-        .block(block.as_millis() as usize);
-    let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
-    let reply: Option<StreamReadReply> = conn.xread_options(streams, &ids, &opts).await?;
-    Ok(reply
-        .map(|r| {
-            r.keys
-                .into_iter()
-                .flat_map(|k| {
-                    let stream = k.key;
-                    k.ids.into_iter().map(move |e| Entry {
-                        stream: stream.clone(),
-                        req: decode(&e.map),
-                        id: e.id,
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-/// Entries of `stream` pending for other consumers of `group` for at least
-/// `min_idle`, now claimed for `consumer` (oldest first).
-pub async fn claim_pending(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    min_idle: Duration,
-    count: usize,
-) -> RedisResult<Vec<Entry>> {
-    let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-        .arg(stream)
-        .arg(group)
-        .arg(consumer)
-        .arg(min_idle.as_millis() as u64)
-        .arg("0-0")
-        .arg("COUNT")
-        .arg(count)
-        .query_async(conn)
-        .await?;
-    Ok(reply
-        .claimed
-        .into_iter()
-        .map(|e| Entry {
-            stream: stream.to_string(),
-            req: decode(&e.map),
-            id: e.id,
-        })
-        .collect())
-}
-
-fn decode(map: &std::collections::HashMap<String, redis::Value>) -> Option<Request> {
-    match map.get(REQUEST_FIELD)? {
-        redis::Value::BulkString(b) => serde_json::from_slice(b).ok(),
-        _ => None,
-    }
-}
-
-/// Acknowledges entries and deletes them: a handled request (which may hold
-/// a password) does not outlive its handling.
-pub fn ack_and_delete(pipe: &mut redis::Pipeline, stream: &str, group: &str, ids: &[String]) {
-    if !ids.is_empty() {
-        pipe.xack(stream, group, ids).ignore();
-        pipe.xdel(stream, ids).ignore();
-    }
-}
-
-/// Appends a request to a stream, capped at about `maxlen` entries.
-pub fn add_request(pipe: &mut redis::Pipeline, stream: &str, maxlen: u64, req: &Request) {
-    let json = serde_json::to_string(req).expect("requests serialize");
-    pipe.cmd("XADD")
-        .arg(stream)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(maxlen)
-        .arg("*")
-        .arg(REQUEST_FIELD)
-        .arg(json)
-        .ignore();
 }
 
 /// Sessions of a dead edge ended in one round trip, at most.

@@ -1,0 +1,278 @@
+//! Request streams: a consumer group's reads, claims and acknowledgements, and stream entry ids.
+
+use crate::envelope::{Request, REQUEST_FIELD};
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Client, RedisResult, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long a failed read waits before it returns its error (so that the
+/// caller's next read does not hammer a Redis that is away).
+const READ_BACKOFF: Duration = Duration::from_millis(500);
+
+/// A stream entry id, `<ms>-<seq>`: the Redis time in Unix milliseconds
+/// the entry was added, and its sequence number within that millisecond.
+/// Ordered as Redis orders entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    pub fn parse(id: &str) -> Option<EntryId> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(EntryId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// One request read from a stream; `req` is `None` when the entry could not
+/// be decoded (it is acknowledged and dropped by the caller).
+pub struct Entry {
+    pub stream: String,
+    pub id: String,
+    pub req: Option<Request>,
+}
+
+/// Consumer `name` of `group` on `streams`: a blocking connection of its
+/// own for reads, and the service's connection for everything else.
+#[derive(Clone)]
+pub struct Consumer {
+    streams: Vec<String>,
+    group: String,
+    name: String,
+    reader: ConnectionManager,
+    conn: ConnectionManager,
+}
+
+impl Consumer {
+    /// Opens the reading connection (reads wait up to `block`) and creates
+    /// the groups.
+    pub async fn new(
+        client: &Client,
+        conn: ConnectionManager,
+        streams: Vec<String>,
+        group: &str,
+        name: &str,
+        block: Duration,
+    ) -> RedisResult<Consumer> {
+        let consumer = Consumer {
+            reader: crate::store::blocking(client, block).await?,
+            conn,
+            streams,
+            group: group.to_string(),
+            name: name.to_string(),
+        };
+        consumer.ensure_groups().await?;
+        Ok(consumer)
+    }
+
+    /// All the streams this consumer reads.
+    pub fn streams(&self) -> &[String] {
+        &self.streams
+    }
+
+    /// Creates the group on each stream (and the stream) unless it exists.
+    /// A new group starts at the beginning, so requests written before any
+    /// service ran are still served. Called at start and again on `NOGROUP`
+    /// (Redis lost its data).
+    pub async fn ensure_groups(&self) -> RedisResult<()> {
+        let mut conn = self.conn.clone();
+        for stream in &self.streams {
+            let res: RedisResult<()> = conn.xgroup_create_mkstream(stream, &self.group, "0").await;
+            match res {
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to `count` new entries from `streams` (all of this
+    /// consumer's or some), waiting up to `block`. A failure is logged,
+    /// lost groups are created again, and the error returns after a pause.
+    pub async fn read(
+        &self,
+        streams: &[String],
+        count: usize,
+        block: Duration,
+    ) -> RedisResult<Vec<Entry>> {
+        let opts = StreamReadOptions::default()
+            .group(&self.group, &self.name)
+            .count(count)
+            .block(block.as_millis() as usize);
+        let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
+        let read: RedisResult<Option<StreamReadReply>> = self
+            .reader
+            .clone()
+            .xread_options(streams, &ids, &opts)
+            .await;
+        match read {
+            Ok(reply) => Ok(reply
+                .map(|r| {
+                    r.keys
+                        .into_iter()
+                        .flat_map(|k| {
+                            let stream = k.key;
+                            k.ids.into_iter().map(move |e| Entry {
+                                stream: stream.clone(),
+                                req: decode(&e.map),
+                                id: e.id,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()),
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, "reading requests failed; retrying");
+                if e.code() == Some("NOGROUP") {
+                    let _ = self.ensure_groups().await;
+                }
+                tokio::time::sleep(READ_BACKOFF).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Entries of `stream` pending (for any consumer) for at least
+    /// `min_idle`, now claimed for this one, oldest first.
+    pub async fn claim(
+        &self,
+        stream: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> RedisResult<Vec<Entry>> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg(min_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply
+            .claimed
+            .into_iter()
+            .map(|e| Entry {
+                stream: stream.to_string(),
+                req: decode(&e.map),
+                id: e.id,
+            })
+            .collect())
+    }
+
+    /// Claims this consumer's entries `ids` of `stream` afresh: their idle
+    /// time starts over, so that nobody takes them over while in hand.
+    pub async fn refresh(&self, stream: &str, ids: &[String]) -> RedisResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(stream)
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Acknowledges and deletes the ids of each stream, in one round trip:
+    /// a handled request (which may hold a password) does not outlive its
+    /// handling.
+    pub async fn ack_and_delete(&self, done: &[(&str, &[String])]) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for (stream, ids) in done.iter().filter(|(_, ids)| !ids.is_empty()) {
+            pipe.xack(stream, &self.group, ids).ignore();
+            pipe.xdel(stream, ids).ignore();
+        }
+        if pipe.is_empty() {
+            return Ok(());
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    /// The number of entries pending (read, not acknowledged) on each of
+    /// `streams`, whoever read them; 0 where Redis's answer is not a
+    /// summary.
+    pub async fn pending_counts(&self, streams: &[String]) -> RedisResult<Vec<u64>> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for stream in streams {
+            pipe.cmd("XPENDING").arg(stream).arg(&self.group);
+        }
+        let summaries: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(summaries
+            .into_iter()
+            .map(|s| pending_count(s).unwrap_or(0))
+            .collect())
+    }
+}
+
+/// The entry count of an `XPENDING <stream> <group>` summary.
+pub fn pending_count(summary: Value) -> Option<u64> {
+    match summary {
+        Value::Array(items) => redis::from_redis_value(items.into_iter().next()?).ok(),
+        _ => None,
+    }
+}
+
+fn decode(map: &HashMap<String, Value>) -> Option<Request> {
+    match map.get(REQUEST_FIELD)? {
+        Value::BulkString(b) => serde_json::from_slice(b).ok(),
+        _ => None,
+    }
+}
+
+/// Appends a request to a stream, capped at about `maxlen` entries.
+pub fn add_request(pipe: &mut redis::Pipeline, stream: &str, maxlen: u64, req: &Request) {
+    let json = serde_json::to_string(req).expect("requests serialize");
+    pipe.cmd("XADD")
+        .arg(stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(maxlen)
+        .arg("*")
+        .arg(REQUEST_FIELD)
+        .arg(json)
+        .ignore();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_parse_and_order_as_redis_orders_them() {
+        let id = |s| EntryId::parse(s).unwrap();
+        assert_eq!(id("17-3"), EntryId { ms: 17, seq: 3 });
+        assert!(id("5-1") < id("5-2") && id("5-2") < id("10-0"));
+        assert!(id("9-0") < id("10-0"), "numbers, not text");
+        for bad in ["", "17", "17-", "-3", "a-1", "1-b", "1-2-3"] {
+            assert_eq!(EntryId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn pending_summaries_give_their_count() {
+        let summary = Value::Array(vec![
+            Value::Int(2),
+            Value::BulkString(b"1-0".to_vec()),
+            Value::BulkString(b"2-0".to_vec()),
+            Value::Nil,
+        ]);
+        assert_eq!(pending_count(summary), Some(2));
+        assert_eq!(pending_count(Value::Array(vec![])), None);
+        assert_eq!(pending_count(Value::Nil), None);
+    }
+}
