@@ -40,9 +40,21 @@ pub(crate) async fn deliver(
     loop {
         if let Some((mut sink, mut stream, mut subscribed)) = connected.take() {
             backoff = Duration::from_millis(100);
+            let mut ping =
+                tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
+                    // A silent Redis (a dead host, a black hole: no FIN, no
+                    // RST) is noticed within PING_EVERY plus `limit`.
+                    _ = ping.tick() => {
+                        let pong = tokio::time::timeout(limit, sink.ping::<redis::Value>()).await;
+                        if !matches!(pong, Ok(Ok(_))) {
+                            tracing::warn!("Redis did not answer a Pub/Sub PING in time");
+                            break;
+                        }
+                    }
                     m = stream.next() => match m {
                         Some(msg) => hub.dispatch(msg.get_channel_name(), msg.get_payload_bytes()),
                         None => break,
@@ -102,6 +114,9 @@ pub(crate) async fn deliver(
         }
     }
 }
+
+/// How often the Pub/Sub connection is checked with a `PING`.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Most subscription changes made in one round trip.
 const SYNC_BATCH: usize = 1024;

@@ -130,83 +130,100 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
         .checked_sub(dead_after)
         .unwrap_or_else(Instant::now);
     let mut next_renewal = Instant::now();
-    while !shutdown.is_cancelled() {
-        if Instant::now() >= next_renewal {
-            leases.maintain().await;
-            // Sessions of edges that stopped beating (killed) end here; not
-            // right after Redis was away, when nobody could beat.
-            if redis_back_since.elapsed() >= dead_after {
-                match shared::store::reap_dead_edges(&mut cmds, &keys).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(sessions = n, "ended the sessions of dead edges"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "looking for dead edges failed");
-                        redis_back_since = Instant::now();
+    // The batch in hand may finish after SIGTERM, within half the grace
+    // period, and the leases are handed back within the other half: a
+    // Redis that does not answer cannot hold the service past its deadline.
+    let routing = async {
+        while !shutdown.is_cancelled() {
+            if Instant::now() >= next_renewal {
+                leases.maintain().await;
+                // Sessions of edges that stopped beating (killed) end here; not
+                // right after Redis was away, when nobody could beat.
+                if redis_back_since.elapsed() >= dead_after {
+                    match shared::store::reap_dead_edges(&mut cmds, &keys).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(sessions = n, "ended the sessions of dead edges"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "looking for dead edges failed");
+                            redis_back_since = Instant::now();
+                        }
                     }
                 }
+                // Between batches nothing is in flight: whatever is pending on
+                // an owned partition is left over (a previous owner's, or ours
+                // that failed) and goes first.
+                let owned: Vec<u32> = leases.owned().collect();
+                metrics.owned.set(owned.len() as i64);
+                if let Ok(counts) = worker.pending(&owned).await {
+                    for (p, n) in owned.into_iter().zip(counts) {
+                        if n > 0 {
+                            let outcome = worker.recover(p).await;
+                            settle(&mut leases, p, outcome);
+                        }
+                    }
+                }
+                next_renewal = Instant::now() + renew_every;
             }
-            // Between batches nothing is in flight: whatever is pending on
-            // an owned partition is left over (a previous owner's, or ours
-            // that failed) and goes first.
             let owned: Vec<u32> = leases.owned().collect();
-            metrics.owned.set(owned.len() as i64);
-            if let Ok(counts) = worker.pending(&owned).await {
-                for (p, n) in owned.into_iter().zip(counts) {
-                    if n > 0 {
-                        let outcome = worker.recover(p).await;
-                        settle(&mut leases, p, outcome);
-                    }
+            let wait = next_renewal.saturating_duration_since(Instant::now());
+            if owned.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => continue,
                 }
             }
-            next_renewal = Instant::now() + renew_every;
-        }
-        let owned: Vec<u32> = leases.owned().collect();
-        let wait = next_renewal.saturating_duration_since(Instant::now());
-        if owned.is_empty() {
-            tokio::select! {
+            let streams: Vec<String> = owned.iter().map(|p| keys.router_requests(*p)).collect();
+            let block = wait.clamp(Duration::from_millis(1), BLOCK);
+            let read = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => continue,
+                r = consumer.read(&streams, cfg.router.batch, block) => r,
+            };
+            let Ok(entries) = read else {
+                redis_back_since = Instant::now();
+                continue;
+            };
+            let batches = by_partition(&keys, entries);
+            let parts: Vec<u32> = batches.iter().map(|(p, _)| *p).collect();
+            let Ok(pending) = worker.pending(&parts).await else {
+                continue; // left pending; recovered in order at the next tick
+            };
+            let mut retry = false;
+            let started = Instant::now();
+            let mut runs = Vec::new();
+            for ((p, batch), n) in batches.into_iter().zip(pending) {
+                metrics.requests.add(batch.len() as u64);
+                // Anything pending besides this batch is older than it.
+                if n > batch.len() as u64 {
+                    let outcome = worker.recover(p).await;
+                    retry |= outcome == Outcome::Retry;
+                    settle(&mut leases, p, outcome);
+                } else {
+                    runs.push((p, batch));
+                }
             }
-        }
-        let streams: Vec<String> = owned.iter().map(|p| keys.router_requests(*p)).collect();
-        let block = wait.clamp(Duration::from_millis(1), BLOCK);
-        let read = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = consumer.read(&streams, cfg.router.batch, block) => r,
-        };
-        let Ok(entries) = read else {
-            redis_back_since = Instant::now();
-            continue;
-        };
-        let batches = by_partition(&keys, entries);
-        let parts: Vec<u32> = batches.iter().map(|(p, _)| *p).collect();
-        let Ok(pending) = worker.pending(&parts).await else {
-            continue; // left pending; recovered in order at the next tick
-        };
-        let mut retry = false;
-        let started = Instant::now();
-        let mut runs = Vec::new();
-        for ((p, batch), n) in batches.into_iter().zip(pending) {
-            metrics.requests.add(batch.len() as u64);
-            // Anything pending besides this batch is older than it.
-            if n > batch.len() as u64 {
-                let outcome = worker.recover(p).await;
+            for (p, outcome) in worker.apply_runs(runs).await {
                 retry |= outcome == Outcome::Retry;
                 settle(&mut leases, p, outcome);
-            } else {
-                runs.push((p, batch));
+            }
+            metrics.batch_seconds.observe(started.elapsed());
+            if retry {
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        for (p, outcome) in worker.apply_runs(runs).await {
-            retry |= outcome == Outcome::Retry;
-            settle(&mut leases, p, outcome);
-        }
-        metrics.batch_seconds.observe(started.elapsed());
-        if retry {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let grace = cfg.shutdown_grace();
+    tokio::select! {
+        _ = routing => {}
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace / 2).await } => {
+            tracing::warn!("the batch in hand did not finish by the shutdown deadline");
         }
     }
-    leases.release_all().await;
+    if tokio::time::timeout(grace / 2, leases.release_all())
+        .await
+        .is_err()
+    {
+        tracing::warn!("leases not handed back by the shutdown deadline; they will expire");
+    }
     tracing::info!("router-svc stopped");
     Ok(())
 }

@@ -2,11 +2,17 @@
 -- time, on Redis's clock, until which each edge's beat holds), and the end
 -- of the sessions of an edge that died or restarted.
 
--- KEYS 1: the edges. ARGV: the edge, how long the beat holds (ms).
-redis.register_function('chat_beat', function(keys, args)
-  redis.call('ZADD', keys[1], now_ms() + tonumber(args[2]), args[1])
-  return 0
-end)
+-- KEYS 1: the edges. ARGV: the edge, how long the beat holds (ms). Runs
+-- when Redis is out of memory too: a full Redis must not make every edge
+-- look dead (and so log everyone out).
+redis.register_function{
+  function_name = 'chat_beat',
+  flags = {'allow-oom'},
+  callback = function(keys, args)
+    redis.call('ZADD', keys[1], now_ms() + tonumber(args[2]), args[1])
+    return 0
+  end,
+}
 
 -- The edges whose beat has run out. KEYS 1: the edges.
 redis.register_function{

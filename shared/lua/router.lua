@@ -231,14 +231,20 @@ routed('chat_delivered', function(q, keys, args)
   if redis.call('XLEN', keys[4]) == 0 then redis.call('DEL', keys[4]) end
 end, true)
 
--- Renews a lease this router holds. KEYS 1: the lease. ARGV: router id, ttl.
-redis.register_function('chat_lease_renew', function(keys, args)
-  if redis.call('GET', keys[1]) == args[1] then
-    redis.call('PEXPIRE', keys[1], args[2])
-    return 1
-  end
-  return 0
-end)
+-- Renews a lease this router holds (also when Redis is out of memory, so
+-- that partitions do not change hands for that). KEYS 1: the lease. ARGV:
+-- router id, ttl.
+redis.register_function{
+  function_name = 'chat_lease_renew',
+  flags = {'allow-oom'},
+  callback = function(keys, args)
+    if redis.call('GET', keys[1]) == args[1] then
+      redis.call('PEXPIRE', keys[1], args[2])
+      return 1
+    end
+    return 0
+  end,
+}
 
 -- Gives a lease back if this router holds it. KEYS 1: the lease. ARGV:
 -- router id.

@@ -7,6 +7,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client, RedisResult};
 use std::time::Duration;
 
+/// Longest time sent data may go unacknowledged by Redis's host.
+#[cfg(target_os = "linux")]
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest wait for an ordinary command's answer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -17,9 +21,12 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn client(url: &str) -> RedisResult<Client> {
     use redis::io::tcp::TcpSettings;
     use redis::IntoConnectionInfo;
-    let info = url
-        .into_connection_info()?
-        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let tcp = TcpSettings::default().set_nodelay(true);
+    // Data unacknowledged this long breaks the connection (a black-holed
+    // Redis), so that every connection notices and reconnects.
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(USER_TIMEOUT);
+    let info = url.into_connection_info()?.set_tcp_settings(tcp);
     Client::open(info)
 }
 
@@ -30,7 +37,27 @@ pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
         .get_connection_manager_with_config(manager_config(RESPONSE_TIMEOUT))
         .await?;
     crate::scripts::load(&mut conn).await?;
+    warn_unless_noeviction(&mut conn).await;
     Ok(conn)
+}
+
+/// Warns unless Redis keeps every key when memory runs out: with an
+/// eviction policy it may drop accounts, sessions or counters.
+async fn warn_unless_noeviction(conn: &mut ConnectionManager) {
+    let policy: RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    match policy.as_deref() {
+        Ok([_, policy]) if policy != "noeviction" => tracing::warn!(
+            policy = %policy,
+            "Redis's maxmemory-policy is not noeviction: at maxmemory it may evict \
+             accounts, sessions and counters; set maxmemory-policy noeviction"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "reading maxmemory-policy failed"),
+    }
 }
 
 /// Reconnects with backoff (at most a second apart, so service resumes
@@ -83,6 +110,18 @@ pub async fn reap_dead_edges(conn: &mut ConnectionManager, keys: &Keys) -> Redis
     let dead: Vec<String> = Call::new("chat_dead_edges", &[keys.edges()])
         .invoke(conn)
         .await?;
+    // Most edges silent at once is more likely Redis's trouble (or the
+    // network's) than theirs: ending their sessions would log most users
+    // out and start a reconnect storm. Wait for them instead.
+    let known: usize = conn.zcard(keys.edges()).await?;
+    if dead.len() > 1 && dead.len() * 2 > known {
+        tracing::warn!(
+            dead = dead.len(),
+            edges = known,
+            "more than half of the edges look dead; not ending their sessions"
+        );
+        return Ok(0);
+    }
     let mut ended = 0;
     for edge in dead {
         ended += end_edge_sessions(conn, keys, &edge, "reap").await?;
