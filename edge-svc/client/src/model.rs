@@ -1,6 +1,7 @@
 //! The interactive client's state, without sockets or a terminal: server
 //! lines in, entries for the message pane and lines to send out.
 
+use shared::protocol::ErrorCode;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// How many lines the message pane keeps.
@@ -161,10 +162,13 @@ pub fn reconnect_after(reason: &str) -> bool {
 /// when the back end was slow or failed, the client was rate-limited, or
 /// the user's old session is still in place (policy `reject`). Any other
 /// error (`bad-credentials`, `bad-name`, ...) will not go away by itself.
-pub fn login_retry(err: &str) -> bool {
+pub fn login_retry(code: ErrorCode) -> bool {
     matches!(
-        err.split(' ').next().unwrap_or_default(),
-        "unavailable" | "rate-limited" | "internal" | "already-logged-in"
+        code,
+        ErrorCode::Unavailable
+            | ErrorCode::RateLimited
+            | ErrorCode::Internal
+            | ErrorCode::AlreadyLoggedIn
     )
 }
 

@@ -399,21 +399,15 @@ fn a_failed_rejoin_goes_on_in_the_lobby() {
 
 #[test]
 fn only_transient_login_errors_are_tried_again() {
-    for err in [
-        "unavailable auth-svc did not answer",
-        "rate-limited too many failed logins",
-        "internal oops",
-        "already-logged-in alice is logged in elsewhere",
-    ] {
-        assert!(login_retry(err), "{err}");
-    }
-    for err in [
-        "bad-credentials wrong user or password",
-        "bad-name no",
-        "bad-args no",
-    ] {
-        assert!(!login_retry(err), "{err}");
-    }
+    use shared::protocol::ErrorCode::{self, *};
+    let retried: Vec<ErrorCode> = ErrorCode::ALL
+        .into_iter()
+        .filter(|code| login_retry(*code))
+        .collect();
+    assert_eq!(
+        retried,
+        [AlreadyLoggedIn, RateLimited, Unavailable, Internal]
+    );
 }
 
 #[test]
@@ -710,6 +704,21 @@ async fn a_login_that_failed_for_now_is_tried_again_on_a_new_connection() {
     write(&mut wr, "OK LOGIN alice lobby\n").await;
     connected(&mut events).await;
     assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+}
+
+#[tokio::test]
+async fn lines_the_client_does_not_know_are_passed_on_as_they_are() {
+    let (_edge, _out, mut events, (_lines, mut wr)) = fake_session(Default::default()).await;
+    write(
+        &mut wr,
+        "NEWS 5-0 something new\nOK LOGIN alice lobby\nOK PING\n",
+    )
+    .await;
+    connected(&mut events).await;
+    // It does not end the login; an `OK PING` not asked for is passed on.
+    for text in ["NEWS 5-0 something new", "OK LOGIN alice lobby", "OK PING"] {
+        assert_eq!(event(&mut events).await, line(text));
+    }
 }
 
 #[tokio::test]
