@@ -4,6 +4,8 @@
 use crate::model::{login_retry, reconnect_after};
 use bytes::BytesMut;
 use edge_svc::frame::{Frame, LineDecoder};
+use shared::line::ServerLine;
+use shared::protocol::ErrorCode;
 use shared::tls::{self, Trust};
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
@@ -98,8 +100,8 @@ pub enum End {
     Closed(Option<String>),
     /// It broke off, or the server stopped answering.
     Broken(String),
-    /// The login was answered `ERR <code> <text>`: this is `<code> <text>`.
-    Refused(String),
+    /// The login was answered `ERR <code> <text>`.
+    Refused { code: ErrorCode, text: String },
     /// The interface went away.
     Gone,
 }
@@ -151,11 +153,11 @@ pub async fn keep_open(
                 }
                 match end {
                     End::Gone => return,
-                    End::Refused(err) if !login_retry(&err) => {
-                        let _ = events.send(Net::Refused(err)).await;
+                    End::Refused { code, text } if !login_retry(code) => {
+                        let _ = events.send(Net::Refused(format!("{code} {text}"))).await;
                         return;
                     }
-                    End::Refused(err) => format!("login failed: {err}"),
+                    End::Refused { code, text } => format!("login failed: {code} {text}"),
                     End::Closed(Some(reason)) if !reconnect_after(&reason) => {
                         let _ = events
                             .send(Net::Lost {
@@ -246,20 +248,19 @@ pub async fn session(
                 Ok(Some(Frame::Line(bytes))) => {
                     answer_by = None;
                     let line = String::from_utf8_lossy(&bytes).into_owned();
-                    if line == "OK PING" && pings > 0 {
-                        pings -= 1;
-                        continue;
-                    }
-                    if logging_in && line.starts_with("OK LOGIN ") {
-                        logging_in = false;
-                    }
-                    if let Some(reason) = line.strip_prefix("BYE ") {
-                        bye = Some(reason.to_string());
-                    }
-                    if let Some(err) = line.strip_prefix("ERR ").filter(|_| logging_in) {
-                        let err = err.to_string();
-                        let _ = events.send(Net::Line(line)).await;
-                        return End::Refused(err);
+                    // A line that does not parse is passed on as it is.
+                    match ServerLine::parse(&line) {
+                        Ok(ServerLine::OkPing) if pings > 0 => {
+                            pings -= 1;
+                            continue;
+                        }
+                        Ok(ServerLine::OkLogin { .. }) => logging_in = false,
+                        Ok(ServerLine::Bye { reason }) => bye = Some(reason),
+                        Ok(ServerLine::Err { code, text }) if logging_in => {
+                            let _ = events.send(Net::Line(line)).await;
+                            return End::Refused { code, text };
+                        }
+                        _ => {}
                     }
                     Net::Line(line)
                 }

@@ -1,6 +1,8 @@
 //! The interactive client's state, without sockets or a terminal: server
 //! lines in, entries for the message pane and lines to send out.
 
+use shared::line::ServerLine;
+use shared::protocol::ErrorCode;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// How many lines the message pane keeps.
@@ -25,129 +27,6 @@ pub const COMMANDS: &[&str] = &[
     "/who",
 ];
 
-/// One server line, split into its fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Server {
-    Hello {
-        edge: String,
-    },
-    LoggedIn {
-        user: String,
-    },
-    Joined {
-        room: String,
-    },
-    Left {
-        room: String,
-    },
-    Msg {
-        room: String,
-        id: String,
-        from: String,
-        text: String,
-    },
-    Pub {
-        id: String,
-        from: String,
-        text: String,
-    },
-    Dm {
-        id: String,
-        from: String,
-        text: String,
-    },
-    Hist {
-        conv: String,
-        id: String,
-        from: String,
-        text: String,
-    },
-    Sys {
-        room: String,
-        user: String,
-        what: String,
-    },
-    /// `ROOM`, `USER`, `SUB` listing lines.
-    Listed {
-        kind: String,
-        name: String,
-        rest: String,
-    },
-    Info(String),
-    Bye(String),
-    /// Any other `OK ...`: the words after `OK`.
-    Ok(String),
-    Err(String),
-    Other(String),
-}
-
-impl Server {
-    pub fn parse(line: &str) -> Server {
-        let (kw, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let f = |n: usize| -> Vec<String> { rest.splitn(n, ' ').map(str::to_string).collect() };
-        let other = || Server::Other(line.to_string());
-        match kw {
-            "HELLO" => Server::Hello {
-                edge: rest.split(' ').next().unwrap_or_default().to_string(),
-            },
-            "MSG" => match <[String; 4]>::try_from(f(4)) {
-                Ok([room, id, from, text]) => Server::Msg {
-                    room,
-                    id,
-                    from,
-                    text,
-                },
-                Err(_) => other(),
-            },
-            "HIST" => match <[String; 4]>::try_from(f(4)) {
-                Ok([conv, id, from, text]) => Server::Hist {
-                    conv,
-                    id,
-                    from,
-                    text,
-                },
-                Err(_) => other(),
-            },
-            "PUB" | "DM" => match <[String; 3]>::try_from(f(3)) {
-                Ok([id, from, text]) if kw == "PUB" => Server::Pub { id, from, text },
-                Ok([id, from, text]) => Server::Dm { id, from, text },
-                Err(_) => other(),
-            },
-            "SYS" => match <[String; 3]>::try_from(f(3)) {
-                Ok([room, user, what]) => Server::Sys { room, user, what },
-                Err(_) => other(),
-            },
-            "ROOM" | "USER" | "SUB" => {
-                let (name, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-                Server::Listed {
-                    kind: kw.to_string(),
-                    name: name.to_string(),
-                    rest: rest.to_string(),
-                }
-            }
-            "INFO" => Server::Info(rest.to_string()),
-            "BYE" => Server::Bye(rest.to_string()),
-            "ERR" => Server::Err(rest.to_string()),
-            "OK" => {
-                let words: Vec<&str> = rest.split(' ').collect();
-                match words.as_slice() {
-                    ["LOGIN", user, ..] => Server::LoggedIn {
-                        user: user.to_string(),
-                    },
-                    ["JOIN", room] => Server::Joined {
-                        room: room.to_string(),
-                    },
-                    ["LEAVE", room] => Server::Left {
-                        room: room.to_string(),
-                    },
-                    _ => Server::Ok(rest.to_string()),
-                }
-            }
-            _ => other(),
-        }
-    }
-}
-
 /// Whether a session closed with `BYE <reason>` should be opened again:
 /// not when the user quit or logged in somewhere else.
 pub fn reconnect_after(reason: &str) -> bool {
@@ -161,10 +40,13 @@ pub fn reconnect_after(reason: &str) -> bool {
 /// when the back end was slow or failed, the client was rate-limited, or
 /// the user's old session is still in place (policy `reject`). Any other
 /// error (`bad-credentials`, `bad-name`, ...) will not go away by itself.
-pub fn login_retry(err: &str) -> bool {
+pub fn login_retry(code: ErrorCode) -> bool {
     matches!(
-        err.split(' ').next().unwrap_or_default(),
-        "unavailable" | "rate-limited" | "internal" | "already-logged-in"
+        code,
+        ErrorCode::Unavailable
+            | ErrorCode::RateLimited
+            | ErrorCode::Internal
+            | ErrorCode::AlreadyLoggedIn
     )
 }
 
@@ -260,7 +142,8 @@ pub enum Kind {
     Sys,
     /// The user changed rooms.
     Room,
-    /// Listings, `INFO` and other `OK` lines.
+    /// Listings, `INFO`, other `OK` lines, and lines the client does not
+    /// know (shown as they are).
     Reply,
     Error,
     /// What the client itself says: connecting, reconnecting, ...
@@ -422,12 +305,23 @@ impl Model {
     }
 
     /// A line from the server: updates the state, shows what is worth
-    /// showing, and returns the lines to send in answer.
+    /// showing, and returns the lines to send in answer. A line that is not
+    /// one of the protocol's (a newer server's) is shown as it is.
     pub fn on_line(&mut self, now: i64, line: &str) -> Vec<String> {
+        match ServerLine::parse(line) {
+            Ok(l) => self.on_server_line(now, l),
+            Err(_) => {
+                self.push(now, Kind::Reply, line, false);
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_server_line(&mut self, now: i64, l: ServerLine) -> Vec<String> {
         let mut out = Vec::new();
-        match Server::parse(line) {
-            Server::Hello { edge } => self.edge = Some(edge),
-            Server::LoggedIn { user } => {
+        match l {
+            ServerLine::Hello { edge, .. } => self.edge = Some(edge),
+            ServerLine::OkLogin { user, .. } => {
                 self.user = user;
                 // The room the user was in before a reconnect.
                 let before = std::mem::replace(&mut self.room, "lobby".into());
@@ -452,7 +346,7 @@ impl Model {
                     );
                 }
             }
-            Server::Joined { room } => {
+            ServerLine::OkJoin { room } => {
                 self.rooms.insert(room.clone());
                 self.room = room;
                 if self.pending.front() == Some(&Quiet::Rejoin) {
@@ -468,7 +362,7 @@ impl Model {
                     );
                 }
             }
-            Server::Left { room } => {
+            ServerLine::OkLeave { room } => {
                 self.room = "lobby".into();
                 self.mark("lobby", Id::at(now));
                 self.push(
@@ -478,7 +372,7 @@ impl Model {
                     false,
                 );
             }
-            Server::Msg {
+            ServerLine::Msg {
                 room,
                 id,
                 from,
@@ -496,14 +390,14 @@ impl Model {
                 };
                 self.message(&room, &id, kind, text);
             }
-            Server::Pub { id, from, text } => {
+            ServerLine::Pub { id, from, text } => {
                 self.message(&format!("pub:{from}"), &id, Kind::Pub { from }, text)
             }
-            Server::Dm { id, from, text } => {
+            ServerLine::Dm { id, from, text } => {
                 self.message(&format!("@{from}"), &id, Kind::DmIn { from }, text)
             }
-            Server::Hist {
-                conv,
+            ServerLine::Hist {
+                of: conv,
                 id,
                 from,
                 text,
@@ -536,36 +430,96 @@ impl Model {
                     self.push(ms, Kind::Hist { conv, from }, text, own);
                 }
             }
-            Server::Sys { room, user, what } => {
+            ServerLine::Sys { room, user, what } => {
                 self.users.insert(user.clone());
                 self.push(now, Kind::Sys, format!("{user} {what} #{room}"), false);
             }
-            Server::Listed { kind, name, rest } => {
-                match kind.as_str() {
-                    "ROOM" => self.rooms.insert(name.clone()),
-                    "SUB" => self.listed.insert(name.clone()),
-                    _ => self.users.insert(name.clone()),
-                };
-                if !matches!(
-                    self.pending.front(),
-                    Some(Quiet::Subscriptions | Quiet::Rooms)
-                ) {
-                    let text = format!("{} {name} {rest}", kind.to_lowercase());
-                    self.push(now, Kind::Reply, text.trim_end(), false);
+            ServerLine::Room { room, count } => {
+                self.rooms.insert(room.clone());
+                self.listing(now, format!("room {room} {count}"));
+            }
+            ServerLine::User { user } => {
+                self.users.insert(user.clone());
+                self.listing(now, format!("user {user}"));
+            }
+            ServerLine::Sub { user } => {
+                self.listed.insert(user.clone());
+                self.listing(now, format!("sub {user}"));
+            }
+            ServerLine::Info { text } => self.push(now, Kind::Reply, text, false),
+            // The end of the connection follows and says why.
+            ServerLine::Bye { .. } => {}
+            ServerLine::OkHistory { n }
+                if matches!(self.pending.front(), Some(Quiet::CatchUp { .. })) =>
+            {
+                if let Some(Quiet::CatchUp { since, oldest, .. }) = self.answered() {
+                    let all = n == CATCH_UP as u64;
+                    if all && since.is_some_and(|s| oldest.is_some_and(|o| o > s)) {
+                        self.notice(
+                            now,
+                            format!(
+                                "more than {CATCH_UP} messages were missed in #{}: \
+                                 the earlier ones are not shown",
+                                self.room
+                            ),
+                        );
+                    }
+                }
+                self.push(now, Kind::Room, format!("back in #{}", self.room), false);
+            }
+            ServerLine::OkSubscriptions { .. } => {
+                self.subscriptions = std::mem::take(&mut self.listed);
+                if self.pending.front() == Some(&Quiet::Subscriptions) {
+                    self.answered();
                 }
             }
-            Server::Info(text) => self.push(now, Kind::Reply, text, false),
-            // The end of the connection follows and says why.
-            Server::Bye(_) => {}
-            Server::Ok(rest) => self.ok(now, &rest),
-            Server::Err(rest) => {
+            ServerLine::OkRooms { .. } if self.pending.front() == Some(&Quiet::Rooms) => {
+                self.answered();
+            }
+            ServerLine::OkMsg { user, queued, .. } => {
+                if queued {
+                    self.notice(
+                        now,
+                        format!("{user} is offline: the message waits for them"),
+                    );
+                }
+            }
+            ServerLine::OkSubscribe { user } => {
+                self.notice(now, format!("subscribed to {user}"));
+                self.subscriptions.insert(user);
+            }
+            ServerLine::OkUnsubscribe { user } => {
+                self.subscriptions.remove(&user);
+                self.notice(now, format!("unsubscribed from {user}"));
+            }
+            // Any other final reply, as its line says it, in lower case.
+            reply @ (ServerLine::OkRooms { .. }
+            | ServerLine::OkWho { .. }
+            | ServerLine::OkPublish { .. }
+            | ServerLine::OkHistory { .. }
+            | ServerLine::OkHelp
+            | ServerLine::OkPing) => {
+                let line = reply.to_string().to_lowercase();
+                let text = line.strip_prefix("ok ").unwrap_or(&line);
+                self.push(now, Kind::Reply, format!("ok: {text}"), false);
+            }
+            ServerLine::Err { code, text } => {
                 // A command of the client's own failed: go on without it.
                 self.answered();
-                self.push(now, Kind::Error, rest, false);
+                self.push(now, Kind::Error, format!("{code} {text}"), false);
             }
-            Server::Other(line) => self.push(now, Kind::Reply, line, false),
         }
         out
+    }
+
+    /// One line of a listing: shown, unless the client asked for it.
+    fn listing(&mut self, now: i64, text: String) {
+        if !matches!(
+            self.pending.front(),
+            Some(Quiet::Subscriptions | Quiet::Rooms)
+        ) {
+            self.push(now, Kind::Reply, text, false);
+        }
     }
 
     /// `/history 200` for the room the user is in, to show what was missed.
@@ -588,56 +542,6 @@ impl Model {
             self.state = State::Ready;
         }
         Some(quiet)
-    }
-
-    fn ok(&mut self, now: i64, rest: &str) {
-        let words: Vec<&str> = rest.split(' ').collect();
-        match words.as_slice() {
-            ["HISTORY", n] if matches!(self.pending.front(), Some(Quiet::CatchUp { .. })) => {
-                if let Some(Quiet::CatchUp { since, oldest, .. }) = self.answered() {
-                    let all = n.parse() == Ok(CATCH_UP);
-                    if all && since.is_some_and(|s| oldest.is_some_and(|o| o > s)) {
-                        self.notice(
-                            now,
-                            format!(
-                                "more than {CATCH_UP} messages were missed in #{}: \
-                                 the earlier ones are not shown",
-                                self.room
-                            ),
-                        );
-                    }
-                }
-                self.push(now, Kind::Room, format!("back in #{}", self.room), false);
-            }
-            ["SUBSCRIPTIONS", ..] => {
-                self.subscriptions = std::mem::take(&mut self.listed);
-                if self.pending.front() == Some(&Quiet::Subscriptions) {
-                    self.answered();
-                }
-            }
-            ["ROOMS", ..] if self.pending.front() == Some(&Quiet::Rooms) => {
-                self.answered();
-            }
-            ["MSG", to, _id, queued @ ..] => {
-                if !queued.is_empty() {
-                    self.notice(now, format!("{to} is offline: the message waits for them"));
-                }
-            }
-            ["SUBSCRIBE", user] => {
-                self.subscriptions.insert(user.to_string());
-                self.notice(now, format!("subscribed to {user}"));
-            }
-            ["UNSUBSCRIBE", user] => {
-                self.subscriptions.remove(*user);
-                self.notice(now, format!("unsubscribed from {user}"));
-            }
-            _ => self.push(
-                now,
-                Kind::Reply,
-                format!("ok: {}", rest.to_lowercase()),
-                false,
-            ),
-        }
     }
 
     /// Remembers `id` as seen in `conv` if it is the newest.

@@ -62,7 +62,7 @@ pub async fn run(servers: &[String], trust: &Trust, login: Option<String>) -> Re
         }
     }
     match session.await? {
-        End::Refused(err) => Err(format!("login failed: {err}").into()),
+        End::Refused { code, text } => Err(format!("login failed: {code} {text}").into()),
         End::Broken(why) => Err(why.into()),
         End::Closed(_) | End::Gone => Ok(()),
     }

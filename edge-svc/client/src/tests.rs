@@ -34,55 +34,77 @@ fn logged_in(room: &str) -> Model {
 }
 
 #[test]
-fn server_lines_are_split_into_their_fields() {
+fn server_lines_are_taken_by_their_fields() {
+    let mut m = logged_in("lobby");
+    m.on_line(NOW, "MSG den 17-0 bob hi  there");
+    let e = m.entries.back().unwrap();
     assert_eq!(
-        Server::parse("MSG den 17-0 bob hi  there"),
-        Server::Msg {
+        e.kind,
+        Kind::Msg {
             room: "den".into(),
-            id: "17-0".into(),
-            from: "bob".into(),
-            text: "hi  there".into()
+            from: "bob".into()
         }
     );
+    assert_eq!((e.text.as_str(), e.ms, e.own), ("hi  there", 17, false));
+    m.on_line(NOW, "HIST @bob 5-1 alice x");
+    let e = m.entries.back().unwrap();
     assert_eq!(
-        Server::parse("HIST @bob 5-1 alice x"),
-        Server::Hist {
+        e.kind,
+        Kind::Hist {
             conv: "@bob".into(),
-            id: "5-1".into(),
-            from: "alice".into(),
-            text: "x".into()
+            from: "alice".into()
         }
     );
+    assert_eq!((e.text.as_str(), e.ms, e.own), ("x", 5, true));
+    m.on_line(NOW, "DM 5-1 bob psst");
+    let e = m.entries.back().unwrap();
+    assert_eq!(e.kind, Kind::DmIn { from: "bob".into() });
+    assert_eq!((e.text.as_str(), e.ms), ("psst", 5));
+    m.on_line(NOW, "OK JOIN den");
+    assert_eq!(m.room, "den");
+    m.on_line(NOW, "HELLO edge-2 chat/1");
+    assert_eq!(m.edge.as_deref(), Some("edge-2"));
+    for (line, text) in [
+        ("OK PING", "ok: ping"),
+        ("OK HELP", "ok: help"),
+        ("OK WHO Den 2", "ok: who den 2"),
+        ("OK PUBLISH 7-0 2", "ok: publish 7-0 2"),
+        ("OK ROOMS 3", "ok: rooms 3"),
+    ] {
+        m.on_line(NOW, line);
+        let e = m.entries.back().unwrap();
+        assert_eq!((&e.kind, e.text.as_str()), (&Kind::Reply, text));
+    }
+    m.on_line(NOW, "ERR no-such-user no such user");
+    let e = m.entries.back().unwrap();
     assert_eq!(
-        Server::parse("DM 5-1 bob psst"),
-        Server::Dm {
-            id: "5-1".into(),
-            from: "bob".into(),
-            text: "psst".into()
-        }
+        (&e.kind, e.text.as_str()),
+        (&Kind::Error, "no-such-user no such user")
     );
+    let before = m.entries.len();
+    assert!(m.on_line(NOW, "BYE quit").is_empty());
     assert_eq!(
-        Server::parse("OK LOGIN alice lobby"),
-        Server::LoggedIn {
-            user: "alice".into()
-        }
+        m.entries.len(),
+        before,
+        "the end of the connection says why"
     );
-    assert_eq!(
-        Server::parse("OK JOIN den"),
-        Server::Joined { room: "den".into() }
-    );
-    assert_eq!(
-        Server::parse("HELLO edge-2 chat/1"),
-        Server::Hello {
-            edge: "edge-2".into()
-        }
-    );
-    assert_eq!(Server::parse("OK PING"), Server::Ok("PING".into()));
-    assert_eq!(
-        Server::parse("MSG den 17-0"),
-        Server::Other("MSG den 17-0".into())
-    );
-    assert_eq!(Server::parse("BYE quit"), Server::Bye("quit".into()));
+}
+
+#[test]
+fn lines_the_client_does_not_know_are_shown_as_they_are() {
+    let mut m = logged_in("lobby");
+    for line in [
+        "MSG den 17-0",
+        "NEWS 5-0 something new",
+        "OK FROB",
+        "ERR no-such-code what",
+        "",
+    ] {
+        assert!(m.on_line(NOW, line).is_empty(), "{line:?}");
+        let e = m.entries.back().unwrap();
+        assert_eq!((&e.kind, e.text.as_str()), (&Kind::Reply, line));
+    }
+    assert!(m.can_send());
 }
 
 #[test]
@@ -399,21 +421,15 @@ fn a_failed_rejoin_goes_on_in_the_lobby() {
 
 #[test]
 fn only_transient_login_errors_are_tried_again() {
-    for err in [
-        "unavailable auth-svc did not answer",
-        "rate-limited too many failed logins",
-        "internal oops",
-        "already-logged-in alice is logged in elsewhere",
-    ] {
-        assert!(login_retry(err), "{err}");
-    }
-    for err in [
-        "bad-credentials wrong user or password",
-        "bad-name no",
-        "bad-args no",
-    ] {
-        assert!(!login_retry(err), "{err}");
-    }
+    use shared::protocol::ErrorCode::{self, *};
+    let retried: Vec<ErrorCode> = ErrorCode::ALL
+        .into_iter()
+        .filter(|code| login_retry(*code))
+        .collect();
+    assert_eq!(
+        retried,
+        [AlreadyLoggedIn, RateLimited, Unavailable, Internal]
+    );
 }
 
 #[test]
@@ -710,6 +726,21 @@ async fn a_login_that_failed_for_now_is_tried_again_on_a_new_connection() {
     write(&mut wr, "OK LOGIN alice lobby\n").await;
     connected(&mut events).await;
     assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+}
+
+#[tokio::test]
+async fn lines_the_client_does_not_know_are_passed_on_as_they_are() {
+    let (_edge, _out, mut events, (_lines, mut wr)) = fake_session(Default::default()).await;
+    write(
+        &mut wr,
+        "NEWS 5-0 something new\nOK LOGIN alice lobby\nOK PING\n",
+    )
+    .await;
+    connected(&mut events).await;
+    // It does not end the login; an `OK PING` not asked for is passed on.
+    for text in ["NEWS 5-0 something new", "OK LOGIN alice lobby", "OK PING"] {
+        assert_eq!(event(&mut events).await, line(text));
+    }
 }
 
 #[tokio::test]
