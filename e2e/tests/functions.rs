@@ -1,0 +1,1219 @@
+//! Each function of the Redis Functions library (shared/lua/), called as its callers call it.
+
+// No service runs: every test makes the FCALLs of auth-svc, router-svc
+// and shared::store against a real redis-server, with keys from `Keys`,
+// then checks the status, the keys left behind and what was published,
+// decoded with serde into `Reply` / `ServerLine` (a Lua table that no
+// longer matches the Rust types fails the decoding, and so the test).
+// Lines are compared in their wire form, keys and replies in a short one.
+
+use e2e::TestRedis;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use shared::envelope::{Effect, Op, Reply, Request};
+use shared::keys::Keys;
+use shared::protocol::LOBBY;
+use shared::scripts::Call;
+use std::time::Duration;
+
+/// Longest wait for a published message.
+const WAIT: Duration = Duration::from_secs(5);
+const ROUTER: &str = "router-1";
+/// The partition every router request of these tests travels on.
+const P: u32 = 0;
+const CAP: u64 = 100;
+const RID: u64 = 5;
+const ERR_NO_USER: &str = "ERR no-such-user no such user";
+
+struct Fx {
+    _redis: TestRedis,
+    client: redis::Client,
+    c: ConnectionManager,
+    k: Keys,
+    /// Entry ids `<base>-<n>`, increasing: router requests, login done keys.
+    base: u64,
+    n: u64,
+}
+
+/// A redis-server with the library loaded, live edges `e1` and `e2`, and
+/// partition `P` leased to `ROUTER`. The prefix is not the default one,
+/// so a function that makes a key name of its own is caught.
+async fn setup() -> Fx {
+    let redis = TestRedis::start().await;
+    let client = shared::store::client(&redis.url()).unwrap();
+    let c = shared::store::commands(&client).await.unwrap();
+    let (k, base, n) = (Keys::new("t:"), shared::now_ms(), 0);
+    let mut fx = Fx {
+        _redis: redis,
+        client,
+        c,
+        k,
+        base,
+        n,
+    };
+    for e in ["e1", "e2"] {
+        let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, false);
+        beat.await.unwrap();
+    }
+    let lease = fx.k.router_lease(P);
+    fx.run(&["SET", &lease, ROUTER]).await;
+    fx
+}
+
+/// A reply in short: `<conn>/<rid>[ @<sid>][: <line> | …][ => <effect>]`,
+/// a listing sorted as the edges sort it.
+fn short(r: &Reply) -> String {
+    let mut r = r.clone();
+    r.sort_listing();
+    let lines: Vec<String> = r.lines.iter().map(ToString::to_string).collect();
+    let mut s = format!("{}/{}", r.conn, r.rid);
+    if !r.sid.is_empty() {
+        s += &format!(" @{}", r.sid);
+    }
+    if !lines.is_empty() {
+        s += &format!(": {}", lines.join(" | "));
+    }
+    let effect = match r.effect {
+        None => return s,
+        Some(Effect::Login {
+            user,
+            sid,
+            room,
+            subs,
+            inbox,
+        }) => {
+            let mut subs: Vec<&str> = subs.split_whitespace().collect();
+            subs.sort_unstable();
+            format!("login {user} {sid} {room} [{}] [{inbox}]", subs.join(" "))
+        }
+        Some(Effect::Room { sid, room }) => format!("room {sid} {room}"),
+        Some(Effect::Subscribe { sid, user }) => format!("subscribe {sid} {user}"),
+        Some(Effect::Unsubscribe { sid, user }) => format!("unsubscribe {sid} {user}"),
+        Some(Effect::Close { reason, sid }) => format!("close {reason} {sid}"),
+    };
+    format!("{s} => {effect}")
+}
+
+/// The `n`th space-separated word of `s` (an id in a line).
+fn word(s: &str, n: usize) -> String {
+    s.split(' ').nth(n).unwrap().to_string()
+}
+
+impl Fx {
+    fn eid(&mut self) -> String {
+        self.n += 1;
+        format!("{}-{}", self.base, self.n)
+    }
+
+    /// Runs a plain command (to set a test up).
+    async fn run(&mut self, args: &[&str]) {
+        let cmd = redis::cmd(args[0]).arg(&args[1..]).to_owned();
+        cmd.query_async::<redis::Value>(&mut self.c).await.unwrap();
+    }
+
+    /// A key in short: a set's members or a hash's `field=value`s, sorted;
+    /// a stream's entries `<id> <field>=<value>…` in order, `|`-separated;
+    /// a string as it is; "" when it does not exist.
+    async fn show(&mut self, key: &str) -> String {
+        let kind = redis::cmd("TYPE").arg(key).to_owned();
+        let kind: String = kind.query_async(&mut self.c).await.unwrap();
+        let mut items: Vec<String> = match kind.as_str() {
+            "none" => vec![],
+            "string" => vec![self.c.get(key).await.unwrap()],
+            "set" => self.c.smembers(key).await.unwrap(),
+            "hash" => {
+                let h: Vec<(String, String)> = self.c.hgetall(key).await.unwrap();
+                h.into_iter().map(|(f, v)| format!("{f}={v}")).collect()
+            }
+            "stream" => {
+                let s: redis::streams::StreamRangeReply = self.c.xrange_all(key).await.unwrap();
+                let mut entries = Vec::new();
+                for e in s.ids {
+                    let mut fields = Vec::new();
+                    for (f, v) in e.map {
+                        let v: String = redis::from_redis_value(v).unwrap();
+                        fields.push(format!("{f}={v}"));
+                    }
+                    fields.sort();
+                    entries.push(format!("{} {}", e.id, fields.join(" ")));
+                }
+                return entries.join(" | ");
+            }
+            other => panic!("{key} is a {other}"),
+        };
+        items.sort();
+        items.join(" ")
+    }
+
+    /// A call that answers a number.
+    async fn int(&mut self, call: Call) -> i64 {
+        call.invoke(&mut self.c).await.unwrap()
+    }
+
+    /// Asserts `key` shows as `want` (see [`Fx::show`]).
+    async fn is(&mut self, key: String, want: &str) {
+        assert_eq!(self.show(&key).await, want, "{key}");
+    }
+
+    /// A subscriber to `channels`, subscribed when this returns.
+    async fn sub(&self, channels: &[&String]) -> Sub {
+        let mut ps = self.client.get_async_pubsub().await.unwrap();
+        for ch in channels {
+            ps.subscribe(*ch).await.unwrap();
+        }
+        let (c, first) = (self.c.clone(), channels[0].clone());
+        Sub { ps, c, first }
+    }
+}
+
+/// One Pub/Sub connection: its messages come in publishing order, across
+/// its channels, so the tests check the order too.
+struct Sub {
+    ps: redis::aio::PubSub,
+    c: ConnectionManager,
+    first: String,
+}
+
+impl Sub {
+    /// The next message's payload, which must come on `channel`.
+    async fn next(&mut self, channel: &str) -> String {
+        let msg = tokio::time::timeout(WAIT, self.ps.on_message().next()).await;
+        let msg = msg.expect("a message within 5 s").expect("subscribed");
+        let payload: String = msg.get_payload().unwrap();
+        assert_eq!(msg.get_channel_name(), channel, "{payload}");
+        payload
+    }
+
+    /// The next message, a JSON `Reply` on `channel`, in short.
+    async fn said(&mut self, channel: &str) -> String {
+        let json = self.next(channel).await;
+        let r = serde_json::from_str(&json);
+        short(&r.unwrap_or_else(|e| panic!("not a Reply ({e}): {json}")))
+    }
+
+    async fn is(&mut self, channel: &str, want: &str) {
+        assert_eq!(self.said(channel).await, want);
+    }
+
+    /// The next message, a JSON `ServerLine` on `channel`, in wire form.
+    async fn line(&mut self, channel: &str) -> String {
+        let json = self.next(channel).await;
+        let line: Result<shared::line::ServerLine, _> = serde_json::from_str(&json);
+        let line = line.unwrap_or_else(|e| panic!("not a line ({e}): {json}"));
+        line.to_string()
+    }
+
+    async fn line_is(&mut self, channel: &str, want: &str) {
+        assert_eq!(self.line(channel).await, want);
+    }
+
+    /// Nothing more was published: a marker published now comes next.
+    async fn quiet(&mut self) {
+        let _: () = self.c.publish(&self.first, "marker").await.unwrap();
+        assert_eq!(self.next(&self.first.clone()).await, "marker");
+    }
+}
+
+/// A logged-in connection.
+#[derive(Clone, Debug)]
+struct Sess {
+    user: String,
+    edge: String,
+    conn: u64,
+    sid: String,
+}
+
+impl Sess {
+    fn req(&self, op: Op) -> Request {
+        let (edge, user, sid) = (self.edge.clone(), self.user.clone(), self.sid.clone());
+        Request {
+            edge,
+            conn: self.conn,
+            rid: RID,
+            user,
+            sid,
+            op,
+        }
+    }
+}
+
+/// How a login differs from a plain one.
+struct Opts {
+    policy: &'static str,
+    deadline: u64,
+    new_hash: &'static str,
+    /// The request's entry id (its done key); a new one if `None`.
+    entry: Option<String>,
+    /// Where the old session is (edge, room); read from its hash if `None`.
+    at: Option<(&'static str, &'static str)>,
+}
+
+fn opts() -> Opts {
+    let deadline = shared::now_ms() + 60_000;
+    Opts {
+        policy: "force-logout",
+        deadline,
+        new_hash: "",
+        entry: None,
+        at: None,
+    }
+}
+
+/// chat_login with the keys and arguments of `login` in
+/// auth-svc/src/login.rs (not public: this mirrors it; keep them in step).
+async fn login_with(fx: &mut Fx, user: &str, edge: &str, conn: u64, o: Opts) -> String {
+    let entry = o.entry.unwrap_or_else(|| fx.eid());
+    let (at_edge, at_room) = match o.at {
+        Some((e, r)) => (e.to_string(), r.to_string()),
+        None => fx.place(user).await,
+    };
+    let k = &fx.k;
+    let keys = [
+        k.edges(),
+        k.auth_done(&entry),
+        k.user(user),
+        k.fail_user(user),
+        k.fail_addr("127.0.0.1"),
+        k.session(user),
+        k.seq_sid(),
+        k.edge_sessions(edge),
+        k.room(LOBBY),
+        k.rooms(),
+        k.room_sizes(),
+        k.online(),
+        k.inbox(user),
+        k.subscriptions(user),
+        k.edge_sessions(&at_edge),
+        k.room(&at_room),
+    ];
+    let call = Call::new("chat_login", &keys)
+        .arg(user)
+        .arg(edge)
+        .arg(conn.to_string())
+        .arg(RID.to_string())
+        .arg("127.0.0.1:5000")
+        .arg(o.policy)
+        .arg(o.deadline)
+        .arg(o.new_hash)
+        .arg(k.edge_channel(edge))
+        .arg(k.room_channel(LOBBY))
+        .arg(LOBBY)
+        .arg(&at_edge)
+        .arg(&at_room)
+        .arg(k.edge_channel(&at_edge))
+        .arg(k.room_channel(&at_room));
+    call.invoke(&mut fx.c).await.unwrap()
+}
+
+/// A plain login that succeeds (the account need not exist: auth-svc
+/// checks passwords, not the function).
+async fn login(fx: &mut Fx, user: &str, edge: &str, conn: u64) -> Sess {
+    let status = login_with(fx, user, edge, conn, opts()).await;
+    assert!(status == "ok" || status == "replaced", "{status}");
+    let sid: String = fx.c.hget(fx.k.session(user), "sid").await.unwrap();
+    Sess {
+        user: user.into(),
+        edge: edge.into(),
+        conn,
+        sid,
+    }
+}
+
+/// The FCALL of a router request, `at` being where the session was read
+/// to be (edge, room): this mirrors `Worker::call` in
+/// router-svc/src/process.rs (not public), key for key and argument for
+/// argument; keep the two in step.
+fn router_call(
+    k: &Keys,
+    owner: &str,
+    eid: &str,
+    prev: &str,
+    req: &Request,
+    at: (&str, &str),
+) -> Call {
+    let (user, (edge, room), cap) = (req.user.as_str(), at, CAP.to_string());
+    let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
+        Op::Say { text } => (
+            "chat_say",
+            vec![k.history(room)],
+            vec![cap, k.room_channel(room), text.clone()],
+        ),
+        Op::Join { room: to } => (
+            "chat_join",
+            vec![k.room(room), k.room(to), k.rooms(), k.room_sizes()],
+            vec![to.clone(), k.room_channel(room), k.room_channel(to)],
+        ),
+        Op::Leave => (
+            "chat_leave",
+            vec![k.room(room), k.room(LOBBY), k.rooms(), k.room_sizes()],
+            vec![LOBBY.into(), k.room_channel(room), k.room_channel(LOBBY)],
+        ),
+        Op::Rooms => ("chat_rooms", vec![k.room_sizes()], vec![LOBBY.into()]),
+        Op::Who { room: of } => {
+            let of = of.as_deref().unwrap_or(room);
+            ("chat_who", vec![k.room(of)], vec![of.into()])
+        }
+        Op::Subscribe { target } | Op::Unsubscribe { target } => (
+            match req.op {
+                Op::Subscribe { .. } => "chat_subscribe",
+                _ => "chat_unsubscribe",
+            },
+            vec![k.user(target), k.subscriptions(user), k.subscribers(target)],
+            vec![target.clone()],
+        ),
+        Op::Subscriptions => ("chat_subscriptions", vec![k.subscriptions(user)], vec![]),
+        Op::Publish { text } => (
+            "chat_publish",
+            vec![k.publications(user), k.subscribers(user), k.online()],
+            vec![cap, k.pub_channel(user), text.clone()],
+        ),
+        Op::Msg { to, text } => (
+            "chat_msg",
+            vec![k.user(to), k.dm(user, to), k.session(to), k.inbox(to)],
+            vec![cap, to.clone(), text.clone(), k.edge_channel("")],
+        ),
+        Op::History { with: None, n } => (
+            "chat_history",
+            vec![k.history(room)],
+            vec![n.to_string(), room.into(), String::new()],
+        ),
+        Op::History { with: Some(w), n } => (
+            "chat_history",
+            vec![k.dm(user, w), k.user(w)],
+            vec![n.to_string(), format!("@{w}"), "dm".into()],
+        ),
+        Op::Logout => (
+            "chat_logout",
+            vec![
+                k.edge_sessions(edge),
+                k.online(),
+                k.room(room),
+                k.rooms(),
+                k.room_sizes(),
+            ],
+            vec![k.room_channel(room)],
+        ),
+        Op::Delivered { upto } => ("chat_delivered", vec![k.inbox(user)], vec![upto.clone()]),
+        Op::Login { .. } => unreachable!("not a router request"),
+    };
+    let head = [k.router_lease(P), k.router_applied(P), k.session(user)];
+    let keys: Vec<String> = head.into_iter().chain(keys).collect();
+    let call = Call::new(name, &keys)
+        .arg(owner)
+        .arg(eid)
+        .arg(prev)
+        .arg(k.edge_channel(&req.edge))
+        .arg(req.conn.to_string())
+        .arg(req.rid.to_string())
+        .arg(user)
+        .arg(&req.sid)
+        .arg(edge)
+        .arg(room);
+    args.into_iter().fold(call, Call::arg)
+}
+
+impl Fx {
+    /// Where `user`'s session is (edge, room), as router-svc and auth-svc
+    /// read it before making the keys; empty strings if it has none.
+    async fn place(&mut self, user: &str) -> (String, String) {
+        let session = self.k.session(user);
+        let at: (Option<String>, Option<String>) =
+            self.c.hmget(session, &["edge", "room"]).await.unwrap();
+        (at.0.unwrap_or_default(), at.1.unwrap_or_default())
+    }
+
+    /// Applies one request as `ROUTER` would, first of its pipeline, with
+    /// the session read just before: the function's status.
+    async fn route(&mut self, req: Request) -> String {
+        let (eid, (edge, room)) = (self.eid(), self.place(&req.user).await);
+        self.apply(ROUTER, &eid, "", &req, (&edge, &room)).await
+    }
+
+    /// Applies `req` as router `owner`, as entry `eid` after `prev`.
+    async fn apply(
+        &mut self,
+        owner: &str,
+        eid: &str,
+        prev: &str,
+        req: &Request,
+        at: (&str, &str),
+    ) -> String {
+        let call = router_call(&self.k, owner, eid, prev, req, at);
+        call.invoke(&mut self.c).await.unwrap()
+    }
+
+    /// Routes `op` for `s` and expects it applied.
+    async fn ok(&mut self, s: &Sess, op: Op) {
+        assert_eq!(self.route(s.req(op)).await, "ok");
+    }
+}
+
+fn join(room: &str) -> Op {
+    Op::Join { room: room.into() }
+}
+
+fn say(text: &str) -> Op {
+    Op::Say { text: text.into() }
+}
+
+fn msg(to: &str, text: &str) -> Op {
+    let (to, text) = (to.into(), text.into());
+    Op::Msg { to, text }
+}
+
+fn who(room: Option<&str>) -> Op {
+    Op::Who {
+        room: room.map(Into::into),
+    }
+}
+
+fn history(with: Option<&str>, n: u32) -> Op {
+    Op::History {
+        with: with.map(Into::into),
+        n,
+    }
+}
+
+fn delivered(upto: &str) -> Op {
+    Op::Delivered { upto: upto.into() }
+}
+
+fn publish(text: &str) -> Op {
+    Op::Publish { text: text.into() }
+}
+
+fn subscribe(target: &str) -> Op {
+    Op::Subscribe {
+        target: target.into(),
+    }
+}
+
+fn unsubscribe(target: &str) -> Op {
+    Op::Unsubscribe {
+        target: target.into(),
+    }
+}
+
+#[tokio::test]
+async fn login_opens_a_session_and_gives_back_attempts() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    fx.run(&["SET", &k.fail_user("alice"), "3"]).await;
+    fx.run(&["SET", &k.fail_addr("127.0.0.1"), "2"]).await;
+    fx.run(&["SADD", &k.subscriptions("alice"), "bob", "carol"])
+        .await;
+    let (e1, lobby) = (k.edge_channel("e1"), k.room_channel(LOBBY));
+    let mut sub = fx.sub(&[&e1, &lobby]).await;
+
+    assert_eq!(login_with(&mut fx, "alice", "e1", 41, opts()).await, "ok");
+    let since: String = fx.c.hget(k.session("alice"), "since").await.unwrap();
+    let session = format!("addr=127.0.0.1:5000 conn=41 edge=e1 room=lobby sid=1 since={since}");
+    fx.is(k.session("alice"), &session).await;
+    assert!(since.parse::<u64>().unwrap().abs_diff(shared::now_ms()) < 60_000);
+    fx.is(k.room(LOBBY), "alice").await;
+    fx.is(k.rooms(), "lobby").await;
+    fx.is(k.room_sizes(), "lobby=1").await;
+    fx.is(k.online(), "alice").await;
+    fx.is(k.edge_sessions("e1"), "alice").await;
+    fx.is(k.fail_user("alice"), "").await; // the user's count starts over
+    fx.is(k.fail_addr("127.0.0.1"), "1").await; // the address's loses one
+    let want = "41/5: OK LOGIN alice lobby => login alice 1 lobby [bob carol] []";
+    sub.is(&e1, want).await;
+    sub.line_is(&lobby, "SYS lobby alice joined").await;
+    sub.quiet().await;
+
+    // Another user: another session id; alice's stays.
+    assert_eq!(login(&mut fx, "bob", "e2", 1).await.sid, "2");
+    fx.is(k.room_sizes(), "lobby=2").await;
+    fx.is(k.online(), "alice bob").await;
+    assert_eq!(fx.place("alice").await, ("e1".into(), LOBBY.into()));
+}
+
+#[tokio::test]
+async fn a_second_login_replaces_the_session_or_is_rejected() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let old = login(&mut fx, "alice", "e1", 7).await;
+    fx.ok(&old, join("dev")).await;
+    let (e1, e2) = (k.edge_channel("e1"), k.edge_channel("e2"));
+    let (dev, lobby) = (k.room_channel("dev"), k.room_channel(LOBBY));
+    let mut sub = fx.sub(&[&e1, &e2, &dev, &lobby]).await;
+
+    let status = login_with(&mut fx, "alice", "e2", 8, opts()).await;
+    assert_eq!(status, "replaced");
+    sub.is(&e1, "7/0 => close logged-in-elsewhere 1").await;
+    sub.line_is(&dev, "SYS dev alice left").await;
+    let want = "8/5: OK LOGIN alice lobby => login alice 2 lobby [] []";
+    sub.is(&e2, want).await;
+    sub.line_is(&lobby, "SYS lobby alice joined").await;
+    sub.quiet().await;
+    // Exactly one session: the new one.
+    let session = fx.show(&k.session("alice")).await;
+    assert!(
+        session.contains(" conn=8 edge=e2 room=lobby sid=2 "),
+        "{session}"
+    );
+    fx.is(k.edge_sessions("e1"), "").await;
+    fx.is(k.edge_sessions("e2"), "alice").await;
+    fx.is(k.room("dev"), "").await;
+    fx.is(k.rooms(), "lobby").await;
+    fx.is(k.room_sizes(), "lobby=1").await;
+    fx.is(k.online(), "alice").await;
+
+    // `reject`: the session stays, the new connection is refused.
+    let mut o = opts();
+    o.policy = "reject";
+    assert_eq!(login_with(&mut fx, "alice", "e1", 9, o).await, "rejected");
+    let want = "9/5: ERR already-logged-in alice is logged in elsewhere";
+    sub.is(&e1, want).await;
+    sub.quiet().await;
+    fx.is(k.session("alice"), &session).await;
+}
+
+#[tokio::test]
+async fn login_registers_and_refuses_stale_duplicate_and_moved_requests() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let e1 = k.edge_channel("e1");
+    let mut sub = fx.sub(&[&e1]).await;
+    fx.run(&["SET", &k.fail_addr("127.0.0.1"), "2"]).await;
+
+    let mut o = opts();
+    o.new_hash = "$2b$04$hash";
+    assert_eq!(login_with(&mut fx, "alice", "e1", 1, o).await, "ok");
+    let account = fx.show(&k.user("alice")).await;
+    assert!(account.starts_with("created=") && account.ends_with(" password=$2b$04$hash"));
+    fx.is(k.fail_addr("127.0.0.1"), "2").await; // registrations keep their count
+    let said = sub.said(&e1).await;
+    assert!(
+        said.starts_with("1/5: OK LOGIN alice lobby => login"),
+        "{said}"
+    );
+
+    let mut o = opts();
+    o.new_hash = "$2b$04$other";
+    assert_eq!(login_with(&mut fx, "alice", "e1", 2, o).await, "exists");
+    sub.is(&e1, "2/5: ERR user-exists the name alice is taken")
+        .await;
+    fx.is(k.user("alice"), &account).await;
+
+    let mut o = opts();
+    o.deadline = shared::now_ms() - 1_000;
+    let status = login_with(&mut fx, "bob", "e1", 3, o).await;
+    assert_eq!(status, "stale", "past the deadline");
+    let status = login_with(&mut fx, "bob", "e9", 3, opts()).await;
+    assert_eq!(status, "stale", "an edge that never beat");
+    fx.run(&["ZADD", &k.edges(), "1", "e8"]).await;
+    let status = login_with(&mut fx, "bob", "e8", 3, opts()).await;
+    assert_eq!(status, "stale", "an edge whose beat ran out");
+    fx.is(k.session("bob"), "").await;
+
+    let session = fx.show(&k.session("alice")).await;
+    for at in [("e2", LOBBY), ("e1", "dev")] {
+        let mut o = opts();
+        o.at = Some(at);
+        assert_eq!(login_with(&mut fx, "alice", "e1", 4, o).await, "moved");
+    }
+    fx.is(k.session("alice"), &session).await;
+
+    let entry = fx.eid();
+    let mut o = opts();
+    o.entry = Some(entry.clone());
+    assert_eq!(login_with(&mut fx, "carol", "e1", 5, o).await, "ok");
+    sub.said(&e1).await;
+    let carol = fx.show(&k.session("carol")).await;
+    let mut o = opts();
+    o.entry = Some(entry);
+    assert_eq!(login_with(&mut fx, "carol", "e1", 6, o).await, "duplicate");
+    sub.quiet().await;
+    fx.is(k.session("carol"), &carol).await;
+}
+
+#[tokio::test]
+async fn queued_messages_follow_ok_login_and_leave_once_delivered() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    fx.run(&["HSET", &k.user("alice"), "password", "x"]).await;
+    let bob = login(&mut fx, "bob", "e2", 1).await;
+    let (e1, e2) = (k.edge_channel("e1"), k.edge_channel("e2"));
+    let mut sub = fx.sub(&[&e1, &e2]).await;
+    let mut dms = Vec::new();
+    for text in ["first", "second  two spaces", "third"] {
+        fx.ok(&bob, msg("alice", text)).await;
+        let said = sub.said(&e2).await;
+        let id = word(&said, 4);
+        assert_eq!(said, format!("1/5: OK MSG alice {id} queued"));
+        dms.push(format!("DM {id} bob {text}"));
+    }
+    let inbox: redis::streams::StreamRangeReply = fx.c.xrange_all(k.inbox("alice")).await.unwrap();
+    let ids: Vec<&str> = inbox.ids.iter().map(|e| e.id.as_str()).collect();
+
+    let alice = login(&mut fx, "alice", "e1", 3).await;
+    let (dms, last) = (dms.join(" | "), ids[2]);
+    let want = format!("3/5: OK LOGIN alice lobby | {dms} => login alice 2 lobby [] [{last}]");
+    sub.is(&e1, &want).await;
+
+    // Delivered up to the first: two stay; up to the last: the inbox goes.
+    fx.ok(&alice, delivered(ids[0])).await;
+    let left: usize = fx.c.xlen(k.inbox("alice")).await.unwrap();
+    assert_eq!(left, 2);
+    fx.ok(&alice, delivered(last)).await;
+    fx.is(k.inbox("alice"), "").await;
+    sub.quiet().await;
+}
+
+#[tokio::test]
+async fn say_publishes_msg_lines_and_history_lists_them() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let (e1, lobby) = (k.edge_channel("e1"), k.room_channel(LOBBY));
+    let mut sub = fx.sub(&[&lobby, &e1]).await;
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three  spaced"] {
+        fx.ok(&alice, say(text)).await;
+        let line = sub.line(&lobby).await;
+        let id = word(&line, 2);
+        assert_eq!(line, format!("MSG lobby {id} alice {text}"));
+        assert!(
+            id.starts_with(&format!("{}-", fx.base)),
+            "the request's time: {id}"
+        );
+        ids.push(id);
+    }
+    sub.quiet().await; // a say has no reply
+    let [a, b, c] = &ids[..] else { unreachable!() };
+    let entries = format!("{a} from=alice text=one | {b} from=alice text=two | {c} from=alice");
+    fx.is(k.history(LOBBY), &format!("{entries} text=three  spaced"))
+        .await;
+
+    // The last two, oldest first.
+    fx.ok(&alice, history(None, 2)).await;
+    let hist = format!("HIST lobby {b} alice two | HIST lobby {c} alice three  spaced");
+    sub.is(&e1, &format!("1/5: {hist} | OK HISTORY 2")).await;
+
+    // A later entry in the stream already: the new id follows it.
+    let later = fx.base + 60_000;
+    let (stream, id) = (k.history(LOBBY), format!("{later}-0"));
+    fx.run(&["XADD", &stream, &id, "from", "x"]).await;
+    fx.ok(&alice, say("late")).await;
+    sub.line_is(&lobby, &format!("MSG lobby {later}-1 alice late"))
+        .await;
+}
+
+#[tokio::test]
+async fn join_leave_rooms_and_who() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let bob = login(&mut fx, "bob", "e2", 2).await;
+    let e1 = k.edge_channel("e1");
+    let (lobby, dev) = (k.room_channel(LOBBY), k.room_channel("dev"));
+    let mut sub = fx.sub(&[&e1, &lobby, &dev]).await;
+
+    fx.ok(&alice, Op::Leave).await;
+    sub.is(&e1, "1/5: ERR not-in-room you are in the lobby")
+        .await;
+
+    fx.ok(&alice, join("dev")).await;
+    sub.is(&e1, "1/5: OK JOIN dev => room 1 dev").await;
+    sub.line_is(&lobby, "SYS lobby alice left").await;
+    sub.line_is(&dev, "SYS dev alice joined").await;
+    fx.is(k.room("dev"), "alice").await;
+    fx.is(k.room(LOBBY), "bob").await;
+    fx.is(k.rooms(), "dev lobby").await;
+    fx.is(k.room_sizes(), "dev=1 lobby=1").await;
+    assert_eq!(fx.place("alice").await.1, "dev");
+    fx.ok(&alice, join("dev")).await;
+    sub.is(&e1, "1/5: OK JOIN dev").await; // already there: no move
+
+    fx.ok(&alice, Op::Rooms).await;
+    sub.is(&e1, "1/5: ROOM dev 1 | ROOM lobby 1 | OK ROOMS 2")
+        .await;
+    fx.ok(&bob, join("dev")).await;
+    sub.line(&lobby).await;
+    sub.line(&dev).await;
+    fx.ok(&alice, Op::Rooms).await; // the lobby is listed when empty
+    sub.is(&e1, "1/5: ROOM dev 2 | ROOM lobby 0 | OK ROOMS 2")
+        .await;
+    fx.ok(&alice, who(None)).await;
+    sub.is(&e1, "1/5: USER alice | USER bob | OK WHO dev 2")
+        .await;
+    fx.ok(&alice, who(Some("nowhere"))).await;
+    sub.is(&e1, "1/5: OK WHO nowhere 0").await;
+
+    fx.ok(&alice, Op::Leave).await;
+    sub.is(&e1, "1/5: OK LEAVE dev => room 1 lobby").await;
+    sub.line_is(&dev, "SYS dev alice left").await;
+    sub.line_is(&lobby, "SYS lobby alice joined").await;
+    fx.ok(&bob, Op::Leave).await;
+    fx.is(k.room("dev"), "").await;
+    fx.is(k.rooms(), "lobby").await;
+    fx.is(k.room_sizes(), "lobby=2").await;
+    fx.is(k.room(LOBBY), "alice bob").await;
+}
+
+#[tokio::test]
+async fn private_messages_reach_the_session_or_are_queued() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    for u in ["alice", "bob", "carol"] {
+        fx.run(&["HSET", &k.user(u), "password", "x"]).await;
+    }
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let bob = login(&mut fx, "bob", "e2", 2).await;
+    let (e1, e2) = (k.edge_channel("e1"), k.edge_channel("e2"));
+    let mut sub = fx.sub(&[&e1, &e2]).await;
+
+    // Online: to the recipient's connection, for its session, then OK.
+    fx.ok(&alice, msg("bob", "hi  bob")).await;
+    let dm = sub.said(&e2).await;
+    let id = word(&dm, 3);
+    assert_eq!(dm, format!("2/0 @2: DM {id} alice hi  bob"));
+    sub.is(&e1, &format!("1/5: OK MSG bob {id}")).await;
+    let conversation = format!("{id} from=alice text=hi  bob to=bob");
+    fx.is(k.dm("bob", "alice"), &conversation).await;
+    fx.ok(&bob, msg("alice", "hello")).await;
+    sub.said(&e1).await;
+    let id2 = word(&sub.said(&e2).await, 4);
+
+    fx.ok(&alice, msg("nobody", "?")).await;
+    sub.is(&e1, &format!("1/5: {ERR_NO_USER}")).await;
+    fx.is(k.dm("alice", "nobody"), "").await;
+
+    // Offline: queued in the recipient's inbox.
+    fx.ok(&alice, msg("carol", "later")).await;
+    let ok = sub.said(&e1).await;
+    let qid = word(&ok, 4);
+    assert_eq!(ok, format!("1/5: OK MSG carol {qid} queued"));
+    let inbox = fx.show(&k.inbox("carol")).await;
+    assert!(
+        inbox.ends_with(&format!(" from=alice id={qid} text=later")),
+        "{inbox}"
+    );
+
+    // The conversation's history, oldest first, labelled `@<user>`.
+    fx.ok(&alice, history(Some("bob"), 10)).await;
+    let hist = format!("HIST @bob {id} alice hi  bob | HIST @bob {id2} bob hello");
+    sub.is(&e1, &format!("1/5: {hist} | OK HISTORY 2")).await;
+    fx.ok(&alice, history(Some("nobody"), 10)).await;
+    sub.is(&e1, &format!("1/5: {ERR_NO_USER}")).await;
+    sub.quiet().await;
+}
+
+#[tokio::test]
+async fn subscriptions_and_publications() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    for u in ["alice", "bob", "carol"] {
+        fx.run(&["HSET", &k.user(u), "password", "x"]).await;
+    }
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let bob = login(&mut fx, "bob", "e2", 2).await;
+    let carol = login(&mut fx, "carol", "e2", 3).await;
+    let (e1, e2) = (k.edge_channel("e1"), k.edge_channel("e2"));
+    let pubs = k.pub_channel("bob");
+    let mut sub = fx.sub(&[&e1, &e2, &pubs]).await;
+
+    fx.ok(&alice, subscribe("nobody")).await;
+    sub.is(&e1, &format!("1/5: {ERR_NO_USER}")).await;
+    fx.is(k.subscriptions("alice"), "").await;
+    fx.ok(&alice, subscribe("bob")).await;
+    sub.is(&e1, "1/5: OK SUBSCRIBE bob => subscribe 1 bob")
+        .await;
+    fx.ok(&carol, subscribe("bob")).await;
+    sub.is(&e2, "3/5: OK SUBSCRIBE bob => subscribe 3 bob")
+        .await;
+    fx.ok(&alice, subscribe("carol")).await;
+    sub.said(&e1).await;
+    fx.is(k.subscriptions("alice"), "bob carol").await;
+    fx.is(k.subscribers("bob"), "alice carol").await;
+    fx.ok(&alice, Op::Subscriptions).await;
+    sub.is(&e1, "1/5: SUB bob | SUB carol | OK SUBSCRIPTIONS 2")
+        .await;
+
+    // Carol goes offline: one online subscriber left.
+    fx.ok(&carol, Op::Logout).await;
+    sub.said(&e2).await;
+    fx.ok(&bob, publish("news  today")).await;
+    let line = sub.line(&pubs).await;
+    let id = word(&line, 1);
+    assert_eq!(line, format!("PUB {id} bob news  today"));
+    sub.is(&e2, &format!("2/5: OK PUBLISH {id} 1")).await;
+    let publication = format!("{id} text=news  today");
+    fx.is(k.publications("bob"), &publication).await;
+
+    fx.ok(&alice, unsubscribe("bob")).await;
+    sub.is(&e1, "1/5: OK UNSUBSCRIBE bob => unsubscribe 1 bob")
+        .await;
+    fx.is(k.subscriptions("alice"), "carol").await;
+    fx.is(k.subscribers("bob"), "carol").await;
+    fx.ok(&alice, unsubscribe("bob")).await; // again: answered alike
+    sub.is(&e1, "1/5: OK UNSUBSCRIBE bob => unsubscribe 1 bob")
+        .await;
+    fx.ok(&alice, unsubscribe("nobody")).await;
+    sub.is(&e1, &format!("1/5: {ERR_NO_USER}")).await;
+    sub.quiet().await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let bob = login(&mut fx, "bob", "e2", 2).await;
+    fx.ok(&alice, join("dev")).await;
+    let (e1, dev) = (k.edge_channel("e1"), k.room_channel("dev"));
+    let mut sub = fx.sub(&[&e1, &dev]).await;
+
+    // An old sid: that connection is told to close, the session stays.
+    let mut old = alice.clone();
+    old.sid = "0".into();
+    fx.ok(&old, Op::Logout).await;
+    sub.is(&e1, "1/5 => close quit 0").await;
+    assert_eq!(fx.place("alice").await.1, "dev");
+
+    fx.ok(&alice, Op::Logout).await;
+    sub.is(&e1, "1/5 => close quit 1").await;
+    sub.line_is(&dev, "SYS dev alice left").await;
+    fx.is(k.session("alice"), "").await;
+    fx.is(k.edge_sessions("e1"), "").await;
+    fx.is(k.online(), "bob").await;
+    fx.is(k.room("dev"), "").await;
+    fx.is(k.rooms(), "lobby").await;
+    fx.is(k.room_sizes(), "lobby=1").await;
+
+    // rid 0 (the connection is gone): no reply, the session ends.
+    let mut gone = bob.req(Op::Logout);
+    gone.rid = 0;
+    assert_eq!(fx.route(gone).await, "ok");
+    sub.quiet().await;
+    fx.is(k.session("bob"), "").await;
+    fx.is(k.online(), "").await;
+}
+
+#[tokio::test]
+async fn router_requests_are_guarded() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let e1 = k.edge_channel("e1");
+    let mut sub = fx.sub(&[&e1]).await;
+    let (r, at) = (&alice.req(Op::Rooms), ("e1", LOBBY));
+    let (i1, i2, i3) = (fx.eid(), fx.eid(), fx.eid());
+
+    assert_eq!(fx.apply("router-2", &i1, "", r, at).await, "fenced");
+    fx.is(k.router_applied(P), "").await;
+    assert_eq!(fx.apply(ROUTER, &i2, "", r, at).await, "ok");
+    sub.said(&e1).await;
+    fx.is(k.router_applied(P), &i2).await;
+    assert_eq!(fx.apply(ROUTER, &i2, "", r, at).await, "duplicate");
+    assert_eq!(fx.apply(ROUTER, &i1, "", r, at).await, "duplicate");
+    assert_eq!(fx.apply(ROUTER, &i3, &i1, r, at).await, "retry");
+    let elsewhere = ("e2", LOBBY);
+    assert_eq!(fx.apply(ROUTER, &i3, &i2, r, elsewhere).await, "moved");
+    let elsewhere = ("e1", "dev");
+    assert_eq!(fx.apply(ROUTER, &i3, &i2, r, elsewhere).await, "moved");
+    fx.is(k.router_applied(P), &i2).await; // none of these was applied
+    sub.quiet().await;
+
+    // A session that is not current: the entry is used up, nothing done.
+    let mut old = alice.clone();
+    old.sid = "9".into();
+    let r = &old.req(say("x"));
+    assert_eq!(fx.apply(ROUTER, &i3, &i2, r, at).await, "stale");
+    fx.is(k.router_applied(P), &i3).await;
+    fx.is(k.history(LOBBY), "").await;
+    sub.quiet().await;
+}
+
+/// chat_attempt as auth-svc/src/login.rs calls it.
+async fn attempt(fx: &mut Fx, keys: &[String], window: u64, limits: &[u32]) -> i64 {
+    let call = Call::new("chat_attempt", keys).arg(window).arg(limits);
+    call.invoke(&mut fx.c).await.unwrap()
+}
+
+#[tokio::test]
+async fn attempts_are_counted_in_a_window() {
+    let mut fx = setup().await;
+    let keys = [fx.k.fail_user("alice"), fx.k.fail_addr("::1")];
+    assert_eq!(attempt(&mut fx, &keys, 60_000, &[2, 3]).await, 0);
+    assert_eq!(attempt(&mut fx, &keys, 600_000, &[2, 3]).await, 0);
+    // The user's third, then the address's fourth; 0 is no limit.
+    assert_eq!(attempt(&mut fx, &keys, 600_000, &[2, 3]).await, 1);
+    assert_eq!(attempt(&mut fx, &keys[1..], 600_000, &[3]).await, 1);
+    assert_eq!(attempt(&mut fx, &keys, 600_000, &[0, 0]).await, 0);
+    fx.is(keys[0].clone(), "4").await;
+    fx.is(keys[1].clone(), "5").await;
+    for key in &keys {
+        let ttl: i64 = fx.c.pttl(key).await.unwrap();
+        assert!(
+            ttl > 0 && ttl <= 60_000,
+            "the first attempt's window: {ttl}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn accounts_are_created_changed_and_deleted() {
+    use auth_svc::accounts;
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    for u in ["alice", "bob", "carol", "dave"] {
+        accounts::add(&mut fx.c, &k, u, "password", 4)
+            .await
+            .unwrap();
+    }
+    let alice = fx.show(&k.user("alice")).await;
+    assert!(
+        alice.starts_with("created=") && alice.contains(" password=$2"),
+        "{alice}"
+    );
+    assert!(accounts::add(&mut fx.c, &k, "alice", "other", 4)
+        .await
+        .is_err());
+    let create = |user: &str| Call::new("chat_create_user", &[k.user(user)]).arg("h");
+    assert_eq!(fx.int(create("alice")).await, 0);
+    fx.is(k.user("alice"), &alice).await;
+    assert_eq!(fx.int(create("erin")).await, 1);
+    assert!(fx.show(&k.user("erin")).await.ends_with(" password=h"));
+
+    let set_pw = |user: &str| Call::new("chat_set_password", &[k.user(user)]).arg("new");
+    assert_eq!(fx.int(set_pw("nobody")).await, 0);
+    fx.is(k.user("nobody"), "").await; // not created as a bare password
+    assert_eq!(fx.int(set_pw("erin")).await, 1);
+    assert!(fx.show(&k.user("erin")).await.ends_with(" password=new"));
+    let bob = fx.show(&k.user("bob")).await;
+    accounts::set_password(&mut fx.c, &k, "bob", "changed", 4)
+        .await
+        .unwrap();
+    assert_ne!(fx.show(&k.user("bob")).await, bob);
+
+    // alice subscribes to bob and carol; dave (online) to alice.
+    let a = login(&mut fx, "alice", "e1", 1).await;
+    let dave = login(&mut fx, "dave", "e2", 2).await;
+    for (s, target) in [(&a, "bob"), (&a, "carol"), (&dave, "alice")] {
+        fx.ok(s, subscribe(target)).await;
+    }
+    fx.run(&["XADD", &k.inbox("alice"), "*", "id", "1-0"]).await;
+    fx.run(&["XADD", &k.publications("alice"), "*", "text", "t"])
+        .await;
+    // Sets read before alice subscribed to bob: `moved`, nothing changes.
+    let names = [
+        k.user("alice"),
+        k.subscriptions("alice"),
+        k.subscribers("alice"),
+        k.inbox("alice"),
+        k.publications("alice"),
+        k.subscribers("carol"),
+        k.subscriptions("dave"),
+        k.session("dave"),
+    ];
+    let stale = Call::new("chat_delete_user", &names)
+        .arg(1)
+        .arg(1)
+        .arg("alice");
+    let stale = stale.arg(k.edge_channel("")).arg("carol").arg("dave");
+    assert_eq!(stale.invoke::<String>(&mut fx.c).await.unwrap(), "moved");
+    fx.is(k.user("alice"), &alice).await;
+    fx.is(k.subscribers("bob"), "alice").await;
+
+    let e2 = k.edge_channel("e2");
+    let mut sub = fx.sub(&[&e2]).await;
+    accounts::delete(&mut fx.c, &k, "alice").await.unwrap();
+    sub.is(&e2, "2/0 => unsubscribe 2 alice").await;
+    for key in names.iter().take(7).chain([&k.subscribers("bob")]) {
+        fx.is(key.clone(), "").await;
+    }
+    let again = Call::new("chat_delete_user", &names[..5]).arg(0).arg(0);
+    let again = again.arg("alice").arg(k.edge_channel(""));
+    assert_eq!(fx.int(again).await, 0, "no such account");
+    assert!(accounts::delete(&mut fx.c, &k, "alice").await.is_err());
+    sub.quiet().await;
+}
+
+/// chat_end_edge_session as `end_edge_sessions` in shared/src/store.rs
+/// calls it (private: this mirrors it), `room` as read before.
+async fn end_session(fx: &mut Fx, edge: &str, user: &str, room: &str, mode: &str) -> String {
+    let k = &fx.k;
+    let (edges, sessions, session) = (k.edges(), k.edge_sessions(edge), k.session(user));
+    let keys = [
+        edges,
+        sessions,
+        session,
+        k.online(),
+        k.room(room),
+        k.rooms(),
+        k.room_sizes(),
+    ];
+    let call = Call::new("chat_end_edge_session", &keys)
+        .arg(edge)
+        .arg(user)
+        .arg(room)
+        .arg(k.room_channel(room))
+        .arg(k.edge_channel(edge))
+        .arg(mode);
+    call.invoke(&mut fx.c).await.unwrap()
+}
+
+async fn dead_edges(fx: &mut Fx) -> Vec<String> {
+    let call = Call::new("chat_dead_edges", &[fx.k.edges()]);
+    let mut dead: Vec<String> = call.invoke(&mut fx.c).await.unwrap();
+    dead.sort();
+    dead
+}
+
+async fn drop_edge(fx: &mut Fx, edge: &str) -> i64 {
+    let keys = [fx.k.edges(), fx.k.edge_sessions(edge)];
+    Call::new("chat_drop_edge", &keys)
+        .arg(edge)
+        .invoke(&mut fx.c)
+        .await
+        .unwrap()
+}
+
+/// Makes an edge's last beat one that ran out long ago.
+async fn kill(fx: &mut Fx, edge: &str) {
+    let edges = fx.k.edges();
+    fx.run(&["ZADD", &edges, "1", edge]).await;
+}
+
+#[tokio::test]
+async fn edges_beat_die_and_have_their_sessions_ended() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let beat = Call::new("chat_beat", &[k.edges()]).arg("e3").arg(30_000);
+    beat.invoke::<()>(&mut fx.c).await.unwrap();
+    let until: u64 = fx.c.zscore(k.edges(), "e3").await.unwrap();
+    assert!(until.abs_diff(shared::now_ms() + 30_000) < 5_000, "{until}");
+    kill(&mut fx, "e9").await;
+    assert_eq!(dead_edges(&mut fx).await, ["e9"]);
+
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    login(&mut fx, "bob", "e1", 2).await;
+    login(&mut fx, "carol", "e2", 3).await;
+    fx.ok(&alice, join("dev")).await;
+    let (e1, dev) = (k.edge_channel("e1"), k.room_channel("dev"));
+    let mut sub = fx.sub(&[&e1, &dev]).await;
+    assert_eq!(
+        end_session(&mut fx, "e1", "alice", "dev", "reap").await,
+        "alive"
+    );
+
+    kill(&mut fx, "e1").await;
+    assert_eq!(dead_edges(&mut fx).await, ["e1", "e9"]);
+    assert_eq!(
+        end_session(&mut fx, "e1", "alice", LOBBY, "reap").await,
+        "moved"
+    );
+    sub.quiet().await;
+    fx.is(k.online(), "alice bob carol").await;
+    assert_eq!(
+        end_session(&mut fx, "e1", "alice", "dev", "reap").await,
+        "ended"
+    );
+    sub.is(&e1, "1/0 => close server-shutdown 1").await;
+    sub.line_is(&dev, "SYS dev alice left").await;
+    fx.is(k.session("alice"), "").await;
+    fx.is(k.room("dev"), "").await;
+    fx.is(k.room_sizes(), "lobby=2").await;
+    fx.is(k.online(), "bob carol").await;
+    fx.is(k.edge_sessions("e1"), "bob").await;
+    assert_eq!(drop_edge(&mut fx, "e1").await, 0, "it holds bob's session");
+
+    // A session now on another edge: only the edge's set forgets it.
+    fx.run(&["SADD", &k.edge_sessions("e1"), "carol"]).await;
+    assert_eq!(
+        end_session(&mut fx, "e1", "carol", LOBBY, "reap").await,
+        "gone"
+    );
+    fx.is(k.edge_sessions("e1"), "bob").await;
+    fx.is(k.edge_sessions("e2"), "carol").await;
+    // `restart` ends sessions while the edge beats.
+    let status = end_session(&mut fx, "e2", "carol", LOBBY, "restart").await;
+    assert_eq!(status, "ended");
+    fx.is(k.session("carol"), "").await;
+
+    assert_eq!(
+        end_session(&mut fx, "e1", "bob", LOBBY, "reap").await,
+        "ended"
+    );
+    assert_eq!(drop_edge(&mut fx, "e2").await, 0, "alive");
+    assert_eq!(drop_edge(&mut fx, "e1").await, 1);
+    assert_eq!(dead_edges(&mut fx).await, ["e9"]);
+    let e1_beat: Option<f64> = fx.c.zscore(k.edges(), "e1").await.unwrap();
+    assert_eq!(e1_beat, None);
+    fx.is(k.online(), "").await;
+    fx.is(k.room_sizes(), "").await;
+}
+
+#[tokio::test]
+async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, false)
+        .await
+        .unwrap();
+    for (user, edge) in [
+        ("alice", "e1"),
+        ("bob", "e1"),
+        ("carol", "e2"),
+        ("dave", "e3"),
+    ] {
+        login(&mut fx, user, edge, 1).await;
+    }
+    let restart = shared::store::heartbeat(&mut fx.c, &k, "e1", 60_000, true);
+    assert_eq!(restart.await.unwrap(), 2);
+    fx.is(k.online(), "carol dave").await;
+    fx.is(k.edge_sessions("e1"), "").await;
+
+    kill(&mut fx, "e2").await;
+    assert_eq!(
+        shared::store::reap_dead_edges(&mut fx.c, &k).await.unwrap(),
+        1
+    );
+    fx.is(k.online(), "dave").await;
+    fx.is(k.room(LOBBY), "dave").await;
+    fx.is(k.room_sizes(), "lobby=1").await;
+    let edges: Vec<String> = fx.c.zrange(k.edges(), 0, -1).await.unwrap();
+    assert_eq!(edges.len(), 2, "e2 is forgotten: {edges:?}");
+    assert!(!edges.contains(&"e2".to_string()), "{edges:?}");
+    assert!(dead_edges(&mut fx).await.is_empty());
+}
+
+#[tokio::test]
+async fn leases_are_kept_by_their_owner_and_the_library_reloads() {
+    let mut fx = setup().await;
+    let lease = fx.k.router_lease(3);
+    let renew = |who: &str| Call::new("chat_lease_renew", &[&lease]).arg(who);
+    let renew = |who: &str| renew(who).arg(60_000);
+    let release = |who: &str| Call::new("chat_lease_release", &[&lease]).arg(who);
+    fx.run(&["SET", &lease, ROUTER, "PX", "1000"]).await;
+    assert_eq!(fx.int(renew("router-2")).await, 0);
+    assert_eq!(fx.int(renew(ROUTER)).await, 1);
+    let ttl: i64 = fx.c.pttl(&lease).await.unwrap();
+    assert!(ttl > 1_000, "renewed: {ttl}");
+    assert_eq!(fx.int(release("router-2")).await, 0);
+    fx.is(lease.clone(), ROUTER).await;
+    assert_eq!(fx.int(release(ROUTER)).await, 1);
+    fx.is(lease.clone(), "").await;
+    assert_eq!(fx.int(renew(ROUTER)).await, 0);
+
+    // After FUNCTION FLUSH (Redis lost its data): loaded again, one retry.
+    let renew = Call::new("chat_lease_renew", &[fx.k.router_lease(P)]);
+    let renew = renew.arg(ROUTER).arg(60_000);
+    fx.run(&["FUNCTION", "FLUSH"]).await;
+    let e = renew.cmd().query_async::<i64>(&mut fx.c).await.unwrap_err();
+    assert!(shared::scripts::is_missing(&e), "{e}");
+    let kept: i64 = renew.invoke(&mut fx.c).await.unwrap();
+    assert_eq!(kept, 1);
+
+    fx.run(&["FUNCTION", "FLUSH"]).await;
+    let mut pipe = redis::pipe();
+    pipe.add_command(renew.cmd().clone());
+    pipe.add_command(Call::new("chat_dead_edges", &[fx.k.edges()]).cmd().clone());
+    let done = shared::scripts::query_pipe(&mut fx.c, &pipe).await;
+    let (kept, dead): (i64, Vec<String>) = done.unwrap();
+    assert_eq!((kept, dead.len()), (1, 0));
+}
