@@ -423,7 +423,8 @@ fn a_failed_rejoin_goes_on_in_the_lobby() {
 fn only_transient_login_errors_are_tried_again() {
     use shared::protocol::ErrorCode::{self, *};
     let retried: Vec<ErrorCode> = ErrorCode::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|code| login_retry(*code))
         .collect();
     assert_eq!(
