@@ -5,7 +5,11 @@ use crate::hub::{Hub, SubChange};
 use crate::resync::resync;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
+use redis::streams::{StreamId, StreamRangeReply};
 use redis::Client;
+use shared::consumer::EntryId;
+use shared::keys::Keys;
+use shared::line::ServerLine;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,12 +109,127 @@ pub(crate) async fn deliver(
                 // Replies published while we were away are lost: read back
                 // what they would have changed.
                 tokio::spawn(resync(ctx.clone(), stop.clone()));
+                // Room and publisher lines published meanwhile are in
+                // history: passed on before anything newer.
+                replay(&ctx).await;
                 connected = Some(c);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Pub/Sub reconnect failed");
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
+        }
+    }
+}
+
+/// After a reconnect, passes on what each room and publisher channel
+/// missed, read from history from the last id passed on, before any newer
+/// line (those of the new connection wait meanwhile; one that is both
+/// read and received is passed on once). Past `edge.replay_max` lines, or
+/// if history cannot be read, the channel's audience gets `GAP` instead.
+async fn replay(ctx: &Ctx) {
+    let max = ctx.cfg.edge.replay_max;
+    let sources: Vec<(String, EntryId, Source)> = ctx
+        .hub
+        .marks()
+        .into_iter()
+        .filter_map(|(channel, last)| {
+            let source = Source::of(&ctx.keys, &channel)?;
+            Some((channel, last, source))
+        })
+        .collect();
+    if sources.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for (_, last, source) in &sources {
+        pipe.cmd("XRANGE")
+            .arg(&source.stream)
+            .arg(format!("({last}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(max + 1);
+    }
+    let mut conn = ctx.redis.clone();
+    let read = pipe.query_async::<Vec<StreamRangeReply>>(&mut conn);
+    let ranges = match tokio::time::timeout(ctx.cfg.edge.request_timeout(), read).await {
+        Ok(Ok(ranges)) => ranges,
+        failed => {
+            tracing::warn!(?failed, "reading history to replay failed");
+            Vec::new()
+        }
+    };
+    let mut replayed = 0;
+    for (i, (channel, last, source)) in sources.iter().enumerate() {
+        let entries = ranges.get(i).map(|r| r.ids.as_slice());
+        match entries {
+            Some(entries) if entries.len() <= max => {
+                for e in entries {
+                    ctx.hub.pass_on(channel, &source.line(e));
+                }
+                replayed += entries.len();
+            }
+            _ => {
+                let newest = entries
+                    .and_then(|e| e.last())
+                    .and_then(|e| EntryId::parse(&e.id))
+                    .unwrap_or(*last);
+                let gap = ServerLine::Gap {
+                    kind: source.kind.into(),
+                    name: source.name.clone(),
+                    after: last.to_string(),
+                };
+                tracing::warn!(channel, after = %last, "lines missed past what is replayed");
+                ctx.hub.gap(channel, &gap, newest);
+            }
+        }
+    }
+    tracing::info!(
+        lines = replayed,
+        channels = sources.len(),
+        "replayed what Pub/Sub missed"
+    );
+}
+
+/// Where a room's or a publisher's lines are kept.
+struct Source {
+    kind: &'static str,
+    name: String,
+    stream: String,
+}
+
+impl Source {
+    fn of(keys: &Keys, channel: &str) -> Option<Source> {
+        if let Some(room) = channel.strip_prefix(&keys.room_channel("")) {
+            return Some(Source {
+                kind: "room",
+                name: room.into(),
+                stream: keys.history(room),
+            });
+        }
+        let user = channel.strip_prefix(&keys.pub_channel(""))?;
+        Some(Source {
+            kind: "pub",
+            name: user.into(),
+            stream: keys.publications(user),
+        })
+    }
+
+    /// The line a history entry was passed on as.
+    fn line(&self, e: &StreamId) -> ServerLine {
+        let field = |f: &str| e.get::<String>(f).unwrap_or_default();
+        match self.kind {
+            "room" => ServerLine::Msg {
+                room: self.name.clone(),
+                id: e.id.clone(),
+                from: field("from"),
+                text: field("text"),
+            },
+            _ => ServerLine::Pub {
+                id: e.id.clone(),
+                from: self.name.clone(),
+                text: field("text"),
+            },
         }
     }
 }

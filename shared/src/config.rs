@@ -85,6 +85,9 @@ pub struct EdgeConfig {
     pub dead_after_ms: u64,
     /// Plain-HTTP admin port (`/healthz`, `/metrics`); empty: none.
     pub admin_listen: String,
+    /// After its Pub/Sub connection comes back, the most lines an edge
+    /// replays per room or publisher from history; past that, `GAP`.
+    pub replay_max: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +193,7 @@ impl Default for EdgeConfig {
             max_errors_per_min: 60,
             dead_after_ms: 15_000,
             admin_listen: "127.0.0.1:9101".into(),
+            replay_max: 200,
         }
     }
 }
@@ -322,6 +326,9 @@ impl Config {
         }
         if self.edge.dead_after_ms < 300 {
             return bad("edge.dead_after_ms must be at least 300");
+        }
+        if !(1..=10_000).contains(&self.edge.replay_max) {
+            return bad("edge.replay_max must be 1..=10000");
         }
         for admin in [
             &self.edge.admin_listen,

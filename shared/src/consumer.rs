@@ -20,6 +20,12 @@ pub struct EntryId {
     pub seq: u64,
 }
 
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
 impl EntryId {
     pub fn parse(id: &str) -> Option<EntryId> {
         let (ms, seq) = id.split_once('-')?;

@@ -430,6 +430,15 @@ impl Model {
                     self.push(ms, Kind::Hist { conv, from }, text, own);
                 }
             }
+            ServerLine::Gap { kind, name, .. } => {
+                let what = if kind == "room" {
+                    format!("#{name}")
+                } else {
+                    format!("{name}'s publications")
+                };
+                let text = format!("the server lost some lines of {what}: /history shows them");
+                self.push(now, Kind::Error, text, false);
+            }
             ServerLine::Sys { room, user, what } => {
                 self.users.insert(user.clone());
                 self.push(now, Kind::Sys, format!("{user} {what} #{room}"), false);

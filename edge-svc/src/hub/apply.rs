@@ -2,6 +2,7 @@
 
 use super::{Hub, Out, Session};
 use bytes::Bytes;
+use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
 use std::collections::HashSet;
@@ -21,17 +22,35 @@ impl Hub {
     }
 
     fn broadcast(&self, channel: &str, payload: &[u8]) {
-        let line = match serde_json::from_slice::<ServerLine>(payload) {
-            Ok(line) => render(std::slice::from_ref(&line)),
-            Err(e) => {
-                tracing::warn!(channel, error = %e, "undecodable line dropped");
-                return;
-            }
+        match serde_json::from_slice::<ServerLine>(payload) {
+            Ok(line) => self.pass_on(channel, &line),
+            Err(e) => tracing::warn!(channel, error = %e, "undecodable line dropped"),
+        }
+    }
+
+    /// Queues a room or publisher line to the channel's audience, unless
+    /// it is a message already passed on (replayed, then live).
+    pub(crate) fn pass_on(&self, channel: &str, line: &ServerLine) {
+        let id = match line {
+            ServerLine::Msg { id, .. } | ServerLine::Pub { id, .. } => EntryId::parse(id),
+            _ => None,
         };
-        let st = self.lock();
+        let mut st = self.lock();
+        let st = &mut *st;
         let Some(members) = st.audience.get(channel) else {
+            st.last.remove(channel);
             return;
         };
+        if let Some(id) = id {
+            match st.last.get_mut(channel) {
+                Some(last) if id <= *last => return,
+                Some(last) => *last = id,
+                None => {
+                    st.last.insert(channel.to_string(), id);
+                }
+            }
+        }
+        let line = render(std::slice::from_ref(line));
         for id in members {
             if let Some(c) = st.conns.get(id) {
                 self.push(c, Out::Line(line.clone()));

@@ -20,6 +20,7 @@ mod tests;
 
 use bytes::Bytes;
 use shared::admin::Counter;
+use shared::consumer::EntryId;
 use shared::envelope::Effect;
 use shared::keys::Keys;
 use shared::line::ServerLine;
@@ -97,6 +98,10 @@ struct State {
     audience: HashMap<String, HashSet<u64>>,
     /// Channel → requests in flight that may add to its audience.
     holds: HashMap<String, usize>,
+    /// Channel → the id of the last `MSG` or `PUB` passed on from it: after
+    /// a Pub/Sub reconnect, history is replayed from there (and a line
+    /// that comes twice, replayed and live, is passed on once).
+    last: HashMap<String, EntryId>,
 }
 
 pub(crate) struct Hub {
@@ -236,6 +241,25 @@ impl Hub {
             .iter()
             .filter_map(|(id, c)| c.session.clone().map(|s| (*id, s)))
             .collect()
+    }
+
+    /// Each channel with an audience and the id of the last message
+    /// passed on from it (forgetting channels that lost their audience).
+    pub(crate) fn marks(&self) -> Vec<(String, EntryId)> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        st.last
+            .retain(|channel, _| st.audience.contains_key(channel));
+        st.last.iter().map(|(c, id)| (c.clone(), *id)).collect()
+    }
+
+    /// Tells a channel's audience that lines after `after` may be missing,
+    /// and takes `newest` as passed on.
+    pub(crate) fn gap(&self, channel: &str, line: &ServerLine, newest: EntryId) {
+        self.pass_on(channel, line);
+        if let Some(last) = self.lock().last.get_mut(channel) {
+            *last = newest.max(*last);
+        }
     }
 
     fn orphan(&self, session: Session) {

@@ -1,6 +1,7 @@
 //! Tests of the hub: the table, channel audiences and holds, and applying replies.
 
 use super::*;
+use shared::consumer::EntryId;
 use shared::envelope::Reply;
 use shared::line::ServerLine;
 
@@ -336,4 +337,43 @@ fn broadcasts_and_listings_reach_clients_in_wire_form() {
         ],
         "a payload that is not a line is dropped; a listing is sorted"
     );
+}
+
+#[test]
+fn a_message_passed_on_once_is_not_passed_on_again() {
+    let (hub, _tasks) = hub();
+    let (mut a, _) = conn(&hub, 1, 16);
+    let _wait = hub.expect(1, 1);
+    hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
+    let lobby = "chat:ch:room:lobby";
+    let line = |l: &str| ServerLine::parse(l).unwrap();
+    hub.dispatch(lobby, &wire("MSG lobby 5-0 bob live"));
+    assert_eq!(
+        hub.marks(),
+        [(lobby.to_string(), EntryId { ms: 5, seq: 0 })]
+    );
+    // Replayed after a reconnect: what came already is skipped.
+    hub.pass_on(lobby, &line("MSG lobby 5-0 bob live"));
+    hub.pass_on(lobby, &line("MSG lobby 4-9 bob older"));
+    hub.pass_on(lobby, &line("MSG lobby 6-0 bob missed"));
+    hub.dispatch(lobby, &wire("MSG lobby 6-0 bob missed"));
+    hub.dispatch(lobby, &wire("SYS lobby carol joined"));
+    let gap = line("GAP room lobby 6-0");
+    hub.gap(lobby, &gap, EntryId { ms: 9, seq: 0 });
+    hub.dispatch(lobby, &wire("MSG lobby 8-0 bob inside the gap"));
+    hub.dispatch(lobby, &wire("MSG lobby 10-0 bob after"));
+    assert_eq!(
+        lines(&mut a),
+        [
+            "OK LOGIN alice lobby\n",
+            "MSG lobby 5-0 bob live\n",
+            "MSG lobby 6-0 bob missed\n",
+            "SYS lobby carol joined\n",
+            "GAP room lobby 6-0\n",
+            "MSG lobby 10-0 bob after\n",
+        ]
+    );
+    // A channel without an audience is forgotten.
+    hub.remove(1);
+    assert!(hub.marks().is_empty());
 }
