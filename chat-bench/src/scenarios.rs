@@ -2,7 +2,8 @@
 //! and `connect`.
 
 use crate::load::{self, Error, Live, Reader, Schedule, Sink, Tally, Window, Writer};
-use crate::system::{self, System, LOAD_USER_COST};
+use crate::system::{System, LOAD_USER_COST};
+use e2e::usage;
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -104,7 +105,7 @@ pub async fn measure<S: Sink + Send + 'static>(
 ) -> Result<Traffic, Error> {
     let senders = sinks.len();
     let cpu_before = cpu_now(system);
-    let calls_before = system.command_calls().await?;
+    let calls_before = system.services.redis.command_calls().await;
     let started = Instant::now();
     let per_sec = meta.rate / senders as f64;
     let sending: Vec<_> = sinks
@@ -145,7 +146,11 @@ pub async fn measure<S: Sink + Send + 'static>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Read once everything sent has been routed.
-    let calls = calls_per(&calls_before, &system.command_calls().await?, total_sent);
+    let calls = calls_per(
+        &calls_before,
+        &system.services.redis.command_calls().await,
+        total_sent,
+    );
     run.stop.cancel();
     shown.cancel();
 
@@ -219,8 +224,8 @@ fn cpu_now(system: &System) -> Vec<(String, f64)> {
     system
         .pids()
         .into_iter()
-        .map(|(name, pid)| (name, system::cpu_seconds(pid)))
-        .chain(system::idle_and_stolen())
+        .map(|(name, pid)| (name, usage::cpu_seconds(pid)))
+        .chain(usage::idle_and_stolen())
         .collect()
 }
 
@@ -400,7 +405,7 @@ pub async fn baseline(
     rate: f64,
     timing: Timing,
 ) -> Result<Traffic, Error> {
-    let client = shared::store::client(&system.redis_url)?;
+    let client = shared::store::client(&system.services.redis.url())?;
     let channel = "bench:baseline".to_string();
     let mut subscribers = Vec::new();
     for _ in 0..clients {
@@ -481,8 +486,8 @@ async fn drain(mut rd: Reader, pongs: Arc<AtomicU64>, closed: Arc<AtomicU64>) {
 /// `n` idle logged-in connections on the first edge.
 pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
     let users = system.users("idle-", n, LOAD_USER_COST).await?;
-    let pid = system.edges[0].id().unwrap_or(0);
-    let before = system::rss(pid);
+    let pid = system.services.pid(e2e::Role::Edge, 0);
+    let before = usage::rss(pid);
     let started = Instant::now();
     let target = &system.target;
     let (done, pongs, closed) = (
@@ -510,7 +515,7 @@ pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
     let seconds_to_connect = started.elapsed().as_secs_f64();
     // Let the edge settle (queues drained, allocator) before reading.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = system::rss(pid);
+    let after = usage::rss(pid);
     for wr in &mut writers {
         let _ = wr.send(b"/ping\n").await;
     }
@@ -572,7 +577,7 @@ pub struct Login {
 /// Logins per second at the configured bcrypt cost, with one and then two
 /// auth-svc instances; and a small room chatting through a login storm.
 pub async fn login(system: &mut System, parallel: usize, timing: Timing) -> Result<Login, Error> {
-    let cost = system.bcrypt_cost;
+    let cost = system.services.cfg.auth.bcrypt_cost;
     let users = system.users("login-", parallel, cost).await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out = Login {
@@ -595,7 +600,7 @@ pub async fn login(system: &mut System, parallel: usize, timing: Timing) -> Resu
     out.logins_per_s
         .insert("1, with chat going on".into(), rate);
     out.failed += failed;
-    system.add_auth()?;
+    system.services.add(e2e::Role::Auth).await;
     // The new instance joins the consumer group as it starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rate, failed) = storm(system, &users, timing).await?;
