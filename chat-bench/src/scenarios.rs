@@ -1,7 +1,7 @@
 //! The named scenarios: `fanout`, `rooms`, `pubsub`, `baseline`, `login`
 //! and `connect`.
 
-use crate::load::{self, Error, Live, Reader, Schedule, Sink, Tally, Window, Writer};
+use crate::load::{self, Error, Live, Reader, Schedule, Seen, Sink, Tally, Window, Writer};
 use crate::system::{System, LOAD_USER_COST};
 use e2e::usage;
 use futures_util::StreamExt;
@@ -248,16 +248,16 @@ fn calls_per(before: &[(String, u64)], after: &[(String, u64)], per: u64) -> BTr
         .collect()
 }
 
-/// Logs in `users` and has each send `setup(i)` (if any) and wait for its
-/// reply.
+/// Logs in `users` and has each send command `setup(i)` (if any) and wait
+/// for its reply.
 async fn clients(
     system: &System,
     users: &[String],
-    setup: impl Fn(usize) -> Option<(String, &'static str)>,
+    setup: impl Fn(usize) -> Option<String>,
 ) -> Result<Vec<(Reader, Writer)>, Error> {
     let mut conns = load::login_all(&system.target, users, 64).await?;
     let jobs = conns.iter_mut().enumerate().filter_map(|(i, (rd, wr))| {
-        setup(i).map(|(line, ok)| async move { load::command(rd, wr, &line, ok).await })
+        setup(i).map(|line| async move { load::command(rd, wr, &line).await })
     });
     futures_util::stream::iter(jobs)
         .buffer_unordered(64)
@@ -327,7 +327,7 @@ async fn in_rooms(
         .users(&format!("{scenario}-"), clients, LOAD_USER_COST)
         .await?;
     let conns = self::clients(system, &users, |i| {
-        Some((format!("/join {scenario}{nth}-{}", i % rooms), "OK JOIN"))
+        Some(format!("/join {scenario}{nth}-{}", i % rooms))
     })
     .await?;
     let run = Run::new(timing);
@@ -358,7 +358,7 @@ pub async fn pubsub(
     let mut users = pubs.clone();
     users.extend(subs);
     let conns = self::clients(system, &users, |i| {
-        (i >= publishers).then(|| (format!("/subscribe pub-{}", i % publishers), "OK SUBSCRIBE"))
+        (i >= publishers).then(|| format!("/subscribe pub-{}", i % publishers))
     })
     .await?;
     let run = Run::new(timing);
@@ -437,7 +437,11 @@ pub async fn baseline(
                     tally.closed = true;
                     break;
                 };
-                if let Some((slot, seq, sent)) = load::payload(m.get_payload_bytes(), 0) {
+                if let Some((slot, seq, sent)) = m
+                    .get_payload_bytes()
+                    .strip_prefix(b"redis ")
+                    .and_then(load::payload)
+                {
                     let now = tally.window.now();
                     tally.on(slot, seq, sent, now, None);
                     tally.report();
@@ -471,12 +475,13 @@ pub struct Connect {
 }
 
 /// Reads a held connection (every login is announced to the lobby, so
-/// idle connections still receive) and counts `OK PING` and `BYE`.
+/// idle connections still receive: read in place, not parsed) and counts
+/// `OK PING` and `BYE`.
 async fn drain(mut rd: Reader, pongs: Arc<AtomicU64>, closed: Arc<AtomicU64>) {
     while let Ok(Some(line)) = rd.line().await {
-        if line.starts_with(b"OK PING") {
+        if line == b"OK PING" {
             pongs.fetch_add(1, Ordering::Relaxed);
-        } else if line.starts_with(b"BYE ") {
+        } else if load::seen(&line) == Seen::Bye {
             break;
         }
     }
@@ -619,7 +624,7 @@ fn round1(v: f64) -> f64 {
 async fn small_room(system: &System, prefix: &str) -> Result<Vec<(Reader, Writer)>, Error> {
     let users = system.users(prefix, 20, LOAD_USER_COST).await?;
     let room = format!("/join {}room", prefix.trim_end_matches('-'));
-    clients(system, &users, |_| Some((room.clone(), "OK JOIN"))).await
+    clients(system, &users, |_| Some(room.clone())).await
 }
 
 /// 2 of the 20 send at 200 messages per second in total.
