@@ -336,6 +336,13 @@ impl System {
             .unwrap();
     }
 
+    /// Accounts with the password `<name>-pw`.
+    pub async fn add_users(&self, names: &[&str]) {
+        for name in names {
+            self.add_user(name).await;
+        }
+    }
+
     /// A connection to edge `edge` (0-based), past its `HELLO`.
     pub async fn connect(&self, edge: usize) -> Client {
         let mut c = Client::connect(self.edge(edge), &self.trust())

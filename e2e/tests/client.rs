@@ -132,9 +132,7 @@ impl Drop for Tmux {
 /// `tweak`.
 async fn system(users: &[&str], tweak: impl FnOnce(&mut Config)) -> System {
     let sys = System::start_with(Shape::default(), tweak).await;
-    for user in users {
-        sys.add_user(user).await;
-    }
+    sys.add_users(users).await;
     sys
 }
 

@@ -115,9 +115,7 @@ async fn failed_logins_are_throttled_across_edges() {
         },
     )
     .await;
-    for u in ["alice", "bob", "carol"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob", "carol"]).await;
     let mut c = sys.connect(0).await;
     for _ in 0..3 {
         assert!(c
@@ -157,9 +155,7 @@ async fn failed_logins_are_throttled_across_edges() {
 #[tokio::test]
 async fn a_stalled_reader_is_dropped_and_does_not_slow_the_room() {
     let sys = System::start_with(Default::default(), |c| c.edge.out_queue = 64).await;
-    for u in ["fast", "stalled", "sender"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["fast", "stalled", "sender"]).await;
     let mut fast = sys.login(0, "fast").await;
     let _stalled = sys.login(0, "stalled").await; // never reads again
     let mut sender = sys.login(1, "sender").await;

@@ -25,8 +25,7 @@ fn entry_id(id: &str) -> EntryId {
 #[tokio::test]
 async fn lobby_text_reaches_both_edges_and_echoes() {
     let sys = System::start().await;
-    sys.add_user("alice").await;
-    sys.add_user("bob").await;
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
 
@@ -64,9 +63,7 @@ async fn two_routers_share_partitions_and_keep_each_senders_order() {
     )
     .await;
     let users = ["alice", "bob", "carol", "dave"];
-    for u in users {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&users).await;
     let mut clients = Vec::new();
     for (i, u) in users.iter().enumerate() {
         clients.push(sys.login(i % 2, u).await);

@@ -109,8 +109,7 @@ async fn session_hash_and_lobby_set_follow_the_session() {
 #[tokio::test]
 async fn second_login_forces_the_first_out_by_default() {
     let sys = System::start().await;
-    sys.add_user("alice").await;
-    sys.add_user("bob").await;
+    sys.add_users(&["alice", "bob"]).await;
     let mut bob = sys.login(1, "bob").await;
     let mut old = sys.login(0, "alice").await;
     assert_eq!(old.ask("/join dev").await, "OK JOIN dev");

@@ -15,9 +15,7 @@ fn msg_id(line: &str) -> String {
 #[tokio::test]
 async fn private_messages_are_queued_for_the_offline_and_delivered_once_in_order() {
     let sys = System::start().await;
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
 
     let mut queued = Vec::new();
@@ -88,9 +86,7 @@ async fn private_messages_are_queued_for_the_offline_and_delivered_once_in_order
 #[tokio::test]
 async fn history_keeps_ids_order_and_cap() {
     let sys = System::start_with(Default::default(), |c| c.router.history_cap = 5).await;
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut ids = Vec::new();
     for i in 0..8 {
@@ -185,9 +181,7 @@ async fn a_login_answered_too_late_opens_nothing_and_keeps_the_inbox() {
 #[tokio::test]
 async fn lines_sent_in_one_write_are_routed_in_order_before_a_command_after_them() {
     let sys = System::start().await;
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
     // Room lines read together go to Redis together; the command after

@@ -140,9 +140,7 @@ async fn an_edge_killed_leaves_no_ghosts_and_its_users_log_in_again_at_once() {
         c.edge.request_timeout_ms = 1000;
     })
     .await;
-    for user in ["alice", "bob", "carol"] {
-        sys.add_user(user).await;
-    }
+    sys.add_users(&["alice", "bob", "carol"]).await;
     let mut alice = ChatClient::start(&sys, 0, "alice");
     let mut carol = ChatClient::start(&sys, 0, "carol");
     let mut bob = ChatClient::start(&sys, 1, "bob");
@@ -215,9 +213,7 @@ async fn invalid_configuration_exits_64_before_binding() {
 #[tokio::test]
 async fn a_router_killed_mid_load_loses_and_repeats_nothing() {
     let mut sys = System::start_with(Shape::default(), |c| c.edge.lines_per_sec = 0).await; // alice floods
-    for user in ["alice", "bob"] {
-        sys.add_user(user).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     // A second router process shares the partitions with the first.
     sys.add(Role::Router).await;
     let mut alice = ChatClient::start(&sys, 0, "alice");

@@ -15,9 +15,7 @@ fn parse_pub(line: ServerLine) -> (String, String, String) {
 #[tokio::test]
 async fn publications_reach_online_subscribers_only_and_subscriptions_last() {
     let sys = System::start().await;
-    for u in ["alice", "carol", "dave"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "carol", "dave"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut carol = sys.login(1, "carol").await;
     let mut dave = sys.login(0, "dave").await;
@@ -122,9 +120,7 @@ async fn a_publication_is_one_publish_whatever_the_number_of_subscribers() {
 #[tokio::test]
 async fn a_deleted_account_leaves_no_subscriptions_behind() {
     let sys = System::start().await;
-    for u in ["alice", "carol"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "carol"]).await;
     let mut carol = sys.login(1, "carol").await;
     carol.ask("/subscribe alice").await;
     let mut r = sys.redis.conn().await;

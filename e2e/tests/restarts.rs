@@ -9,9 +9,7 @@ async fn clients_ride_out_a_redis_restart_without_reconnecting() {
     let mut sys =
         System::start_with(Default::default(), |c| c.edge.request_timeout_ms = 1000).await;
     let admin = sys.admin(Role::Router, 0);
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
     bob.ask("/join dev").await;

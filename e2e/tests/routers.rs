@@ -38,8 +38,7 @@ async fn a_crashed_router_is_taken_over_without_loss_duplicates_or_reordering() 
         auths: 1,
     };
     let mut sys = System::start_with(shape, |c| c.router.lease_ms = 900).await;
-    sys.add_user("alice").await;
-    sys.add_user("bob").await;
+    sys.add_users(&["alice", "bob"]).await;
     sys.add(Role::Router).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
@@ -71,8 +70,7 @@ async fn requests_left_by_a_router_that_lost_its_lease_go_first() {
         auths: 1,
     };
     let mut sys = System::start_with(shape, |_| {}).await;
-    sys.add_user("alice").await;
-    sys.add_user("bob").await;
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
 
