@@ -145,6 +145,8 @@ impl System {
         Self::launch(setup).await
     }
 
+    /// The system `setup` describes (chat-bench's; tests start theirs with
+    /// [`System::start_with`]).
     pub async fn launch(setup: Setup) -> System {
         let redis = TestRedis::start().await;
         let temporary = setup.dir.is_none();
@@ -284,7 +286,9 @@ impl System {
 
     /// Sends signal `sig` (`TERM`, `KILL`) to instance `i` of `role`.
     pub fn signal(&self, role: Role, i: usize, sig: &str) {
-        signal(self.pid(role, i), sig);
+        let pid = self.instances[self.at(role, i)].child.id();
+        let pid = pid.unwrap_or_else(|| panic!("{} has exited", role.id(i)));
+        signal(pid, sig);
     }
 
     /// Waits until instance `i` of `role` has exited.
