@@ -4,6 +4,7 @@
 
 use hdrhistogram::Histogram;
 use shared::consumer::EntryId;
+use shared::line::ServerLine;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,20 +82,20 @@ impl Reader {
         }
     }
 
-    /// Reads up to the first line for which `done` says yes (or errors on
-    /// an `ERR`, the end, or a long wait).
-    pub async fn until(&mut self, done: impl Fn(&str) -> bool) -> Result<String, Error> {
+    /// Reads up to the first line for which `done` says yes; errors on an
+    /// `ERR` or `BYE`, a line outside the protocol, the end, or a long wait.
+    pub async fn until(&mut self, done: impl Fn(&ServerLine) -> bool) -> Result<ServerLine, Error> {
         loop {
             let line = tokio::time::timeout(SETUP_WAIT, self.line())
                 .await
                 .map_err(|_| "no answer in time")??
                 .ok_or("connection closed")?;
-            let line = String::from_utf8_lossy(&line);
-            if done(&line) {
-                return Ok(line.into_owned());
+            let line = ServerLine::parse(std::str::from_utf8(&line)?)?;
+            if let ServerLine::Err { .. } | ServerLine::Bye { .. } = line {
+                return Err(line.to_string().into());
             }
-            if line.starts_with("ERR ") || line.starts_with("BYE ") {
-                return Err(line.into_owned().into());
+            if done(&line) {
+                return Ok(line);
             }
         }
     }
@@ -123,7 +124,9 @@ pub async fn connect(target: &Target, edge: usize) -> Result<(Reader, Writer), E
         buf: Vec::new(),
         pos: 0,
     };
-    reader.until(|l| l.starts_with("HELLO ")).await?;
+    reader
+        .until(|l| matches!(l, ServerLine::Hello { .. }))
+        .await?;
     Ok((reader, Writer(wr)))
 }
 
@@ -132,14 +135,16 @@ pub async fn login(target: &Target, edge: usize, user: &str) -> Result<(Reader, 
     let (mut rd, mut wr) = connect(target, edge).await?;
     wr.send(format!("LOGIN {user} {PASSWORD}\n").as_bytes())
         .await?;
-    rd.until(|l| l.starts_with("OK LOGIN")).await?;
+    rd.until(|l| matches!(l, ServerLine::OkLogin { .. }))
+        .await?;
     Ok((rd, wr))
 }
 
-/// Sends `line` and waits for the reply starting with `ok`.
-pub async fn command(rd: &mut Reader, wr: &mut Writer, line: &str, ok: &str) -> Result<(), Error> {
+/// Sends command `line` and waits for its reply (its final line), which
+/// must not be an error.
+pub async fn command(rd: &mut Reader, wr: &mut Writer, line: &str) -> Result<(), Error> {
     wr.send(format!("{line}\n").as_bytes()).await?;
-    rd.until(|l| l.starts_with(ok)).await?;
+    rd.until(ServerLine::is_final).await?;
     Ok(())
 }
 
@@ -275,10 +280,10 @@ impl Tally {
     }
 }
 
-/// Parses the payload `<slot> <seq> <sent>` at the end of a delivered
-/// line, whose first `skip` fields are the keyword and routing fields.
-pub fn payload(line: &[u8], skip: usize) -> Option<(usize, u64, u64)> {
-    let mut fields = line.splitn(skip + 4, |&b| b == b' ').skip(skip + 1);
+/// Parses `<slot> <seq> <sent>`, the text of every message the senders
+/// send.
+pub fn payload(text: &[u8]) -> Option<(usize, u64, u64)> {
+    let mut fields = text.splitn(3, |&b| b == b' ');
     let slot = number(fields.next()?)?;
     let seq = number(fields.next()?)?;
     let sent = number(fields.next()?)?;
@@ -296,10 +301,54 @@ fn number(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// The milliseconds of the message id in field `at` of `line`.
-fn stamp(line: &[u8], at: usize) -> Option<u64> {
-    let id = line.split(|&b| b == b' ').nth(at)?;
+/// The milliseconds of a message id (`<ms>-<seq>`).
+fn stamp(id: &[u8]) -> Option<u64> {
     Some(EntryId::parse(std::str::from_utf8(id).ok()?)?.ms)
+}
+
+/// What a receiver makes of a line.
+#[derive(Debug, PartialEq)]
+pub enum Seen<'a> {
+    /// A room line (`MSG <room> <id> <from> <text>`) or a publication
+    /// (`PUB <id> <from> <text>`) whose text is a [`payload`].
+    Delivery {
+        id: &'a [u8],
+        payload: (usize, u64, u64),
+    },
+    /// `BYE <reason>`: the session is over.
+    Bye,
+    Other,
+}
+
+/// Reads `line` in place. This runs for every delivery, where
+/// [`ServerLine::parse`] would allocate every field; the tests check that
+/// both read lines alike.
+pub fn seen(line: &[u8]) -> Seen<'_> {
+    let (keyword, rest) = match line.iter().position(|&b| b == b' ') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, &[][..]),
+    };
+    let id_and_rest = match keyword {
+        b"MSG" => word(rest).and_then(|(_room, rest)| word(rest)),
+        b"PUB" => word(rest),
+        b"BYE" => return Seen::Bye,
+        _ => return Seen::Other,
+    };
+    id_and_rest
+        .and_then(|(id, rest)| {
+            let (_from, text) = word(rest)?;
+            Some(Seen::Delivery {
+                id,
+                payload: payload(text)?,
+            })
+        })
+        .unwrap_or(Seen::Other)
+}
+
+/// The field before the next space (never empty), and what follows it.
+fn word(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = rest.iter().position(|&b| b == b' ')?;
+    (i > 0).then(|| (&rest[..i], &rest[i + 1..]))
 }
 
 /// Reads deliveries until `stop`: room lines (`MSG <room> <id> <from>
@@ -320,21 +369,21 @@ pub async fn receive(mut rd: Reader, mut tally: Tally, stop: CancellationToken) 
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
         {
-            let sample = tally.received % AFTER_EDGE_SAMPLE == 0;
-            let parsed = if line.starts_with(b"MSG ") {
-                payload(line, 3).map(|p| (p, sample.then(|| stamp(line, 2)).flatten()))
-            } else if line.starts_with(b"PUB ") {
-                payload(line, 2).map(|p| (p, sample.then(|| stamp(line, 1)).flatten()))
-            } else {
-                if line.starts_with(b"BYE ") {
+            match seen(line) {
+                Seen::Delivery {
+                    id,
+                    payload: (slot, seq, sent),
+                } => {
+                    let sample = tally.received % AFTER_EDGE_SAMPLE == 0;
+                    let stamp = sample.then(|| stamp(id)).flatten();
+                    tally.on(slot, seq, sent, now, stamp.map(|s| (s, wall_ms)));
+                }
+                Seen::Bye => {
                     tally.closed = true;
                     tally.report();
                     return tally;
                 }
-                None
-            };
-            if let Some(((slot, seq, sent), stamp)) = parsed {
-                tally.on(slot, seq, sent, now, stamp.map(|s| (s, wall_ms)));
+                Seen::Other => {}
             }
         }
         tally.report();
@@ -421,12 +470,70 @@ mod tests {
     #[test]
     fn payload_takes_the_last_three_fields() {
         assert_eq!(
-            payload(b"MSG lobby 1-0 fan-3 2 17 123456", 3),
-            Some((2, 17, 123456))
+            seen(b"MSG lobby 1-0 fan-3 2 17 123456"),
+            Seen::Delivery {
+                id: b"1-0",
+                payload: (2, 17, 123456)
+            }
         );
-        assert_eq!(payload(b"PUB 1-0 pub-1 0 5 99", 2), Some((0, 5, 99)));
-        assert_eq!(payload(b"MSG lobby 1-0 fan-3 hello", 3), None);
-        assert_eq!(stamp(b"MSG lobby 17-3 fan-3 2 17 123456", 2), Some(17));
+        assert_eq!(
+            seen(b"PUB 1-0 pub-1 0 5 99"),
+            Seen::Delivery {
+                id: b"1-0",
+                payload: (0, 5, 99)
+            }
+        );
+        assert_eq!(seen(b"MSG lobby 1-0 fan-3 hello"), Seen::Other);
+        let Seen::Delivery { id, .. } = seen(b"MSG lobby 17-3 fan-3 2 17 123456") else {
+            panic!("a delivery");
+        };
+        assert_eq!(stamp(id), Some(17));
+    }
+
+    /// [`seen`] reads every line as [`ServerLine::parse`] does.
+    #[test]
+    fn deliveries_are_read_as_server_lines() {
+        for line in [
+            "MSG lobby 1795426330266-0 fan-3 2 17 123456",
+            "MSG room-7 1-12 a 0 0 0",
+            "PUB 1795426330266-1 pub-1 0 5 99",
+            "MSG lobby 1-0 fan-3 hello there",
+            "MSG lobby 1-0 fan-3 1 2 3 4",
+            "MSG lobby 1-0 fan-3 1 2",
+            "MSG lobby 1-0 fan-3 1 2 99999999999999999999",
+            "MSG lobby 1-0 fan-3 ",
+            "MSG lobby 1-0 fan-3",
+            "MSG lobby 1-0",
+            "MSG lobby  1-0 7 8 9",
+            "MSG  lobby 1-0 f 7 8 9",
+            "MSG",
+            "PUB 1-0 pub-1",
+            "PUB  1-0 pub-1 1 2 3",
+            "DM 1-0 bob 1 2 3",
+            "HIST lobby 1-0 bob 1 2 3",
+            "SYS lobby bob joined",
+            "BYE server-shutdown",
+            "BYE",
+            "OK PUBLISH 1-0 2",
+            "OK PING",
+            "ERR rate-limited slow down",
+            "HELLO edge-1 chat/1",
+            "BYEBYE now",
+            "",
+        ] {
+            let parsed = ServerLine::parse(line);
+            let want = match &parsed {
+                Ok(ServerLine::Msg { id, text, .. } | ServerLine::Pub { id, text, .. }) => {
+                    payload(text.as_bytes()).map_or(Seen::Other, |payload| Seen::Delivery {
+                        id: id.as_bytes(),
+                        payload,
+                    })
+                }
+                Ok(ServerLine::Bye { .. }) => Seen::Bye,
+                _ => Seen::Other,
+            };
+            assert_eq!(seen(line.as_bytes()), want, "{line:?}");
+        }
     }
 
     #[test]

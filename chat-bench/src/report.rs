@@ -55,7 +55,7 @@ impl Results {
             .unwrap_or(0.0);
         Results {
             chat_version: env!("CARGO_PKG_VERSION"),
-            redis_version: system.redis_version().await,
+            redis_version: system.services.redis.version().await,
             unix_time: shared::now_ms() / 1000,
             machine: Machine {
                 cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -1,8 +1,9 @@
 //! The named scenarios: `fanout`, `rooms`, `pubsub`, `baseline`, `login`
 //! and `connect`.
 
-use crate::load::{self, Error, Live, Reader, Schedule, Sink, Tally, Window, Writer};
-use crate::system::{self, System, LOAD_USER_COST};
+use crate::load::{self, Error, Live, Reader, Schedule, Seen, Sink, Tally, Window, Writer};
+use crate::system::{System, LOAD_USER_COST};
+use e2e::usage;
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -104,7 +105,7 @@ pub async fn measure<S: Sink + Send + 'static>(
 ) -> Result<Traffic, Error> {
     let senders = sinks.len();
     let cpu_before = cpu_now(system);
-    let calls_before = system.command_calls().await?;
+    let calls_before = system.services.redis.command_calls().await;
     let started = Instant::now();
     let per_sec = meta.rate / senders as f64;
     let sending: Vec<_> = sinks
@@ -145,7 +146,11 @@ pub async fn measure<S: Sink + Send + 'static>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Read once everything sent has been routed.
-    let calls = calls_per(&calls_before, &system.command_calls().await?, total_sent);
+    let calls = calls_per(
+        &calls_before,
+        &system.services.redis.command_calls().await,
+        total_sent,
+    );
     run.stop.cancel();
     shown.cancel();
 
@@ -219,8 +224,8 @@ fn cpu_now(system: &System) -> Vec<(String, f64)> {
     system
         .pids()
         .into_iter()
-        .map(|(name, pid)| (name, system::cpu_seconds(pid)))
-        .chain(system::idle_and_stolen())
+        .map(|(name, pid)| (name, usage::cpu_seconds(pid)))
+        .chain(usage::idle_and_stolen())
         .collect()
 }
 
@@ -243,16 +248,16 @@ fn calls_per(before: &[(String, u64)], after: &[(String, u64)], per: u64) -> BTr
         .collect()
 }
 
-/// Logs in `users` and has each send `setup(i)` (if any) and wait for its
-/// reply.
+/// Logs in `users` and has each send command `setup(i)` (if any) and wait
+/// for its reply.
 async fn clients(
     system: &System,
     users: &[String],
-    setup: impl Fn(usize) -> Option<(String, &'static str)>,
+    setup: impl Fn(usize) -> Option<String>,
 ) -> Result<Vec<(Reader, Writer)>, Error> {
     let mut conns = load::login_all(&system.target, users, 64).await?;
     let jobs = conns.iter_mut().enumerate().filter_map(|(i, (rd, wr))| {
-        setup(i).map(|(line, ok)| async move { load::command(rd, wr, &line, ok).await })
+        setup(i).map(|line| async move { load::command(rd, wr, &line).await })
     });
     futures_util::stream::iter(jobs)
         .buffer_unordered(64)
@@ -322,7 +327,7 @@ async fn in_rooms(
         .users(&format!("{scenario}-"), clients, LOAD_USER_COST)
         .await?;
     let conns = self::clients(system, &users, |i| {
-        Some((format!("/join {scenario}{nth}-{}", i % rooms), "OK JOIN"))
+        Some(format!("/join {scenario}{nth}-{}", i % rooms))
     })
     .await?;
     let run = Run::new(timing);
@@ -353,7 +358,7 @@ pub async fn pubsub(
     let mut users = pubs.clone();
     users.extend(subs);
     let conns = self::clients(system, &users, |i| {
-        (i >= publishers).then(|| (format!("/subscribe pub-{}", i % publishers), "OK SUBSCRIBE"))
+        (i >= publishers).then(|| format!("/subscribe pub-{}", i % publishers))
     })
     .await?;
     let run = Run::new(timing);
@@ -400,7 +405,7 @@ pub async fn baseline(
     rate: f64,
     timing: Timing,
 ) -> Result<Traffic, Error> {
-    let client = shared::store::client(&system.redis_url)?;
+    let client = shared::store::client(&system.services.redis.url())?;
     let channel = "bench:baseline".to_string();
     let mut subscribers = Vec::new();
     for _ in 0..clients {
@@ -432,7 +437,11 @@ pub async fn baseline(
                     tally.closed = true;
                     break;
                 };
-                if let Some((slot, seq, sent)) = load::payload(m.get_payload_bytes(), 0) {
+                if let Some((slot, seq, sent)) = m
+                    .get_payload_bytes()
+                    .strip_prefix(b"redis ")
+                    .and_then(load::payload)
+                {
                     let now = tally.window.now();
                     tally.on(slot, seq, sent, now, None);
                     tally.report();
@@ -466,12 +475,13 @@ pub struct Connect {
 }
 
 /// Reads a held connection (every login is announced to the lobby, so
-/// idle connections still receive) and counts `OK PING` and `BYE`.
+/// idle connections still receive: read in place, not parsed) and counts
+/// `OK PING` and `BYE`.
 async fn drain(mut rd: Reader, pongs: Arc<AtomicU64>, closed: Arc<AtomicU64>) {
     while let Ok(Some(line)) = rd.line().await {
-        if line.starts_with(b"OK PING") {
+        if line == b"OK PING" {
             pongs.fetch_add(1, Ordering::Relaxed);
-        } else if line.starts_with(b"BYE ") {
+        } else if load::seen(&line) == Seen::Bye {
             break;
         }
     }
@@ -481,8 +491,8 @@ async fn drain(mut rd: Reader, pongs: Arc<AtomicU64>, closed: Arc<AtomicU64>) {
 /// `n` idle logged-in connections on the first edge.
 pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
     let users = system.users("idle-", n, LOAD_USER_COST).await?;
-    let pid = system.edges[0].id().unwrap_or(0);
-    let before = system::rss(pid);
+    let pid = system.services.pid(e2e::Role::Edge, 0);
+    let before = usage::rss(pid);
     let started = Instant::now();
     let target = &system.target;
     let (done, pongs, closed) = (
@@ -510,7 +520,7 @@ pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
     let seconds_to_connect = started.elapsed().as_secs_f64();
     // Let the edge settle (queues drained, allocator) before reading.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = system::rss(pid);
+    let after = usage::rss(pid);
     for wr in &mut writers {
         let _ = wr.send(b"/ping\n").await;
     }
@@ -572,7 +582,7 @@ pub struct Login {
 /// Logins per second at the configured bcrypt cost, with one and then two
 /// auth-svc instances; and a small room chatting through a login storm.
 pub async fn login(system: &mut System, parallel: usize, timing: Timing) -> Result<Login, Error> {
-    let cost = system.bcrypt_cost;
+    let cost = system.services.cfg.auth.bcrypt_cost;
     let users = system.users("login-", parallel, cost).await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out = Login {
@@ -595,7 +605,7 @@ pub async fn login(system: &mut System, parallel: usize, timing: Timing) -> Resu
     out.logins_per_s
         .insert("1, with chat going on".into(), rate);
     out.failed += failed;
-    system.add_auth()?;
+    system.services.add(e2e::Role::Auth).await;
     // The new instance joins the consumer group as it starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rate, failed) = storm(system, &users, timing).await?;
@@ -614,7 +624,7 @@ fn round1(v: f64) -> f64 {
 async fn small_room(system: &System, prefix: &str) -> Result<Vec<(Reader, Writer)>, Error> {
     let users = system.users(prefix, 20, LOAD_USER_COST).await?;
     let room = format!("/join {}room", prefix.trim_end_matches('-'));
-    clients(system, &users, |_| Some((room.clone(), "OK JOIN"))).await
+    clients(system, &users, |_| Some(room.clone())).await
 }
 
 /// 2 of the 20 send at 200 messages per second in total.

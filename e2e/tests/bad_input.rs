@@ -5,9 +5,7 @@ use e2e::System;
 #[tokio::test]
 async fn every_command_rejects_bad_input_and_the_session_goes_on() {
     let sys = System::start().await;
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let cases = [
         ("/join", "bad-args"),

@@ -1,8 +1,9 @@
 //! The interactive `chat` client in a pseudo-terminal (tmux), against the
 //! real services as processes: what a person sees on the screen.
 
-use e2e::procs::{service, signal, ChatClient, Stack};
-use e2e::{binary, free_port, TestRedis, WAIT};
+use e2e::{binary, free_port, ChatClient, Role, Shape, System, WAIT};
+use shared::config::Config;
+use shared::line::ServerLine;
 use std::process::Command;
 use std::time::Duration;
 
@@ -127,31 +128,39 @@ impl Drop for Tmux {
     }
 }
 
+/// A system with the accounts of `users`, its configuration changed by
+/// `tweak`.
+async fn system(users: &[&str], tweak: impl FnOnce(&mut Config)) -> System {
+    let sys = System::start_with(Shape::default(), tweak).await;
+    sys.add_users(users).await;
+    sys
+}
+
 /// The interactive client as `alice` on the given edges.
-fn alice(st: &Stack, edges: &[usize]) -> Tmux {
-    Tmux::start(&chat_command(st, edges, "alice-pw", ""))
+fn alice(sys: &System, edges: &[usize]) -> Tmux {
+    Tmux::start(&chat_command(sys, edges, "alice-pw", ""))
 }
 
 /// The `chat` command line for `alice` with `password` on the given
 /// edges, and `more` arguments.
-fn chat_command(st: &Stack, edges: &[usize], password: &str, more: &str) -> String {
+fn chat_command(sys: &System, edges: &[usize], password: &str, more: &str) -> String {
     let mut cmd = format!(
         "env CHAT_PASSWORD={password} XDG_CONFIG_HOME=/nonexistent '{}' --ca '{}' --user alice {more}",
         binary("chat").display(),
-        st.ca.display()
+        sys.ca().display()
     );
     for &i in edges {
-        cmd.push_str(&format!(" --server 127.0.0.1:{}", st.ports[i]));
+        cmd.push_str(&format!(" --server {}", sys.edge(i)));
     }
     cmd
 }
 
 /// The status line, connected as `alice` in `room` through edge `i`.
-fn status(st: &Stack, room: &str, i: usize) -> String {
+fn status(sys: &System, room: &str, i: usize) -> String {
     format!(
-        " alice | #{room} | edge-{} (127.0.0.1:{}) | connected",
-        i + 1,
-        st.ports[i]
+        " alice | #{room} | {} ({}) | connected",
+        Role::Edge.id(i),
+        sys.edge(i)
     )
 }
 
@@ -171,11 +180,9 @@ fn count(screen: &str, text: &str) -> usize {
 
 #[tokio::test]
 async fn logs_in_joins_a_room_and_keeps_a_half_typed_line_while_messages_arrive() {
-    let redis = TestRedis::start().await;
-    let envs = [("CHAT_EDGE__LINES_PER_SEC", "0".to_string())];
-    let st = Stack::start(&redis, &["alice", "bob"], &envs).await;
-    let tmux = alice(&st, &[0]);
-    tmux.shows(&status(&st, "lobby", 0)).await;
+    let sys = system(&["alice", "bob"], |c| c.edge.lines_per_sec = 0).await;
+    let tmux = alice(&sys, &[0]);
+    tmux.shows(&status(&sys, "lobby", 0)).await;
     tmux.shows("=== logged in as alice, in #lobby").await;
 
     tmux.type_text("/jo");
@@ -186,10 +193,10 @@ async fn logs_in_joins_a_room_and_keeps_a_half_typed_line_while_messages_arrive(
     .await;
     tmux.type_text("den");
     tmux.press("Enter");
-    tmux.shows(&status(&st, "den", 0)).await;
+    tmux.shows(&status(&sys, "den", 0)).await;
     tmux.shows("=== you are now in #den").await;
 
-    let mut bob = ChatClient::start(st.ports[1], &st.ca, "bob");
+    let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;
     bob.say("/join den").await;
     bob.until(|l| l == "OK JOIN den").await;
@@ -257,9 +264,8 @@ async fn logs_in_joins_a_room_and_keeps_a_half_typed_line_while_messages_arrive(
 
 #[tokio::test]
 async fn reconnects_after_its_edge_restarts_and_shows_what_it_missed_once() {
-    let redis = TestRedis::start().await;
-    let mut st = Stack::start(&redis, &["alice", "bob"], &[]).await;
-    let mut bob = ChatClient::start(st.ports[1], &st.ca, "bob");
+    let mut sys = system(&["alice", "bob"], |_| {}).await;
+    let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;
     bob.say("/join den").await;
     bob.until(|l| l == "OK JOIN den").await;
@@ -267,24 +273,24 @@ async fn reconnects_after_its_edge_restarts_and_shows_what_it_missed_once() {
     bob.until(|l| l.ends_with(" bob said before alice came"))
         .await;
 
-    let tmux = alice(&st, &[0]);
-    tmux.shows(&status(&st, "lobby", 0)).await;
+    let tmux = alice(&sys, &[0]);
+    tmux.shows(&status(&sys, "lobby", 0)).await;
     tmux.type_text("/join den");
     tmux.press("Enter");
-    tmux.shows(&status(&st, "den", 0)).await;
+    tmux.shows(&status(&sys, "den", 0)).await;
     bob.until(|l| l == "SYS den alice joined").await;
     bob.say("before the restart").await;
     tmux.shows("<bob> before the restart").await;
 
-    st.stop_edge(0).await;
+    sys.stop(Role::Edge, 0).await;
     tmux.shows("| reconnecting").await;
     // Said while alice is away.
     bob.say("while you were away").await;
     bob.until(|l| l.ends_with(" bob while you were away")).await;
     tmux.type_text("typed while away");
 
-    st.restart_edge(0).await;
-    let screen = tmux.shows(&status(&st, "den", 0)).await;
+    sys.restart(Role::Edge, 0).await;
+    let screen = tmux.shows(&status(&sys, "den", 0)).await;
     assert!(screen.contains("=== back in #den"), "{screen}");
     assert_eq!(count(&screen, "<bob> while you were away"), 1, "{screen}");
     assert_eq!(count(&screen, "<bob> before the restart"), 1, "{screen}");
@@ -306,18 +312,16 @@ async fn reconnects_after_its_edge_restarts_and_shows_what_it_missed_once() {
 
 #[tokio::test]
 async fn falls_back_to_the_next_server_when_its_edge_dies() {
-    let redis = TestRedis::start().await;
-    let mut st = Stack::start(&redis, &["alice", "bob"], &[]).await;
-    let tmux = alice(&st, &[0, 1]);
-    tmux.shows(&status(&st, "lobby", 0)).await;
-    let mut bob = ChatClient::start(st.ports[1], &st.ca, "bob");
+    let mut sys = system(&["alice", "bob"], |_| {}).await;
+    let tmux = alice(&sys, &[0, 1]);
+    tmux.shows(&status(&sys, "lobby", 0)).await;
+    let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;
     bob.say("hi").await;
     tmux.shows("<bob> hi").await;
 
-    signal(&st.edges[0], "-KILL");
-    let _ = tokio::time::timeout(WAIT, st.edges[0].wait()).await;
-    let screen = tmux.shows(&status(&st, "lobby", 1)).await;
+    sys.kill(Role::Edge, 0).await;
+    let screen = tmux.shows(&status(&sys, "lobby", 1)).await;
     assert_eq!(count(&screen, "<bob> hi"), 1, "{screen}");
     bob.say("/msg alice still there?").await;
     tmux.shows("*bob* still there?").await;
@@ -325,20 +329,31 @@ async fn falls_back_to_the_next_server_when_its_edge_dies() {
 
 #[tokio::test]
 async fn plain_mode_prints_the_server_lines_as_received() {
-    let redis = TestRedis::start().await;
-    let st = Stack::start(&redis, &["alice", "bob"], &[]).await;
+    let sys = system(&["alice", "bob"], |_| {}).await;
     // Piped standard input and output: plain mode without being asked.
-    let mut alice = ChatClient::start(st.ports[0], &st.ca, "alice");
+    let mut alice = ChatClient::start(&sys, 0, "alice");
     assert_eq!(alice.line().await, "HELLO edge-1 chat/1");
     assert_eq!(alice.line().await, "OK LOGIN alice lobby");
-    let mut bob = ChatClient::start(st.ports[1], &st.ca, "bob");
+    let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;
     bob.say("\u{1b}[2J hi").await;
     let got = alice.until(|l| l.starts_with("MSG ")).await;
-    let fields: Vec<&str> = got.splitn(4, ' ').collect();
-    assert_eq!(fields[1], "lobby");
-    assert!(fields[2].contains('-'), "a message id: {got}");
-    assert_eq!(fields[3], "bob \u{1b}[2J hi", "unchanged");
+    let ServerLine::Msg {
+        room,
+        id,
+        from,
+        text,
+    } = e2e::parse(&got)
+    else {
+        panic!("{got}")
+    };
+    assert_eq!(room, "lobby");
+    assert!(id.contains('-'), "a message id: {got}");
+    assert_eq!(
+        (from.as_str(), text.as_str()),
+        ("bob", "\u{1b}[2J hi"),
+        "unchanged"
+    );
     alice.say("/ping").await;
     assert_eq!(alice.line().await, "OK PING");
     alice.stdin = None;
@@ -348,9 +363,8 @@ async fn plain_mode_prints_the_server_lines_as_received() {
 
 #[tokio::test]
 async fn bad_credentials_end_the_client_with_an_error_in_both_modes() {
-    let redis = TestRedis::start().await;
-    let st = Stack::start(&redis, &["alice"], &[]).await;
-    let tmux = Tmux::start(&chat_command(&st, &[0], "wrong", ""));
+    let sys = system(&["alice"], |_| {}).await;
+    let tmux = Tmux::start(&chat_command(&sys, &[0], "wrong", ""));
     let screen = tmux.shows("[chat exited 1]").await;
     assert!(
         screen.contains("chat: login failed: bad-credentials"),
@@ -359,9 +373,9 @@ async fn bad_credentials_end_the_client_with_an_error_in_both_modes() {
     assert!(!tmux.alternate_on(), "the terminal is restored");
 
     let out = tokio::process::Command::new(binary("chat"))
-        .args(["--server", &format!("127.0.0.1:{}", st.ports[0])])
+        .args(["--server", &sys.edge(0).to_string()])
         .arg("--ca")
-        .arg(&st.ca)
+        .arg(sys.ca())
         .args(["--user", "alice"])
         .env("CHAT_PASSWORD", "wrong")
         .stdin(std::process::Stdio::piped())
@@ -376,35 +390,25 @@ async fn bad_credentials_end_the_client_with_an_error_in_both_modes() {
 
 #[tokio::test]
 async fn a_login_the_back_end_could_not_answer_is_tried_again() {
-    let redis = TestRedis::start().await;
-    let envs = [("CHAT_EDGE__REQUEST_TIMEOUT_MS", "500".to_string())];
-    let mut st = Stack::start(&redis, &["alice"], &envs).await;
-    signal(&st.services[0], "-KILL");
-    let _ = st.services[0].wait().await;
-    let tmux = alice(&st, &[0]);
+    let mut sys = system(&["alice"], |c| c.edge.request_timeout_ms = 500).await;
+    sys.kill(Role::Auth, 0).await;
+    let tmux = alice(&sys, &[0]);
     tmux.shows("disconnected: login failed: unavailable").await;
     tmux.shows("| reconnecting").await;
-    let _auth = service("auth-svc", &redis, &envs)
-        .env(
-            "CHAT_AUTH__ADMIN_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .spawn()
-        .unwrap();
-    tmux.shows(&status(&st, "lobby", 0)).await;
+    sys.add(Role::Auth).await;
+    tmux.shows(&status(&sys, "lobby", 0)).await;
     tmux.shows("=== logged in as alice, in #lobby").await;
 }
 
 #[tokio::test]
 async fn a_login_elsewhere_is_left_alone() {
-    let redis = TestRedis::start().await;
-    let st = Stack::start(&redis, &["alice"], &[]).await;
-    let tmux = alice(&st, &[0, 1]);
-    tmux.shows(&status(&st, "lobby", 0)).await;
-    let mut other = ChatClient::start(st.ports[1], &st.ca, "alice");
+    let sys = system(&["alice"], |_| {}).await;
+    let tmux = alice(&sys, &[0, 1]);
+    tmux.shows(&status(&sys, "lobby", 0)).await;
+    let mut other = ChatClient::start(&sys, 1, "alice");
     other.until(|l| l == "OK LOGIN alice lobby").await;
-    let port = st.ports[0];
-    let closed = format!(" alice | #lobby | 127.0.0.1:{port} | disconnected: logged-in-elsewhere");
+    let edge = sys.edge(0);
+    let closed = format!(" alice | #lobby | {edge} | disconnected: logged-in-elsewhere");
     let screen = tmux.shows(&closed).await;
     assert_eq!(count(&screen, "*** connected to"), 1, "{screen}");
     // The other session goes on.
@@ -424,10 +428,9 @@ async fn a_login_elsewhere_is_left_alone() {
 
 #[tokio::test]
 async fn sigterm_restores_the_terminal() {
-    let redis = TestRedis::start().await;
-    let st = Stack::start(&redis, &["alice"], &[]).await;
-    let tmux = alice(&st, &[0]);
-    tmux.shows(&status(&st, "lobby", 0)).await;
+    let sys = system(&["alice"], |_| {}).await;
+    let tmux = alice(&sys, &[0]);
+    tmux.shows(&status(&sys, "lobby", 0)).await;
     assert!(tmux.alternate_on());
     let pid = tmux.command_pid();
     assert!(Command::new("kill")
@@ -441,11 +444,10 @@ async fn sigterm_restores_the_terminal() {
 
 #[tokio::test]
 async fn plain_mode_on_a_terminal_shows_escapes_harmlessly() {
-    let redis = TestRedis::start().await;
-    let st = Stack::start(&redis, &["alice", "bob"], &[]).await;
-    let tmux = Tmux::start(&chat_command(&st, &[0], "alice-pw", "--plain"));
+    let sys = system(&["alice", "bob"], |_| {}).await;
+    let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", "--plain"));
     tmux.shows("OK LOGIN alice lobby").await;
-    let mut bob = ChatClient::start(st.ports[1], &st.ca, "bob");
+    let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;
     bob.say("\u{1b}[2J\u{1b}[31mred hi").await;
     let screen = tmux.shows("[31mred hi").await;

@@ -124,8 +124,8 @@ async fn scenario_against_the_compose_stack() {
         assert_eq!(c.ask("/join compose-test").await, "OK JOIN compose-test");
     }
     alice.send("hello from edge 1").await;
-    let echo = alice.until(|l| l.starts_with("MSG ")).await;
-    assert_eq!(bob.until(|l| l.starts_with("MSG ")).await, echo);
+    let echo = alice.msg().await;
+    assert_eq!(bob.msg().await, echo);
     assert_eq!(
         bob.command("/who").await,
         ["USER alice", "USER bob", "OK WHO compose-test 2"]

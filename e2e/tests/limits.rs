@@ -2,15 +2,8 @@
 
 use e2e::{Client, Shape, System};
 use redis::AsyncCommands;
+use shared::line::ServerLine;
 use std::time::Duration;
-
-async fn connect(sys: &System, edge: usize) -> Client {
-    let mut c = Client::connect(sys.edges[edge], &e2e::trust())
-        .await
-        .unwrap();
-    c.expect_prefix("HELLO ").await;
-    c
-}
 
 #[tokio::test]
 async fn a_flood_is_rate_limited_and_persistent_abuse_is_closed() {
@@ -59,7 +52,7 @@ async fn silent_connections_are_closed_before_and_after_login() {
     .await;
     sys.add_user("alice").await;
     // Never logs in, though it trickles bytes (slowloris).
-    let mut lurker = connect(&sys, 0).await;
+    let mut lurker = sys.connect(0).await;
     lurker.send_raw(b"LOG").await;
     assert_eq!(lurker.line().await, "BYE idle-timeout");
     lurker.closed().await;
@@ -74,7 +67,7 @@ async fn silent_connections_are_closed_before_and_after_login() {
 #[tokio::test]
 async fn the_tls_handshake_has_a_deadline() {
     let sys = System::start_with(Default::default(), |c| c.edge.handshake_timeout_ms = 300).await;
-    let mut tcp = tokio::net::TcpStream::connect(sys.edges[0]).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(sys.edge(0)).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap(); // a handshake that stops
     let mut buf = [0u8; 64];
@@ -88,22 +81,22 @@ async fn the_tls_handshake_has_a_deadline() {
 #[tokio::test]
 async fn connections_are_capped_per_address_and_per_edge() {
     let sys = System::start_with(Default::default(), |c| c.edge.max_connections_per_addr = 2).await;
-    let a = connect(&sys, 0).await;
-    let _b = connect(&sys, 0).await;
-    let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+    let a = sys.connect(0).await;
+    let _b = sys.connect(0).await;
+    let mut c = Client::connect(sys.edge(0), &sys.trust()).await.unwrap();
     assert!(c.line().await.starts_with("ERR rate-limited "));
     c.closed().await;
-    let _other_edge = connect(&sys, 1).await; // the cap is per edge
+    let _other_edge = sys.connect(1).await; // the cap is per edge
     drop(a);
     e2e::eventually("a freed slot is taken again", || async {
-        let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+        let mut c = Client::connect(sys.edge(0), &sys.trust()).await.unwrap();
         c.line().await.starts_with("HELLO ")
     })
     .await;
 
     let sys = System::start_with(Default::default(), |c| c.edge.max_connections = 1).await;
-    let _a = connect(&sys, 0).await;
-    let mut b = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+    let _a = sys.connect(0).await;
+    let mut b = Client::connect(sys.edge(0), &sys.trust()).await.unwrap();
     assert!(b.line().await.starts_with("ERR rate-limited "));
 }
 
@@ -122,10 +115,8 @@ async fn failed_logins_are_throttled_across_edges() {
         },
     )
     .await;
-    for u in ["alice", "bob", "carol"] {
-        sys.add_user(u).await;
-    }
-    let mut c = connect(&sys, 0).await;
+    sys.add_users(&["alice", "bob", "carol"]).await;
+    let mut c = sys.connect(0).await;
     for _ in 0..3 {
         assert!(c
             .ask("LOGIN alice wrong")
@@ -133,7 +124,7 @@ async fn failed_logins_are_throttled_across_edges() {
             .starts_with("ERR bad-credentials"));
     }
     // The right password, on the other edge: still refused for a while.
-    let mut d = connect(&sys, 1).await;
+    let mut d = sys.connect(1).await;
     assert!(d
         .ask("LOGIN alice alice-pw")
         .await
@@ -164,9 +155,7 @@ async fn failed_logins_are_throttled_across_edges() {
 #[tokio::test]
 async fn a_stalled_reader_is_dropped_and_does_not_slow_the_room() {
     let sys = System::start_with(Default::default(), |c| c.edge.out_queue = 64).await;
-    for u in ["fast", "stalled", "sender"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["fast", "stalled", "sender"]).await;
     let mut fast = sys.login(0, "fast").await;
     let _stalled = sys.login(0, "stalled").await; // never reads again
     let mut sender = sys.login(1, "sender").await;
@@ -183,8 +172,10 @@ async fn a_stalled_reader_is_dropped_and_does_not_slow_the_room() {
         sender
     });
     for i in 0..N {
-        let line = fast.line().await;
-        let n: usize = line.split(' ').nth(4).unwrap().parse().unwrap();
+        let n: usize = match fast.parsed().await {
+            ServerLine::Msg { text, .. } => text.split_once(' ').unwrap().0.parse().unwrap(),
+            other => panic!("{other}"),
+        };
         assert_eq!(n, i, "the fast reader gets everything, in order");
     }
     sending.await.unwrap();
@@ -199,7 +190,7 @@ async fn registration_creates_an_account_and_logs_in() {
     })
     .await;
     sys.add_user("alice").await;
-    let mut c = connect(&sys, 0).await;
+    let mut c = sys.connect(0).await;
     assert!(c
         .ask("REGISTER erin short")
         .await
@@ -220,11 +211,11 @@ async fn registration_creates_an_account_and_logs_in() {
     );
     c.send("/quit").await;
     c.closed().await;
-    let mut c = connect(&sys, 1).await;
+    let mut c = sys.connect(1).await;
     assert_eq!(c.ask("LOGIN erin long enough").await, "OK LOGIN erin lobby");
 
     let closed = System::start().await;
-    let mut c = connect(&closed, 0).await;
+    let mut c = closed.connect(0).await;
     assert!(c
         .ask("REGISTER erin long enough")
         .await
@@ -241,7 +232,7 @@ async fn guesses_sent_in_parallel_are_throttled_too() {
     sys.add_user("alice").await;
     let mut guesses = Vec::new();
     for i in 0..20 {
-        let mut c = connect(&sys, i % 2).await;
+        let mut c = sys.connect(i % 2).await;
         guesses.push(tokio::spawn(async move {
             c.ask(&format!("LOGIN alice guess{i}")).await
         }));
@@ -265,17 +256,17 @@ async fn registrations_count_against_the_address() {
         c.auth.max_failures_per_addr = 2;
     })
     .await;
-    let mut c = connect(&sys, 0).await;
+    let mut c = sys.connect(0).await;
     assert_eq!(
         c.ask("REGISTER erin long enough").await,
         "OK LOGIN erin lobby"
     );
-    let mut d = connect(&sys, 1).await;
+    let mut d = sys.connect(1).await;
     assert_eq!(
         d.ask("REGISTER fred long enough").await,
         "OK LOGIN fred lobby"
     );
-    let mut e = connect(&sys, 0).await;
+    let mut e = sys.connect(0).await;
     assert!(e
         .ask("REGISTER gina long enough")
         .await

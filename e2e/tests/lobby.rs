@@ -1,17 +1,21 @@
 //! Saying text in the lobby, across edges and routers.
 
-use e2e::{Shape, System};
+use e2e::{Role, Shape, System};
 use redis::AsyncCommands;
 use shared::consumer::EntryId;
+use shared::line::ServerLine;
 
-fn parse_msg(line: &str) -> (String, String, String, String) {
-    let mut p = line.splitn(5, ' ');
-    assert_eq!(p.next(), Some("MSG"), "{line}");
-    let room = p.next().unwrap().to_string();
-    let id = p.next().unwrap().to_string();
-    let from = p.next().unwrap().to_string();
-    let text = p.next().unwrap_or_default().to_string();
-    (room, id, from, text)
+/// A room line's (room, id, from, text).
+fn parse_msg(line: ServerLine) -> (String, String, String, String) {
+    match line {
+        ServerLine::Msg {
+            room,
+            id,
+            from,
+            text,
+        } => (room, id, from, text),
+        other => panic!("not a room line: {other}"),
+    }
 }
 
 fn entry_id(id: &str) -> EntryId {
@@ -21,17 +25,16 @@ fn entry_id(id: &str) -> EntryId {
 #[tokio::test]
 async fn lobby_text_reaches_both_edges_and_echoes() {
     let sys = System::start().await;
-    sys.add_user("alice").await;
-    sys.add_user("bob").await;
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
 
     let before = shared::now_ms();
     alice.send("hello bob, with  two spaces").await;
-    let seen_by_bob = bob.line().await;
-    let echo = alice.line().await;
+    let seen_by_bob = bob.parsed().await;
+    let echo = alice.parsed().await;
     assert_eq!(seen_by_bob, echo);
-    let (room, id, from, text) = parse_msg(&echo);
+    let (room, id, from, text) = parse_msg(echo);
     assert_eq!((room.as_str(), from.as_str()), ("lobby", "alice"));
     assert_eq!(text, "hello bob, with  two spaces");
     let ms = entry_id(&id).ms;
@@ -41,10 +44,10 @@ async fn lobby_text_reaches_both_edges_and_echoes() {
     );
 
     bob.send("//me waves").await;
-    let (_, id2, from, text) = parse_msg(&alice.line().await);
+    let (_, id2, from, text) = parse_msg(alice.parsed().await);
     assert_eq!((from.as_str(), text.as_str()), ("bob", "/me waves"));
     assert!(entry_id(&id2) > entry_id(&id), "ids increase in send order");
-    let (_, _, from, _) = parse_msg(&bob.line().await);
+    let (_, _, from, _) = parse_msg(bob.parsed().await);
     assert_eq!(from, "bob");
 }
 
@@ -60,9 +63,7 @@ async fn two_routers_share_partitions_and_keep_each_senders_order() {
     )
     .await;
     let users = ["alice", "bob", "carol", "dave"];
-    for u in users {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&users).await;
     let mut clients = Vec::new();
     for (i, u) in users.iter().enumerate() {
         clients.push(sys.login(i % 2, u).await);
@@ -78,7 +79,7 @@ async fn two_routers_share_partitions_and_keep_each_senders_order() {
     for c in clients.iter_mut() {
         let mut next = std::collections::HashMap::new();
         for _ in 0..N * users.len() {
-            let (_, _, from, text) = parse_msg(&c.line().await);
+            let (_, _, from, text) = parse_msg(c.parsed().await);
             let n: usize = text.strip_prefix("n ").unwrap().parse().unwrap();
             let want = next.entry(from.clone()).or_insert(0usize);
             assert_eq!(n, *want, "message of {from} out of order");
@@ -93,7 +94,7 @@ async fn two_routers_share_partitions_and_keep_each_senders_order() {
 /// edge received it as order allows, not the router's clock.
 #[tokio::test]
 async fn a_message_behind_a_later_history_id_keeps_that_ids_millisecond() {
-    let sys = System::start_with(
+    let mut sys = System::start_with(
         Shape {
             edges: 1,
             routers: 0,
@@ -103,13 +104,13 @@ async fn a_message_behind_a_later_history_id_keeps_that_ids_millisecond() {
     )
     .await;
     sys.add_user("alice").await;
-    let router = sys.spawn_router(0);
+    sys.add(Role::Router).await;
     let mut alice = sys.login(0, "alice").await;
-    router.abort();
+    sys.kill(Role::Router, 0).await;
 
     alice.send("routed late").await;
     // The edge stamps the request on arrival; read that stamp back.
-    let keys = shared::keys::Keys::new(sys.cfg.key_prefix.clone());
+    let keys = sys.keys();
     let requests = keys.router_requests(shared::keys::partition_of("alice", sys.cfg.partitions));
     let r = sys.redis.conn().await;
     let top = |mut r: redis::aio::ConnectionManager, requests: String| async move {
@@ -138,8 +139,8 @@ async fn a_message_behind_a_later_history_id_keeps_that_ids_millisecond() {
         .await
         .unwrap();
 
-    sys.spawn_router(1); // takes over once the first one's lease runs out
-    let (_, id, from, text) = parse_msg(&alice.until(|l| l.starts_with("MSG ")).await);
+    sys.add(Role::Router).await; // takes over once the first one's lease runs out
+    let (_, id, from, text) = parse_msg(alice.msg().await);
     assert_eq!((from.as_str(), text.as_str()), ("alice", "routed late"));
     assert_eq!(id, format!("{later}-1"));
 }

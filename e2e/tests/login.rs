@@ -1,6 +1,6 @@
 //! LOGIN, what is allowed before it, and the session in Redis.
 
-use e2e::{eventually, Client, Shape, System};
+use e2e::{eventually, Client, Role, Shape, System};
 use redis::AsyncCommands;
 use std::collections::HashMap;
 
@@ -9,7 +9,7 @@ async fn right_password_logs_in_wrong_and_unknown_look_the_same() {
     let sys = System::start().await;
     sys.add_user("alice").await;
 
-    let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
+    let mut c = Client::connect(sys.edge(0), &sys.trust()).await.unwrap();
     c.expect("HELLO edge-1 chat/1").await;
     c.send("LOGIN alice wrong-pw").await;
     let wrong = c.expect_prefix("ERR bad-credentials").await;
@@ -25,8 +25,7 @@ async fn right_password_logs_in_wrong_and_unknown_look_the_same() {
 #[tokio::test]
 async fn only_login_help_ping_quit_before_login() {
     let sys = System::start().await;
-    let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
-    c.expect_prefix("HELLO ").await;
+    let mut c = sys.connect(0).await;
     for line in [
         "hello everyone",
         "/join dev",
@@ -110,8 +109,7 @@ async fn session_hash_and_lobby_set_follow_the_session() {
 #[tokio::test]
 async fn second_login_forces_the_first_out_by_default() {
     let sys = System::start().await;
-    sys.add_user("alice").await;
-    sys.add_user("bob").await;
+    sys.add_users(&["alice", "bob"]).await;
     let mut bob = sys.login(1, "bob").await;
     let mut old = sys.login(0, "alice").await;
     assert_eq!(old.ask("/join dev").await, "OK JOIN dev");
@@ -190,8 +188,7 @@ async fn reject_policy_keeps_the_first_session() {
     .await;
     sys.add_user("alice").await;
     let mut first = sys.login(0, "alice").await;
-    let mut second = Client::connect(sys.edges[1], &e2e::trust()).await.unwrap();
-    second.expect_prefix("HELLO ").await;
+    let mut second = sys.connect(1).await;
     second.send("LOGIN alice alice-pw").await;
     second.expect_prefix("ERR already-logged-in").await;
     first.send("/ping").await;
@@ -208,10 +205,9 @@ async fn no_answer_is_unavailable_and_the_request_is_not_acted_on_later() {
         routers: 1,
         auths: 0,
     };
-    let sys = System::start_with(shape, |c| c.edge.request_timeout_ms = 300).await;
+    let mut sys = System::start_with(shape, |c| c.edge.request_timeout_ms = 300).await;
     sys.add_user("alice").await;
-    let mut c = Client::connect(sys.edges[0], &e2e::trust()).await.unwrap();
-    c.expect_prefix("HELLO ").await;
+    let mut c = sys.connect(0).await;
     c.send("LOGIN alice alice-pw").await;
     c.expect_prefix("ERR unavailable").await;
     c.send("/ping").await;
@@ -220,7 +216,7 @@ async fn no_answer_is_unavailable_and_the_request_is_not_acted_on_later() {
     // auth-svc comes up and finds the request the edge gave up on: it must
     // not open a session that nobody holds, nor answer it.
     let r = sys.redis.conn().await;
-    sys.spawn_auth(0);
+    sys.add(Role::Auth).await;
     eventually("the old request is consumed", || {
         let mut r = r.clone();
         async move { r.xlen::<_, u64>("chat:req:auth").await.unwrap() == 0 }
@@ -259,11 +255,7 @@ async fn race(policy: &str) {
     sys.add_user("alice").await;
     let mut clients = Vec::new();
     for i in 0..20 {
-        let mut c = Client::connect(sys.edges[i % 2], &e2e::trust())
-            .await
-            .unwrap();
-        c.expect_prefix("HELLO ").await;
-        clients.push(c);
+        clients.push(sys.connect(i % 2).await);
     }
     let tasks: Vec<_> = clients
         .into_iter()

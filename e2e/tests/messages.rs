@@ -1,29 +1,28 @@
 //! Private messages (online and queued) and history.
 
-use e2e::System;
+use e2e::{parse, System};
 use redis::AsyncCommands;
+use shared::line::ServerLine;
 
-/// The `<id>` of `OK MSG <user> <id> [queued]`.
-fn msg_id(ok: &str) -> String {
-    ok.split(' ')
-        .nth(3)
-        .expect("OK MSG <user> <id>")
-        .to_string()
+/// The `<id>` of `OK MSG <user> <id> [queued]` or of a room line.
+fn msg_id(line: &str) -> String {
+    match parse(line) {
+        ServerLine::OkMsg { id, .. } | ServerLine::Msg { id, .. } => id,
+        other => panic!("no message id in {other}"),
+    }
 }
 
 #[tokio::test]
 async fn private_messages_are_queued_for_the_offline_and_delivered_once_in_order() {
     let sys = System::start().await;
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
 
     let mut queued = Vec::new();
     for i in 1..=3 {
         let ok = alice.ask(&format!("/msg bob while you were out {i}")).await;
         assert!(
-            ok.starts_with("OK MSG bob ") && ok.ends_with(" queued"),
+            matches!(parse(&ok), ServerLine::OkMsg { user, queued: true, .. } if user == "bob"),
             "{ok}"
         );
         queued.push(msg_id(&ok));
@@ -48,7 +47,10 @@ async fn private_messages_are_queued_for_the_offline_and_delivered_once_in_order
 
     // Online now: delivered at once, not queued.
     let ok = alice.ask("/msg bob you are back").await;
-    assert_eq!(ok.split(' ').count(), 4, "not queued: {ok}");
+    assert!(
+        matches!(parse(&ok), ServerLine::OkMsg { queued: false, .. }),
+        "not queued: {ok}"
+    );
     assert_eq!(
         bob.line().await,
         format!("DM {} alice you are back", msg_id(&ok))
@@ -84,15 +86,12 @@ async fn private_messages_are_queued_for_the_offline_and_delivered_once_in_order
 #[tokio::test]
 async fn history_keeps_ids_order_and_cap() {
     let sys = System::start_with(Default::default(), |c| c.router.history_cap = 5).await;
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut ids = Vec::new();
     for i in 0..8 {
         alice.send(&format!("line {i}")).await;
-        let line = alice.line().await;
-        ids.push(line.split(' ').nth(2).unwrap().to_string());
+        ids.push(msg_id(&alice.line().await));
     }
     let history = alice.command("/history").await;
     let want: Vec<String> = (3..8)
@@ -115,8 +114,7 @@ async fn history_keeps_ids_order_and_cap() {
     alice.ask("/join dev").await;
     assert_eq!(alice.command("/history").await, ["OK HISTORY 0"]);
     alice.send("first in dev").await;
-    let line = alice.line().await;
-    let id = line.split(' ').nth(2).unwrap();
+    let id = msg_id(&alice.line().await);
     assert_eq!(
         alice.command("/history 500").await,
         [
@@ -153,10 +151,7 @@ async fn a_login_answered_too_late_opens_nothing_and_keeps_the_inbox() {
     let ok = alice.ask("/msg bob are you there?").await;
     assert!(ok.ends_with(" queued"), "{ok}");
 
-    let mut bob = e2e::Client::connect(sys.edges[1], &e2e::trust())
-        .await
-        .unwrap();
-    bob.expect_prefix("HELLO ").await;
+    let mut bob = sys.connect(1).await;
     bob.send("LOGIN bob bob-pw").await;
     bob.expect_prefix("ERR unavailable").await;
     e2e::eventually("auth-svc is done with the login", || {
@@ -186,9 +181,7 @@ async fn a_login_answered_too_late_opens_nothing_and_keeps_the_inbox() {
 #[tokio::test]
 async fn lines_sent_in_one_write_are_routed_in_order_before_a_command_after_them() {
     let sys = System::start().await;
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
     // Room lines read together go to Redis together; the command after
@@ -200,11 +193,11 @@ async fn lines_sent_in_one_write_are_routed_in_order_before_a_command_after_them
     let mut echoes = Vec::new();
     let history = loop {
         let line = alice.line().await;
-        if line.starts_with("MSG ") {
+        if matches!(parse(&line), ServerLine::Msg { .. }) {
             echoes.push(line);
         } else {
             let mut lines = vec![line];
-            while !lines.last().unwrap().starts_with("OK ") {
+            while !parse(lines.last().unwrap()).is_final() {
                 lines.push(alice.line().await);
             }
             break lines;

@@ -2,6 +2,7 @@
 //! publications mixed, sent as fast as the clients can.
 
 use e2e::{Client, Shape, System};
+use shared::line::ServerLine;
 use std::collections::HashMap;
 
 const N: usize = 500;
@@ -28,22 +29,20 @@ async fn receive(mut c: Client, want: usize) -> HashMap<String, (usize, usize)> 
     let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
     let mut got = 0;
     while got < want {
-        let line = c.line().await;
-        let text = if line.starts_with("MSG ") {
-            line.splitn(5, ' ').nth(4)
-        } else if line.starts_with("PUB ") {
-            line.splitn(4, ' ').nth(3)
-        } else {
-            assert!(line.starts_with("OK PUBLISH "), "{line}");
-            continue;
+        let line = c.parsed().await;
+        let (text, said) = match &line {
+            ServerLine::Msg { text, .. } => (text, true),
+            ServerLine::Pub { text, .. } => (text, false),
+            ServerLine::OkPublish { .. } => continue,
+            other => panic!("{other}"),
         };
-        let (from, n) = text.unwrap().split_once(' ').unwrap();
+        let (from, n) = text.split_once(' ').unwrap();
         let n: usize = n.parse().unwrap();
         if let Some(prev) = last.insert(from.to_string(), n) {
             assert!(n > prev, "{from}: {n} after {prev}");
         }
         let entry = counts.entry(from.to_string()).or_default();
-        if line.starts_with("MSG ") {
+        if said {
             assert_eq!(n % 2, 1, "{line}");
             entry.0 += 1;
         } else {

@@ -2,22 +2,20 @@
 
 use e2e::System;
 use redis::AsyncCommands;
+use shared::line::ServerLine;
 
 /// `PUB <id> <from> <text>` → (id, from, text).
-fn parse_pub(line: &str) -> (String, String, String) {
-    let mut p = line.splitn(4, ' ');
-    assert_eq!(p.next(), Some("PUB"), "{line}");
-    let id = p.next().unwrap().to_string();
-    let from = p.next().unwrap().to_string();
-    (id, from, p.next().unwrap_or_default().to_string())
+fn parse_pub(line: ServerLine) -> (String, String, String) {
+    match line {
+        ServerLine::Pub { id, from, text } => (id, from, text),
+        other => panic!("not a publication: {other}"),
+    }
 }
 
 #[tokio::test]
 async fn publications_reach_online_subscribers_only_and_subscriptions_last() {
     let sys = System::start().await;
-    for u in ["alice", "carol", "dave"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "carol", "dave"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut carol = sys.login(1, "carol").await;
     let mut dave = sys.login(0, "dave").await;
@@ -37,7 +35,7 @@ async fn publications_reach_online_subscribers_only_and_subscriptions_last() {
     assert_eq!(subscribers, ["carol"]);
 
     let ok = alice.ask("/publish hello  subscribers").await;
-    let (id, from, text) = parse_pub(&carol.line().await);
+    let (id, from, text) = parse_pub(carol.parsed().await);
     assert_eq!(ok, format!("OK PUBLISH {id} 1"), "one online subscriber");
     assert_eq!(
         (from.as_str(), text.as_str()),
@@ -84,7 +82,7 @@ async fn publications_reach_online_subscribers_only_and_subscriptions_last() {
         ["SUB alice", "OK SUBSCRIPTIONS 1"]
     );
     let ok = alice.ask("/publish welcome back").await;
-    let (id, _, text) = parse_pub(&carol.line().await);
+    let (id, _, text) = parse_pub(carol.parsed().await);
     assert_eq!(text, "welcome back", "nothing published while offline");
     assert_eq!(ok, format!("OK PUBLISH {id} 1"));
 }
@@ -111,28 +109,18 @@ async fn a_publication_is_one_publish_whatever_the_number_of_subscribers() {
     let ok = alice.ask("/publish to all six").await;
     assert!(ok.ends_with(" 6"), "{ok}");
     for c in &mut subscribers {
-        assert_eq!(parse_pub(&c.line().await).2, "to all six");
+        assert_eq!(parse_pub(c.parsed().await).2, "to all six");
     }
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let publishes = info
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map(|n| n.parse::<u64>().unwrap());
+    let calls = sys.redis.command_calls().await;
+    let publishes = calls.iter().find(|(c, _)| c == "publish").map(|(_, n)| *n);
     // One PUBLISH for the PUB line and one for the reply to alice.
-    assert_eq!(publishes, Some(2), "{info}");
+    assert_eq!(publishes, Some(2), "{calls:?}");
 }
 
 #[tokio::test]
 async fn a_deleted_account_leaves_no_subscriptions_behind() {
     let sys = System::start().await;
-    for u in ["alice", "carol"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "carol"]).await;
     let mut carol = sys.login(1, "carol").await;
     carol.ask("/subscribe alice").await;
     let mut r = sys.redis.conn().await;

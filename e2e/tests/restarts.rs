@@ -1,19 +1,15 @@
 //! Surviving a Redis restart: clients stay connected, get `ERR unavailable`
 //! while Redis is down, and normal service when it is back.
 
-use e2e::System;
+use e2e::{Role, System};
+use shared::line::ServerLine;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_ride_out_a_redis_restart_without_reconnecting() {
-    let admin = e2e::free_port();
-    let mut sys = System::start_with(Default::default(), |c| {
-        c.edge.request_timeout_ms = 1000;
-        c.router.admin_listen = format!("127.0.0.1:{admin}");
-    })
-    .await;
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    let mut sys =
+        System::start_with(Default::default(), |c| c.edge.request_timeout_ms = 1000).await;
+    let admin = sys.admin(Role::Router, 0);
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
     bob.ask("/join dev").await;
@@ -47,13 +43,24 @@ async fn clients_ride_out_a_redis_restart_without_reconnecting() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     alice.send("back").await;
-    let echo = alice.until(|l| l.starts_with("MSG ")).await;
-    assert!(echo.ends_with(" alice back"), "{echo}");
-    assert_eq!(bob.until(|l| l.starts_with("MSG ")).await, echo);
+    let echo = alice.msg().await;
+    assert!(
+        matches!(&echo, ServerLine::Msg { from, text, .. } if from == "alice" && text == "back"),
+        "{echo}"
+    );
+    assert_eq!(bob.msg().await, echo);
     let ok = alice.ask("/publish and published").await;
-    assert!(ok.ends_with(" 1"), "{ok}");
-    let publication = bob.until(|l| l.starts_with("PUB ")).await;
-    assert!(publication.ends_with(" alice and published"));
+    assert!(
+        matches!(e2e::parse(&ok), ServerLine::OkPublish { online: 1, .. }),
+        "{ok}"
+    );
+    let publication = bob
+        .until_line(|l| matches!(l, ServerLine::Pub { .. }))
+        .await;
+    assert!(
+        matches!(&publication, ServerLine::Pub { from, text, .. } if from == "alice" && text == "and published"),
+        "{publication}"
+    );
     assert_eq!(e2e::http_get(admin, "/healthz").await.0, 200);
     let (_, metrics) = e2e::http_get(admin, "/metrics").await;
     assert!(

@@ -5,9 +5,7 @@ use e2e::System;
 #[tokio::test]
 async fn messages_reach_exactly_the_rooms_members_across_edges() {
     let sys = System::start().await;
-    for u in ["alice", "bob", "carol"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob", "carol"]).await;
     let mut alice = sys.login(0, "alice").await.with_sys();
     let mut bob = sys.login(1, "bob").await.with_sys();
     let mut carol = sys.login(0, "carol").await;
@@ -93,9 +91,7 @@ async fn messages_reach_exactly_the_rooms_members_across_edges() {
 #[tokio::test]
 async fn leaving_and_disconnecting_tell_the_room() {
     let sys = System::start().await;
-    for u in ["alice", "bob"] {
-        sys.add_user(u).await;
-    }
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await.with_sys();
     alice.expect("SYS lobby alice joined").await;
     let mut bob = sys.login(1, "bob").await;

@@ -1,28 +1,31 @@
 //! Router instances failing: a crash, and a router that lost its lease
 //! with requests in hand. Nothing accepted is lost, duplicated or reordered.
 
-use e2e::{Client, Shape, System};
+use e2e::{Client, Role, Shape, System};
 use redis::AsyncCommands;
 use shared::envelope::{Op, Request};
 use shared::keys::{partition_of, Keys};
+use shared::line::ServerLine;
 
-fn numbers(lines: &[String], from: &str) -> Vec<usize> {
+/// The `<i>` of each `n <i>` that `sender` said in the lobby.
+fn numbers(lines: &[ServerLine], sender: &str) -> Vec<usize> {
     lines
         .iter()
-        .filter_map(|l| l.strip_prefix("MSG lobby "))
-        .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
-        .filter_map(|l| l.strip_prefix(&format!("{from} n ")))
+        .filter_map(|l| match l {
+            ServerLine::Msg {
+                room, from, text, ..
+            } if room == "lobby" && from == sender => text.strip_prefix("n "),
+            _ => None,
+        })
         .map(|n| n.parse().unwrap())
         .collect()
 }
 
-async fn collect(c: &mut Client, n: usize) -> Vec<String> {
+/// The next `n` room lines.
+async fn collect(c: &mut Client, n: usize) -> Vec<ServerLine> {
     let mut out = Vec::new();
     while out.len() < n {
-        let line = c.line().await;
-        if line.starts_with("MSG ") {
-            out.push(line);
-        }
+        out.push(c.msg().await);
     }
     out
 }
@@ -34,18 +37,17 @@ async fn a_crashed_router_is_taken_over_without_loss_duplicates_or_reordering() 
         routers: 0,
         auths: 1,
     };
-    let sys = System::start_with(shape, |c| c.router.lease_ms = 900).await;
-    sys.add_user("alice").await;
-    sys.add_user("bob").await;
-    let first = sys.spawn_router(0);
+    let mut sys = System::start_with(shape, |c| c.router.lease_ms = 900).await;
+    sys.add_users(&["alice", "bob"]).await;
+    sys.add(Role::Router).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
 
     const N: usize = 300;
     for i in 0..N {
         if i == 100 {
-            first.abort();
-            sys.spawn_router(1);
+            sys.kill(Role::Router, 0).await;
+            sys.add(Role::Router).await;
         }
         alice.send(&format!("n {i}")).await;
     }
@@ -67,14 +69,13 @@ async fn requests_left_by_a_router_that_lost_its_lease_go_first() {
         routers: 0,
         auths: 1,
     };
-    let sys = System::start_with(shape, |_| {}).await;
-    sys.add_user("alice").await;
-    sys.add_user("bob").await;
+    let mut sys = System::start_with(shape, |_| {}).await;
+    sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
     let mut bob = sys.login(1, "bob").await;
 
     // The router owns alice's partition and waits for requests.
-    sys.spawn_router(0);
+    sys.add(Role::Router).await;
     let mut r = sys.redis.conn().await;
     let keys = Keys::new("chat:");
     let partition = partition_of("alice", sys.cfg.partitions);

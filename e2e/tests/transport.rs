@@ -1,13 +1,14 @@
 //! TLS only, certificate trust, line limits and encodings.
 
 use e2e::{Client, System};
+use shared::line::ServerLine;
 use shared::tls::{DevCerts, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn plaintext_gets_tls_required_and_is_closed() {
     let sys = System::start().await;
-    let mut tcp = tokio::net::TcpStream::connect(sys.edges[0]).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(sys.edge(0)).await.unwrap();
     tcp.write_all(b"LOGIN alice alice-pw\n").await.unwrap();
     let mut got = Vec::new();
     tokio::time::timeout(e2e::WAIT, tcp.read_to_end(&mut got))
@@ -21,7 +22,7 @@ async fn plaintext_gets_tls_required_and_is_closed() {
 async fn another_ca_fails_the_handshake_and_a_pin_works() {
     let sys = System::start().await;
     let other = DevCerts::generate(&["localhost"]).unwrap();
-    let err = Client::connect(sys.edges[0], &Trust::CaPem(other.ca_pem))
+    let err = Client::connect(sys.edge(0), &Trust::CaPem(other.ca_pem))
         .await
         .err()
         .expect("a client that trusts another CA must fail");
@@ -30,18 +31,19 @@ async fn another_ca_fails_the_handshake_and_a_pin_works() {
         "{err}"
     );
 
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(e2e::certs().server_pem.as_bytes())
+    let pem = std::fs::read(sys.certs().join("server.pem")).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
         .map(|d: rustls::pki_types::CertificateDer| d.to_vec())
         .unwrap();
     let pin = shared::tls::parse_pin(&shared::tls::fingerprint(&der)).unwrap();
-    let mut c = Client::connect(sys.edges[0], &Trust::Pin(pin))
+    let mut c = Client::connect(sys.edge(0), &Trust::Pin(pin))
         .await
         .unwrap();
     c.expect_prefix("HELLO edge-1").await;
 
     let mut wrong = pin;
     wrong[0] ^= 1;
-    assert!(Client::connect(sys.edges[0], &Trust::Pin(wrong))
+    assert!(Client::connect(sys.edge(0), &Trust::Pin(wrong))
         .await
         .is_err());
 }
@@ -57,8 +59,11 @@ async fn long_and_bad_lines_are_answered_and_the_session_goes_on() {
     // Exactly at the limit (4096 with the terminator) is accepted.
     let at_limit = "y".repeat(4095);
     c.send(&at_limit).await;
-    let echo = c.until(|l| l.starts_with("MSG ")).await;
-    assert!(echo.ends_with(&format!(" alice {at_limit}")));
+    let echo = c.msg().await;
+    assert!(
+        matches!(&echo, ServerLine::Msg { from, text, .. } if from == "alice" && *text == at_limit),
+        "{echo}"
+    );
     c.send(&"z".repeat(4096)).await;
     c.expect_prefix("ERR line-too-long").await;
 
@@ -68,6 +73,9 @@ async fn long_and_bad_lines_are_answered_and_the_session_goes_on() {
     c.send("/ping").await;
     c.expect("OK PING").await;
     c.send("after all that").await;
-    let echo = c.until(|l| l.starts_with("MSG ")).await;
-    assert!(echo.ends_with(" alice after all that"), "{echo}");
+    let echo = c.msg().await;
+    assert!(
+        matches!(&echo, ServerLine::Msg { from, text, .. } if from == "alice" && text == "after all that"),
+        "{echo}"
+    );
 }

@@ -1,0 +1,152 @@
+//! A redis-server of a test's (or a benchmark's) own, on a free port, that
+//! can be stopped and started again, and what it says about itself.
+
+use crate::free_port;
+use redis::aio::ConnectionManager;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A redis-server of the test's own, killed on drop.
+pub struct TestRedis {
+    child: Child,
+    pub port: u16,
+    /// Where [`TestRedis::stop`] keeps the data across a restart.
+    dir: PathBuf,
+}
+
+impl TestRedis {
+    pub async fn start() -> TestRedis {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("chat-redis-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut redis = TestRedis {
+                child: spawn_redis(port, &dir),
+                port,
+                dir,
+            };
+            if redis.ready().await {
+                return redis;
+            }
+            let _ = redis.child.kill();
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// Stops the server, keeping its data (`SHUTDOWN SAVE`).
+    pub async fn stop(&mut self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _ = redis::cmd("SHUTDOWN")
+            .arg("SAVE")
+            .query_async::<()>(&mut c)
+            .await;
+        let _ = self.child.wait();
+    }
+
+    /// Deletes the saved data (while stopped): the next start is empty.
+    pub fn forget_data(&self) {
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+    }
+
+    /// Starts it again on the same port with the saved data.
+    pub async fn start_again(&mut self) {
+        self.child = spawn_redis(self.port, &self.dir);
+        assert!(self.ready().await, "redis-server restarts");
+    }
+
+    async fn ready(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false; // exited: port taken, most likely
+            }
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    if redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn conn(&self) -> ConnectionManager {
+        let client = redis::Client::open(self.url()).unwrap();
+        shared::store::commands(&client).await.unwrap()
+    }
+
+    /// A section of `INFO`.
+    pub async fn info(&self, section: &str) -> String {
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut self.conn().await)
+            .await
+            .unwrap()
+    }
+
+    /// `INFO commandstats` as (command, calls).
+    pub async fn command_calls(&self) -> Vec<(String, u64)> {
+        self.info("commandstats")
+            .await
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_string(), calls))
+            })
+            .collect()
+    }
+
+    /// The server's version (`INFO server`).
+    pub async fn version(&self) -> String {
+        self.info("server")
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_redis(port: u16, dir: &Path) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (make test installs it)")
+}
