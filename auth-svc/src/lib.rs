@@ -11,6 +11,8 @@
 pub mod accounts;
 mod login;
 
+pub use login::Switch;
+
 use shared::config::Config;
 use shared::consumer::{Consumer, EntryId};
 use shared::keys::Keys;

@@ -15,6 +15,64 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+/// One session switch: `chat_login` (shared/lua/auth.lua) for a login
+/// request whose password is good (or a registration, with `new_hash`).
+pub struct Switch<'a> {
+    pub req: &'a Request,
+    /// The request's stream entry id (marks it applied).
+    pub entry_id: &'a str,
+    pub addr: &'a str,
+    pub ip: &'a str,
+    pub policy: &'a str,
+    /// Redis time (ms) past which the edge no longer waits.
+    pub deadline: u64,
+    pub new_hash: &'a str,
+    /// Where the user's old session is, as read before (empty: none).
+    pub at_edge: &'a str,
+    pub at_room: &'a str,
+}
+
+impl Switch<'_> {
+    /// The call, with every key it touches.
+    pub fn call(&self, k: &Keys) -> Call {
+        let (user, edge) = (self.req.user.as_str(), self.req.edge.as_str());
+        let keys = [
+            k.edges(),
+            k.auth_done(self.entry_id),
+            k.user(user),
+            k.fail_user(user),
+            k.fail_addr(self.ip),
+            k.session(user),
+            k.seq_sid(),
+            k.edge_sessions(edge),
+            k.room(LOBBY),
+            k.rooms(),
+            k.room_sizes(),
+            k.online(),
+            k.inbox(user),
+            k.subscriptions(user),
+            k.edge_sessions(self.at_edge),
+            k.room(self.at_room),
+        ];
+        Call::new("chat_login", &keys)
+            .arg(user)
+            .arg(edge)
+            .arg(self.req.conn.to_string())
+            .arg(self.req.rid.to_string())
+            .arg(self.addr)
+            .arg(self.policy)
+            .arg(self.deadline)
+            .arg(self.new_hash)
+            .arg(k.edge_channel(edge))
+            .arg(k.room_channel(LOBBY))
+            .arg(LOBBY)
+            .arg(self.at_edge)
+            .arg(self.at_room)
+            .arg(k.edge_channel(self.at_edge))
+            .arg(k.room_channel(self.at_room))
+    }
+}
+
 /// How many times a login reads again where the old session is, should it
 /// move between the read and the switch.
 const MOVES: usize = 5;
@@ -206,44 +264,18 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             .arg("room")
             .query_async(&mut conn)
             .await?;
-        let (at_edge, at_room) = (at_edge.unwrap_or_default(), at_room.unwrap_or_default());
-        let k = &ctx.keys;
-        let keys = [
-            k.edges(),
-            k.auth_done(entry_id),
-            k.user(&req.user),
-            counters[0].clone(),
-            counters[1].clone(),
-            k.session(&req.user),
-            k.seq_sid(),
-            k.edge_sessions(&req.edge),
-            k.room(LOBBY),
-            k.rooms(),
-            k.room_sizes(),
-            k.online(),
-            k.inbox(&req.user),
-            k.subscriptions(&req.user),
-            k.edge_sessions(&at_edge),
-            k.room(&at_room),
-        ];
-        outcome = Call::new("chat_login", &keys)
-            .arg(&req.user)
-            .arg(&req.edge)
-            .arg(req.conn.to_string())
-            .arg(req.rid.to_string())
-            .arg(addr)
-            .arg(ctx.policy.as_str())
-            .arg(deadline)
-            .arg(&new_hash)
-            .arg(k.edge_channel(&req.edge))
-            .arg(k.room_channel(LOBBY))
-            .arg(LOBBY)
-            .arg(&at_edge)
-            .arg(&at_room)
-            .arg(k.edge_channel(&at_edge))
-            .arg(k.room_channel(&at_room))
-            .invoke(&mut conn)
-            .await?;
+        let switch = Switch {
+            req,
+            entry_id,
+            addr,
+            ip: &ip,
+            policy: ctx.policy.as_str(),
+            deadline,
+            new_hash: &new_hash,
+            at_edge: at_edge.as_deref().unwrap_or_default(),
+            at_room: at_room.as_deref().unwrap_or_default(),
+        };
+        outcome = switch.call(&ctx.keys).invoke(&mut conn).await?;
         if outcome != "moved" {
             break;
         }

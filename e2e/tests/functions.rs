@@ -260,50 +260,33 @@ fn opts() -> Opts {
     }
 }
 
-/// chat_login with the keys and arguments of `login` in
-/// auth-svc/src/login.rs (not public: this mirrors it; keep them in step).
+/// chat_login as auth-svc calls it ([`auth_svc::Switch`]).
 async fn login_with(fx: &mut Fx, user: &str, edge: &str, conn: u64, o: Opts) -> String {
     let entry = o.entry.unwrap_or_else(|| fx.eid());
     let (at_edge, at_room) = match o.at {
         Some((e, r)) => (e.to_string(), r.to_string()),
         None => fx.place(user).await,
     };
-    let k = &fx.k;
-    let keys = [
-        k.edges(),
-        k.auth_done(&entry),
-        k.user(user),
-        k.fail_user(user),
-        k.fail_addr("127.0.0.1"),
-        k.session(user),
-        k.seq_sid(),
-        k.edge_sessions(edge),
-        k.room(LOBBY),
-        k.rooms(),
-        k.room_sizes(),
-        k.online(),
-        k.inbox(user),
-        k.subscriptions(user),
-        k.edge_sessions(&at_edge),
-        k.room(&at_room),
-    ];
-    let call = Call::new("chat_login", &keys)
-        .arg(user)
-        .arg(edge)
-        .arg(conn.to_string())
-        .arg(RID.to_string())
-        .arg("127.0.0.1:5000")
-        .arg(o.policy)
-        .arg(o.deadline)
-        .arg(o.new_hash)
-        .arg(k.edge_channel(edge))
-        .arg(k.room_channel(LOBBY))
-        .arg(LOBBY)
-        .arg(&at_edge)
-        .arg(&at_room)
-        .arg(k.edge_channel(&at_edge))
-        .arg(k.room_channel(&at_room));
-    call.invoke(&mut fx.c).await.unwrap()
+    let req = Request {
+        edge: edge.into(),
+        conn,
+        rid: RID,
+        user: user.into(),
+        sid: String::new(),
+        op: Op::Logout,
+    };
+    let switch = auth_svc::Switch {
+        req: &req,
+        entry_id: &entry,
+        addr: "127.0.0.1:5000",
+        ip: "127.0.0.1",
+        policy: o.policy,
+        deadline: o.deadline,
+        new_hash: o.new_hash,
+        at_edge: &at_edge,
+        at_room: &at_room,
+    };
+    switch.call(&fx.k).invoke(&mut fx.c).await.unwrap()
 }
 
 /// A plain login that succeeds (the account need not exist: auth-svc
@@ -321,9 +304,7 @@ async fn login(fx: &mut Fx, user: &str, edge: &str, conn: u64) -> Sess {
 }
 
 /// The FCALL of a router request, `at` being where the session was read
-/// to be (edge, room): this mirrors `Worker::call` in
-/// router-svc/src/process.rs (not public), key for key and argument for
-/// argument; keep the two in step.
+/// to be (edge, room): router-svc's own.
 fn router_call(
     k: &Keys,
     owner: &str,
@@ -332,85 +313,12 @@ fn router_call(
     req: &Request,
     at: (&str, &str),
 ) -> Call {
-    let (user, (edge, room), cap) = (req.user.as_str(), at, CAP.to_string());
-    let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
-        Op::Say { text } => (
-            "chat_say",
-            vec![k.history(room)],
-            vec![cap, k.room_channel(room), text.clone()],
-        ),
-        Op::Join { room: to } => (
-            "chat_join",
-            vec![k.room(room), k.room(to), k.rooms(), k.room_sizes()],
-            vec![to.clone(), k.room_channel(room), k.room_channel(to)],
-        ),
-        Op::Leave => (
-            "chat_leave",
-            vec![k.room(room), k.room(LOBBY), k.rooms(), k.room_sizes()],
-            vec![LOBBY.into(), k.room_channel(room), k.room_channel(LOBBY)],
-        ),
-        Op::Rooms => ("chat_rooms", vec![k.room_sizes()], vec![LOBBY.into()]),
-        Op::Who { room: of } => {
-            let of = of.as_deref().unwrap_or(room);
-            ("chat_who", vec![k.room(of)], vec![of.into()])
-        }
-        Op::Subscribe { target } | Op::Unsubscribe { target } => (
-            match req.op {
-                Op::Subscribe { .. } => "chat_subscribe",
-                _ => "chat_unsubscribe",
-            },
-            vec![k.user(target), k.subscriptions(user), k.subscribers(target)],
-            vec![target.clone()],
-        ),
-        Op::Subscriptions => ("chat_subscriptions", vec![k.subscriptions(user)], vec![]),
-        Op::Publish { text } => (
-            "chat_publish",
-            vec![k.publications(user), k.subscribers(user), k.online()],
-            vec![cap, k.pub_channel(user), text.clone()],
-        ),
-        Op::Msg { to, text } => (
-            "chat_msg",
-            vec![k.user(to), k.dm(user, to), k.session(to), k.inbox(to)],
-            vec![cap, to.clone(), text.clone(), k.edge_channel("")],
-        ),
-        Op::History { with: None, n } => (
-            "chat_history",
-            vec![k.history(room)],
-            vec![n.to_string(), room.into(), String::new()],
-        ),
-        Op::History { with: Some(w), n } => (
-            "chat_history",
-            vec![k.dm(user, w), k.user(w)],
-            vec![n.to_string(), format!("@{w}"), "dm".into()],
-        ),
-        Op::Logout => (
-            "chat_logout",
-            vec![
-                k.edge_sessions(edge),
-                k.online(),
-                k.room(room),
-                k.rooms(),
-                k.room_sizes(),
-            ],
-            vec![k.room_channel(room)],
-        ),
-        Op::Delivered { upto } => ("chat_delivered", vec![k.inbox(user)], vec![upto.clone()]),
-        Op::Login { .. } => unreachable!("not a router request"),
+    let place = router_svc::Place {
+        sid: String::new(),
+        edge: at.0.into(),
+        room: at.1.into(),
     };
-    let head = [k.router_lease(P), k.router_applied(P), k.session(user)];
-    let keys: Vec<String> = head.into_iter().chain(keys).collect();
-    let call = Call::new(name, &keys)
-        .arg(owner)
-        .arg(eid)
-        .arg(prev)
-        .arg(k.edge_channel(&req.edge))
-        .arg(req.conn.to_string())
-        .arg(req.rid.to_string())
-        .arg(user)
-        .arg(&req.sid)
-        .arg(edge)
-        .arg(room);
-    args.into_iter().fold(call, Call::arg)
+    router_svc::request_call(k, owner, CAP, P, eid, req, prev, &place).expect("a router request")
 }
 
 impl Fx {
@@ -1033,27 +941,9 @@ async fn accounts_are_created_changed_and_deleted() {
     sub.quiet().await;
 }
 
-/// chat_end_edge_session as `end_edge_sessions` in shared/src/store.rs
-/// calls it (private: this mirrors it), `room` as read before.
+/// chat_end_edge_session as the reaper calls it, `room` as read before.
 async fn end_session(fx: &mut Fx, edge: &str, user: &str, room: &str, mode: &str) -> String {
-    let k = &fx.k;
-    let (edges, sessions, session) = (k.edges(), k.edge_sessions(edge), k.session(user));
-    let keys = [
-        edges,
-        sessions,
-        session,
-        k.online(),
-        k.room(room),
-        k.rooms(),
-        k.room_sizes(),
-    ];
-    let call = Call::new("chat_end_edge_session", &keys)
-        .arg(edge)
-        .arg(user)
-        .arg(room)
-        .arg(k.room_channel(room))
-        .arg(k.edge_channel(edge))
-        .arg(mode);
+    let call = shared::store::end_edge_session(&fx.k, edge, user, room, mode);
     call.invoke(&mut fx.c).await.unwrap()
 }
 

@@ -13,6 +13,8 @@
 mod leases;
 mod process;
 
+pub use process::{request_call, Place};
+
 use process::{Outcome, Worker};
 use shared::consumer::{Consumer, Entry};
 use tokio::time::Instant;

@@ -38,10 +38,10 @@ pub(crate) struct Worker {
 /// making the keys of its requests, then as each request of the pipeline
 /// will leave it.
 #[derive(Debug, Clone, Default)]
-struct Place {
-    sid: String,
-    edge: String,
-    room: String,
+pub struct Place {
+    pub sid: String,
+    pub edge: String,
+    pub room: String,
 }
 
 impl Place {
@@ -217,7 +217,16 @@ impl Worker {
             let (p, entry) = (runs[r].0, &runs[r].1[i]);
             let Some(req) = &entry.req else { continue };
             let place = places.entry(req.user.clone()).or_default();
-            if let Some(call) = self.call(p, entry, req, prev[r], place) {
+            if let Some(call) = request_call(
+                &self.keys,
+                &self.id,
+                self.history_cap,
+                p,
+                &entry.id,
+                req,
+                prev[r],
+                place,
+            ) {
                 pipe.add_command(call.cmd().clone());
                 owners.push((r, i));
                 prev[r] = &entry.id;
@@ -291,100 +300,110 @@ impl Worker {
         }
         out
     }
+}
 
-    /// The call that applies `req` (shared/lua/router.lua says what each
-    /// key and argument is), with its session at `at` and `prev` the id of
-    /// the call before it in its run ('' for the first); `None` for a
-    /// request that is not the router's.
-    fn call(&self, p: u32, entry: &Entry, req: &Request, prev: &str, at: &Place) -> Option<Call> {
-        let k = &self.keys;
-        let (user, room, cap) = (req.user.as_str(), at.room.as_str(), self.history_cap);
-        let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
-            Op::Say { text } => (
-                "chat_say",
-                vec![k.history(room)],
-                vec![cap.to_string(), k.room_channel(room), text.clone()],
-            ),
-            Op::Join { room: to } => (
-                "chat_join",
-                vec![k.room(room), k.room(to), k.rooms(), k.room_sizes()],
-                vec![to.clone(), k.room_channel(room), k.room_channel(to)],
-            ),
-            Op::Leave => (
-                "chat_leave",
-                vec![k.room(room), k.room(LOBBY), k.rooms(), k.room_sizes()],
-                vec![LOBBY.into(), k.room_channel(room), k.room_channel(LOBBY)],
-            ),
-            Op::Rooms => ("chat_rooms", vec![k.room_sizes()], vec![LOBBY.into()]),
-            Op::Who { room: of } => {
-                let of = of.as_deref().unwrap_or(room);
-                ("chat_who", vec![k.room(of)], vec![of.into()])
-            }
-            Op::Subscribe { target } | Op::Unsubscribe { target } => (
-                if matches!(req.op, Op::Subscribe { .. }) {
-                    "chat_subscribe"
-                } else {
-                    "chat_unsubscribe"
-                },
-                vec![k.user(target), k.subscriptions(user), k.subscribers(target)],
-                vec![target.clone()],
-            ),
-            Op::Subscriptions => ("chat_subscriptions", vec![k.subscriptions(user)], vec![]),
-            Op::Publish { text } => (
-                "chat_publish",
-                vec![k.publications(user), k.subscribers(user), k.online()],
-                vec![cap.to_string(), k.pub_channel(user), text.clone()],
-            ),
-            Op::Msg { to, text } => (
-                "chat_msg",
-                vec![k.user(to), k.dm(user, to), k.session(to), k.inbox(to)],
-                vec![
-                    cap.to_string(),
-                    to.clone(),
-                    text.clone(),
-                    k.edge_channel(""),
-                ],
-            ),
-            Op::History { with: None, n } => (
-                "chat_history",
-                vec![k.history(room)],
-                vec![n.to_string(), room.into(), String::new()],
-            ),
-            Op::History { with: Some(w), n } => (
-                "chat_history",
-                vec![k.dm(user, w), k.user(w)],
-                vec![n.to_string(), format!("@{w}"), "dm".into()],
-            ),
-            Op::Logout => (
-                "chat_logout",
-                vec![
-                    k.edge_sessions(&at.edge),
-                    k.online(),
-                    k.room(room),
-                    k.rooms(),
-                    k.room_sizes(),
-                ],
-                vec![k.room_channel(room)],
-            ),
-            Op::Delivered { upto } => ("chat_delivered", vec![k.inbox(user)], vec![upto.clone()]),
-            Op::Login { .. } => return None,
-        };
-        let keys = [k.router_lease(p), k.router_applied(p), k.session(user)]
-            .into_iter()
-            .chain(keys);
-        let call = Call::new(name, &keys.collect::<Vec<_>>())
-            .arg(&self.id)
-            .arg(&entry.id)
-            .arg(prev)
-            .arg(k.edge_channel(&req.edge))
-            .arg(req.conn.to_string())
-            .arg(req.rid.to_string())
-            .arg(user)
-            .arg(&req.sid)
-            .arg(&at.edge)
-            .arg(room);
-        Some(args.into_iter().fold(call, Call::arg))
-    }
+/// The call that applies `req`, stream entry `entry_id` of partition `p`,
+/// for router `owner` (shared/lua/router.lua says what each key and
+/// argument is), with its session at `at` and `prev` the id of the call
+/// before it in its run ('' for the first); `None` for a request that is
+/// not the router's.
+#[allow(clippy::too_many_arguments)]
+pub fn request_call(
+    k: &Keys,
+    owner: &str,
+    cap: u64,
+    p: u32,
+    entry_id: &str,
+    req: &Request,
+    prev: &str,
+    at: &Place,
+) -> Option<Call> {
+    let (user, room) = (req.user.as_str(), at.room.as_str());
+    let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
+        Op::Say { text } => (
+            "chat_say",
+            vec![k.history(room)],
+            vec![cap.to_string(), k.room_channel(room), text.clone()],
+        ),
+        Op::Join { room: to } => (
+            "chat_join",
+            vec![k.room(room), k.room(to), k.rooms(), k.room_sizes()],
+            vec![to.clone(), k.room_channel(room), k.room_channel(to)],
+        ),
+        Op::Leave => (
+            "chat_leave",
+            vec![k.room(room), k.room(LOBBY), k.rooms(), k.room_sizes()],
+            vec![LOBBY.into(), k.room_channel(room), k.room_channel(LOBBY)],
+        ),
+        Op::Rooms => ("chat_rooms", vec![k.room_sizes()], vec![LOBBY.into()]),
+        Op::Who { room: of } => {
+            let of = of.as_deref().unwrap_or(room);
+            ("chat_who", vec![k.room(of)], vec![of.into()])
+        }
+        Op::Subscribe { target } | Op::Unsubscribe { target } => (
+            if matches!(req.op, Op::Subscribe { .. }) {
+                "chat_subscribe"
+            } else {
+                "chat_unsubscribe"
+            },
+            vec![k.user(target), k.subscriptions(user), k.subscribers(target)],
+            vec![target.clone()],
+        ),
+        Op::Subscriptions => ("chat_subscriptions", vec![k.subscriptions(user)], vec![]),
+        Op::Publish { text } => (
+            "chat_publish",
+            vec![k.publications(user), k.subscribers(user), k.online()],
+            vec![cap.to_string(), k.pub_channel(user), text.clone()],
+        ),
+        Op::Msg { to, text } => (
+            "chat_msg",
+            vec![k.user(to), k.dm(user, to), k.session(to), k.inbox(to)],
+            vec![
+                cap.to_string(),
+                to.clone(),
+                text.clone(),
+                k.edge_channel(""),
+            ],
+        ),
+        Op::History { with: None, n } => (
+            "chat_history",
+            vec![k.history(room)],
+            vec![n.to_string(), room.into(), String::new()],
+        ),
+        Op::History { with: Some(w), n } => (
+            "chat_history",
+            vec![k.dm(user, w), k.user(w)],
+            vec![n.to_string(), format!("@{w}"), "dm".into()],
+        ),
+        Op::Logout => (
+            "chat_logout",
+            vec![
+                k.edge_sessions(&at.edge),
+                k.online(),
+                k.room(room),
+                k.rooms(),
+                k.room_sizes(),
+            ],
+            vec![k.room_channel(room)],
+        ),
+        Op::Delivered { upto } => ("chat_delivered", vec![k.inbox(user)], vec![upto.clone()]),
+        Op::Login { .. } => return None,
+    };
+    let keys = [k.router_lease(p), k.router_applied(p), k.session(user)]
+        .into_iter()
+        .chain(keys);
+    let call = Call::new(name, &keys.collect::<Vec<_>>())
+        .arg(owner)
+        .arg(entry_id)
+        .arg(prev)
+        .arg(k.edge_channel(&req.edge))
+        .arg(req.conn.to_string())
+        .arg(req.rid.to_string())
+        .arg(user)
+        .arg(&req.sid)
+        .arg(&at.edge)
+        .arg(room);
+    Some(args.into_iter().fold(call, Call::arg))
 }
 
 /// (run, entry) pairs of `runs` by entry id (`<ms>-<seq>`, the time the

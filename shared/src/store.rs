@@ -133,6 +133,27 @@ pub async fn reap_dead_edges(conn: &mut ConnectionManager, keys: &Keys) -> Redis
     Ok(ended)
 }
 
+/// The call that ends `user`'s session on `edge`, its room as read
+/// before; `mode` is `reap` or `restart` (shared/lua/edges.lua).
+pub fn end_edge_session(keys: &Keys, edge: &str, user: &str, room: &str, mode: &str) -> Call {
+    let call_keys = [
+        keys.edges(),
+        keys.edge_sessions(edge),
+        keys.session(user),
+        keys.online(),
+        keys.room(room),
+        keys.rooms(),
+        keys.room_sizes(),
+    ];
+    Call::new("chat_end_edge_session", &call_keys)
+        .arg(edge)
+        .arg(user)
+        .arg(room)
+        .arg(keys.room_channel(room))
+        .arg(keys.edge_channel(edge))
+        .arg(mode)
+}
+
 /// Ends the sessions `edge` holds, in chunks of one round trip each;
 /// `mode` is `reap` (only while the edge is still dead) or `restart`.
 async fn end_edge_sessions(
@@ -157,25 +178,7 @@ async fn end_edge_sessions(
             let rooms: Vec<Option<String>> = read.query_async(conn).await?;
             let mut calls = redis::pipe();
             for (user, room) in todo.iter().zip(&rooms) {
-                let room = room.as_deref().unwrap_or("");
-                let call = Call::new(
-                    "chat_end_edge_session",
-                    &[
-                        keys.edges(),
-                        keys.edge_sessions(edge),
-                        keys.session(user),
-                        keys.online(),
-                        keys.room(room),
-                        keys.rooms(),
-                        keys.room_sizes(),
-                    ],
-                )
-                .arg(edge)
-                .arg(*user)
-                .arg(room)
-                .arg(keys.room_channel(room))
-                .arg(keys.edge_channel(edge))
-                .arg(mode);
+                let call = end_edge_session(keys, edge, user, room.as_deref().unwrap_or(""), mode);
                 calls.add_command(call.cmd().clone());
             }
             let statuses: Vec<String> = crate::scripts::query_pipe(conn, &calls).await?;
