@@ -1107,3 +1107,40 @@ async fn leases_are_kept_by_their_owner_and_the_library_reloads() {
     let (kept, dead): (i64, Vec<String>) = done.unwrap();
     assert_eq!((kept, dead.len()), (1, 0));
 }
+
+#[tokio::test]
+async fn a_call_refused_for_memory_is_transient_alone_and_in_a_pipeline() {
+    let redis = TestRedis::start().await;
+    let mut c = redis.conn().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let say = Call::new("chat_create_user", &["t:user:x"]).arg("hash");
+    let alone = say.invoke::<i64>(&mut c).await.unwrap_err();
+    assert!(shared::store::transient(&alone), "{alone}");
+    let mut pipe = redis::pipe();
+    pipe.cmd("PING").add_command(say.cmd().clone()).cmd("PING");
+    let piped = pipe
+        .query_async::<Vec<redis::Value>>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(shared::store::transient(&piped), "{piped}");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let bad = redis::cmd("FCALL")
+        .arg("chat_create_user")
+        .arg("x")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(!shared::store::transient(&bad), "{bad}");
+}

@@ -122,7 +122,7 @@ impl Worker {
     pub(crate) async fn apply_in_order(&mut self, p: u32, entries: Vec<Entry>) -> Outcome {
         let statuses = match self.apply(p, &entries).await {
             Ok(statuses) => statuses,
-            Err(e) if transient(&e) => {
+            Err(e) if shared::store::transient(&e) => {
                 tracing::warn!(error = %e, "applying requests failed; will retry");
                 return Outcome::Retry;
             }
@@ -286,7 +286,7 @@ impl Worker {
         for entry in entries {
             let status = match self.apply(p, std::slice::from_ref(entry)).await {
                 Ok(mut s) => s.pop().unwrap_or_default(),
-                Err(e) if transient(&e) => "retry".into(),
+                Err(e) if shared::store::transient(&e) => "retry".into(),
                 Err(e) => {
                     tracing::error!(id = %entry.id, error = %e, "request failed");
                     "failed".into()
@@ -462,18 +462,6 @@ fn judge(entries: &[Entry], statuses: &[String]) -> (Outcome, Vec<String>) {
         }
     }
     (outcome, done)
-}
-
-/// Errors that pass (Redis restarting, failing over, busy, out of reach),
-/// as opposed to a request the script cannot apply.
-fn transient(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_timeout()
-        || matches!(
-            e.code(),
-            Some("OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN")
-        )
 }
 
 #[cfg(test)]

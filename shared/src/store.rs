@@ -78,6 +78,28 @@ pub async fn blocking(client: &Client, block: Duration) -> RedisResult<Connectio
         .await
 }
 
+/// Errors that pass (Redis restarting, failing over, busy, out of reach),
+/// as opposed to a request the script cannot apply.
+///
+/// A pipeline's error carries each failed call's own: one that passes
+/// makes the whole batch pass (those after it in its partition answered
+/// `retry` and were not applied either).
+pub fn transient(e: &redis::RedisError) -> bool {
+    let passing = |code: &str| {
+        matches!(
+            code,
+            "OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN"
+        )
+    };
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.code().is_some_and(passing)
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| passing(error.code())))
+}
+
 /// Sessions of a dead edge ended in one round trip, at most.
 const END_CHUNK: usize = 256;
 
