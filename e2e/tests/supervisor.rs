@@ -1,6 +1,8 @@
-//! `make up`'s supervisor, scripts/up.sh, run for real: services killed with
-//! kill -9 (an edge, the router, Redis) come back by themselves while the
-//! rest keeps serving, and SIGTERM to up.sh stops every process it started.
+//! End-to-end test of `make up`'s supervisor (scripts/up.sh), run for real.
+//!
+//! Services killed with kill -9 (an edge, the router, Redis) come back by
+//! themselves while the rest keeps serving, and SIGTERM to up.sh stops
+//! every process it started.
 
 use e2e::{binary, free_port, Client};
 use shared::tls::Trust;
