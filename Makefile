@@ -3,7 +3,9 @@ CARGO ?= cargo
 
 .PHONY: up test bench build certs redis lint fuzz compose-up compose-users compose-test clean
 
-## Start the whole system in the foreground (Ctrl-C stops it).
+## Start the whole system in the foreground, supervised: a service that
+## dies is restarted (Ctrl-C stops everything). More instances:
+## ROUTERS=2 AUTHS=2 EDGES=3 make up; scripts/up.sh lists every setting.
 up: redis build certs
 	./scripts/up.sh
 

@@ -83,7 +83,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
     let streams = vec![stream.clone()];
     let consumer =
         Consumer::new(&client, cmds.clone(), streams, GROUP, &cfg.auth.id, BLOCK).await?;
-    let admin = shared::admin::bind(&cfg.auth.admin_listen).await?;
+    // A busy admin port is logged, not fatal.
+    let admin = shared::admin::bind(&cfg.auth.admin_listen).await.listener();
     let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds.clone()).await?);
     if let Some(admin) = admin {
         tokio::spawn(shared::admin::serve(admin, ctx.clone(), shutdown.clone()));

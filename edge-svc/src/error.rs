@@ -29,12 +29,6 @@ pub enum EdgeError {
         phase: Phase,
         source: std::io::Error,
     },
-    /// The admin port (`/healthz`, `/metrics`) could not be opened.
-    #[error("admin port {addr}: {source}")]
-    Admin {
-        addr: String,
-        source: std::io::Error,
-    },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 }

@@ -30,12 +30,8 @@ pub async fn run(
 ) -> Result<(), EdgeError> {
     let client = shared::store::client(&cfg.redis_url)?;
     let keys = Keys::new(cfg.key_prefix.clone());
-    let admin = shared::admin::bind(&cfg.edge.admin_listen)
-        .await
-        .map_err(|source| EdgeError::Admin {
-            addr: cfg.edge.admin_listen.clone(),
-            source,
-        })?;
+    // A busy admin port is logged, not fatal: the edge serves anyway.
+    let admin = shared::admin::bind(&cfg.edge.admin_listen).await.listener();
     let redis = shared::store::commands(&client).await?;
     let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
     let pubsub = subscribe(&client, &hub.wanted()).await?;
@@ -154,21 +150,108 @@ impl Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::admin::AdminPort;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    const WAIT: Duration = Duration::from_secs(15);
+
+    /// A redis-server of the test's own on a free port, without
+    /// persistence; killed on drop.
+    struct Redis {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl Redis {
+        async fn start() -> Redis {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (make test installs it)");
+            let redis = Redis { child, port };
+            let client = redis::Client::open(redis.url()).unwrap();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    let pong = redis::cmd("PING").query_async::<String>(&mut c).await;
+                    if pong.is_ok() {
+                        return redis;
+                    }
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "redis-server starts"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 
     #[tokio::test]
-    async fn a_busy_admin_port_is_named_in_the_error() {
+    async fn a_busy_admin_port_is_reported_and_the_edge_serves_anyway() {
         let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = busy.local_addr().unwrap().to_string();
-        let mut cfg = Config::default();
-        cfg.edge.admin_listen = addr.clone();
+        // What the edge's bind says: that port, not bound (and logged).
+        let report = shared::admin::bind(&addr).await;
+        assert!(
+            matches!(&report, AdminPort::Unbound { addr: a, .. } if *a == addr),
+            "{report:?}"
+        );
+
+        let redis = Redis::start().await;
+        let mut cfg = Config {
+            redis_url: redis.url(),
+            ..Config::default()
+        };
+        cfg.edge.id = "edge-busy-admin".into();
+        cfg.edge.admin_listen = addr;
         let certs = shared::tls::DevCerts::generate(&["localhost"]).unwrap();
         let tls = shared::tls::server_config_pem(&certs.server_pem, &certs.server_key_pem).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let err = run(listener, cfg, tls, CancellationToken::new())
+        let port = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let edge = tokio::spawn(run(listener, cfg, tls, shutdown.clone()));
+
+        // It serves: a TLS client is greeted.
+        let trust = shared::tls::Trust::CaPem(certs.ca_pem.clone());
+        let client = tokio_rustls::TlsConnector::from(shared::tls::client_config(&trust).unwrap());
+        let tcp = TcpStream::connect(port).await.unwrap();
+        let name = shared::tls::server_name("localhost").unwrap();
+        let stream = tokio::time::timeout(WAIT, client.connect(name, tcp))
             .await
-            .unwrap_err();
-        assert!(matches!(err, EdgeError::Admin { .. }), "{err}");
-        let text = err.to_string();
-        assert!(text.starts_with(&format!("admin port {addr}: ")), "{text}");
+            .expect("TLS handshake in time")
+            .unwrap();
+        let mut lines = BufReader::new(stream).lines();
+        let hello = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("greeted in time")
+            .unwrap()
+            .unwrap();
+        assert!(hello.starts_with("HELLO edge-busy-admin "), "{hello}");
+
+        shutdown.cancel();
+        let ended = tokio::time::timeout(WAIT, edge)
+            .await
+            .expect("the edge stops")
+            .unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
+        drop(busy);
     }
 }

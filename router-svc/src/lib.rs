@@ -36,8 +36,6 @@ const BLOCK: Duration = Duration::from_millis(1000);
 pub enum RouterError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("admin port: {0}")]
-    Admin(#[from] std::io::Error),
 }
 
 /// What /metrics shows.
@@ -117,7 +115,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
         batch_seconds: Histogram::default(),
         owned: Gauge::default(),
     });
-    if let Some(admin) = shared::admin::bind(&cfg.router.admin_listen).await? {
+    // A busy admin port is logged, not fatal.
+    if let Some(admin) = shared::admin::bind(&cfg.router.admin_listen)
+        .await
+        .listener()
+    {
         tokio::spawn(shared::admin::serve(
             admin,
             metrics.clone(),

@@ -48,14 +48,57 @@ pub async fn serve<P: Probe>(listener: TcpListener, probe: Arc<P>, shutdown: Can
     }
 }
 
-/// Binds the admin port, unless `addr` is empty (off).
-pub async fn bind(addr: &str) -> std::io::Result<Option<TcpListener>> {
-    if addr.is_empty() {
-        return Ok(None);
+/// What became of a service's admin port.
+#[derive(Debug)]
+pub enum AdminPort {
+    /// `admin_listen` is empty: no admin port wanted.
+    Off,
+    /// Bound: [`serve`] it.
+    Bound(TcpListener),
+    /// `addr` could not be bound (most often another service on this host
+    /// has it, say a second router beside `make up`). The service serves
+    /// anyway, without `/healthz` and `/metrics`.
+    Unbound { addr: String, error: std::io::Error },
+}
+
+impl AdminPort {
+    /// The listener to serve, if bound.
+    pub fn listener(self) -> Option<TcpListener> {
+        match self {
+            AdminPort::Bound(listener) => Some(listener),
+            AdminPort::Off | AdminPort::Unbound { .. } => None,
+        }
     }
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "admin port (/healthz, /metrics)");
-    Ok(Some(listener))
+}
+
+/// Binds the admin port, unless `addr` is empty (off). An address that
+/// cannot be bound is never a reason not to serve: it is logged as a
+/// warning naming the address, and the service goes on without an admin
+/// port ([`AdminPort::Unbound`]).
+pub async fn bind(addr: &str) -> AdminPort {
+    if addr.is_empty() {
+        return AdminPort::Off;
+    }
+    match TcpListener::bind(addr).await {
+        Ok(listener) => {
+            let local = listener
+                .local_addr()
+                .map_or_else(|_| addr.to_string(), |a| a.to_string());
+            tracing::info!(addr = %local, "admin port (/healthz, /metrics)");
+            AdminPort::Bound(listener)
+        }
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "admin port {addr} not bound; serving without /healthz and /metrics \
+                 (set admin_listen to a free port, or empty for none)"
+            );
+            AdminPort::Unbound {
+                addr: addr.to_string(),
+                error,
+            }
+        }
+    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -235,6 +278,23 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_busy_admin_port_is_reported_not_fatal() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = busy.local_addr().unwrap().to_string();
+        match bind(&addr).await {
+            AdminPort::Unbound { addr: named, error } => {
+                assert_eq!(named, addr);
+                assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+            }
+            other => panic!("expected Unbound, got {other:?}"),
+        }
+        assert!(bind(&addr).await.listener().is_none());
+        assert!(matches!(bind("").await, AdminPort::Off));
+        let free = bind("127.0.0.1:0").await;
+        assert!(free.listener().is_some(), "a free port is bound");
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
