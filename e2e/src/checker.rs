@@ -251,6 +251,8 @@ pub struct Report {
     pub first_delivery: Option<Duration>,
     /// From the fault to the first `OK LOGIN` of a login sent after it.
     pub login_recovery: Option<Duration>,
+    /// The longest a sender waited for an acknowledgement.
+    pub slowest_ack: Option<Duration>,
     pub sent: usize,
     pub acked: usize,
     /// Unacknowledged, per reason.
@@ -278,11 +280,12 @@ impl Report {
             ms(self.login_recovery)
         );
         eprintln!(
-            "  {fault}: sent {}, acknowledged {}, unacknowledged {:?}, live deliveries {}, \
-             only from history {}, lost connections {}, logins {} ok / {} failed, \
-             publications excused {}",
+            "  {fault}: sent {}, acknowledged {} (slowest after {} ms), unacknowledged {:?}, \
+             live deliveries {}, only from history {}, lost connections {}, \
+             logins {} ok / {} failed, publications excused {}",
             self.sent,
             self.acked,
+            ms(self.slowest_ack),
             self.failed,
             self.live,
             self.from_history,
@@ -656,6 +659,11 @@ fn verify(log: &Log, inner: &Inner) -> (Vec<String>, Report) {
         recovery: recovery_all,
         first_delivery: first,
         login_recovery,
+        slowest_ack: log
+            .sent
+            .values()
+            .filter_map(|s| s.ack.as_ref().map(|(_, t)| *t - s.at))
+            .max(),
         sent: log.sent.len(),
         acked,
         failed,

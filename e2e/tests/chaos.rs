@@ -280,6 +280,10 @@ async fn router_terminated_while_redis_is_unreachable_exits_in_its_grace() {
     sys.signal(Role::Router, 0, "TERM");
     let status = tokio::time::timeout(WAIT, sys.exited(Role::Router, 0)).await;
     let took = stopped.elapsed();
+    // Redis stays away for twice edge.dead_after_ms: nobody can beat
+    // meanwhile, and nobody may be taken for dead for it.
+    let away = stopped + Duration::from_millis(2 * DEAD_AFTER_MS);
+    tokio::time::sleep_until(away.into()).await;
     e2e::signal(redis, "CONT");
     let status = status.expect("router-0 exits");
     let bound = Duration::from_millis(GRACE_MS) + secs(3);
