@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod chat;
+pub mod checker;
 mod client;
 mod system;
 mod test_redis;
