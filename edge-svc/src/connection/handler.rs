@@ -333,9 +333,12 @@ impl Handler {
         channels: &[String],
     ) -> Result<Option<Effect>, ProtoError> {
         let hub = &self.ctx.hub;
-        let limit = self.ctx.cfg.edge.request_timeout();
+        // One deadline for the whole request: holding its channels,
+        // sending it (a Redis that does not answer counts) and its reply.
+        let deadline = tokio::time::Instant::now() + self.ctx.cfg.edge.request_timeout();
         if !channels.is_empty() {
-            let held = tokio::time::timeout(limit, hub.hold(self.id, req.rid, channels)).await;
+            let held =
+                tokio::time::timeout_at(deadline, hub.hold(self.id, req.rid, channels)).await;
             if held != Ok(true) {
                 tracing::warn!("subscribing to channels failed");
                 hub.release(self.id, req.rid);
@@ -344,26 +347,32 @@ impl Handler {
         }
         let mut rx = hub.expect(self.id, req.rid);
         let sent = Instant::now();
-        if let Err(e) = self
-            .ctx
-            .send_requests(stream, std::slice::from_ref(&req))
-            .await
-        {
-            tracing::warn!(error = %e, "sending a request failed");
-            hub.give_up(self.id, req.rid);
-            hub.release(self.id, req.rid);
-            return Err(unavailable());
-        }
-        match tokio::time::timeout(limit, &mut rx).await {
-            Ok(Ok(effect)) => {
+        let reply = async {
+            self.ctx
+                .send_requests(stream, std::slice::from_ref(&req))
+                .await?;
+            Ok::<_, redis::RedisError>((&mut rx).await)
+        };
+        let outcome = tokio::time::timeout_at(deadline, reply).await;
+        match outcome {
+            Ok(Ok(Ok(effect))) => {
                 self.ctx.metrics.request_seconds.observe(sent.elapsed());
                 Ok(effect)
+            }
+            Ok(Err(e)) => {
+                // Not sent: nothing will come back.
+                tracing::warn!(error = %e, "sending a request failed");
+                hub.give_up(self.id, req.rid);
+                hub.release(self.id, req.rid);
+                Err(unavailable())
             }
             _ if !hub.give_up(self.id, req.rid) => {
                 // The reply came just as we stopped waiting.
                 Ok(rx.try_recv().ok().flatten())
             }
             _ => {
+                // Sent, or perhaps not (Redis did not answer): a late reply
+                // still takes effect, and its holds last until it comes.
                 tracing::warn!(stream, "no reply in time");
                 Err(unavailable())
             }
