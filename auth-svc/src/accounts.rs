@@ -17,9 +17,14 @@ async fn hash(password: &str, cost: u32) -> Result<String, AuthError> {
     Ok(tokio::task::spawn_blocking(move || bcrypt::hash(password, cost)).await??)
 }
 
-/// Refuses a password shorter than `min` characters (`auth.min_password`,
-/// as `REGISTER` does). An empty one is left to [`hash`], which says so.
+/// Refuses a password shorter than `min` characters (`auth.min_password`),
+/// or longer than bcrypt reads ([`crate::MAX_PASSWORD_BYTES`]: it would
+/// silently ignore the rest), for `REGISTER`, `user add` and `user passwd`.
+/// An empty one is left to [`hash`], which says so.
 pub fn check_password(password: &str, min: usize) -> Result<(), AuthError> {
+    if password.len() > crate::MAX_PASSWORD_BYTES {
+        return Err(AuthError::LongPassword);
+    }
     match password.chars().count() {
         n if n > 0 && n < min => Err(AuthError::ShortPassword(min)),
         _ => Ok(()),
@@ -169,5 +174,16 @@ mod tests {
         // Counted in characters, not bytes.
         assert!(check_password("ééééééé", 8).is_err());
         assert!(check_password("short", 0).is_ok());
+    }
+
+    #[test]
+    fn passwords_bcrypt_would_cut_are_refused() {
+        assert!(check_password(&"x".repeat(72), 8).is_ok());
+        assert!(matches!(
+            check_password(&"x".repeat(73), 8),
+            Err(AuthError::LongPassword)
+        ));
+        // Bytes, not characters: 37 two-byte characters are 74 bytes.
+        assert!(check_password(&"é".repeat(37), 8).is_err());
     }
 }

@@ -11,7 +11,7 @@
 pub mod accounts;
 mod login;
 
-pub use login::Switch;
+pub use login::{new_sid, Switch};
 
 use shared::config::Config;
 use shared::consumer::{Consumer, EntryId};
@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The most password bytes bcrypt reads; longer passwords are refused.
+pub const MAX_PASSWORD_BYTES: usize = 72;
 
 /// The consumer group of auth-svc on the login stream.
 pub const GROUP: &str = "auth";
@@ -40,6 +43,8 @@ pub enum AuthError {
     EmptyPassword,
     #[error("passwords are at least {0} characters")]
     ShortPassword(usize),
+    #[error("passwords are at most {MAX_PASSWORD_BYTES} bytes")]
+    LongPassword,
     #[error("user {0} exists")]
     Exists(String),
     #[error("no user {0}")]
@@ -61,7 +66,9 @@ impl AuthError {
     pub fn code(&self) -> ErrorCode {
         match self {
             AuthError::BadName => ErrorCode::BadName,
-            AuthError::EmptyPassword | AuthError::ShortPassword(_) => ErrorCode::BadArgs,
+            AuthError::EmptyPassword | AuthError::ShortPassword(_) | AuthError::LongPassword => {
+                ErrorCode::BadArgs
+            }
             AuthError::Exists(_) => ErrorCode::UserExists,
             AuthError::NotFound(_) => ErrorCode::NoSuchUser,
             AuthError::Redis(_) => ErrorCode::Unavailable,

@@ -30,6 +30,18 @@ pub struct Switch<'a> {
     /// Where the user's old session is, as read before (empty: none).
     pub at_edge: &'a str,
     pub at_room: &'a str,
+    /// The new session's id ([`new_sid`]).
+    pub sid: &'a str,
+}
+
+/// A new session id: 128 random bits, in hex (32 characters).
+pub fn new_sid() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system's random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Switch<'_> {
@@ -70,6 +82,7 @@ impl Switch<'_> {
             .arg(self.at_room)
             .arg(k.edge_channel(self.at_edge))
             .arg(k.room_channel(self.at_room))
+            .arg(self.sid)
     }
 }
 
@@ -274,6 +287,7 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             new_hash: &new_hash,
             at_edge: at_edge.as_deref().unwrap_or_default(),
             at_room: at_room.as_deref().unwrap_or_default(),
+            sid: &new_sid(),
         };
         outcome = switch.call(&ctx.keys).invoke(&mut conn).await?;
         if outcome != "moved" {
@@ -365,4 +379,15 @@ async fn publish(ctx: &Ctx, req: &Request, line: ServerLine) -> Result<(), AuthE
     conn.publish::<_, _, ()>(ctx.keys.edge_channel(&req.edge), json)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_ids_are_128_random_bits() {
+        let (a, b) = (super::new_sid(), super::new_sid());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+    }
 }

@@ -336,7 +336,7 @@ async fn plain_mode_prints_the_server_lines_as_received() {
     assert_eq!(alice.line().await, "OK LOGIN alice lobby");
     let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;
-    bob.say("\u{1b}[2J hi").await;
+    bob.say("tab\tand  two spaces ").await;
     let got = alice.until(|l| l.starts_with("MSG ")).await;
     let ServerLine::Msg {
         room,
@@ -351,7 +351,7 @@ async fn plain_mode_prints_the_server_lines_as_received() {
     assert!(id.contains('-'), "a message id: {got}");
     assert_eq!(
         (from.as_str(), text.as_str()),
-        ("bob", "\u{1b}[2J hi"),
+        ("bob", "tab\tand  two spaces "),
         "unchanged"
     );
     alice.say("/ping").await;
@@ -443,18 +443,19 @@ async fn sigterm_restores_the_terminal() {
 }
 
 #[tokio::test]
-async fn plain_mode_on_a_terminal_shows_escapes_harmlessly() {
+async fn escapes_never_reach_a_terminal() {
     let sys = system(&["alice", "bob"], |_| {}).await;
     let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", "--plain"));
     tmux.shows("OK LOGIN alice lobby").await;
     let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;
+    // The server refuses control characters in text (a raw client would
+    // show them); the client would also replace them (unit tests).
     bob.say("\u{1b}[2J\u{1b}[31mred hi").await;
-    let screen = tmux.shows("[31mred hi").await;
-    assert!(
-        screen.contains(" bob \u{fffd}[2J\u{fffd}[31mred hi"),
-        "{screen}"
-    );
+    bob.until(|l| l.starts_with("ERR bad-encoding ")).await;
+    bob.say("after").await;
+    let screen = tmux.shows(" bob after").await;
+    assert!(!screen.contains("red hi"), "{screen}");
     assert!(
         screen.contains("OK LOGIN alice lobby"),
         "not cleared: {screen}"

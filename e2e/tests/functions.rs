@@ -34,6 +34,9 @@ struct Fx {
     /// Entry ids `<base>-<n>`, increasing: router requests, login done keys.
     base: u64,
     n: u64,
+    /// Sessions opened: the next one's id is this plus one (auth-svc
+    /// draws random ids; the test numbers them, to name them).
+    sessions: u64,
 }
 
 /// A redis-server with the library loaded, live edges `e1` and `e2`, and
@@ -51,6 +54,7 @@ async fn setup() -> Fx {
         k,
         base,
         n,
+        sessions: 0,
     };
     for e in ["e1", "e2"] {
         let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, false);
@@ -285,8 +289,13 @@ async fn login_with(fx: &mut Fx, user: &str, edge: &str, conn: u64, o: Opts) -> 
         new_hash: o.new_hash,
         at_edge: &at_edge,
         at_room: &at_room,
+        sid: &(fx.sessions + 1).to_string(),
     };
-    switch.call(&fx.k).invoke(&mut fx.c).await.unwrap()
+    let status: String = switch.call(&fx.k).invoke(&mut fx.c).await.unwrap();
+    if status == "ok" || status == "replaced" {
+        fx.sessions += 1;
+    }
+    status
 }
 
 /// A plain login that succeeds (the account need not exist: auth-svc

@@ -10,7 +10,9 @@
 -- dead: `duplicate`). `moved`: the old session changed since auth-svc read
 -- where it was; it reads again. One live session per user: an old one is
 -- closed (its edge is told, its room left) or kept and the new login
--- refused. The session id comes from a counter, so it is unique. Private
+-- refused. The session id is random (from auth-svc: 128 bits), so it can
+-- be neither guessed nor reused, even after Redis is restored from an
+-- older snapshot; the counter only counts the sessions opened. Private
 -- messages queued while the user was offline go out after `OK LOGIN`; the
 -- effect names the last, which the edge acknowledges once shown.
 redis.register_function('chat_login', function(keys, args)
@@ -20,8 +22,8 @@ redis.register_function('chat_login', function(keys, args)
   local online, inbox, subscriptions, old_edge_sessions, old_room_members =
     unpack(keys, 12, 16)
   local user, edge, conn, rid, addr, policy, deadline, new_hash = unpack(args, 1, 8)
-  local channel, lobby_channel, lobby_name, at_edge, at_room, old_channel, old_room_channel =
-    unpack(args, 9, 15)
+  local channel, lobby_channel, lobby_name, at_edge, at_room, old_channel, old_room_channel, sid =
+    unpack(args, 9, 16)
 
   local now = now_ms()
   if now > tonumber(deadline) then return 'stale' end
@@ -52,7 +54,7 @@ redis.register_function('chat_login', function(keys, args)
       room = {members = old_room_members, rooms = lobby.rooms, sizes = lobby.sizes},
     }, old, user, old_room_channel)
   end
-  local sid = tostring(redis.call('INCR', seq))
+  redis.call('INCR', seq)
   redis.call('HSET', session, 'edge', edge, 'conn', conn, 'sid', sid, 'room', lobby_name,
     'addr', addr, 'since', tostring(now))
   redis.call('SADD', edge_sessions, user)

@@ -171,12 +171,22 @@ const BAD_NAME: ProtoError = ProtoError::new(
     "names are 1-32 characters of A-Z a-z 0-9 _ -",
 );
 
+const CONTROL: ProtoError = ProtoError::new(
+    ErrorCode::BadEncoding,
+    "control characters other than TAB are not allowed",
+);
+
 impl Command {
     /// Parses one line (without its terminator). Returns `Ok(None)` for a
     /// line that is to be ignored (empty or only blanks).
     pub fn parse(line: &str) -> Result<Option<Command>, ProtoError> {
         if line.trim().is_empty() {
             return Ok(None);
+        }
+        // A bare CR or an escape sequence passed on to raw clients could
+        // show them forged lines or move their cursor.
+        if line.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(CONTROL);
         }
         if let Some(rest) = line.strip_prefix("//") {
             return Ok(Some(Command::Say(format!("/{rest}"))));
@@ -395,6 +405,23 @@ mod tests {
     fn debug_never_shows_password() {
         let c = p("LOGIN alice hunter2").unwrap().unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn control_characters_are_refused_but_tab() {
+        for bad in [
+            "hi\rMSG lobby 1-0 admin forged",
+            "\x1b[2Jclear",
+            "/msg bob a\x07bell",
+            "/publish \u{85}next line",
+            "del\x7f",
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadEncoding, "{bad:?}");
+        }
+        assert_eq!(
+            p("tab\tseparated").unwrap(),
+            Some(Command::Say("tab\tseparated".into()))
+        );
     }
 
     #[test]
