@@ -6,6 +6,7 @@
 
 mod chat;
 mod client;
+pub mod proxy;
 mod system;
 mod test_redis;
 pub mod usage;
