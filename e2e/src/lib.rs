@@ -7,6 +7,7 @@
 mod chat;
 pub mod checker;
 mod client;
+pub mod proxy;
 mod system;
 mod test_redis;
 pub mod usage;

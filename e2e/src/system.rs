@@ -114,6 +114,8 @@ struct Instance {
     /// An edge's TLS port.
     port: u16,
     admin: Option<u16>,
+    /// Its own environment, over the system's.
+    env: Vec<(String, String)>,
     child: Child,
 }
 
@@ -206,15 +208,27 @@ impl System {
     /// Starts one more instance of `role` and waits until it is ready;
     /// returns its index.
     pub async fn add(&mut self, role: Role) -> usize {
+        self.add_with(role, &[]).await
+    }
+
+    /// As [`System::add`], with environment variables of the instance's
+    /// own over the system's (kept across [`System::restart`]): for
+    /// example its own `CHAT_REDIS_URL`.
+    pub async fn add_with(&mut self, role: Role, env: &[(&str, &str)]) -> usize {
         let index = self.count(role);
         let port = if role == Role::Edge { free_port() } else { 0 };
         let admin = self.admin.then(free_port);
-        let child = self.spawn(role, index, port, admin).await;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = self.spawn(role, index, port, admin, &env).await;
         self.instances.push(Instance {
             role,
             index,
             port,
             admin,
+            env,
             child,
         });
         index
@@ -225,10 +239,18 @@ impl System {
     pub async fn restart(&mut self, role: Role, i: usize) {
         let at = self.at(role, i);
         let (port, admin) = (self.instances[at].port, self.instances[at].admin);
-        self.instances[at].child = self.spawn(role, i, port, admin).await;
+        let env = self.instances[at].env.clone();
+        self.instances[at].child = self.spawn(role, i, port, admin, &env).await;
     }
 
-    async fn spawn(&self, role: Role, index: usize, port: u16, admin: Option<u16>) -> Child {
+    async fn spawn(
+        &self,
+        role: Role,
+        index: usize,
+        port: u16,
+        admin: Option<u16>,
+        env: &[(String, String)],
+    ) -> Child {
         let id = role.id(index);
         let log = self.dir.join(format!("{id}.log"));
         let section = role.section();
@@ -245,6 +267,7 @@ impl System {
                 format!("127.0.0.1:{admin}"),
             );
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", self.bin.join(role.binary()).display()));

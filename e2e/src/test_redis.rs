@@ -13,6 +13,8 @@ pub struct TestRedis {
     pub port: u16,
     /// Where [`TestRedis::stop`] keeps the data across a restart.
     dir: PathBuf,
+    /// Server arguments over the defaults, from the next start on.
+    args: Vec<String>,
 }
 
 impl TestRedis {
@@ -23,9 +25,10 @@ impl TestRedis {
                 std::env::temp_dir().join(format!("chat-redis-{port}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let mut redis = TestRedis {
-                child: spawn_redis(port, &dir),
+                child: spawn_redis(port, &dir, &[]),
                 port,
                 dir,
+                args: Vec::new(),
             };
             if redis.ready().await {
                 return redis;
@@ -51,9 +54,15 @@ impl TestRedis {
         let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
     }
 
+    /// Server arguments over the defaults (`--appendonly yes`, ...) for
+    /// the next [`TestRedis::start_again`] and after.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// Starts it again on the same port with the saved data.
     pub async fn start_again(&mut self) {
-        self.child = spawn_redis(self.port, &self.dir);
+        self.child = spawn_redis(self.port, &self.dir, &self.args);
         assert!(self.ready().await, "redis-server restarts");
     }
 
@@ -139,12 +148,13 @@ impl Drop for TestRedis {
     }
 }
 
-fn spawn_redis(port: u16, dir: &Path) -> Child {
+fn spawn_redis(port: u16, dir: &Path, args: &[String]) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

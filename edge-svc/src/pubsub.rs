@@ -151,12 +151,27 @@ async fn replay(ctx: &Ctx) {
             .arg(max + 1);
     }
     let mut conn = ctx.redis.clone();
-    let read = pipe.query_async::<Vec<StreamRangeReply>>(&mut conn);
-    let ranges = match tokio::time::timeout(ctx.cfg.edge.request_timeout(), read).await {
-        Ok(Ok(ranges)) => ranges,
-        failed => {
-            tracing::warn!(?failed, "reading history to replay failed");
-            Vec::new()
+    let deadline = tokio::time::Instant::now() + ctx.cfg.edge.request_timeout();
+    let ranges = loop {
+        let read = pipe.query_async::<Vec<StreamRangeReply>>(&mut conn);
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(ranges)) => break ranges,
+            // After Redis restarted, the commands connection fails its
+            // first command (broken pipe) and reconnects: read again
+            // rather than give everyone a GAP for nothing missed.
+            Ok(Err(e))
+                if (e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.code() == Some("LOADING"))
+                    && tokio::time::Instant::now() + REPLAY_RETRY < deadline =>
+            {
+                tracing::debug!(error = %e, "reading history to replay failed; retrying");
+                tokio::time::sleep(REPLAY_RETRY).await;
+            }
+            failed => {
+                tracing::warn!(?failed, "reading history to replay failed");
+                break Vec::new();
+            }
         }
     };
     let mut replayed = 0;
@@ -233,6 +248,10 @@ impl Source {
         }
     }
 }
+
+/// The pause before reading history to replay again after a connection
+/// error.
+const REPLAY_RETRY: Duration = Duration::from_millis(50);
 
 /// How often the Pub/Sub connection is checked with a `PING`.
 const PING_EVERY: Duration = Duration::from_secs(5);
