@@ -151,7 +151,9 @@ async fn replay(ctx: &Ctx) {
             .arg(max + 1);
     }
     let mut conn = ctx.redis.clone();
-    let deadline = tokio::time::Instant::now() + ctx.cfg.edge.request_timeout();
+    // Redis may have just come back: its commands connection reconnects
+    // too (with backoff), or it may still be loading its data.
+    let deadline = tokio::time::Instant::now() + REPLAY_WAIT;
     let ranges = loop {
         let read = pipe.query_async::<Vec<StreamRangeReply>>(&mut conn);
         match tokio::time::timeout_at(deadline, read).await {
@@ -160,9 +162,7 @@ async fn replay(ctx: &Ctx) {
             // first command (broken pipe) and reconnects: read again
             // rather than give everyone a GAP for nothing missed.
             Ok(Err(e))
-                if (e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.code() == Some("LOADING"))
+                if shared::store::transient(&e)
                     && tokio::time::Instant::now() + REPLAY_RETRY < deadline =>
             {
                 tracing::debug!(error = %e, "reading history to replay failed; retrying");
@@ -252,6 +252,10 @@ impl Source {
 /// The pause before reading history to replay again after a connection
 /// error.
 const REPLAY_RETRY: Duration = Duration::from_millis(50);
+
+/// How long the replay after a reconnect waits for history to be readable
+/// before it gives up and sends `GAP` (Pub/Sub lines wait meanwhile).
+const REPLAY_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the Pub/Sub connection is checked with a `PING`.
 const PING_EVERY: Duration = Duration::from_secs(5);
