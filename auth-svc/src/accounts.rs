@@ -49,15 +49,26 @@ pub async fn add(
 ) -> Result<(), AuthError> {
     check_name(user)?;
     let hashed = hash(password, cost).await?;
-    let created: i64 = Call::new("chat_create_user", &[keys.user(user)])
-        .arg(hashed)
-        .invoke(conn)
-        .await?;
-    if created == 1 {
+    if store_hash(conn, "chat_create_user", &keys.user(user), hashed).await? {
         Ok(())
     } else {
         Err(AuthError::Exists(user.to_string()))
     }
+}
+
+/// Calls `function` (create, or replace) with the account and a hash;
+/// whether it wrote.
+async fn store_hash(
+    conn: &mut ConnectionManager,
+    function: &str,
+    account: &str,
+    hashed: String,
+) -> Result<bool, AuthError> {
+    let wrote: i64 = Call::new(function, &[account])
+        .arg(hashed)
+        .invoke(conn)
+        .await?;
+    Ok(wrote == 1)
 }
 
 /// Replaces the password of an existing user.
@@ -75,11 +86,7 @@ pub async fn set_password(
     let hashed = hash(password, cost).await?;
     // Written only if the account still exists: one deleted meanwhile
     // does not come back as a bare password.
-    let replaced: i64 = Call::new("chat_set_password", &[keys.user(user)])
-        .arg(hashed)
-        .invoke(conn)
-        .await?;
-    if replaced == 1 {
+    if store_hash(conn, "chat_set_password", &keys.user(user), hashed).await? {
         Ok(())
     } else {
         Err(AuthError::NotFound(user.to_string()))

@@ -54,6 +54,17 @@ pub struct Shape {
     pub auths: usize,
 }
 
+impl Shape {
+    /// `edges` edges, `routers` routers and `auths` auth-svc instances.
+    pub const fn new(edges: usize, routers: usize, auths: usize) -> Shape {
+        Shape {
+            edges,
+            routers,
+            auths,
+        }
+    }
+}
+
 impl Default for Shape {
     fn default() -> Self {
         Shape {

@@ -28,14 +28,6 @@ fn faulty(c: &mut Config) {
     c.router.history_cap = 10_000;
 }
 
-fn shape(edges: usize, routers: usize, auths: usize) -> Shape {
-    Shape {
-        edges,
-        routers,
-        auths,
-    }
-}
-
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -49,6 +41,30 @@ fn done(fault: &str, report: &Report, started: Instant) {
 }
 
 /// The owner of each partition's lease.
+/// One test at a time: two edges, two routers owning their partitions
+/// and one auth-svc, under load for 3 s.
+async fn two_routers_under_load() -> (tokio::sync::MutexGuard<'static, ()>, Instant, System, Load) {
+    let one = ONE_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let sys = System::start_with(Shape::new(2, 2, 1), faulty).await;
+    sys.routers_own_partitions(2).await;
+    let load = Load::start(&sys, Options::default()).await;
+    load.run_for(secs(3)).await;
+    (one, started, sys, load)
+}
+
+/// After a router fault: the load goes on for 2 s, router-0 comes back
+/// and takes its share, 3 s more, then the checks (and the report line).
+async fn router_back_and_done(sys: &mut System, load: Load, fault: &str, started: Instant) {
+    load.recovered().await;
+    load.run_for(secs(2)).await;
+    sys.restart(Role::Router, 0).await;
+    sys.routers_own_partitions(2).await;
+    load.run_for(secs(3)).await;
+    let report = load.finish(sys).await;
+    done(fault, &report, started);
+}
+
 async fn lease_owners(sys: &System) -> Vec<Option<String>> {
     let mut r = sys.redis.conn().await;
     let keys = sys.keys();
@@ -63,7 +79,7 @@ async fn lease_owners(sys: &System) -> Vec<Option<String>> {
 async fn edge_killed_then_restarted() {
     let _one = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
-    let mut sys = System::start_with(shape(2, 1, 1), faulty).await;
+    let mut sys = System::start_with(Shape::new(2, 1, 1), faulty).await;
     let opts = Options {
         churn: vec![5],
         ..Options::default()
@@ -114,12 +130,7 @@ async fn edge_killed_then_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_killed_then_restarted() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let started = Instant::now();
-    let mut sys = System::start_with(shape(2, 2, 1), faulty).await;
-    sys.routers_own_partitions(2).await;
-    let load = Load::start(&sys, Options::default()).await;
-    load.run_for(secs(3)).await;
+    let (_one, started, mut sys, load) = two_routers_under_load().await;
 
     load.fault();
     sys.kill(Role::Router, 0).await;
@@ -133,14 +144,7 @@ async fn router_killed_then_restarted() {
     })
     .await;
     let taken = killed.elapsed();
-    load.recovered().await;
-    load.run_for(secs(2)).await;
-
-    sys.restart(Role::Router, 0).await;
-    sys.routers_own_partitions(2).await;
-    load.run_for(secs(3)).await;
-    let report = load.finish(&sys).await;
-    done("router kill -9", &report, started);
+    router_back_and_done(&mut sys, load, "router kill -9", started).await;
     eprintln!(
         "  router kill -9: router-1 owned every partition {} ms after the kill \
          (router.lease_ms {LEASE_MS})",
@@ -152,7 +156,7 @@ async fn router_killed_then_restarted() {
 async fn auth_killed_during_logins_then_restarted() {
     let _one = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
-    let mut sys = System::start_with(shape(2, 1, 2), faulty).await;
+    let mut sys = System::start_with(Shape::new(2, 1, 2), faulty).await;
     // Three users of the load log in again every second or so.
     let opts = Options {
         churn: vec![3, 4, 5],
@@ -220,12 +224,7 @@ async fn auth_killed_during_logins_then_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_stopped_past_its_lease_then_continued() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let started = Instant::now();
-    let sys = System::start_with(shape(2, 2, 1), faulty).await;
-    sys.routers_own_partitions(2).await;
-    let load = Load::start(&sys, Options::default()).await;
-    load.run_for(secs(3)).await;
+    let (_one, started, sys, load) = two_routers_under_load().await;
 
     let before = lease_owners(&sys).await;
     let owned: Vec<usize> = (0..before.len())
@@ -266,12 +265,7 @@ async fn router_stopped_past_its_lease_then_continued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_terminated_while_redis_is_unreachable_exits_in_its_grace() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let started = Instant::now();
-    let mut sys = System::start_with(shape(2, 2, 1), faulty).await;
-    sys.routers_own_partitions(2).await;
-    let load = Load::start(&sys, Options::default()).await;
-    load.run_for(secs(3)).await;
+    let (_one, started, mut sys, load) = two_routers_under_load().await;
 
     let redis = sys.redis.pid();
     load.fault();
@@ -291,13 +285,7 @@ async fn router_terminated_while_redis_is_unreachable_exits_in_its_grace() {
         took < bound,
         "router-0 took {took:?} to exit on SIGTERM without Redis (grace {GRACE_MS} ms)"
     );
-    load.recovered().await;
-    load.run_for(secs(2)).await;
-    sys.restart(Role::Router, 0).await;
-    sys.routers_own_partitions(2).await;
-    load.run_for(secs(3)).await;
-    let report = load.finish(&sys).await;
-    done("redis SIGSTOP + router SIGTERM", &report, started);
+    router_back_and_done(&mut sys, load, "redis SIGSTOP + router SIGTERM", started).await;
     eprintln!(
         "  redis SIGSTOP + router SIGTERM: router-0 exited ({status}) {} ms after SIGTERM \
          (shutdown_grace_ms {GRACE_MS})",

@@ -65,6 +65,16 @@ async fn setup() -> Fx {
     fx
 }
 
+/// [`setup`], with accounts for `users`.
+async fn with_accounts(users: &[&str]) -> (Fx, Keys) {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    for u in users {
+        fx.run(&["HSET", &k.user(u), "password", "x"]).await;
+    }
+    (fx, k)
+}
+
 /// A reply in short: `<conn>/<rid>[ @<sid>][: <line> | …][ => <effect>]`,
 /// a listing sorted as the edges sort it.
 fn short(r: &Reply) -> String {
@@ -673,11 +683,7 @@ async fn join_leave_rooms_and_who() {
 
 #[tokio::test]
 async fn private_messages_reach_the_session_or_are_queued() {
-    let mut fx = setup().await;
-    let k = fx.k.clone();
-    for u in ["alice", "bob", "carol"] {
-        fx.run(&["HSET", &k.user(u), "password", "x"]).await;
-    }
+    let (mut fx, k) = with_accounts(&["alice", "bob", "carol"]).await;
     let alice = login(&mut fx, "alice", "e1", 1).await;
     let bob = login(&mut fx, "bob", "e2", 2).await;
     let (e1, e2) = (k.edge_channel("e1"), k.edge_channel("e2"));
@@ -721,11 +727,7 @@ async fn private_messages_reach_the_session_or_are_queued() {
 
 #[tokio::test]
 async fn subscriptions_and_publications() {
-    let mut fx = setup().await;
-    let k = fx.k.clone();
-    for u in ["alice", "bob", "carol"] {
-        fx.run(&["HSET", &k.user(u), "password", "x"]).await;
-    }
+    let (mut fx, k) = with_accounts(&["alice", "bob", "carol"]).await;
     let alice = login(&mut fx, "alice", "e1", 1).await;
     let bob = login(&mut fx, "bob", "e2", 2).await;
     let carol = login(&mut fx, "carol", "e2", 3).await;

@@ -102,18 +102,11 @@ async fn connections_are_capped_per_address_and_per_edge() {
 
 #[tokio::test]
 async fn failed_logins_are_throttled_across_edges() {
-    let sys = System::start_with(
-        Shape {
-            edges: 2,
-            routers: 1,
-            auths: 2,
-        },
-        |c| {
-            c.auth.max_failures_per_user = 3;
-            // Counted: every attempt but those that succeed.
-            c.auth.max_failures_per_addr = 6;
-        },
-    )
+    let sys = System::start_with(Shape::new(2, 1, 2), |c| {
+        c.auth.max_failures_per_user = 3;
+        // Counted: every attempt but those that succeed.
+        c.auth.max_failures_per_addr = 6;
+    })
     .await;
     sys.add_users(&["alice", "bob", "carol"]).await;
     let mut c = sys.connect(0).await;

@@ -53,15 +53,7 @@ async fn lobby_text_reaches_both_edges_and_echoes() {
 
 #[tokio::test]
 async fn two_routers_share_partitions_and_keep_each_senders_order() {
-    let sys = System::start_with(
-        Shape {
-            edges: 2,
-            routers: 2,
-            auths: 2,
-        },
-        |_| {},
-    )
-    .await;
+    let sys = System::start_with(Shape::new(2, 2, 2), |_| {}).await;
     let users = ["alice", "bob", "carol", "dave"];
     sys.add_users(&users).await;
     let mut clients = Vec::new();
@@ -94,15 +86,7 @@ async fn two_routers_share_partitions_and_keep_each_senders_order() {
 /// edge received it as order allows, not the router's clock.
 #[tokio::test]
 async fn a_message_behind_a_later_history_id_keeps_that_ids_millisecond() {
-    let mut sys = System::start_with(
-        Shape {
-            edges: 1,
-            routers: 0,
-            auths: 1,
-        },
-        |_| {},
-    )
-    .await;
+    let mut sys = System::start_with(Shape::new(1, 0, 1), |_| {}).await;
     sys.add_user("alice").await;
     sys.add(Role::Router).await;
     let mut alice = sys.login(0, "alice").await;

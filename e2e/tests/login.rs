@@ -200,11 +200,7 @@ async fn reject_policy_keeps_the_first_session() {
 
 #[tokio::test]
 async fn no_answer_is_unavailable_and_the_request_is_not_acted_on_later() {
-    let shape = Shape {
-        edges: 1,
-        routers: 1,
-        auths: 0,
-    };
+    let shape = Shape::new(1, 1, 0);
     let mut sys = System::start_with(shape, |c| c.edge.request_timeout_ms = 300).await;
     sys.add_user("alice").await;
     let mut c = sys.connect(0).await;
@@ -237,11 +233,7 @@ async fn no_answer_is_unavailable_and_the_request_is_not_acted_on_later() {
 /// 20 logins of one user at once, over two edges and two auth-svc
 /// instances: exactly one session lives, and Redis agrees which.
 async fn race(policy: &str) {
-    let shape = Shape {
-        edges: 2,
-        routers: 1,
-        auths: 2,
-    };
+    let shape = Shape::new(2, 1, 2);
     let sys = System::start_with(shape, |c| {
         // Twenty attempts at once would trip the failed-login limit, which
         // counts attempts in progress too (limits.rs tests it).

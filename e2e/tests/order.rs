@@ -56,11 +56,7 @@ async fn receive(mut c: Client, want: usize) -> HashMap<String, (usize, usize)> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_recipient_sees_each_publishers_messages_once_and_in_order() {
-    let shape = Shape {
-        edges: 2,
-        routers: 2,
-        auths: 2,
-    };
+    let shape = Shape::new(2, 2, 2);
     let sys = System::start_with(shape, |c| c.edge.out_queue = 8192).await;
     let listeners = ["la", "lb"];
     for u in PUBLISHERS.iter().chain(&listeners) {

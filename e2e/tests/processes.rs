@@ -8,11 +8,7 @@ use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 
 /// No services: what a test starts itself.
-const NOTHING: Shape = Shape {
-    edges: 0,
-    routers: 0,
-    auths: 0,
-};
+const NOTHING: Shape = Shape::new(0, 0, 0);
 
 /// `auth-svc user <args>` with `envs` and `password` on standard input:
 /// whether it succeeded, and what it said on standard error.

@@ -860,15 +860,7 @@ async fn a_call_after_one_that_failed_in_the_same_pipeline_is_not_applied() {
     let started = Instant::now();
     // No router: this test calls the router's function itself, with the
     // arguments router-svc gives it, holding partition 0's lease.
-    let sys = System::start_with(
-        Shape {
-            edges: 1,
-            routers: 0,
-            auths: 1,
-        },
-        |_| {},
-    )
-    .await;
+    let sys = System::start_with(Shape::new(1, 0, 1), |_| {}).await;
     sys.add_user("alice").await;
     let mut alice = sys.login(0, "alice").await;
     let keys = sys.keys();

@@ -32,11 +32,7 @@ async fn collect(c: &mut Client, n: usize) -> Vec<ServerLine> {
 
 #[tokio::test]
 async fn a_crashed_router_is_taken_over_without_loss_duplicates_or_reordering() {
-    let shape = Shape {
-        edges: 2,
-        routers: 0,
-        auths: 1,
-    };
+    let shape = Shape::new(2, 0, 1);
     let mut sys = System::start_with(shape, |c| c.router.lease_ms = 900).await;
     sys.add_users(&["alice", "bob"]).await;
     sys.add(Role::Router).await;
@@ -64,11 +60,7 @@ async fn a_crashed_router_is_taken_over_without_loss_duplicates_or_reordering() 
 /// pause). The new owner must apply them, in order, before anything newer.
 #[tokio::test]
 async fn requests_left_by_a_router_that_lost_its_lease_go_first() {
-    let shape = Shape {
-        edges: 2,
-        routers: 0,
-        auths: 1,
-    };
+    let shape = Shape::new(2, 0, 1);
     let mut sys = System::start_with(shape, |_| {}).await;
     sys.add_users(&["alice", "bob"]).await;
     let mut alice = sys.login(0, "alice").await;
