@@ -216,6 +216,9 @@ stop_all() {
   exit "$1"
 }
 stop_requested=""
+# Output piped to a reader that quit first (`make up | tee`, Ctrl-C) must
+# not kill this script before it has stopped the services.
+trap '' PIPE
 trap 'stop_requested=1' INT TERM HUP
 trap 'stop_all 1' EXIT # this script failed: take the services down with it
 
