@@ -1084,6 +1084,33 @@ async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
 }
 
 #[tokio::test]
+async fn the_reaper_ends_no_sessions_when_most_edges_look_dead() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, false)
+        .await
+        .unwrap();
+    for (user, edge) in [("alice", "e1"), ("bob", "e2"), ("carol", "e3")] {
+        login(&mut fx, user, edge, 1).await;
+    }
+    // Two of three silent at once (Redis was full, the network split):
+    // more likely not their fault; nobody is logged out.
+    kill(&mut fx, "e1").await;
+    kill(&mut fx, "e2").await;
+    let reaped = shared::store::reap_dead_edges(&mut fx.c, &k).await;
+    assert_eq!(reaped.unwrap(), 0);
+    fx.is(k.online(), "alice bob carol").await;
+    assert_eq!(dead_edges(&mut fx).await, ["e1", "e2"]);
+    // One of three: its sessions end.
+    shared::store::heartbeat(&mut fx.c, &k, "e2", 60_000, false)
+        .await
+        .unwrap();
+    let reaped = shared::store::reap_dead_edges(&mut fx.c, &k).await;
+    assert_eq!(reaped.unwrap(), 1);
+    fx.is(k.online(), "bob carol").await;
+}
+
+#[tokio::test]
 async fn leases_are_kept_by_their_owner_and_the_library_reloads() {
     let mut fx = setup().await;
     let lease = fx.k.router_lease(3);
