@@ -85,6 +85,9 @@ pub struct EdgeConfig {
     pub dead_after_ms: u64,
     /// Plain-HTTP admin port (`/healthz`, `/metrics`); empty: none.
     pub admin_listen: String,
+    /// Bytes queued per client before `BYE too-slow` (a line or reply
+    /// larger than this is taken only into an empty queue).
+    pub out_queue_bytes: usize,
     /// After its Pub/Sub connection comes back, the most lines an edge
     /// replays per room or publisher from history; past that, `GAP`.
     pub replay_max: usize,
@@ -194,6 +197,7 @@ impl Default for EdgeConfig {
             dead_after_ms: 15_000,
             admin_listen: "127.0.0.1:9101".into(),
             replay_max: 200,
+            out_queue_bytes: 1 << 20,
         }
     }
 }
@@ -326,6 +330,9 @@ impl Config {
         }
         if self.edge.dead_after_ms < 300 {
             return bad("edge.dead_after_ms must be at least 300");
+        }
+        if self.edge.out_queue_bytes < self.edge.max_line {
+            return bad("edge.out_queue_bytes must be at least edge.max_line");
         }
         if !(1..=10_000).contains(&self.edge.replay_max) {
             return bad("edge.replay_max must be 1..=10000");

@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 use writer::write_loop;
 
@@ -69,7 +68,7 @@ async fn serve_tls(
     };
     let (rd, wr) = tokio::io::split(tls);
 
-    let (tx, rx) = mpsc::channel(ctx.cfg.edge.out_queue);
+    let (tx, rx) = crate::hub::queue(ctx.cfg.edge.out_queue, ctx.cfg.edge.out_queue_bytes);
     let closer = Arc::new(Closer::default());
     ctx.hub.register(id, tx, closer.clone());
     let writer = tokio::spawn(

@@ -2,11 +2,10 @@
 
 use super::within;
 use crate::error::Phase;
-use crate::hub::{Closer, Out};
+use crate::hub::{Closer, Out, QueueRx};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
-use tokio::sync::mpsc;
 
 /// Most bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -24,7 +23,7 @@ const WRITE_BUF: usize = 4 * 1024;
 /// batch when the last one was full.
 pub(super) async fn write_loop<W: AsyncWrite>(
     mut wr: WriteHalf<W>,
-    mut rx: mpsc::Receiver<Out>,
+    mut rx: QueueRx,
     closer: Arc<Closer>,
     limit: Duration,
     coalesce: Duration,
@@ -54,12 +53,12 @@ pub(super) async fn write_loop<W: AsyncWrite>(
         }
         while buf.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(Out::Line(line)) => buf.extend_from_slice(&line),
-                Ok(Out::Bye(reason)) => {
+                Some(Out::Line(line)) => buf.extend_from_slice(&line),
+                Some(Out::Bye(reason)) => {
                     bye = Some(reason);
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         let written = within(Phase::Write, limit, async {

@@ -15,8 +15,12 @@
 
 mod apply;
 mod channels;
+mod queue;
 #[cfg(test)]
 mod tests;
+
+use queue::Refused;
+pub(crate) use queue::{queue, QueueRx, QueueTx};
 
 use bytes::Bytes;
 use shared::admin::Counter;
@@ -77,7 +81,7 @@ pub(crate) struct SubChange {
 }
 
 struct Conn {
-    tx: mpsc::Sender<Out>,
+    tx: QueueTx,
     closer: Arc<Closer>,
     session: Option<Session>,
     /// The channels whose lines this connection receives: its room's and
@@ -159,7 +163,7 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn register(&self, id: u64, tx: mpsc::Sender<Out>, closer: Arc<Closer>) {
+    pub(crate) fn register(&self, id: u64, tx: QueueTx, closer: Arc<Closer>) {
         self.lock().conns.insert(
             id,
             Conn {
@@ -272,14 +276,13 @@ impl Hub {
     /// slow and is closed rather than allowed to hold anyone up.
     fn push(&self, conn: &Conn, out: Out) {
         match conn.tx.try_send(out) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Ok(()) | Err(Refused::Closed) => {}
+            Err(Refused::Full) => {
                 if conn.closer.reason().is_none() {
                     self.drops.inc();
                 }
                 conn.closer.close("too-slow");
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }

@@ -14,8 +14,12 @@ fn hub() -> (Arc<Hub>, HubTasks) {
     Hub::new(Keys::new("chat:"), "e1")
 }
 
-fn conn(hub: &Hub, id: u64, queue: usize) -> (mpsc::Receiver<Out>, Arc<Closer>) {
-    let (tx, rx) = mpsc::channel(queue);
+fn conn(hub: &Hub, id: u64, items: usize) -> (QueueRx, Arc<Closer>) {
+    conn_with(hub, id, items, 1 << 20)
+}
+
+fn conn_with(hub: &Hub, id: u64, items: usize, bytes: usize) -> (QueueRx, Arc<Closer>) {
+    let (tx, rx) = queue(items, bytes);
     let closer = Arc::new(Closer::default());
     hub.register(id, tx, closer.clone());
     (rx, closer)
@@ -38,9 +42,9 @@ fn login_reply(conn: u64, rid: u64, user: &str, sid: &str) -> Vec<u8> {
     .unwrap()
 }
 
-fn lines(rx: &mut mpsc::Receiver<Out>) -> Vec<String> {
+fn lines(rx: &mut QueueRx) -> Vec<String> {
     let mut out = Vec::new();
-    while let Ok(o) = rx.try_recv() {
+    while let Some(o) = rx.try_recv() {
         out.push(match o {
             Out::Line(b) => String::from_utf8(b.to_vec()).unwrap(),
             Out::Bye(r) => format!("BYE {r}"),
@@ -376,4 +380,55 @@ fn a_message_passed_on_once_is_not_passed_on_again() {
     // A channel without an audience is forgotten.
     hub.remove(1);
     assert!(hub.marks().is_empty());
+}
+
+#[test]
+fn a_queue_holds_at_most_its_bytes_or_one_big_reply() {
+    let (hub, _tasks) = hub();
+    // 100 bytes, 100 entries: the bytes bind first.
+    let (mut slow, slow_closer) = conn_with(&hub, 1, 100, 100);
+    let _wait = hub.expect(1, 1);
+    hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
+    assert_eq!(
+        lines(&mut slow),
+        ["OK LOGIN alice lobby\n"],
+        "read: the queue is empty"
+    );
+    // A reply bigger than the budget goes into an empty queue...
+    let big = Reply {
+        conn: 1,
+        rid: 0,
+        lines: (0..20)
+            .map(|i| ServerLine::parse(&format!("HIST lobby {i}-0 bob a line of history")).unwrap())
+            .collect(),
+        effect: None,
+        sid: String::new(),
+    };
+    hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&big).unwrap());
+    assert!(slow_closer.reason().is_none(), "one big reply is taken");
+    // ...but nothing more while it is unread.
+    hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob hi"));
+    assert_eq!(slow_closer.reason(), Some("too-slow"));
+    let got = lines(&mut slow);
+    assert_eq!(got.len(), 1, "only the reply is queued: {got:?}");
+    assert_eq!(got[0].lines().count(), 20);
+
+    // Small lines fill the budget, then close the reader that does not read.
+    let (mut b, b_closer) = conn_with(&hub, 2, 100, 100);
+    let _wait = hub.expect(2, 2);
+    hub.dispatch("chat:ch:edge:e1", &login_reply(2, 2, "bob", "6"));
+    for i in 0..5 {
+        hub.dispatch(
+            "chat:ch:room:lobby",
+            &wire(&format!("MSG lobby {i}-1 carol 12345")),
+        );
+    }
+    assert_eq!(b_closer.reason(), Some("too-slow"));
+    let got = lines(&mut b);
+    let bytes: usize = got
+        .iter()
+        .filter(|l| !l.starts_with("BYE"))
+        .map(String::len)
+        .sum();
+    assert!(bytes <= 100, "{bytes} bytes queued: {got:?}");
 }
