@@ -227,13 +227,22 @@ impl System {
     /// example its own `CHAT_REDIS_URL`.
     pub async fn add_with(&mut self, role: Role, env: &[(&str, &str)]) -> usize {
         let index = self.count(role);
-        let port = if role == Role::Edge { free_port() } else { 0 };
-        let admin = self.admin.then(free_port);
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let child = self.spawn(role, index, port, admin, &env).await;
+        // A free port can be taken by another test between our look and
+        // the service's bind: then other ports, a few times.
+        let mut tries = 0;
+        let (port, admin, child) = loop {
+            let port = if role == Role::Edge { free_port() } else { 0 };
+            let admin = self.admin.then(free_port);
+            match self.spawn(role, index, port, admin, &env).await {
+                Some(child) => break (port, admin, child),
+                None if tries < 3 => tries += 1,
+                None => panic!("{}: its ports kept being taken", role.id(index)),
+            }
+        };
         self.instances.push(Instance {
             role,
             index,
@@ -251,7 +260,9 @@ impl System {
         let at = self.at(role, i);
         let (port, admin) = (self.instances[at].port, self.instances[at].admin);
         let env = self.instances[at].env.clone();
-        self.instances[at].child = self.spawn(role, i, port, admin, &env).await;
+        let child = self.spawn(role, i, port, admin, &env).await;
+        self.instances[at].child =
+            child.unwrap_or_else(|| panic!("{}: its port was taken", role.id(i)));
     }
 
     async fn spawn(
@@ -261,7 +272,7 @@ impl System {
         port: u16,
         admin: Option<u16>,
         env: &[(String, String)],
-    ) -> Child {
+    ) -> Option<Child> {
         let id = role.id(index);
         let log = self.dir.join(format!("{id}.log"));
         let section = role.section();
@@ -284,9 +295,11 @@ impl System {
             .unwrap_or_else(|e| panic!("{}: {e}", self.bin.join(role.binary()).display()));
         let tls = (role == Role::Edge).then_some(port);
         for port in [tls, admin].into_iter().flatten() {
-            listening(&mut child, port, &log).await;
+            if !listening(&mut child, port, &log).await {
+                return None;
+            }
         }
-        child
+        Some(child)
     }
 
     fn at(&self, role: Role, i: usize) -> usize {
@@ -462,22 +475,28 @@ fn logfile(path: &Path) -> std::fs::File {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Waits until `port` accepts connections; fails if the process exits
-/// first or takes too long.
-async fn listening(child: &mut Child, port: u16, log: &Path) {
+/// Waits until `port` accepts connections; false if the process exited
+/// because the port was taken meanwhile; fails if it exits for another
+/// reason or takes too long.
+async fn listening(child: &mut Child, port: u16, log: &Path) -> bool {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            if said.contains("Address already in use") {
+                return false;
+            }
             panic!(
                 "exited ({status}) before listening on port {port}; see {}",
                 log.display()
             );
         }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let answered = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .is_ok()
-        {
-            return;
+            .is_ok();
+        // Ours, not another test's process on a port ours could not take.
+        if answered && matches!(child.try_wait(), Ok(None)) {
+            return true;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
