@@ -513,14 +513,7 @@ async fn a_black_hole_past_replay_max_shows_a_gap_and_no_duplicate() {
         "more than replay_max were missed: {missing:?}"
     );
     // /history has what the gap skipped.
-    let lines = r1c.command("/history 500").await;
-    let hist: Vec<u64> = lines
-        .iter()
-        .filter_map(|l| match parse(l) {
-            ServerLine::Hist { from, text, .. } if from == SENDER => text.parse().ok(),
-            _ => None,
-        })
-        .collect();
+    let hist = history(&mut r1c).await;
     for n in &missing {
         assert!(hist.contains(n), "line {n} is in /history");
     }
