@@ -1,7 +1,7 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test bench build certs redis lint fuzz compose-up compose-users compose-test clean
+.PHONY: up test bench soak build certs redis lint fuzz compose-up compose-users compose-test clean
 
 ## Start the whole system in the foreground, supervised: a service that
 ## dies is restarted (Ctrl-C stops everything). More instances:
@@ -27,6 +27,13 @@ BENCH_ARGS ?=
 bench: redis
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn); ./target/release/chat-bench $(BENCH_ARGS)
+
+## The abuse soak alone (about a minute): hostile load against a fresh
+## system with the default limits; fails if a bound of docs/security.md
+## breaks. Writes target/bench/results.json, not the report.
+soak: redis
+	$(CARGO) build --release --workspace --bins
+	ulimit -n $$(ulimit -Hn); ./target/release/chat-bench --only abuse --no-report $(BENCH_ARGS)
 
 ## The whole system in containers (Redis, auth-svc, router-svc, two edges).
 compose-up:

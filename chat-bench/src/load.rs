@@ -108,10 +108,23 @@ impl Writer {
     }
 }
 
-/// A TLS connection to edge `edge`, past its `HELLO`.
-pub async fn connect(target: &Target, edge: usize) -> Result<(Reader, Writer), Error> {
+/// A TLS connection to edge `edge`, past its `HELLO`; from source address
+/// `from` if given (the abuse soak's clients come from many loopback
+/// addresses).
+pub async fn connect_from(
+    target: &Target,
+    edge: usize,
+    from: Option<std::net::Ipv4Addr>,
+) -> Result<(Reader, Writer), Error> {
     let addr = &target.edges[edge % target.edges.len()];
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = match from {
+        None => TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((ip, 0).into())?;
+            socket.connect(addr.parse()?).await?
+        }
+    };
     tcp.set_nodelay(true)?;
     let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
     let name = shared::tls::server_name(host)?;
@@ -132,7 +145,17 @@ pub async fn connect(target: &Target, edge: usize) -> Result<(Reader, Writer), E
 
 /// A logged-in connection.
 pub async fn login(target: &Target, edge: usize, user: &str) -> Result<(Reader, Writer), Error> {
-    let (mut rd, mut wr) = connect(target, edge).await?;
+    login_from(target, edge, user, None).await
+}
+
+/// As [`login`], from source address `from`.
+pub async fn login_from(
+    target: &Target,
+    edge: usize,
+    user: &str,
+    from: Option<std::net::Ipv4Addr>,
+) -> Result<(Reader, Writer), Error> {
+    let (mut rd, mut wr) = connect_from(target, edge, from).await?;
     wr.send(format!("LOGIN {user} {PASSWORD}\n").as_bytes())
         .await?;
     rd.until(|l| matches!(l, ServerLine::OkLogin { .. }))

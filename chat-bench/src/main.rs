@@ -3,6 +3,7 @@
 //! writes the figures as JSON and as a report (docs/benchmarks.md).
 #![forbid(unsafe_code)]
 
+mod abuse;
 mod load;
 mod report;
 mod scenarios;
@@ -32,11 +33,12 @@ pub struct Cli {
     #[arg(long)]
     no_report: bool,
     /// Scenarios to run (comma-separated): fanout, rooms, pubsub, baseline,
-    /// login, connect.
+    /// login, connect, abuse (on a system of its own, with the default
+    /// limits; fails if its bounds do not hold).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fanout,rooms,pubsub,baseline,login,connect"
+        default_value = "fanout,rooms,pubsub,baseline,login,connect,abuse"
     )]
     only: Vec<String>,
     /// Offered rates (messages per second, in total) for fanout and baseline.
@@ -59,6 +61,9 @@ pub struct Cli {
     /// Idle connections for `connect`.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// How long the abuse soak lasts (seconds).
+    #[arg(long, default_value_t = 30.0)]
+    abuse_seconds: f64,
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
     #[arg(long, default_value_t = 5.0)]
@@ -143,6 +148,20 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
         );
         results.connect = Some(c);
     }
+    drop(system);
+    if wants("abuse") {
+        let dir = cli.dir.join("abuse");
+        let system = system::System::start_with(&cli.bin, &dir, 2, system::ABUSE_SETTINGS).await?;
+        let a = abuse::abuse(&system, cli.abuse_seconds).await?;
+        eprintln!(
+            "  abuse: edge peak {:?} MB (bound {} MB), Redis PING p99 {} ms, quiet room p99 {} ms -> {} ms",
+            a.edge_rss_mb, a.edge_rss_bound_mb, a.ping_p99_ms, a.quiet.p99_ms, a.quiet_during.p99_ms
+        );
+        results.abuse = Some(a);
+    }
     results.write(&cli)?;
-    Ok(())
+    match results.abuse.as_ref().map(|a| a.failed.join("; ")) {
+        Some(failed) if !failed.is_empty() => Err(format!("abuse bounds broken: {failed}").into()),
+        _ => Ok(()),
+    }
 }

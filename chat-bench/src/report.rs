@@ -2,6 +2,7 @@
 //! (between markers in docs/benchmarks.md, so hand-written notes around it
 //! stay) and an SVG plot of latency against offered rate.
 
+use crate::abuse::Abuse;
 use crate::load::Error;
 use crate::scenarios::{Connect, Login, Timing, Traffic};
 use crate::system::System;
@@ -38,6 +39,7 @@ pub struct Results {
     pub traffic: Vec<Traffic>,
     pub login: Option<Login>,
     pub connect: Option<Connect>,
+    pub abuse: Option<Abuse>,
 }
 
 fn read(path: &str) -> String {
@@ -73,6 +75,7 @@ impl Results {
             traffic: Vec::new(),
             login: None,
             connect: None,
+            abuse: None,
         }
     }
 
@@ -265,6 +268,9 @@ impl Results {
                 c.held, c.requested, c.seconds_to_connect, c.answering, c.closed, c.edge_rss_before_mb, c.edge_rss_after_mb, c.kb_per_connection
             );
         }
+        if let Some(a) = &self.abuse {
+            abuse_section(&mut s, a);
+        }
         s
     }
 
@@ -384,4 +390,51 @@ fn splice(path: &Path, body: &str) -> Result<(), Error> {
     };
     std::fs::write(path, new)?;
     Ok(())
+}
+
+/// The abuse soak's figures, against its bounds.
+fn abuse_section(s: &mut String, a: &Abuse) {
+    use crate::abuse::{PING_P99_MS, QUIET_FACTOR};
+    let _ = writeln!(s, "\n### Abuse soak ({} s, default limits)\n", a.seconds);
+    let _ = writeln!(
+        s,
+        "- 50 slow readers: {} `/history 500` asked, {} dropped with `BYE too-slow`",
+        a.history_requests, a.slow_readers_dropped
+    );
+    let _ = writeln!(
+        s,
+        "- `/who` on a room of 20,000: {} replies, at most {} lines each",
+        a.who_replies, a.who_lines_max
+    );
+    let _ = writeln!(
+        s,
+        "- reconnect storm of 5,000 clients: {} waves, {} logins, {} failed",
+        a.storm_waves, a.storm_logins, a.storm_failures
+    );
+    let _ = writeln!(
+        s,
+        "- REGISTER flood: {} sent, {} accounts made, {} refused",
+        a.registers_sent, a.registers_ok, a.registers_refused
+    );
+    let _ = writeln!(
+        s,
+        "- edge peak resident memory {:?} MB (bound {} MB for {} connections)",
+        a.edge_rss_mb, a.edge_rss_bound_mb, a.connections_max
+    );
+    let _ = writeln!(
+        s,
+        "- Redis `PING`: p50 {} ms, p99 {} ms (bound {PING_P99_MS}), max {} ms",
+        a.ping_p50_ms, a.ping_p99_ms, a.ping_max_ms
+    );
+    let _ = writeln!(
+        s,
+        "- a quiet room (20 members, 20 msg/s): p99 {} ms alone, {} ms during the abuse (bound {QUIET_FACTOR}x), lost {}, reordered {}",
+        a.quiet.p99_ms, a.quiet_during.p99_ms, a.quiet_during.lost, a.quiet_during.out_of_order
+    );
+    let verdict = if a.failed.is_empty() {
+        "every bound held".to_string()
+    } else {
+        format!("broken: {}", a.failed.join("; "))
+    };
+    let _ = writeln!(s, "- **{verdict}**");
 }

@@ -595,11 +595,14 @@ pub async fn login(system: &mut System, parallel: usize, timing: Timing) -> Resu
     // Both rooms log in first: a login storm delays other logins too.
     let quiet = small_room(system, "quiet-").await?;
     let busy = small_room(system, "busy-").await?;
-    out.chat_quiet = chat_in(system, quiet, timing).await?;
+    out.chat_quiet = chat_in(system, quiet, timing, 200.0).await?;
     let (rate, failed) = storm(system, &users, timing).await?;
     out.logins_per_s.insert("1".into(), rate);
     out.failed += failed;
-    let (logins, chat) = tokio::join!(storm(system, &users, timing), chat_in(system, busy, timing));
+    let (logins, chat) = tokio::join!(
+        storm(system, &users, timing),
+        chat_in(system, busy, timing, 200.0)
+    );
     let (rate, failed) = logins?;
     out.chat_during_storm = chat?;
     out.logins_per_s
@@ -621,24 +624,28 @@ fn round1(v: f64) -> f64 {
 }
 
 /// 20 users of `prefix` logged in, in a room of their own.
-async fn small_room(system: &System, prefix: &str) -> Result<Vec<(Reader, Writer)>, Error> {
+pub(crate) async fn small_room(
+    system: &System,
+    prefix: &str,
+) -> Result<Vec<(Reader, Writer)>, Error> {
     let users = system.users(prefix, 20, LOAD_USER_COST).await?;
     let room = format!("/join {}room", prefix.trim_end_matches('-'));
     clients(system, &users, |_| Some(room.clone())).await
 }
 
-/// 2 of the 20 send at 200 messages per second in total.
-async fn chat_in(
+/// 2 of the 20 send at `rate` messages per second in total.
+pub(crate) async fn chat_in(
     system: &System,
     conns: Vec<(Reader, Writer)>,
     timing: Timing,
+    rate: f64,
 ) -> Result<Traffic, Error> {
     let run = Run::new(timing);
     let (receivers, sinks) = split(&run, conns, &[0, 10]);
     let meta = Meta {
         scenario: "chat".into(),
         clients: 20,
-        rate: 200.0,
+        rate,
         format: load::say,
         listeners: vec![20; 2],
     };

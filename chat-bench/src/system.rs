@@ -23,6 +23,16 @@ pub const BENCH_SETTINGS: &[(&str, &str)] = &[
     ("RUST_LOG", "warn"),
 ];
 
+/// The abuse soak's settings: the defaults, less the admin ports, with
+/// registration open (for the REGISTER flood).
+pub const ABUSE_SETTINGS: &[(&str, &str)] = &[
+    ("CHAT_AUTH__REGISTRATION", "true"),
+    ("CHAT_EDGE__ADMIN_LISTEN", ""),
+    ("CHAT_AUTH__ADMIN_LISTEN", ""),
+    ("CHAT_ROUTER__ADMIN_LISTEN", ""),
+    ("RUST_LOG", "warn"),
+];
+
 /// Cost of the hashes of the users that only exist to carry load (the
 /// `login` scenario's users have the configured cost).
 pub const LOAD_USER_COST: u32 = 4;
@@ -36,8 +46,18 @@ pub struct System {
 
 impl System {
     /// Redis, one auth-svc, one router-svc and `edges` edges, from the
-    /// binaries in `bin`.
+    /// binaries in `bin`, with [`BENCH_SETTINGS`].
     pub async fn start(bin: &Path, dir: &Path, edges: usize) -> Result<System, Error> {
+        Self::start_with(bin, dir, edges, BENCH_SETTINGS).await
+    }
+
+    /// As [`System::start`], with `settings` instead of [`BENCH_SETTINGS`].
+    pub async fn start_with(
+        bin: &Path,
+        dir: &Path,
+        edges: usize,
+        settings: &[(&str, &str)],
+    ) -> Result<System, Error> {
         let services = e2e::System::launch(Setup {
             shape: Shape {
                 edges,
@@ -46,7 +66,7 @@ impl System {
             },
             // This environment's settings, which the services read too.
             cfg: shared::config::Config::load(None)?,
-            env: BENCH_SETTINGS
+            env: settings
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
