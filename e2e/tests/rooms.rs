@@ -163,3 +163,34 @@ async fn the_lobby_hears_notices_when_configured() {
     bob.closed().await;
     alice.expect("SYS lobby bob left").await;
 }
+
+/// Listings and history past their limits come cut, with a `MORE` line
+/// before the final one, through the edge to the client.
+#[tokio::test]
+async fn long_replies_are_cut_and_say_so() {
+    let sys = System::start_with(Shape::default(), |c| {
+        c.router.listing_max = 1;
+        c.router.reply_max_bytes = 1024;
+    })
+    .await;
+    sys.add_users(&["alice", "bob"]).await;
+    let mut alice = sys.login(0, "alice").await;
+    let _bob = sys.login(1, "bob").await;
+    let who = alice.command("/who").await;
+    assert_eq!(who.len(), 3, "{who:?}");
+    assert!(who[0] == "USER alice" || who[0] == "USER bob", "{who:?}");
+    assert_eq!(who[1..], ["MORE WHO 1", "OK WHO lobby 1"]);
+
+    let text = "x".repeat(400);
+    for _ in 0..3 {
+        alice.send(&text).await;
+        alice.msg().await;
+    }
+    let history = alice.command("/history").await;
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert!(
+        history[..2].iter().all(|l| l.ends_with(&text)),
+        "{history:?}"
+    );
+    assert_eq!(history[2..], ["MORE HISTORY 1", "OK HISTORY 2"]);
+}
