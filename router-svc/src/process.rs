@@ -314,18 +314,15 @@ pub fn request_call(
 ) -> Option<Call> {
     let (user, room) = (req.user.as_str(), at.room.as_str());
     let r = &cfg.router;
-    let (retention, notices) = ([r.history_cap, r.history_ttl_ms], cfg.notices.args());
+    // How long histories live (cap, ttl), and where notices go.
+    let retention = [r.history_cap.to_string(), r.history_ttl_ms.to_string()];
+    let notices = cfg.notices.args();
     let (listing_max, reply_max) = (r.listing_max.to_string(), r.reply_max_bytes.to_string());
-    let strings = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>();
     let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
         Op::Say { text } => (
             "chat_say",
             vec![k.history(room)],
-            [
-                strings(&retention),
-                vec![k.room_channel(room), text.clone()],
-            ]
-            .concat(),
+            [retention.to_vec(), vec![k.room_channel(room), text.clone()]].concat(),
         ),
         Op::Join { room: to } => (
             "chat_join",
@@ -371,7 +368,7 @@ pub fn request_call(
         Op::Publish { text } => (
             "chat_publish",
             vec![k.publications(user), k.subscribers(user), k.online()],
-            [strings(&retention), vec![k.pub_channel(user), text.clone()]].concat(),
+            [retention.to_vec(), vec![k.pub_channel(user), text.clone()]].concat(),
         ),
         Op::Msg { to, text } => (
             "chat_msg",
@@ -383,9 +380,9 @@ pub fn request_call(
                 k.inbox_counts(to),
             ],
             [
-                strings(&retention),
+                retention.to_vec(),
                 vec![to.clone(), text.clone(), k.edge_channel("")],
-                strings(&[r.inbox_per_sender]),
+                vec![r.inbox_per_sender.to_string()],
             ]
             .concat(),
         ),
