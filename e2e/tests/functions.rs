@@ -921,6 +921,7 @@ async fn accounts_are_created_changed_and_deleted() {
         fx.ok(s, subscribe(target)).await;
     }
     fx.run(&["XADD", &k.inbox("alice"), "*", "id", "1-0"]).await;
+    fx.run(&["HSET", &k.inbox_counts("alice"), "bob", "1"]).await;
     fx.run(&["XADD", &k.publications("alice"), "*", "text", "t"])
         .await;
     // Sets read before alice subscribed to bob: `moved`, nothing changes.
@@ -929,6 +930,7 @@ async fn accounts_are_created_changed_and_deleted() {
         k.subscriptions("alice"),
         k.subscribers("alice"),
         k.inbox("alice"),
+        k.inbox_counts("alice"),
         k.publications("alice"),
         k.subscribers("carol"),
         k.subscriptions("dave"),
@@ -947,10 +949,10 @@ async fn accounts_are_created_changed_and_deleted() {
     let mut sub = fx.sub(&[&e2]).await;
     accounts::delete(&mut fx.c, &k, "alice").await.unwrap();
     sub.is(&e2, "2/0 => unsubscribe 2 alice").await;
-    for key in names.iter().take(7).chain([&k.subscribers("bob")]) {
+    for key in names.iter().take(8).chain([&k.subscribers("bob")]) {
         fx.is(key.clone(), "").await;
     }
-    let again = Call::new("chat_delete_user", &names[..5]).arg(0).arg(0);
+    let again = Call::new("chat_delete_user", &names[..6]).arg(0).arg(0);
     let again = again.arg("alice").arg(k.edge_channel(""));
     assert_eq!(fx.int(again).await, 0, "no such account");
     assert!(accounts::delete(&mut fx.c, &k, "alice").await.is_err());
