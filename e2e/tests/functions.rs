@@ -921,7 +921,8 @@ async fn accounts_are_created_changed_and_deleted() {
         fx.ok(s, subscribe(target)).await;
     }
     fx.run(&["XADD", &k.inbox("alice"), "*", "id", "1-0"]).await;
-    fx.run(&["HSET", &k.inbox_counts("alice"), "bob", "1"]).await;
+    fx.run(&["HSET", &k.inbox_counts("alice"), "bob", "1"])
+        .await;
     fx.run(&["XADD", &k.publications("alice"), "*", "text", "t"])
         .await;
     // Sets read before alice subscribed to bob: `moved`, nothing changes.
