@@ -111,6 +111,7 @@ pub async fn delete(
             keys.subscriptions(user),
             keys.subscribers(user),
             keys.inbox(user),
+            keys.inbox_counts(user),
             keys.publications(user),
         ];
         names.extend(publishers.iter().map(|p| keys.subscribers(p)));

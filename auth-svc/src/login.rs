@@ -4,7 +4,7 @@ use crate::AuthError;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use shared::admin::{Counter, Histogram, Page, Probe};
-use shared::config::{Config, DuplicateLogin};
+use shared::config::{Config, DuplicateLogin, Notices};
 use shared::consumer::{pending_count, Entry, EntryId};
 use shared::envelope::{Op, Reply, Request};
 use shared::keys::Keys;
@@ -45,8 +45,8 @@ pub fn new_sid() -> String {
 }
 
 impl Switch<'_> {
-    /// The call, with every key it touches.
-    pub fn call(&self, k: &Keys) -> Call {
+    /// The call, with every key it touches, giving `notices`.
+    pub fn call(&self, k: &Keys, notices: Notices) -> Call {
         let (user, edge) = (self.req.user.as_str(), self.req.edge.as_str());
         let keys = [
             k.edges(),
@@ -83,6 +83,7 @@ impl Switch<'_> {
             .arg(k.edge_channel(self.at_edge))
             .arg(k.room_channel(self.at_room))
             .arg(self.sid)
+            .arg(&notices.args()[..])
     }
 }
 
@@ -100,6 +101,7 @@ pub(crate) struct Ctx {
     bcrypt_seconds: Histogram,
     conn: ConnectionManager,
     policy: DuplicateLogin,
+    notices: Notices,
     bcrypt: Semaphore,
     /// How long an edge waits for a login (ms): older requests are stale.
     max_age: u64,
@@ -134,6 +136,7 @@ impl Ctx {
             bcrypt_seconds: Histogram::default(),
             conn,
             policy: cfg.auth.duplicate_login,
+            notices: cfg.notices,
             bcrypt: Semaphore::new(permits),
             max_age: cfg.edge.request_timeout_ms,
             registration: cfg.auth.registration,
@@ -289,7 +292,10 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             at_room: at_room.as_deref().unwrap_or_default(),
             sid: &new_sid(),
         };
-        outcome = switch.call(&ctx.keys).invoke(&mut conn).await?;
+        outcome = switch
+            .call(&ctx.keys, ctx.notices)
+            .invoke(&mut conn)
+            .await?;
         if outcome != "moved" {
             break;
         }

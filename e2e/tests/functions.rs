@@ -11,6 +11,7 @@ use e2e::TestRedis;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
+use shared::config::Config;
 use shared::envelope::{Effect, Op, Reply, Request};
 use shared::keys::Keys;
 use shared::protocol::LOBBY;
@@ -37,6 +38,8 @@ struct Fx {
     /// Sessions opened: the next one's id is this plus one (auth-svc
     /// draws random ids; the test numbers them, to name them).
     sessions: u64,
+    /// The settings the calls pass: the defaults, `history_cap` [`CAP`].
+    cfg: Config,
 }
 
 /// A redis-server with the library loaded, live edges `e1` and `e2`, and
@@ -55,9 +58,11 @@ async fn setup() -> Fx {
         base,
         n,
         sessions: 0,
+        cfg: Config::default(),
     };
+    fx.cfg.router.history_cap = CAP;
     for e in ["e1", "e2"] {
-        let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, false);
+        let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, None);
         beat.await.unwrap();
     }
     let lease = fx.k.router_lease(P);
@@ -301,7 +306,11 @@ async fn login_with(fx: &mut Fx, user: &str, edge: &str, conn: u64, o: Opts) -> 
         at_room: &at_room,
         sid: &(fx.sessions + 1).to_string(),
     };
-    let status: String = switch.call(&fx.k).invoke(&mut fx.c).await.unwrap();
+    let status: String = switch
+        .call(&fx.k, fx.cfg.notices)
+        .invoke(&mut fx.c)
+        .await
+        .unwrap();
     if status == "ok" || status == "replaced" {
         fx.sessions += 1;
     }
@@ -326,6 +335,7 @@ async fn login(fx: &mut Fx, user: &str, edge: &str, conn: u64) -> Sess {
 /// to be (edge, room): router-svc's own.
 fn router_call(
     k: &Keys,
+    cfg: &Config,
     owner: &str,
     eid: &str,
     prev: &str,
@@ -337,7 +347,7 @@ fn router_call(
         edge: at.0.into(),
         room: at.1.into(),
     };
-    router_svc::request_call(k, owner, CAP, P, eid, req, prev, &place).expect("a router request")
+    router_svc::request_call(k, owner, cfg, P, eid, req, prev, &place).expect("a router request")
 }
 
 impl Fx {
@@ -366,7 +376,7 @@ impl Fx {
         req: &Request,
         at: (&str, &str),
     ) -> String {
-        let call = router_call(&self.k, owner, eid, prev, req, at);
+        let call = router_call(&self.k, &self.cfg, owner, eid, prev, req, at);
         call.invoke(&mut self.c).await.unwrap()
     }
 
@@ -447,8 +457,7 @@ async fn login_opens_a_session_and_gives_back_attempts() {
     fx.is(k.fail_addr("127.0.0.1"), "1").await; // the address's loses one
     let want = "41/5: OK LOGIN alice lobby => login alice 1 lobby [bob carol] []";
     sub.is(&e1, want).await;
-    sub.line_is(&lobby, "SYS lobby alice joined").await;
-    sub.quiet().await;
+    sub.quiet().await; // no notice in the lobby (notices.lobby)
 
     // Another user: another session id; alice's stays.
     assert_eq!(login(&mut fx, "bob", "e2", 1).await.sid, "2");
@@ -473,7 +482,6 @@ async fn a_second_login_replaces_the_session_or_is_rejected() {
     sub.line_is(&dev, "SYS dev alice left").await;
     let want = "8/5: OK LOGIN alice lobby => login alice 2 lobby [] []";
     sub.is(&e2, want).await;
-    sub.line_is(&lobby, "SYS lobby alice joined").await;
     sub.quiet().await;
     // Exactly one session: the new one.
     let session = fx.show(&k.session("alice")).await;
@@ -645,8 +653,7 @@ async fn join_leave_rooms_and_who() {
 
     fx.ok(&alice, join("dev")).await;
     sub.is(&e1, "1/5: OK JOIN dev => room 1 dev").await;
-    sub.line_is(&lobby, "SYS lobby alice left").await;
-    sub.line_is(&dev, "SYS dev alice joined").await;
+    sub.line_is(&dev, "SYS dev alice joined").await; // none in the lobby
     fx.is(k.room("dev"), "alice").await;
     fx.is(k.room(LOBBY), "bob").await;
     fx.is(k.rooms(), "dev lobby").await;
@@ -659,7 +666,6 @@ async fn join_leave_rooms_and_who() {
     sub.is(&e1, "1/5: ROOM dev 1 | ROOM lobby 1 | OK ROOMS 2")
         .await;
     fx.ok(&bob, join("dev")).await;
-    sub.line(&lobby).await;
     sub.line(&dev).await;
     fx.ok(&alice, Op::Rooms).await; // the lobby is listed when empty
     sub.is(&e1, "1/5: ROOM dev 2 | ROOM lobby 0 | OK ROOMS 2")
@@ -673,7 +679,6 @@ async fn join_leave_rooms_and_who() {
     fx.ok(&alice, Op::Leave).await;
     sub.is(&e1, "1/5: OK LEAVE dev => room 1 lobby").await;
     sub.line_is(&dev, "SYS dev alice left").await;
-    sub.line_is(&lobby, "SYS lobby alice joined").await;
     fx.ok(&bob, Op::Leave).await;
     fx.is(k.room("dev"), "").await;
     fx.is(k.rooms(), "lobby").await;
@@ -916,6 +921,8 @@ async fn accounts_are_created_changed_and_deleted() {
         fx.ok(s, subscribe(target)).await;
     }
     fx.run(&["XADD", &k.inbox("alice"), "*", "id", "1-0"]).await;
+    fx.run(&["HSET", &k.inbox_counts("alice"), "bob", "1"])
+        .await;
     fx.run(&["XADD", &k.publications("alice"), "*", "text", "t"])
         .await;
     // Sets read before alice subscribed to bob: `moved`, nothing changes.
@@ -924,6 +931,7 @@ async fn accounts_are_created_changed_and_deleted() {
         k.subscriptions("alice"),
         k.subscribers("alice"),
         k.inbox("alice"),
+        k.inbox_counts("alice"),
         k.publications("alice"),
         k.subscribers("carol"),
         k.subscriptions("dave"),
@@ -942,10 +950,10 @@ async fn accounts_are_created_changed_and_deleted() {
     let mut sub = fx.sub(&[&e2]).await;
     accounts::delete(&mut fx.c, &k, "alice").await.unwrap();
     sub.is(&e2, "2/0 => unsubscribe 2 alice").await;
-    for key in names.iter().take(7).chain([&k.subscribers("bob")]) {
+    for key in names.iter().take(8).chain([&k.subscribers("bob")]) {
         fx.is(key.clone(), "").await;
     }
-    let again = Call::new("chat_delete_user", &names[..5]).arg(0).arg(0);
+    let again = Call::new("chat_delete_user", &names[..6]).arg(0).arg(0);
     let again = again.arg("alice").arg(k.edge_channel(""));
     assert_eq!(fx.int(again).await, 0, "no such account");
     assert!(accounts::delete(&mut fx.c, &k, "alice").await.is_err());
@@ -954,7 +962,7 @@ async fn accounts_are_created_changed_and_deleted() {
 
 /// chat_end_edge_session as the reaper calls it, `room` as read before.
 async fn end_session(fx: &mut Fx, edge: &str, user: &str, room: &str, mode: &str) -> String {
-    let call = shared::store::end_edge_session(&fx.k, edge, user, room, mode);
+    let call = shared::store::end_edge_session(&fx.k, edge, user, room, mode, fx.cfg.notices);
     call.invoke(&mut fx.c).await.unwrap()
 }
 
@@ -1053,7 +1061,7 @@ async fn edges_beat_die_and_have_their_sessions_ended() {
 async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
     let mut fx = setup().await;
     let k = fx.k.clone();
-    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, false)
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, None)
         .await
         .unwrap();
     for (user, edge) in [
@@ -1064,14 +1072,16 @@ async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
     ] {
         login(&mut fx, user, edge, 1).await;
     }
-    let restart = shared::store::heartbeat(&mut fx.c, &k, "e1", 60_000, true);
+    let restart = shared::store::heartbeat(&mut fx.c, &k, "e1", 60_000, Some(fx.cfg.notices));
     assert_eq!(restart.await.unwrap(), 2);
     fx.is(k.online(), "carol dave").await;
     fx.is(k.edge_sessions("e1"), "").await;
 
     kill(&mut fx, "e2").await;
     assert_eq!(
-        shared::store::reap_dead_edges(&mut fx.c, &k).await.unwrap(),
+        shared::store::reap_dead_edges(&mut fx.c, &k, fx.cfg.notices)
+            .await
+            .unwrap(),
         1
     );
     fx.is(k.online(), "dave").await;
@@ -1087,7 +1097,7 @@ async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
 async fn the_reaper_ends_no_sessions_when_most_edges_look_dead() {
     let mut fx = setup().await;
     let k = fx.k.clone();
-    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, false)
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, None)
         .await
         .unwrap();
     for (user, edge) in [("alice", "e1"), ("bob", "e2"), ("carol", "e3")] {
@@ -1097,15 +1107,15 @@ async fn the_reaper_ends_no_sessions_when_most_edges_look_dead() {
     // more likely not their fault; nobody is logged out.
     kill(&mut fx, "e1").await;
     kill(&mut fx, "e2").await;
-    let reaped = shared::store::reap_dead_edges(&mut fx.c, &k).await;
+    let reaped = shared::store::reap_dead_edges(&mut fx.c, &k, fx.cfg.notices).await;
     assert_eq!(reaped.unwrap(), 0);
     fx.is(k.online(), "alice bob carol").await;
     assert_eq!(dead_edges(&mut fx).await, ["e1", "e2"]);
     // One of three: its sessions end.
-    shared::store::heartbeat(&mut fx.c, &k, "e2", 60_000, false)
+    shared::store::heartbeat(&mut fx.c, &k, "e2", 60_000, None)
         .await
         .unwrap();
-    let reaped = shared::store::reap_dead_edges(&mut fx.c, &k).await;
+    let reaped = shared::store::reap_dead_edges(&mut fx.c, &k, fx.cfg.notices).await;
     assert_eq!(reaped.unwrap(), 1);
     fx.is(k.online(), "bob carol").await;
 }
@@ -1181,4 +1191,257 @@ async fn a_call_refused_for_memory_is_transient_alone_and_in_a_pipeline() {
         .await
         .unwrap_err();
     assert!(!shared::store::transient(&bad), "{bad}");
+}
+
+#[tokio::test]
+async fn notices_skip_the_lobby_and_rooms_over_the_limit_unless_configured() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    fx.cfg.notices.max_members = 2;
+    let (lobby, dev) = (k.room_channel(LOBBY), k.room_channel("dev"));
+    let mut sub = fx.sub(&[&lobby, &dev]).await;
+
+    // The lobby gets none: logins, moves out and back, logouts, reaping.
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let bob = login(&mut fx, "bob", "e1", 2).await;
+    let carol = login(&mut fx, "carol", "e2", 3).await;
+    login(&mut fx, "erin", "e2", 5).await;
+    fx.ok(&alice, join("dev")).await;
+    sub.line_is(&dev, "SYS dev alice joined").await;
+    fx.ok(&bob, join("dev")).await;
+    sub.line_is(&dev, "SYS dev bob joined").await;
+    // A third member: dev is over the limit, and quiet.
+    fx.ok(&carol, join("dev")).await;
+    sub.quiet().await;
+    // At the limit again (after the change): heard.
+    fx.ok(&carol, Op::Leave).await;
+    sub.line_is(&dev, "SYS dev carol left").await;
+    fx.ok(&carol, Op::Logout).await;
+    let ended = end_session(&mut fx, "e2", "erin", LOBBY, "restart").await;
+    assert_eq!(ended, "ended");
+    sub.quiet().await;
+    fx.is(k.room(LOBBY), "").await;
+
+    // notices.lobby (and no member limit): the lobby hears them again.
+    fx.cfg.notices = shared::config::Notices {
+        lobby: true,
+        max_members: 0,
+    };
+    let dave = login(&mut fx, "dave", "e2", 4).await;
+    sub.line_is(&lobby, "SYS lobby dave joined").await;
+    fx.ok(&dave, join("dev")).await;
+    sub.line_is(&lobby, "SYS lobby dave left").await;
+    sub.line_is(&dev, "SYS dev dave joined").await;
+    fx.ok(&dave, Op::Leave).await;
+    sub.line_is(&dev, "SYS dev dave left").await;
+    sub.line_is(&lobby, "SYS lobby dave joined").await;
+    fx.ok(&dave, Op::Logout).await;
+    sub.line_is(&lobby, "SYS lobby dave left").await;
+    login(&mut fx, "dave", "e2", 6).await;
+    sub.line_is(&lobby, "SYS lobby dave joined").await;
+    let ended = end_session(&mut fx, "e2", "dave", LOBBY, "restart").await;
+    assert_eq!(ended, "ended");
+    sub.line_is(&lobby, "SYS lobby dave left").await;
+    sub.quiet().await;
+}
+
+#[tokio::test]
+async fn history_shows_the_newest_lines_that_fit_its_byte_budget_and_says_so() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    fx.cfg.router.reply_max_bytes = 1024;
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let e1 = k.edge_channel("e1");
+    let mut sub = fx.sub(&[&e1]).await;
+    for i in 0..10 {
+        fx.ok(&alice, say(&format!("{i:03} {}", "x".repeat(196))))
+            .await;
+    }
+    let entries: redis::streams::StreamRangeReply =
+        fx.c.xrange_all(k.history(LOBBY)).await.unwrap();
+    let wire: Vec<String> = entries
+        .ids
+        .iter()
+        .map(|e| {
+            format!(
+                "HIST lobby {} alice {}",
+                e.id,
+                e.get::<String>("text").unwrap()
+            )
+        })
+        .collect();
+    // The newest whose lines (with their LF) fit in 1024 bytes: four.
+    let fit = wire.iter().rev().scan(0, |bytes, l| {
+        *bytes += l.len() + 1;
+        (*bytes <= 1024).then_some(l)
+    });
+    assert_eq!(fit.count(), 4);
+    let newest = wire[6..].join(" | ");
+
+    // Asked for 10, or for more than there are: the 4 newest, 6 left out.
+    for n in [10, 20] {
+        fx.ok(&alice, history(None, n)).await;
+        let want = format!("1/5: {newest} | MORE HISTORY 6 | OK HISTORY 4");
+        sub.is(&e1, &want).await;
+    }
+    // What fits is shown as before.
+    fx.ok(&alice, history(None, 3)).await;
+    let want = format!("1/5: {} | OK HISTORY 3", wire[7..].join(" | "));
+    sub.is(&e1, &want).await;
+    sub.quiet().await;
+}
+
+#[tokio::test]
+async fn listings_show_at_most_listing_max_entries_and_say_how_many_more() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    fx.cfg.router.listing_max = 2;
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let e1 = k.edge_channel("e1");
+    let mut sub = fx.sub(&[&e1]).await;
+    fx.run(&["SADD", &k.room("dev"), "a", "b", "c", "d"]).await;
+    let sizes = k.room_sizes();
+    fx.run(&["HSET", &sizes, "dev", "4", "r1", "1", "r2", "2"])
+        .await;
+    fx.run(&["SADD", &k.subscriptions("alice"), "x", "y", "z"])
+        .await;
+
+    // Two of dev's four, any two: the edge sorts them.
+    fx.ok(&alice, who(Some("dev"))).await;
+    let r = sub.said(&e1).await;
+    let lines = |r: &str| -> Vec<String> {
+        let r = r.strip_prefix("1/5: ").unwrap();
+        r.split(" | ").map(String::from).collect()
+    };
+    let users: Vec<String> = lines(&r)
+        .into_iter()
+        .filter(|l| l.starts_with("USER "))
+        .collect();
+    assert_eq!(users.len(), 2, "{r}");
+    assert!(r.ends_with(" | MORE WHO 2 | OK WHO dev 2"), "{r}");
+    fx.ok(&alice, Op::Subscriptions).await;
+    let r = sub.said(&e1).await;
+    assert!(
+        r.ends_with(" | MORE SUBSCRIPTIONS 1 | OK SUBSCRIPTIONS 2"),
+        "{r}"
+    );
+    // Two rooms of four, and the lobby always, with its count.
+    fx.ok(&alice, Op::Rooms).await;
+    let r = sub.said(&e1).await;
+    let rooms: Vec<String> = lines(&r)
+        .into_iter()
+        .filter(|l| l.starts_with("ROOM "))
+        .collect();
+    assert!(rooms.contains(&"ROOM lobby 1".to_string()), "{r}");
+    // The lobby drawn with the other, or added: all rooms are 4.
+    let n = rooms.len();
+    assert!(n == 2 || n == 3, "{r}");
+    let end = format!(" | MORE ROOMS {} | OK ROOMS {n}", 4 - n);
+    assert!(r.ends_with(&end), "{r}");
+    // Within the limit: everything, and no MORE.
+    fx.ok(&alice, who(None)).await;
+    sub.is(&e1, "1/5: USER alice | OK WHO lobby 1").await;
+    sub.quiet().await;
+}
+
+#[tokio::test]
+async fn histories_expire_a_while_after_their_last_write() {
+    let (mut fx, k) = with_accounts(&["alice", "bob", "carol"]).await;
+    fx.cfg.router.history_ttl_ms = 600_000;
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    login(&mut fx, "bob", "e2", 2).await;
+    fx.ok(&alice, say("hi")).await;
+    fx.ok(&alice, publish("news")).await;
+    fx.ok(&alice, msg("bob", "psst")).await;
+    fx.ok(&alice, msg("carol", "later")).await;
+    for key in [
+        k.history(LOBBY),
+        k.publications("alice"),
+        k.dm("alice", "bob"),
+        k.dm("alice", "carol"),
+        k.inbox("carol"),
+        k.inbox_counts("carol"),
+    ] {
+        let ttl: i64 = fx.c.pttl(&key).await.unwrap();
+        assert!(ttl > 0 && ttl <= 600_000, "{key}: {ttl}");
+    }
+    // 0: kept for good (a write removes the expiry it had).
+    fx.cfg.router.history_ttl_ms = 0;
+    fx.run(&["PERSIST", &k.history(LOBBY)]).await;
+    fx.ok(&alice, say("again")).await;
+    let ttl: i64 = fx.c.pttl(k.history(LOBBY)).await.unwrap();
+    assert_eq!(ttl, -1);
+}
+
+#[tokio::test]
+async fn one_sender_queues_a_limited_number_of_messages_for_an_offline_user() {
+    let (mut fx, k) = with_accounts(&["alice", "bob", "carol"]).await;
+    fx.cfg.router.inbox_per_sender = 2;
+    fx.cfg.router.history_cap = 3;
+    let bob = login(&mut fx, "bob", "e2", 2).await;
+    let carol = login(&mut fx, "carol", "e2", 3).await;
+    let e2 = k.edge_channel("e2");
+    let mut sub = fx.sub(&[&e2]).await;
+    for text in ["b1", "b2"] {
+        fx.ok(&bob, msg("alice", text)).await;
+        assert!(sub.said(&e2).await.ends_with(" queued"));
+    }
+    fx.is(k.inbox_counts("alice"), "bob=2").await;
+    // A third from bob: refused, and stored nowhere.
+    fx.ok(&bob, msg("alice", "b3")).await;
+    let refused = "2/5: ERR rate-limited you have 2 messages waiting for alice already";
+    sub.is(&e2, refused).await;
+    let conversation = fx.show(&k.dm("alice", "bob")).await;
+    assert!(!conversation.contains("b3"), "{conversation}");
+    assert_eq!(conversation.matches(" | ").count(), 1, "{conversation}");
+    // Another sender may; the inbox's own cap (3) drops bob's oldest, and
+    // its count with it.
+    for text in ["c1", "c2"] {
+        fx.ok(&carol, msg("alice", text)).await;
+        assert!(sub.said(&e2).await.ends_with(" queued"));
+    }
+    fx.is(k.inbox_counts("alice"), "bob=1 carol=2").await;
+    // bob's b2 makes room for b4.
+    fx.ok(&bob, msg("alice", "b4")).await;
+    assert!(sub.said(&e2).await.ends_with(" queued"));
+    fx.is(k.inbox_counts("alice"), "bob=1 carol=2").await;
+
+    // Delivered: the counts go down with the inbox, and go with it.
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let inbox: redis::streams::StreamRangeReply = fx.c.xrange_all(k.inbox("alice")).await.unwrap();
+    let ids: Vec<&str> = inbox.ids.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 3);
+    fx.ok(&alice, delivered(ids[0])).await; // c1
+    fx.is(k.inbox_counts("alice"), "bob=1 carol=1").await;
+    fx.ok(&alice, delivered(ids[2])).await;
+    fx.is(k.inbox("alice"), "").await;
+    fx.is(k.inbox_counts("alice"), "").await;
+    sub.quiet().await;
+}
+
+#[tokio::test]
+async fn subscriptions_are_capped_and_resubscribing_stays_idempotent() {
+    let (mut fx, k) = with_accounts(&["alice", "bob", "carol", "dave"]).await;
+    fx.cfg.router.max_subscriptions = 2;
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let e1 = k.edge_channel("e1");
+    let mut sub = fx.sub(&[&e1]).await;
+    for target in ["bob", "carol"] {
+        fx.ok(&alice, subscribe(target)).await;
+        sub.said(&e1).await;
+    }
+    fx.ok(&alice, subscribe("dave")).await;
+    let refused = "1/5: ERR rate-limited you subscribe to 2 users, the most allowed";
+    sub.is(&e1, refused).await;
+    fx.is(k.subscriptions("alice"), "bob carol").await;
+    fx.is(k.subscribers("dave"), "").await;
+    fx.ok(&alice, subscribe("bob")).await;
+    sub.is(&e1, "1/5: OK SUBSCRIBE bob => subscribe 1 bob")
+        .await;
+    fx.ok(&alice, unsubscribe("carol")).await;
+    sub.said(&e1).await;
+    fx.ok(&alice, subscribe("dave")).await;
+    sub.is(&e1, "1/5: OK SUBSCRIBE dave => subscribe 1 dave")
+        .await;
+    sub.quiet().await;
 }

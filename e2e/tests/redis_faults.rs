@@ -14,7 +14,6 @@ use e2e::{parse, password, Client, Role, Shape, System, WAIT};
 use redis::aio::MultiplexedConnection;
 use shared::consumer::EntryId;
 use shared::line::ServerLine;
-use shared::scripts::Call;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -871,31 +870,24 @@ async fn a_call_after_one_that_failed_in_the_same_pipeline_is_not_applied() {
         .unwrap();
     let now = shared::now_ms();
     let (first, second) = (format!("{now}-0"), format!("{now}-1"));
+    // chat_say as router-svc makes it, for the session as read.
+    let cfg = shared::config::Config::default();
+    let at = router_svc::Place {
+        sid: sid.clone(),
+        edge: edge.clone(),
+        room: room.clone(),
+    };
     let say = |eid: &str, prev: &str, text: &str| {
-        Call::new(
-            "chat_say",
-            &[
-                keys.router_lease(0),
-                keys.router_applied(0),
-                keys.session("alice"),
-                keys.history(&room),
-            ],
-        )
-        .arg("tester")
-        .arg(eid)
-        .arg(prev)
-        .arg(keys.edge_channel(&edge))
-        .arg("0")
-        .arg("0")
-        .arg("alice")
-        .arg(&sid)
-        .arg(&edge)
-        .arg(&room)
-        .arg(1000)
-        .arg(keys.room_channel(&room))
-        .arg(text)
-        .cmd()
-        .clone()
+        let req = shared::envelope::Request {
+            edge: edge.clone(),
+            conn: 0,
+            rid: 0,
+            user: "alice".into(),
+            sid: sid.clone(),
+            op: shared::envelope::Op::Say { text: text.into() },
+        };
+        let call = router_svc::request_call(&keys, "tester", &cfg, 0, eid, &req, prev, &at);
+        call.expect("a router request").cmd().clone()
     };
     let applied = |r: &mut MultiplexedConnection| {
         let mut r = r.clone();

@@ -90,6 +90,7 @@ impl Ctx {
     /// Renews this edge's heartbeat (see [`shared::store::heartbeat`]).
     pub(crate) async fn beat(&self, restart: bool) -> redis::RedisResult<u64> {
         let (id, dead_after) = (&self.cfg.edge.id, self.cfg.edge.dead_after_ms);
+        let restart = restart.then_some(self.cfg.notices);
         shared::store::heartbeat(&mut self.redis.clone(), &self.keys, id, dead_after, restart).await
     }
 

@@ -144,7 +144,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
                 // Sessions of edges that stopped beating (killed) end here; not
                 // right after Redis was away, when nobody could beat.
                 if redis_back_since.elapsed() >= dead_after {
-                    match shared::store::reap_dead_edges(&mut cmds, &keys).await {
+                    match shared::store::reap_dead_edges(&mut cmds, &keys, cfg.notices).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(sessions = n, "ended the sessions of dead edges"),
                         Err(e) => {

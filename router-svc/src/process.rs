@@ -30,7 +30,8 @@ pub(crate) struct Worker {
     conn: ConnectionManager,
     consumer: Consumer,
     id: String,
-    history_cap: u64,
+    /// The settings the functions take (router limits, notices).
+    cfg: Config,
     batch: usize,
 }
 
@@ -71,7 +72,7 @@ impl Worker {
             conn,
             consumer,
             id: cfg.router.id.clone(),
-            history_cap: cfg.router.history_cap,
+            cfg: cfg.clone(),
             batch: cfg.router.batch,
         }
     }
@@ -218,14 +219,7 @@ impl Worker {
             let Some(req) = &entry.req else { continue };
             let place = places.entry(req.user.clone()).or_default();
             if let Some(call) = request_call(
-                &self.keys,
-                &self.id,
-                self.history_cap,
-                p,
-                &entry.id,
-                req,
-                prev[r],
-                place,
+                &self.keys, &self.id, &self.cfg, p, &entry.id, req, prev[r], place,
             ) {
                 pipe.add_command(call.cmd().clone());
                 owners.push((r, i));
@@ -303,15 +297,15 @@ impl Worker {
 }
 
 /// The call that applies `req`, stream entry `entry_id` of partition `p`,
-/// for router `owner` (shared/lua/router.lua says what each key and
-/// argument is), with its session at `at` and `prev` the id of the call
-/// before it in its run ('' for the first); `None` for a request that is
-/// not the router's.
+/// for router `owner` with the limits of `cfg` (shared/lua/router.lua says
+/// what each key and argument is), with its session at `at` and `prev` the
+/// id of the call before it in its run ('' for the first); `None` for a
+/// request that is not the router's.
 #[allow(clippy::too_many_arguments)]
 pub fn request_call(
     k: &Keys,
     owner: &str,
-    cap: u64,
+    cfg: &Config,
     p: u32,
     entry_id: &str,
     req: &Request,
@@ -319,26 +313,43 @@ pub fn request_call(
     at: &Place,
 ) -> Option<Call> {
     let (user, room) = (req.user.as_str(), at.room.as_str());
+    let r = &cfg.router;
+    // How long histories live (cap, ttl), and where notices go.
+    let retention = [r.history_cap.to_string(), r.history_ttl_ms.to_string()];
+    let notices = cfg.notices.args();
+    let (listing_max, reply_max) = (r.listing_max.to_string(), r.reply_max_bytes.to_string());
     let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
         Op::Say { text } => (
             "chat_say",
             vec![k.history(room)],
-            vec![cap.to_string(), k.room_channel(room), text.clone()],
+            [retention.to_vec(), vec![k.room_channel(room), text.clone()]].concat(),
         ),
         Op::Join { room: to } => (
             "chat_join",
             vec![k.room(room), k.room(to), k.rooms(), k.room_sizes()],
-            vec![to.clone(), k.room_channel(room), k.room_channel(to)],
+            [
+                vec![to.clone(), k.room_channel(room), k.room_channel(to)],
+                notices.to_vec(),
+            ]
+            .concat(),
         ),
         Op::Leave => (
             "chat_leave",
             vec![k.room(room), k.room(LOBBY), k.rooms(), k.room_sizes()],
-            vec![LOBBY.into(), k.room_channel(room), k.room_channel(LOBBY)],
+            [
+                vec![LOBBY.into(), k.room_channel(room), k.room_channel(LOBBY)],
+                notices.to_vec(),
+            ]
+            .concat(),
         ),
-        Op::Rooms => ("chat_rooms", vec![k.room_sizes()], vec![LOBBY.into()]),
+        Op::Rooms => (
+            "chat_rooms",
+            vec![k.room_sizes()],
+            vec![LOBBY.into(), listing_max],
+        ),
         Op::Who { room: of } => {
             let of = of.as_deref().unwrap_or(room);
-            ("chat_who", vec![k.room(of)], vec![of.into()])
+            ("chat_who", vec![k.room(of)], vec![of.into(), listing_max])
         }
         Op::Subscribe { target } | Op::Unsubscribe { target } => (
             if matches!(req.op, Op::Subscribe { .. }) {
@@ -347,33 +358,43 @@ pub fn request_call(
                 "chat_unsubscribe"
             },
             vec![k.user(target), k.subscriptions(user), k.subscribers(target)],
-            vec![target.clone()],
+            vec![target.clone(), r.max_subscriptions.to_string()],
         ),
-        Op::Subscriptions => ("chat_subscriptions", vec![k.subscriptions(user)], vec![]),
+        Op::Subscriptions => (
+            "chat_subscriptions",
+            vec![k.subscriptions(user)],
+            vec![listing_max],
+        ),
         Op::Publish { text } => (
             "chat_publish",
             vec![k.publications(user), k.subscribers(user), k.online()],
-            vec![cap.to_string(), k.pub_channel(user), text.clone()],
+            [retention.to_vec(), vec![k.pub_channel(user), text.clone()]].concat(),
         ),
         Op::Msg { to, text } => (
             "chat_msg",
-            vec![k.user(to), k.dm(user, to), k.session(to), k.inbox(to)],
             vec![
-                cap.to_string(),
-                to.clone(),
-                text.clone(),
-                k.edge_channel(""),
+                k.user(to),
+                k.dm(user, to),
+                k.session(to),
+                k.inbox(to),
+                k.inbox_counts(to),
             ],
+            [
+                retention.to_vec(),
+                vec![to.clone(), text.clone(), k.edge_channel("")],
+                vec![r.inbox_per_sender.to_string()],
+            ]
+            .concat(),
         ),
         Op::History { with: None, n } => (
             "chat_history",
             vec![k.history(room)],
-            vec![n.to_string(), room.into(), String::new()],
+            vec![n.to_string(), room.into(), String::new(), reply_max],
         ),
         Op::History { with: Some(w), n } => (
             "chat_history",
             vec![k.dm(user, w), k.user(w)],
-            vec![n.to_string(), format!("@{w}"), "dm".into()],
+            vec![n.to_string(), format!("@{w}"), "dm".into(), reply_max],
         ),
         Op::Logout => (
             "chat_logout",
@@ -384,9 +405,13 @@ pub fn request_call(
                 k.rooms(),
                 k.room_sizes(),
             ],
-            vec![k.room_channel(room)],
+            [vec![k.room_channel(room)], notices.to_vec()].concat(),
         ),
-        Op::Delivered { upto } => ("chat_delivered", vec![k.inbox(user)], vec![upto.clone()]),
+        Op::Delivered { upto } => (
+            "chat_delivered",
+            vec![k.inbox(user), k.inbox_counts(user)],
+            vec![upto.clone()],
+        ),
         Op::Login { .. } => return None,
     };
     let keys = [k.router_lease(p), k.router_applied(p), k.session(user)]

@@ -14,7 +14,8 @@
 -- be neither guessed nor reused, even after Redis is restored from an
 -- older snapshot; the counter only counts the sessions opened. Private
 -- messages queued while the user was offline go out after `OK LOGIN`; the
--- effect names the last, which the edge acknowledges once shown.
+-- effect names the last, which the edge acknowledges once shown. The
+-- last two ARGV are the notice settings (see `notices`).
 redis.register_function('chat_login', function(keys, args)
   local edges, done, account, fail_user, fail_addr, session, seq, edge_sessions =
     unpack(keys, 1, 8)
@@ -24,6 +25,7 @@ redis.register_function('chat_login', function(keys, args)
   local user, edge, conn, rid, addr, policy, deadline, new_hash = unpack(args, 1, 8)
   local channel, lobby_channel, lobby_name, at_edge, at_room, old_channel, old_room_channel, sid =
     unpack(args, 9, 16)
+  local n = notices(args, 17, lobby.sizes)
 
   local now = now_ms()
   if now > tonumber(deadline) then return 'stale' end
@@ -52,7 +54,7 @@ redis.register_function('chat_login', function(keys, args)
     end_session({
       session = session, edge_sessions = old_edge_sessions, online = online,
       room = {members = old_room_members, rooms = lobby.rooms, sizes = lobby.sizes},
-    }, old, user, old_room_channel)
+    }, old, user, old_room_channel, n)
   end
   redis.call('INCR', seq)
   redis.call('HSET', session, 'edge', edge, 'conn', conn, 'sid', sid, 'room', lobby_name,
@@ -72,7 +74,7 @@ redis.register_function('chat_login', function(keys, args)
   end
   reply(channel, conn, rid, lines, {kind = 'login', user = user, sid = sid, room = lobby_name,
     subs = table.concat(subs, ' '), inbox = last})
-  sys(lobby_channel, lobby_name, user, 'joined')
+  sys(n, lobby_channel, lobby_name, user, 'joined')
   return old.sid and 'replaced' or 'ok'
 end)
 
@@ -114,15 +116,15 @@ end)
 -- queued private messages and its publications. Conversations stay: they
 -- belong to the other side too.
 --
--- KEYS 1-5: the account, its subscriptions, its subscribers, its inbox,
--- its publications; then the subscriber sets of whom it subscribes to
+-- KEYS 1-6: the account, its subscriptions, its subscribers, its inbox,
+-- its inbox's count per sender, its publications; then the subscriber sets of whom it subscribes to
 -- (np), then for each of its subscribers (ns) their subscriptions and
 -- session. ARGV: np, ns, the user, the channel name of an edge without its
 -- id, then the np publishers and the ns subscribers as read before.
 -- Returns 0 (no such account), 1 (deleted) or `moved` (the sets changed
 -- since they were read: read again).
 redis.register_function('chat_delete_user', function(keys, args)
-  local account, subscriptions, subscribers, inbox, publications = unpack(keys, 1, 5)
+  local account, subscriptions, subscribers, inbox, inbox_counts, publications = unpack(keys, 1, 6)
   local np, ns, user, edge_channels = tonumber(args[1]), tonumber(args[2]), args[3], args[4]
   local function same(set, from, n)
     if redis.call('SCARD', set) ~= n then return false end
@@ -133,9 +135,9 @@ redis.register_function('chat_delete_user', function(keys, args)
   end
   if not (same(subscriptions, 5, np) and same(subscribers, 5 + np, ns)) then return 'moved' end
   if redis.call('DEL', account) == 0 then return 0 end
-  for i = 1, np do redis.call('SREM', keys[5 + i], user) end
+  for i = 1, np do redis.call('SREM', keys[6 + i], user) end
   for j = 1, ns do
-    local their_subscriptions, their_session = keys[5 + np + 2 * j - 1], keys[5 + np + 2 * j]
+    local their_subscriptions, their_session = keys[6 + np + 2 * j - 1], keys[6 + np + 2 * j]
     redis.call('SREM', their_subscriptions, user)
     -- An online subscriber's edge stops passing on the channel.
     local s = redis.call('HMGET', their_session, 'edge', 'conn', 'sid')
@@ -143,6 +145,6 @@ redis.register_function('chat_delete_user', function(keys, args)
       reply(edge_channels .. s[1], s[2], nil, nil, {kind = 'unsubscribe', sid = s[3], user = user})
     end
   end
-  redis.call('DEL', subscriptions, subscribers, inbox, publications)
+  redis.call('DEL', subscriptions, subscribers, inbox, inbox_counts, publications)
   return 1
 end)

@@ -45,8 +45,19 @@ local function err(code, text)
   return {k = 'err', code = code, text = text}
 end
 
--- Publishes `SYS <room> <user> <what>` on the room's channel.
-local function sys(channel, room, user, what)
+-- Where membership notices go: two ARGV from `i` (shared::config::Notices
+-- `args`: the room that gets none, '' if none; the most members a room may
+-- have to get them, 0: no limit) and the room sizes key.
+local function notices(args, i, sizes)
+  return {quiet = args[i], max = tonumber(args[i + 1]), sizes = sizes}
+end
+
+-- Publishes `SYS <room> <user> <what>` on the room's channel, unless `n`
+-- (see `notices`) keeps the room quiet: the lobby, or a room with more
+-- members than the limit once the change is made (those who would see it).
+local function sys(n, channel, room, user, what)
+  if room == n.quiet then return end
+  if n.max > 0 and tonumber(redis.call('HGET', n.sizes, room) or 0) > n.max then return end
   redis.call('PUBLISH', channel, cjson.encode({k = 'sys', room = room, user = user, what = what}))
 end
 
@@ -82,13 +93,14 @@ end
 
 -- Ends a session. `k`: its keys (`session`, `edge_sessions` of its edge,
 -- `online`, and the room keys of its room as `room`); `s`: the session as
--- `where` read it; `room_channel`: its room's channel. Whoever closes the
--- connection publishes that first, so the user does not see its own exit.
-local function end_session(k, s, user, room_channel)
+-- `where` read it; `room_channel`: its room's channel; `n`: where notices
+-- go (`notices`). Whoever closes the connection publishes that first, so
+-- the user does not see its own exit.
+local function end_session(k, s, user, room_channel, n)
   redis.call('SREM', k.edge_sessions, user)
   if s.room then
     leave_room(k.room, s.room, user)
-    sys(room_channel, s.room, user, 'left')
+    sys(n, room_channel, s.room, user, 'left')
   end
   redis.call('SREM', k.online, user)
   redis.call('DEL', k.session)

@@ -27,8 +27,8 @@ redis.register_function{
 -- set, the user's session, the online users, the session's room's
 -- members, the set of rooms, the room sizes. ARGV: the edge, the user, the
 -- session's room as read before, that room's channel, the edge's channel,
--- and `reap` (only while the edge is still dead) or `restart` (the edge
--- itself, starting again under its id).
+-- `reap` (only while the edge is still dead) or `restart` (the edge
+-- itself, starting again under its id), and the notice settings (two).
 -- Returns `ended`, `gone` (not that edge's session any more), `alive`
 -- (reaping, but the edge beats again) or `moved` (read again).
 redis.register_function('chat_end_edge_session', function(keys, args)
@@ -48,7 +48,7 @@ redis.register_function('chat_end_edge_session', function(keys, args)
   -- Should the edge be alive after all, its connection is told and closed.
   reply(edge_channel, s.conn, nil, nil, {kind = 'close', reason = 'server-shutdown', sid = s.sid})
   end_session({session = session, edge_sessions = edge_sessions, online = online, room = room},
-    s, user, room_channel)
+    s, user, room_channel, notices(args, 7, room.sizes))
   return 'ended'
 end)
 

@@ -56,41 +56,55 @@ local function answer(q, lines, effect)
   reply(q.channel, q.conn, q.rid, lines, effect)
 end
 
--- Adds an entry to a capped history stream. Its id takes the time the
--- edge received the request (the request's own id); if the stream already
--- has a later one, the next id in that one's ms.
-local function add_history(q, key, cap, ...)
+-- How long history streams live: ARGV 11-12 of the functions that write
+-- them (the cap in entries; the time since the last write in ms, 0: no
+-- expiry).
+local function retention(args)
+  return {cap = args[11], ttl = tonumber(args[12])}
+end
+
+-- Keeps a history key `h.ttl` ms from now (see `retention`).
+local function keep(key, h)
+  if h.ttl > 0 then redis.call('PEXPIRE', key, h.ttl) end
+end
+
+-- Adds an entry to a history stream, capped and kept as `h` says. Its id
+-- takes the time the edge received the request (the request's own id);
+-- if the stream already has a later one, the next id in that one's ms.
+local function add_history(q, key, h, ...)
   local ms = string.match(q.eid, '^(%d+)-')
-  local id = redis.pcall('XADD', key, 'MAXLEN', cap, ms .. '-*', ...)
+  local id = redis.pcall('XADD', key, 'MAXLEN', h.cap, ms .. '-*', ...)
   if type(id) == 'table' and id.err then
     local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
     ms = top and string.match(top[1], '^(%d+)-') or ms
-    id = redis.call('XADD', key, 'MAXLEN', cap, ms .. '-*', ...)
+    id = redis.call('XADD', key, 'MAXLEN', h.cap, ms .. '-*', ...)
   end
+  keep(key, h)
   return id
 end
 
--- KEYS 4: the room's history. ARGV 11-13: history cap, room channel, text.
+-- KEYS 4: the room's history. ARGV 11-14: history cap and ttl, room
+-- channel, text.
 routed('chat_say', function(q, keys, args)
-  local cap, channel, text = args[11], args[12], args[13]
-  local id = add_history(q, keys[4], cap, 'from', q.user, 'text', text)
+  local channel, text = args[13], args[14]
+  local id = add_history(q, keys[4], retention(args), 'from', q.user, 'text', text)
   redis.call('PUBLISH', channel,
     cjson.encode({k = 'msg', room = q.s.room, id = id, from = q.user, text = text}))
 end)
 
 -- KEYS 4-7: the old room's members, the new room's, the set of rooms, the
--- room sizes. ARGV 11-13: the new room, the old room's channel, the new
--- room's channel.
+-- room sizes. ARGV 11-15: the new room, the old room's channel, the new
+-- room's channel, the notice settings (two, see `notices`).
 local function move(q, keys, args, final)
   local to, old_channel, new_channel = args[11], args[12], args[13]
-  local room = q.s.room
+  local room, n = q.s.room, notices(args, 14, keys[7])
   if to == room then return answer(q, {final}) end
   leave_room({members = keys[4], rooms = keys[6], sizes = keys[7]}, room, q.user)
   enter_room({members = keys[5], rooms = keys[6], sizes = keys[7]}, to, q.user)
   redis.call('HSET', q.session, 'room', to)
   answer(q, {final}, {kind = 'room', sid = q.sid, room = to})
-  sys(old_channel, room, q.user, 'left')
-  sys(new_channel, to, q.user, 'joined')
+  sys(n, old_channel, room, q.user, 'left')
+  sys(n, new_channel, to, q.user, 'joined')
 end
 
 routed('chat_join', function(q, keys, args)
@@ -105,35 +119,65 @@ routed('chat_leave', function(q, keys, args)
   move(q, keys, args, {k = 'ok_leave', room = q.s.room})
 end)
 
--- KEYS 4: the room sizes. ARGV 11: the lobby (listed even when empty).
--- Unsorted: the edge sorts listings.
+-- Listings are unsorted (the edge sorts them) and hold at most `max`
+-- entries: past that, a random sample of `max` (O(max) work, whatever the
+-- size), and `MORE <what> <omitted>` before the final line, whose count is
+-- that of the lines shown.
+
+-- A set's members, at most `max` of them, and how many were left out.
+local function some_members(set, max)
+  local total = redis.call('SCARD', set)
+  if total <= max then return redis.call('SMEMBERS', set), 0 end
+  return redis.call('SRANDMEMBER', set, max), total - max
+end
+
+-- `lines`, then `MORE <what> <omitted>` if any was, then `final`.
+local function listing(lines, what, omitted, final)
+  if omitted > 0 then lines[#lines + 1] = {k = 'more', what = what, n = omitted} end
+  lines[#lines + 1] = final
+  return lines
+end
+
+-- KEYS 4: the room sizes. ARGV 11: the lobby (always listed, even when
+-- empty), 12: the most rooms listed.
 routed('chat_rooms', function(q, keys, args)
-  local flat = redis.call('HGETALL', keys[4])
+  local sizes, lobby_name, max = keys[4], args[11], tonumber(args[12])
+  local total = redis.call('HLEN', sizes)
+  local flat = total <= max and redis.call('HGETALL', sizes)
+    or redis.call('HRANDFIELD', sizes, max, 'WITHVALUES')
   local lines, lobby = {}, false
   for i = 1, #flat, 2 do
     lines[#lines + 1] = {k = 'room', room = flat[i], count = tonumber(flat[i + 1])}
-    lobby = lobby or flat[i] == args[11]
+    lobby = lobby or flat[i] == lobby_name
   end
-  if not lobby then lines[#lines + 1] = {k = 'room', room = args[11], count = 0} end
-  lines[#lines + 1] = {k = 'ok_rooms', n = #lines}
-  answer(q, lines)
+  local shown = #lines
+  if not lobby then
+    local count = tonumber(redis.call('HGET', sizes, lobby_name) or 0)
+    if count > 0 then shown = shown + 1 end
+    lines[#lines + 1] = {k = 'room', room = lobby_name, count = count}
+  end
+  answer(q, listing(lines, 'ROOMS', total - shown, {k = 'ok_rooms', n = #lines}))
 end)
 
--- KEYS 4: the room's members. ARGV 11: the room.
+-- KEYS 4: the room's members. ARGV 11: the room, 12: the most listed.
 routed('chat_who', function(q, keys, args)
-  local names = redis.call('SMEMBERS', keys[4])
+  local names, omitted = some_members(keys[4], tonumber(args[12]))
   local lines = {}
   for i, n in ipairs(names) do lines[i] = {k = 'user', user = n} end
-  lines[#lines + 1] = {k = 'ok_who', room = args[11], n = #names}
-  answer(q, lines)
+  answer(q, listing(lines, 'WHO', omitted, {k = 'ok_who', room = args[11], n = #names}))
 end)
 
 -- KEYS 4-6: the target's account, the user's subscriptions, the target's
--- subscribers. ARGV 11: the target.
+-- subscribers. ARGV 11: the target; for chat_subscribe 12: the most
+-- subscriptions a user may have (0: no limit).
 routed('chat_subscribe', function(q, keys, args)
-  local target = args[11]
+  local target, max = args[11], tonumber(args[12])
   if redis.call('EXISTS', keys[4]) == 0 then
     return answer(q, {err('no-such-user', 'no such user')})
+  end
+  if max > 0 and redis.call('SISMEMBER', keys[5], target) == 0
+      and redis.call('SCARD', keys[5]) >= max then
+    return answer(q, {err('rate-limited', 'you subscribe to ' .. max .. ' users, the most allowed')})
   end
   if redis.call('SADD', keys[5], target) == 1 then redis.call('SADD', keys[6], q.user) end
   answer(q, {{k = 'ok_subscribe', user = target}}, {kind = 'subscribe', sid = q.sid, user = target})
@@ -150,65 +194,94 @@ routed('chat_unsubscribe', function(q, keys, args)
   answer(q, {{k = 'ok_unsubscribe', user = target}}, {kind = 'unsubscribe', sid = q.sid, user = target})
 end)
 
--- KEYS 4: the user's subscriptions.
-routed('chat_subscriptions', function(q, keys)
-  local names = redis.call('SMEMBERS', keys[4])
+-- KEYS 4: the user's subscriptions. ARGV 11: the most listed.
+routed('chat_subscriptions', function(q, keys, args)
+  local names, omitted = some_members(keys[4], tonumber(args[11]))
   local lines = {}
   for i, n in ipairs(names) do lines[i] = {k = 'sub', user = n} end
-  lines[#lines + 1] = {k = 'ok_subscriptions', n = #names}
-  answer(q, lines)
+  answer(q, listing(lines, 'SUBSCRIPTIONS', omitted, {k = 'ok_subscriptions', n = #names}))
 end)
 
 -- KEYS 4-6: the user's publications, its subscribers, the online users.
--- ARGV 11-13: history cap, the user's publication channel, text.
+-- ARGV 11-14: history cap and ttl, the user's publication channel, text.
 routed('chat_publish', function(q, keys, args)
-  local cap, channel, text = args[11], args[12], args[13]
-  local id = add_history(q, keys[4], cap, 'text', text)
+  local channel, text = args[13], args[14]
+  local id = add_history(q, keys[4], retention(args), 'text', text)
   redis.call('PUBLISH', channel, cjson.encode({k = 'pub', id = id, from = q.user, text = text}))
   local n = redis.call('SINTERCARD', 2, keys[5], keys[6])
   answer(q, {{k = 'ok_publish', id = id, online = n}})
 end)
 
--- KEYS 4-7: the recipient's account, the conversation, the recipient's
--- session, its inbox. ARGV 11-14: history cap, recipient, text, the
--- channel name of an edge without its id.
+-- One message fewer of `sender` queued (the inbox's count of each
+-- sender's queued messages, a hash).
+local function uncount(counts, sender)
+  if redis.call('HINCRBY', counts, sender, -1) <= 0 then redis.call('HDEL', counts, sender) end
+end
+
+-- KEYS 4-8: the recipient's account, the conversation, the recipient's
+-- session, its inbox, its inbox's count per sender. ARGV 11-16: history
+-- cap and ttl, recipient, text, the channel name of an edge without its
+-- id, the most messages one sender may have queued (0: no limit).
 routed('chat_msg', function(q, keys, args)
-  local cap, to, text, edge_channels = args[11], args[12], args[13], args[14]
+  local h, to, text, edge_channels = retention(args), args[13], args[14], args[15]
+  local inbox, counts, per_sender = keys[7], keys[8], tonumber(args[16])
   if redis.call('EXISTS', keys[4]) == 0 then
     return answer(q, {err('no-such-user', 'no such user')})
   end
-  local id = add_history(q, keys[5], cap, 'from', q.user, 'to', to, 'text', text)
   local r = redis.call('HMGET', keys[6], 'edge', 'conn', 'sid')
+  if not r[3] and per_sender > 0
+      and tonumber(redis.call('HGET', counts, q.user) or 0) >= per_sender then
+    return answer(q, {err('rate-limited', 'you have ' .. per_sender .. ' messages waiting for ' .. to .. ' already')})
+  end
+  local id = add_history(q, keys[5], h, 'from', q.user, 'to', to, 'text', text)
   if r[3] then
     reply(edge_channels .. r[1], r[2], nil, {{k = 'dm', id = id, from = q.user, text = text}}, nil, r[3])
     return answer(q, {{k = 'ok_msg', user = to, id = id}})
   end
-  redis.call('XADD', keys[7], 'MAXLEN', cap, '*', 'id', id, 'from', q.user, 'text', text)
+  -- The entries the cap is about to drop leave the counts first.
+  local over = redis.call('XLEN', inbox) - tonumber(h.cap) + 1
+  if over > 0 then
+    for _, e in ipairs(redis.call('XRANGE', inbox, '-', '+', 'COUNT', over)) do
+      uncount(counts, fields(e[2]).from or '?')
+    end
+  end
+  redis.call('XADD', inbox, 'MAXLEN', h.cap, '*', 'id', id, 'from', q.user, 'text', text)
+  redis.call('HINCRBY', counts, q.user, 1)
+  keep(inbox, h)
+  keep(counts, h)
   answer(q, {{k = 'ok_msg', user = to, id = id, queued = true}})
 end)
 
 -- KEYS 4: the stream (the room's history, or the conversation); for a
--- conversation KEYS 5: the other user's account. ARGV 11-13: how many, the
--- label (`<room>` or `@<user>`), `dm` for a conversation.
+-- conversation KEYS 5: the other user's account. ARGV 11-14: how many, the
+-- label (`<room>` or `@<user>`), `dm` for a conversation, the most bytes
+-- of `HIST` lines: the newest that fit are shown, then `MORE HISTORY
+-- <omitted>` if any was left out.
 routed('chat_history', function(q, keys, args)
-  local stream, n, label = keys[4], args[11], args[12]
+  local stream, n, label, budget = keys[4], args[11], args[12], tonumber(args[14])
   if args[13] == 'dm' and redis.call('EXISTS', keys[5]) == 0
       and redis.call('EXISTS', stream) == 0 then
     return answer(q, {err('no-such-user', 'no such user')})
   end
   local entries = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', n)
-  local lines = {}
-  for i = #entries, 1, -1 do
-    local f = fields(entries[i][2])
-    lines[#lines + 1] = {k = 'hist', of = label, id = entries[i][1], from = f.from or '?', text = f.text or ''}
+  local hist, bytes = {}, 0
+  for _, e in ipairs(entries) do
+    local f = fields(e[2])
+    local from, text = f.from or '?', f.text or ''
+    -- `HIST <of> <id> <from> <text>` and its LF.
+    bytes = bytes + 9 + #label + #e[1] + #from + #text
+    if bytes > budget then break end
+    hist[#hist + 1] = {k = 'hist', of = label, id = e[1], from = from, text = text}
   end
-  lines[#lines + 1] = {k = 'ok_history', n = #entries}
-  answer(q, lines)
+  local lines = {}
+  for i = #hist, 1, -1 do lines[#lines + 1] = hist[i] end
+  answer(q, listing(lines, 'HISTORY', #entries - #hist, {k = 'ok_history', n = #hist}))
 end)
 
 -- Ends the session `sid`, if it is still the current one. KEYS 4-8: the
 -- session's edge's session set, the online users, its room's members, the
--- set of rooms, the room sizes. ARGV 11: its room's channel.
+-- set of rooms, the room sizes. ARGV 11: its room's channel, 12-13: the
+-- notice settings (see `notices`).
 routed('chat_logout', function(q, keys, args)
   if q.rid ~= '0' then
     reply(q.channel, q.conn, q.rid, nil, {kind = 'close', reason = 'quit', sid = q.sid})
@@ -217,18 +290,23 @@ routed('chat_logout', function(q, keys, args)
     end_session({
       session = q.session, edge_sessions = keys[4], online = keys[5],
       room = {members = keys[6], rooms = keys[7], sizes = keys[8]},
-    }, q.s, q.user, args[11])
+    }, q.s, q.user, args[11], notices(args, 12, keys[8]))
   end
 end, true)
 
 -- The queued private messages up to an id were shown (to whichever
--- session): they go. KEYS 4: the inbox. ARGV 11: the last id shown.
+-- session): they go, and leave their senders' counts. KEYS 4-5: the inbox,
+-- its count per sender. ARGV 11: the last id shown.
 routed('chat_delivered', function(q, keys, args)
+  local inbox, counts = keys[4], keys[5]
   local ms, seq = string.match(args[11], '^(%d+)-(%d+)$')
   if not ms then return end
+  for _, e in ipairs(redis.call('XRANGE', inbox, '-', args[11])) do
+    uncount(counts, fields(e[2]).from or '?')
+  end
   -- MINID keeps the ids from the next one on.
-  redis.call('XTRIM', keys[4], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
-  if redis.call('XLEN', keys[4]) == 0 then redis.call('DEL', keys[4]) end
+  redis.call('XTRIM', inbox, 'MINID', ms .. '-' .. (tonumber(seq) + 1))
+  if redis.call('XLEN', inbox) == 0 then redis.call('DEL', inbox, counts) end
 end, true)
 
 -- Renews a lease this router holds (also when Redis is out of memory, so

@@ -38,6 +38,7 @@ pub struct Config {
     pub edge: EdgeConfig,
     pub auth: AuthConfig,
     pub router: RouterConfig,
+    pub notices: Notices,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,12 +136,62 @@ pub struct RouterConfig {
     pub id: String,
     /// Entries kept in each history stream.
     pub history_cap: u64,
+    /// A history stream (room, conversation, publications, inbox) not
+    /// written for this long expires; 0: never.
+    pub history_ttl_ms: u64,
+    /// Rough wire bytes of the `HIST` lines of one `/history` reply: the
+    /// newest that fit are shown, then `MORE HISTORY <omitted>`.
+    pub reply_max_bytes: u64,
+    /// Most lines of a `/who`, `/rooms` or `/subscriptions` listing; past
+    /// that, a sample of this many and `MORE <what> <omitted>`.
+    pub listing_max: u64,
+    /// Most messages one sender may have queued in an offline user's
+    /// inbox; 0: no limit.
+    pub inbox_per_sender: u64,
+    /// Most users one user may subscribe to; 0: no limit.
+    pub max_subscriptions: u64,
     /// Lifetime of a partition lease; renewed every third of it.
     pub lease_ms: u64,
     /// Most requests read per stream read.
     pub batch: usize,
     /// Plain-HTTP admin port (`/healthz`, `/metrics`); empty: none.
     pub admin_listen: String,
+}
+
+/// Membership notices (`SYS <room> <user> joined|left`): where they go.
+/// Read by every service that moves users (auth-svc, router-svc, edges):
+/// set them alike everywhere.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Notices {
+    /// Whether the lobby gets them (every logged-in user is there first, so
+    /// a login storm would fan out to everyone).
+    pub lobby: bool,
+    /// No notices in a room with more members than this (after the
+    /// change); 0: no limit.
+    pub max_members: u64,
+}
+
+impl Default for Notices {
+    fn default() -> Self {
+        Notices {
+            lobby: false,
+            max_members: 100,
+        }
+    }
+}
+
+impl Notices {
+    /// The two ARGV the functions take for them (shared/lua/common.lua
+    /// `notices`): the room without notices (empty: none), the most members.
+    pub fn args(&self) -> [String; 2] {
+        let quiet = if self.lobby {
+            ""
+        } else {
+            crate::protocol::LOBBY
+        };
+        [quiet.to_string(), self.max_members.to_string()]
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -170,6 +221,7 @@ impl Default for Config {
             edge: EdgeConfig::default(),
             auth: AuthConfig::default(),
             router: RouterConfig::default(),
+            notices: Notices::default(),
         }
     }
 }
@@ -246,6 +298,11 @@ impl Default for RouterConfig {
         RouterConfig {
             id: String::new(),
             history_cap: 1000,
+            history_ttl_ms: 30 * 24 * 3_600_000,
+            reply_max_bytes: 256 * 1024,
+            listing_max: 1000,
+            inbox_per_sender: 100,
+            max_subscriptions: 1000,
             lease_ms: 5_000,
             batch: 256,
             admin_listen: "127.0.0.1:9103".into(),
@@ -370,6 +427,11 @@ impl Config {
         {
             return bad("history_cap, batch and max_in_flight settings must be positive");
         }
+        if self.router.listing_max == 0 || self.router.reply_max_bytes < 1024 {
+            return bad(
+                "router.listing_max must be positive, router.reply_max_bytes at least 1024",
+            );
+        }
         let id_ok = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
         if !id_ok(&self.edge.id) || !id_ok(&self.auth.id) || !id_ok(&self.router.id) {
             return bad("instance ids must be non-empty and without spaces");
@@ -432,6 +494,11 @@ mod tests {
             assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
             jail.set_env("CHAT_EDGE__WRITE_COALESCE_MS", "100");
             assert!(Config::load(None).is_ok());
+            jail.set_env("CHAT_ROUTER__LISTING_MAX", "0");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_ROUTER__LISTING_MAX", "5");
+            jail.set_env("CHAT_NOTICES__LOBBY", "true");
+            assert!(Config::load(None).unwrap().notices.lobby);
             jail.set_env("CHAT_EDGE__NO_SUCH_KEY", "1");
             assert!(Config::load(None).is_err());
             Ok(())

@@ -77,6 +77,12 @@ impl Keys {
         format!("{}inbox:{user}", self.prefix)
     }
 
+    /// Hash of how many messages each sender has queued in `user`'s
+    /// inbox (`router.inbox_per_sender`); deleted with the inbox.
+    pub fn inbox_counts(&self, user: &str) -> String {
+        format!("{}inbox-from:{user}", self.prefix)
+    }
+
     /// Capped stream of a user's publications (`text`).
     pub fn publications(&self, user: &str) -> String {
         format!("{}publications:{user}", self.prefix)
@@ -193,6 +199,7 @@ mod tests {
         assert_eq!(k.subscribers("alice"), "chat:subscribers:alice");
         assert_eq!(k.subscriptions("alice"), "chat:subscriptions:alice");
         assert_eq!(k.inbox("bob"), "chat:inbox:bob");
+        assert_eq!(k.inbox_counts("bob"), "chat:inbox-from:bob");
         assert_eq!(k.session("bob"), "chat:session:bob");
         assert_eq!(k.history("dev"), "chat:history:dev");
         assert_eq!(k.publications("bob"), "chat:publications:bob");

@@ -57,6 +57,11 @@ pub enum ServerLine {
     },
     /// `OK HISTORY <n>`.
     OkHistory { n: u64 },
+    /// `MORE <what> <n>`: before the final line of a reply (`what`:
+    /// `HISTORY`, `WHO`, `ROOMS` or `SUBSCRIPTIONS`), `n` entries asked for
+    /// were left out (a reply's size limits); the final line counts those
+    /// shown.
+    More { what: String, n: u64 },
     /// `INFO <text>`: one line of `/help`.
     Info { text: String },
     /// `OK HELP`.
@@ -169,6 +174,11 @@ impl ServerLine {
                 text: f.text(),
             },
             "INFO" => ServerLine::Info { text: f.text() },
+            "MORE" => {
+                let (what, n) = (f.word()?, f.number()?);
+                f.end()?;
+                ServerLine::More { what, n }
+            }
             "MSG" => ServerLine::Msg {
                 room: f.word()?,
                 id: f.word()?,
@@ -327,6 +337,7 @@ impl fmt::Display for ServerLine {
             }
             Hist { of, id, from, text } => write!(f, "HIST {of} {id} {from} {text}"),
             OkHistory { n } => write!(f, "OK HISTORY {n}"),
+            More { what, n } => write!(f, "MORE {what} {n}"),
             Info { text } => write!(f, "INFO {text}"),
             OkHelp => f.write_str("OK HELP"),
             OkPing => f.write_str("OK PING"),
@@ -381,8 +392,8 @@ mod tests {
             assert_eq!(serde_json::from_str::<ServerLine>(&json).unwrap(), line);
             kinds.insert(serde_json::to_value(&line).unwrap()["k"].to_string());
         }
-        // 26 variants: the table shows each at least once.
-        assert_eq!(kinds.len(), 26, "kinds documented: {kinds:?}");
+        // 27 variants: the table shows each at least once.
+        assert_eq!(kinds.len(), 27, "kinds documented: {kinds:?}");
     }
 
     #[test]
@@ -411,6 +422,8 @@ mod tests {
             "OK JOIN a b",
             "ROOM lobby x",
             "OK MSG bob 1-0 later",
+            "MORE HISTORY",
+            "MORE WHO 3 more",
             "ERR no-such-code text",
             "MSG lobby 1-0",
             "hello there",

@@ -1,6 +1,7 @@
 //! Redis plumbing shared by the services: connections and edge liveness
 //! (heartbeats, reaping the sessions of dead edges).
 
+use crate::config::Notices;
 use crate::keys::Keys;
 use crate::scripts::Call;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -104,17 +105,17 @@ pub fn transient(e: &redis::RedisError) -> bool {
 const END_CHUNK: usize = 256;
 
 /// Renews edge `edge`'s heartbeat, to hold for `dead_after_ms`. With
-/// `restart`, first ends what a previous run under that id left behind;
-/// returns how many sessions that ended.
+/// `restart`, first ends what a previous run under that id left behind
+/// (with `notices`); returns how many sessions that ended.
 pub async fn heartbeat(
     conn: &mut ConnectionManager,
     keys: &Keys,
     edge: &str,
     dead_after_ms: u64,
-    restart: bool,
+    restart: Option<Notices>,
 ) -> RedisResult<u64> {
-    let ended = if restart {
-        end_edge_sessions(conn, keys, edge, "restart").await?
+    let ended = if let Some(notices) = restart {
+        end_edge_sessions(conn, keys, edge, "restart", notices).await?
     } else {
         0
     };
@@ -126,9 +127,13 @@ pub async fn heartbeat(
     Ok(ended)
 }
 
-/// Ends the sessions of every edge whose heartbeat has run out, and
-/// forgets those edges. Returns how many sessions it ended.
-pub async fn reap_dead_edges(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<u64> {
+/// Ends the sessions of every edge whose heartbeat has run out (with
+/// `notices`), and forgets those edges. Returns how many sessions it ended.
+pub async fn reap_dead_edges(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    notices: Notices,
+) -> RedisResult<u64> {
     let dead: Vec<String> = Call::new("chat_dead_edges", &[keys.edges()])
         .invoke(conn)
         .await?;
@@ -146,7 +151,7 @@ pub async fn reap_dead_edges(conn: &mut ConnectionManager, keys: &Keys) -> Redis
     }
     let mut ended = 0;
     for edge in dead {
-        ended += end_edge_sessions(conn, keys, &edge, "reap").await?;
+        ended += end_edge_sessions(conn, keys, &edge, "reap", notices).await?;
         Call::new("chat_drop_edge", &[keys.edges(), keys.edge_sessions(&edge)])
             .arg(&edge)
             .invoke::<()>(conn)
@@ -157,7 +162,14 @@ pub async fn reap_dead_edges(conn: &mut ConnectionManager, keys: &Keys) -> Redis
 
 /// The call that ends `user`'s session on `edge`, its room as read
 /// before; `mode` is `reap` or `restart` (shared/lua/edges.lua).
-pub fn end_edge_session(keys: &Keys, edge: &str, user: &str, room: &str, mode: &str) -> Call {
+pub fn end_edge_session(
+    keys: &Keys,
+    edge: &str,
+    user: &str,
+    room: &str,
+    mode: &str,
+    notices: Notices,
+) -> Call {
     let call_keys = [
         keys.edges(),
         keys.edge_sessions(edge),
@@ -174,6 +186,7 @@ pub fn end_edge_session(keys: &Keys, edge: &str, user: &str, room: &str, mode: &
         .arg(keys.room_channel(room))
         .arg(keys.edge_channel(edge))
         .arg(mode)
+        .arg(&notices.args()[..])
 }
 
 /// Ends the sessions `edge` holds, in chunks of one round trip each;
@@ -183,6 +196,7 @@ async fn end_edge_sessions(
     keys: &Keys,
     edge: &str,
     mode: &str,
+    notices: Notices,
 ) -> RedisResult<u64> {
     let users: Vec<String> = conn.smembers(keys.edge_sessions(edge)).await?;
     let mut ended = 0;
@@ -200,7 +214,8 @@ async fn end_edge_sessions(
             let rooms: Vec<Option<String>> = read.query_async(conn).await?;
             let mut calls = redis::pipe();
             for (user, room) in todo.iter().zip(&rooms) {
-                let call = end_edge_session(keys, edge, user, room.as_deref().unwrap_or(""), mode);
+                let room = room.as_deref().unwrap_or("");
+                let call = end_edge_session(keys, edge, user, room, mode, notices);
                 calls.add_command(call.cmd().clone());
             }
             let statuses: Vec<String> = crate::scripts::query_pipe(conn, &calls).await?;

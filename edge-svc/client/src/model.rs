@@ -456,6 +456,15 @@ impl Model {
                 self.listing(now, format!("sub {user}"));
             }
             ServerLine::Info { text } => self.push(now, Kind::Reply, text, false),
+            ServerLine::More { what, n } => {
+                let what = what.to_lowercase();
+                self.push(
+                    now,
+                    Kind::Reply,
+                    format!("{n} more not shown ({what})"),
+                    false,
+                );
+            }
             // The end of the connection follows and says why.
             ServerLine::Bye { .. } => {}
             ServerLine::OkHistory { n }

@@ -918,3 +918,23 @@ fn the_command_line_overrides_the_config_file() {
     assert_eq!(s.password_file, Some("/elsewhere".into()));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_cut_reply_says_how_many_more_there_were() {
+    let mut m = logged_in("lobby");
+    for line in ["USER bob", "MORE WHO 4", "OK WHO lobby 1"] {
+        assert!(m.on_line(NOW, line).is_empty(), "{line}");
+    }
+    let shown = shown(&m);
+    let tail: Vec<&str> = shown
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        ["user bob", "4 more not shown (who)", "ok: who lobby 1"]
+    );
+}
