@@ -37,7 +37,11 @@ impl Ctx {
             hub,
             redis,
             acceptor: TlsAcceptor::from(tls),
-            slots: limits::Slots::new(cfg.edge.max_connections, cfg.edge.max_connections_per_addr),
+            slots: limits::Slots::new(
+                cfg.edge.max_connections,
+                cfg.edge.max_connections_per_addr,
+                cfg.edge.max_unauth_per_addr,
+            ),
             metrics: Metrics::default(),
             next_conn: AtomicU64::new(shared::now_ms() * 1000),
             next_rid: AtomicU64::new(1),

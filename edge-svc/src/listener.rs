@@ -5,12 +5,13 @@ use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
 use crate::heartbeat::{end_orphans, heartbeat};
 use crate::hub::Hub;
+use crate::limits::{AcceptRate, Refusal};
 use crate::pubsub::{deliver, subscribe};
 use shared::config::Config;
 use shared::keys::Keys;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,9 @@ use tokio_util::task::TaskTracker;
 /// Connections over the caps that are told so at once; past this, they
 /// are closed without a word.
 const REFUSALS: usize = 16;
+
+/// Most addresses whose accept rate is tracked at once (see [`AcceptRate`]).
+const ACCEPT_RATE_ADDRS: usize = 100_000;
 
 /// Serves clients on `listener` until `shutdown`; then says
 /// `BYE server-shutdown` to every client, ends their sessions and returns.
@@ -86,10 +90,22 @@ struct Listener {
 impl Listener {
     /// Accepts connections until `shutdown`.
     async fn accept_loop(&self, shutdown: &CancellationToken) {
+        let edge = &self.ctx.cfg.edge;
+        let mut rate = AcceptRate::new(
+            edge.accepts_per_addr_per_sec,
+            edge.accept_burst,
+            ACCEPT_RATE_ADDRS,
+            Instant::now(),
+        );
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
+                    // Over its address's rate: closed before any handshake.
+                    Ok((_, peer)) if !rate.allow(peer.ip(), Instant::now()) => {
+                        tracing::debug!(%peer, "over the accept rate; closed");
+                        self.ctx.metrics.refused_rate.inc();
+                    }
                     Ok((stream, peer)) => self.admit(stream, peer),
                     Err(e) => {
                         // Out of descriptors and the like: wait, never give up.
@@ -105,22 +121,26 @@ impl Listener {
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let ctx = &self.ctx;
         let _ = stream.set_nodelay(true);
-        match ctx.slots.acquire(peer.ip()) {
-            Some(slot) => {
+        let refusal = match ctx.slots.acquire(peer.ip()) {
+            Ok(slot) => {
                 self.tracker
                     .spawn(connection::serve(ctx.clone(), stream, peer, slot));
+                return;
             }
-            None => {
-                tracing::info!(%peer, "too many connections; refused");
-                // A few are told why; the rest are just closed.
-                if let Ok(permit) = self.refusals.clone().try_acquire_owned() {
-                    let ctx = ctx.clone();
-                    self.tracker.spawn(async move {
-                        connection::refuse(ctx, stream, peer).await;
-                        drop(permit);
-                    });
-                }
-            }
+            Err(refusal) => refusal,
+        };
+        tracing::info!(%peer, ?refusal, "connection refused");
+        match refusal {
+            Refusal::Full => ctx.metrics.refused_full.inc(),
+            Refusal::Unauthenticated => ctx.metrics.refused_unauth.inc(),
+        }
+        // A few are told why; the rest are just closed.
+        if let Ok(permit) = self.refusals.clone().try_acquire_owned() {
+            let ctx = ctx.clone();
+            self.tracker.spawn(async move {
+                connection::refuse(ctx, stream, peer, refusal).await;
+                drop(permit);
+            });
         }
     }
 

@@ -91,6 +91,14 @@ pub struct EdgeConfig {
     /// After its Pub/Sub connection comes back, the most lines an edge
     /// replays per room or publisher from history; past that, `GAP`.
     pub replay_max: usize,
+    /// Connections from one IP address that have not logged in yet; more
+    /// get `ERR rate-limited` and are closed; 0: no cap.
+    pub max_unauth_per_addr: usize,
+    /// New connections from one IP address per second, on average; more
+    /// are closed at accept, before the TLS handshake; 0: no limit.
+    pub accepts_per_addr_per_sec: u32,
+    /// New connections one address may open at once before the rate applies.
+    pub accept_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +206,9 @@ impl Default for EdgeConfig {
             admin_listen: "127.0.0.1:9101".into(),
             replay_max: 200,
             out_queue_bytes: 1 << 20,
+            max_unauth_per_addr: 32,
+            accepts_per_addr_per_sec: 20,
+            accept_burst: 64,
         }
     }
 }
@@ -356,6 +367,9 @@ impl Config {
         }
         if self.edge.lines_per_sec > 0 && self.edge.line_burst == 0 {
             return bad("edge.line_burst must be at least 1");
+        }
+        if self.edge.accepts_per_addr_per_sec > 0 && self.edge.accept_burst == 0 {
+            return bad("edge.accept_burst must be at least 1");
         }
         if self.auth.claim_idle_ms < 100 {
             return bad("auth.claim_idle_ms must be at least 100");

@@ -5,7 +5,7 @@ use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
 use crate::frame::{Frame, LineDecoder};
 use crate::hub::{Closer, Session};
-use crate::limits::{Bucket, Mistakes};
+use crate::limits::{Bucket, Mistakes, Slot};
 use bytes::BytesMut;
 use shared::envelope::{Effect, Op, Request, Secret};
 use shared::line::ServerLine;
@@ -23,6 +23,8 @@ pub(super) struct Handler {
     id: u64,
     peer: SocketAddr,
     session: Option<Session>,
+    /// Its connection slot: not logged in until the session starts.
+    slot: Slot,
     /// Log in by then, or be closed (against sockets held open idle).
     login_by: Option<Instant>,
     last_line: Instant,
@@ -41,7 +43,13 @@ enum Flow {
 
 impl Handler {
     /// A handler for connection `id`, accepted at `started`.
-    pub(super) fn new(ctx: Arc<Ctx>, id: u64, peer: SocketAddr, started: Instant) -> Handler {
+    pub(super) fn new(
+        ctx: Arc<Ctx>,
+        id: u64,
+        peer: SocketAddr,
+        started: Instant,
+        slot: Slot,
+    ) -> Handler {
         let edge = &ctx.cfg.edge;
         let login_by = (edge.login_timeout_ms > 0)
             .then(|| started + Duration::from_millis(edge.login_timeout_ms));
@@ -52,6 +60,7 @@ impl Handler {
             id,
             peer,
             session: None,
+            slot,
             login_by,
             last_line: Instant::now(),
             bucket,
@@ -60,9 +69,10 @@ impl Handler {
         }
     }
 
-    /// The session this connection holds, if any (to end with it).
-    pub(super) fn into_session(self) -> Option<Session> {
-        self.session
+    /// The session this connection holds, if any (to end with it), and
+    /// its slot (held until the connection is gone).
+    pub(super) fn into_parts(self) -> (Option<Session>, Slot) {
+        (self.session, self.slot)
     }
 
     /// Reads and answers lines until the client leaves or the connection
@@ -255,6 +265,7 @@ impl Handler {
                 tracing::info!("logged in");
                 self.ctx.metrics.logins_ok.inc();
                 self.session = Some(Session { user, sid });
+                self.slot.logged_in();
                 if !inbox.is_empty() {
                     // Shown (queued before anything else): they may go.
                     self.queue(Op::Delivered { upto: inbox });
