@@ -78,19 +78,6 @@ impl Ctx {
         pipe.query_async(&mut self.redis.clone()).await
     }
 
-    /// The channels of the publishers `user` subscribes to, as Redis has
-    /// them: a login subscribes to them before the session starts, so that
-    /// nothing published after it is missed.
-    pub(crate) async fn subscription_channels(
-        &self,
-        user: &str,
-    ) -> redis::RedisResult<Vec<String>> {
-        let subs: Vec<String> =
-            redis::AsyncCommands::smembers(&mut self.redis.clone(), self.keys.subscriptions(user))
-                .await?;
-        Ok(subs.iter().map(|p| self.keys.pub_channel(p)).collect())
-    }
-
     /// Renews this edge's heartbeat (see [`shared::store::heartbeat`]).
     pub(crate) async fn beat(&self, restart: bool) -> redis::RedisResult<u64> {
         let (id, dead_after) = (&self.cfg.edge.id, self.cfg.edge.dead_after_ms);

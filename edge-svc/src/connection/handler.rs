@@ -236,17 +236,6 @@ impl Handler {
             ));
             return;
         }
-        // The publishers the user subscribes to: their channels are
-        // subscribed before the session starts, so that nothing published
-        // after it is missed.
-        let channels = match self.ctx.subscription_channels(&user).await {
-            Ok(channels) => channels,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading subscriptions failed");
-                self.reply(unavailable().line());
-                return;
-            }
-        };
         let rid = self.ctx.next_rid();
         let op = Op::Login {
             password,
@@ -255,9 +244,15 @@ impl Handler {
         };
         let req = self.request(rid, &user, op);
         let stream = self.ctx.keys.auth_requests();
-        match self.call(&stream, req, &channels).await {
+        // Nothing of the claimed user's is read or subscribed before
+        // auth-svc has checked the password.
+        match self.call(&stream, req, &[]).await {
             Ok(Some(Effect::Login {
-                user, sid, inbox, ..
+                user,
+                sid,
+                inbox,
+                subs,
+                ..
             })) => {
                 let span = tracing::Span::current();
                 span.record("user", user.as_str());
@@ -266,6 +261,7 @@ impl Handler {
                 self.ctx.metrics.logins_ok.inc();
                 self.session = Some(Session { user, sid });
                 self.slot.logged_in();
+                self.shown_when_subscribed(&subs).await;
                 if !inbox.is_empty() {
                     // Shown (queued before anything else): they may go.
                     self.queue(Op::Delivered { upto: inbox });
@@ -277,6 +273,27 @@ impl Handler {
                 self.reply(e.line());
             }
         }
+    }
+
+    /// Lets the client see `OK LOGIN` (queued behind a gate) once the
+    /// channels of the publishers `subs` are subscribed, so that it misses
+    /// nothing published after it; after the request timeout, anyway.
+    async fn shown_when_subscribed(&self, subs: &str) {
+        let keys = &self.ctx.keys;
+        let channels: Vec<String> = subs
+            .split_whitespace()
+            .map(|p| keys.pub_channel(p))
+            .collect();
+        if channels.is_empty() {
+            return;
+        }
+        let limit = self.ctx.cfg.edge.request_timeout();
+        let subscribed = tokio::time::timeout(limit, self.ctx.hub.subscribed(&channels)).await;
+        if subscribed != Ok(true) {
+            // Pub/Sub is reconnecting: it subscribes to them again itself.
+            tracing::warn!("subscribing to a login's publishers failed");
+        }
+        self.ctx.hub.open_gate(self.id);
     }
 
     /// Queues a router request that expects no reply (a room line, an
