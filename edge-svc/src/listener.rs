@@ -5,6 +5,7 @@ use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
 use crate::heartbeat::{end_orphans, heartbeat};
 use crate::hub::Hub;
+use crate::intake::Backlog;
 use crate::limits::{AcceptRate, Refusal};
 use crate::pubsub::{deliver, subscribe};
 use shared::config::Config;
@@ -38,7 +39,8 @@ pub async fn run(
     let admin = shared::admin::bind(&cfg.edge.admin_listen).await.listener();
     let redis = shared::store::commands(&client).await?;
     let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
-    let pubsub = subscribe(&client, &hub.wanted()).await?;
+    let backlog = Backlog::new(cfg.edge.pubsub_backlog_bytes);
+    let pubsub = subscribe(&client, &hub.wanted(), &backlog).await?;
     let ctx = Arc::new(Ctx::new(cfg, keys, hub.clone(), redis, tls));
     // Sessions a previous run under this id left (it was killed) end now;
     // subscribed first, so that a late answer to that run is seen.
@@ -49,6 +51,7 @@ pub async fn run(
     let background = CancellationToken::new();
     tokio::spawn(deliver(
         client,
+        backlog,
         pubsub,
         ctx.clone(),
         tasks.subs,
@@ -170,59 +173,9 @@ impl Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_redis::{Redis, WAIT};
     use shared::admin::AdminPort;
     use tokio::io::{AsyncBufReadExt, BufReader};
-
-    const WAIT: Duration = Duration::from_secs(15);
-
-    /// A redis-server of the test's own on a free port, without
-    /// persistence; killed on drop.
-    struct Redis {
-        child: std::process::Child,
-        port: u16,
-    }
-
-    impl Redis {
-        async fn start() -> Redis {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (make test installs it)");
-            let redis = Redis { child, port };
-            let client = redis::Client::open(redis.url()).unwrap();
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    let pong = redis::cmd("PING").query_async::<String>(&mut c).await;
-                    if pong.is_ok() {
-                        return redis;
-                    }
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "redis-server starts"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-
-        fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}", self.port)
-        }
-    }
-
-    impl Drop for Redis {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 
     #[tokio::test]
     async fn a_busy_admin_port_is_reported_and_the_edge_serves_anyway() {

@@ -17,6 +17,8 @@ pub(crate) struct Metrics {
     pub(crate) refused_rate: Counter,
     pub(crate) refused_full: Counter,
     pub(crate) refused_unauth: Counter,
+    /// Pub/Sub connections dropped for a backlog over its budget.
+    pub(crate) pubsub_overflows: Counter,
 }
 
 impl Probe for Ctx {
@@ -67,6 +69,11 @@ impl Probe for Ctx {
                     ("connections", m.refused_full.get()),
                     ("not-logged-in", m.refused_unauth.get()),
                 ],
+            )
+            .counter(
+                "chat_edge_pubsub_overflows_total",
+                "Pub/Sub connections dropped for a backlog over edge.pubsub_backlog_bytes.",
+                m.pubsub_overflows.get(),
             )
             .histogram(
                 "chat_edge_request_seconds",

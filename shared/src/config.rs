@@ -99,6 +99,9 @@ pub struct EdgeConfig {
     pub accepts_per_addr_per_sec: u32,
     /// New connections one address may open at once before the rate applies.
     pub accept_burst: u32,
+    /// Bytes of Pub/Sub messages read from Redis and not yet applied; past
+    /// it the edge drops its Pub/Sub connection and catches up from history.
+    pub pubsub_backlog_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +212,7 @@ impl Default for EdgeConfig {
             max_unauth_per_addr: 32,
             accepts_per_addr_per_sec: 20,
             accept_burst: 64,
+            pubsub_backlog_bytes: 64 << 20,
         }
     }
 }
@@ -370,6 +374,9 @@ impl Config {
         }
         if self.edge.accepts_per_addr_per_sec > 0 && self.edge.accept_burst == 0 {
             return bad("edge.accept_burst must be at least 1");
+        }
+        if self.edge.pubsub_backlog_bytes < 4 << 20 {
+            return bad("edge.pubsub_backlog_bytes must be at least 4 MiB");
         }
         if self.auth.claim_idle_ms < 100 {
             return bad("auth.claim_idle_ms must be at least 100");
