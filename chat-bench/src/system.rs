@@ -13,6 +13,8 @@ use std::path::Path;
 pub const BENCH_SETTINGS: &[(&str, &str)] = &[
     ("CHAT_EDGE__LINES_PER_SEC", "0"),
     ("CHAT_EDGE__MAX_CONNECTIONS_PER_ADDR", "0"),
+    ("CHAT_EDGE__MAX_UNAUTH_PER_ADDR", "0"),
+    ("CHAT_EDGE__ACCEPTS_PER_ADDR_PER_SEC", "0"),
     ("CHAT_EDGE__MAX_CONNECTIONS", "30000"),
     ("CHAT_EDGE__MAX_ERRORS_PER_MIN", "0"),
     ("CHAT_EDGE__ADMIN_LISTEN", ""),

@@ -15,7 +15,7 @@ pub mod usage;
 pub use chat::ChatClient;
 pub use client::{parse, Client};
 pub use system::{signal, Role, Setup, Shape, System};
-pub use test_redis::TestRedis;
+pub use test_redis::{Monitor, TestRedis};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! A redis-server of a test's (or a benchmark's) own, on a free port, that
-//! can be stopped and started again, and what it says about itself.
+//! can be stopped and started again, what it says about itself, and its
+//! `MONITOR` feed.
 
 use crate::free_port;
 use redis::aio::ConnectionManager;
@@ -96,6 +97,21 @@ impl TestRedis {
         self.child.id()
     }
 
+    /// Its `MONITOR` feed, from now on.
+    pub async fn monitor(&self) -> Monitor {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        tcp.write_all(b"MONITOR\r\n").await.unwrap();
+        let mut lines = tokio::io::BufReader::new(tcp).lines();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
+        Monitor {
+            lines,
+            url: self.url(),
+        }
+    }
+
     pub async fn conn(&self) -> ConnectionManager {
         let client = redis::Client::open(self.url()).unwrap();
         shared::store::commands(&client).await.unwrap()
@@ -159,4 +175,41 @@ fn spawn_redis(port: u16, dir: &Path, args: &[String]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (make test installs it)")
+}
+
+/// Every command Redis runs, in the order it runs them (`MONITOR`).
+pub struct Monitor {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>,
+    url: String,
+}
+
+impl Monitor {
+    /// The commands run since the last call (or the start), up to an
+    /// `ECHO <marker>` sent now on another connection: everything Redis
+    /// ran before this moment.
+    pub async fn ran_before(&mut self, marker: &str) -> Vec<String> {
+        let mut conn = redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: String = redis::cmd("ECHO")
+            .arg(marker)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let echo = format!("\"ECHO\" \"{marker}\"");
+        let mut ran = Vec::new();
+        loop {
+            let line = tokio::time::timeout(crate::WAIT, self.lines.next_line())
+                .await
+                .expect("the marker in the MONITOR feed")
+                .unwrap()
+                .expect("the MONITOR feed goes on");
+            if line.contains(&echo) {
+                return ran;
+            }
+            ran.push(line);
+        }
+    }
 }

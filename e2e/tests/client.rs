@@ -289,9 +289,20 @@ async fn reconnects_after_its_edge_restarts_and_shows_what_it_missed_once() {
     bob.until(|l| l.ends_with(" bob while you were away")).await;
     tmux.type_text("typed while away");
 
+    let mut feed = sys.redis.monitor().await;
     sys.restart(Role::Edge, 0).await;
     let screen = tmux.shows(&status(&sys, "den", 0)).await;
     assert!(screen.contains("=== back in #den"), "{screen}");
+    // What the client asked for on its way back: its subscriptions and a
+    // modest catch-up, no room listing.
+    let ran = feed.ran_before("back-in-den").await;
+    let calls = |f: &str| -> Vec<&String> { ran.iter().filter(|l| l.contains(f)).collect() };
+    assert!(calls("\"chat_rooms\"").is_empty(), "{ran:?}");
+    let history = calls("\"chat_history\"");
+    assert!(
+        history.len() == 1 && history[0].contains("\"50\" \"den\""),
+        "{history:?}"
+    );
     assert_eq!(count(&screen, "<bob> while you were away"), 1, "{screen}");
     assert_eq!(count(&screen, "<bob> before the restart"), 1, "{screen}");
     assert_eq!(count(&screen, "said before alice came"), 0, "{screen}");

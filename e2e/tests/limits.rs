@@ -1,6 +1,6 @@
 //! Abuse limits: each answered with its specified error, nothing else lost.
 
-use e2e::{Client, Shape, System};
+use e2e::{Client, Role, Shape, System};
 use redis::AsyncCommands;
 use shared::line::ServerLine;
 use std::time::Duration;
@@ -264,4 +264,68 @@ async fn registrations_count_against_the_address() {
         .ask("REGISTER gina long enough")
         .await
         .starts_with("ERR rate-limited "));
+}
+
+/// A counter of edge `i`'s /metrics, by its name and labels.
+async fn edge_metric(sys: &System, i: usize, series: &str) -> u64 {
+    let (_, page) = e2e::http_get(sys.admin(Role::Edge, i), "/metrics").await;
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} in {page}"))
+}
+
+#[tokio::test]
+async fn connections_not_logged_in_are_capped_per_address() {
+    let sys = System::start_with(Shape::new(1, 1, 1), |c| c.edge.max_unauth_per_addr = 2).await;
+    sys.add_user("alice").await;
+    let mut a = sys.connect(0).await;
+    let _b = sys.connect(0).await;
+    let mut c = Client::connect(sys.edge(0), &sys.trust()).await.unwrap();
+    assert_eq!(
+        c.line().await,
+        "ERR rate-limited too many connections from your address that have not logged in"
+    );
+    c.closed().await;
+    let refused = r#"chat_edge_connections_refused_total{reason="not-logged-in"}"#;
+    assert_eq!(edge_metric(&sys, 0, refused).await, 1);
+    // A connection that logged in no longer counts.
+    a.send(&format!("LOGIN alice {}", e2e::password("alice")))
+        .await;
+    a.expect("OK LOGIN alice lobby").await;
+    e2e::eventually("a connection that logged in makes room", || async {
+        match Client::connect(sys.edge(0), &sys.trust()).await {
+            Ok(mut c) => c.line().await.starts_with("HELLO "),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert_eq!(a.ask("/ping").await, "OK PING", "the session goes on");
+}
+
+#[tokio::test]
+async fn connections_over_the_accept_rate_are_closed_before_the_handshake() {
+    let sys = System::start_with(Shape::new(1, 1, 1), |c| {
+        c.edge.accepts_per_addr_per_sec = 1;
+        c.edge.accept_burst = 3;
+    })
+    .await;
+    // Back to back: the burst is served, then about one a second; the
+    // others are closed before the TLS handshake (it fails).
+    const N: usize = 40;
+    let mut served = 0;
+    for _ in 0..N {
+        if let Ok(mut c) = Client::connect(sys.edge(0), &sys.trust()).await {
+            assert!(c.line().await.starts_with("HELLO "));
+            served += 1;
+        }
+    }
+    // The harness's readiness probe took one of the burst.
+    assert!(served >= 2, "the burst is served: {served}");
+    assert!(served < N, "some are refused: {served} of {N} served");
+    let refused = r#"chat_edge_connections_refused_total{reason="accept-rate"}"#;
+    assert_eq!(edge_metric(&sys, 0, refused).await, (N - served) as u64);
+    e2e::eventually("the rate lets a connection in again", || async {
+        Client::connect(sys.edge(0), &sys.trust()).await.is_ok()
+    })
+    .await;
 }

@@ -307,3 +307,46 @@ async fn twenty_racing_logins_end_with_one_session_under_force_logout() {
 async fn twenty_racing_logins_end_with_one_session_under_reject() {
     race("reject").await;
 }
+
+#[tokio::test]
+async fn nothing_of_the_user_is_read_or_subscribed_before_the_password_is_checked() {
+    let sys = System::start_with(Shape::new(1, 1, 1), |_| {}).await;
+    sys.add_users(&["alice", "bob"]).await;
+    let mut alice = sys.login(0, "alice").await;
+    assert_eq!(alice.ask("/subscribe bob").await, "OK SUBSCRIBE bob");
+    alice.send("/quit").await;
+    alice.closed().await;
+    sys.session_gone("alice").await;
+    let per_user = |l: &String| {
+        (l.contains("\"SUBSCRIBE\"") && l.contains("chat:ch:pub:bob"))
+            || (l.contains("\"SMEMBERS\"") && l.contains("chat:subscriptions:alice"))
+    };
+
+    let mut feed = sys.redis.monitor().await;
+    let mut c = sys.connect(0).await;
+    assert!(c
+        .ask("LOGIN alice wrong-pw")
+        .await
+        .starts_with("ERR bad-credentials "));
+    let ran = feed.ran_before("after-the-wrong-password").await;
+    let touched: Vec<&String> = ran.iter().filter(|l| per_user(l)).collect();
+    assert!(touched.is_empty(), "before auth-svc said no: {touched:?}");
+
+    // The right password: bob's channel is subscribed before the client
+    // sees OK LOGIN, so a publication sent after it arrives.
+    assert_eq!(
+        c.ask(&format!("LOGIN alice {}", e2e::password("alice")))
+            .await,
+        "OK LOGIN alice lobby"
+    );
+    let ran = feed.ran_before("after-ok-login").await;
+    assert!(
+        ran.iter()
+            .any(|l| l.contains("\"SUBSCRIBE\"") && l.contains("chat:ch:pub:bob")),
+        "subscribed before OK LOGIN was shown: {ran:?}"
+    );
+    let mut bob = sys.login(0, "bob").await;
+    assert!(bob.ask("/publish at once").await.starts_with("OK PUBLISH "));
+    let line = c.until(|l| l.starts_with("PUB ")).await;
+    assert!(line.ends_with(" bob at once"), "{line}");
+}

@@ -37,7 +37,11 @@ impl Ctx {
             hub,
             redis,
             acceptor: TlsAcceptor::from(tls),
-            slots: limits::Slots::new(cfg.edge.max_connections, cfg.edge.max_connections_per_addr),
+            slots: limits::Slots::new(
+                cfg.edge.max_connections,
+                cfg.edge.max_connections_per_addr,
+                cfg.edge.max_unauth_per_addr,
+            ),
             metrics: Metrics::default(),
             next_conn: AtomicU64::new(shared::now_ms() * 1000),
             next_rid: AtomicU64::new(1),
@@ -72,19 +76,6 @@ impl Ctx {
             shared::consumer::add_request(&mut pipe, stream, self.cfg.request_stream_maxlen, req);
         }
         pipe.query_async(&mut self.redis.clone()).await
-    }
-
-    /// The channels of the publishers `user` subscribes to, as Redis has
-    /// them: a login subscribes to them before the session starts, so that
-    /// nothing published after it is missed.
-    pub(crate) async fn subscription_channels(
-        &self,
-        user: &str,
-    ) -> redis::RedisResult<Vec<String>> {
-        let subs: Vec<String> =
-            redis::AsyncCommands::smembers(&mut self.redis.clone(), self.keys.subscriptions(user))
-                .await?;
-        Ok(subs.iter().map(|p| self.keys.pub_channel(p)).collect())
     }
 
     /// Renews this edge's heartbeat (see [`shared::store::heartbeat`]).

@@ -16,11 +16,14 @@ mod error;
 pub mod frame;
 mod heartbeat;
 mod hub;
+mod intake;
 mod limits;
 mod listener;
 mod metrics;
 mod pubsub;
 mod resync;
+#[cfg(test)]
+mod test_redis;
 
 pub use error::{EdgeError, Phase};
 pub use listener::run;

@@ -5,12 +5,14 @@ use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
 use crate::heartbeat::{end_orphans, heartbeat};
 use crate::hub::Hub;
+use crate::intake::Backlog;
+use crate::limits::{AcceptRate, Refusal};
 use crate::pubsub::{deliver, subscribe};
 use shared::config::Config;
 use shared::keys::Keys;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,9 @@ use tokio_util::task::TaskTracker;
 /// Connections over the caps that are told so at once; past this, they
 /// are closed without a word.
 const REFUSALS: usize = 16;
+
+/// Most addresses whose accept rate is tracked at once (see [`AcceptRate`]).
+const ACCEPT_RATE_ADDRS: usize = 100_000;
 
 /// Serves clients on `listener` until `shutdown`; then says
 /// `BYE server-shutdown` to every client, ends their sessions and returns.
@@ -34,7 +39,8 @@ pub async fn run(
     let admin = shared::admin::bind(&cfg.edge.admin_listen).await.listener();
     let redis = shared::store::commands(&client).await?;
     let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
-    let pubsub = subscribe(&client, &hub.wanted()).await?;
+    let backlog = Backlog::new(cfg.edge.pubsub_backlog_bytes);
+    let pubsub = subscribe(&client, &hub.wanted(), &backlog).await?;
     let ctx = Arc::new(Ctx::new(cfg, keys, hub.clone(), redis, tls));
     // Sessions a previous run under this id left (it was killed) end now;
     // subscribed first, so that a late answer to that run is seen.
@@ -45,6 +51,7 @@ pub async fn run(
     let background = CancellationToken::new();
     tokio::spawn(deliver(
         client,
+        backlog,
         pubsub,
         ctx.clone(),
         tasks.subs,
@@ -86,10 +93,22 @@ struct Listener {
 impl Listener {
     /// Accepts connections until `shutdown`.
     async fn accept_loop(&self, shutdown: &CancellationToken) {
+        let edge = &self.ctx.cfg.edge;
+        let mut rate = AcceptRate::new(
+            edge.accepts_per_addr_per_sec,
+            edge.accept_burst,
+            ACCEPT_RATE_ADDRS,
+            Instant::now(),
+        );
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
+                    // Over its address's rate: closed before any handshake.
+                    Ok((_, peer)) if !rate.allow(peer.ip(), Instant::now()) => {
+                        tracing::debug!(%peer, "over the accept rate; closed");
+                        self.ctx.metrics.refused_rate.inc();
+                    }
                     Ok((stream, peer)) => self.admit(stream, peer),
                     Err(e) => {
                         // Out of descriptors and the like: wait, never give up.
@@ -105,22 +124,26 @@ impl Listener {
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let ctx = &self.ctx;
         let _ = stream.set_nodelay(true);
-        match ctx.slots.acquire(peer.ip()) {
-            Some(slot) => {
+        let refusal = match ctx.slots.acquire(peer.ip()) {
+            Ok(slot) => {
                 self.tracker
                     .spawn(connection::serve(ctx.clone(), stream, peer, slot));
+                return;
             }
-            None => {
-                tracing::info!(%peer, "too many connections; refused");
-                // A few are told why; the rest are just closed.
-                if let Ok(permit) = self.refusals.clone().try_acquire_owned() {
-                    let ctx = ctx.clone();
-                    self.tracker.spawn(async move {
-                        connection::refuse(ctx, stream, peer).await;
-                        drop(permit);
-                    });
-                }
-            }
+            Err(refusal) => refusal,
+        };
+        tracing::info!(%peer, ?refusal, "connection refused");
+        match refusal {
+            Refusal::Full => ctx.metrics.refused_full.inc(),
+            Refusal::Unauthenticated => ctx.metrics.refused_unauth.inc(),
+        }
+        // A few are told why; the rest are just closed.
+        if let Ok(permit) = self.refusals.clone().try_acquire_owned() {
+            let ctx = ctx.clone();
+            self.tracker.spawn(async move {
+                connection::refuse(ctx, stream, peer, refusal).await;
+                drop(permit);
+            });
         }
     }
 
@@ -150,59 +173,9 @@ impl Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_redis::{Redis, WAIT};
     use shared::admin::AdminPort;
     use tokio::io::{AsyncBufReadExt, BufReader};
-
-    const WAIT: Duration = Duration::from_secs(15);
-
-    /// A redis-server of the test's own on a free port, without
-    /// persistence; killed on drop.
-    struct Redis {
-        child: std::process::Child,
-        port: u16,
-    }
-
-    impl Redis {
-        async fn start() -> Redis {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (make test installs it)");
-            let redis = Redis { child, port };
-            let client = redis::Client::open(redis.url()).unwrap();
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    let pong = redis::cmd("PING").query_async::<String>(&mut c).await;
-                    if pong.is_ok() {
-                        return redis;
-                    }
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "redis-server starts"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-
-        fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}", self.port)
-        }
-    }
-
-    impl Drop for Redis {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 
     #[tokio::test]
     async fn a_busy_admin_port_is_reported_and_the_edge_serves_anyway() {

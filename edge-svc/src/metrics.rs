@@ -12,6 +12,13 @@ pub(crate) struct Metrics {
     pub(crate) lines: Counter,
     /// From a request sent to its reply.
     pub(crate) request_seconds: Histogram,
+    /// Connections refused: over the accept rate of their address, over
+    /// the connection caps, and over the cap of those not logged in.
+    pub(crate) refused_rate: Counter,
+    pub(crate) refused_full: Counter,
+    pub(crate) refused_unauth: Counter,
+    /// Pub/Sub connections dropped for a backlog over its budget.
+    pub(crate) pubsub_overflows: Counter,
 }
 
 impl Probe for Ctx {
@@ -52,6 +59,21 @@ impl Probe for Ctx {
                 "chat_edge_queue_drops_total",
                 "Clients closed because their queue was full (too-slow).",
                 hub.drops.get(),
+            )
+            .counters(
+                "chat_edge_connections_refused_total",
+                "Connections refused, by reason.",
+                "reason",
+                &[
+                    ("accept-rate", m.refused_rate.get()),
+                    ("connections", m.refused_full.get()),
+                    ("not-logged-in", m.refused_unauth.get()),
+                ],
+            )
+            .counter(
+                "chat_edge_pubsub_overflows_total",
+                "Pub/Sub connections dropped for a backlog over edge.pubsub_backlog_bytes.",
+                m.pubsub_overflows.get(),
             )
             .histogram(
                 "chat_edge_request_seconds",

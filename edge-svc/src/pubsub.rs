@@ -2,8 +2,9 @@
 
 use crate::ctx::Ctx;
 use crate::hub::{Hub, SubChange};
+use crate::intake::{self, Backlog};
 use crate::resync::resync;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::streams::{StreamId, StreamRangeReply};
 use redis::Client;
@@ -16,12 +17,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A new Pub/Sub connection, subscribed to `channels`.
+/// A new Pub/Sub connection, subscribed to `channels`, its intake
+/// bounded by `backlog`.
 pub(crate) async fn subscribe(
     client: &Client,
     channels: &[String],
+    backlog: &Arc<Backlog>,
 ) -> redis::RedisResult<(PubSubSink, PubSubStream, HashSet<String>)> {
-    let (mut sink, stream) = client.get_async_pubsub().await?.split();
+    let (mut sink, stream) = intake::connect(client, backlog).await?.split();
     sink.subscribe(channels).await?;
     Ok((sink, stream, channels.iter().cloned().collect()))
 }
@@ -31,6 +34,7 @@ pub(crate) async fn subscribe(
 /// connection drops.
 pub(crate) async fn deliver(
     client: Client,
+    backlog: Arc<Backlog>,
     first: (PubSubSink, PubSubStream, HashSet<String>),
     ctx: Arc<Ctx>,
     mut syncs: mpsc::UnboundedReceiver<SubChange>,
@@ -60,7 +64,7 @@ pub(crate) async fn deliver(
                         }
                     }
                     m = stream.next() => match m {
-                        Some(msg) => hub.dispatch(msg.get_channel_name(), msg.get_payload_bytes()),
+                        Some(msg) => apply(hub, &backlog, &mut stream, msg),
                         None => break,
                     },
                     s = syncs.recv() => {
@@ -88,7 +92,12 @@ pub(crate) async fn deliver(
                     }
                 }
             }
-            tracing::warn!("Pub/Sub connection lost; reconnecting");
+            if backlog.take_overflow() {
+                ctx.metrics.pubsub_overflows.inc();
+                tracing::warn!("Pub/Sub fell behind past edge.pubsub_backlog_bytes; reconnecting");
+            } else {
+                tracing::warn!("Pub/Sub connection lost; reconnecting");
+            }
         }
         // While disconnected, holds fail at once: their requests would miss
         // what they wait for.
@@ -104,7 +113,7 @@ pub(crate) async fn deliver(
                 },
             }
         }
-        match subscribe(&client, &hub.wanted()).await {
+        match subscribe(&client, &hub.wanted(), &backlog).await {
             Ok(c) => {
                 // Replies published while we were away are lost: read back
                 // what they would have changed.
@@ -121,6 +130,31 @@ pub(crate) async fn deliver(
         }
     }
 }
+
+/// Applies `msg` and whatever else has arrived (up to [`DRAIN`]
+/// messages), counting each off the backlog; when nothing more is
+/// waiting, the backlog is empty.
+fn apply(hub: &Hub, backlog: &Backlog, stream: &mut PubSubStream, mut msg: redis::Msg) {
+    for _ in 1..DRAIN {
+        hub.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+        backlog.applied(msg.get_channel_name(), msg.get_payload_bytes());
+        match stream.next().now_or_never() {
+            Some(Some(next)) => msg = next,
+            // Ended: the caller's next read sees it.
+            Some(None) => return,
+            None => {
+                backlog.drained();
+                return;
+            }
+        }
+    }
+    hub.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+    backlog.applied(msg.get_channel_name(), msg.get_payload_bytes());
+}
+
+/// Most messages applied in a row before the Pub/Sub task looks at its
+/// other work (subscription changes, `PING`s).
+const DRAIN: usize = 256;
 
 /// After a reconnect, passes on what each room and publisher channel
 /// missed, read from history from the last id passed on, before any newer

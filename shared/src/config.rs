@@ -92,6 +92,17 @@ pub struct EdgeConfig {
     /// After its Pub/Sub connection comes back, the most lines an edge
     /// replays per room or publisher from history; past that, `GAP`.
     pub replay_max: usize,
+    /// Connections from one IP address that have not logged in yet; more
+    /// get `ERR rate-limited` and are closed; 0: no cap.
+    pub max_unauth_per_addr: usize,
+    /// New connections from one IP address per second, on average; more
+    /// are closed at accept, before the TLS handshake; 0: no limit.
+    pub accepts_per_addr_per_sec: u32,
+    /// New connections one address may open at once before the rate applies.
+    pub accept_burst: u32,
+    /// Bytes of Pub/Sub messages read from Redis and not yet applied; past
+    /// it the edge drops its Pub/Sub connection and catches up from history.
+    pub pubsub_backlog_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -250,6 +261,10 @@ impl Default for EdgeConfig {
             admin_listen: "127.0.0.1:9101".into(),
             replay_max: 200,
             out_queue_bytes: 1 << 20,
+            max_unauth_per_addr: 32,
+            accepts_per_addr_per_sec: 20,
+            accept_burst: 64,
+            pubsub_backlog_bytes: 64 << 20,
         }
     }
 }
@@ -413,6 +428,12 @@ impl Config {
         }
         if self.edge.lines_per_sec > 0 && self.edge.line_burst == 0 {
             return bad("edge.line_burst must be at least 1");
+        }
+        if self.edge.accepts_per_addr_per_sec > 0 && self.edge.accept_burst == 0 {
+            return bad("edge.accept_burst must be at least 1");
+        }
+        if self.edge.pubsub_backlog_bytes < 4 << 20 {
+            return bad("edge.pubsub_backlog_bytes must be at least 4 MiB");
         }
         if self.auth.claim_idle_ms < 100 {
             return bad("auth.claim_idle_ms must be at least 100");

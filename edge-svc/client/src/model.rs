@@ -7,8 +7,9 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// How many lines the message pane keeps.
 pub const SCROLLBACK: usize = 5000;
-/// How many messages of the room are asked for after a reconnect.
-pub const CATCH_UP: usize = 200;
+/// How many messages of the room are asked for after a reconnect: a
+/// modest read, since every client of a restarted edge asks at once.
+pub const CATCH_UP: usize = 50;
 
 /// The commands Tab completes.
 pub const COMMANDS: &[&str] = &[
@@ -168,11 +169,9 @@ pub struct Entry {
 enum Quiet {
     /// `/subscriptions`: its list replaces the one in the status line.
     Subscriptions,
-    /// `/rooms`: the rooms there are, for Tab completion.
-    Rooms,
     /// `/join <room>`: back into the room after a reconnect.
     Rejoin,
-    /// `/history 200` after a reconnect: shows the rows newer than
+    /// `/history 50` after a reconnect: shows the rows newer than
     /// `since` (the newest message shown, or the join) and older than
     /// `until` (the first message that came live meanwhile).
     CatchUp {
@@ -327,8 +326,6 @@ impl Model {
                 let before = std::mem::replace(&mut self.room, "lobby".into());
                 out.push("/subscriptions".into());
                 self.pending.push_back(Quiet::Subscriptions);
-                out.push("/rooms".into());
-                self.pending.push_back(Quiet::Rooms);
                 if std::mem::replace(&mut self.was_in, true) {
                     if before != "lobby" {
                         out.push(format!("/join {before}"));
@@ -491,9 +488,6 @@ impl Model {
                     self.answered();
                 }
             }
-            ServerLine::OkRooms { .. } if self.pending.front() == Some(&Quiet::Rooms) => {
-                self.answered();
-            }
             ServerLine::OkMsg { user, queued, .. } => {
                 if queued {
                     self.notice(
@@ -532,15 +526,12 @@ impl Model {
 
     /// One line of a listing: shown, unless the client asked for it.
     fn listing(&mut self, now: i64, text: String) {
-        if !matches!(
-            self.pending.front(),
-            Some(Quiet::Subscriptions | Quiet::Rooms)
-        ) {
+        if self.pending.front() != Some(&Quiet::Subscriptions) {
             self.push(now, Kind::Reply, text, false);
         }
     }
 
-    /// `/history 200` for the room the user is in, to show what was missed.
+    /// `/history 50` for the room the user is in, to show what was missed.
     fn catch_up(&mut self) -> String {
         let since = self.last.get(&self.room).copied();
         self.pending.push_back(Quiet::CatchUp {

@@ -15,17 +15,10 @@ fn logged_in(room: &str) -> Model {
     let mut m = Model::new("alice");
     m.connected(NOW, "127.0.0.1:7001");
     assert!(m.on_line(NOW, "HELLO edge-1 chat/1").is_empty());
-    assert_eq!(
-        m.on_line(NOW, "OK LOGIN alice lobby"),
-        ["/subscriptions", "/rooms"]
-    );
+    // Only the subscriptions: the rooms are listed when the user asks.
+    assert_eq!(m.on_line(NOW, "OK LOGIN alice lobby"), ["/subscriptions"]);
     assert!(!m.can_send(), "not before the subscriptions are in");
     m.on_line(NOW, "OK SUBSCRIPTIONS 0");
-    // The rooms there are, quietly, for Tab completion.
-    assert!(m.on_line(NOW, "ROOM den 2").is_empty());
-    m.on_line(NOW, "OK ROOMS 1");
-    assert!(m.rooms.contains("den"));
-    assert!(!shown(&m).iter().any(|t| t.contains("den")));
     if room != "lobby" {
         m.on_line(NOW, &format!("OK JOIN {room}"));
     }
@@ -298,10 +291,9 @@ fn a_reconnect_rejoins_and_shows_only_what_was_missed() {
     m.on_line(NOW, "MSG den 2500-0 bob seen");
     assert_eq!(m.room, "den");
 
-    assert_eq!(reconnect(&mut m), ["/subscriptions", "/rooms", "/join den"]);
+    assert_eq!(reconnect(&mut m), ["/subscriptions", "/join den"]);
     assert_eq!(m.room, "lobby");
     assert!(m.on_line(NOW, "OK SUBSCRIPTIONS 0").is_empty());
-    assert!(m.on_line(NOW, "OK ROOMS 0").is_empty());
     assert!(!m.can_send(), "not before the catch-up");
     assert_eq!(
         m.on_line(NOW, "OK JOIN den"),
@@ -331,9 +323,8 @@ fn a_reconnect_rejoins_and_shows_only_what_was_missed() {
     assert!(!shown(&m).iter().any(|t| t.contains("not shown")));
 
     // Another reconnect: nothing new, nothing shown again.
-    assert_eq!(reconnect(&mut m), ["/subscriptions", "/rooms", "/join den"]);
+    assert_eq!(reconnect(&mut m), ["/subscriptions", "/join den"]);
     m.on_line(NOW, "OK SUBSCRIPTIONS 0");
-    m.on_line(NOW, "OK ROOMS 0");
     m.on_line(NOW, "OK JOIN den");
     for line in [
         "HIST den 3000-1 bob missed too",
@@ -353,14 +344,9 @@ fn a_catch_up_says_when_more_were_missed_than_it_fetches() {
     m.on_line(NOW, "MSG lobby 1000-0 bob seen");
     assert_eq!(
         reconnect(&mut m),
-        [
-            "/subscriptions".to_string(),
-            "/rooms".to_string(),
-            format!("/history {CATCH_UP}")
-        ]
+        ["/subscriptions".to_string(), format!("/history {CATCH_UP}")]
     );
     m.on_line(NOW, "OK SUBSCRIPTIONS 0");
-    m.on_line(NOW, "OK ROOMS 0");
     for i in 0..CATCH_UP {
         m.on_line(NOW, &format!("HIST lobby {}-0 bob missed {i}", 2000 + i));
     }
@@ -396,7 +382,6 @@ fn subscriptions_are_fetched_after_each_login_and_replace_the_list() {
     let subs: Vec<&str> = m.subscriptions.iter().map(String::as_str).collect();
     assert_eq!(subs, ["bob", "dave"]);
     assert_eq!(m.entries.len(), before, "quietly");
-    m.on_line(NOW, "OK ROOMS 0");
     m.on_line(NOW, "OK HISTORY 0");
     assert!(m.can_send());
     // Asked for by the user: shown, and replaces the list too.
@@ -413,7 +398,6 @@ fn a_failed_rejoin_goes_on_in_the_lobby() {
     let mut m = logged_in("den");
     reconnect(&mut m);
     m.on_line(NOW, "OK SUBSCRIPTIONS 0");
-    m.on_line(NOW, "OK ROOMS 0");
     assert!(m.on_line(NOW, "ERR unavailable try again").is_empty());
     assert!(m.can_send());
     assert_eq!(m.room, "lobby");

@@ -5,7 +5,7 @@ use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
 use crate::frame::{Frame, LineDecoder};
 use crate::hub::{Closer, Session};
-use crate::limits::{Bucket, Mistakes};
+use crate::limits::{Bucket, Mistakes, Slot};
 use bytes::BytesMut;
 use shared::envelope::{Effect, Op, Request, Secret};
 use shared::line::ServerLine;
@@ -23,6 +23,8 @@ pub(super) struct Handler {
     id: u64,
     peer: SocketAddr,
     session: Option<Session>,
+    /// Its connection slot: not logged in until the session starts.
+    slot: Slot,
     /// Log in by then, or be closed (against sockets held open idle).
     login_by: Option<Instant>,
     last_line: Instant,
@@ -41,7 +43,13 @@ enum Flow {
 
 impl Handler {
     /// A handler for connection `id`, accepted at `started`.
-    pub(super) fn new(ctx: Arc<Ctx>, id: u64, peer: SocketAddr, started: Instant) -> Handler {
+    pub(super) fn new(
+        ctx: Arc<Ctx>,
+        id: u64,
+        peer: SocketAddr,
+        started: Instant,
+        slot: Slot,
+    ) -> Handler {
         let edge = &ctx.cfg.edge;
         let login_by = (edge.login_timeout_ms > 0)
             .then(|| started + Duration::from_millis(edge.login_timeout_ms));
@@ -52,6 +60,7 @@ impl Handler {
             id,
             peer,
             session: None,
+            slot,
             login_by,
             last_line: Instant::now(),
             bucket,
@@ -60,9 +69,10 @@ impl Handler {
         }
     }
 
-    /// The session this connection holds, if any (to end with it).
-    pub(super) fn into_session(self) -> Option<Session> {
-        self.session
+    /// The session this connection holds, if any (to end with it), and
+    /// its slot (held until the connection is gone).
+    pub(super) fn into_parts(self) -> (Option<Session>, Slot) {
+        (self.session, self.slot)
     }
 
     /// Reads and answers lines until the client leaves or the connection
@@ -226,17 +236,6 @@ impl Handler {
             ));
             return;
         }
-        // The publishers the user subscribes to: their channels are
-        // subscribed before the session starts, so that nothing published
-        // after it is missed.
-        let channels = match self.ctx.subscription_channels(&user).await {
-            Ok(channels) => channels,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading subscriptions failed");
-                self.reply(unavailable().line());
-                return;
-            }
-        };
         let rid = self.ctx.next_rid();
         let op = Op::Login {
             password,
@@ -245,9 +244,15 @@ impl Handler {
         };
         let req = self.request(rid, &user, op);
         let stream = self.ctx.keys.auth_requests();
-        match self.call(&stream, req, &channels).await {
+        // Nothing of the claimed user's is read or subscribed before
+        // auth-svc has checked the password.
+        match self.call(&stream, req, &[]).await {
             Ok(Some(Effect::Login {
-                user, sid, inbox, ..
+                user,
+                sid,
+                inbox,
+                subs,
+                ..
             })) => {
                 let span = tracing::Span::current();
                 span.record("user", user.as_str());
@@ -255,6 +260,8 @@ impl Handler {
                 tracing::info!("logged in");
                 self.ctx.metrics.logins_ok.inc();
                 self.session = Some(Session { user, sid });
+                self.slot.logged_in();
+                self.shown_when_subscribed(&subs).await;
                 if !inbox.is_empty() {
                     // Shown (queued before anything else): they may go.
                     self.queue(Op::Delivered { upto: inbox });
@@ -266,6 +273,27 @@ impl Handler {
                 self.reply(e.line());
             }
         }
+    }
+
+    /// Lets the client see `OK LOGIN` (queued behind a gate) once the
+    /// channels of the publishers `subs` are subscribed, so that it misses
+    /// nothing published after it; after the request timeout, anyway.
+    async fn shown_when_subscribed(&self, subs: &str) {
+        let keys = &self.ctx.keys;
+        let channels: Vec<String> = subs
+            .split_whitespace()
+            .map(|p| keys.pub_channel(p))
+            .collect();
+        if channels.is_empty() {
+            return;
+        }
+        let limit = self.ctx.cfg.edge.request_timeout();
+        let subscribed = tokio::time::timeout(limit, self.ctx.hub.subscribed(&channels)).await;
+        if subscribed != Ok(true) {
+            // Pub/Sub is reconnecting: it subscribes to them again itself.
+            tracing::warn!("subscribing to a login's publishers failed");
+        }
+        self.ctx.hub.open_gate(self.id);
     }
 
     /// Queues a router request that expects no reply (a room line, an

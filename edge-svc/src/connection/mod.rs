@@ -60,7 +60,7 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
-    _slot: Slot,
+    slot: Slot,
 ) -> Result<(), EdgeError> {
     let started = Instant::now();
     let Some(tls) = tls::handshake(ctx, stream).await? else {
@@ -89,11 +89,12 @@ async fn serve_tls(
         },
     );
 
-    let mut handler = Handler::new(ctx.clone(), id, peer, started);
+    let mut handler = Handler::new(ctx.clone(), id, peer, started, slot);
     let result = handler.read_loop(rd, &closer).await;
 
     // The session ends with the connection, whatever ended it.
-    let session = ctx.hub.remove(id).or(handler.into_session());
+    let (held, _slot) = handler.into_parts();
+    let session = ctx.hub.remove(id).or(held);
     if let Some(session) = session {
         ctx.end_session(session).await;
     }

@@ -3,6 +3,7 @@
 use super::within;
 use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
+use crate::limits::Refusal;
 use shared::protocol::{ErrorCode, ProtoError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,10 @@ const TLS_REQUIRED: ProtoError =
 const TOO_MANY: ProtoError = ProtoError::new(
     ErrorCode::RateLimited,
     "too many connections, try again later",
+);
+const TOO_MANY_UNAUTH: ProtoError = ProtoError::new(
+    ErrorCode::RateLimited,
+    "too many connections from your address that have not logged in",
 );
 
 /// Completes the TLS handshake, within the handshake timeout; `None` if
@@ -48,11 +53,15 @@ pub(super) async fn handshake(
 
 /// Tells a connection over the caps why it is closed (a few at a time:
 /// the caller holds one of a small number of permits).
-pub(crate) async fn refuse(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn refuse(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, why: Refusal) {
     let limit = ctx.cfg.edge.handshake_timeout().min(Duration::from_secs(2));
     let refused = async {
         let mut tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
-        let line = format!("{}\n", TOO_MANY.line());
+        let error = match why {
+            Refusal::Full => TOO_MANY,
+            Refusal::Unauthenticated => TOO_MANY_UNAUTH,
+        };
+        let line = format!("{}\n", error.line());
         within(Phase::Write, limit, tls.write_all(line.as_bytes())).await?;
         within(Phase::Close, limit, tls.shutdown()).await
     };

@@ -41,6 +41,12 @@ pub(super) async fn write_loop<W: AsyncWrite>(
         let mut bye = match first {
             None => break None,
             Some(Out::Bye(reason)) => break Some(reason),
+            Some(Out::Gate(gate)) => {
+                if !opened(gate, &closer).await {
+                    break closer.reason().map(str::to_string);
+                }
+                continue;
+            }
             Some(Out::Line(line)) => {
                 // One allocation for a typical batch, not a doubling per line.
                 buf.reserve(WRITE_BUF.max(line.len()));
@@ -51,11 +57,16 @@ pub(super) async fn write_loop<W: AsyncWrite>(
         if next_write > Instant::now() {
             tokio::time::sleep_until(next_write.into()).await;
         }
+        let mut gate = None;
         while buf.len() < WRITE_BATCH {
             match rx.try_recv() {
                 Some(Out::Line(line)) => buf.extend_from_slice(&line),
                 Some(Out::Bye(reason)) => {
                     bye = Some(reason);
+                    break;
+                }
+                Some(Out::Gate(g)) => {
+                    gate = Some(g);
                     break;
                 }
                 None => break,
@@ -81,6 +92,11 @@ pub(super) async fn write_loop<W: AsyncWrite>(
         if bye.is_some() {
             break bye;
         }
+        if let Some(gate) = gate {
+            if !opened(gate, &closer).await {
+                break closer.reason().map(str::to_string);
+            }
+        }
     };
     if let Some(reason) = bye {
         tracing::info!(reason = %reason, "closing");
@@ -93,4 +109,14 @@ pub(super) async fn write_loop<W: AsyncWrite>(
     }
     let _ = within(Phase::Close, limit, wr.shutdown()).await;
     closer.token.cancel();
+}
+
+/// Waits for a gate to open (its sender dropped counts); false if the
+/// connection is closed first.
+async fn opened(gate: tokio::sync::oneshot::Receiver<()>, closer: &Closer) -> bool {
+    tokio::select! {
+        biased;
+        _ = closer.token.cancelled() => false,
+        _ = gate => true,
+    }
 }

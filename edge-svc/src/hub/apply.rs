@@ -6,6 +6,7 @@ use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
 use std::collections::HashSet;
+use tokio::sync::oneshot;
 
 impl Hub {
     /// Applies one Pub/Sub message.
@@ -100,6 +101,14 @@ impl Hub {
                 for publisher in subs.split_whitespace() {
                     let ch = self.keys.pub_channel(publisher);
                     self.enter(&mut st.audience, id, conn, &ch);
+                }
+                // The client sees `OK LOGIN` once those channels are
+                // subscribed (the reader opens the gate): nothing published
+                // after it is missed. What arrives meanwhile waits behind it.
+                if !subs.is_empty() {
+                    let (open, gate) = oneshot::channel();
+                    self.push(conn, Out::Gate(gate));
+                    conn.gate = Some(open);
                 }
             }
             Some(Effect::Login { user, sid, .. }) => self.orphan(Session {

@@ -28,7 +28,6 @@ impl Hub {
     /// reply has been applied (or [`Hub::release`]), and waits until they
     /// are; false if that failed (Redis unreachable).
     pub(crate) async fn hold(&self, conn: u64, rid: u64, channels: &[String]) -> bool {
-        let mut waits = Vec::with_capacity(channels.len());
         {
             let mut st = self.lock();
             let st = &mut *st;
@@ -38,13 +37,22 @@ impl Hub {
             c.holds.push((rid, channels.to_vec()));
             for ch in channels {
                 *st.holds.entry(ch.clone()).or_default() += 1;
-                let (done, wait) = oneshot::channel();
-                let _ = self.subs.send(SubChange {
-                    channel: ch.clone(),
-                    done: Some(done),
-                });
-                waits.push(wait);
             }
+        }
+        self.subscribed(channels).await
+    }
+
+    /// Waits until the Pub/Sub task has brought `channels` in line with
+    /// what the hub wants; true if they are all subscribed.
+    pub(crate) async fn subscribed(&self, channels: &[String]) -> bool {
+        let mut waits = Vec::with_capacity(channels.len());
+        for ch in channels {
+            let (done, wait) = oneshot::channel();
+            let _ = self.subs.send(SubChange {
+                channel: ch.clone(),
+                done: Some(done),
+            });
+            waits.push(wait);
         }
         let mut all = true;
         for wait in waits {

@@ -41,6 +41,10 @@ pub(crate) enum Out {
     Line(Bytes),
     /// Send `BYE <reason>` and close.
     Bye(String),
+    /// Write nothing queued after this until it opens (or its sender is
+    /// dropped): `OK LOGIN` waits behind one until the login's publisher
+    /// channels are subscribed.
+    Gate(oneshot::Receiver<()>),
 }
 
 /// Closes a connection out of band (its queue may be full): the writer
@@ -93,6 +97,8 @@ struct Conn {
     holds: Vec<(u64, Vec<String>)>,
     /// The request this connection waits for, and where to say it came.
     pending: Option<(u64, oneshot::Sender<Option<Effect>>)>,
+    /// Opens the [`Out::Gate`] queued before its `OK LOGIN`.
+    gate: Option<oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -174,6 +180,7 @@ impl Hub {
                 room: None,
                 holds: Vec::new(),
                 pending: None,
+                gate: None,
             },
         );
     }
@@ -216,6 +223,13 @@ impl Hub {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Lets the lines queued behind the connection's login gate go out.
+    pub(crate) fn open_gate(&self, conn: u64) {
+        if let Some(gate) = self.lock().conns.get_mut(&conn).and_then(|c| c.gate.take()) {
+            let _ = gate.send(());
         }
     }
 

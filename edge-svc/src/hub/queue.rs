@@ -24,7 +24,7 @@ pub(crate) fn queue(items: usize, bytes: usize) -> (QueueTx, QueueRx) {
 fn size(out: &Out) -> usize {
     match out {
         Out::Line(line) => line.len(),
-        Out::Bye(_) => 0,
+        Out::Bye(_) | Out::Gate(_) => 0,
     }
 }
 

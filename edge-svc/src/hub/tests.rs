@@ -48,6 +48,7 @@ fn lines(rx: &mut QueueRx) -> Vec<String> {
         out.push(match o {
             Out::Line(b) => String::from_utf8(b.to_vec()).unwrap(),
             Out::Bye(r) => format!("BYE {r}"),
+            Out::Gate(_) => "GATE".into(),
         });
     }
     out
@@ -209,6 +210,7 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
     assert_eq!(
         lines(&mut a),
         [
+            "GATE", // until the publishers' channels are subscribed
             "OK LOGIN alice lobby\n",
             "PUB 1-0 carol x\n",
             "MSG lobby 1-0 bob still here\n",
@@ -233,6 +235,30 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
     // Closing the connection leaves every channel.
     assert!(hub.remove(1).is_some());
     assert!(!hub.wants("chat:ch:room:dev") && !hub.wants("chat:ch:pub:dave"));
+}
+
+#[test]
+fn a_login_with_subscriptions_is_shown_once_the_reader_opens_its_gate() {
+    let (hub, _tasks) = hub();
+    let (mut a, _) = conn(&hub, 1, 16);
+    let _wait = hub.expect(1, 1);
+    let mut login = serde_json::from_slice::<Reply>(&login_reply(1, 1, "alice", "5")).unwrap();
+    if let Some(Effect::Login { subs, .. }) = &mut login.effect {
+        *subs = "carol".into();
+    }
+    hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&login).unwrap());
+    let Some(Out::Gate(mut gate)) = a.try_recv() else {
+        panic!("OK LOGIN waits behind a gate")
+    };
+    assert!(gate.try_recv().is_err(), "closed until the reader opens it");
+    hub.open_gate(1);
+    assert!(gate.try_recv().is_ok());
+    assert_eq!(lines(&mut a), ["OK LOGIN alice lobby\n"]);
+    // Without subscriptions there is nothing to wait for.
+    let (mut b, _) = conn(&hub, 2, 16);
+    let _wait = hub.expect(2, 1);
+    hub.dispatch("chat:ch:edge:e1", &login_reply(2, 1, "bob", "6"));
+    assert_eq!(lines(&mut b), ["OK LOGIN bob lobby\n"]);
 }
 
 #[tokio::test]
