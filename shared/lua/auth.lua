@@ -76,6 +76,16 @@ redis.register_function('chat_login', function(keys, args)
   return old.sid and 'replaced' or 'ok'
 end)
 
+-- Takes the password check of one login request for one instance, so that
+-- bcrypt runs at most once per request even when another instance claims
+-- the request meanwhile. KEYS 1: the request's checking key. ARGV: the
+-- instance, the lifetime (ms: the edge's wait). Returns 1 if taken, 0 if
+-- another instance has it.
+redis.register_function('chat_check_login', function(keys, args)
+  if redis.call('SET', keys[1], args[1], 'NX', 'PX', args[2]) then return 1 end
+  return 0
+end)
+
 -- Counts an attempt on each counter (KEYS: the user's, the address's, or
 -- only one), in a window that starts with the first, and says whether any
 -- is now over its limit (ARGV: window ms, then each key's limit, 0: none).
