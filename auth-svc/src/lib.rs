@@ -169,12 +169,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
             let consumer = consumer.clone();
             tracker.spawn(async move {
                 let (stream, id) = (entry.stream.clone(), entry.id.clone());
-                login::handle(ctx, entry).await;
                 // Done with, well or not: a request (it holds a password)
                 // does not outlive its handling.
                 let done = [id];
-                if let Err(e) = consumer.ack_and_delete(&[(&stream, &done)]).await {
-                    tracing::warn!(error = %e, "acknowledging a login request failed");
+                if login::handle(ctx, entry).await {
+                    if let Err(e) = consumer.ack_and_delete(&[(&stream, &done)]).await {
+                        tracing::warn!(error = %e, "acknowledging a login request failed");
+                    }
                 }
                 lock(&in_hand).remove(&done[0]);
                 drop(permit);
@@ -196,8 +197,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
 
 /// Every `every` (half of `claim_idle_ms`), whatever the read loop waits
 /// for: claims the requests in hand afresh, so that however long they wait
-/// for bcrypt no other instance takes them for abandoned; and reads the
-/// Redis clock again.
+/// for bcrypt no other instance takes them for abandoned, and renews the
+/// hold on their checks; and reads the Redis clock again.
 async fn keep_claimed(
     ctx: Arc<login::Ctx>,
     consumer: Consumer,
@@ -217,6 +218,7 @@ async fn keep_claimed(
         if let Err(e) = consumer.refresh(&stream, &held).await {
             tracing::warn!(error = %e, "refreshing login requests in hand failed");
         }
+        ctx.keep_checks(&held).await;
         ctx.sync_clock().await;
     }
 }

@@ -124,6 +124,8 @@ pub(crate) struct Ctx {
     clock_offset: AtomicI64,
     /// How long an edge waits for a login (ms): older requests are stale.
     max_age: u64,
+    /// `auth.claim_idle_ms`: how long a hold on a check lasts unrenewed.
+    claim_idle: u64,
     registration: bool,
     min_password: usize,
     cost: u32,
@@ -168,6 +170,7 @@ impl Ctx {
             bcrypt_us: AtomicU64::new(bcrypt_us),
             clock_offset: AtomicI64::new(0),
             max_age: cfg.edge.request_timeout_ms,
+            claim_idle: cfg.auth.claim_idle_ms,
             registration: cfg.auth.registration,
             min_password: cfg.auth.min_password,
             cost,
@@ -237,17 +240,13 @@ impl Ctx {
 
     /// The way to a password check: a bcrypt permit, if the check can
     /// still end before `deadline` and no other instance checks request
-    /// `entry_id` (else `None`, counted, and nobody is answered: the edge
-    /// answers by itself, or the other instance does).
-    async fn gate(
-        &self,
-        entry_id: &str,
-        deadline: u64,
-    ) -> Result<Option<SemaphorePermit<'_>>, AuthError> {
+    /// `entry_id`. Nobody is answered otherwise: the edge answers by
+    /// itself, or the other instance does.
+    async fn gate(&self, entry_id: &str, deadline: u64) -> Result<Gate<'_>, AuthError> {
         let expired = || {
             tracing::info!("login request past its deadline, dropped unchecked");
             self.count("expired");
-            Ok(None)
+            Ok(Gate::Expired)
         };
         if self.too_late(deadline) {
             return expired();
@@ -258,16 +257,45 @@ impl Ctx {
         }
         let taken: i64 = Call::new("chat_check_login", &[self.keys.auth_checking(entry_id)])
             .arg(&self.id)
-            .arg(self.max_age)
+            .arg(self.claim_idle)
             .invoke(&mut self.conn.clone())
             .await?;
         if taken == 0 {
             tracing::info!("another instance checks this login request");
             self.count("duplicate");
-            return Ok(None);
+            return Ok(Gate::Taken);
         }
-        Ok(Some(permit))
+        Ok(Gate::Go(permit))
     }
+
+    /// Renews this instance's hold on the checks of requests `ids` (those
+    /// it holds), for `claim_idle_ms` more.
+    pub(crate) async fn keep_checks(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.auth_checking(id)).collect();
+        let kept: redis::RedisResult<i64> = Call::new("chat_keep_checks", &keys)
+            .arg(&self.id)
+            .arg(self.claim_idle)
+            .invoke(&mut self.conn.clone())
+            .await;
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "renewing the checks in hand failed");
+        }
+    }
+}
+
+/// What [`Ctx::gate`] lets through.
+enum Gate<'a> {
+    /// Check it, under this bcrypt permit.
+    Go(SemaphorePermit<'a>),
+    /// Too late: the request is done with, unanswered.
+    Expired,
+    /// Another instance checks it: the request is left pending for that
+    /// one (which claims it back), or, should it die, for a takeover once
+    /// its hold has lapsed.
+    Taken,
 }
 
 /// Requests in hand at once so that the last can still be checked within
@@ -308,26 +336,47 @@ impl Ctx {
     }
 }
 
-/// Handles one entry of the login stream (the caller then removes it).
-pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry) {
-    match entry.req {
-        Some(req) => {
-            let span =
-                tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
-            let deadline = EntryId::parse(&entry.id).map_or(u64::MAX, |id| id.ms + ctx.max_age);
-            let done = login(&ctx, &req, &entry.id, deadline);
-            if let Err(e) = done.instrument(span.clone()).await {
-                span.in_scope(|| tracing::error!(error = %e, "login failed"));
-                ctx.count("error");
-                let line = ServerLine::err(e.code(), "the login could not be completed, try again");
-                let _ = publish(&ctx, &req, line).await;
-            }
+/// Handles one entry of the login stream. True when it is done with (the
+/// caller removes it); false when another instance checks it.
+pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry) -> bool {
+    let Some(req) = entry.req else {
+        tracing::warn!(id = %entry.id, "undecodable login request dropped");
+        return true;
+    };
+    let span = tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
+    let deadline = EntryId::parse(&entry.id).map_or(u64::MAX, |id| id.ms + ctx.max_age);
+    let handled = async {
+        // Held through the attempt count and the check: a request that
+        // waited past its deadline counts no attempt either.
+        match ctx.gate(&entry.id, deadline).await? {
+            Gate::Go(permit) => login(&ctx, &req, &entry.id, deadline, permit)
+                .await
+                .map(|()| true),
+            Gate::Expired => Ok(true),
+            Gate::Taken => Ok(false),
         }
-        None => tracing::warn!(id = %entry.id, "undecodable login request dropped"),
+    };
+    match handled.instrument(span.clone()).await {
+        Ok(done) => done,
+        Err(e) => {
+            span.in_scope(|| tracing::error!(error = %e, "login failed"));
+            ctx.count("error");
+            let line = ServerLine::err(e.code(), "the login could not be completed, try again");
+            let _ = publish(&ctx, &req, line).await;
+            true
+        }
     }
 }
 
-async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Result<(), AuthError> {
+/// Checks the password under `permit` (let go after bcrypt), then opens
+/// the session.
+async fn login(
+    ctx: &Ctx,
+    req: &Request,
+    entry_id: &str,
+    deadline: u64,
+    permit: SemaphorePermit<'_>,
+) -> Result<(), AuthError> {
     let Op::Login {
         password,
         addr,
@@ -356,11 +405,6 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             return publish(ctx, req, line).await;
         }
     }
-    // Held through the attempt count and the check: a request that waited
-    // past its deadline counts no attempt either.
-    let Some(permit) = ctx.gate(entry_id, deadline).await? else {
-        return Ok(());
-    };
     let new_hash = if *register {
         // Registrations count against the address, and are not given back.
         let addr_only = &counters[1..];

@@ -883,8 +883,19 @@ async fn a_login_request_is_checked_by_one_instance() {
     assert_eq!(fx.int(check("auth-1")).await, 0, "taken");
     assert_eq!(fx.int(check("auth-0")).await, 0, "once, even for the same");
     fx.is(key.clone(), "auth-0").await;
-    let ttl: i64 = fx.c.pttl(&key).await.unwrap();
-    assert!(ttl > 0 && ttl <= 5_000, "lives the edge's wait: {ttl}");
+    // Renewed by its holder only (the lifetime is auth.claim_idle_ms).
+    let other = fx.k.auth_checking("18-0");
+    fx.run(&["SET", &other, "auth-1", "PX", "1000"]).await;
+    let keep = |who: &str| {
+        Call::new("chat_keep_checks", &[&key, &other])
+            .arg(who)
+            .arg(60_000)
+    };
+    assert_eq!(fx.int(keep("auth-0")).await, 1);
+    for (key, max) in [(&key, 60_000), (&other, 1000)] {
+        let ttl: i64 = fx.c.pttl(key).await.unwrap();
+        assert!(ttl > max - 1000 && ttl <= max, "{key}: {ttl}");
+    }
 }
 
 #[tokio::test]
