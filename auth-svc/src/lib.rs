@@ -2,10 +2,13 @@
 //!
 //! Edges put `login` requests on the `req:auth` stream; every auth-svc
 //! instance reads it as a consumer of the `auth` group, so instances share
-//! the work. A password is checked with bcrypt on the blocking pool (at most
-//! `bcrypt_concurrency` at once); a good one opens the session with one Lua
-//! script that applies the duplicate-login policy, writes the session hash,
-//! puts the user in the lobby and answers the edge, all in one step.
+//! the work. An instance takes no more requests than bcrypt can check
+//! within the edge's wait (`max_in_flight`). A password is checked with
+//! bcrypt on the blocking pool (at most `bcrypt_concurrency` at once), once
+//! per request, and only if the check can end before the edge gives up; a
+//! good one opens the session with one Redis function that applies the
+//! duplicate-login policy, writes the session hash, puts the user in the
+//! lobby and answers the edge, all in one step.
 #![forbid(unsafe_code)]
 
 pub mod accounts;
@@ -14,7 +17,7 @@ mod login;
 pub use login::{new_sid, Switch};
 
 use shared::config::Config;
-use shared::consumer::{Consumer, EntryId};
+use shared::consumer::Consumer;
 use shared::keys::Keys;
 use shared::protocol::ErrorCode;
 use std::collections::HashSet;
@@ -85,28 +88,46 @@ impl AuthError {
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthError> {
     let client = shared::store::client(&cfg.redis_url)?;
     let keys = Keys::new(cfg.key_prefix.clone());
-    let mut cmds = shared::store::commands(&client).await?;
+    let cmds = shared::store::commands(&client).await?;
     let stream = keys.auth_requests();
     let streams = vec![stream.clone()];
     let consumer =
         Consumer::new(&client, cmds.clone(), streams, GROUP, &cfg.auth.id, BLOCK).await?;
     // A busy admin port is logged, not fatal.
     let admin = shared::admin::bind(&cfg.auth.admin_listen).await.listener();
-    let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds.clone()).await?);
+    let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds).await?);
     if let Some(admin) = admin {
         tokio::spawn(shared::admin::serve(admin, ctx.clone(), shutdown.clone()));
     }
-    tracing::info!(id = %cfg.auth.id, policy = cfg.auth.duplicate_login.as_str(), "auth-svc ready");
+    tracing::info!(
+        id = %cfg.auth.id,
+        policy = cfg.auth.duplicate_login.as_str(),
+        max_in_flight = ctx.max_in_flight,
+        "auth-svc ready"
+    );
 
-    let in_flight = Arc::new(Semaphore::new(cfg.auth.max_in_flight));
-    let max_age = cfg.edge.request_timeout_ms;
+    let in_flight = Arc::new(Semaphore::new(ctx.max_in_flight));
     let claim_idle = Duration::from_millis(cfg.auth.claim_idle_ms);
     // Ids of the requests this instance has in hand.
     let in_hand: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn(keep_claimed(
+        ctx.clone(),
+        consumer.clone(),
+        in_hand.clone(),
+        claim_idle / 2,
+        keeper_stop.clone(),
+    ));
     let mut last_claim = Instant::now();
     let tracker = TaskTracker::new();
     loop {
-        let room = in_flight.available_permits().clamp(1, cfg.auth.batch);
+        // Only as many as there is room for are read: the rest wait in the
+        // stream, where other instances can take them.
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = in_flight.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let room = (in_flight.available_permits() + 1).min(cfg.auth.batch);
         let read = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = consumer.read(consumer.streams(), room, BLOCK) => r,
@@ -116,15 +137,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
         };
         // Requests an instance read and never finished (it died): taken
         // over once idle for `claim_idle_ms`, still within the edge's wait.
-        // Our own in hand are claimed afresh twice as often, so that a busy
-        // instance never looks dead.
-        if last_claim.elapsed() >= claim_idle / 2 {
+        let free = room.saturating_sub(entries.len());
+        if free > 0 && last_claim.elapsed() >= claim_idle / 2 {
             last_claim = Instant::now();
-            let held: Vec<String> = lock(&in_hand).iter().cloned().collect();
-            if let Err(e) = consumer.refresh(&stream, &held).await {
-                tracing::warn!(error = %e, "refreshing login requests in hand failed");
-            }
-            match consumer.claim(&stream, claim_idle, cfg.auth.batch).await {
+            match consumer.claim(&stream, claim_idle, free).await {
                 Ok(more) if !more.is_empty() => {
                     let set = lock(&in_hand);
                     let more: Vec<_> = more.into_iter().filter(|e| !set.contains(&e.id)).collect();
@@ -136,37 +152,30 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
                 Err(e) => tracing::warn!(error = %e, "claiming pending login requests failed"),
             }
         }
-        if entries.is_empty() {
-            continue;
-        }
-        // Redis's clock, the one that stamped the entry ids.
-        let now = match redis_time_ms(&mut cmds).await {
-            Ok(now) => now,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the Redis clock failed");
-                0
-            }
-        };
+        let mut first = Some(first);
         for entry in entries {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = in_flight.clone().acquire_owned() => p.expect("semaphore never closed"),
+            // Never waits: there were permits for all of them.
+            let permit = match first.take() {
+                Some(p) => p,
+                None => in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed"),
             };
-            // The edge stopped waiting for an old request: acting on it
-            // would open a session nobody holds.
-            let stale = EntryId::parse(&entry.id).is_some_and(|id| id.ms + max_age < now);
             let ctx = ctx.clone();
             lock(&in_hand).insert(entry.id.clone());
             let in_hand = in_hand.clone();
             let consumer = consumer.clone();
             tracker.spawn(async move {
                 let (stream, id) = (entry.stream.clone(), entry.id.clone());
-                login::handle(ctx, entry, stale).await;
                 // Done with, well or not: a request (it holds a password)
                 // does not outlive its handling.
                 let done = [id];
-                if let Err(e) = consumer.ack_and_delete(&[(&stream, &done)]).await {
-                    tracing::warn!(error = %e, "acknowledging a login request failed");
+                if login::handle(ctx, entry).await {
+                    if let Err(e) = consumer.ack_and_delete(&[(&stream, &done)]).await {
+                        tracing::warn!(error = %e, "acknowledging a login request failed");
+                    }
                 }
                 lock(&in_hand).remove(&done[0]);
                 drop(permit);
@@ -180,15 +189,40 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
     {
         tracing::warn!("requests still in hand after the grace period");
     }
+    keeper_stop.cancel();
+    let _ = keeper.await;
     tracing::info!("auth-svc stopped");
     Ok(())
 }
 
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    set.lock().unwrap_or_else(|p| p.into_inner())
+/// Every `every` (half of `claim_idle_ms`), whatever the read loop waits
+/// for: claims the requests in hand afresh, so that however long they wait
+/// for bcrypt no other instance takes them for abandoned, and renews the
+/// hold on their checks; and reads the Redis clock again.
+async fn keep_claimed(
+    ctx: Arc<login::Ctx>,
+    consumer: Consumer,
+    in_hand: Arc<Mutex<HashSet<String>>>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let stream = consumer.streams()[0].clone();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let held: Vec<String> = lock(&in_hand).iter().cloned().collect();
+        if let Err(e) = consumer.refresh(&stream, &held).await {
+            tracing::warn!(error = %e, "refreshing login requests in hand failed");
+        }
+        ctx.keep_checks(&held).await;
+        ctx.sync_clock().await;
+    }
 }
 
-async fn redis_time_ms(conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<u64> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    Ok(secs * 1000 + micros / 1000)
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -11,8 +11,10 @@ use shared::keys::Keys;
 use shared::line::ServerLine;
 use shared::protocol::{ErrorCode, LOBBY};
 use shared::scripts::Call;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
 /// One session switch: `chat_login` (shared/lua/auth.lua) for a login
@@ -91,20 +93,41 @@ impl Switch<'_> {
 /// move between the read and the switch.
 const MOVES: usize = 5;
 
-/// Login outcomes counted for /metrics, by label.
-const OUTCOMES: [&str; 5] = ["ok", "bad_credentials", "rate_limited", "refused", "error"];
+/// Login outcomes counted for /metrics, by label: `expired`, dropped
+/// unchecked because the check could not end before the edge's deadline;
+/// `duplicate`, left to the instance already checking it.
+const OUTCOMES: [&str; 7] = [
+    "ok",
+    "bad_credentials",
+    "rate_limited",
+    "refused",
+    "error",
+    "expired",
+    "duplicate",
+];
 
 pub(crate) struct Ctx {
     keys: Keys,
+    /// This instance's id.
+    id: String,
     /// Per [`OUTCOMES`].
-    outcomes: [Counter; 5],
+    outcomes: [Counter; 7],
     bcrypt_seconds: Histogram,
     conn: ConnectionManager,
     policy: DuplicateLogin,
     notices: Notices,
     bcrypt: Semaphore,
+    /// Most requests in hand at once (`auth.max_in_flight`, or what bcrypt
+    /// can check within the edge's wait).
+    pub(crate) max_in_flight: usize,
+    /// The time of one bcrypt run (µs), as measured lately.
+    bcrypt_us: AtomicU64,
+    /// Redis's clock minus ours (ms), read every `claim_idle_ms / 2`.
+    clock_offset: AtomicI64,
     /// How long an edge waits for a login (ms): older requests are stale.
     max_age: u64,
+    /// `auth.claim_idle_ms`: how long a hold on a check lasts unrenewed.
+    claim_idle: u64,
     registration: bool,
     min_password: usize,
     cost: u32,
@@ -123,22 +146,34 @@ impl Ctx {
         conn: ConnectionManager,
     ) -> Result<Ctx, AuthError> {
         let cost = cfg.auth.bcrypt_cost;
+        // Timed: what one check costs sizes the work taken in hand.
+        let started = Instant::now();
         let dummy_hash =
             tokio::task::spawn_blocking(move || bcrypt::hash("not a real password", cost))
                 .await??;
+        let bcrypt_us = (started.elapsed().as_micros() as u64).max(1);
         let permits = match cfg.auth.bcrypt_concurrency {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        Ok(Ctx {
+        let max_in_flight = match cfg.auth.max_in_flight {
+            0 => max_in_flight(permits, cfg.edge.request_timeout_ms, bcrypt_us),
+            n => n,
+        };
+        let ctx = Ctx {
             keys,
+            id: cfg.auth.id.clone(),
             outcomes: Default::default(),
             bcrypt_seconds: Histogram::default(),
             conn,
             policy: cfg.auth.duplicate_login,
             notices: cfg.notices,
             bcrypt: Semaphore::new(permits),
+            max_in_flight,
+            bcrypt_us: AtomicU64::new(bcrypt_us),
+            clock_offset: AtomicI64::new(0),
             max_age: cfg.edge.request_timeout_ms,
+            claim_idle: cfg.auth.claim_idle_ms,
             registration: cfg.auth.registration,
             min_password: cfg.auth.min_password,
             cost,
@@ -148,8 +183,139 @@ impl Ctx {
             ],
             window: cfg.auth.failure_window_ms,
             dummy_hash,
-        })
+        };
+        ctx.sync_clock().await;
+        tracing::info!(
+            bcrypt_ms = bcrypt_us / 1000,
+            permits,
+            max_in_flight,
+            "bcrypt timed"
+        );
+        Ok(ctx)
     }
+
+    /// Reads Redis's clock (the one that stamps request ids) and keeps its
+    /// offset from ours; on failure the last offset stays.
+    pub(crate) async fn sync_clock(&self) {
+        let time: redis::RedisResult<(u64, u64)> =
+            redis::cmd("TIME").query_async(&mut self.conn.clone()).await;
+        match time {
+            Ok((secs, micros)) => {
+                let redis = (secs * 1000 + micros / 1000) as i64;
+                let offset = redis - local_ms() as i64;
+                self.clock_offset.store(offset, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the Redis clock failed"),
+        }
+    }
+
+    /// Redis's time now (ms), from ours and the offset.
+    fn redis_now(&self) -> u64 {
+        local_ms().saturating_add_signed(self.clock_offset.load(Ordering::Relaxed))
+    }
+
+    /// Whether a check started now might end after `deadline` (Redis ms):
+    /// less than twice its usual time is left (a check takes longer on a
+    /// busy machine, and the answer still has to reach the edge). Never
+    /// for a request with half the edge's wait left, so that a time
+    /// measured while the machine was busy cannot stop every check.
+    fn too_late(&self, deadline: u64) -> bool {
+        let check = self.bcrypt_us.load(Ordering::Relaxed) / 1000;
+        self.redis_now() + (2 * check).min(self.max_age / 2) > deadline
+    }
+
+    /// One bcrypt run on the blocking pool (under the caller's permit),
+    /// timed.
+    async fn bcrypt<T: Send + 'static>(
+        &self,
+        run: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let started = Instant::now();
+        let out = tokio::task::spawn_blocking(run).await?;
+        let took = started.elapsed();
+        self.bcrypt_seconds.observe(took);
+        // A moving average: the machine may get busier or quieter.
+        let us = took.as_micros() as u64;
+        let old = self.bcrypt_us.load(Ordering::Relaxed);
+        self.bcrypt_us.store((old * 7 + us) / 8, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// The way to a password check: a bcrypt permit, if the check can
+    /// still end before `deadline` and no other instance checks request
+    /// `entry_id`. Nobody is answered otherwise: the edge answers by
+    /// itself, or the other instance does.
+    async fn gate(&self, entry_id: &str, deadline: u64) -> Result<Gate<'_>, AuthError> {
+        let expired = || {
+            // Debug: a storm drops many a second.
+            tracing::debug!("login request past its deadline, dropped unchecked");
+            self.count("expired");
+            Ok(Gate::Expired)
+        };
+        if self.too_late(deadline) {
+            return expired();
+        }
+        let permit = self.bcrypt.acquire().await.expect("semaphore never closed");
+        if self.too_late(deadline) {
+            return expired();
+        }
+        let taken: i64 = Call::new("chat_check_login", &[self.keys.auth_checking(entry_id)])
+            .arg(&self.id)
+            .arg(self.claim_idle)
+            .invoke(&mut self.conn.clone())
+            .await?;
+        if taken == 0 {
+            tracing::debug!("another instance checks this login request");
+            self.count("duplicate");
+            return Ok(Gate::Taken);
+        }
+        Ok(Gate::Go(permit))
+    }
+
+    /// Renews this instance's hold on the checks of requests `ids` (those
+    /// it holds), for `claim_idle_ms` more.
+    pub(crate) async fn keep_checks(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.auth_checking(id)).collect();
+        let kept: redis::RedisResult<i64> = Call::new("chat_keep_checks", &keys)
+            .arg(&self.id)
+            .arg(self.claim_idle)
+            .invoke(&mut self.conn.clone())
+            .await;
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "renewing the checks in hand failed");
+        }
+    }
+}
+
+/// What [`Ctx::gate`] lets through.
+enum Gate<'a> {
+    /// Check it, under this bcrypt permit.
+    Go(SemaphorePermit<'a>),
+    /// Too late: the request is done with, unanswered.
+    Expired,
+    /// Another instance checks it: the request is left pending for that
+    /// one (which claims it back), or, should it die, for a takeover once
+    /// its hold has lapsed.
+    Taken,
+}
+
+/// Requests in hand at once so that the last can still be checked within
+/// the edge's wait: `permits` checks of `bcrypt_us` at a time for
+/// `timeout_ms`, at least one per permit.
+fn max_in_flight(permits: usize, timeout_ms: u64, bcrypt_us: u64) -> usize {
+    let rounds = (timeout_ms * 1000 / bcrypt_us.max(1)).max(1);
+    permits.saturating_mul(usize::try_from(rounds).unwrap_or(usize::MAX))
+}
+
+/// Our clock, in Unix ms.
+fn local_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
 }
 
 impl Ctx {
@@ -174,30 +340,47 @@ impl Ctx {
     }
 }
 
-/// Handles one entry of the login stream (the caller then removes it); a
-/// `stale` one (its edge no longer waits) is only dropped.
-pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry, stale: bool) {
-    match entry.req {
-        Some(req) if stale => {
-            tracing::warn!(edge = %req.edge, user = %req.user, "login request too old, dropped");
+/// Handles one entry of the login stream. True when it is done with (the
+/// caller removes it); false when another instance checks it.
+pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry) -> bool {
+    let Some(req) = entry.req else {
+        tracing::warn!(id = %entry.id, "undecodable login request dropped");
+        return true;
+    };
+    let span = tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
+    let deadline = EntryId::parse(&entry.id).map_or(u64::MAX, |id| id.ms + ctx.max_age);
+    let handled = async {
+        // Held through the attempt count and the check: a request that
+        // waited past its deadline counts no attempt either.
+        match ctx.gate(&entry.id, deadline).await? {
+            Gate::Go(permit) => login(&ctx, &req, &entry.id, deadline, permit)
+                .await
+                .map(|()| true),
+            Gate::Expired => Ok(true),
+            Gate::Taken => Ok(false),
         }
-        Some(req) => {
-            let span =
-                tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
-            let deadline = EntryId::parse(&entry.id).map_or(u64::MAX, |id| id.ms + ctx.max_age);
-            let done = login(&ctx, &req, &entry.id, deadline);
-            if let Err(e) = done.instrument(span.clone()).await {
-                span.in_scope(|| tracing::error!(error = %e, "login failed"));
-                ctx.count("error");
-                let line = ServerLine::err(e.code(), "the login could not be completed, try again");
-                let _ = publish(&ctx, &req, line).await;
-            }
+    };
+    match handled.instrument(span.clone()).await {
+        Ok(done) => done,
+        Err(e) => {
+            span.in_scope(|| tracing::error!(error = %e, "login failed"));
+            ctx.count("error");
+            let line = ServerLine::err(e.code(), "the login could not be completed, try again");
+            let _ = publish(&ctx, &req, line).await;
+            true
         }
-        None => tracing::warn!(id = %entry.id, "undecodable login request dropped"),
     }
 }
 
-async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Result<(), AuthError> {
+/// Checks the password under `permit` (let go after bcrypt), then opens
+/// the session.
+async fn login(
+    ctx: &Ctx,
+    req: &Request,
+    entry_id: &str,
+    deadline: u64,
+    permit: SemaphorePermit<'_>,
+) -> Result<(), AuthError> {
     let Op::Login {
         password,
         addr,
@@ -216,7 +399,7 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
         tracing::info!("too many {what}");
         ServerLine::err(ErrorCode::RateLimited, "too many attempts, wait a minute")
     };
-    let new_hash = if *register {
+    if *register {
         if !ctx.registration {
             let line = ServerLine::err(ErrorCode::RegistrationClosed, "registration is closed");
             return publish(ctx, req, line).await;
@@ -225,6 +408,8 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             let line = ServerLine::err(short.code(), short.to_string());
             return publish(ctx, req, line).await;
         }
+    }
+    let new_hash = if *register {
         // Registrations count against the address, and are not given back.
         let addr_only = &counters[1..];
         if ctx
@@ -239,8 +424,7 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
             return publish(ctx, req, ServerLine::err(ErrorCode::UserExists, text)).await;
         }
         let cost = ctx.cost;
-        let _permit = ctx.bcrypt.acquire().await.expect("semaphore never closed");
-        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost)).await??
+        ctx.bcrypt(move || bcrypt::hash(password, cost)).await??
     } else {
         if ctx
             .over_limit(&mut conn, &counters, &ctx.max_failures)
@@ -252,16 +436,9 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
         let stored: Option<String> = conn.hget(ctx.keys.user(&req.user), "password").await?;
         let exists = stored.is_some();
         let hash = stored.unwrap_or_else(|| ctx.dummy_hash.clone());
-        let good = {
-            let _permit = ctx.bcrypt.acquire().await.expect("semaphore never closed");
-            let started = std::time::Instant::now();
-            let good = tokio::task::spawn_blocking(move || {
-                bcrypt::verify(password, &hash).unwrap_or(false)
-            })
+        let good = ctx
+            .bcrypt(move || bcrypt::verify(password, &hash).unwrap_or(false))
             .await?;
-            ctx.bcrypt_seconds.observe(started.elapsed());
-            good
-        };
         if !(good && exists) {
             tracing::info!("bad credentials");
             ctx.count("bad_credentials");
@@ -270,6 +447,7 @@ async fn login(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Resul
         }
         String::new()
     };
+    drop(permit);
     // The session switch names the keys of where an old session is; should
     // it move meanwhile (`moved`), read again.
     let mut outcome = String::new();
@@ -347,13 +525,18 @@ impl Probe for Ctx {
             )
             .histogram(
                 "chat_auth_bcrypt_seconds",
-                "Time of one password check.",
+                "Time of one bcrypt run (a password check, or a registration's hash).",
                 &self.bcrypt_seconds,
             )
             .gauge(
                 "chat_auth_stream_length",
                 "Login requests in the stream, read or not (-1: unknown).",
                 length,
+            )
+            .gauge(
+                "chat_auth_max_in_flight",
+                "Most login requests this instance takes in hand at once.",
+                self.max_in_flight as i64,
             )
             .gauge(
                 "chat_auth_pending",
@@ -389,6 +572,15 @@ async fn publish(ctx: &Ctx, req: &Request, line: ServerLine) -> Result<(), AuthE
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn in_flight_is_what_bcrypt_checks_within_the_wait() {
+        // 2 permits, 5 s, 170 ms a check: 29 rounds.
+        assert_eq!(super::max_in_flight(2, 5_000, 170_000), 58);
+        // A check slower than the wait: one per permit still.
+        assert_eq!(super::max_in_flight(4, 1_000, 3_000_000), 4);
+        assert_eq!(super::max_in_flight(1, 5_000, 0), 5_000_000);
+    }
+
     #[test]
     fn session_ids_are_128_random_bits() {
         let (a, b) = (super::new_sid(), super::new_sid());

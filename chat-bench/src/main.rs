@@ -33,12 +33,12 @@ pub struct Cli {
     #[arg(long)]
     no_report: bool,
     /// Scenarios to run (comma-separated): fanout, rooms, pubsub, baseline,
-    /// login, connect, abuse (on a system of its own, with the default
-    /// limits; fails if its bounds do not hold).
+    /// login, logins, connect, abuse (on a system of its own, with the
+    /// default limits; fails if its bounds do not hold).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fanout,rooms,pubsub,baseline,login,connect,abuse"
+        default_value = "fanout,rooms,pubsub,baseline,login,logins,connect,abuse"
     )]
     only: Vec<String>,
     /// Offered rates (messages per second, in total) for fanout and baseline.
@@ -58,6 +58,10 @@ pub struct Cli {
     /// bounded by the round trip of `/publish`.
     #[arg(long, default_value_t = 300.0)]
     pub_rate: f64,
+    /// Measured seconds of the `logins` storm (after a warm-up as long as
+    /// the edge's request timeout).
+    #[arg(long, default_value_t = 20.0)]
+    storm_seconds: f64,
     /// Idle connections for `connect`.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -139,6 +143,19 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
             l.logins_per_s, l.bcrypt_verifies_per_s, l.bcrypt_cost
         );
         results.login = Some(l);
+    }
+    if wants("logins") {
+        let l = scenarios::logins(&system, cli.storm_seconds).await?;
+        eprintln!(
+            "  logins: {} offered/s, {} ok/s = {:.0}% of bcrypt's {}/s; {} unavailable, {} other errors",
+            l.offered_per_s,
+            l.ok_per_s,
+            l.share_of_bcrypt * 100.0,
+            l.bcrypt_per_s,
+            l.unavailable,
+            l.other_errors
+        );
+        results.logins = Some(l);
     }
     if wants("connect") {
         let c = scenarios::connect(&system, cli.idle).await?;

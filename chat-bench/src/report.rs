@@ -4,7 +4,7 @@
 
 use crate::abuse::Abuse;
 use crate::load::Error;
-use crate::scenarios::{Connect, Login, Timing, Traffic};
+use crate::scenarios::{Connect, Login, Logins, Timing, Traffic};
 use crate::system::System;
 use crate::Cli;
 use serde::Serialize;
@@ -38,6 +38,7 @@ pub struct Results {
     pub options: Cli,
     pub traffic: Vec<Traffic>,
     pub login: Option<Login>,
+    pub logins: Option<Logins>,
     pub connect: Option<Connect>,
     pub abuse: Option<Abuse>,
 }
@@ -74,6 +75,7 @@ impl Results {
             options: cli.clone(),
             traffic: Vec::new(),
             login: None,
+            logins: None,
             connect: None,
             abuse: None,
         }
@@ -258,6 +260,48 @@ impl Results {
                 s,
                 "- a room of 20 with 2 senders at 200 msg/s: p99 {} ms quiet, {} ms during the login storm (lost {}, reordered {})",
                 l.chat_quiet.p99_ms, l.chat_during_storm.p99_ms, l.chat_during_storm.lost, l.chat_during_storm.out_of_order
+            );
+        }
+        if let Some(l) = &self.logins {
+            let _ = writeln!(
+                s,
+                "\n### A login storm (bcrypt cost {}, one auth-svc)\n",
+                l.bcrypt_cost
+            );
+            let _ = writeln!(
+                s,
+                "- bcrypt alone: {} verifications per CPU second, so {} per second on the {} cores",
+                l.bcrypt_per_core_s, l.bcrypt_per_s, self.machine.cores
+            );
+            let _ = writeln!(
+                s,
+                "- offered {} logins/s (a new TLS connection each) for {} s, after a warm-up as long as the edge's wait: {} logins",
+                l.offered_per_s, l.seconds, l.offered
+            );
+            let _ = writeln!(
+                s,
+                "- **{} logins/s succeeded, {:.0}% of the bcrypt rate**; {} got `ERR unavailable`, {} another error",
+                l.ok_per_s,
+                l.share_of_bcrypt * 100.0,
+                l.unavailable,
+                l.other_errors
+            );
+            let _ = writeln!(
+                s,
+                "- auth-svc had {} cores during the storm: the successes are {:.0}% of what bcrypt does on that many",
+                l.auth_cores,
+                l.share_of_auth_cores * 100.0
+            );
+            let _ = writeln!(
+                s,
+                "- a successful login took {} ms (p50), {} ms (p99), {} ms at most",
+                l.ok_p50_ms, l.ok_p99_ms, l.ok_max_ms
+            );
+            let (q, b) = (&l.chat_quiet, &l.chat_during_storm);
+            let _ = writeln!(
+                s,
+                "- a room of 20 with 2 senders at 200 msg/s: p50 {} ms, p99 {} ms quiet; p50 {} ms, p99 {} ms during the storm (lost {}, reordered {})",
+                q.p50_ms, q.p99_ms, b.p50_ms, b.p99_ms, b.lost, b.out_of_order
             );
         }
         if let Some(c) = &self.connect {

@@ -590,7 +590,7 @@ pub async fn login(system: &mut System, parallel: usize, timing: Timing) -> Resu
         cores,
         ..Login::default()
     };
-    out.bcrypt_verifies_per_s = bcrypt_rate(cost, cores, Duration::from_secs(3)).await?;
+    out.bcrypt_verifies_per_s = bcrypt_rate(cost, cores, Duration::from_secs(3)).await?.0;
 
     // Both rooms log in first: a login storm delays other logins too.
     let quiet = small_room(system, "quiet-").await?;
@@ -688,9 +688,12 @@ async fn storm(system: &System, users: &[String], timing: Timing) -> Result<(f64
     Ok((round1(ok as f64 / timing.duration_s), failed))
 }
 
-/// `bcrypt::verify` per second with `threads` threads at `cost`.
-async fn bcrypt_rate(cost: u32, threads: usize, time: Duration) -> Result<f64, Error> {
+/// `bcrypt::verify` per second with `threads` threads at `cost`, and per
+/// second of CPU this process used meanwhile (whatever else the machine
+/// runs).
+async fn bcrypt_rate(cost: u32, threads: usize, time: Duration) -> Result<(f64, f64), Error> {
     let hash = bcrypt::hash(load::PASSWORD, cost)?;
+    let cpu = usage::cpu_seconds(std::process::id());
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
@@ -709,5 +712,141 @@ async fn bcrypt_rate(cost: u32, threads: usize, time: Duration) -> Result<f64, E
     for w in workers {
         total += w.await?;
     }
-    Ok(round1(total as f64 / started.elapsed().as_secs_f64()))
+    let cpu = usage::cpu_seconds(std::process::id()) - cpu;
+    Ok((
+        round1(total as f64 / started.elapsed().as_secs_f64()),
+        round1(total as f64 / cpu.max(0.01)),
+    ))
+}
+
+/// The `logins` scenario: a login storm of ten times what bcrypt can check.
+#[derive(Serialize, Default)]
+pub struct Logins {
+    pub bcrypt_cost: u32,
+    /// `bcrypt::verify` per second of CPU, and that times the cores: what
+    /// auth-svc could check at best (measured per CPU second, so that other
+    /// tenants of the machine do not change it).
+    pub bcrypt_per_core_s: f64,
+    pub bcrypt_per_s: f64,
+    /// Logins offered per second (each on a new TLS connection), and for
+    /// how long the measured part lasted.
+    pub offered_per_s: f64,
+    pub seconds: f64,
+    /// Logins offered in the measured window that succeeded, per second,
+    /// and as a share of `bcrypt_per_s`.
+    pub ok_per_s: f64,
+    pub share_of_bcrypt: f64,
+    /// The cores auth-svc had during the storm (the machine's others went
+    /// to the edges, Redis, the generator and other tenants), and the share
+    /// of bcrypt's rate on that many cores that succeeded.
+    pub auth_cores: f64,
+    pub share_of_auth_cores: f64,
+    /// Of the logins offered in the window: `ERR unavailable` (the edge's
+    /// deadline passed), other errors, and no answer at all.
+    pub offered: u64,
+    pub unavailable: u64,
+    pub other_errors: u64,
+    /// From a successful login's due time to its `OK LOGIN`.
+    pub ok_p50_ms: f64,
+    pub ok_p99_ms: f64,
+    pub ok_max_ms: f64,
+    /// A small room's latency, quiet and during the storm.
+    pub chat_quiet: Traffic,
+    pub chat_during_storm: Traffic,
+}
+
+/// bcrypt's rate on every core, then ten times that rate of logins for
+/// `seconds` (after a warm-up as long as the edge's wait, so that the
+/// storm's backlog has built up) while a room of 20 chats.
+pub async fn logins(system: &System, seconds: f64) -> Result<Logins, Error> {
+    let cfg = &system.services.cfg;
+    let cost = cfg.auth.bcrypt_cost;
+    let (_, per_core) = bcrypt_rate(cost, crate::cores(), Duration::from_secs(3)).await?;
+    let bcrypt_per_s = round1(per_core * crate::cores() as f64);
+    let offered_per_s = round1(10.0 * bcrypt_per_s);
+    let timing = Timing {
+        warmup_s: cfg.edge.request_timeout_ms as f64 / 1000.0,
+        duration_s: seconds,
+        drain_s: 5.0,
+    };
+    // Enough users that none logs in again while its last login runs.
+    let wait_s = timing.warmup_s + 1.0;
+    let n = (offered_per_s * wait_s * 2.0).ceil() as usize + 10;
+    let users = system.users("storm-", n, cost).await?;
+    let quiet = small_room(system, "calm-").await?;
+    let busy = small_room(system, "storm-room-").await?;
+    let chat_quiet = chat_in(system, quiet, timing).await?;
+    let (storm, chat) = tokio::join!(
+        offer_logins(system, &users, offered_per_s, timing),
+        chat_in(system, busy, timing)
+    );
+    let mut out = storm?;
+    out.bcrypt_cost = cost;
+    out.bcrypt_per_core_s = per_core;
+    out.bcrypt_per_s = bcrypt_per_s;
+    out.share_of_bcrypt = (out.ok_per_s / bcrypt_per_s * 100.0).round() / 100.0;
+    out.chat_quiet = chat_quiet;
+    out.chat_during_storm = chat?;
+    out.auth_cores = out
+        .chat_during_storm
+        .cpu
+        .get("auth-1")
+        .copied()
+        .unwrap_or(0.0);
+    if out.auth_cores > 0.0 {
+        out.share_of_auth_cores =
+            (out.ok_per_s / (per_core * out.auth_cores) * 100.0).round() / 100.0;
+    }
+    Ok(out)
+}
+
+/// Logins at `rate` per second, each due at its time whatever the others
+/// do (a new connection each, to `users` in turn), through `timing`'s
+/// warm-up and window; counts those due inside the window.
+async fn offer_logins(
+    system: &System,
+    users: &[String],
+    rate: f64,
+    timing: Timing,
+) -> Result<Logins, Error> {
+    let started = Instant::now();
+    let from = started + Duration::from_secs_f64(timing.warmup_s);
+    let until = from + Duration::from_secs_f64(timing.duration_s);
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0.. {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        if due >= until {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let (target, user) = (system.target.clone(), users[i % users.len()].clone());
+        attempts.spawn(async move {
+            let result = load::login(&target, i, &user).await.map(drop);
+            (due, Instant::now(), result.map_err(|e| e.to_string()))
+        });
+    }
+    let mut out = Logins {
+        offered_per_s: rate,
+        seconds: timing.duration_s,
+        ..Logins::default()
+    };
+    let mut ok = load::histogram();
+    while let Some(done) = attempts.join_next().await {
+        let (due, at, result) = done?;
+        if due < from {
+            continue;
+        }
+        out.offered += 1;
+        match result {
+            Ok(()) => ok.record((at - due).as_micros() as u64)?,
+            Err(e) if e.starts_with("ERR unavailable") => out.unavailable += 1,
+            Err(_) => out.other_errors += 1,
+        }
+    }
+    let ms = |us: u64| round1(us as f64 / 1000.0);
+    out.ok_per_s = round1(ok.len() as f64 / timing.duration_s);
+    out.ok_p50_ms = ms(ok.value_at_quantile(0.5));
+    out.ok_p99_ms = ms(ok.value_at_quantile(0.99));
+    out.ok_max_ms = ms(ok.max());
+    Ok(out)
 }

@@ -880,6 +880,30 @@ async fn attempts_are_counted_in_a_window() {
 }
 
 #[tokio::test]
+async fn a_login_request_is_checked_by_one_instance() {
+    let mut fx = setup().await;
+    let key = fx.k.auth_checking("17-0");
+    let check = |who: &str| Call::new("chat_check_login", &[&key]).arg(who).arg(5_000);
+    assert_eq!(fx.int(check("auth-0")).await, 1);
+    assert_eq!(fx.int(check("auth-1")).await, 0, "taken");
+    assert_eq!(fx.int(check("auth-0")).await, 0, "once, even for the same");
+    fx.is(key.clone(), "auth-0").await;
+    // Renewed by its holder only (the lifetime is auth.claim_idle_ms).
+    let other = fx.k.auth_checking("18-0");
+    fx.run(&["SET", &other, "auth-1", "PX", "1000"]).await;
+    let keep = |who: &str| {
+        Call::new("chat_keep_checks", &[&key, &other])
+            .arg(who)
+            .arg(60_000)
+    };
+    assert_eq!(fx.int(keep("auth-0")).await, 1);
+    for (key, max) in [(&key, 60_000), (&other, 1000)] {
+        let ttl: i64 = fx.c.pttl(key).await.unwrap();
+        assert!(ttl > max - 1000 && ttl <= max, "{key}: {ttl}");
+    }
+}
+
+#[tokio::test]
 async fn accounts_are_created_changed_and_deleted() {
     use auth_svc::accounts;
     let mut fx = setup().await;

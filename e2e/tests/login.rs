@@ -349,4 +349,210 @@ async fn nothing_of_the_user_is_read_or_subscribed_before_the_password_is_checke
     assert!(bob.ask("/publish at once").await.starts_with("OK PUBLISH "));
     let line = c.until(|l| l.starts_with("PUB ")).await;
     assert!(line.ends_with(" bob at once"), "{line}");
+/// bcrypt's cost in the tests of logins under load: a check takes about
+/// 40 ms in a release build, 270 ms in a debug one.
+const SLOW_COST: u32 = 10;
+
+/// Logins under load: a slow bcrypt, one check at a time, so that a few
+/// dozen logins are more than an instance checks within the edge's wait;
+/// no failed-login or connection limits.
+fn slow_bcrypt(c: &mut shared::config::Config) {
+    c.auth.bcrypt_cost = SLOW_COST;
+    c.auth.bcrypt_concurrency = 1;
+    c.auth.max_failures_per_user = 0;
+    c.auth.max_failures_per_addr = 0;
+    c.edge.max_connections_per_addr = 0;
+}
+
+/// Accounts `<prefix>0` … with the password `pw` hashed at [`SLOW_COST`]
+/// (one hash, shared).
+async fn slow_users(sys: &System, prefix: &str, n: usize, pw: &str) -> Vec<String> {
+    let mut r = sys.redis.conn().await;
+    let keys = sys.keys();
+    let first = format!("{prefix}0");
+    auth_svc::accounts::add(&mut r, &keys, &first, pw, SLOW_COST)
+        .await
+        .unwrap();
+    let hash: String = r.hget(keys.user(&first), "password").await.unwrap();
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    for name in &names[1..] {
+        let () = r.hset(keys.user(name), "password", &hash).await.unwrap();
+    }
+    names
+}
+
+/// A value of auth-svc instance `i`'s /metrics (`name` with its labels).
+async fn auth_metric(sys: &System, i: usize, name: &str) -> u64 {
+    auth_value(sys, i, name).await as u64
+}
+
+async fn auth_value(sys: &System, i: usize, name: &str) -> f64 {
+    let (_, page) = e2e::http_get(sys.admin(Role::Auth, i), "/metrics").await;
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from {page}"))
+}
+
+/// How many checks of auth-svc 0 fit in `ms`, timed on one login of an
+/// unknown user (so that the tests hold on fast and slow machines alike).
+async fn checks_within(sys: &System, ms: u64) -> usize {
+    let mut c = sys.connect(0).await;
+    c.send("LOGIN nobody some-password").await;
+    c.expect_prefix("ERR bad-credentials ").await;
+    let took = auth_value(sys, 0, "chat_auth_bcrypt_seconds_sum").await;
+    (ms as f64 / 1000.0 / took) as usize
+}
+
+/// The tests of logins under load run one at a time: each times bcrypt.
+static UNDER_LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const BCRYPT_RUNS: &str = "chat_auth_bcrypt_seconds_count";
+const EXPIRED: &str = "chat_auth_logins_total{result=\"expired\"}";
+const OK: &str = "chat_auth_logins_total{result=\"ok\"}";
+const DUPLICATE: &str = "chat_auth_logins_total{result=\"duplicate\"}";
+
+/// Sends `LOGIN <user> <pw>` for each user at once, each on a connection
+/// of its own to edge 0; returns each one's first line.
+async fn log_in_at_once(sys: &System, users: &[String], pw: &str) -> Vec<String> {
+    let mut clients = Vec::new();
+    for _ in users {
+        clients.push(sys.connect(0).await);
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .zip(users)
+        .map(|(mut c, user)| {
+            let line = format!("LOGIN {user} {pw}");
+            tokio::spawn(async move {
+                c.send(&line).await;
+                c.line().await
+            })
+        })
+        .collect();
+    let mut firsts = Vec::new();
+    for t in tasks {
+        firsts.push(t.await.unwrap());
+    }
+    firsts
+}
+
+/// Waits until every login request was handled (and deleted).
+async fn stream_drained(sys: &System) {
+    let r = sys.redis.conn().await;
+    eventually("every login request is handled", || {
+        let mut r = r.clone();
+        async move { r.xlen::<_, u64>("chat:req:auth").await.unwrap() == 0 }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_request_past_its_deadline_is_dropped_before_bcrypt() {
+    let _alone = UNDER_LOAD.lock().await;
+    let shape = Shape::new(1, 1, 1);
+    let sys = System::start_with(shape, |c| {
+        slow_bcrypt(c);
+        // Everything in hand at once, as if the instance could do it all.
+        c.auth.max_in_flight = 100;
+        c.edge.request_timeout_ms = 2000;
+    })
+    .await;
+    // Unknown users: checked against the dummy hash, at SLOW_COST. Three
+    // times what can be checked within the wait.
+    let n = 3 * checks_within(&sys, 2000).await + 5;
+    let users: Vec<String> = (0..n).map(|i| format!("ghost{i}")).collect();
+    let firsts = log_in_at_once(&sys, &users, "some-password").await;
+    for first in &firsts {
+        assert!(
+            first.starts_with("ERR bad-credentials ") || first.starts_with("ERR unavailable "),
+            "{first}"
+        );
+    }
+    stream_drained(&sys).await;
+    let (runs, expired) = (
+        auth_metric(&sys, 0, BCRYPT_RUNS).await - 1,
+        auth_metric(&sys, 0, EXPIRED).await,
+    );
+    // Those whose deadline came while they waited were dropped unchecked.
+    assert_eq!(
+        runs + expired,
+        n as u64,
+        "checked {runs}, expired {expired}"
+    );
+    assert!(expired > 0, "checked {runs}, expired {expired}");
+    let answered = firsts.iter().filter(|f| f.starts_with("ERR bad-")).count() as u64;
+    assert!(answered <= runs, "answered {answered}, checked {runs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_check_each_login_once_however_long_bcrypt_takes() {
+    let _alone = UNDER_LOAD.lock().await;
+    let shape = Shape::new(1, 1, 2);
+    let sys = System::start_with(shape, |c| {
+        slow_bcrypt(c);
+        // Far shorter than the wait for bcrypt: requests in hand must be
+        // kept claimed, or the other instance takes them over.
+        c.auth.claim_idle_ms = 400;
+        c.edge.request_timeout_ms = 10_000;
+    })
+    .await;
+    let users = slow_users(&sys, "slow", 12, "slow-password").await;
+    let firsts = log_in_at_once(&sys, &users, "slow-password").await;
+    for (user, first) in users.iter().zip(&firsts) {
+        assert_eq!(first, &format!("OK LOGIN {user} lobby"));
+    }
+    stream_drained(&sys).await;
+    let (mut runs, mut ok, mut taken_over) = (0, 0, 0);
+    for i in 0..2 {
+        runs += auth_metric(&sys, i, BCRYPT_RUNS).await;
+        ok += auth_metric(&sys, i, OK).await;
+        taken_over += auth_metric(&sys, i, DUPLICATE).await;
+    }
+    assert_eq!((runs, ok), (12, 12), "one check per login");
+    // Kept claimed all along: no instance took over another's request.
+    assert_eq!(taken_over, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_storm_checks_only_what_can_be_answered_in_time() {
+    let _alone = UNDER_LOAD.lock().await;
+    let shape = Shape::new(1, 1, 1);
+    let sys = System::start_with(shape, |c| {
+        slow_bcrypt(c);
+        c.edge.request_timeout_ms = 2000;
+    })
+    .await;
+    // Sized automatically: what one check at a time does in 2 s.
+    let in_flight = auth_metric(&sys, 0, "chat_auth_max_in_flight").await;
+    assert!((1..256).contains(&in_flight), "{in_flight}");
+    // Four times what can be checked within the wait.
+    let n = 4 * checks_within(&sys, 2000).await + 10;
+    let users = slow_users(&sys, "storm", n, "storm-password").await;
+    let firsts = log_in_at_once(&sys, &users, "storm-password").await;
+    // Each was answered before the edge's deadline, or told it passed.
+    let mut logged_in = 0;
+    for (user, first) in users.iter().zip(&firsts) {
+        if *first == format!("OK LOGIN {user} lobby") {
+            logged_in += 1;
+        } else {
+            assert!(first.starts_with("ERR unavailable "), "{first}");
+        }
+    }
+    stream_drained(&sys).await;
+    let runs = auth_metric(&sys, 0, BCRYPT_RUNS).await - 1;
+    let expired = auth_metric(&sys, 0, EXPIRED).await;
+    let ok = auth_metric(&sys, 0, OK).await;
+    assert!(
+        logged_in > 0 && expired > 0,
+        "{logged_in} in, {expired} expired"
+    );
+    assert_eq!(
+        runs + expired,
+        n as u64,
+        "checked {runs}, expired {expired}"
+    );
+    assert_eq!(ok, logged_in);
+    // bcrypt's time went to logins that were answered: at most one check
+    // (whose end came just after the deadline) was for nothing.
+    assert!(runs <= ok + 1, "checked {runs}, logged in {ok}");
 }

@@ -78,6 +78,31 @@ redis.register_function('chat_login', function(keys, args)
   return old.sid and 'replaced' or 'ok'
 end)
 
+-- Takes the password check of one login request for one instance, so that
+-- bcrypt runs once per request even when another instance claims the
+-- request meanwhile. KEYS 1: the request's checking key. ARGV: the
+-- instance, the lifetime (ms: auth.claim_idle_ms; the instance renews it
+-- while it has the request in hand, so the check passes to another only
+-- if it dies). Returns 1 if taken, 0 if another instance has it.
+redis.register_function('chat_check_login', function(keys, args)
+  if redis.call('SET', keys[1], args[1], 'NX', 'PX', args[2]) then return 1 end
+  return 0
+end)
+
+-- Renews an instance's checks (KEYS: checking keys of requests it has in
+-- hand; ARGV: the instance, the lifetime in ms); those of other instances
+-- are left as they are. Returns how many were renewed.
+redis.register_function('chat_keep_checks', function(keys, args)
+  local renewed = 0
+  for _, key in ipairs(keys) do
+    if redis.call('GET', key) == args[1] then
+      redis.call('PEXPIRE', key, args[2])
+      renewed = renewed + 1
+    end
+  end
+  return renewed
+end)
+
 -- Counts an attempt on each counter (KEYS: the user's, the address's, or
 -- only one), in a window that starts with the first, and says whether any
 -- is now over its limit (ARGV: window ms, then each key's limit, 0: none).

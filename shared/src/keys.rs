@@ -139,6 +139,12 @@ impl Keys {
         format!("{}auth:done:{id}", self.prefix)
     }
 
+    /// Names the auth-svc instance checking the password of the login
+    /// request with stream entry id `id` (one check per request).
+    pub fn auth_checking(&self, id: &str) -> String {
+        format!("{}auth:checking:{id}", self.prefix)
+    }
+
     /// Failed logins of a user name in the current window.
     pub fn fail_user(&self, user: &str) -> String {
         format!("{}fail:user:{user}", self.prefix)
