@@ -775,10 +775,10 @@ pub async fn logins(system: &System, seconds: f64) -> Result<Logins, Error> {
     let users = system.users("storm-", n, cost).await?;
     let quiet = small_room(system, "calm-").await?;
     let busy = small_room(system, "storm-room-").await?;
-    let chat_quiet = chat_in(system, quiet, timing).await?;
+    let chat_quiet = chat_in(system, quiet, timing, 200.0).await?;
     let (storm, chat) = tokio::join!(
         offer_logins(system, &users, offered_per_s, timing),
-        chat_in(system, busy, timing)
+        chat_in(system, busy, timing, 200.0)
     );
     let mut out = storm?;
     out.bcrypt_cost = cost;

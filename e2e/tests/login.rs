@@ -349,6 +349,8 @@ async fn nothing_of_the_user_is_read_or_subscribed_before_the_password_is_checke
     assert!(bob.ask("/publish at once").await.starts_with("OK PUBLISH "));
     let line = c.until(|l| l.starts_with("PUB ")).await;
     assert!(line.ends_with(" bob at once"), "{line}");
+}
+
 /// bcrypt's cost in the tests of logins under load: a check takes about
 /// 40 ms in a release build, 270 ms in a debug one.
 const SLOW_COST: u32 = 10;
