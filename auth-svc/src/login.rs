@@ -133,6 +133,7 @@ pub(crate) struct Ctx {
     cost: u32,
     /// Failed logins allowed per user and per address within `window` ms.
     max_failures: [u32; 2],
+    max_registrations: u32,
     window: u64,
     /// Checked against when the user does not exist, so that an unknown
     /// user costs as much time as a wrong password.
@@ -181,6 +182,7 @@ impl Ctx {
                 cfg.auth.max_failures_per_user,
                 cfg.auth.max_failures_per_addr,
             ],
+            max_registrations: cfg.auth.max_registrations,
             window: cfg.auth.failure_window_ms,
             dummy_hash,
         };
@@ -410,12 +412,11 @@ async fn login(
         }
     }
     let new_hash = if *register {
-        // Registrations count against the address, and are not given back.
-        let addr_only = &counters[1..];
-        if ctx
-            .over_limit(&mut conn, addr_only, &ctx.max_failures[1..])
-            .await?
-        {
+        // Registrations count against the address and against all
+        // registrations, and are not given back.
+        let counters = [counters[1].clone(), ctx.keys.registrations()];
+        let limits = [ctx.max_failures[1], ctx.max_registrations];
+        if ctx.over_limit(&mut conn, &counters, &limits).await? {
             ctx.count("rate_limited");
             return publish(ctx, req, refused("registrations")).await;
         }

@@ -28,8 +28,25 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, trust: &Trust) -> std::io::Result<Client> {
+        Self::connect_from(addr, None, trust).await
+    }
+
+    /// As [`Client::connect`], from source address `from` (another
+    /// loopback address, for limits per address).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        from: Option<std::net::IpAddr>,
+        trust: &Trust,
+    ) -> std::io::Result<Client> {
         let cfg = shared::tls::client_config(trust).map_err(std::io::Error::other)?;
-        let tcp = TcpStream::connect(addr).await?;
+        let tcp = match from {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((ip, 0).into())?;
+                socket.connect(addr).await?
+            }
+        };
         let name = shared::tls::server_name("localhost").unwrap();
         let tls = TlsConnector::from(Arc::clone(&cfg))
             .connect(name, tcp)

@@ -266,6 +266,38 @@ async fn registrations_count_against_the_address() {
         .starts_with("ERR rate-limited "));
 }
 
+#[tokio::test]
+async fn registrations_from_all_addresses_together_are_capped() {
+    let sys = System::start_with(Default::default(), |c| {
+        c.auth.registration = true;
+        c.auth.max_failures_per_addr = 0;
+        c.auth.max_registrations = 2;
+    })
+    .await;
+    let mut refused = 0;
+    for (i, name) in ["erin", "fred", "gina"].iter().enumerate() {
+        let from = std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8).into();
+        let mut c = Client::connect_from(sys.edge(i % 2), Some(from), &sys.trust())
+            .await
+            .unwrap();
+        c.expect_prefix("HELLO ").await;
+        let answer = c.ask(&format!("REGISTER {name} long enough")).await;
+        if answer.starts_with("ERR rate-limited ") {
+            refused += 1;
+        } else {
+            assert_eq!(answer, format!("OK LOGIN {name} lobby"));
+        }
+    }
+    // Three addresses, each under its own limit (none): the third
+    // registration is over the cap of all of them together.
+    assert_eq!(refused, 1);
+    let mut r = sys.redis.conn().await;
+    let gina: bool = redis::AsyncCommands::exists(&mut r, sys.keys().user("gina"))
+        .await
+        .unwrap();
+    assert!(!gina, "no account made over the cap");
+}
+
 /// A counter of edge `i`'s /metrics, by its name and labels.
 async fn edge_metric(sys: &System, i: usize, series: &str) -> u64 {
     let (_, page) = e2e::http_get(sys.admin(Role::Edge, i), "/metrics").await;

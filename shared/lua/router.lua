@@ -263,19 +263,26 @@ routed('chat_history', function(q, keys, args)
       and redis.call('EXISTS', stream) == 0 then
     return answer(q, {err('no-such-user', 'no such user')})
   end
-  local entries = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', n)
-  local hist, bytes = {}, 0
-  for _, e in ipairs(entries) do
-    local f = fields(e[2])
-    local from, text = f.from or '?', f.text or ''
-    -- `HIST <of> <id> <from> <text>` and its LF.
-    bytes = bytes + 9 + #label + #e[1] + #from + #text
-    if bytes > budget then break end
-    hist[#hist + 1] = {k = 'hist', of = label, id = e[1], from = from, text = text}
+  -- Read newest first, a page at a time, so that a long history of long
+  -- lines costs what the budget lets through, not what was asked for.
+  local want = math.min(tonumber(n), redis.call('XLEN', stream))
+  local hist, bytes, top, full = {}, 0, '+', false
+  while #hist < want and not full do
+    local page = redis.call('XREVRANGE', stream, top, '-', 'COUNT', math.min(want - #hist, 32))
+    if #page == 0 then break end
+    for _, e in ipairs(page) do
+      local f = fields(e[2])
+      local from, text = f.from or '?', f.text or ''
+      -- `HIST <of> <id> <from> <text>` and its LF.
+      bytes = bytes + 9 + #label + #e[1] + #from + #text
+      if bytes > budget then full = true break end
+      hist[#hist + 1] = {k = 'hist', of = label, id = e[1], from = from, text = text}
+    end
+    top = '(' .. page[#page][1]
   end
   local lines = {}
   for i = #hist, 1, -1 do lines[#lines + 1] = hist[i] end
-  answer(q, listing(lines, 'HISTORY', #entries - #hist, {k = 'ok_history', n = #hist}))
+  answer(q, listing(lines, 'HISTORY', want - #hist, {k = 'ok_history', n = #hist}))
 end)
 
 -- Ends the session `sid`, if it is still the current one. KEYS 4-8: the

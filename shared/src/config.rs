@@ -133,6 +133,10 @@ pub struct AuthConfig {
     pub max_failures_per_user: u32,
     /// Failed logins per client IP address within the window; 0: no limit.
     pub max_failures_per_addr: u32,
+    /// Registrations within the window from all addresses together (each
+    /// costs a bcrypt hash, so a flood from many addresses would starve
+    /// logins); 0: no limit.
+    pub max_registrations: u32,
     pub failure_window_ms: u64,
     /// A login request read by an instance and left unfinished this long
     /// (the instance died) is taken over by another. Keep it well below
@@ -303,6 +307,7 @@ impl Default for AuthConfig {
             min_password: 8,
             max_failures_per_user: 5,
             max_failures_per_addr: 30,
+            max_registrations: 60,
             failure_window_ms: 60_000,
             claim_idle_ms: 2_000,
             admin_listen: "127.0.0.1:9102".into(),
@@ -316,7 +321,7 @@ impl Default for RouterConfig {
             id: String::new(),
             history_cap: 1000,
             history_ttl_ms: 30 * 24 * 3_600_000,
-            reply_max_bytes: 256 * 1024,
+            reply_max_bytes: 64 * 1024,
             listing_max: 1000,
             inbox_per_sender: 100,
             max_subscriptions: 1000,

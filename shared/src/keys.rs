@@ -155,6 +155,11 @@ impl Keys {
         format!("{}fail:addr:{ip}", self.prefix)
     }
 
+    /// Registrations from all addresses in the current window.
+    pub fn registrations(&self) -> String {
+        format!("{}registrations", self.prefix)
+    }
+
     /// Sorted set of live router instances, scored by last heartbeat (ms).
     pub fn routers(&self) -> String {
         format!("{}routers", self.prefix)
