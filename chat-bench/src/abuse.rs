@@ -77,8 +77,11 @@ struct Counts {
     connections: AtomicU64,
 }
 
-/// Runs the soak for `seconds` and checks the bounds.
-pub async fn abuse(system: &System, seconds: f64) -> Result<Abuse, Error> {
+/// Runs the soak for `seconds` and checks the bounds; `kinds` names the
+/// abuses to run (`slow`, `who`, `storm`, `register`, and `churn`: the
+/// storm in waves that all quit at once).
+pub async fn abuse(system: &System, seconds: f64, kinds: &[String]) -> Result<Abuse, Error> {
+    let wants = |k: &str| kinds.iter().any(|x| x == k);
     prepare(system).await?;
     let timing = Timing {
         warmup_s: 2.0,
@@ -96,21 +99,20 @@ pub async fn abuse(system: &System, seconds: f64) -> Result<Abuse, Error> {
     let counts = Arc::new(Counts::default());
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
-    for (i, user) in slow.into_iter().enumerate() {
+    for (i, user) in slow.into_iter().enumerate().filter(|_| wants("slow")) {
         let t = (system.target.clone(), counts.clone(), stop.clone());
         tasks.push(tokio::spawn(slow_reader(t.0, i, user, t.1, t.2)));
     }
-    for (i, user) in askers.into_iter().enumerate() {
+    for (i, user) in askers.into_iter().enumerate().filter(|_| wants("who")) {
         let t = (system.target.clone(), counts.clone(), stop.clone());
         tasks.push(tokio::spawn(who_asker(t.0, i, user, t.1, t.2)));
     }
-    tasks.push(tokio::spawn(reconnect_storm(
-        system.target.clone(),
-        storm,
-        counts.clone(),
-        stop.clone(),
-    )));
-    for i in 0..REGISTER_TASKS {
+    if wants("storm") || wants("churn") {
+        let t = (system.target.clone(), counts.clone(), stop.clone());
+        let churn = wants("churn");
+        tasks.push(tokio::spawn(reconnect_storm(t.0, storm, churn, t.1, t.2)));
+    }
+    for i in (0..REGISTER_TASKS).filter(|_| wants("register")) {
         let t = (system.target.clone(), counts.clone(), stop.clone());
         tasks.push(tokio::spawn(register_flood(t.0, i, t.1, t.2)));
     }
@@ -266,9 +268,10 @@ async fn slow_reader(
         };
         let read = async {
             let mut bytes = 0;
+            // Until the edge drops it (`BYE too-slow`, or closed outright
+            // when even that does not fit).
             while let Ok(Some(line)) = rd.line().await {
                 if line.starts_with(b"BYE") {
-                    counts.slow_dropped.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 bytes += line.len();
@@ -277,6 +280,7 @@ async fn slow_reader(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+            counts.slow_dropped.fetch_add(1, Ordering::Relaxed);
         };
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -320,11 +324,13 @@ async fn who_asker(
     }
 }
 
-/// Waves of [`STORM`] clients logging in at once (200 handshakes in
-/// flight), holding on, and all going away together.
+/// [`STORM`] clients logging in at once (200 handshakes in flight) and
+/// holding on; with `churn`, waves of them, all going away together at the
+/// end of each.
 async fn reconnect_storm(
     target: load::Target,
     users: Vec<String>,
+    churn: bool,
     counts: Arc<Counts>,
     stop: CancellationToken,
 ) {
@@ -355,6 +361,10 @@ async fn reconnect_storm(
             .connections
             .fetch_max(held.len() as u64, Ordering::Relaxed);
         counts.waves.fetch_add(1, Ordering::Relaxed);
+        if !churn {
+            // Held to the end: they leave with the soak, not in it.
+            stop.cancelled().await;
+        }
         drop(held);
     }
 }

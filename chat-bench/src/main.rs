@@ -68,6 +68,11 @@ pub struct Cli {
     /// How long the abuse soak lasts (seconds).
     #[arg(long, default_value_t = 30.0)]
     abuse_seconds: f64,
+    /// The abuses of the soak (comma-separated): slow, who, storm, register,
+    /// churn (the storm's clients all quitting at once, again and again,
+    /// instead of holding on).
+    #[arg(long, value_delimiter = ',', default_value = "slow,who,storm,register")]
+    abuses: Vec<String>,
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
     #[arg(long, default_value_t = 5.0)]
@@ -169,7 +174,7 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
     if wants("abuse") {
         let dir = cli.dir.join("abuse");
         let system = system::System::start_with(&cli.bin, &dir, 2, system::ABUSE_SETTINGS).await?;
-        let a = abuse::abuse(&system, cli.abuse_seconds).await?;
+        let a = abuse::abuse(&system, cli.abuse_seconds, &cli.abuses).await?;
         eprintln!(
             "  abuse: edge peak {:?} MB (bound {} MB), Redis PING p99 {} ms, quiet room p99 {} ms -> {} ms",
             a.edge_rss_mb, a.edge_rss_bound_mb, a.ping_p99_ms, a.quiet.p99_ms, a.quiet_during.p99_ms

@@ -442,7 +442,7 @@ fn abuse_section(s: &mut String, a: &Abuse) {
     let _ = writeln!(s, "\n### Abuse soak ({} s, default limits)\n", a.seconds);
     let _ = writeln!(
         s,
-        "- 50 slow readers: {} `/history 500` asked, {} dropped with `BYE too-slow`",
+        "- 50 slow readers: {} `/history 500` asked, {} times dropped by the edge (too slow)",
         a.history_requests, a.slow_readers_dropped
     );
     let _ = writeln!(

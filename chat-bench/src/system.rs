@@ -16,6 +16,7 @@ pub const BENCH_SETTINGS: &[(&str, &str)] = &[
     ("CHAT_EDGE__MAX_UNAUTH_PER_ADDR", "0"),
     ("CHAT_EDGE__ACCEPTS_PER_ADDR_PER_SEC", "0"),
     ("CHAT_EDGE__MAX_CONNECTIONS", "30000"),
+    ("CHAT_EDGE__ACCEPTS_PER_SEC", "0"),
     ("CHAT_EDGE__MAX_ERRORS_PER_MIN", "0"),
     ("CHAT_EDGE__ADMIN_LISTEN", ""),
     ("CHAT_AUTH__ADMIN_LISTEN", ""),

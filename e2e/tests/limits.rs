@@ -298,6 +298,30 @@ async fn registrations_from_all_addresses_together_are_capped() {
     assert!(!gina, "no account made over the cap");
 }
 
+#[tokio::test]
+async fn accepting_is_paced_across_all_addresses_and_nothing_is_dropped() {
+    let sys = System::start_with(Shape::new(1, 1, 1), |c| c.edge.accepts_per_sec = 2).await;
+    // Six clients from six addresses at once, three times the rate: all
+    // are served, the later ones after the edge waited for its pace.
+    let clients = (0..6u8).map(|i| {
+        let (edge, trust) = (sys.edge(0), sys.trust());
+        async move {
+            let from = std::net::Ipv4Addr::new(127, 0, 2, 1 + i).into();
+            let mut c = Client::connect_from(edge, Some(from), &trust)
+                .await
+                .unwrap();
+            c.expect_prefix("HELLO ").await;
+            c.ask("/ping").await
+        }
+    });
+    for pong in futures_util::future::join_all(clients).await {
+        assert_eq!(pong, "OK PING");
+    }
+    assert!(edge_metric(&sys, 0, "chat_edge_accepts_paced_total").await >= 1);
+    let refused = r#"chat_edge_connections_refused_total{reason="accept-rate"}"#;
+    assert_eq!(edge_metric(&sys, 0, refused).await, 0);
+}
+
 /// A counter of edge `i`'s /metrics, by its name and labels.
 async fn edge_metric(sys: &System, i: usize, series: &str) -> u64 {
     let (_, page) = e2e::http_get(sys.admin(Role::Edge, i), "/metrics").await;

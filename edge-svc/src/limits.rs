@@ -195,6 +195,14 @@ impl Bucket {
         }
     }
 
+    /// How long from the last [`Bucket::take`] until a token is there.
+    pub(crate) fn wait(&self) -> Duration {
+        if self.rate == 0.0 || self.tokens >= 1.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+    }
+
     /// Takes a token if there is one.
     pub(crate) fn take(&mut self, now: Instant) -> bool {
         if self.rate == 0.0 {
@@ -343,8 +351,11 @@ mod tests {
             "refills to the burst only"
         );
         assert!(!b.take(t0 + Duration::from_secs(10)));
+        assert_eq!(b.wait(), Duration::from_millis(100), "a token every 1/10 s");
+        assert!(b.take(t0 + Duration::from_secs(10) + b.wait()));
         let mut off = Bucket::new(0, 0, t0);
         assert!((0..1000).all(|_| off.take(t0)));
+        assert_eq!(off.wait(), Duration::ZERO);
     }
 
     #[test]

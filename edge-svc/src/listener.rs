@@ -6,7 +6,7 @@ use crate::error::{EdgeError, Phase};
 use crate::heartbeat::{end_orphans, heartbeat};
 use crate::hub::Hub;
 use crate::intake::Backlog;
-use crate::limits::{AcceptRate, Refusal};
+use crate::limits::{AcceptRate, Bucket, Refusal};
 use crate::pubsub::{deliver, subscribe};
 use shared::config::Config;
 use shared::keys::Keys;
@@ -100,7 +100,17 @@ impl Listener {
             ACCEPT_RATE_ADDRS,
             Instant::now(),
         );
+        // All addresses together: a storm from many hosts waits in the
+        // kernel's backlog rather than taking every core for handshakes.
+        let mut pace = Bucket::new(edge.accepts_per_sec, edge.accepts_per_sec, Instant::now());
         loop {
+            if !pace.take(Instant::now()) {
+                self.ctx.metrics.accepts_paced.inc();
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(pace.wait()) => continue,
+                }
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {

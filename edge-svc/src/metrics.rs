@@ -17,6 +17,8 @@ pub(crate) struct Metrics {
     pub(crate) refused_rate: Counter,
     pub(crate) refused_full: Counter,
     pub(crate) refused_unauth: Counter,
+    /// Times accepting waited for the edge's accept rate.
+    pub(crate) accepts_paced: Counter,
     /// Pub/Sub connections dropped for a backlog over its budget.
     pub(crate) pubsub_overflows: Counter,
 }
@@ -59,6 +61,11 @@ impl Probe for Ctx {
                 "chat_edge_queue_drops_total",
                 "Clients closed because their queue was full (too-slow).",
                 hub.drops.get(),
+            )
+            .counter(
+                "chat_edge_accepts_paced_total",
+                "Times accepting waited for edge.accepts_per_sec.",
+                m.accepts_paced.get(),
             )
             .counters(
                 "chat_edge_connections_refused_total",

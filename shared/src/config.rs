@@ -100,6 +100,10 @@ pub struct EdgeConfig {
     pub accepts_per_addr_per_sec: u32,
     /// New connections one address may open at once before the rate applies.
     pub accept_burst: u32,
+    /// New connections this edge accepts per second from all addresses
+    /// (as many at once); past it, accepting waits and new connections
+    /// queue in the kernel's backlog. 0: no pacing.
+    pub accepts_per_sec: u32,
     /// Bytes of Pub/Sub messages read from Redis and not yet applied; past
     /// it the edge drops its Pub/Sub connection and catches up from history.
     pub pubsub_backlog_bytes: usize,
@@ -270,6 +274,7 @@ impl Default for EdgeConfig {
             max_unauth_per_addr: 32,
             accepts_per_addr_per_sec: 20,
             accept_burst: 64,
+            accepts_per_sec: 200,
             pubsub_backlog_bytes: 64 << 20,
         }
     }
