@@ -35,15 +35,19 @@ soak: redis
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn); ./target/release/chat-bench --only abuse --no-report $(BENCH_ARGS)
 
-## The whole system in containers (Redis, auth-svc, router-svc, two edges).
+## The whole system in containers (Redis, auth-svc, router-svc, two edges),
+## with docker compose or docker-compose; base images that cannot be pulled
+## are built locally from Debian packages (scripts/local-base.sh).
 compose-up:
-	docker compose up --build
+	./scripts/compose.sh up --build
 
 ## The demo accounts, in the compose stack's Redis.
 compose-users:
-	docker compose run --rm users
+	./scripts/compose.sh run --rm users
 
-## The end-to-end scenario against the compose stack (needs a Docker engine).
+## The container test: the stack scaled (3 auth-svc, 2 router-svc), the
+## end-to-end scenario against it, then down -v (needs a Docker engine;
+## scripts/ensure-docker.sh starts one as root).
 compose-test:
 	./scripts/compose-test.sh
 
