@@ -1,7 +1,7 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test bench soak build certs redis lint fuzz compose-up compose-users compose-test clean
+.PHONY: up test bench soak build certs redis lint fuzz compose-up compose-users compose-test report clean
 
 ## Start the whole system in the foreground, supervised: a service that
 ## dies is restarted (Ctrl-C stops everything). More instances:
@@ -50,6 +50,11 @@ compose-users:
 ## scripts/ensure-docker.sh starts one as root).
 compose-test:
 	./scripts/compose-test.sh
+
+## The written report: docs/report.md to docs/report.pdf (pandoc and
+## weasyprint, from Debian's packages).
+report:
+	./scripts/report.sh
 
 ## Release build of the services and the client.
 build:
