@@ -23,7 +23,7 @@ build_debian() {
   have "$debian" && return
   if ! command -v debootstrap >/dev/null; then
     [ "$(id -u)" = 0 ] || { echo "debootstrap missing: sudo apt-get install -y debootstrap" >&2; exit 1; }
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } >&2
   fi
   local dir
   dir=$(mktemp -d)
