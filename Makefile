@@ -16,7 +16,7 @@ test: redis
 	@if docker info >/dev/null 2>&1; then \
 		echo "a Docker engine is here: make compose-test runs the container test"; \
 	else \
-		echo "container test skipped: no Docker engine (make compose-test runs it where there is one)"; \
+		echo "no Docker engine running: the container test is make compose-test (scripts/ensure-docker.sh starts an engine as root; CI does that, then runs it)"; \
 	fi
 
 ## Benchmark: starts a fresh local system on free ports, runs every
