@@ -1,7 +1,7 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test bench soak build certs redis lint fuzz compose-up compose-users compose-test clean
+.PHONY: up test bench soak build certs redis lint fuzz compose-up compose-users compose-test report clean
 
 ## Start the whole system in the foreground, supervised: a service that
 ## dies is restarted (Ctrl-C stops everything). More instances:
@@ -16,7 +16,7 @@ test: redis
 	@if docker info >/dev/null 2>&1; then \
 		echo "a Docker engine is here: make compose-test runs the container test"; \
 	else \
-		echo "container test skipped: no Docker engine (make compose-test runs it where there is one)"; \
+		echo "no Docker engine running: the container test is make compose-test (scripts/ensure-docker.sh starts an engine as root; CI does that, then runs it)"; \
 	fi
 
 ## Benchmark: starts a fresh local system on free ports, runs every
@@ -35,17 +35,26 @@ soak: redis
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn); ./target/release/chat-bench --only abuse --no-report $(BENCH_ARGS)
 
-## The whole system in containers (Redis, auth-svc, router-svc, two edges).
+## The whole system in containers (Redis, auth-svc, router-svc, two edges),
+## with docker compose or docker-compose; base images that cannot be pulled
+## are built locally from Debian packages (scripts/local-base.sh).
 compose-up:
-	docker compose up --build
+	./scripts/compose.sh up --build
 
 ## The demo accounts, in the compose stack's Redis.
 compose-users:
-	docker compose run --rm users
+	./scripts/compose.sh run --rm users
 
-## The end-to-end scenario against the compose stack (needs a Docker engine).
+## The container test: the stack scaled (3 auth-svc, 2 router-svc), the
+## end-to-end scenario against it, then down -v (needs a Docker engine;
+## scripts/ensure-docker.sh starts one as root).
 compose-test:
 	./scripts/compose-test.sh
+
+## The written report: docs/report.md to docs/report.pdf (pandoc and
+## weasyprint, from Debian's packages).
+report:
+	./scripts/report.sh
 
 ## Release build of the services and the client.
 build:

@@ -320,7 +320,7 @@ impl Results {
 
     /// Latency (p50 and p99, log scale) against offered rate.
     fn svg(&self) -> String {
-        let (w, h, left, bottom, top, right) = (640.0, 400.0, 60.0, 50.0, 30.0, 150.0);
+        let (w, h, left, bottom, top, right) = (640.0, 400.0, 75.0, 50.0, 30.0, 150.0);
         let (clients, senders) = self
             .runs("fanout")
             .first()
