@@ -322,6 +322,36 @@ async fn accepting_is_paced_across_all_addresses_and_nothing_is_dropped() {
     assert_eq!(edge_metric(&sys, 0, refused).await, 0);
 }
 
+#[tokio::test]
+async fn a_long_reply_costs_lines_of_the_flood_budget() {
+    let sys = System::start_with(Shape::new(1, 1, 1), |c| {
+        c.edge.lines_per_sec = 1;
+        c.edge.line_burst = 5;
+        c.edge.reply_bytes_per_line = 1024;
+    })
+    .await;
+    sys.add_user("alice").await;
+    // 20 lines of 1,000 characters in the lobby's history: about 20 KB.
+    let mut r = sys.redis.conn().await;
+    let text = "x".repeat(1000);
+    for _ in 0..20 {
+        let _: String = r
+            .xadd(
+                sys.keys().history("lobby"),
+                "*",
+                &[("from", "bob"), ("text", &text)],
+            )
+            .await
+            .unwrap();
+    }
+    let mut alice = sys.login(0, "alice").await;
+    let reply = alice.command("/history 20").await;
+    assert_eq!(reply.last().unwrap(), "OK HISTORY 20");
+    // The reply cost 19 lines more than the budget held: the next line
+    // waits for the debt (5 lines at 1 a second) to be paid.
+    assert!(alice.ask("/ping").await.starts_with("ERR rate-limited "));
+}
+
 /// A counter of edge `i`'s /metrics, by its name and labels.
 async fn edge_metric(sys: &System, i: usize, series: &str) -> u64 {
     let (_, page) = e2e::http_get(sys.admin(Role::Edge, i), "/metrics").await;

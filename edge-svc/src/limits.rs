@@ -195,6 +195,14 @@ impl Bucket {
         }
     }
 
+    /// Takes `n` tokens, into debt down to minus the burst: the lines that
+    /// follow wait until it is paid.
+    pub(crate) fn charge(&mut self, n: f64) {
+        if self.rate > 0.0 {
+            self.tokens = (self.tokens - n).max(-self.burst);
+        }
+    }
+
     /// How long from the last [`Bucket::take`] until a token is there.
     pub(crate) fn wait(&self) -> Duration {
         if self.rate == 0.0 || self.tokens >= 1.0 {
@@ -353,6 +361,12 @@ mod tests {
         assert!(!b.take(t0 + Duration::from_secs(10)));
         assert_eq!(b.wait(), Duration::from_millis(100), "a token every 1/10 s");
         assert!(b.take(t0 + Duration::from_secs(10) + b.wait()));
+        b.charge(100.0);
+        assert_eq!(
+            b.wait(),
+            Duration::from_millis(400),
+            "in debt down to the burst"
+        );
         let mut off = Bucket::new(0, 0, t0);
         assert!((0..1000).all(|_| off.take(t0)));
         assert_eq!(off.wait(), Duration::ZERO);

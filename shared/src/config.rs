@@ -78,6 +78,9 @@ pub struct EdgeConfig {
     pub lines_per_sec: u32,
     /// Lines a connection may send at once before the rate applies.
     pub line_burst: u32,
+    /// A reply to a command costs one more line of the flood budget per
+    /// this many bytes (`/history`, listings); 0: replies cost nothing.
+    pub reply_bytes_per_line: usize,
     /// `ERR` replies to a connection's own mistakes within a minute before
     /// `BYE too-many-errors`; 0: no limit.
     pub max_errors_per_min: u32,
@@ -266,6 +269,7 @@ impl Default for EdgeConfig {
             max_connections_per_addr: 64,
             lines_per_sec: 20,
             line_burst: 50,
+            reply_bytes_per_line: 4096,
             max_errors_per_min: 60,
             dead_after_ms: 15_000,
             admin_listen: "127.0.0.1:9101".into(),

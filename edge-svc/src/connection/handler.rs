@@ -332,6 +332,13 @@ impl Handler {
         if let Err(e) = self.call(&stream, req, channels).await {
             self.reply(e.line());
         }
+        // A long reply costs lines of the flood budget: asking for
+        // megabytes is not as cheap as saying one line.
+        let per = self.ctx.cfg.edge.reply_bytes_per_line;
+        if per > 0 {
+            let bytes = self.ctx.hub.reply_bytes(self.id);
+            self.bucket.charge((bytes / per) as f64);
+        }
     }
 
     async fn quit(&mut self) {

@@ -143,7 +143,11 @@ impl Hub {
         }
         if show && !reply.lines.is_empty() {
             // One queue slot for the whole reply, however long a listing.
-            self.push(conn, Out::Line(render(&reply.lines)));
+            let out = render(&reply.lines);
+            if waiting {
+                conn.reply_bytes += out.len();
+            }
+            self.push(conn, Out::Line(out));
         }
         if let Some(reason) = bye {
             self.push(conn, Out::Bye(reason));

@@ -99,6 +99,8 @@ struct Conn {
     pending: Option<(u64, oneshot::Sender<Option<Effect>>)>,
     /// Opens the [`Out::Gate`] queued before its `OK LOGIN`.
     gate: Option<oneshot::Sender<()>>,
+    /// Bytes of the replies it waited for, since [`Hub::reply_bytes`].
+    reply_bytes: usize,
 }
 
 #[derive(Default)]
@@ -181,6 +183,7 @@ impl Hub {
                 holds: Vec::new(),
                 pending: None,
                 gate: None,
+                reply_bytes: 0,
             },
         );
     }
@@ -212,6 +215,14 @@ impl Hub {
             c.pending = Some((rid, tx));
         }
         rx
+    }
+
+    /// The bytes of the replies `conn` waited for since the last call.
+    pub(crate) fn reply_bytes(&self, conn: u64) -> usize {
+        self.lock()
+            .conns
+            .get_mut(&conn)
+            .map_or(0, |c| std::mem::take(&mut c.reply_bytes))
     }
 
     /// `conn` stops waiting for `rid`; false if the reply came already.
