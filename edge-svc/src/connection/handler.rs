@@ -334,10 +334,9 @@ impl Handler {
         }
         // A long reply costs lines of the flood budget: asking for
         // megabytes is not as cheap as saying one line.
-        let per = self.ctx.cfg.edge.reply_bytes_per_line;
-        if per > 0 {
-            let bytes = self.ctx.hub.reply_bytes(self.id);
-            self.bucket.charge((bytes / per) as f64);
+        let bytes = self.ctx.hub.reply_bytes(self.id);
+        if let Some(lines) = bytes.checked_div(self.ctx.cfg.edge.reply_bytes_per_line) {
+            self.bucket.charge(lines as f64);
         }
     }
 
