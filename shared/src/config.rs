@@ -269,7 +269,7 @@ impl Default for EdgeConfig {
             max_connections_per_addr: 64,
             lines_per_sec: 20,
             line_burst: 50,
-            reply_bytes_per_line: 4096,
+            reply_bytes_per_line: 1024,
             max_errors_per_min: 60,
             dead_after_ms: 15_000,
             admin_listen: "127.0.0.1:9101".into(),
