@@ -364,6 +364,8 @@ fn slow_bcrypt(c: &mut shared::config::Config) {
     c.auth.max_failures_per_user = 0;
     c.auth.max_failures_per_addr = 0;
     c.edge.max_connections_per_addr = 0;
+    c.edge.max_unauth_per_addr = 0;
+    c.edge.accepts_per_sec = 0;
 }
 
 /// Accounts `<prefix>0` … with the password `pw` hashed at [`SLOW_COST`]
