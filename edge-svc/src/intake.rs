@@ -200,9 +200,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_that_falls_behind_ends_at_its_budget() {
-        use crate::test_redis::{Redis, WAIT};
+        use e2e::{TestRedis, WAIT};
         use futures_util::StreamExt;
-        let redis = Redis::start().await;
+        let redis = TestRedis::start().await;
         let client = shared::store::client(&redis.url()).unwrap();
         const BUDGET: usize = 64 * 1024;
         let backlog = Backlog::new(BUDGET);

@@ -22,8 +22,6 @@ mod listener;
 mod metrics;
 mod pubsub;
 mod resync;
-#[cfg(test)]
-mod test_redis;
 
 pub use error::{EdgeError, Phase};
 pub use listener::run;

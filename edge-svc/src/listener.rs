@@ -183,7 +183,7 @@ impl Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_redis::{Redis, WAIT};
+    use e2e::{TestRedis, WAIT};
     use shared::admin::AdminPort;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -198,7 +198,7 @@ mod tests {
             "{report:?}"
         );
 
-        let redis = Redis::start().await;
+        let redis = TestRedis::start().await;
         let mut cfg = Config {
             redis_url: redis.url(),
             ..Config::default()
