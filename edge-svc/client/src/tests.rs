@@ -155,7 +155,7 @@ fn own_messages_are_marked() {
 fn history_asked_for_is_shown_in_place_every_time() {
     let mut m = logged_in("den");
     m.on_line(NOW, "MSG den 10-0 bob hi");
-    assert_eq!(m.submit(NOW, "/history 5").as_deref(), Some("/history 5"));
+    assert_eq!(m.submit(NOW, "/history 5"), ["/history 5"]);
     m.on_line(NOW, "HIST den 10-0 bob hi");
     m.on_line(NOW, "OK HISTORY 1");
     let last_two: Vec<&Entry> = m.entries.iter().rev().take(2).collect();
@@ -190,10 +190,7 @@ fn listings_feed_completion_and_the_status_line() {
 #[test]
 fn sent_private_messages_are_echoed() {
     let mut m = logged_in("lobby");
-    assert_eq!(
-        m.submit(NOW, "/msg bob see you").as_deref(),
-        Some("/msg bob see you")
-    );
+    assert_eq!(m.submit(NOW, "/msg bob see you"), ["/msg bob see you"]);
     let e = m.entries.back().unwrap();
     assert!(e.own && e.text == "see you");
     assert_eq!(e.kind, Kind::DmOut { to: "bob".into() });
@@ -273,7 +270,7 @@ fn the_config_file_gives_defaults_and_paths_relative_to_it() {
 fn reconnect(m: &mut Model) -> Vec<String> {
     m.lost(NOW, "the server closed the connection", Some((1, 500)));
     assert!(!m.can_send());
-    assert!(m.submit(NOW, "typed while away").is_none());
+    assert!(m.submit(NOW, "typed while away").is_empty());
     m.connected(NOW, "127.0.0.1:7002");
     m.on_line(NOW, "HELLO edge-2 chat/1");
     m.on_line(NOW, "OK LOGIN alice lobby")

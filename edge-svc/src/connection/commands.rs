@@ -71,6 +71,11 @@ pub(super) fn action(cmd: Command, keys: &Keys) -> Action {
             };
             route(Op::History { with, n })
         }
+        Command::KeySet(key) => route(Op::KeySet {
+            key: key.to_base64(),
+            fingerprint: key.fingerprint(),
+        }),
+        Command::Key(target) => route(Op::Key { target }),
         Command::Ping => Action::Reply(vec![ServerLine::OkPing]),
         Command::Help => {
             let mut lines: Vec<ServerLine> = protocol::HELP
