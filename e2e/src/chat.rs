@@ -1,7 +1,8 @@
 //! The `chat` client binary with piped standard input and output (so in
 //! plain mode), driven as a user would.
 
-use crate::{binary, password, System, WAIT};
+use crate::{binary, free_port, password, System, WAIT};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -15,14 +16,23 @@ pub struct ChatClient {
 }
 
 impl ChatClient {
-    /// Starts it on edge `edge` (0-based) of `sys`.
+    /// Starts it on edge `edge` (0-based) of `sys`, with a configuration
+    /// directory of its own.
     pub fn start(sys: &System, edge: usize, user: &str) -> ChatClient {
+        Self::start_in(sys, edge, user, &config_dir())
+    }
+
+    /// Starts it with `dir` as its configuration directory
+    /// (`$XDG_CONFIG_HOME/chat`), where it keeps its keys.
+    pub fn start_in(sys: &System, edge: usize, user: &str, dir: &Path) -> ChatClient {
+        let xdg = dir.parent().expect("a directory named chat in another");
         let mut child = Command::new(binary("chat"))
             .args(["--server", &sys.edge(edge).to_string()])
             .arg("--ca")
             .arg(sys.ca())
             .args(["--user", user])
             .env("CHAT_PASSWORD", password(user))
+            .env("XDG_CONFIG_HOME", xdg)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -67,4 +77,16 @@ impl ChatClient {
             .unwrap();
         assert!(status.success(), "client exit status {status}");
     }
+}
+
+/// A fresh configuration directory for the client, `<tmp>/…/chat` (not
+/// made: the client makes it).
+pub fn config_dir() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!(
+            "chat-config-{}-{}",
+            std::process::id(),
+            free_port()
+        ))
+        .join("chat")
 }

@@ -145,7 +145,8 @@ fn alice(sys: &System, edges: &[usize]) -> Tmux {
 /// edges, and `more` arguments.
 fn chat_command(sys: &System, edges: &[usize], password: &str, more: &str) -> String {
     let mut cmd = format!(
-        "env CHAT_PASSWORD={password} XDG_CONFIG_HOME=/nonexistent '{}' --ca '{}' --user alice {more}",
+        "env CHAT_PASSWORD={password} XDG_CONFIG_HOME='{}' '{}' --ca '{}' --user alice {more}",
+        e2e::config_dir().parent().unwrap().display(),
         binary("chat").display(),
         sys.ca().display()
     );
@@ -335,7 +336,8 @@ async fn falls_back_to_the_next_server_when_its_edge_dies() {
     let screen = tmux.shows(&status(&sys, "lobby", 1)).await;
     assert_eq!(count(&screen, "<bob> hi"), 1, "{screen}");
     bob.say("/msg alice still there?").await;
-    tmux.shows("*bob* still there?").await;
+    // Sealed by bob's client, opened by alice's.
+    tmux.shows("*bob* 🔒 still there?").await;
 }
 
 #[tokio::test]
@@ -389,6 +391,7 @@ async fn bad_credentials_end_the_client_with_an_error_in_both_modes() {
         .arg(sys.ca())
         .args(["--user", "alice"])
         .env("CHAT_PASSWORD", "wrong")
+        .env("XDG_CONFIG_HOME", e2e::config_dir().parent().unwrap())
         .stdin(std::process::Stdio::piped())
         .output();
     let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();

@@ -7,10 +7,10 @@
 //! private key and the sender's public key, and the sender (its history)
 //! with its private key and the recipient's.
 //!
-//! To send to a peer the client asks the server for the peer's key
-//! (`/key <user>`) once per connection; while that lookup is out, the
-//! user's further lines wait behind it, so that they go out in the order
-//! typed.
+//! Before each message the client asks the server for the peer's key
+//! (`/key <user>`), so that a new key is seen at once; while that lookup is
+//! out, the user's further lines wait behind it, so that they go out in the
+//! order typed.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -55,10 +55,17 @@ pub enum Out {
 /// The request whose answer the user's lines wait for.
 #[derive(Debug)]
 enum Inflight {
+    /// The login (`OK LOGIN`, then `/key set`).
+    Login,
     /// `/key set`, after the login.
     Publish,
-    /// `/key <to>`, for a message to `to`.
-    Lookup { to: String, text: String },
+    /// `/key <to>`, for a message to `to`; `key` is `to`'s once the `KEY`
+    /// line is in.
+    Lookup {
+        to: String,
+        text: String,
+        key: Option<IdentityKey>,
+    },
 }
 
 pub struct E2e {
@@ -71,8 +78,6 @@ pub struct E2e {
     /// Keys that differ from the trusted ones (`None`: the peer has no key
     /// any more), until `/trust`.
     changed: HashMap<String, Option<IdentityKey>>,
-    /// The peers' keys as the server gave them on this connection.
-    fetched: HashMap<String, Option<IdentityKey>>,
     inflight: Option<Inflight>,
     backlog: VecDeque<String>,
     /// The longest line the server takes, terminator included.
@@ -120,18 +125,16 @@ impl E2e {
             known_path,
             known,
             changed: HashMap::new(),
-            fetched: HashMap::new(),
             // Nothing goes out before the key is published.
-            inflight: Some(Inflight::Publish),
+            inflight: Some(Inflight::Login),
             backlog: VecDeque::new(),
             max_line,
         })
     }
 
     /// Logged in: publish the key (again: another device may have replaced
-    /// it), and ask for peers' keys anew.
+    /// it).
     pub fn login(&mut self) -> Vec<Out> {
-        self.fetched.clear();
         self.inflight = Some(Inflight::Publish);
         vec![Out::Send(format!("/key set {}", self.public.to_base64()))]
     }
@@ -141,7 +144,7 @@ impl E2e {
         let lost = self.backlog.len()
             + usize::from(matches!(self.inflight, Some(Inflight::Lookup { .. })));
         self.backlog.clear();
-        self.inflight = Some(Inflight::Publish);
+        self.inflight = Some(Inflight::Login);
         match lost {
             0 => vec![],
             n => vec![Out::Warning(format!(
@@ -181,14 +184,12 @@ impl E2e {
             // Read as the server reads it: what it would take as a message
             // is sealed.
             _ => match Command::parse(line) {
-                Ok(Some(Command::Msg { to, text })) => match self.fetched.get(&to) {
-                    Some(key) => self.deliver(&to, *key, &text),
-                    None => {
-                        let lookup = format!("/key {to}");
-                        self.inflight = Some(Inflight::Lookup { to, text });
-                        vec![Out::Send(lookup)]
-                    }
-                },
+                Ok(Some(Command::Msg { to, text })) => {
+                    let lookup = format!("/key {to}");
+                    let key = None;
+                    self.inflight = Some(Inflight::Lookup { to, text, key });
+                    vec![Out::Send(lookup)]
+                }
                 _ => vec![Out::Send(line.to_string())],
             },
         }
@@ -197,11 +198,12 @@ impl E2e {
     /// A server line. Returns whether it answered the engine's own request
     /// (then it is not shown), and what to do.
     pub fn on_line(&mut self, l: &ServerLine) -> (bool, Vec<Out>) {
-        match (l, &self.inflight) {
-            (ServerLine::Key { user, key, .. }, Some(Inflight::Lookup { to, .. }))
+        match (l, &mut self.inflight) {
+            (ServerLine::Key { user, key, .. }, Some(Inflight::Lookup { to, key: k, .. }))
                 if to == user =>
             {
-                self.fetched.insert(user.clone(), IdentityKey::parse(key));
+                // A key the server mangled counts as none (see `deliver`).
+                *k = IdentityKey::parse(key);
                 (true, vec![])
             }
             (ServerLine::OkKey { user }, Some(Inflight::Publish)) if *user == self.user => {
@@ -209,10 +211,9 @@ impl E2e {
                 (true, self.drain())
             }
             (ServerLine::OkKey { user }, Some(Inflight::Lookup { to, .. })) if to == user => {
-                let Some(Inflight::Lookup { to, text }) = self.inflight.take() else {
+                let Some(Inflight::Lookup { to, text, key }) = self.inflight.take() else {
                     unreachable!()
                 };
-                let key = *self.fetched.entry(to.clone()).or_insert(None);
                 let mut out = self.deliver(&to, key, &text);
                 out.extend(self.drain());
                 (true, out)
@@ -220,13 +221,15 @@ impl E2e {
             (ServerLine::Err { code, text }, Some(_)) => {
                 let what = match self.inflight.take() {
                     Some(Inflight::Lookup { to, .. }) => {
-                        Out::Warning(format!("not sent to {to}: {code} {text}"))
+                        Some(Out::Warning(format!("not sent to {to}: {code} {text}")))
                     }
-                    _ => Out::Warning(format!(
+                    Some(Inflight::Publish) => Some(Out::Warning(format!(
                         "your key could not be published ({code} {text}): others cannot encrypt to you"
-                    )),
+                    ))),
+                    // The login failed: the session ends.
+                    _ => None,
                 };
-                let mut out = vec![what];
+                let mut out: Vec<Out> = what.into_iter().collect();
                 out.extend(self.drain());
                 (false, out)
             }
@@ -556,8 +559,8 @@ mod tests {
         assert_eq!(bob.open("alice", &text), ("🔒 meet at noon".into(), None));
         // alice reads her own in the history.
         assert_eq!(alice.open("alice", &text).0, "🔒 meet at noon");
-        // The key is looked up once per connection.
-        let again = alice.input("/msg bob again");
+        // The key is looked up for every message.
+        let again = msg(&mut alice, "bob", Some(&bob_key), "again");
         assert!(sends(&again)[0].starts_with("/msg bob e2e:"));
         // Plain text passes as it is.
         assert_eq!(bob.open("alice", "hello"), ("hello".into(), None));
@@ -594,25 +597,23 @@ mod tests {
         let (mut alice, _) = engine(&a, "alice");
         let (_, old) = engine(&b, "bob");
         msg(&mut alice, "bob", Some(&old), "first");
-        // bob starts over with a new key; alice's next connection sees it.
+        // bob starts over with a new key.
         std::fs::remove_dir_all(&b).unwrap();
         let (mut bob, new) = engine(&b, "bob");
-        alice.login();
-        alice.on_line(&line("OK KEY alice"));
         let outs = msg(&mut alice, "bob", Some(&new), "second");
         assert!(sends(&outs).is_empty(), "{outs:?}");
         assert!(
             matches!(&outs[..], [Out::Warning(w)] if w.contains("CHANGED") && w.contains("/trust bob"))
         );
         // Still refused, and shown by /fingerprint.
-        assert!(sends(&alice.input("/msg bob third")).is_empty());
+        assert!(sends(&msg(&mut alice, "bob", Some(&new), "third")).is_empty());
         let [Out::Notice(fp)] = &alice.input("/fingerprint bob")[..] else {
             panic!()
         };
         let new_fp = IdentityKey::parse(&new).unwrap().fingerprint();
         assert!(fp.contains(&new_fp) && fp.contains("NOT trusted"), "{fp}");
         alice.input("/trust bob");
-        let text = sealed(&alice.input("/msg bob fourth"));
+        let text = sealed(&msg(&mut alice, "bob", Some(&new), "fourth"));
         assert_eq!(bob.open("alice", &text).0, "🔒 fourth");
         // The trust is kept in the known-keys file.
         let reloaded = E2e::load(&a, "alice", 4096).unwrap();
@@ -646,13 +647,16 @@ mod tests {
         assert!(alice.input("/join dev").is_empty());
         assert!(alice.input("/msg bob two").is_empty());
         let fp = IdentityKey::parse(&bob_key).unwrap().fingerprint();
-        alice.on_line(&line(&format!("KEY bob {bob_key} {fp}")));
+        let key_line = line(&format!("KEY bob {bob_key} {fp}"));
+        alice.on_line(&key_line);
         let (_, outs) = alice.on_line(&line("OK KEY bob"));
         let sent = sends(&outs);
         assert_eq!(sent.len(), 3);
         assert!(sent[0].starts_with("/msg bob e2e:"));
-        assert_eq!(sent[1], "/join dev");
-        assert!(sent[2].starts_with("/msg bob e2e:"));
+        assert_eq!(sent[1..], ["/join dev", "/key bob"]);
+        alice.on_line(&key_line);
+        let (_, outs) = alice.on_line(&line("OK KEY bob"));
+        assert!(sends(&outs)[0].starts_with("/msg bob e2e:"));
         // A failed lookup says so and lets the rest go.
         assert_eq!(sends(&alice.input("/msg nobody hi")), ["/key nobody"]);
         assert!(alice.input("/rooms").is_empty());
@@ -681,9 +685,9 @@ mod tests {
             .parse()
             .unwrap();
         // The longest that fits does fit.
-        let fits = alice.input(&format!("/msg bob {}", "x".repeat(most)));
+        let fits = msg(&mut alice, "bob", Some(&bob_key), &"x".repeat(most));
         assert!(sends(&fits)[0].len() < 4096, "{most}");
-        let over = alice.input(&format!("/msg bob {}", "x".repeat(most + 3)));
+        let over = msg(&mut alice, "bob", Some(&bob_key), &"x".repeat(most + 3));
         assert!(sends(&over).is_empty());
     }
 

@@ -85,9 +85,10 @@ pub async fn run(
             _ = quit_timer => return Ok(()),
         };
         let mut text = String::new();
+        let mut send = Vec::new();
         for out in outs {
             match out {
-                Out::Send(line) => out_tx.send(line).await?,
+                Out::Send(line) => send.push(line),
                 Out::Sent {
                     to, sealed: false, ..
                 } => text.push_str(&format!("*** {to} has no key: sent in plain text\n")),
@@ -103,6 +104,12 @@ pub async fn run(
         let written = stdout.write_all(text.as_bytes()).await;
         if written.is_err() || stdout.flush().await.is_err() {
             return Ok(()); // nobody reads our output any more
+        }
+        for line in send {
+            // A session that ended says why below.
+            if out_tx.send(line).await.is_err() {
+                break;
+            }
         }
     }
     match session.await? {

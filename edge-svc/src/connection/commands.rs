@@ -183,6 +183,24 @@ mod tests {
     }
 
     #[test]
+    fn a_key_goes_to_the_router_with_its_fingerprint() {
+        let key = shared::identity::IdentityKey([3; 32]);
+        assert_eq!(
+            act(&format!("/key set {}", key.to_base64())),
+            route(Op::KeySet {
+                key: key.to_base64(),
+                fingerprint: key.fingerprint()
+            })
+        );
+        assert_eq!(
+            act("/key bob"),
+            route(Op::Key {
+                target: "bob".into()
+            })
+        );
+    }
+
+    #[test]
     fn history_of_the_room_or_with_a_user() {
         assert!(matches!(
             act("/history"),
