@@ -254,8 +254,20 @@ impl E2e {
     /// key that changed.
     fn deliver(&mut self, to: &str, key: Option<IdentityKey>, text: &str) -> Vec<Out> {
         let mut out = Vec::new();
-        match (self.known.get(to), key) {
-            (Some(k), Some(key)) if *k == key => {}
+        // To yourself: your own key, nothing to trust.
+        let trusted = match to == self.user {
+            true => Some(self.public),
+            false => self.known.get(to).copied(),
+        };
+        match (trusted, key) {
+            (Some(k), Some(key)) if k == key => {}
+            (Some(_), _) if to == self.user => {
+                return vec![Out::Warning(
+                    "not sent: your key on the server is another device's \
+                     (log in again here to publish this one)"
+                        .into(),
+                )]
+            }
             (None, None) => {
                 return vec![
                     Out::Send(format!("/msg {to} {text}")),
@@ -618,6 +630,16 @@ mod tests {
         // The trust is kept in the known-keys file.
         let reloaded = E2e::load(&a, "alice", 4096).unwrap();
         assert_eq!(reloaded.known["bob"].to_base64(), new);
+        // To oneself: no first contact, and no trust asked.
+        let (_, own) = engine(&a, "alice");
+        let to_self = msg(&mut alice, "alice", Some(&own), "note to self");
+        assert!(matches!(
+            &to_self[..],
+            [Out::Send(_), Out::Sent { sealed: true, .. }]
+        ));
+        assert_eq!(alice.open("alice", &sealed(&to_self)).0, "🔒 note to self");
+        let elsewhere = msg(&mut alice, "alice", Some(&old), "mixed up");
+        assert!(matches!(&elsewhere[..], [Out::Warning(w)] if w.contains("another device")));
         // A message sealed by a new key of alice's is flagged, not trusted.
         std::fs::remove_dir_all(&a).unwrap();
         let (mut alice2, _) = engine(&a, "alice");
