@@ -218,18 +218,15 @@ impl E2e {
                 out.extend(self.drain());
                 (true, out)
             }
-            (ServerLine::Err { code, text }, Some(_)) => {
+            // Not the login's: lines wait for `OK LOGIN` whatever comes.
+            (ServerLine::Err { code, text }, Some(Inflight::Lookup { .. } | Inflight::Publish)) => {
                 let what = match self.inflight.take() {
-                    Some(Inflight::Lookup { to, .. }) => {
-                        Some(Out::Warning(format!("not sent to {to}: {code} {text}")))
-                    }
-                    Some(Inflight::Publish) => Some(Out::Warning(format!(
+                    Some(Inflight::Lookup { to, .. }) => format!("not sent to {to}: {code} {text}"),
+                    _ => format!(
                         "your key could not be published ({code} {text}): others cannot encrypt to you"
-                    ))),
-                    // The login failed: the session ends.
-                    _ => None,
+                    ),
                 };
-                let mut out: Vec<Out> = what.into_iter().collect();
+                let mut out = vec![Out::Warning(what)];
                 out.extend(self.drain());
                 (false, out)
             }
@@ -686,6 +683,23 @@ mod tests {
         assert!(!taken);
         assert!(matches!(&outs[0], Out::Warning(w) if w.contains("not sent to nobody")));
         assert_eq!(sends(&outs), ["/rooms"]);
+    }
+
+    #[test]
+    fn nothing_goes_out_before_the_login_and_the_key() {
+        let mut e = E2e::load(&dir("login-a"), "alice", 4096).unwrap();
+        assert!(e.input("/join dev").is_empty());
+        // A failed login lets nothing through.
+        let failed = e.on_line(&line("ERR unavailable try again"));
+        assert_eq!(failed, (false, vec![]));
+        let [Out::Send(set)] = &e.login()[..] else {
+            panic!()
+        };
+        assert!(set.starts_with("/key set "));
+        assert!(e.input("/rooms").is_empty());
+        let (taken, outs) = e.on_line(&line("OK KEY alice"));
+        assert!(taken);
+        assert_eq!(sends(&outs), ["/join dev", "/rooms"]);
     }
 
     #[test]
