@@ -72,7 +72,6 @@ async fn private_messages_are_opened_by_the_clients_and_only_ciphertext_reaches_
     let mut bob = chat(&sys, "bob", &b).await;
     // A raw client sees what the server forwards: the sealed text.
     let mut raw = sys.login(1, "carol").await;
-    drop(raw.command("/ping").await);
 
     alice.say("/msg bob swordfish is the word").await;
     alice.until(|l| l.contains("first contact with bob")).await;
@@ -91,6 +90,12 @@ async fn private_messages_are_opened_by_the_clients_and_only_ciphertext_reaches_
             .until(|l| l.starts_with("OK MSG bob ") && l.ends_with(" queued"))
             .await;
     }
+    // Queued: the inbox holds them sealed.
+    let stored = everything(&sys).await;
+    let inbox = sys.keys().inbox("bob");
+    let queued = stored.lines().find(|l| l.starts_with(&inbox)).unwrap();
+    assert_eq!(queued.matches("e2e:").count(), 2, "{queued}");
+    assert!(!stored.contains("tuna"), "{stored}");
     let mut bob = ChatClient::start_in(&sys, 0, "bob", &b);
     bob.until(|l| l.starts_with("OK LOGIN")).await;
     for text in ["tuna offline one", "tuna offline two"] {
