@@ -10,6 +10,7 @@ use crate::e2e::{E2e, Out};
 use crate::model::clean;
 use shared::line::ServerLine;
 use shared::tls::Trust;
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -45,6 +46,11 @@ pub async fn run(
     let tty = std::io::stdout().is_terminal();
     let mut stdout = tokio::io::stdout();
     let (mut quit_sent, mut quit_by) = (false, None);
+    // Lines to send, waiting for room in the connection's queue: the loop
+    // goes on reading the server meanwhile (waiting on the queue would
+    // stop the connection from taking them), not standard input. At most
+    // the lines one key lookup held back.
+    let mut to_send: VecDeque<String> = VecDeque::new();
     loop {
         let quit_timer = async {
             match quit_by {
@@ -62,7 +68,14 @@ pub async fn run(
                 Some(_) => continue,
                 None => break,
             },
-            line = in_rx.recv(), if quit_by.is_none() => {
+            permit = out_tx.reserve(), if !to_send.is_empty() => {
+                let Ok(permit) = permit else {
+                    break; // the session is over and says why below
+                };
+                permit.send(to_send.pop_front().expect("not empty"));
+                continue;
+            }
+            line = in_rx.recv(), if quit_by.is_none() && to_send.is_empty() => {
                 // At the end of input, log out unless the input did.
                 let line = match line {
                     Some(line) => line,
@@ -85,10 +98,9 @@ pub async fn run(
             _ = quit_timer => return Ok(()),
         };
         let mut text = String::new();
-        let mut send = Vec::new();
         for out in outs {
             match out {
-                Out::Send(line) => send.push(line),
+                Out::Send(line) => to_send.push_back(line),
                 Out::Sent {
                     to, sealed: false, ..
                 } => text.push_str(&format!("*** {to} has no key: sent in plain text\n")),
@@ -104,12 +116,6 @@ pub async fn run(
         let written = stdout.write_all(text.as_bytes()).await;
         if written.is_err() || stdout.flush().await.is_err() {
             return Ok(()); // nobody reads our output any more
-        }
-        for line in send {
-            // A session that ended says why below.
-            if out_tx.send(line).await.is_err() {
-                break;
-            }
         }
     }
     match session.await? {
