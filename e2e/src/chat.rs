@@ -11,6 +11,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 /// mode), logged in as `user` with the password `<user>-pw`.
 pub struct ChatClient {
     pub child: Child,
+    /// Its own configuration directory, if it was given none.
+    _dir: Option<ConfigDir>,
     pub stdin: Option<ChildStdin>,
     out: Lines<BufReader<ChildStdout>>,
 }
@@ -19,7 +21,10 @@ impl ChatClient {
     /// Starts it on edge `edge` (0-based) of `sys`, with a configuration
     /// directory of its own.
     pub fn start(sys: &System, edge: usize, user: &str) -> ChatClient {
-        Self::start_in(sys, edge, user, &config_dir())
+        let dir = config_dir();
+        let mut client = Self::start_in(sys, edge, user, &dir);
+        client._dir = Some(dir);
+        client
     }
 
     /// Starts it with `dir` as its configuration directory
@@ -40,7 +45,12 @@ impl ChatClient {
             .unwrap();
         let stdin = child.stdin.take();
         let out = BufReader::new(child.stdout.take().unwrap()).lines();
-        ChatClient { child, stdin, out }
+        ChatClient {
+            child,
+            _dir: None,
+            stdin,
+            out,
+        }
     }
 
     pub async fn say(&mut self, line: &str) {
@@ -80,13 +90,33 @@ impl ChatClient {
 }
 
 /// A fresh configuration directory for the client, `<tmp>/…/chat` (not
-/// made: the client makes it).
-pub fn config_dir() -> PathBuf {
-    std::env::temp_dir()
-        .join(format!(
-            "chat-config-{}-{}",
-            std::process::id(),
-            free_port()
-        ))
-        .join("chat")
+/// made: the client makes it); removed, with its keys, on drop.
+pub struct ConfigDir(PathBuf);
+
+pub fn config_dir() -> ConfigDir {
+    ConfigDir(
+        std::env::temp_dir()
+            .join(format!(
+                "chat-config-{}-{}",
+                std::process::id(),
+                free_port()
+            ))
+            .join("chat"),
+    )
+}
+
+impl std::ops::Deref for ConfigDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+    }
 }

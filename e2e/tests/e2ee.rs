@@ -158,8 +158,9 @@ async fn private_messages_are_opened_by_the_clients_and_only_ciphertext_reaches_
 async fn a_tampered_message_is_shown_as_such() {
     let sys = System::start().await;
     sys.add_users(&["alice", "bob"]).await;
-    let mut alice = chat(&sys, "alice", &config_dir()).await;
-    let mut bob = chat(&sys, "bob", &config_dir()).await;
+    let (a, b) = (config_dir(), config_dir());
+    let mut alice = chat(&sys, "alice", &a).await;
+    let mut bob = chat(&sys, "bob", &b).await;
     alice.say("/msg bob pay 10 euros").await;
     bob.until(|l| l.ends_with("🔒 pay 10 euros")).await;
     close(alice, &sys, "alice").await;
@@ -199,14 +200,14 @@ async fn a_tampered_message_is_shown_as_such() {
 async fn a_changed_key_is_refused_until_trusted() {
     let sys = System::start().await;
     sys.add_users(&["alice", "bob"]).await;
-    let a = config_dir();
+    let (a, b, b2) = (config_dir(), config_dir(), config_dir());
     let mut alice = chat(&sys, "alice", &a).await;
-    let bob = chat(&sys, "bob", &config_dir()).await;
+    let bob = chat(&sys, "bob", &b).await;
     alice.say("/msg bob first").await;
     alice.until(|l| l.starts_with("OK MSG bob ")).await;
     close(bob, &sys, "bob").await;
     // bob again, with a new key (another device, or an impostor).
-    let mut bob = chat(&sys, "bob", &config_dir()).await;
+    let mut bob = chat(&sys, "bob", &b2).await;
     alice.say("/msg bob second").await;
     let warning = alice.until(|l| l.starts_with("*** ")).await;
     assert!(
