@@ -113,6 +113,12 @@ impl std::ops::Deref for ConfigDir {
     }
 }
 
+impl AsRef<Path> for ConfigDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for ConfigDir {
     fn drop(&mut self) {
         if let Some(parent) = self.0.parent() {

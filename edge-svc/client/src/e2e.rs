@@ -493,11 +493,9 @@ fn read_known(path: &Path) -> Result<BTreeMap<String, IdentityKey>, String> {
 mod tests {
     use super::*;
 
-    /// A fresh configuration directory of the test's own.
-    pub(crate) fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("chat-e2e-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A fresh configuration directory of the test's own, removed on drop.
+    fn dir() -> ::e2e::ConfigDir {
+        ::e2e::config_dir()
     }
 
     fn line(l: &str) -> ServerLine {
@@ -547,7 +545,7 @@ mod tests {
 
     #[test]
     fn a_message_is_sealed_for_the_peer_and_opens_on_both_sides() {
-        let (a, b) = (dir("both-a"), dir("both-b"));
+        let (a, b) = (dir(), dir());
         let (mut alice, _) = engine(&a, "alice");
         let (mut bob, bob_key) = engine(&b, "bob");
         let outs = msg(&mut alice, "bob", Some(&bob_key), "meet at noon");
@@ -577,7 +575,7 @@ mod tests {
 
     #[test]
     fn a_tampered_message_never_shows_as_text() {
-        let (a, b) = (dir("tamper-a"), dir("tamper-b"));
+        let (a, b, c) = (dir(), dir(), dir());
         let (mut alice, _) = engine(&a, "alice");
         let (mut bob, bob_key) = engine(&b, "bob");
         let text = sealed(&msg(&mut alice, "bob", Some(&bob_key), "pay 10 euros"));
@@ -596,13 +594,13 @@ mod tests {
             .0
             .starts_with("⚠ undecryptable"));
         // Another user cannot open it.
-        let (mut carol, _) = engine(&dir("tamper-c"), "carol");
+        let (mut carol, _) = engine(&c, "carol");
         assert!(carol.open("alice", &text).0.starts_with("⚠ undecryptable"));
     }
 
     #[test]
     fn a_changed_key_blocks_sending_until_trusted() {
-        let (a, b) = (dir("change-a"), dir("change-b"));
+        let (a, b) = (dir(), dir());
         let (mut alice, _) = engine(&a, "alice");
         let (_, old) = engine(&b, "bob");
         msg(&mut alice, "bob", Some(&old), "first");
@@ -648,7 +646,8 @@ mod tests {
 
     #[test]
     fn a_peer_without_a_key_gets_plain_text_marked_so() {
-        let (mut alice, _) = engine(&dir("plain-a"), "alice");
+        let a = dir();
+        let (mut alice, _) = engine(&a, "alice");
         let outs = msg(&mut alice, "dave", None, "no secrets");
         assert_eq!(sends(&outs), ["/msg dave no secrets"]);
         assert!(outs.contains(&Out::Sent {
@@ -660,8 +659,9 @@ mod tests {
 
     #[test]
     fn lines_typed_during_a_lookup_wait_and_keep_their_order() {
-        let (mut alice, _) = engine(&dir("order-a"), "alice");
-        let (_, bob_key) = engine(&dir("order-b"), "bob");
+        let (a, b) = (dir(), dir());
+        let (mut alice, _) = engine(&a, "alice");
+        let (_, bob_key) = engine(&b, "bob");
         assert_eq!(sends(&alice.input("/msg bob one")), ["/key bob"]);
         assert!(alice.input("/join dev").is_empty());
         assert!(alice.input("/msg bob two").is_empty());
@@ -687,7 +687,8 @@ mod tests {
 
     #[test]
     fn nothing_goes_out_before_the_login_and_the_key() {
-        let mut e = E2e::load(&dir("login-a"), "alice", 4096).unwrap();
+        let a = dir();
+        let mut e = E2e::load(&a, "alice", 4096).unwrap();
         assert!(e.input("/join dev").is_empty());
         // A failed login lets nothing through.
         let failed = e.on_line(&line("ERR unavailable try again"));
@@ -704,8 +705,9 @@ mod tests {
 
     #[test]
     fn a_text_too_long_to_seal_is_refused() {
-        let (mut alice, _) = engine(&dir("long-a"), "alice");
-        let (_, bob_key) = engine(&dir("long-b"), "bob");
+        let (a, b) = (dir(), dir());
+        let (mut alice, _) = engine(&a, "alice");
+        let (_, bob_key) = engine(&b, "bob");
         let outs = msg(&mut alice, "bob", Some(&bob_key), &"x".repeat(3000));
         assert!(sends(&outs).is_empty());
         let Some(Out::Warning(w)) = outs.last() else {
@@ -729,7 +731,7 @@ mod tests {
 
     #[test]
     fn the_private_key_is_made_0600_and_refused_when_open_to_others() {
-        let d = dir("mode");
+        let d = dir();
         let (e, _) = engine(&d, "alice");
         drop(e);
         let path = key_path(&d, "alice");

@@ -920,12 +920,10 @@ fn a_cut_reply_says_how_many_more_there_were() {
     );
 }
 
-/// A model of `user` with its own keys in a fresh directory, logged in:
-/// returns it and its public key (as it published it).
-fn sealing(user: &str) -> (Model, String) {
-    let dir = std::env::temp_dir().join(format!("chat-model-{}-{user}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let e2e = e2e::E2e::load(&dir, user, 4096).unwrap();
+/// A model of `user` with its own keys in `dir`, logged in: returns it and
+/// its public key (as it published it).
+fn sealing(dir: &std::path::Path, user: &str) -> (Model, String) {
+    let e2e = e2e::E2e::load(dir, user, 4096).unwrap();
     let mut m = Model::new(user).with_e2e(e2e);
     m.connected(NOW, "127.0.0.1:7001");
     let out = m.on_line(NOW, &format!("OK LOGIN {user} lobby"));
@@ -960,8 +958,9 @@ fn sealed_msg(m: &mut Model, to: &str, key: &str, text: &str) -> String {
 
 #[test]
 fn sealed_messages_show_a_lock_and_broken_ones_say_so() {
-    let (mut alice, alice_key) = sealing("alice");
-    let (mut bob, bob_key) = sealing("bob");
+    let (a, b) = (::e2e::config_dir(), ::e2e::config_dir());
+    let (mut alice, alice_key) = sealing(&a, "alice");
+    let (mut bob, bob_key) = sealing(&b, "bob");
     let line = sealed_msg(&mut alice, "bob", &bob_key, "meet at noon");
     assert!(line.starts_with("/msg bob e2e:") && !line.contains("noon"));
     let e = alice.entries.back().unwrap();
