@@ -82,6 +82,15 @@ async fn private_messages_are_opened_by_the_clients_and_only_ciphertext_reaches_
     let dm = alice.until(|l| l.starts_with("DM ")).await;
     assert!(dm.ends_with(" bob 🔒 marlin received"), "{dm}");
 
+    // A failing command just before a message: its ERR is not taken for
+    // the key lookup's, and the message goes.
+    alice.say("/subscribe nobody").await;
+    alice.say("/msg bob marlin two").await;
+    alice.until(|l| l.starts_with("ERR no-such-user")).await;
+    let dm = bob.until(|l| l.starts_with("DM ")).await;
+    assert!(dm.ends_with(" alice 🔒 marlin two"), "{dm}");
+    alice.until(|l| l.starts_with("OK MSG bob ")).await;
+
     // Offline: queued, then delivered sealed after the login, in order.
     close(bob, &sys, "bob").await;
     for text in ["tuna offline one", "tuna offline two"] {
@@ -107,6 +116,7 @@ async fn private_messages_are_opened_by_the_clients_and_only_ciphertext_reaches_
     let want = [
         "alice 🔒 swordfish is the word",
         "bob 🔒 marlin received",
+        "alice 🔒 marlin two",
         "alice 🔒 tuna offline one",
         "alice 🔒 tuna offline two",
     ];

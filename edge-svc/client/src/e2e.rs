@@ -60,11 +60,13 @@ enum Inflight {
     /// `/key set`, after the login.
     Publish,
     /// `/key <to>`, for a message to `to`; `key` is `to`'s once the `KEY`
-    /// line is in.
+    /// line is in; `ahead`: the final replies still due to lines sent
+    /// before it (the server answers in order).
     Lookup {
         to: String,
         text: String,
         key: Option<IdentityKey>,
+        ahead: usize,
     },
 }
 
@@ -80,6 +82,9 @@ pub struct E2e {
     changed: HashMap<String, Option<IdentityKey>>,
     inflight: Option<Inflight>,
     backlog: VecDeque<String>,
+    /// Final replies (`OK`/`ERR`) due to the lines passed on since the
+    /// last lookup: so that an `ERR` is told to be the lookup's or not.
+    unanswered: usize,
     /// The longest line the server takes, terminator included.
     max_line: usize,
 }
@@ -128,6 +133,7 @@ impl E2e {
             // Nothing goes out before the key is published.
             inflight: Some(Inflight::Login),
             backlog: VecDeque::new(),
+            unanswered: 0,
             max_line,
         })
     }
@@ -144,6 +150,7 @@ impl E2e {
         let lost = self.backlog.len()
             + usize::from(matches!(self.inflight, Some(Inflight::Lookup { .. })));
         self.backlog.clear();
+        self.unanswered = 0;
         self.inflight = Some(Inflight::Login);
         match lost {
             0 => vec![],
@@ -186,11 +193,20 @@ impl E2e {
             _ => match Command::parse(line) {
                 Ok(Some(Command::Msg { to, text })) => {
                     let lookup = format!("/key {to}");
-                    let key = None;
-                    self.inflight = Some(Inflight::Lookup { to, text, key });
+                    let (key, ahead) = (None, std::mem::take(&mut self.unanswered));
+                    self.inflight = Some(Inflight::Lookup {
+                        to,
+                        text,
+                        key,
+                        ahead,
+                    });
                     vec![Out::Send(lookup)]
                 }
-                _ => vec![Out::Send(line.to_string())],
+                // No final reply: text (unless refused), a blank line, `/quit`.
+                Ok(None | Some(Command::Say(_) | Command::Quit)) => {
+                    vec![Out::Send(line.to_string())]
+                }
+                _ => vec![self.pass(line.to_string())],
             },
         }
     }
@@ -198,6 +214,15 @@ impl E2e {
     /// A server line. Returns whether it answered the engine's own request
     /// (then it is not shown), and what to do.
     pub fn on_line(&mut self, l: &ServerLine) -> (bool, Vec<Out>) {
+        // A final reply to a line passed on before the lookup is not its.
+        match &mut self.inflight {
+            Some(Inflight::Lookup { ahead, .. }) if *ahead > 0 => {
+                *ahead -= usize::from(l.is_final());
+                return (false, vec![]);
+            }
+            None if l.is_final() => self.unanswered = self.unanswered.saturating_sub(1),
+            _ => {}
+        }
         match (l, &mut self.inflight) {
             (ServerLine::Key { user, key, .. }, Some(Inflight::Lookup { to, key: k, .. }))
                 if to == user =>
@@ -211,7 +236,7 @@ impl E2e {
                 (true, self.drain())
             }
             (ServerLine::OkKey { user }, Some(Inflight::Lookup { to, .. })) if to == user => {
-                let Some(Inflight::Lookup { to, text, key }) = self.inflight.take() else {
+                let Some(Inflight::Lookup { to, text, key, .. }) = self.inflight.take() else {
                     unreachable!()
                 };
                 let mut out = self.deliver(&to, key, &text);
@@ -267,7 +292,7 @@ impl E2e {
             }
             (None, None) => {
                 return vec![
-                    Out::Send(format!("/msg {to} {text}")),
+                    self.pass(format!("/msg {to} {text}")),
                     Out::Sent {
                         to: to.into(),
                         text: text.into(),
@@ -294,13 +319,19 @@ impl E2e {
             )));
             return out;
         }
-        out.push(Out::Send(line));
+        out.push(self.pass(line));
         out.push(Out::Sent {
             to: to.into(),
             text: text.into(),
             sealed: true,
         });
         out
+    }
+
+    /// Sends a line that gets a final reply.
+    fn pass(&mut self, line: String) -> Out {
+        self.unanswered += 1;
+        Out::Send(line)
     }
 
     fn seal(&self, to: &IdentityKey, text: &str) -> String {
@@ -533,6 +564,11 @@ mod tests {
         }
         let (taken, outs) = from.on_line(&line(&format!("OK KEY {to}")));
         assert!(taken);
+        // The server's answer to what went out.
+        for sent in sends(&outs) {
+            assert!(sent.starts_with("/msg"), "{sent}");
+            assert!(!from.on_line(&line(&format!("OK MSG {to} 1-0"))).0);
+        }
         outs
     }
 
@@ -673,9 +709,14 @@ mod tests {
         assert_eq!(sent.len(), 3);
         assert!(sent[0].starts_with("/msg bob e2e:"));
         assert_eq!(sent[1..], ["/join dev", "/key bob"]);
+        // The answers to the two lines before the lookup come first: an
+        // ERR among them is not the lookup's.
+        assert_eq!(alice.on_line(&line("OK MSG bob 1-0")), (false, vec![]));
+        assert_eq!(alice.on_line(&line("ERR bad-name no")), (false, vec![]));
         alice.on_line(&key_line);
         let (_, outs) = alice.on_line(&line("OK KEY bob"));
         assert!(sends(&outs)[0].starts_with("/msg bob e2e:"));
+        alice.on_line(&line("OK MSG bob 2-0"));
         // A failed lookup says so and lets the rest go.
         assert_eq!(sends(&alice.input("/msg nobody hi")), ["/key nobody"]);
         assert!(alice.input("/rooms").is_empty());
