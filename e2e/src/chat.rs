@@ -1,7 +1,8 @@
 //! The `chat` client binary with piped standard input and output (so in
 //! plain mode), driven as a user would.
 
-use crate::{binary, password, System, WAIT};
+use crate::{binary, free_port, password, System, WAIT};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -10,19 +11,33 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 /// mode), logged in as `user` with the password `<user>-pw`.
 pub struct ChatClient {
     pub child: Child,
+    /// Its own configuration directory, if it was given none.
+    _dir: Option<ConfigDir>,
     pub stdin: Option<ChildStdin>,
     out: Lines<BufReader<ChildStdout>>,
 }
 
 impl ChatClient {
-    /// Starts it on edge `edge` (0-based) of `sys`.
+    /// Starts it on edge `edge` (0-based) of `sys`, with a configuration
+    /// directory of its own.
     pub fn start(sys: &System, edge: usize, user: &str) -> ChatClient {
+        let dir = config_dir();
+        let mut client = Self::start_in(sys, edge, user, &dir);
+        client._dir = Some(dir);
+        client
+    }
+
+    /// Starts it with `dir` as its configuration directory
+    /// (`$XDG_CONFIG_HOME/chat`), where it keeps its keys.
+    pub fn start_in(sys: &System, edge: usize, user: &str, dir: &Path) -> ChatClient {
+        let xdg = dir.parent().expect("a directory named chat in another");
         let mut child = Command::new(binary("chat"))
             .args(["--server", &sys.edge(edge).to_string()])
             .arg("--ca")
             .arg(sys.ca())
             .args(["--user", user])
             .env("CHAT_PASSWORD", password(user))
+            .env("XDG_CONFIG_HOME", xdg)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -30,7 +45,12 @@ impl ChatClient {
             .unwrap();
         let stdin = child.stdin.take();
         let out = BufReader::new(child.stdout.take().unwrap()).lines();
-        ChatClient { child, stdin, out }
+        ChatClient {
+            child,
+            _dir: None,
+            stdin,
+            out,
+        }
     }
 
     pub async fn say(&mut self, line: &str) {
@@ -66,5 +86,43 @@ impl ChatClient {
             .expect("client exits")
             .unwrap();
         assert!(status.success(), "client exit status {status}");
+    }
+}
+
+/// A fresh configuration directory for the client, `<tmp>/…/chat` (not
+/// made: the client makes it); removed, with its keys, on drop.
+pub struct ConfigDir(PathBuf);
+
+pub fn config_dir() -> ConfigDir {
+    ConfigDir(
+        std::env::temp_dir()
+            .join(format!(
+                "chat-config-{}-{}",
+                std::process::id(),
+                free_port()
+            ))
+            .join("chat"),
+    )
+}
+
+impl std::ops::Deref for ConfigDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for ConfigDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
     }
 }

@@ -12,7 +12,7 @@ mod system;
 mod test_redis;
 pub mod usage;
 
-pub use chat::ChatClient;
+pub use chat::{config_dir, ChatClient, ConfigDir};
 pub use client::{parse, Client};
 pub use system::{signal, Role, Setup, Shape, System};
 pub use test_redis::{Monitor, TestRedis};

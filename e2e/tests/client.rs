@@ -12,18 +12,23 @@ use std::time::Duration;
 const SCREEN_WAIT: Duration = Duration::from_secs(30);
 
 /// A tmux server of the test's own, running one command in a 120×40
-/// window; killed on drop.
+/// window with a configuration directory of its own (the client's keys);
+/// killed on drop.
 struct Tmux {
     socket: String,
+    config: e2e::ConfigDir,
 }
 
 impl Tmux {
     fn start(command: &str) -> Tmux {
         let tmux = Tmux {
             socket: format!("chat-e2e-{}-{}", std::process::id(), free_port()),
+            config: e2e::config_dir(),
         };
         // The exit status stays on the screen for the test to read.
-        let shell = format!("{command}; echo \"[chat exited $?]\"; sleep 600");
+        let xdg = tmux.config.parent().unwrap().display().to_string();
+        let shell =
+            format!("env XDG_CONFIG_HOME='{xdg}' {command}; echo \"[chat exited $?]\"; sleep 600");
         tmux.run(&[
             "-f",
             "/dev/null",
@@ -145,7 +150,7 @@ fn alice(sys: &System, edges: &[usize]) -> Tmux {
 /// edges, and `more` arguments.
 fn chat_command(sys: &System, edges: &[usize], password: &str, more: &str) -> String {
     let mut cmd = format!(
-        "env CHAT_PASSWORD={password} XDG_CONFIG_HOME=/nonexistent '{}' --ca '{}' --user alice {more}",
+        "env CHAT_PASSWORD={password} '{}' --ca '{}' --user alice {more}",
         binary("chat").display(),
         sys.ca().display()
     );
@@ -335,7 +340,8 @@ async fn falls_back_to_the_next_server_when_its_edge_dies() {
     let screen = tmux.shows(&status(&sys, "lobby", 1)).await;
     assert_eq!(count(&screen, "<bob> hi"), 1, "{screen}");
     bob.say("/msg alice still there?").await;
-    tmux.shows("*bob* still there?").await;
+    // Sealed by bob's client, opened by alice's.
+    tmux.shows("*bob* 🔒 still there?").await;
 }
 
 #[tokio::test]
@@ -383,12 +389,14 @@ async fn bad_credentials_end_the_client_with_an_error_in_both_modes() {
     );
     assert!(!tmux.alternate_on(), "the terminal is restored");
 
+    let config = e2e::config_dir();
     let out = tokio::process::Command::new(binary("chat"))
         .args(["--server", &sys.edge(0).to_string()])
         .arg("--ca")
         .arg(sys.ca())
         .args(["--user", "alice"])
         .env("CHAT_PASSWORD", "wrong")
+        .env("XDG_CONFIG_HOME", config.parent().unwrap())
         .stdin(std::process::Stdio::piped())
         .output();
     let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();

@@ -236,8 +236,9 @@ async fn a_router_killed_mid_load_loses_and_repeats_nothing() {
     let next = bob
         .until(|l| l.starts_with("MSG ") || l.starts_with("DM "))
         .await;
+    // (Sealed by alice's client, opened by bob's.)
     assert!(
-        next.starts_with("DM ") && next.ends_with(" alice done"),
+        next.starts_with("DM ") && next.ends_with(" alice 🔒 done"),
         "{next}"
     );
     sys.exited(Role::Router, 0).await;

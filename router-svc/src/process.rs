@@ -396,6 +396,12 @@ pub fn request_call(
             vec![k.dm(user, w), k.user(w)],
             vec![n.to_string(), format!("@{w}"), "dm".into(), reply_max],
         ),
+        Op::KeySet { key, fingerprint } => (
+            "chat_key_set",
+            vec![k.user(user)],
+            vec![key.clone(), fingerprint.clone()],
+        ),
+        Op::Key { target } => ("chat_key", vec![k.user(target)], vec![target.clone()]),
         Op::Logout => (
             "chat_logout",
             vec![

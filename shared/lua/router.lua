@@ -285,6 +285,34 @@ routed('chat_history', function(q, keys, args)
   answer(q, listing(lines, 'HISTORY', want - #hist, {k = 'ok_history', n = #hist}))
 end)
 
+-- Publishes the user's public key for end-to-end encrypted messages: the
+-- fields `pubkey` and `fingerprint` of its account, so that deleting the
+-- account deletes them (an account deleted under a live session stays
+-- deleted). KEYS 4: the user's account. ARGV 11-12: the key (base64), its
+-- fingerprint (both checked by the edge).
+routed('chat_key_set', function(q, keys, args)
+  if redis.call('EXISTS', keys[4]) == 0 then
+    return answer(q, {err('no-such-user', 'your account is gone')})
+  end
+  redis.call('HSET', keys[4], 'pubkey', args[11], 'fingerprint', args[12])
+  answer(q, {{k = 'ok_key', user = q.user}})
+end)
+
+-- A user's public key: `KEY <user> <key> <fingerprint>` and `OK KEY
+-- <user>`, or `OK KEY <user>` alone when it has none. KEYS 4: the user's
+-- account. ARGV 11: the user.
+routed('chat_key', function(q, keys, args)
+  local user = args[11]
+  local f = redis.call('HMGET', keys[4], 'pubkey', 'fingerprint')
+  if redis.call('EXISTS', keys[4]) == 0 then
+    return answer(q, {err('no-such-user', 'no such user')})
+  end
+  local lines = {}
+  if f[1] and f[2] then lines[1] = {k = 'key', user = user, key = f[1], fingerprint = f[2]} end
+  lines[#lines + 1] = {k = 'ok_key', user = user}
+  answer(q, lines)
+end)
+
 -- Ends the session `sid`, if it is still the current one. KEYS 4-8: the
 -- session's edge's session set, the online users, its room's members, the
 -- set of rooms, the room sizes. ARGV 11: its room's channel, 12-13: the

@@ -95,6 +95,15 @@ pub enum Op {
         with: Option<String>,
         n: u32,
     },
+    /// Publish the user's public key (base64) and its fingerprint.
+    KeySet {
+        key: String,
+        fingerprint: String,
+    },
+    /// `target`'s public key.
+    Key {
+        target: String,
+    },
 }
 
 /// A reply to one connection, or a notice to it (`rid` 0).

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod consumer;
 pub mod envelope;
+pub mod identity;
 pub mod keys;
 pub mod line;
 pub mod protocol;

@@ -62,6 +62,15 @@ pub enum ServerLine {
     /// were left out (a reply's size limits); the final line counts those
     /// shown.
     More { what: String, n: u64 },
+    /// `KEY <user> <base64> <fingerprint>`: a user's public key (`/key`).
+    Key {
+        user: String,
+        key: String,
+        fingerprint: String,
+    },
+    /// `OK KEY <user>`: the end of `/key <user>` (alone: the user has no
+    /// key), or `/key set` done.
+    OkKey { user: String },
     /// `INFO <text>`: one line of `/help`.
     Info { text: String },
     /// `OK HELP`.
@@ -132,6 +141,7 @@ impl ServerLine {
                 | OkPublish { .. }
                 | OkMsg { .. }
                 | OkHistory { .. }
+                | OkKey { .. }
                 | OkHelp
                 | OkPing
                 | Err { .. }
@@ -172,6 +182,11 @@ impl ServerLine {
                 id: f.word()?,
                 from: f.word()?,
                 text: f.text(),
+            },
+            "KEY" => ServerLine::Key {
+                user: f.word()?,
+                key: f.word()?,
+                fingerprint: f.last_word()?,
             },
             "INFO" => ServerLine::Info { text: f.text() },
             "MORE" => {
@@ -255,6 +270,7 @@ fn parse_ok(f: &mut Fields) -> Result<ServerLine, BadLine> {
             ServerLine::OkMsg { user, id, queued }
         }
         "HISTORY" => ServerLine::OkHistory { n: f.number()? },
+        "KEY" => ServerLine::OkKey { user: f.word()? },
         "HELP" => ServerLine::OkHelp,
         "PING" => ServerLine::OkPing,
         _ => return Err(f.bad()),
@@ -338,6 +354,12 @@ impl fmt::Display for ServerLine {
             Hist { of, id, from, text } => write!(f, "HIST {of} {id} {from} {text}"),
             OkHistory { n } => write!(f, "OK HISTORY {n}"),
             More { what, n } => write!(f, "MORE {what} {n}"),
+            Key {
+                user,
+                key,
+                fingerprint,
+            } => write!(f, "KEY {user} {key} {fingerprint}"),
+            OkKey { user } => write!(f, "OK KEY {user}"),
             Info { text } => write!(f, "INFO {text}"),
             OkHelp => f.write_str("OK HELP"),
             OkPing => f.write_str("OK PING"),
@@ -392,8 +414,8 @@ mod tests {
             assert_eq!(serde_json::from_str::<ServerLine>(&json).unwrap(), line);
             kinds.insert(serde_json::to_value(&line).unwrap()["k"].to_string());
         }
-        // 27 variants: the table shows each at least once.
-        assert_eq!(kinds.len(), 27, "kinds documented: {kinds:?}");
+        // 29 variants: the table shows each at least once.
+        assert_eq!(kinds.len(), 29, "kinds documented: {kinds:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! Parsing is pure: no I/O, no state, so it is tested without sockets.
 
+use crate::identity::IdentityKey;
 use std::fmt;
 
 /// Default and maximum `<n>` of `/history`.
@@ -113,8 +114,14 @@ pub enum HistoryTarget {
 /// One parsed client line.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Command {
-    Login { user: String, password: String },
-    Register { user: String, password: String },
+    Login {
+        user: String,
+        password: String,
+    },
+    Register {
+        user: String,
+        password: String,
+    },
     Say(String),
     Join(String),
     Leave,
@@ -124,8 +131,18 @@ pub enum Command {
     Unsubscribe(String),
     Subscriptions,
     Publish(String),
-    Msg { to: String, text: String },
-    History { target: HistoryTarget, n: u32 },
+    Msg {
+        to: String,
+        text: String,
+    },
+    History {
+        target: HistoryTarget,
+        n: u32,
+    },
+    /// `/key set <base64>`: publishes the user's own public key.
+    KeySet(IdentityKey),
+    /// `/key <user>`: asks for a user's public key.
+    Key(String),
     Ping,
     Help,
     Quit,
@@ -158,6 +175,8 @@ impl fmt::Debug for Command {
                 .field("target", target)
                 .field("n", n)
                 .finish(),
+            Command::KeySet(k) => f.debug_tuple("KeySet").field(k).finish(),
+            Command::Key(u) => f.debug_tuple("Key").field(u).finish(),
             Command::Ping => f.write_str("Ping"),
             Command::Help => f.write_str("Help"),
             Command::Quit => f.write_str("Quit"),
@@ -230,6 +249,12 @@ impl Command {
                 }
             }
             "history" => history(&args)?,
+            "key" => match args.as_slice() {
+                ["set", key] => Command::KeySet(IdentityKey::parse(key).ok_or(BAD_ARGS)?),
+                ["set"] => return Err(BAD_ARGS),
+                [user] => Command::Key(name(user)?),
+                _ => return Err(BAD_ARGS),
+            },
             "ping" => no_args(&args, Command::Ping)?,
             "help" => Command::Help,
             "quit" => Command::Quit,
@@ -337,6 +362,8 @@ pub const HELP: &[&str] = &[
     "/publish <text>              send <text> to your subscribers",
     "/msg <user> <text>           private message (queued if offline)",
     "/history [@<user>] [<n>]     recent messages of your room or a conversation",
+    "/key set <base64>            publish your public key (end-to-end encryption)",
+    "/key <user>                  a user's public key and its fingerprint",
     "/ping                        liveness check",
     "/quit                        log out and close",
 ];
@@ -466,6 +493,26 @@ mod tests {
                 text: " hi there".into()
             })
         );
+    }
+
+    #[test]
+    fn key_forms() {
+        let k = IdentityKey([9; 32]);
+        assert_eq!(
+            p(&format!("/key set {}", k.to_base64())).unwrap(),
+            Some(Command::KeySet(k))
+        );
+        assert_eq!(p("/KEY bob").unwrap(), Some(Command::Key("bob".into())));
+        assert_eq!(code("/key"), ErrorCode::BadArgs);
+        assert_eq!(code("/key set"), ErrorCode::BadArgs);
+        assert_eq!(code("/key set AAAA"), ErrorCode::BadArgs);
+        assert_eq!(code("/key set not-base64!"), ErrorCode::BadArgs);
+        assert_eq!(
+            code(&format!("/key set {} x", k.to_base64())),
+            ErrorCode::BadArgs
+        );
+        assert_eq!(code("/key b@b"), ErrorCode::BadName);
+        assert!(!allowed_before_login("/key bob"));
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! they are, their control characters replaced on a terminal (see
 //! `plain.rs`). Settings come from the command line, then
 //! from `$XDG_CONFIG_HOME/chat/config.toml` (or `~/.config/chat/...`).
+//! A user given with `--user` gets end-to-end encrypted private messages,
+//! its private key in that directory too (see `e2e.rs`).
 #![forbid(unsafe_code)]
 
 mod conn;
+mod e2e;
 mod input;
 mod model;
 mod plain;
@@ -134,11 +137,7 @@ fn settings(cli: Cli) -> Result<Settings, Error> {
 
 /// `$XDG_CONFIG_HOME/chat/config.toml`, else `~/.config/chat/config.toml`.
 fn default_config_path() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    let base = env("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("chat").join("config.toml"))
+    Some(e2e::config_dir()?.join("config.toml"))
 }
 
 fn read_config(path: &Path) -> Result<FileConfig, Error> {
@@ -167,9 +166,20 @@ async fn run(s: Settings) -> Result<(), Error> {
         }
         None => None,
     };
-    match (user, login) {
-        (Some(user), Some(login)) if !s.plain => tui::run(s.servers, s.trust, &user, login).await,
-        (_, login) => plain::run(&s.servers, &s.trust, login).await,
+    // The keys of end-to-end encryption, for a user known from the start.
+    let e2e = match &user {
+        Some(user) => {
+            let dir = e2e::config_dir().ok_or("no configuration directory: set $HOME")?;
+            let max_line = shared::config::EdgeConfig::default().max_line;
+            Some(e2e::E2e::load(&dir, user, max_line)?)
+        }
+        None => None,
+    };
+    match (user, login, e2e) {
+        (Some(user), Some(login), Some(e2e)) if !s.plain => {
+            tui::run(s.servers, s.trust, &user, login, e2e).await
+        }
+        (_, login, e2e) => plain::run(&s.servers, &s.trust, login, e2e).await,
     }
 }
 

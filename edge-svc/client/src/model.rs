@@ -1,8 +1,9 @@
 //! The interactive client's state, without sockets or a terminal: server
 //! lines in, entries for the message pane and lines to send out.
 
+use crate::e2e::{E2e, Out, LOCK};
 use shared::line::ServerLine;
-use shared::protocol::ErrorCode;
+use shared::protocol::{Command, ErrorCode};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// How many lines the message pane keeps.
@@ -14,8 +15,10 @@ pub const CATCH_UP: usize = 50;
 /// The commands Tab completes.
 pub const COMMANDS: &[&str] = &[
     "/help",
+    "/fingerprint",
     "/history",
     "/join",
+    "/key",
     "/leave",
     "/msg",
     "/ping",
@@ -24,6 +27,7 @@ pub const COMMANDS: &[&str] = &[
     "/rooms",
     "/subscribe",
     "/subscriptions",
+    "/trust",
     "/unsubscribe",
     "/who",
 ];
@@ -208,6 +212,8 @@ pub struct Model {
     was_in: bool,
     /// `/quit` sent: the end of the session is not a reason to reconnect.
     pub quitting: bool,
+    /// End-to-end encryption of private messages, if the user has keys.
+    pub e2e: Option<E2e>,
 }
 
 impl Model {
@@ -228,7 +234,14 @@ impl Model {
             pending: VecDeque::new(),
             was_in: false,
             quitting: false,
+            e2e: None,
         }
+    }
+
+    /// With end-to-end encryption of private messages.
+    pub fn with_e2e(mut self, e2e: E2e) -> Model {
+        self.e2e = Some(e2e);
+        self
     }
 
     pub fn push(&mut self, ms: i64, kind: Kind, text: impl Into<String>, own: bool) {
@@ -260,6 +273,8 @@ impl Model {
         self.pending.clear();
         self.listed.clear();
         self.notice(now, format!("connected to {server}"));
+        let outs = self.e2e.as_mut().map(E2e::reset).unwrap_or_default();
+        self.apply(now, outs);
     }
 
     /// The connection is gone; the next attempt is in `delay_ms`, or never.
@@ -276,31 +291,74 @@ impl Model {
         self.notice(now, text);
     }
 
-    /// The user pressed Enter on `line`: what to send, if anything.
-    pub fn submit(&mut self, now: i64, line: &str) -> Option<String> {
+    /// The user pressed Enter on `line`: the lines to send.
+    pub fn submit(&mut self, now: i64, line: &str) -> Vec<String> {
         if line.is_empty() {
-            return None;
+            return Vec::new();
         }
         if !self.can_send() {
             self.notice(
                 now,
                 format!("not connected ({}): not sent", self.state.label()),
             );
-            return None;
+            return Vec::new();
         }
-        let mut words = line.splitn(3, ' ');
-        let cmd = words.next().unwrap_or_default().to_ascii_lowercase();
-        match cmd.as_str() {
-            "/msg" => {
-                if let (Some(to), Some(text)) = (words.next(), words.next()) {
-                    self.users.insert(to.to_string());
-                    self.push(now, Kind::DmOut { to: to.into() }, text, true);
+        if line
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .eq_ignore_ascii_case("/quit")
+        {
+            self.quitting = true;
+        }
+        let outs = match self.e2e.as_mut() {
+            Some(e2e) => e2e.input(line),
+            None => match Command::parse(line) {
+                Ok(Some(Command::Msg { to, text })) => vec![
+                    Out::Send(line.to_string()),
+                    Out::Sent {
+                        to,
+                        text,
+                        sealed: false,
+                    },
+                ],
+                _ => vec![Out::Send(line.to_string())],
+            },
+        };
+        self.apply(now, outs)
+    }
+
+    /// Shows what the encryption says, and returns the lines it sends.
+    fn apply(&mut self, now: i64, outs: Vec<Out>) -> Vec<String> {
+        let mut send = Vec::new();
+        for out in outs {
+            match out {
+                Out::Send(line) => send.push(line),
+                Out::Sent { to, text, sealed } => {
+                    self.users.insert(to.clone());
+                    let text = if sealed {
+                        format!("{LOCK}{text}")
+                    } else {
+                        text
+                    };
+                    self.push(now, Kind::DmOut { to }, text, true);
                 }
+                Out::Notice(text) => self.notice(now, text),
+                Out::Warning(text) => self.push(now, Kind::Error, text, false),
             }
-            "/quit" => self.quitting = true,
-            _ => {}
         }
-        Some(line.to_string())
+        send
+    }
+
+    /// The text of a private message from `from` as shown (opened, if it
+    /// is sealed).
+    fn open(&mut self, now: i64, from: &str, text: String) -> String {
+        let Some(e2e) = self.e2e.as_mut() else {
+            return text;
+        };
+        let (shown, warning) = e2e.open(from, &text);
+        self.apply(now, warning.into_iter().collect());
+        shown
     }
 
     /// A line from the server: updates the state, shows what is worth
@@ -317,13 +375,22 @@ impl Model {
     }
 
     fn on_server_line(&mut self, now: i64, l: ServerLine) -> Vec<String> {
-        let mut out = Vec::new();
+        let (taken, outs) = match self.e2e.as_mut() {
+            Some(e2e) => e2e.on_line(&l),
+            None => (false, Vec::new()),
+        };
+        let mut out = self.apply(now, outs);
+        if taken {
+            return out;
+        }
         match l {
             ServerLine::Hello { edge, .. } => self.edge = Some(edge),
             ServerLine::OkLogin { user, .. } => {
                 self.user = user;
                 // The room the user was in before a reconnect.
                 let before = std::mem::replace(&mut self.room, "lobby".into());
+                let publish = self.e2e.as_mut().map(E2e::login).unwrap_or_default();
+                out.extend(self.apply(now, publish));
                 out.push("/subscriptions".into());
                 self.pending.push_back(Quiet::Subscriptions);
                 if std::mem::replace(&mut self.was_in, true) {
@@ -391,6 +458,7 @@ impl Model {
                 self.message(&format!("pub:{from}"), &id, Kind::Pub { from }, text)
             }
             ServerLine::Dm { id, from, text } => {
+                let text = self.open(now, &from, text);
                 self.message(&format!("@{from}"), &id, Kind::DmIn { from }, text)
             }
             ServerLine::Hist {
@@ -422,6 +490,10 @@ impl Model {
                     }
                 } else {
                     self.users.insert(from.clone());
+                    let text = match conv.starts_with('@') {
+                        true => self.open(now, &from, text),
+                        false => text,
+                    };
                     let own = from == self.user;
                     let ms = id_ms(&id).unwrap_or(now);
                     self.push(ms, Kind::Hist { conv, from }, text, own);
@@ -453,6 +525,14 @@ impl Model {
                 self.listing(now, format!("sub {user}"));
             }
             ServerLine::Info { text } => self.push(now, Kind::Reply, text, false),
+            ServerLine::Key {
+                user, fingerprint, ..
+            } => self.push(
+                now,
+                Kind::Reply,
+                format!("{user}'s key on the server: {fingerprint}"),
+                false,
+            ),
             ServerLine::More { what, n } => {
                 let what = what.to_lowercase();
                 self.push(
@@ -509,6 +589,7 @@ impl Model {
             | ServerLine::OkWho { .. }
             | ServerLine::OkPublish { .. }
             | ServerLine::OkHistory { .. }
+            | ServerLine::OkKey { .. }
             | ServerLine::OkHelp
             | ServerLine::OkPing) => {
                 let line = reply.to_string().to_lowercase();

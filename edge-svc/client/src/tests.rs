@@ -155,7 +155,7 @@ fn own_messages_are_marked() {
 fn history_asked_for_is_shown_in_place_every_time() {
     let mut m = logged_in("den");
     m.on_line(NOW, "MSG den 10-0 bob hi");
-    assert_eq!(m.submit(NOW, "/history 5").as_deref(), Some("/history 5"));
+    assert_eq!(m.submit(NOW, "/history 5"), ["/history 5"]);
     m.on_line(NOW, "HIST den 10-0 bob hi");
     m.on_line(NOW, "OK HISTORY 1");
     let last_two: Vec<&Entry> = m.entries.iter().rev().take(2).collect();
@@ -190,10 +190,7 @@ fn listings_feed_completion_and_the_status_line() {
 #[test]
 fn sent_private_messages_are_echoed() {
     let mut m = logged_in("lobby");
-    assert_eq!(
-        m.submit(NOW, "/msg bob see you").as_deref(),
-        Some("/msg bob see you")
-    );
+    assert_eq!(m.submit(NOW, "/msg bob see you"), ["/msg bob see you"]);
     let e = m.entries.back().unwrap();
     assert!(e.own && e.text == "see you");
     assert_eq!(e.kind, Kind::DmOut { to: "bob".into() });
@@ -273,7 +270,7 @@ fn the_config_file_gives_defaults_and_paths_relative_to_it() {
 fn reconnect(m: &mut Model) -> Vec<String> {
     m.lost(NOW, "the server closed the connection", Some((1, 500)));
     assert!(!m.can_send());
-    assert!(m.submit(NOW, "typed while away").is_none());
+    assert!(m.submit(NOW, "typed while away").is_empty());
     m.connected(NOW, "127.0.0.1:7002");
     m.on_line(NOW, "HELLO edge-2 chat/1");
     m.on_line(NOW, "OK LOGIN alice lobby")
@@ -921,4 +918,87 @@ fn a_cut_reply_says_how_many_more_there_were() {
         tail,
         ["user bob", "4 more not shown (who)", "ok: who lobby 1"]
     );
+}
+
+/// A model of `user` with its own keys in `dir`, logged in: returns it and
+/// its public key (as it published it).
+fn sealing(dir: &std::path::Path, user: &str) -> (Model, String) {
+    let e2e = e2e::E2e::load(dir, user, 4096).unwrap();
+    let mut m = Model::new(user).with_e2e(e2e);
+    m.connected(NOW, "127.0.0.1:7001");
+    let out = m.on_line(NOW, &format!("OK LOGIN {user} lobby"));
+    let key = out[0]
+        .strip_prefix("/key set ")
+        .expect("publishes first")
+        .to_string();
+    assert_eq!(out[1], "/subscriptions");
+    // Its own answer is not shown.
+    let before = m.entries.len();
+    assert!(m.on_line(NOW, &format!("OK KEY {user}")).is_empty());
+    m.on_line(NOW, "OK SUBSCRIPTIONS 0");
+    assert_eq!(m.entries.len(), before);
+    assert!(m.can_send());
+    (m, key)
+}
+
+/// `m` sends `text` to `to`, whose key is `key`: the line that goes out.
+fn sealed_msg(m: &mut Model, to: &str, key: &str, text: &str) -> String {
+    assert_eq!(
+        m.submit(NOW, &format!("/msg {to} {text}")),
+        [format!("/key {to}")]
+    );
+    let fp = shared::identity::IdentityKey::parse(key)
+        .unwrap()
+        .fingerprint();
+    assert!(m.on_line(NOW, &format!("KEY {to} {key} {fp}")).is_empty());
+    let mut out = m.on_line(NOW, &format!("OK KEY {to}"));
+    assert_eq!(out.len(), 1, "{out:?}");
+    out.pop().unwrap()
+}
+
+#[test]
+fn sealed_messages_show_a_lock_and_broken_ones_say_so() {
+    let (a, b) = (::e2e::config_dir(), ::e2e::config_dir());
+    let (mut alice, alice_key) = sealing(&a, "alice");
+    let (mut bob, bob_key) = sealing(&b, "bob");
+    let line = sealed_msg(&mut alice, "bob", &bob_key, "meet at noon");
+    assert!(line.starts_with("/msg bob e2e:") && !line.contains("noon"));
+    let e = alice.entries.back().unwrap();
+    assert_eq!(e.kind, Kind::DmOut { to: "bob".into() });
+    assert_eq!(e.text, "🔒 meet at noon");
+    assert!(shown(&alice)
+        .iter()
+        .any(|t| t.starts_with("first contact with bob")));
+
+    let sealed = line.strip_prefix("/msg bob ").unwrap();
+    bob.on_line(NOW, &format!("DM 5-0 alice {sealed}"));
+    let e = bob.entries.back().unwrap();
+    assert_eq!(
+        e.kind,
+        Kind::DmIn {
+            from: "alice".into()
+        }
+    );
+    assert_eq!(e.text, "🔒 meet at noon");
+    // Both read it in the history; a plain one has no lock.
+    bob.on_line(NOW, &format!("HIST @alice 5-0 alice {sealed}"));
+    assert_eq!(bob.entries.back().unwrap().text, "🔒 meet at noon");
+    alice.on_line(NOW, &format!("HIST @bob 5-0 alice {sealed}"));
+    assert_eq!(alice.entries.back().unwrap().text, "🔒 meet at noon");
+    bob.on_line(NOW, "DM 6-0 alice plain words");
+    assert_eq!(bob.entries.back().unwrap().text, "plain words");
+    // One character changed: never shown as text.
+    let mut forged = sealed.to_string();
+    let at = forged.len() - 5;
+    let c = if &forged[at..=at] == "A" { "B" } else { "A" };
+    forged.replace_range(at..=at, c);
+    bob.on_line(NOW, &format!("DM 7-0 alice {forged}"));
+    let e = bob.entries.back().unwrap();
+    assert!(e.text.starts_with("⚠ undecryptable message"), "{}", e.text);
+    // Local commands are not sent.
+    assert!(bob.submit(NOW, "/fingerprint alice").is_empty());
+    let fp = shared::identity::IdentityKey::parse(&alice_key)
+        .unwrap()
+        .fingerprint();
+    assert!(bob.entries.back().unwrap().text.contains(&fp));
 }

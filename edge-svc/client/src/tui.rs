@@ -1,6 +1,7 @@
 //! The full-screen interface: message pane, status line, input line.
 
 use crate::conn::{self, Error, Net};
+use crate::e2e::E2e;
 use crate::input::Input;
 use crate::model::{self, Entry, Kind, Model, State};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -40,6 +41,7 @@ pub async fn run(
     trust: Trust,
     user: &str,
     login: String,
+    e2e: E2e,
 ) -> Result<(), Error> {
     let (out_tx, out_rx) = mpsc::channel(conn::QUEUE);
     let (net_tx, net_rx) = mpsc::channel(conn::QUEUE);
@@ -60,7 +62,7 @@ pub async fn run(
         }
     });
     let mut ui = Ui {
-        model: Model::new(user),
+        model: Model::new(user).with_e2e(e2e),
         input: Input::default(),
         pane: Pane::default(),
         out: out_tx,
@@ -203,7 +205,7 @@ impl Ui {
                     return Step::Go;
                 }
                 let line = self.input.take();
-                if let Some(line) = self.model.submit(now(), &line) {
+                for line in self.model.submit(now(), &line) {
                     self.send(line);
                     self.pane.scroll = 0;
                 }

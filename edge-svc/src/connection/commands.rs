@@ -71,6 +71,11 @@ pub(super) fn action(cmd: Command, keys: &Keys) -> Action {
             };
             route(Op::History { with, n })
         }
+        Command::KeySet(key) => route(Op::KeySet {
+            key: key.to_base64(),
+            fingerprint: key.fingerprint(),
+        }),
+        Command::Key(target) => route(Op::Key { target }),
         Command::Ping => Action::Reply(vec![ServerLine::OkPing]),
         Command::Help => {
             let mut lines: Vec<ServerLine> = protocol::HELP
@@ -175,6 +180,24 @@ mod tests {
             })
         );
         assert!(act("/leave").flushes());
+    }
+
+    #[test]
+    fn a_key_goes_to_the_router_with_its_fingerprint() {
+        let key = shared::identity::IdentityKey([3; 32]);
+        assert_eq!(
+            act(&format!("/key set {}", key.to_base64())),
+            route(Op::KeySet {
+                key: key.to_base64(),
+                fingerprint: key.fingerprint()
+            })
+        );
+        assert_eq!(
+            act("/key bob"),
+            route(Op::Key {
+                target: "bob".into()
+            })
+        );
     }
 
     #[test]
