@@ -16,6 +16,7 @@ use shared::envelope::{Effect, Op, Reply, Request};
 use shared::keys::Keys;
 use shared::protocol::LOBBY;
 use shared::scripts::Call;
+use shared::store::Advert;
 use std::time::Duration;
 
 /// Longest wait for a published message.
@@ -61,8 +62,9 @@ async fn setup() -> Fx {
         cfg: Config::default(),
     };
     fx.cfg.router.history_cap = CAP;
+    let advert = Advert::default();
     for e in ["e1", "e2"] {
-        let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, None);
+        let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, &advert, None);
         beat.await.unwrap();
     }
     let lease = fx.k.router_lease(P);
@@ -1085,7 +1087,7 @@ async fn edges_beat_die_and_have_their_sessions_ended() {
 async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
     let mut fx = setup().await;
     let k = fx.k.clone();
-    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, None)
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, &Advert::default(), None)
         .await
         .unwrap();
     for (user, edge) in [
@@ -1096,7 +1098,9 @@ async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
     ] {
         login(&mut fx, user, edge, 1).await;
     }
-    let restart = shared::store::heartbeat(&mut fx.c, &k, "e1", 60_000, Some(fx.cfg.notices));
+    let advert = Advert::default();
+    let restart =
+        shared::store::heartbeat(&mut fx.c, &k, "e1", 60_000, &advert, Some(fx.cfg.notices));
     assert_eq!(restart.await.unwrap(), 2);
     fx.is(k.online(), "carol dave").await;
     fx.is(k.edge_sessions("e1"), "").await;
@@ -1121,7 +1125,7 @@ async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
 async fn the_reaper_ends_no_sessions_when_most_edges_look_dead() {
     let mut fx = setup().await;
     let k = fx.k.clone();
-    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, None)
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, &Advert::default(), None)
         .await
         .unwrap();
     for (user, edge) in [("alice", "e1"), ("bob", "e2"), ("carol", "e3")] {
@@ -1136,7 +1140,7 @@ async fn the_reaper_ends_no_sessions_when_most_edges_look_dead() {
     fx.is(k.online(), "alice bob carol").await;
     assert_eq!(dead_edges(&mut fx).await, ["e1", "e2"]);
     // One of three: its sessions end.
-    shared::store::heartbeat(&mut fx.c, &k, "e2", 60_000, None)
+    shared::store::heartbeat(&mut fx.c, &k, "e2", 60_000, &Advert::default(), None)
         .await
         .unwrap();
     let reaped = shared::store::reap_dead_edges(&mut fx.c, &k, fx.cfg.notices).await;

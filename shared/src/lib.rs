@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod envelope;
 pub mod keys;
 pub mod line;
+pub mod placement;
 pub mod protocol;
 pub mod scripts;
 pub mod service;

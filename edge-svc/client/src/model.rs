@@ -13,6 +13,7 @@ pub const CATCH_UP: usize = 50;
 
 /// The commands Tab completes.
 pub const COMMANDS: &[&str] = &[
+    "/edges",
     "/help",
     "/history",
     "/join",
@@ -452,6 +453,12 @@ impl Model {
                 self.listed.insert(user.clone());
                 self.listing(now, format!("sub {user}"));
             }
+            ServerLine::Edge { addr, conns } => {
+                self.listing(now, format!("edge {addr} {conns}"));
+            }
+            ServerLine::Redirect { addr } => {
+                self.notice(now, format!("the server points to {addr}"));
+            }
             ServerLine::Info { text } => self.push(now, Kind::Reply, text, false),
             ServerLine::More { what, n } => {
                 let what = what.to_lowercase();
@@ -509,6 +516,7 @@ impl Model {
             | ServerLine::OkWho { .. }
             | ServerLine::OkPublish { .. }
             | ServerLine::OkHistory { .. }
+            | ServerLine::OkEdges { .. }
             | ServerLine::OkHelp
             | ServerLine::OkPing) => {
                 let line = reply.to_string().to_lowercase();

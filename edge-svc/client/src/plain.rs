@@ -1,7 +1,8 @@
 //! Plain line mode, for scripts and pipes: each line of standard input is
 //! sent, each server line is printed as received (on a terminal, with its
-//! control characters made harmless). No reconnect: the client ends with
-//! the session.
+//! control characters made harmless). It starts on the least-loaded live
+//! edge, as the interactive client does; no reconnect: the client ends
+//! with the session.
 
 use crate::conn::{self, End, Error, Net};
 use crate::model::clean;
@@ -15,9 +16,10 @@ use tokio::sync::mpsc;
 const QUIT_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(servers: &[String], trust: &Trust, login: Option<String>) -> Result<(), Error> {
-    // The first server that answers.
+    // The least-loaded live edge, else the first server that answers.
+    let (best, _) = conn::place(servers, trust).await;
     let mut stream = Err(Error::from("no --server given"));
-    for server in servers {
+    for server in std::iter::once(&best).chain(servers) {
         stream = conn::connect(server, trust).await;
         if stream.is_ok() {
             break;
@@ -28,7 +30,7 @@ pub async fn run(servers: &[String], trust: &Trust, login: Option<String>) -> Re
     let (net_tx, mut net_rx) = mpsc::channel(conn::QUEUE);
     let session = tokio::spawn(async move {
         let timing = conn::Timing::default();
-        conn::session(stream, login.as_deref(), timing, &mut out_rx, &net_tx).await
+        conn::session(stream, login.as_deref(), timing, &mut out_rx, &net_tx, None).await
     });
     let mut input = tokio::spawn(send_input(out_tx));
 
@@ -64,7 +66,7 @@ pub async fn run(servers: &[String], trust: &Trust, login: Option<String>) -> Re
     match session.await? {
         End::Refused { code, text } => Err(format!("login failed: {code} {text}").into()),
         End::Broken(why) => Err(why.into()),
-        End::Closed(_) | End::Gone => Ok(()),
+        End::Closed(_) | End::Redirected | End::Gone => Ok(()),
     }
 }
 

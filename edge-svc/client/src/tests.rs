@@ -630,6 +630,11 @@ impl FakeEdge {
     /// `keep_open` for alice on this edge: the channel to type into and
     /// the events.
     fn client(&self, timing: conn::Timing) -> (Sender<String>, Receiver<conn::Net>) {
+        // The fake edge answers no `/edges`.
+        let timing = conn::Timing {
+            edges_every: None,
+            ..timing
+        };
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
         let (net_tx, net_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
         let (servers, trust) = (vec![self.addr.clone()], self.trust.clone());
@@ -768,6 +773,7 @@ async fn a_silent_server_is_left_after_a_keepalive_ping_goes_unanswered() {
     let timing = conn::Timing {
         keepalive: std::time::Duration::from_millis(100),
         answer_within: std::time::Duration::from_millis(300),
+        edges_every: None,
     };
     let (edge, _out, mut events, (mut lines, mut wr)) = fake_session(timing).await;
     write(&mut wr, "OK LOGIN alice lobby\n").await;
@@ -816,7 +822,10 @@ async fn lines_typed_for_a_lost_connection_are_dropped_with_a_notice() {
     out_tx.send("two".to_string()).await.unwrap();
     let (servers, trust) = (vec![edge.addr.clone()], edge.trust.clone());
     let login = "LOGIN alice pw".to_string();
-    let timing = conn::Timing::default();
+    let timing = conn::Timing {
+        edges_every: None,
+        ..Default::default()
+    };
     tokio::spawn(conn::keep_open(
         servers, trust, login, timing, out_rx, net_tx,
     ));
