@@ -15,10 +15,22 @@ pub struct ChatClient {
 }
 
 impl ChatClient {
-    /// Starts it on edge `edge` (0-based) of `sys`.
+    /// Starts it on edge `edge` (0-based) of `sys`, and only there
+    /// (`--no-balance`).
     pub fn start(sys: &System, edge: usize, user: &str) -> ChatClient {
+        Self::spawn(sys, edge, user, &["--no-balance"])
+    }
+
+    /// Starts it given edge `edge` (0-based) of `sys`: it connects to the
+    /// least-loaded edge that one lists.
+    pub fn placed(sys: &System, edge: usize, user: &str) -> ChatClient {
+        Self::spawn(sys, edge, user, &[])
+    }
+
+    fn spawn(sys: &System, edge: usize, user: &str, more: &[&str]) -> ChatClient {
         let mut child = Command::new(binary("chat"))
             .args(["--server", &sys.edge(edge).to_string()])
+            .args(more)
             .arg("--ca")
             .arg(sys.ca())
             .args(["--user", user])

@@ -136,9 +136,10 @@ async fn system(users: &[&str], tweak: impl FnOnce(&mut Config)) -> System {
     sys
 }
 
-/// The interactive client as `alice` on the given edges.
+/// The interactive client for `alice`, on the given edges only
+/// (`--no-balance`).
 fn alice(sys: &System, edges: &[usize]) -> Tmux {
-    Tmux::start(&chat_command(sys, edges, "alice-pw", ""))
+    Tmux::start(&chat_command(sys, edges, "alice-pw", "--no-balance"))
 }
 
 /// The `chat` command line for `alice` with `password` on the given
@@ -339,6 +340,27 @@ async fn falls_back_to_the_next_server_when_its_edge_dies() {
 }
 
 #[tokio::test]
+async fn a_client_given_one_edge_moves_to_another_live_edge_when_it_is_killed() {
+    let mut sys = System::start_with(Shape::new(3, 1, 1), |_| {}).await;
+    sys.add_users(&["alice"]).await;
+    // Edges 2 and 3 hold a connection each: edge 1 is the least loaded.
+    let _held = [sys.connect(1).await, sys.connect(2).await];
+    let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", ""));
+    tmux.shows(&status(&sys, "lobby", 0)).await;
+
+    let killed = std::time::Instant::now();
+    sys.kill(Role::Edge, 0).await;
+    let elsewhere = [status(&sys, "lobby", 1), status(&sys, "lobby", 2)];
+    tmux.until("alice is back on edge 2 or 3", |s| {
+        elsewhere.iter().any(|e| s.contains(e.as_str()))
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("back on another edge {} ms after kill -9", took.as_millis());
+    assert!(took <= Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test]
 async fn plain_mode_prints_the_server_lines_as_received() {
     let sys = system(&["alice", "bob"], |_| {}).await;
     // Piped standard input and output: plain mode without being asked.
@@ -456,7 +478,12 @@ async fn sigterm_restores_the_terminal() {
 #[tokio::test]
 async fn escapes_never_reach_a_terminal() {
     let sys = system(&["alice", "bob"], |_| {}).await;
-    let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", "--plain"));
+    let tmux = Tmux::start(&chat_command(
+        &sys,
+        &[0],
+        "alice-pw",
+        "--plain --no-balance",
+    ));
     tmux.shows("OK LOGIN alice lobby").await;
     let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;

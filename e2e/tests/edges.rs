@@ -101,7 +101,7 @@ async fn ninety_clients_started_on_edge_one_spread_evenly() {
     for name in &names {
         // Given edge 1 only; each places itself by the loads `/edges`
         // shows, once the one before has its connection.
-        let mut c = ChatClient::start(&sys, 0, name);
+        let mut c = ChatClient::placed(&sys, 0, name);
         let hello = c.until(|l| l.starts_with("HELLO ")).await;
         *per_edge.entry(hello_edge(&hello)).or_default() += 1;
         clients.push(c);

@@ -103,10 +103,13 @@ pub async fn list_edges(server: &str, trust: &Trust) -> Result<Vec<EdgeLoad>, Er
 }
 
 /// The live edges, as the first of `servers` that answers lists them
-/// (none if none does).
+/// (none if none does). The connection that asked is not counted.
 pub async fn learn_edges(servers: &[String], trust: &Trust) -> Vec<EdgeLoad> {
     for server in servers {
-        if let Ok(edges) = list_edges(server, trust).await {
+        if let Ok(mut edges) = list_edges(server, trust).await {
+            if let Some(asked) = edges.iter_mut().find(|e| e.addr == *server) {
+                asked.conns = asked.conns.saturating_sub(1);
+            }
             return edges;
         }
     }
@@ -136,12 +139,11 @@ pub fn attempts(edges: &Edges, given: &[String], lost: Option<&str>) -> VecDeque
     order
 }
 
-/// Where a client given `servers` starts: the least-loaded live edge they
-/// list (ties at random), else the first of them. Also returns the list.
-pub async fn place(servers: &[String], trust: &Trust) -> (String, Vec<EdgeLoad>) {
+/// The least-loaded live edge the first of `servers` that answers lists
+/// (ties at random), if any.
+pub async fn place(servers: &[String], trust: &Trust) -> Option<String> {
     let known = learn_edges(servers, trust).await;
-    let first = least_loaded(&known, None).map(|e| e.addr.clone());
-    (first.unwrap_or_else(|| servers[0].clone()), known)
+    least_loaded(&known, None).map(|e| e.addr.clone())
 }
 
 /// Opens a TLS connection to `server` (`host:port`).

@@ -57,6 +57,10 @@ struct Cli {
     /// when standard input or output is not a terminal).
     #[arg(long, alias = "raw")]
     plain: bool,
+    /// Connect only to the --server addresses, in turn, as given: no
+    /// `/edges`, no choosing the least-loaded edge, no following REDIRECT.
+    #[arg(long)]
+    no_balance: bool,
 }
 
 /// The configuration file: the same settings as the command line, which
@@ -79,6 +83,7 @@ struct Settings {
     user: Option<String>,
     password_file: Option<PathBuf>,
     plain: bool,
+    balance: bool,
 }
 
 fn main() -> ExitCode {
@@ -129,6 +134,7 @@ fn settings(cli: Cli) -> Result<Settings, Error> {
         user: cli.user.or(file.user),
         password_file: cli.password_file.or(file.password_file),
         plain,
+        balance: !cli.no_balance,
     })
 }
 
@@ -168,8 +174,10 @@ async fn run(s: Settings) -> Result<(), Error> {
         None => None,
     };
     match (user, login) {
-        (Some(user), Some(login)) if !s.plain => tui::run(s.servers, s.trust, &user, login).await,
-        (_, login) => plain::run(&s.servers, &s.trust, login).await,
+        (Some(user), Some(login)) if !s.plain => {
+            tui::run(s.servers, s.trust, &user, login, s.balance).await
+        }
+        (_, login) => plain::run(&s.servers, &s.trust, login, s.balance).await,
     }
 }
 

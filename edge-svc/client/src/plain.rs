@@ -15,11 +15,21 @@ use tokio::sync::mpsc;
 /// How long the server has to close the session after the end of input.
 const QUIT_WAIT: Duration = Duration::from_secs(10);
 
-pub async fn run(servers: &[String], trust: &Trust, login: Option<String>) -> Result<(), Error> {
-    // The least-loaded live edge, else the first server that answers.
-    let (best, _) = conn::place(servers, trust).await;
+pub async fn run(
+    servers: &[String],
+    trust: &Trust,
+    login: Option<String>,
+    balance: bool,
+) -> Result<(), Error> {
+    // The least-loaded live edge (with `balance`), else the first server
+    // that answers.
+    let best = if balance {
+        conn::place(servers, trust).await
+    } else {
+        None
+    };
     let mut stream = Err(Error::from("no --server given"));
-    for server in std::iter::once(&best).chain(servers) {
+    for server in best.iter().chain(servers) {
         stream = conn::connect(server, trust).await;
         if stream.is_ok() {
             break;
