@@ -27,6 +27,14 @@ pub fn least_loaded<'a>(edges: &'a [EdgeLoad], except: Option<&str>) -> Option<&
     Some(tied[random_below(tied.len() as u64) as usize])
 }
 
+/// Takes the connection that asked `/edges` of the edge at `asked` off
+/// that edge's count: a client choosing does not count where it asked.
+pub fn discount(edges: &mut [EdgeLoad], asked: &str) {
+    if let Some(e) = edges.iter_mut().find(|e| e.addr == asked) {
+        e.conns = e.conns.saturating_sub(1);
+    }
+}
+
 /// Where a new connection to the edge at `own` (holding `own_conns`)
 /// should go instead, if anywhere: when this edge holds more than
 /// `above_pct` percent above the mean of the live edges `edges` and at
@@ -97,6 +105,9 @@ mod tests {
         assert!(!seen.contains("a:1"));
         assert_eq!(least_loaded(&list, Some("b:1")).unwrap().addr, "c:1");
         assert!(least_loaded(&[], None).is_none());
+        let mut asked = edges(&[("a:1", 3), ("b:1", 3)]);
+        discount(&mut asked, "a:1");
+        assert_eq!(least_loaded(&asked, None).unwrap().addr, "a:1");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::model::{login_retry, reconnect_after};
 use bytes::BytesMut;
 use edge_svc::frame::{Frame, LineDecoder};
 use shared::line::ServerLine;
-use shared::placement::{least_loaded, random_below, EdgeLoad};
+use shared::placement::{discount, least_loaded, random_below, EdgeLoad};
 use shared::protocol::ErrorCode;
 use shared::tls::{self, Trust};
 use std::collections::VecDeque;
@@ -107,9 +107,7 @@ pub async fn list_edges(server: &str, trust: &Trust) -> Result<Vec<EdgeLoad>, Er
 pub async fn learn_edges(servers: &[String], trust: &Trust) -> Vec<EdgeLoad> {
     for server in servers {
         if let Ok(mut edges) = list_edges(server, trust).await {
-            if let Some(asked) = edges.iter_mut().find(|e| e.addr == *server) {
-                asked.conns = asked.conns.saturating_sub(1);
-            }
+            discount(&mut edges, server);
             return edges;
         }
     }
