@@ -361,6 +361,33 @@ async fn a_client_given_one_edge_moves_to_another_live_edge_when_it_is_killed() 
 }
 
 #[tokio::test]
+async fn a_drained_edge_moves_the_client_to_another_in_its_room_without_repeats() {
+    let sys = system(&["alice", "bob"], |_| {}).await;
+    let mut bob = ChatClient::start(&sys, 1, "bob");
+    bob.until(|l| l == "OK LOGIN bob lobby").await;
+    // Edge 2 holds bob: alice, given edge 1, goes there too (least loaded).
+    let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", ""));
+    tmux.shows(&status(&sys, "lobby", 0)).await;
+    tmux.type_text("/join den");
+    tmux.press("Enter");
+    tmux.shows(&status(&sys, "den", 0)).await;
+    bob.say("/join den").await;
+    bob.until(|l| l == "OK JOIN den").await;
+    bob.say("before the drain").await;
+    tmux.shows("<bob> before the drain").await;
+
+    let (code, _) = e2e::http(sys.admin(Role::Edge, 0), "POST", "/drain").await;
+    assert_eq!(code, 200);
+    // REDIRECT and BYE server-shutdown: on edge 2, back in #den.
+    let screen = tmux.shows(&status(&sys, "den", 1)).await;
+    assert!(screen.contains("moving to"), "{screen}");
+    tmux.shows("=== back in #den").await;
+    bob.say("after the move").await;
+    let screen = tmux.shows("<bob> after the move").await;
+    assert_eq!(count(&screen, "<bob> before the drain"), 1, "{screen}");
+}
+
+#[tokio::test]
 async fn plain_mode_prints_the_server_lines_as_received() {
     let sys = system(&["alice", "bob"], |_| {}).await;
     // Piped standard input and output: plain mode without being asked.

@@ -544,6 +544,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_drain_window_and_the_public_address() {
+        let mut edge = EdgeConfig::default();
+        let grace = Duration::from_secs(5);
+        assert_eq!(edge.drain_window(grace), Duration::from_secs(3));
+        // 10 % a second at most: 10 s, but within the grace less a second.
+        edge.drain_max_share_pct = 10;
+        assert_eq!(edge.drain_window(grace), Duration::from_secs(4));
+        assert_eq!(
+            edge.drain_window(Duration::from_secs(60)),
+            Duration::from_secs(10)
+        );
+        let bound: std::net::SocketAddr = "0.0.0.0:7001".parse().unwrap();
+        assert_eq!(edge.public_addr(bound), "localhost:7001");
+        let bound: std::net::SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        assert_eq!(edge.public_addr(bound), "127.0.0.1:7002");
+        edge.public_addr = "chat.example:443".into();
+        assert_eq!(edge.public_addr(bound), "chat.example:443");
+    }
+
+    #[test]
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -580,6 +600,14 @@ mod tests {
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "5");
             jail.set_env("CHAT_NOTICES__LOBBY", "true");
             assert!(Config::load(None).unwrap().notices.lobby);
+            jail.set_env("CHAT_EDGE__DRAIN_MAX_SHARE_PCT", "0");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_EDGE__DRAIN_MAX_SHARE_PCT", "25");
+            jail.set_env("CHAT_EDGE__PUBLIC_ADDR", "no-port");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_EDGE__PUBLIC_ADDR", "chat.example:443");
+            let cfg = Config::load(None).unwrap();
+            assert_eq!(cfg.edge.public_addr, "chat.example:443");
             jail.set_env("CHAT_EDGE__NO_SUCH_KEY", "1");
             assert!(Config::load(None).is_err());
             Ok(())

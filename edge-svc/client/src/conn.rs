@@ -115,23 +115,26 @@ pub async fn learn_edges(servers: &[String], trust: &Trust) -> Vec<EdgeLoad> {
 }
 
 /// The order in which to try the edges: the hint of a `REDIRECT` first,
-/// then the known edges from the least loaded (ties at random), the one
-/// just lost last, then the addresses given.
+/// then the known edges from the least loaded (ties at random), then the
+/// addresses given; the one just lost last (unless hinted).
 pub fn attempts(edges: &Edges, given: &[String], lost: Option<&str>) -> VecDeque<String> {
     let mut known: Vec<(u64, u64, &str)> = edges
         .known
         .iter()
-        .map(|e| {
-            let last = u64::from(Some(e.addr.as_str()) == lost);
-            (last, e.conns, e.addr.as_str())
-        })
+        .map(|e| (e.conns, random_below(u64::MAX), e.addr.as_str()))
         .collect();
-    known.sort_by_key(|(last, conns, _)| (*last, *conns, random_below(u64::MAX)));
+    known.sort_unstable();
     let mut order: VecDeque<String> = edges.hint.iter().cloned().collect();
     let known = known.iter().map(|(_, _, a)| *a);
     for addr in known.chain(given.iter().map(String::as_str)) {
         if !order.iter().any(|o| o == addr) {
             order.push_back(addr.to_string());
+        }
+    }
+    if let Some(at) = order.iter().position(|a| Some(a.as_str()) == lost) {
+        if edges.hint.as_deref() != lost {
+            let addr = order.remove(at).unwrap_or_default();
+            order.push_back(addr);
         }
     }
     order

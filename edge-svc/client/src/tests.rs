@@ -931,3 +931,30 @@ fn a_cut_reply_says_how_many_more_there_were() {
         ["user bob", "4 more not shown (who)", "ok: who lobby 1"]
     );
 }
+
+#[test]
+fn edges_are_tried_from_the_hint_and_the_least_loaded_the_lost_one_last() {
+    use shared::placement::EdgeLoad;
+    let load = |addr: &str, conns| EdgeLoad {
+        addr: addr.into(),
+        conns,
+    };
+    let mut edges = conn::Edges {
+        known: vec![load("a:1", 5), load("b:1", 1), load("c:1", 1)],
+        hint: None,
+    };
+    let given = ["g:1".to_string(), "a:1".to_string()];
+    let order: Vec<String> = conn::attempts(&edges, &given, Some("b:1")).into();
+    assert_eq!(order, ["c:1", "a:1", "g:1", "b:1"]);
+    // Ties are broken at random.
+    let firsts: std::collections::HashSet<String> = (0..100)
+        .map(|_| conn::attempts(&edges, &given, None)[0].clone())
+        .collect();
+    assert_eq!(firsts.len(), 2, "{firsts:?}");
+    edges.hint = Some("h:1".into());
+    assert_eq!(conn::attempts(&edges, &given, Some("b:1"))[0], "h:1");
+    // Nothing known: the given addresses in turn, the lost one last.
+    let none = conn::Edges::default();
+    let order: Vec<String> = conn::attempts(&none, &given, Some("g:1")).into();
+    assert_eq!(order, ["a:1", "g:1"]);
+}
