@@ -958,3 +958,72 @@ fn edges_are_tried_from_the_hint_and_the_least_loaded_the_lost_one_last() {
     let order: Vec<String> = conn::attempts(&none, &given, Some("g:1")).into();
     assert_eq!(order, ["a:1", "g:1"]);
 }
+
+/// `conn::session` for alice on `edge`, keeping `Edges`, with `/edges`
+/// every 50 ms: the channel to type into, the events, and the session's
+/// end with what it learnt.
+fn session_with_edges(
+    edge: &FakeEdge,
+) -> (
+    Sender<String>,
+    Receiver<conn::Net>,
+    tokio::task::JoinHandle<(conn::End, conn::Edges)>,
+) {
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
+    let (net_tx, events) = tokio::sync::mpsc::channel(conn::QUEUE);
+    let (addr, trust) = (edge.addr.clone(), edge.trust.clone());
+    let timing = conn::Timing {
+        edges_every: Some(std::time::Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let client = tokio::spawn(async move {
+        let stream = conn::connect(&addr, &trust).await.unwrap();
+        let mut edges = conn::Edges::default();
+        let login = Some("LOGIN alice pw");
+        let end = conn::session(
+            stream,
+            login,
+            timing,
+            &mut out_rx,
+            &net_tx,
+            Some(&mut edges),
+        );
+        (end.await, edges)
+    });
+    (out_tx, events, client)
+}
+
+#[tokio::test]
+async fn the_edge_list_is_kept_up_to_date_without_being_shown() {
+    use shared::placement::EdgeLoad;
+    let edge = FakeEdge::start().await;
+    let (_out, mut events, client) = session_with_edges(&edge);
+    let (mut lines, mut wr) = edge.accept().await;
+    write(&mut wr, "OK LOGIN alice lobby\n").await;
+    // Asked once logged in; the answer, and a REDIRECT, are not shown.
+    assert_eq!(read(&mut lines).await.as_deref(), Some("/edges"));
+    let answer = "EDGE a:1 3\nEDGE b:1 1\nOK EDGES 2\nREDIRECT b:1\nBYE server-shutdown\n";
+    write(&mut wr, answer).await;
+    drop((lines, wr));
+    assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+    assert_eq!(event(&mut events).await, line("BYE server-shutdown"));
+    let (end, edges) = within(client).await.unwrap();
+    assert_eq!(end, conn::End::Closed(Some("server-shutdown".into())));
+    let load = |addr: &str, conns| EdgeLoad {
+        addr: addr.into(),
+        conns,
+    };
+    assert_eq!(edges.known, [load("a:1", 3), load("b:1", 1)]);
+    assert_eq!(edges.hint.as_deref(), Some("b:1"));
+}
+
+#[tokio::test]
+async fn a_redirect_before_the_login_is_answered_ends_the_session_there() {
+    let edge = FakeEdge::start().await;
+    let (_out, _events, client) = session_with_edges(&edge);
+    let (_lines, mut wr) = edge.accept().await;
+    write(&mut wr, "HELLO edge-1 chat/1\nREDIRECT c:1\n").await;
+    let (end, edges) = within(client).await.unwrap();
+    assert_eq!(end, conn::End::Redirected);
+    assert_eq!(edges.hint.as_deref(), Some("c:1"));
+}
