@@ -14,6 +14,10 @@ use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+/// The longest a new connection or a drain waits to learn the other
+/// edges (a Redis that does not answer must not hold new clients up).
+pub(crate) const EDGES_READ_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What every connection of this edge shares.
 pub(crate) struct Ctx {
     pub(crate) cfg: Config,
@@ -136,7 +140,8 @@ impl Ctx {
         if !draining && edge.redirect_above_pct == 0 && edge.redirect_min_excess == 0 {
             return None;
         }
-        let read = tokio::time::timeout(edge.request_timeout(), self.open_edges()).await;
+        let limit = EDGES_READ_LIMIT.min(edge.request_timeout());
+        let read = tokio::time::timeout(limit, self.open_edges()).await;
         let Ok(Ok(edges)) = read else { return None };
         let own = self.public_addr.as_str();
         if draining {
