@@ -388,6 +388,28 @@ async fn a_drained_edge_moves_the_client_to_another_in_its_room_without_repeats(
 }
 
 #[tokio::test]
+async fn the_client_follows_a_redirect_before_logging_in() {
+    let sys = system(&["alice", "bob"], |c| {
+        c.edge.redirect_above_pct = 1;
+        c.edge.redirect_min_excess = 1;
+        c.edge.handshake_timeout_ms = 60_000;
+    })
+    .await;
+    let mut bob = ChatClient::start(&sys, 1, "bob");
+    bob.until(|l| l == "OK LOGIN bob lobby").await;
+    // Three sockets in their handshake: edge 1 holds them, but they are
+    // counted in Redis only once greeted, so `/edges` shows edge 1 the
+    // least loaded (0 against bob's 1) while edge 1 knows it is not.
+    let mut raw = Vec::new();
+    for _ in 0..3 {
+        raw.push(tokio::net::TcpStream::connect(sys.edge(0)).await.unwrap());
+    }
+    let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", ""));
+    let screen = tmux.shows(&status(&sys, "lobby", 1)).await;
+    assert!(screen.contains("redirected; moving to"), "{screen}");
+}
+
+#[tokio::test]
 async fn plain_mode_prints_the_server_lines_as_received() {
     let sys = system(&["alice", "bob"], |_| {}).await;
     // Piped standard input and output: plain mode without being asked.

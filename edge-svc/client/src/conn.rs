@@ -66,6 +66,10 @@ impl Default for Timing {
 pub struct Edges {
     pub known: Vec<EdgeLoad>,
     pub hint: Option<String>,
+    /// This connection follows a `REDIRECT` given before a login: another
+    /// one before this login is not followed (edges that disagree on their
+    /// loads cannot send a client back and forth).
+    pub redirected: bool,
 }
 
 /// Asks the edge at `server` for the live edges (`/edges`) on a
@@ -258,6 +262,7 @@ pub async fn keep_open(
                     delay = BACKOFF_MIN;
                 }
                 order = attempts(&edges, &servers, Some(&server));
+                edges.redirected = end == End::Redirected;
                 match end {
                     End::Gone => return,
                     End::Refused { code, text } if !login_retry(code) => {
@@ -392,6 +397,9 @@ pub async fn session(
                             continue;
                         }
                         (Ok(ServerLine::Redirect { addr }), Some(edges)) => {
+                            if logging_in && edges.redirected {
+                                continue; // followed one already: stay
+                            }
                             edges.hint = Some(addr);
                             if logging_in {
                                 return End::Redirected;

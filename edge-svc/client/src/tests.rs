@@ -941,7 +941,7 @@ fn edges_are_tried_from_the_hint_and_the_least_loaded_the_lost_one_last() {
     };
     let mut edges = conn::Edges {
         known: vec![load("a:1", 5), load("b:1", 1), load("c:1", 1)],
-        hint: None,
+        ..Default::default()
     };
     let given = ["g:1".to_string(), "a:1".to_string()];
     let order: Vec<String> = conn::attempts(&edges, &given, Some("b:1")).into();
@@ -959,11 +959,12 @@ fn edges_are_tried_from_the_hint_and_the_least_loaded_the_lost_one_last() {
     assert_eq!(order, ["a:1", "g:1"]);
 }
 
-/// `conn::session` for alice on `edge`, keeping `Edges`, with `/edges`
-/// every 50 ms: the channel to type into, the events, and the session's
+/// `conn::session` for alice on `edge`, keeping `Edges` (`redirected`:
+/// this connection follows a `REDIRECT`), with `/edges` every 50 ms: the channel to type into, the events, and the session's
 /// end with what it learnt.
 fn session_with_edges(
     edge: &FakeEdge,
+    redirected: bool,
 ) -> (
     Sender<String>,
     Receiver<conn::Net>,
@@ -978,7 +979,10 @@ fn session_with_edges(
     };
     let client = tokio::spawn(async move {
         let stream = conn::connect(&addr, &trust).await.unwrap();
-        let mut edges = conn::Edges::default();
+        let mut edges = conn::Edges {
+            redirected,
+            ..Default::default()
+        };
         let login = Some("LOGIN alice pw");
         let end = conn::session(
             stream,
@@ -997,7 +1001,7 @@ fn session_with_edges(
 async fn the_edge_list_is_kept_up_to_date_without_being_shown() {
     use shared::placement::EdgeLoad;
     let edge = FakeEdge::start().await;
-    let (_out, mut events, client) = session_with_edges(&edge);
+    let (_out, mut events, client) = session_with_edges(&edge, false);
     let (mut lines, mut wr) = edge.accept().await;
     write(&mut wr, "OK LOGIN alice lobby\n").await;
     // Asked once logged in; the answer, and a REDIRECT, are not shown.
@@ -1020,10 +1024,28 @@ async fn the_edge_list_is_kept_up_to_date_without_being_shown() {
 #[tokio::test]
 async fn a_redirect_before_the_login_is_answered_ends_the_session_there() {
     let edge = FakeEdge::start().await;
-    let (_out, _events, client) = session_with_edges(&edge);
+    let (_out, _events, client) = session_with_edges(&edge, false);
     let (_lines, mut wr) = edge.accept().await;
     write(&mut wr, "HELLO edge-1 chat/1\nREDIRECT c:1\n").await;
     let (end, edges) = within(client).await.unwrap();
     assert_eq!(end, conn::End::Redirected);
     assert_eq!(edges.hint.as_deref(), Some("c:1"));
+}
+
+#[tokio::test]
+async fn a_second_redirect_in_a_row_before_a_login_is_not_followed() {
+    let edge = FakeEdge::start().await;
+    let (_out, mut events, client) = session_with_edges(&edge, true);
+    let (lines, mut wr) = edge.accept().await;
+    write(
+        &mut wr,
+        "HELLO edge-2 chat/1\nREDIRECT c:1\nOK LOGIN alice lobby\n",
+    )
+    .await;
+    assert_eq!(event(&mut events).await, line("HELLO edge-2 chat/1"));
+    assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+    drop((lines, wr));
+    let (end, edges) = within(client).await.unwrap();
+    assert!(!matches!(end, conn::End::Redirected), "{end:?}");
+    assert_eq!(edges.hint, None);
 }
