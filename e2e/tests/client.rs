@@ -392,18 +392,24 @@ async fn the_client_follows_a_redirect_before_logging_in() {
     let sys = system(&["alice", "bob"], |c| {
         c.edge.redirect_above_pct = 1;
         c.edge.redirect_min_excess = 1;
-        c.edge.handshake_timeout_ms = 60_000;
+        // Heartbeats 20 s apart: the count set below stays until then.
+        c.edge.dead_after_ms = 60_000;
     })
     .await;
     let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;
-    // Three sockets in their handshake: edge 1 holds them, but they are
-    // counted in Redis only once greeted, so `/edges` shows edge 1 the
-    // least loaded (0 against bob's 1) while edge 1 knows it is not.
-    let mut raw = Vec::new();
-    for _ in 0..3 {
-        raw.push(tokio::net::TcpStream::connect(sys.edge(0)).await.unwrap());
-    }
+    // Edge 1 holds three connections, but Redis says none (as if behind):
+    // `/edges` shows it the least loaded, edge 1 itself knows better.
+    let _held = [
+        sys.connect(0).await,
+        sys.connect(0).await,
+        sys.connect(0).await,
+    ];
+    let info = sys.keys().edge_info(&Role::Edge.id(0));
+    let mut r = sys.redis.conn().await;
+    let _: () = redis::AsyncCommands::hset(&mut r, &info, "conns", 0)
+        .await
+        .unwrap();
     let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", ""));
     let screen = tmux.shows(&status(&sys, "lobby", 1)).await;
     assert!(screen.contains("redirected; moving to"), "{screen}");

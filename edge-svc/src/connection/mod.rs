@@ -46,12 +46,15 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sl
     let id = ctx.next_conn_id();
     let span = tracing::info_span!("conn", %peer, conn = id, user = tracing::field::Empty, sid = tracing::field::Empty);
     async move {
+        // Counted as the heartbeat counts (handshakes included), in Redis at once.
         ctx.metrics.connections.inc();
+        ctx.count_connection(1).await;
         match serve_tls(&ctx, stream, peer, id, slot).await {
             Ok(()) => tracing::debug!("connection closed"),
             Err(e) => tracing::debug!(error = %e, "connection ended"),
         }
         ctx.metrics.connections.dec();
+        ctx.count_connection(-1).await;
     }
     .instrument(span)
     .await
@@ -90,9 +93,7 @@ async fn serve_tls(
             version: protocol::PROTOCOL_VERSION.into(),
         },
     );
-    ctx.count_connection(1).await;
     let result = serve_lines(ctx, id, peer, started, slot, rd, &closer).await;
-    ctx.count_connection(-1).await;
     let _ = writer.await;
     result
 }
