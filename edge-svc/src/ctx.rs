@@ -109,12 +109,20 @@ impl Ctx {
         shared::store::heartbeat(&mut redis, &self.keys, id, dead_after, &advert, restart).await
     }
 
-    /// Counts a connection opened (1) or closed (-1) in Redis at once.
-    pub(crate) async fn count_connection(&self, delta: i64) {
-        let (mut redis, id) = (self.redis.clone(), &self.cfg.edge.id);
-        if let Err(e) = shared::store::count_connection(&mut redis, &self.keys, id, delta).await {
-            tracing::debug!(error = %e, "counting a connection failed");
-        }
+    /// Counts a connection opened (1) or closed (-1) in Redis, in the
+    /// background: a slow Redis holds no connection up (and a lost count
+    /// is made good by the next heartbeat).
+    pub(crate) fn count_connection(&self, delta: i64) {
+        let (mut redis, keys, id) = (
+            self.redis.clone(),
+            self.keys.clone(),
+            self.cfg.edge.id.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = shared::store::count_connection(&mut redis, &keys, &id, delta).await {
+                tracing::debug!(error = %e, "counting a connection failed");
+            }
+        });
     }
 
     /// The live edges that take new clients, with their loads (`/edges`).

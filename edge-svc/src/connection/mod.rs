@@ -48,13 +48,13 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sl
     async move {
         // Counted as the heartbeat counts (handshakes included), in Redis at once.
         ctx.metrics.connections.inc();
-        ctx.count_connection(1).await;
+        ctx.count_connection(1);
         match serve_tls(&ctx, stream, peer, id, slot).await {
             Ok(()) => tracing::debug!("connection closed"),
             Err(e) => tracing::debug!(error = %e, "connection ended"),
         }
         ctx.metrics.connections.dec();
-        ctx.count_connection(-1).await;
+        ctx.count_connection(-1);
     }
     .instrument(span)
     .await
