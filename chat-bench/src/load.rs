@@ -5,6 +5,7 @@
 use hdrhistogram::Histogram;
 use shared::consumer::EntryId;
 use shared::line::ServerLine;
+use shared::placement::{discount, least_loaded, EdgeLoad};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,6 +142,41 @@ pub async fn connect_from(
         .until(|l| matches!(l, ServerLine::Hello { .. }))
         .await?;
     Ok((reader, Writer(wr)))
+}
+
+/// A logged-in connection as the `chat` client makes one through edge
+/// `edge`'s address: it asks that edge for `/edges` and moves to the
+/// least-loaded one (itself not counted), as `shared::placement` says.
+/// Also returns the index of the edge it ended on.
+pub async fn login_placed(
+    target: &Target,
+    edge: usize,
+    user: &str,
+) -> Result<(Reader, Writer, usize), Error> {
+    let (mut rd, mut wr) = connect_from(target, edge, None).await?;
+    wr.send(b"/edges\n").await?;
+    let mut edges = Vec::new();
+    loop {
+        match rd.until(|_| true).await? {
+            ServerLine::Edge { addr, conns } => edges.push(EdgeLoad { addr, conns }),
+            ServerLine::OkEdges { .. } => break,
+            _ => {}
+        }
+    }
+    let asked = &target.edges[edge % target.edges.len()];
+    discount(&mut edges, asked);
+    let best = least_loaded(&edges, None).map(|e| e.addr.clone());
+    let mut on = edge % target.edges.len();
+    let moved = best.filter(|b| b != asked);
+    if let Some(i) = moved.and_then(|b| target.edges.iter().position(|e| *e == b)) {
+        (rd, wr) = connect_from(target, i, None).await?;
+        on = i;
+    }
+    wr.send(format!("LOGIN {user} {PASSWORD}\n").as_bytes())
+        .await?;
+    rd.until(|l| matches!(l, ServerLine::OkLogin { .. }))
+        .await?;
+    Ok((rd, wr, on))
 }
 
 /// A logged-in connection.

@@ -165,8 +165,8 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
     if wants("connect") {
         let c = scenarios::connect(&system, cli.idle).await?;
         eprintln!(
-            "  connect: {} held, {} answering, edge {} MB -> {} MB, {} KB per connection",
-            c.held, c.answering, c.edge_rss_before_mb, c.edge_rss_after_mb, c.kb_per_connection
+            "  connect: {} held (per edge {:?}), {} answering, edge 1 {} MB -> {} MB, {} KB per connection",
+            c.held, c.per_edge, c.answering, c.edge_rss_before_mb, c.edge_rss_after_mb, c.kb_per_connection
         );
         results.connect = Some(c);
     }

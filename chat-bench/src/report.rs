@@ -305,11 +305,11 @@ impl Results {
             );
         }
         if let Some(c) = &self.connect {
-            let _ = writeln!(s, "\n### Idle connections on one edge\n");
+            let _ = writeln!(s, "\n### Idle connections, all through edge 1's address\n");
             let _ = writeln!(
                 s,
-                "- {} of {} logged in within {} s; at the end {} answered `/ping`, {} had been closed\n- edge resident memory {} MB before, {} MB after: **{} KB per connection**",
-                c.held, c.requested, c.seconds_to_connect, c.answering, c.closed, c.edge_rss_before_mb, c.edge_rss_after_mb, c.kb_per_connection
+                "- {} of {} logged in within {} s, each on the least-loaded edge `/edges` showed it; per edge {:?}; at the end {} answered `/ping`, {} had been closed\n- edge 1 resident memory {} MB before, {} MB after: **{} KB per connection** it holds",
+                c.held, c.requested, c.seconds_to_connect, c.per_edge, c.answering, c.closed, c.edge_rss_before_mb, c.edge_rss_after_mb, c.kb_per_connection
             );
         }
         if let Some(a) = &self.abuse {

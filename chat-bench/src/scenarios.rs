@@ -468,6 +468,9 @@ pub struct Connect {
     pub edge_rss_after_mb: f64,
     pub kb_per_connection: f64,
     pub seconds_to_connect: f64,
+    /// Connections held on each edge (`edge-1`, ...): every client went
+    /// through edge 1's address and placed itself as `chat` does.
+    pub per_edge: Vec<usize>,
     /// Connections that answered a `/ping` sent to all at the end.
     pub answering: u64,
     /// Connections the server closed meanwhile.
@@ -488,7 +491,8 @@ async fn drain(mut rd: Reader, pongs: Arc<AtomicU64>, closed: Arc<AtomicU64>) {
     closed.fetch_add(1, Ordering::Relaxed);
 }
 
-/// `n` idle logged-in connections on the first edge.
+/// `n` idle logged-in connections, all through the first edge's address,
+/// each placing itself on the least-loaded edge (`/edges`) as `chat` does.
 pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
     let users = system.users("idle-", n, LOAD_USER_COST).await?;
     let pid = system.services.pid(e2e::Role::Edge, 0);
@@ -503,12 +507,14 @@ pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
     let shown = CancellationToken::new();
     tokio::spawn(count_up("connect", done.clone(), shown.clone()));
     let mut drains = Vec::new();
+    let mut per_edge = vec![0; target.edges.len()];
     let mut writers: Vec<Writer> = futures_util::stream::iter(users.iter())
-        .map(|u| async move { load::login(target, 0, u).await })
+        .map(|u| async move { load::login_placed(target, 0, u).await })
         .buffer_unordered(64)
         .filter_map(|c| {
             done.fetch_add(1, Ordering::Relaxed);
-            let c = c.ok().map(|(rd, wr)| {
+            let c = c.ok().map(|(rd, wr, on)| {
+                per_edge[on] += 1;
                 drains.push(tokio::spawn(drain(rd, pongs.clone(), closed.clone())));
                 wr
             });
@@ -532,6 +538,8 @@ pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
     }
     let mb = |b: u64| (b as f64 / 1e5).round() / 10.0;
     let held = writers.len();
+    // The memory measured is edge 1's, for the connections it holds.
+    let on_first = per_edge.first().copied().unwrap_or(held);
     drop(writers);
     for d in drains {
         d.abort();
@@ -541,10 +549,11 @@ pub async fn connect(system: &System, n: usize) -> Result<Connect, Error> {
         held,
         edge_rss_before_mb: mb(before),
         edge_rss_after_mb: mb(after),
-        kb_per_connection: ((after.saturating_sub(before)) as f64 / held.max(1) as f64 / 100.0)
+        kb_per_connection: ((after.saturating_sub(before)) as f64 / on_first.max(1) as f64 / 100.0)
             .round()
             / 10.0,
         seconds_to_connect: round1(seconds_to_connect),
+        per_edge,
         answering: pongs.load(Ordering::Relaxed),
         closed: closed.load(Ordering::Relaxed),
     })

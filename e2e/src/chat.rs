@@ -18,21 +18,36 @@ pub struct ChatClient {
 }
 
 impl ChatClient {
-    /// Starts it on edge `edge` (0-based) of `sys`, with a configuration
-    /// directory of its own.
+    /// Starts it on edge `edge` (0-based) of `sys`, and only there
+    /// (`--no-balance`), with a configuration directory of its own.
     pub fn start(sys: &System, edge: usize, user: &str) -> ChatClient {
+        Self::owning_dir(sys, edge, user, &["--no-balance"])
+    }
+
+    /// Starts it given edge `edge` (0-based) of `sys`: it connects to the
+    /// least-loaded edge that one lists.
+    pub fn placed(sys: &System, edge: usize, user: &str) -> ChatClient {
+        Self::owning_dir(sys, edge, user, &[])
+    }
+
+    /// Starts it on edge `edge` only, with `dir` as its configuration
+    /// directory (`$XDG_CONFIG_HOME/chat`), where it keeps its keys.
+    pub fn start_in(sys: &System, edge: usize, user: &str, dir: &Path) -> ChatClient {
+        Self::spawn(sys, edge, user, &["--no-balance"], dir)
+    }
+
+    fn owning_dir(sys: &System, edge: usize, user: &str, more: &[&str]) -> ChatClient {
         let dir = config_dir();
-        let mut client = Self::start_in(sys, edge, user, &dir);
+        let mut client = Self::spawn(sys, edge, user, more, &dir);
         client._dir = Some(dir);
         client
     }
 
-    /// Starts it with `dir` as its configuration directory
-    /// (`$XDG_CONFIG_HOME/chat`), where it keeps its keys.
-    pub fn start_in(sys: &System, edge: usize, user: &str, dir: &Path) -> ChatClient {
+    fn spawn(sys: &System, edge: usize, user: &str, more: &[&str], dir: &Path) -> ChatClient {
         let xdg = dir.parent().expect("a directory named chat in another");
         let mut child = Command::new(binary("chat"))
             .args(["--server", &sys.edge(edge).to_string()])
+            .args(more)
             .arg("--ca")
             .arg(sys.ca())
             .args(["--user", user])

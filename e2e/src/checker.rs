@@ -21,7 +21,8 @@
 //! * **Deliveries**: `MSG` (room), `PUB`, `DM` (also the queued ones after
 //!   `OK LOGIN`): *live*; `HIST` lines of a catch-up: *from history*.
 //! * A user whose connection ends (`BYE`, end of stream, a failed write)
-//!   reconnects at once, to its own edge or else any other that accepts,
+//!   reconnects at once, to the edge a `REDIRECT` named if it got one,
+//!   else to its own edge or else any other that accepts,
 //!   logs in again (retrying `ERR unavailable`), joins [`ROOM`] and catches
 //!   up with `/history 500` and `/history @<peer> 500` for both of its
 //!   private conversations; those `HIST` lines count as deliveries (lines
@@ -193,6 +194,7 @@ struct Delivery {
 #[derive(Debug)]
 struct Session {
     edge: String,
+    opened: Instant,
     ready: Option<Instant>,
     end: Option<(Instant, String)>,
 }
@@ -266,6 +268,8 @@ pub struct Report {
     pub logins_failed: usize,
     /// Publications rule 4 excused (in flight to a session that ended).
     pub excused: usize,
+    /// Every session after a user's first: when it was opened, on which edge.
+    pub arrivals: Vec<(Instant, String)>,
     pub notes: Vec<String>,
 }
 
@@ -342,6 +346,7 @@ impl Load {
                 seq: 0,
                 session: 0,
                 moves: 0,
+                hint: None,
                 pending: None,
                 // Staggered starts.
                 next_send: Instant::now() + interval.mul_f64(me as f64 / n as f64),
@@ -673,6 +678,12 @@ fn verify(log: &Log, inner: &Inner) -> (Vec<String>, Report) {
         logins_ok: log.logins.iter().filter(|l| l.ok).count(),
         logins_failed: log.logins.iter().filter(|l| !l.ok).count(),
         excused,
+        arrivals: log
+            .sessions
+            .iter()
+            .flat_map(|s| s.iter().skip(1))
+            .map(|s| (s.opened, s.edge.clone()))
+            .collect(),
         notes: log.notes.clone(),
     };
     (v, report)
@@ -869,6 +880,8 @@ struct Actor {
     session: usize,
     /// Connections made after the first (the edge tried first rotates).
     moves: usize,
+    /// The edge the last `REDIRECT` named: tried first.
+    hint: Option<SocketAddr>,
     pending: Option<Pending>,
     next_send: Instant,
 }
@@ -904,6 +917,7 @@ impl Actor {
                 let sessions = &mut log.sessions[self.me];
                 sessions.push(Session {
                     edge: conn.edge.clone(),
+                    opened: Instant::now(),
                     ready: None,
                     end: None,
                 });
@@ -924,8 +938,14 @@ impl Actor {
         }
     }
 
-    /// A connection to the edge this user prefers now, or else any other.
-    async fn connect(&self) -> Option<Conn> {
+    /// A connection to the edge a `REDIRECT` named, or the edge this user
+    /// prefers now, or else any other.
+    async fn connect(&mut self) -> Option<Conn> {
+        if let Some(hint) = self.hint.take() {
+            if let Some(c) = Conn::open(hint, &self.tls).await {
+                return Some(c);
+            }
+        }
         let deadline = Instant::now() + 2 * WAIT;
         let k = self.edges.len();
         while Instant::now() < deadline {
@@ -1217,6 +1237,7 @@ impl Actor {
         let pending_text = self.pending.as_ref().map(|p| p.text.clone());
         let resolves = |text: &str| pending_text.as_deref() == Some(text);
         match line {
+            ServerLine::Redirect { addr } => self.hint = addr.parse().ok(),
             ServerLine::Msg {
                 room,
                 id,

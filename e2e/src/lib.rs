@@ -56,9 +56,14 @@ where
 
 /// `GET path` on a plain-HTTP admin port: (status, body).
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    http(port, "GET", path).await
+}
+
+/// `<method> path` on a plain-HTTP admin port: (status, body).
+pub async fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     use tokio::io::AsyncReadExt;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut text = String::new();

@@ -141,9 +141,10 @@ async fn system(users: &[&str], tweak: impl FnOnce(&mut Config)) -> System {
     sys
 }
 
-/// The interactive client as `alice` on the given edges.
+/// The interactive client for `alice`, on the given edges only
+/// (`--no-balance`).
 fn alice(sys: &System, edges: &[usize]) -> Tmux {
-    Tmux::start(&chat_command(sys, edges, "alice-pw", ""))
+    Tmux::start(&chat_command(sys, edges, "alice-pw", "--no-balance"))
 }
 
 /// The `chat` command line for `alice` with `password` on the given
@@ -345,6 +346,82 @@ async fn falls_back_to_the_next_server_when_its_edge_dies() {
 }
 
 #[tokio::test]
+async fn a_client_given_one_edge_moves_to_another_live_edge_when_it_is_killed() {
+    let mut sys = System::start_with(Shape::new(3, 1, 1), |_| {}).await;
+    sys.add_users(&["alice"]).await;
+    // Edges 2 and 3 hold a connection each: edge 1 is the least loaded.
+    let _held = [sys.connect(1).await, sys.connect(2).await];
+    let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", ""));
+    tmux.shows(&status(&sys, "lobby", 0)).await;
+
+    let killed = std::time::Instant::now();
+    sys.kill(Role::Edge, 0).await;
+    let elsewhere = [status(&sys, "lobby", 1), status(&sys, "lobby", 2)];
+    tmux.until("alice is back on edge 2 or 3", |s| {
+        elsewhere.iter().any(|e| s.contains(e.as_str()))
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("back on another edge {} ms after kill -9", took.as_millis());
+    assert!(took <= Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_drained_edge_moves_the_client_to_another_in_its_room_without_repeats() {
+    let sys = system(&["alice", "bob"], |_| {}).await;
+    let mut bob = ChatClient::start(&sys, 1, "bob");
+    bob.until(|l| l == "OK LOGIN bob lobby").await;
+    // Edge 2 holds bob: alice, given edge 1, goes there too (least loaded).
+    let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", ""));
+    tmux.shows(&status(&sys, "lobby", 0)).await;
+    tmux.type_text("/join den");
+    tmux.press("Enter");
+    tmux.shows(&status(&sys, "den", 0)).await;
+    bob.say("/join den").await;
+    bob.until(|l| l == "OK JOIN den").await;
+    bob.say("before the drain").await;
+    tmux.shows("<bob> before the drain").await;
+
+    let (code, _) = e2e::http(sys.admin(Role::Edge, 0), "POST", "/drain").await;
+    assert_eq!(code, 200);
+    // REDIRECT and BYE server-shutdown: on edge 2, back in #den.
+    let screen = tmux.shows(&status(&sys, "den", 1)).await;
+    assert!(screen.contains("moving to"), "{screen}");
+    tmux.shows("=== back in #den").await;
+    bob.say("after the move").await;
+    let screen = tmux.shows("<bob> after the move").await;
+    assert_eq!(count(&screen, "<bob> before the drain"), 1, "{screen}");
+}
+
+#[tokio::test]
+async fn the_client_follows_a_redirect_before_logging_in() {
+    let sys = system(&["alice", "bob"], |c| {
+        c.edge.redirect_above_pct = 1;
+        c.edge.redirect_min_excess = 1;
+        // Heartbeats 20 s apart: the count set below stays until then.
+        c.edge.dead_after_ms = 60_000;
+    })
+    .await;
+    let mut bob = ChatClient::start(&sys, 1, "bob");
+    bob.until(|l| l == "OK LOGIN bob lobby").await;
+    // Edge 1 holds three connections, but Redis says none (as if behind):
+    // `/edges` shows it the least loaded, edge 1 itself knows better.
+    let _held = [
+        sys.connect(0).await,
+        sys.connect(0).await,
+        sys.connect(0).await,
+    ];
+    let info = sys.keys().edge_info(&Role::Edge.id(0));
+    let mut r = sys.redis.conn().await;
+    let _: () = redis::AsyncCommands::hset(&mut r, &info, "conns", 0)
+        .await
+        .unwrap();
+    let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", ""));
+    let screen = tmux.shows(&status(&sys, "lobby", 1)).await;
+    assert!(screen.contains("redirected; moving to"), "{screen}");
+}
+
+#[tokio::test]
 async fn plain_mode_prints_the_server_lines_as_received() {
     let sys = system(&["alice", "bob"], |_| {}).await;
     // Piped standard input and output: plain mode without being asked.
@@ -464,7 +541,12 @@ async fn sigterm_restores_the_terminal() {
 #[tokio::test]
 async fn escapes_never_reach_a_terminal() {
     let sys = system(&["alice", "bob"], |_| {}).await;
-    let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", "--plain"));
+    let tmux = Tmux::start(&chat_command(
+        &sys,
+        &[0],
+        "alice-pw",
+        "--plain --no-balance",
+    ));
     tmux.shows("OK LOGIN alice lobby").await;
     let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;

@@ -16,6 +16,7 @@ use shared::envelope::{Effect, Op, Reply, Request};
 use shared::keys::Keys;
 use shared::protocol::LOBBY;
 use shared::scripts::Call;
+use shared::store::Advert;
 use std::time::Duration;
 
 /// Longest wait for a published message.
@@ -61,8 +62,9 @@ async fn setup() -> Fx {
         cfg: Config::default(),
     };
     fx.cfg.router.history_cap = CAP;
+    let advert = Advert::default();
     for e in ["e1", "e2"] {
-        let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, None);
+        let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, &advert, None);
         beat.await.unwrap();
     }
     let lease = fx.k.router_lease(P);
@@ -1006,6 +1008,53 @@ async fn drop_edge(fx: &mut Fx, edge: &str) -> i64 {
         .unwrap()
 }
 
+#[tokio::test]
+async fn edges_advertise_their_address_load_and_drain() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let advert = |addr: &str, conns, draining| Advert {
+        addr: addr.into(),
+        conns,
+        draining,
+    };
+    let first = advert("h:3", 4, false);
+    let beat = shared::store::heartbeat(&mut fx.c, &k, "e3", 30_000, &first, None);
+    beat.await.unwrap();
+    // Counted between beats; the beat writes the exact count again.
+    shared::store::count_connection(&mut fx.c, &k, "e3", 1)
+        .await
+        .unwrap();
+    let live = shared::store::live_edges(&mut fx.c, &k).await.unwrap();
+    // e1 and e2 (setup's) advertise no address: not listed.
+    assert_eq!(
+        live,
+        [shared::store::LiveEdge {
+            id: "e3".into(),
+            addr: "h:3".into(),
+            conns: 5,
+            draining: false
+        }]
+    );
+    let ttl: i64 = fx.c.pttl(k.edge_info("e3")).await.unwrap();
+    assert!((30_000..=60_000).contains(&ttl), "{ttl}");
+    let draining = advert("h:3", 2, true);
+    let beat = shared::store::heartbeat(&mut fx.c, &k, "e3", 30_000, &draining, None);
+    beat.await.unwrap();
+    let live = shared::store::live_edges(&mut fx.c, &k).await.unwrap();
+    assert_eq!((live[0].conns, live[0].draining), (2, true));
+    // A dead edge is not listed; a count without its hash writes nothing.
+    kill(&mut fx, "e3").await;
+    assert!(shared::store::live_edges(&mut fx.c, &k)
+        .await
+        .unwrap()
+        .is_empty());
+    shared::store::count_connection(&mut fx.c, &k, "e9", 1)
+        .await
+        .unwrap();
+    let made: bool = fx.c.exists(k.edge_info("e9")).await.unwrap();
+    assert!(!made);
+}
+
 /// Makes an edge's last beat one that ran out long ago.
 async fn kill(fx: &mut Fx, edge: &str) {
     let edges = fx.k.edges();
@@ -1016,8 +1065,9 @@ async fn kill(fx: &mut Fx, edge: &str) {
 async fn edges_beat_die_and_have_their_sessions_ended() {
     let mut fx = setup().await;
     let k = fx.k.clone();
-    let beat = Call::new("chat_beat", &[k.edges()]).arg("e3").arg(30_000);
-    beat.invoke::<()>(&mut fx.c).await.unwrap();
+    let advert = Advert::default();
+    let beat = shared::store::heartbeat(&mut fx.c, &k, "e3", 30_000, &advert, None);
+    beat.await.unwrap();
     let until: u64 = fx.c.zscore(k.edges(), "e3").await.unwrap();
     assert!(until.abs_diff(shared::now_ms() + 30_000) < 5_000, "{until}");
     kill(&mut fx, "e9").await;
@@ -1085,7 +1135,7 @@ async fn edges_beat_die_and_have_their_sessions_ended() {
 async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
     let mut fx = setup().await;
     let k = fx.k.clone();
-    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, None)
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, &Advert::default(), None)
         .await
         .unwrap();
     for (user, edge) in [
@@ -1096,7 +1146,9 @@ async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
     ] {
         login(&mut fx, user, edge, 1).await;
     }
-    let restart = shared::store::heartbeat(&mut fx.c, &k, "e1", 60_000, Some(fx.cfg.notices));
+    let advert = Advert::default();
+    let restart =
+        shared::store::heartbeat(&mut fx.c, &k, "e1", 60_000, &advert, Some(fx.cfg.notices));
     assert_eq!(restart.await.unwrap(), 2);
     fx.is(k.online(), "carol dave").await;
     fx.is(k.edge_sessions("e1"), "").await;
@@ -1121,7 +1173,7 @@ async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
 async fn the_reaper_ends_no_sessions_when_most_edges_look_dead() {
     let mut fx = setup().await;
     let k = fx.k.clone();
-    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, None)
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, &Advert::default(), None)
         .await
         .unwrap();
     for (user, edge) in [("alice", "e1"), ("bob", "e2"), ("carol", "e3")] {
@@ -1136,7 +1188,7 @@ async fn the_reaper_ends_no_sessions_when_most_edges_look_dead() {
     fx.is(k.online(), "alice bob carol").await;
     assert_eq!(dead_edges(&mut fx).await, ["e1", "e2"]);
     // One of three: its sessions end.
-    shared::store::heartbeat(&mut fx.c, &k, "e2", 60_000, None)
+    shared::store::heartbeat(&mut fx.c, &k, "e2", 60_000, &Advert::default(), None)
         .await
         .unwrap();
     let reaped = shared::store::reap_dead_edges(&mut fx.c, &k, fx.cfg.notices).await;

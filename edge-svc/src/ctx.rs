@@ -7,9 +7,16 @@ use redis::aio::ConnectionManager;
 use shared::config::Config;
 use shared::envelope::{Op, Request};
 use shared::keys::{partition_of, Keys};
+use shared::placement::EdgeLoad;
+use shared::store::Advert;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// The longest a new connection or a drain waits to learn the other
+/// edges (a Redis that does not answer must not hold new clients up).
+pub(crate) const EDGES_READ_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What every connection of this edge shares.
 pub(crate) struct Ctx {
@@ -20,6 +27,12 @@ pub(crate) struct Ctx {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) slots: Arc<limits::Slots>,
     pub(crate) metrics: Metrics,
+    /// The `host:port` clients should use (`edge.public_addr`).
+    pub(crate) public_addr: String,
+    /// Cancelled when the edge starts draining (SIGTERM, `POST /drain`).
+    pub(crate) drain: CancellationToken,
+    /// Cancelled once the drain has asked every client to move.
+    pub(crate) drained: CancellationToken,
     next_conn: AtomicU64,
     next_rid: AtomicU64,
 }
@@ -31,8 +44,12 @@ impl Ctx {
         hub: Arc<Hub>,
         redis: ConnectionManager,
         tls: Arc<rustls::ServerConfig>,
+        public_addr: String,
     ) -> Ctx {
         Ctx {
+            public_addr,
+            drain: CancellationToken::new(),
+            drained: CancellationToken::new(),
             keys,
             hub,
             redis,
@@ -78,11 +95,69 @@ impl Ctx {
         pipe.query_async(&mut self.redis.clone()).await
     }
 
-    /// Renews this edge's heartbeat (see [`shared::store::heartbeat`]).
+    /// Renews this edge's heartbeat and advert (see
+    /// [`shared::store::heartbeat`]).
     pub(crate) async fn beat(&self, restart: bool) -> redis::RedisResult<u64> {
         let (id, dead_after) = (&self.cfg.edge.id, self.cfg.edge.dead_after_ms);
         let restart = restart.then_some(self.cfg.notices);
-        shared::store::heartbeat(&mut self.redis.clone(), &self.keys, id, dead_after, restart).await
+        let advert = Advert {
+            addr: self.public_addr.clone(),
+            conns: self.metrics.connections.get().max(0) as u64,
+            draining: self.drain.is_cancelled(),
+        };
+        let mut redis = self.redis.clone();
+        shared::store::heartbeat(&mut redis, &self.keys, id, dead_after, &advert, restart).await
+    }
+
+    /// Counts a connection opened (1) or closed (-1) in Redis, in the
+    /// background: a slow Redis holds no connection up (and a lost count
+    /// is made good by the next heartbeat).
+    pub(crate) fn count_connection(&self, delta: i64) {
+        let (mut redis, keys, id) = (
+            self.redis.clone(),
+            self.keys.clone(),
+            self.cfg.edge.id.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = shared::store::count_connection(&mut redis, &keys, &id, delta).await {
+                tracing::debug!(error = %e, "counting a connection failed");
+            }
+        });
+    }
+
+    /// The live edges that take new clients, with their loads (`/edges`).
+    pub(crate) async fn open_edges(&self) -> redis::RedisResult<Vec<EdgeLoad>> {
+        let live = shared::store::live_edges(&mut self.redis.clone(), &self.keys).await?;
+        Ok(live
+            .into_iter()
+            .filter(|e| !e.draining)
+            .map(|e| EdgeLoad {
+                addr: e.addr,
+                conns: e.conns,
+            })
+            .collect())
+    }
+
+    /// Where a new connection should go instead of this edge, if anywhere:
+    /// anywhere else while draining, elsewhere when this edge is well
+    /// above the mean load (`edge.redirect_*`). No answer from Redis in
+    /// time: nowhere (served here).
+    pub(crate) async fn redirect(&self) -> Option<String> {
+        let edge = &self.cfg.edge;
+        let draining = self.drain.is_cancelled();
+        if !draining && edge.redirect_above_pct == 0 && edge.redirect_min_excess == 0 {
+            return None;
+        }
+        let limit = EDGES_READ_LIMIT.min(edge.request_timeout());
+        let read = tokio::time::timeout(limit, self.open_edges()).await;
+        let Ok(Ok(edges)) = read else { return None };
+        let own = self.public_addr.as_str();
+        if draining {
+            return shared::placement::least_loaded(&edges, Some(own)).map(|e| e.addr.clone());
+        }
+        let conns = self.metrics.connections.get().max(0) as u64;
+        let (pct, excess) = (edge.redirect_above_pct, edge.redirect_min_excess);
+        shared::placement::redirect(&edges, own, conns, pct, excess)
     }
 
     /// Asks the router to end `session` (if it is still the current one).

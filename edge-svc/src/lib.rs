@@ -12,6 +12,7 @@
 
 mod connection;
 mod ctx;
+mod drain;
 mod error;
 pub mod frame;
 mod heartbeat;

@@ -41,7 +41,12 @@ pub async fn run(
     let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
     let backlog = Backlog::new(cfg.edge.pubsub_backlog_bytes);
     let pubsub = subscribe(&client, &hub.wanted(), &backlog).await?;
-    let ctx = Arc::new(Ctx::new(cfg, keys, hub.clone(), redis, tls));
+    let bound = listener.local_addr().map_err(|source| EdgeError::Io {
+        phase: Phase::Handshake,
+        source,
+    })?;
+    let public_addr = cfg.edge.public_addr(bound);
+    let ctx = Arc::new(Ctx::new(cfg, keys, hub.clone(), redis, tls, public_addr));
     // Sessions a previous run under this id left (it was killed) end now;
     // subscribed first, so that a late answer to that run is seen.
     let left = ctx.beat(true).await?;
@@ -62,20 +67,38 @@ pub async fn run(
     if let Some(admin) = admin {
         tokio::spawn(shared::admin::serve(admin, ctx.clone(), background.clone()));
     }
-
-    let addr = listener.local_addr().map_err(|source| EdgeError::Io {
-        phase: Phase::Handshake,
-        source,
-    })?;
-    tracing::info!(id = %ctx.cfg.edge.id, %addr, "edge-svc ready");
+    tokio::spawn(crate::drain::drain(ctx.clone()));
+    // A stop drains first: new clients are still told where to go (and
+    // closed) while the clients are moved; then accepting stops.
+    // All within shutdown_grace_ms of the signal.
+    let stop = CancellationToken::new();
+    let (deadline_tx, deadline) = tokio::sync::oneshot::channel();
+    tokio::spawn({
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        async move {
+            shutdown.cancelled().await;
+            let _ = deadline_tx.send(Instant::now() + ctx.cfg.shutdown_grace());
+            ctx.drain.cancel();
+            let moved = ctx.drained.cancelled();
+            if tokio::time::timeout(crate::drain::longest(&ctx), moved)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the drain did not finish in time");
+            }
+            stop.cancel();
+        }
+    });
+    tracing::info!(id = %ctx.cfg.edge.id, addr = %bound, public = %ctx.public_addr, "edge-svc ready");
     let listener = Listener {
         listener,
         ctx,
         tracker: TaskTracker::new(),
         refusals: Arc::new(Semaphore::new(REFUSALS)),
     };
-    listener.accept_loop(&shutdown).await;
-    listener.drain().await;
+    listener.accept_loop(&stop).await;
+    let deadline = deadline.await.unwrap_or_else(|_| Instant::now());
+    listener.drain(deadline).await;
     background.cancel();
     tracing::info!("edge-svc stopped");
     Ok(())
@@ -158,8 +181,8 @@ impl Listener {
     }
 
     /// Stops listening, says `BYE server-shutdown` to every client and
-    /// waits (within the grace period) for their connections to end.
-    async fn drain(self) {
+    /// waits (until `deadline`, at least a second) for their connections to end.
+    async fn drain(self, deadline: Instant) {
         let Listener {
             listener,
             ctx,
@@ -171,7 +194,8 @@ impl Listener {
             closer.close("server-shutdown");
         }
         tracker.close();
-        if tokio::time::timeout(ctx.cfg.shutdown_grace(), tracker.wait())
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left.max(Duration::from_secs(1)), tracker.wait())
             .await
             .is_err()
         {

@@ -28,6 +28,11 @@ impl Probe for Ctx {
         shared::admin::redis_answers(&self.redis).await
     }
 
+    async fn drain(&self) -> bool {
+        self.drain.cancel();
+        true
+    }
+
     async fn metrics(&self) -> String {
         let (m, hub) = (&self.metrics, &self.hub);
         Page::default()

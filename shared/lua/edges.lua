@@ -2,15 +2,30 @@
 -- time, on Redis's clock, until which each edge's beat holds), and the end
 -- of the sessions of an edge that died or restarted.
 
--- KEYS 1: the edges. ARGV: the edge, how long the beat holds (ms). Runs
--- when Redis is out of memory too: a full Redis must not make every edge
--- look dead (and so log everyone out).
+-- KEYS 1-2: the edges, the edge's info hash. ARGV: the edge, how long the
+-- beat holds (ms), its public address, its connections, 1 if draining
+-- else 0. The info hash expires with the beat (twice its time, so that a
+-- late beat does not leave a gap). Runs when Redis is out of memory too:
+-- a full Redis must not make every edge look dead (and so log everyone
+-- out).
 redis.register_function{
   function_name = 'chat_beat',
   flags = {'allow-oom'},
   callback = function(keys, args)
-    redis.call('ZADD', keys[1], now_ms() + tonumber(args[2]), args[1])
+    local hold = tonumber(args[2])
+    redis.call('ZADD', keys[1], now_ms() + hold, args[1])
+    redis.call('HSET', keys[2], 'addr', args[3], 'conns', args[4], 'draining', args[5])
+    redis.call('PEXPIRE', keys[2], 2 * hold)
     return 0
+  end,
+}
+
+-- The edges whose beat holds. KEYS 1: the edges.
+redis.register_function{
+  function_name = 'chat_live_edges',
+  flags = {'no-writes'},
+  callback = function(keys)
+    return redis.call('ZRANGEBYSCORE', keys[1], '(' .. now_ms(), '+inf')
   end,
 }
 
@@ -59,5 +74,14 @@ redis.register_function('chat_drop_edge', function(keys, args)
   local until_ms = redis.call('ZSCORE', keys[1], args[1])
   if until_ms and tonumber(until_ms) >= now_ms() then return 0 end
   redis.call('ZREM', keys[1], args[1])
+  return 1
+end)
+
+-- Counts a connection opened or closed between beats. KEYS 1: the edge's
+-- info hash. ARGV 1: +1 or -1. Only while the hash is there (a beat
+-- writes it whole, with its expiry and the exact count).
+redis.register_function('chat_count_conn', function(keys, args)
+  if redis.call('EXISTS', keys[1]) == 0 then return 0 end
+  redis.call('HINCRBY', keys[1], 'conns', tonumber(args[1]))
   return 1
 end)

@@ -1,6 +1,6 @@
 //! The plain-HTTP admin port every service serves: `GET /healthz` (200
-//! while the service's Redis answers, else 503) and `GET /metrics`
-//! (Prometheus text format). A few lines of HTTP/1.1, enough for probes
+//! while the service's Redis answers, else 503), `GET /metrics`
+//! (Prometheus text format) and, on an edge, `POST /drain`. A few lines of HTTP/1.1, enough for probes
 //! and scrapers; one request per connection.
 
 use std::fmt::Write as _;
@@ -18,6 +18,10 @@ pub trait Probe: Send + Sync + 'static {
     fn healthy(&self) -> impl Future<Output = bool> + Send;
     /// Its metrics, in Prometheus text format.
     fn metrics(&self) -> impl Future<Output = String> + Send;
+    /// Starts draining (`POST /drain`); false: the service does not drain.
+    fn drain(&self) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
 }
 
 /// Serves `probe` on `listener` until `shutdown`, a few requests at a time
@@ -131,6 +135,9 @@ async fn answer(mut stream: TcpStream, probe: &impl Probe) -> std::io::Result<()
         }
         (Some("GET"), Some("/metrics")) => {
             ("200 OK", "text/plain; version=0.0.4", probe.metrics().await)
+        }
+        (Some("POST"), Some("/drain")) if probe.drain().await => {
+            ("200 OK", "text/plain", "draining\n".to_string())
         }
         _ => (
             "404 Not Found",

@@ -49,6 +49,22 @@ pub struct EdgeConfig {
     pub id: String,
     /// Address of the TLS listener.
     pub listen: String,
+    /// The `host:port` clients should use to reach this edge, advertised
+    /// in Redis (`/edges`, `REDIRECT`); empty: the listen address (a
+    /// wildcard host, `0.0.0.0` or `[::]`, as `localhost`).
+    pub public_addr: String,
+    /// A new connection is redirected (`REDIRECT`) when this edge holds
+    /// more than this many percent above the mean of the live edges ...
+    pub redirect_above_pct: u32,
+    /// ... and at least this many connections more than that mean; 0 for
+    /// both: never redirect.
+    pub redirect_min_excess: u32,
+    /// A drain (SIGTERM, `POST /drain`) moves the clients over at least
+    /// this long, evenly, with jitter (cut to `shutdown_grace_ms` less 1 s).
+    pub drain_window_ms: u64,
+    /// ... and over long enough that no more than this share (percent) of
+    /// the moved clients is told to move in any one second.
+    pub drain_max_share_pct: u32,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     /// Longest accepted line in bytes, terminator included.
@@ -255,6 +271,11 @@ impl Default for EdgeConfig {
         EdgeConfig {
             id: String::new(),
             listen: "0.0.0.0:7001".into(),
+            public_addr: String::new(),
+            redirect_above_pct: 20,
+            redirect_min_excess: 50,
+            drain_window_ms: 3_000,
+            drain_max_share_pct: 40,
             tls_cert: "certs/server.pem".into(),
             tls_key: "certs/server-key.pem".into(),
             max_line: 4096,
@@ -295,6 +316,27 @@ impl EdgeConfig {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// How long a drain spreads its moves over: `drain_window_ms`, or
+    /// longer if `drain_max_share_pct` asks for it; but within `grace`
+    /// less a second (the rest is for the last lines to go out).
+    pub fn drain_window(&self, grace: Duration) -> Duration {
+        let share = u64::from(self.drain_max_share_pct.clamp(1, 100));
+        let wanted = Duration::from_millis(self.drain_window_ms.max(100_000 / share));
+        wanted.min(grace.saturating_sub(Duration::from_secs(1)))
+    }
+
+    /// The address clients should use (see `public_addr`).
+    pub fn public_addr(&self, bound: std::net::SocketAddr) -> String {
+        if !self.public_addr.is_empty() {
+            return self.public_addr.clone();
+        }
+        if bound.ip().is_unspecified() {
+            format!("localhost:{}", bound.port())
+        } else {
+            bound.to_string()
+        }
     }
 
     /// How often an edge renews its heartbeat.
@@ -451,6 +493,12 @@ impl Config {
         if self.edge.pubsub_backlog_bytes < 4 << 20 {
             return bad("edge.pubsub_backlog_bytes must be at least 4 MiB");
         }
+        if !(1..=100).contains(&self.edge.drain_max_share_pct) {
+            return bad("edge.drain_max_share_pct must be 1..=100");
+        }
+        if !self.edge.public_addr.is_empty() && !self.edge.public_addr.contains(':') {
+            return bad("edge.public_addr must be host:port");
+        }
         if self.auth.claim_idle_ms < 100 {
             return bad("auth.claim_idle_ms must be at least 100");
         }
@@ -496,6 +544,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_drain_window_and_the_public_address() {
+        let mut edge = EdgeConfig::default();
+        let grace = Duration::from_secs(5);
+        assert_eq!(edge.drain_window(grace), Duration::from_secs(3));
+        // 10 % a second at most: 10 s, but within the grace less a second.
+        edge.drain_max_share_pct = 10;
+        assert_eq!(edge.drain_window(grace), Duration::from_secs(4));
+        assert_eq!(
+            edge.drain_window(Duration::from_secs(60)),
+            Duration::from_secs(10)
+        );
+        let bound: std::net::SocketAddr = "0.0.0.0:7001".parse().unwrap();
+        assert_eq!(edge.public_addr(bound), "localhost:7001");
+        let bound: std::net::SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        assert_eq!(edge.public_addr(bound), "127.0.0.1:7002");
+        edge.public_addr = "chat.example:443".into();
+        assert_eq!(edge.public_addr(bound), "chat.example:443");
+    }
+
+    #[test]
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -532,6 +600,14 @@ mod tests {
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "5");
             jail.set_env("CHAT_NOTICES__LOBBY", "true");
             assert!(Config::load(None).unwrap().notices.lobby);
+            jail.set_env("CHAT_EDGE__DRAIN_MAX_SHARE_PCT", "0");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_EDGE__DRAIN_MAX_SHARE_PCT", "25");
+            jail.set_env("CHAT_EDGE__PUBLIC_ADDR", "no-port");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_EDGE__PUBLIC_ADDR", "chat.example:443");
+            let cfg = Config::load(None).unwrap();
+            assert_eq!(cfg.edge.public_addr, "chat.example:443");
             jail.set_env("CHAT_EDGE__NO_SUCH_KEY", "1");
             assert!(Config::load(None).is_err());
             Ok(())

@@ -134,6 +134,12 @@ impl Keys {
         format!("{}edges", self.prefix)
     }
 
+    /// Hash of what an edge advertises: `addr` (its public `host:port`),
+    /// `conns` (connections open), `draining` (1 while it drains).
+    pub fn edge_info(&self, edge: &str) -> String {
+        format!("{}edge-info:{edge}", self.prefix)
+    }
+
     /// Marks the login request with stream entry id `id` applied.
     pub fn auth_done(&self, id: &str) -> String {
         format!("{}auth:done:{id}", self.prefix)
@@ -216,6 +222,7 @@ mod tests {
         assert_eq!(k.publications("bob"), "chat:publications:bob");
         assert_eq!(k.edge_sessions("e1"), "chat:edge:sessions:e1");
         assert_eq!(k.edges(), "chat:edges");
+        assert_eq!(k.edge_info("e1"), "chat:edge-info:e1");
         assert_eq!(k.router_applied(3), "chat:router:applied:3");
         assert_eq!(k.router_lease(3), "chat:router:lease:3");
         assert_eq!(k.seq_sid(), "chat:seq:sid");

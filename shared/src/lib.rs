@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod identity;
 pub mod keys;
 pub mod line;
+pub mod placement;
 pub mod protocol;
 pub mod scripts;
 pub mod service;

@@ -110,6 +110,14 @@ pub enum ServerLine {
         name: String,
         after: String,
     },
+    /// `EDGE <host:port> <connections>`: one live edge of `/edges`.
+    Edge { addr: String, conns: u64 },
+    /// `OK EDGES <n>`.
+    OkEdges { n: u64 },
+    /// `REDIRECT <host:port>`: connect there instead (right after `HELLO`
+    /// on a loaded or draining edge; before `BYE server-shutdown` when
+    /// the edge drains).
+    Redirect { addr: String },
     /// `BYE <reason>`.
     Bye { reason: String },
     /// `ERR <code> <text>`.
@@ -144,6 +152,7 @@ impl ServerLine {
                 | OkKey { .. }
                 | OkHelp
                 | OkPing
+                | OkEdges { .. }
                 | Err { .. }
         )
     }
@@ -220,6 +229,13 @@ impl ServerLine {
                 name: f.word()?,
                 after: f.last_word()?,
             },
+            "EDGE" => ServerLine::Edge {
+                addr: f.word()?,
+                conns: f.number()?,
+            },
+            "REDIRECT" => ServerLine::Redirect {
+                addr: f.last_word()?,
+            },
             "BYE" => ServerLine::Bye { reason: f.text() },
             "ERR" => ServerLine::Err {
                 code: f.word()?.parse().map_err(|_| bad())?,
@@ -273,6 +289,7 @@ fn parse_ok(f: &mut Fields) -> Result<ServerLine, BadLine> {
         "KEY" => ServerLine::OkKey { user: f.word()? },
         "HELP" => ServerLine::OkHelp,
         "PING" => ServerLine::OkPing,
+        "EDGES" => ServerLine::OkEdges { n: f.number()? },
         _ => return Err(f.bad()),
     };
     f.end()?;
@@ -373,6 +390,9 @@ impl fmt::Display for ServerLine {
             Dm { id, from, text } => write!(f, "DM {id} {from} {text}"),
             Sys { room, user, what } => write!(f, "SYS {room} {user} {what}"),
             Gap { kind, name, after } => write!(f, "GAP {kind} {name} {after}"),
+            Edge { addr, conns } => write!(f, "EDGE {addr} {conns}"),
+            OkEdges { n } => write!(f, "OK EDGES {n}"),
+            Redirect { addr } => write!(f, "REDIRECT {addr}"),
             Bye { reason } => write!(f, "BYE {reason}"),
             Err { code, text } => write!(f, "ERR {code} {text}"),
         }
@@ -414,8 +434,8 @@ mod tests {
             assert_eq!(serde_json::from_str::<ServerLine>(&json).unwrap(), line);
             kinds.insert(serde_json::to_value(&line).unwrap()["k"].to_string());
         }
-        // 29 variants: the table shows each at least once.
-        assert_eq!(kinds.len(), 29, "kinds documented: {kinds:?}");
+        // 32 variants: the table shows each at least once.
+        assert_eq!(kinds.len(), 32, "kinds documented: {kinds:?}");
     }
 
     #[test]

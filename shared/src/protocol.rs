@@ -146,6 +146,7 @@ pub enum Command {
     Ping,
     Help,
     Quit,
+    Edges,
 }
 
 // Hand-written so that a password never reaches a log line.
@@ -180,6 +181,7 @@ impl fmt::Debug for Command {
             Command::Ping => f.write_str("Ping"),
             Command::Help => f.write_str("Help"),
             Command::Quit => f.write_str("Quit"),
+            Command::Edges => f.write_str("Edges"),
         }
     }
 }
@@ -258,6 +260,7 @@ impl Command {
             "ping" => no_args(&args, Command::Ping)?,
             "help" => Command::Help,
             "quit" => Command::Quit,
+            "edges" => no_args(&args, Command::Edges)?,
             _ => {
                 return Err(ProtoError::new(
                     ErrorCode::UnknownCommand,
@@ -270,11 +273,11 @@ impl Command {
 }
 
 /// Whether a line may be sent before login: `LOGIN`, `REGISTER`, `/help`,
-/// `/ping` and `/quit` (judged by the keyword alone, so that anything else,
+/// `/ping`, `/quit` and `/edges` (judged by the keyword alone, so that anything else,
 /// even malformed, is answered `ERR auth-required`).
 pub fn allowed_before_login(line: &str) -> bool {
     let word = split_word(line).0;
-    ["LOGIN", "REGISTER", "/help", "/ping", "/quit"]
+    ["LOGIN", "REGISTER", "/help", "/ping", "/quit", "/edges"]
         .iter()
         .any(|k| word.eq_ignore_ascii_case(k))
 }
@@ -365,6 +368,7 @@ pub const HELP: &[&str] = &[
     "/key set <base64>            publish your public key (end-to-end encryption)",
     "/key <user>                  a user's public key and its fingerprint",
     "/ping                        liveness check",
+    "/edges                       list the live edges and their connections",
     "/quit                        log out and close",
 ];
 
@@ -549,6 +553,8 @@ mod tests {
             "LOGIN a b",
             "register a b",
             "login",
+            "/edges",
+            "/EDGES",
         ] {
             assert!(allowed_before_login(ok), "{ok}");
         }

@@ -104,14 +104,35 @@ pub fn transient(e: &redis::RedisError) -> bool {
 /// Sessions of a dead edge ended in one round trip, at most.
 const END_CHUNK: usize = 256;
 
-/// Renews edge `edge`'s heartbeat, to hold for `dead_after_ms`. With
-/// `restart`, first ends what a previous run under that id left behind
-/// (with `notices`); returns how many sessions that ended.
+/// What an edge advertises with its heartbeat (`chat:edge-info:<edge>`).
+#[derive(Debug, Clone, Default)]
+pub struct Advert {
+    /// The `host:port` clients should use.
+    pub addr: String,
+    /// Connections open.
+    pub conns: u64,
+    /// Taking no new clients.
+    pub draining: bool,
+}
+
+/// One live edge as Redis has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEdge {
+    pub id: String,
+    pub addr: String,
+    pub conns: u64,
+    pub draining: bool,
+}
+
+/// Renews edge `edge`'s heartbeat, to hold for `dead_after_ms`, and its
+/// advert. With `restart`, first ends what a previous run under that id
+/// left behind (with `notices`); returns how many sessions that ended.
 pub async fn heartbeat(
     conn: &mut ConnectionManager,
     keys: &Keys,
     edge: &str,
     dead_after_ms: u64,
+    advert: &Advert,
     restart: Option<Notices>,
 ) -> RedisResult<u64> {
     let ended = if let Some(notices) = restart {
@@ -119,12 +140,59 @@ pub async fn heartbeat(
     } else {
         0
     };
-    Call::new("chat_beat", &[keys.edges()])
+    Call::new("chat_beat", &[keys.edges(), keys.edge_info(edge)])
         .arg(edge)
         .arg(dead_after_ms)
+        .arg(&advert.addr)
+        .arg(advert.conns)
+        .arg(u8::from(advert.draining))
         .invoke::<()>(conn)
         .await?;
     Ok(ended)
+}
+
+/// Counts a connection opened (`delta` 1) or closed (-1) on `edge` at
+/// once, between heartbeats (which write the exact count), so that
+/// clients placing themselves see each other.
+pub async fn count_connection(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    edge: &str,
+    delta: i64,
+) -> RedisResult<()> {
+    Call::new("chat_count_conn", &[keys.edge_info(edge)])
+        .arg(delta)
+        .invoke(conn)
+        .await
+}
+
+/// The edges whose heartbeat holds and that advertise an address, with
+/// their loads, in id order.
+pub async fn live_edges(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<Vec<LiveEdge>> {
+    let mut ids: Vec<String> = Call::new("chat_live_edges", &[keys.edges()])
+        .invoke(conn)
+        .await?;
+    ids.sort();
+    let mut read = redis::pipe();
+    for id in &ids {
+        read.cmd("HMGET")
+            .arg(keys.edge_info(id))
+            .arg(&["addr", "conns", "draining"]);
+    }
+    type Info = (Option<String>, Option<i64>, Option<String>);
+    let infos: Vec<Info> = read.query_async(conn).await?;
+    Ok(ids
+        .into_iter()
+        .zip(infos)
+        .filter_map(|(id, (addr, conns, draining))| {
+            Some(LiveEdge {
+                id,
+                addr: addr.filter(|a| !a.is_empty())?,
+                conns: conns.unwrap_or(0).max(0) as u64,
+                draining: draining.as_deref() == Some("1"),
+            })
+        })
+        .collect())
 }
 
 /// Ends the sessions of every edge whose heartbeat has run out (with

@@ -1,12 +1,15 @@
-//! TLS connections to the edges: one session's lines both ways (used by
-//! both modes), and the interactive client's reconnect loop.
+//! TLS connections to the edges: where to connect (the live edges'
+//! loads, from `/edges`), one session's lines both ways (used by both
+//! modes), and the interactive client's reconnect loop.
 
 use crate::model::{login_retry, reconnect_after};
 use bytes::BytesMut;
 use edge_svc::frame::{Frame, LineDecoder};
 use shared::line::ServerLine;
+use shared::placement::{discount, least_loaded, random_below, EdgeLoad};
 use shared::protocol::ErrorCode;
 use shared::tls::{self, Trust};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -41,6 +44,10 @@ pub struct Timing {
     /// After a keepalive `/ping`, the connection is taken for dead when no
     /// line at all arrives within this long.
     pub answer_within: Duration,
+    /// How often a logged-in session asks `/edges` (its answer is not
+    /// shown), to know where to go next; `None`: the client neither asks
+    /// nor places itself by load (nor follows `REDIRECT`).
+    pub edges_every: Option<Duration>,
 }
 
 impl Default for Timing {
@@ -48,8 +55,100 @@ impl Default for Timing {
         Timing {
             keepalive: Duration::from_secs(120),
             answer_within: Duration::from_secs(20),
+            edges_every: Some(Duration::from_secs(30)),
         }
     }
+}
+
+/// What the client knows of the edges: their loads as last listed, and
+/// the edge a `REDIRECT` named.
+#[derive(Debug, Default)]
+pub struct Edges {
+    pub known: Vec<EdgeLoad>,
+    pub hint: Option<String>,
+    /// This connection follows a `REDIRECT` given before a login: another
+    /// one before this login is not followed (edges that disagree on their
+    /// loads cannot send a client back and forth).
+    pub redirected: bool,
+}
+
+/// Asks the edge at `server` for the live edges (`/edges`) on a
+/// connection of its own, closed after the answer.
+pub async fn list_edges(server: &str, trust: &Trust) -> Result<Vec<EdgeLoad>, Error> {
+    let stream = connect(server, trust).await?;
+    let (rd, mut wr) = tokio::io::split(stream);
+    wr.write_all(b"/edges\n").await?;
+    let mut lines = Reader {
+        rd,
+        buf: BytesMut::new(),
+        decoder: LineDecoder::new(MAX_LINE),
+    };
+    let mut edges = Vec::new();
+    let read = async {
+        while let Some(frame) = lines.next().await.map_err(|e| e.to_string())? {
+            let Frame::Line(bytes) = frame else { continue };
+            match ServerLine::parse(&String::from_utf8_lossy(&bytes)) {
+                Ok(ServerLine::Edge { addr, conns }) => edges.push(EdgeLoad { addr, conns }),
+                Ok(ServerLine::OkEdges { .. }) => return Ok(()),
+                Ok(ServerLine::Err { code, text }) => return Err(format!("{code} {text}")),
+                _ => {}
+            }
+        }
+        Err("the connection closed".into())
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, read).await {
+        Ok(Ok(())) => {
+            let _ = wr.write_all(b"/quit\n").await;
+            Ok(edges)
+        }
+        Ok(Err(why)) => Err(format!("{server}: /edges: {why}").into()),
+        Err(_) => Err(format!("{server}: /edges: no answer").into()),
+    }
+}
+
+/// The live edges, as the first of `servers` that answers lists them
+/// (none if none does). The connection that asked is not counted.
+pub async fn learn_edges(servers: &[String], trust: &Trust) -> Vec<EdgeLoad> {
+    for server in servers {
+        if let Ok(mut edges) = list_edges(server, trust).await {
+            discount(&mut edges, server);
+            return edges;
+        }
+    }
+    Vec::new()
+}
+
+/// The order in which to try the edges: the hint of a `REDIRECT` first,
+/// then the known edges from the least loaded (ties at random), then the
+/// addresses given; the one just lost last (unless hinted).
+pub fn attempts(edges: &Edges, given: &[String], lost: Option<&str>) -> VecDeque<String> {
+    let mut known: Vec<(u64, u64, &str)> = edges
+        .known
+        .iter()
+        .map(|e| (e.conns, random_below(u64::MAX), e.addr.as_str()))
+        .collect();
+    known.sort_unstable();
+    let mut order: VecDeque<String> = edges.hint.iter().cloned().collect();
+    let known = known.iter().map(|(_, _, a)| *a);
+    for addr in known.chain(given.iter().map(String::as_str)) {
+        if !order.iter().any(|o| o == addr) {
+            order.push_back(addr.to_string());
+        }
+    }
+    if let Some(at) = order.iter().position(|a| Some(a.as_str()) == lost) {
+        if edges.hint.as_deref() != lost {
+            let addr = order.remove(at).unwrap_or_default();
+            order.push_back(addr);
+        }
+    }
+    order
+}
+
+/// The least-loaded live edge the first of `servers` that answers lists
+/// (ties at random), if any.
+pub async fn place(servers: &[String], trust: &Trust) -> Option<String> {
+    let known = learn_edges(servers, trust).await;
+    least_loaded(&known, None).map(|e| e.addr.clone())
 }
 
 /// Opens a TLS connection to `server` (`host:port`).
@@ -102,15 +201,18 @@ pub enum End {
     Broken(String),
     /// The login was answered `ERR <code> <text>`.
     Refused { code: ErrorCode, text: String },
+    /// Told to go elsewhere (`REDIRECT`) before the login was answered.
+    Redirected,
     /// The interface went away.
     Gone,
 }
 
-/// Keeps a session open: connects to the servers in turn, sends `login`
-/// first, then the lines from `outgoing`, and reports everything on
-/// `events`. After a loss it waits (backoff) and tries the next server,
-/// unless the server said `BYE quit` or `BYE logged-in-elsewhere`, or
-/// refused the login for good.
+/// Keeps a session open: connects to the least-loaded live edge (see
+/// [`attempts`]; with [`Timing::edges_every`] `None`, to the servers in
+/// turn), sends `login` first, then the lines from `outgoing`, and reports
+/// everything on `events`. After a loss it waits (backoff) and tries the
+/// next edge, unless the server said `BYE quit` or `BYE logged-in-elsewhere`,
+/// or refused the login for good. A `REDIRECT` is followed at once.
 pub async fn keep_open(
     servers: Vec<String>,
     trust: Trust,
@@ -119,14 +221,20 @@ pub async fn keep_open(
     mut outgoing: mpsc::Receiver<String>,
     events: mpsc::Sender<Net>,
 ) {
-    let mut next = 0;
+    let mut edges = Edges::default();
+    if timing.edges_every.is_some() {
+        edges.known = learn_edges(&servers, &trust).await;
+    }
+    let mut order = attempts(&edges, &servers, None);
     let mut attempt = 0u32;
     let mut delay = BACKOFF_MIN;
     loop {
-        let server = &servers[next % servers.len()];
-        next += 1;
+        let server = order.pop_front().unwrap_or_else(|| servers[0].clone());
+        if order.is_empty() {
+            order = attempts(&edges, &servers, Some(&server));
+        }
         attempt += 1;
-        let why = match connect(server, &trust).await {
+        let why = match connect(&server, &trust).await {
             Err(e) => e.to_string(),
             Ok(stream) => {
                 attempt = 0;
@@ -147,10 +255,14 @@ pub async fn keep_open(
                 if events.send(Net::Connected(server.clone())).await.is_err() {
                     return;
                 }
-                let end = session(stream, Some(&login), timing, &mut outgoing, &events).await;
+                let follow = timing.edges_every.is_some().then_some(&mut edges);
+                let end =
+                    session(stream, Some(&login), timing, &mut outgoing, &events, follow).await;
                 if since.elapsed() > STABLE {
                     delay = BACKOFF_MIN;
                 }
+                order = attempts(&edges, &servers, Some(&server));
+                edges.redirected = end == End::Redirected;
                 match end {
                     End::Gone => return,
                     End::Refused { code, text } if !login_retry(code) => {
@@ -169,10 +281,20 @@ pub async fn keep_open(
                     }
                     End::Closed(Some(reason)) => reason,
                     End::Closed(None) => "the server closed the connection".into(),
+                    End::Redirected => "redirected".into(),
                     End::Broken(why) => why,
                 }
             }
         };
+        // Told where to go: at once.
+        if let Some(hint) = edges.hint.take() {
+            let why = format!("{why}; moving to {hint}");
+            let retry = Some((1, Duration::ZERO));
+            if events.send(Net::Lost { why, retry }).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let wait = jitter(delay);
         let retry = Some((attempt + 1, wait));
         if events.send(Net::Lost { why, retry }).await.is_err() {
@@ -217,12 +339,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 /// `events`. An `ERR` before the `OK LOGIN` ends the session as
 /// [`End::Refused`]. When `outgoing` closes, the session goes on until the
 /// server closes it or `events` closes.
+///
+/// With `edges`, it also keeps them up to date: `/edges` every
+/// [`Timing::edges_every`] once logged in (the answer is not passed on),
+/// and a `REDIRECT` becomes the hint (before the login is answered, it
+/// ends the session: [`End::Redirected`]).
 pub async fn session(
     stream: TlsStream<TcpStream>,
     login: Option<&str>,
     timing: Timing,
     outgoing: &mut mpsc::Receiver<String>,
     events: &mpsc::Sender<Net>,
+    mut edges: Option<&mut Edges>,
 ) -> End {
     let (rd, mut wr) = tokio::io::split(stream);
     let mut lines = Reader {
@@ -242,13 +370,44 @@ pub async fn session(
     // Set while a keepalive ping waits for a sign of life.
     let mut answer_by: Option<Instant> = None;
     let mut input_open = true;
+    // `/edges` asked and not yet answered, and the list so far.
+    let mut listing = 0usize;
+    let mut listed = Vec::new();
+    let every = timing.edges_every.filter(|_| edges.is_some());
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut list_at = far;
     loop {
+        if !logging_in && list_at == far {
+            list_at = every.map_or(far, |e| Instant::now() + e);
+        }
         let event = tokio::select! {
             frame = lines.next() => match frame {
                 Ok(Some(Frame::Line(bytes))) => {
                     answer_by = None;
                     let line = String::from_utf8_lossy(&bytes).into_owned();
                     // A line that does not parse is passed on as it is.
+                    match (ServerLine::parse(&line), edges.as_deref_mut()) {
+                        (Ok(ServerLine::Edge { addr, conns }), Some(_)) if listing > 0 => {
+                            listed.push(EdgeLoad { addr, conns });
+                            continue;
+                        }
+                        (Ok(ServerLine::OkEdges { .. }), Some(edges)) if listing > 0 => {
+                            listing -= 1;
+                            edges.known = std::mem::take(&mut listed);
+                            continue;
+                        }
+                        (Ok(ServerLine::Redirect { addr }), Some(edges)) => {
+                            if logging_in && edges.redirected {
+                                continue; // followed one already: stay
+                            }
+                            edges.hint = Some(addr);
+                            if logging_in {
+                                return End::Redirected;
+                            }
+                            continue;
+                        }
+                        _ => {}
+                    }
                     match ServerLine::parse(&line) {
                         Ok(ServerLine::OkPing) if pings > 0 => {
                             pings -= 1;
@@ -285,6 +444,14 @@ pub async fn session(
                     return End::Broken(e.to_string());
                 }
                 ping_at = Instant::now() + timing.keepalive;
+                continue;
+            }
+            _ = tokio::time::sleep_until(list_at) => {
+                if let Err(e) = wr.write_all(b"/edges\n").await {
+                    return End::Broken(e.to_string());
+                }
+                listing += 1;
+                list_at = Instant::now() + every.unwrap_or_default();
                 continue;
             }
             _ = tokio::time::sleep_until(answer_by.unwrap_or(ping_at)) => {

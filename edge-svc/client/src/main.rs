@@ -60,6 +60,10 @@ struct Cli {
     /// when standard input or output is not a terminal).
     #[arg(long, alias = "raw")]
     plain: bool,
+    /// Connect only to the --server addresses, in turn, as given: no
+    /// `/edges`, no choosing the least-loaded edge, no following REDIRECT.
+    #[arg(long)]
+    no_balance: bool,
 }
 
 /// The configuration file: the same settings as the command line, which
@@ -82,6 +86,7 @@ struct Settings {
     user: Option<String>,
     password_file: Option<PathBuf>,
     plain: bool,
+    balance: bool,
 }
 
 fn main() -> ExitCode {
@@ -132,6 +137,7 @@ fn settings(cli: Cli) -> Result<Settings, Error> {
         user: cli.user.or(file.user),
         password_file: cli.password_file.or(file.password_file),
         plain,
+        balance: !cli.no_balance,
     })
 }
 
@@ -177,9 +183,9 @@ async fn run(s: Settings) -> Result<(), Error> {
     };
     match (user, login, e2e) {
         (Some(user), Some(login), Some(e2e)) if !s.plain => {
-            tui::run(s.servers, s.trust, &user, login, e2e).await
+            tui::run(s.servers, s.trust, &user, login, e2e, s.balance).await
         }
-        (_, login, e2e) => plain::run(&s.servers, &s.trust, login, e2e).await,
+        (_, login, e2e) => plain::run(&s.servers, &s.trust, login, e2e, s.balance).await,
     }
 }
 

@@ -14,6 +14,7 @@ pub const CATCH_UP: usize = 50;
 
 /// The commands Tab completes.
 pub const COMMANDS: &[&str] = &[
+    "/edges",
     "/help",
     "/fingerprint",
     "/history",
@@ -524,6 +525,12 @@ impl Model {
                 self.listed.insert(user.clone());
                 self.listing(now, format!("sub {user}"));
             }
+            ServerLine::Edge { addr, conns } => {
+                self.listing(now, format!("edge {addr} {conns}"));
+            }
+            ServerLine::Redirect { addr } => {
+                self.notice(now, format!("the server points to {addr}"));
+            }
             ServerLine::Info { text } => self.push(now, Kind::Reply, text, false),
             ServerLine::Key {
                 user, fingerprint, ..
@@ -590,6 +597,7 @@ impl Model {
             | ServerLine::OkPublish { .. }
             | ServerLine::OkHistory { .. }
             | ServerLine::OkKey { .. }
+            | ServerLine::OkEdges { .. }
             | ServerLine::OkHelp
             | ServerLine::OkPing) => {
                 let line = reply.to_string().to_lowercase();

@@ -1,9 +1,10 @@
 //! Plain line mode, for scripts and pipes: each line of standard input is
 //! sent, each server line is printed as received (on a terminal, with its
-//! control characters made harmless). No reconnect: the client ends with
-//! the session. With `--user`, private messages are end-to-end encrypted:
-//! `DM` and `HIST @` lines show the opened text after a lock, and what the
-//! encryption says is printed as `*** ` lines.
+//! control characters made harmless). It starts on the least-loaded live
+//! edge, as the interactive client does; no reconnect: the client ends
+//! with the session. With `--user`, private messages are end-to-end
+//! encrypted: `DM` and `HIST @` lines show the opened text after a lock,
+//! and what the encryption says is printed as `*** ` lines.
 
 use crate::conn::{self, End, Error, Net};
 use crate::e2e::{E2e, Out};
@@ -24,10 +25,17 @@ pub async fn run(
     trust: &Trust,
     login: Option<String>,
     mut e2e: Option<E2e>,
+    balance: bool,
 ) -> Result<(), Error> {
-    // The first server that answers.
+    // The least-loaded live edge (with `balance`), else the first server
+    // that answers.
+    let best = if balance {
+        conn::place(servers, trust).await
+    } else {
+        None
+    };
     let mut stream = Err(Error::from("no --server given"));
-    for server in servers {
+    for server in best.iter().chain(servers) {
         stream = conn::connect(server, trust).await;
         if stream.is_ok() {
             break;
@@ -38,7 +46,7 @@ pub async fn run(
     let (net_tx, mut net_rx) = mpsc::channel(conn::QUEUE);
     let session = tokio::spawn(async move {
         let timing = conn::Timing::default();
-        conn::session(stream, login.as_deref(), timing, &mut out_rx, &net_tx).await
+        conn::session(stream, login.as_deref(), timing, &mut out_rx, &net_tx, None).await
     });
     let (in_tx, mut in_rx) = mpsc::channel(conn::QUEUE);
     tokio::spawn(read_input(in_tx));
@@ -121,7 +129,7 @@ pub async fn run(
     match session.await? {
         End::Refused { code, text } => Err(format!("login failed: {code} {text}").into()),
         End::Broken(why) => Err(why.into()),
-        End::Closed(_) | End::Gone => Ok(()),
+        End::Closed(_) | End::Redirected | End::Gone => Ok(()),
     }
 }
 

@@ -627,6 +627,11 @@ impl FakeEdge {
     /// `keep_open` for alice on this edge: the channel to type into and
     /// the events.
     fn client(&self, timing: conn::Timing) -> (Sender<String>, Receiver<conn::Net>) {
+        // The fake edge answers no `/edges`.
+        let timing = conn::Timing {
+            edges_every: None,
+            ..timing
+        };
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
         let (net_tx, net_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
         let (servers, trust) = (vec![self.addr.clone()], self.trust.clone());
@@ -765,6 +770,7 @@ async fn a_silent_server_is_left_after_a_keepalive_ping_goes_unanswered() {
     let timing = conn::Timing {
         keepalive: std::time::Duration::from_millis(100),
         answer_within: std::time::Duration::from_millis(300),
+        edges_every: None,
     };
     let (edge, _out, mut events, (mut lines, mut wr)) = fake_session(timing).await;
     write(&mut wr, "OK LOGIN alice lobby\n").await;
@@ -813,7 +819,10 @@ async fn lines_typed_for_a_lost_connection_are_dropped_with_a_notice() {
     out_tx.send("two".to_string()).await.unwrap();
     let (servers, trust) = (vec![edge.addr.clone()], edge.trust.clone());
     let login = "LOGIN alice pw".to_string();
-    let timing = conn::Timing::default();
+    let timing = conn::Timing {
+        edges_every: None,
+        ..Default::default()
+    };
     tokio::spawn(conn::keep_open(
         servers, trust, login, timing, out_rx, net_tx,
     ));
@@ -1001,4 +1010,122 @@ fn sealed_messages_show_a_lock_and_broken_ones_say_so() {
         .unwrap()
         .fingerprint();
     assert!(bob.entries.back().unwrap().text.contains(&fp));
+}
+
+#[test]
+fn edges_are_tried_from_the_hint_and_the_least_loaded_the_lost_one_last() {
+    use shared::placement::EdgeLoad;
+    let load = |addr: &str, conns| EdgeLoad {
+        addr: addr.into(),
+        conns,
+    };
+    let mut edges = conn::Edges {
+        known: vec![load("a:1", 5), load("b:1", 1), load("c:1", 1)],
+        ..Default::default()
+    };
+    let given = ["g:1".to_string(), "a:1".to_string()];
+    let order: Vec<String> = conn::attempts(&edges, &given, Some("b:1")).into();
+    assert_eq!(order, ["c:1", "a:1", "g:1", "b:1"]);
+    // Ties are broken at random.
+    let firsts: std::collections::HashSet<String> = (0..100)
+        .map(|_| conn::attempts(&edges, &given, None)[0].clone())
+        .collect();
+    assert_eq!(firsts.len(), 2, "{firsts:?}");
+    edges.hint = Some("h:1".into());
+    assert_eq!(conn::attempts(&edges, &given, Some("b:1"))[0], "h:1");
+    // Nothing known: the given addresses in turn, the lost one last.
+    let none = conn::Edges::default();
+    let order: Vec<String> = conn::attempts(&none, &given, Some("g:1")).into();
+    assert_eq!(order, ["a:1", "g:1"]);
+}
+
+/// `conn::session` for alice on `edge`, keeping `Edges` (`redirected`:
+/// this connection follows a `REDIRECT`), with `/edges` every 50 ms: the channel to type into, the events, and the session's
+/// end with what it learnt.
+fn session_with_edges(
+    edge: &FakeEdge,
+    redirected: bool,
+) -> (
+    Sender<String>,
+    Receiver<conn::Net>,
+    tokio::task::JoinHandle<(conn::End, conn::Edges)>,
+) {
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
+    let (net_tx, events) = tokio::sync::mpsc::channel(conn::QUEUE);
+    let (addr, trust) = (edge.addr.clone(), edge.trust.clone());
+    let timing = conn::Timing {
+        edges_every: Some(std::time::Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let client = tokio::spawn(async move {
+        let stream = conn::connect(&addr, &trust).await.unwrap();
+        let mut edges = conn::Edges {
+            redirected,
+            ..Default::default()
+        };
+        let login = Some("LOGIN alice pw");
+        let end = conn::session(
+            stream,
+            login,
+            timing,
+            &mut out_rx,
+            &net_tx,
+            Some(&mut edges),
+        );
+        (end.await, edges)
+    });
+    (out_tx, events, client)
+}
+
+#[tokio::test]
+async fn the_edge_list_is_kept_up_to_date_without_being_shown() {
+    use shared::placement::EdgeLoad;
+    let edge = FakeEdge::start().await;
+    let (_out, mut events, client) = session_with_edges(&edge, false);
+    let (mut lines, mut wr) = edge.accept().await;
+    write(&mut wr, "OK LOGIN alice lobby\n").await;
+    // Asked once logged in; the answer, and a REDIRECT, are not shown.
+    assert_eq!(read(&mut lines).await.as_deref(), Some("/edges"));
+    let answer = "EDGE a:1 3\nEDGE b:1 1\nOK EDGES 2\nREDIRECT b:1\nBYE server-shutdown\n";
+    write(&mut wr, answer).await;
+    drop((lines, wr));
+    assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+    assert_eq!(event(&mut events).await, line("BYE server-shutdown"));
+    let (end, edges) = within(client).await.unwrap();
+    assert_eq!(end, conn::End::Closed(Some("server-shutdown".into())));
+    let load = |addr: &str, conns| EdgeLoad {
+        addr: addr.into(),
+        conns,
+    };
+    assert_eq!(edges.known, [load("a:1", 3), load("b:1", 1)]);
+    assert_eq!(edges.hint.as_deref(), Some("b:1"));
+}
+
+#[tokio::test]
+async fn a_redirect_before_the_login_is_answered_ends_the_session_there() {
+    let edge = FakeEdge::start().await;
+    let (_out, _events, client) = session_with_edges(&edge, false);
+    let (_lines, mut wr) = edge.accept().await;
+    write(&mut wr, "HELLO edge-1 chat/1\nREDIRECT c:1\n").await;
+    let (end, edges) = within(client).await.unwrap();
+    assert_eq!(end, conn::End::Redirected);
+    assert_eq!(edges.hint.as_deref(), Some("c:1"));
+}
+
+#[tokio::test]
+async fn a_second_redirect_in_a_row_before_a_login_is_not_followed() {
+    let edge = FakeEdge::start().await;
+    let (_out, mut events, client) = session_with_edges(&edge, true);
+    let (lines, mut wr) = edge.accept().await;
+    write(
+        &mut wr,
+        "HELLO edge-2 chat/1\nREDIRECT c:1\nOK LOGIN alice lobby\n",
+    )
+    .await;
+    assert_eq!(event(&mut events).await, line("HELLO edge-2 chat/1"));
+    assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+    drop((lines, wr));
+    let (end, edges) = within(client).await.unwrap();
+    assert!(!matches!(end, conn::End::Redirected), "{end:?}");
+    assert_eq!(edges.hint, None);
 }

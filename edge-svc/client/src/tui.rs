@@ -42,10 +42,14 @@ pub async fn run(
     user: &str,
     login: String,
     e2e: E2e,
+    balance: bool,
 ) -> Result<(), Error> {
     let (out_tx, out_rx) = mpsc::channel(conn::QUEUE);
     let (net_tx, net_rx) = mpsc::channel(conn::QUEUE);
-    let timing = conn::Timing::default();
+    let mut timing = conn::Timing::default();
+    if !balance {
+        timing.edges_every = None;
+    }
     tokio::spawn(conn::keep_open(
         servers, trust, login, timing, out_rx, net_tx,
     ));

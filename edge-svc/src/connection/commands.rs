@@ -24,6 +24,8 @@ pub(super) enum Action {
     Reply(Vec<ServerLine>),
     /// Log out and close.
     Quit,
+    /// `/edges`: the live edges, read from Redis by the edge itself.
+    Edges,
 }
 
 impl Action {
@@ -88,6 +90,7 @@ pub(super) fn action(cmd: Command, keys: &Keys) -> Action {
             Action::Reply(lines)
         }
         Command::Quit => Action::Quit,
+        Command::Edges => Action::Edges,
     }
 }
 
@@ -230,5 +233,6 @@ mod tests {
             .all(|l| matches!(l, ServerLine::Info { .. })));
         assert_eq!(help.last(), Some(&ServerLine::OkHelp));
         assert_eq!(act("/quit"), Action::Quit);
+        assert_eq!(act("/edges"), Action::Edges);
     }
 }

@@ -208,8 +208,26 @@ impl Handler {
                 self.quit().await;
                 return Flow::Stop;
             }
+            Action::Edges => self.edges().await,
         }
         Flow::Continue
+    }
+
+    /// `/edges`: an `EDGE` line per live edge taking clients, then `OK EDGES <n>`.
+    async fn edges(&self) {
+        let limit = self.ctx.cfg.edge.request_timeout();
+        let Ok(Ok(edges)) = tokio::time::timeout(limit, self.ctx.open_edges()).await else {
+            self.reply(unavailable().line());
+            return;
+        };
+        let n = edges.len() as u64;
+        for e in edges {
+            self.reply(ServerLine::Edge {
+                addr: e.addr,
+                conns: e.conns,
+            });
+        }
+        self.reply(ServerLine::OkEdges { n });
     }
 
     fn request(&self, rid: u64, user: &str, op: Op) -> Request {

@@ -21,7 +21,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::ReadHalf;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 use writer::write_loop;
 
@@ -44,12 +46,15 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sl
     let id = ctx.next_conn_id();
     let span = tracing::info_span!("conn", %peer, conn = id, user = tracing::field::Empty, sid = tracing::field::Empty);
     async move {
+        // Counted as the heartbeat counts (handshakes included), in Redis at once.
         ctx.metrics.connections.inc();
+        ctx.count_connection(1);
         match serve_tls(&ctx, stream, peer, id, slot).await {
             Ok(()) => tracing::debug!("connection closed"),
             Err(e) => tracing::debug!(error = %e, "connection ended"),
         }
         ctx.metrics.connections.dec();
+        ctx.count_connection(-1);
     }
     .instrument(span)
     .await
@@ -88,9 +93,32 @@ async fn serve_tls(
             version: protocol::PROTOCOL_VERSION.into(),
         },
     );
+    let result = serve_lines(ctx, id, peer, started, slot, rd, &closer).await;
+    let _ = writer.await;
+    result
+}
 
+/// After `HELLO`: a `REDIRECT` if this edge is loaded or draining (when
+/// draining, the connection is then closed), and the client's lines.
+async fn serve_lines(
+    ctx: &Arc<Ctx>,
+    id: u64,
+    peer: SocketAddr,
+    started: Instant,
+    slot: Slot,
+    rd: ReadHalf<TlsStream<TcpStream>>,
+    closer: &Closer,
+) -> Result<(), EdgeError> {
+    if let Some(addr) = ctx.redirect().await {
+        ctx.hub.send(id, &ServerLine::Redirect { addr });
+        if ctx.drain.is_cancelled() {
+            ctx.hub.bye(id, "server-shutdown");
+            ctx.hub.remove(id);
+            return Ok(());
+        }
+    }
     let mut handler = Handler::new(ctx.clone(), id, peer, started, slot);
-    let result = handler.read_loop(rd, &closer).await;
+    let result = handler.read_loop(rd, closer).await;
 
     // The session ends with the connection, whatever ended it.
     let (held, _slot) = handler.into_parts();
@@ -98,6 +126,5 @@ async fn serve_tls(
     if let Some(session) = session {
         ctx.end_session(session).await;
     }
-    let _ = writer.await;
     result
 }

@@ -199,6 +199,11 @@ impl Hub {
         conn.session
     }
 
+    /// The ids of every connection (a drain).
+    pub(crate) fn conn_ids(&self) -> Vec<u64> {
+        self.lock().conns.keys().copied().collect()
+    }
+
     /// The closers of every connection (shutdown).
     pub(crate) fn closers(&self) -> Vec<Arc<Closer>> {
         self.lock()
