@@ -102,7 +102,7 @@ impl System {
     }
 
     pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection, Error> {
-        let client = shared::store::client(&self.services.redis.url())?;
+        let client = self.services.redis_client()?;
         Ok(client.get_multiplexed_async_connection().await?)
     }
 

@@ -182,6 +182,8 @@ impl System {
         cfg.redis_url = redis.url();
         cfg.edge.tls_cert = certs.join("server.pem");
         cfg.edge.tls_key = certs.join("server-key.pem");
+        cfg.auth.seal_key_file = certs.join(shared::seal::PRIVATE_FILE);
+        cfg.edge.auth_public_key_file = certs.join(shared::seal::PUBLIC_FILE);
         std::fs::write(dir.join("config.toml"), toml::to_string(&cfg).unwrap()).unwrap();
         let mut sys = System {
             cfg,
@@ -375,6 +377,11 @@ impl System {
     /// What a client trusts: the system's CA.
     pub fn trust(&self) -> Trust {
         Trust::CaPem(std::fs::read_to_string(self.ca()).unwrap())
+    }
+
+    /// A client of the system's Redis, as the services reach it.
+    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+        shared::store::client(&self.cfg.redis_url, &self.cfg.redis)
     }
 
     pub fn keys(&self) -> Keys {

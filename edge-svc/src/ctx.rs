@@ -7,6 +7,7 @@ use redis::aio::ConnectionManager;
 use shared::config::Config;
 use shared::envelope::{Op, Request};
 use shared::keys::{partition_of, Keys};
+use shared::seal::Sealer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
@@ -20,6 +21,8 @@ pub(crate) struct Ctx {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) slots: Arc<limits::Slots>,
     pub(crate) metrics: Metrics,
+    /// Seals passwords to auth-svc's public key.
+    pub(crate) sealer: Sealer,
     next_conn: AtomicU64,
     next_rid: AtomicU64,
 }
@@ -31,6 +34,7 @@ impl Ctx {
         hub: Arc<Hub>,
         redis: ConnectionManager,
         tls: Arc<rustls::ServerConfig>,
+        sealer: Sealer,
     ) -> Ctx {
         Ctx {
             keys,
@@ -43,6 +47,7 @@ impl Ctx {
                 cfg.edge.max_unauth_per_addr,
             ),
             metrics: Metrics::default(),
+            sealer,
             next_conn: AtomicU64::new(shared::now_ms() * 1000),
             next_rid: AtomicU64::new(1),
             cfg,

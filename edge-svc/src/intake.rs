@@ -203,7 +203,7 @@ mod tests {
         use e2e::{TestRedis, WAIT};
         use futures_util::StreamExt;
         let redis = TestRedis::start().await;
-        let client = shared::store::client(&redis.url()).unwrap();
+        let client = shared::store::client(&redis.url(), &Default::default()).unwrap();
         const BUDGET: usize = 64 * 1024;
         let backlog = Backlog::new(BUDGET);
         let (mut sink, mut stream) = connect(&client, &backlog).await.unwrap().split();

@@ -23,8 +23,11 @@ const NOT_SETTINGS: &[&str] = &["config", "log_format", "password", "server", "c
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Redis to use, `redis://host:port[/db]`.
+    /// Redis to use, `redis://host:port[/db]`, or over TLS
+    /// `rediss://host:port[/db]` (the certificate is checked for `host`).
     pub redis_url: String,
+    /// TLS and ACL credentials for Redis.
+    pub redis: RedisConfig,
     /// Prefix of every Redis key and channel.
     pub key_prefix: String,
     /// Number of router request partitions; the same on every edge and router.
@@ -51,6 +54,9 @@ pub struct EdgeConfig {
     pub listen: String,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// auth-svc's public key: passwords are sealed to it before they
+    /// enter Redis (docs/security.md).
+    pub auth_public_key_file: PathBuf,
     /// Longest accepted line in bytes, terminator included.
     pub max_line: usize,
     /// Time allowed for the TLS handshake (and the first byte before it).
@@ -117,6 +123,8 @@ pub struct EdgeConfig {
 pub struct AuthConfig {
     /// Consumer name in the `auth` group; empty means `<hostname>-<pid>`.
     pub id: String,
+    /// The private key that opens the passwords edges seal (mode 0600).
+    pub seal_key_file: PathBuf,
     /// bcrypt cost for new password hashes (4..=31).
     pub bcrypt_cost: u32,
     /// Password checks that run at once; 0 means the number of cores.
@@ -182,6 +190,25 @@ pub struct RouterConfig {
     pub admin_listen: String,
 }
 
+/// How the services reach Redis: TLS (with `rediss://`) and the ACL user.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// CA certificates (PEM) that Redis's certificate must chain to;
+    /// empty: the system's roots.
+    pub ca_file: PathBuf,
+    /// Client certificate and key (PEM), for a Redis that asks for one
+    /// (`tls-auth-clients yes`); both or neither.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// ACL user (`AUTH <username> <password>`); empty: `default`.
+    pub username: String,
+    /// Its password; better in `password_file`.
+    pub password: crate::envelope::Secret,
+    /// A file whose first line is the password.
+    pub password_file: PathBuf,
+}
+
 /// Membership notices (`SYS <room> <user> joined|left`): where they go.
 /// Read by every service that moves users (auth-svc, router-svc, edges):
 /// set them alike everywhere.
@@ -238,6 +265,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis: RedisConfig::default(),
             key_prefix: "chat:".into(),
             partitions: 16,
             request_stream_maxlen: 100_000,
@@ -257,6 +285,7 @@ impl Default for EdgeConfig {
             listen: "0.0.0.0:7001".into(),
             tls_cert: "certs/server.pem".into(),
             tls_key: "certs/server-key.pem".into(),
+            auth_public_key_file: Path::new("certs").join(crate::seal::PUBLIC_FILE),
             max_line: 4096,
             handshake_timeout_ms: 10_000,
             request_timeout_ms: 5_000,
@@ -307,6 +336,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             id: String::new(),
+            seal_key_file: Path::new("certs").join(crate::seal::PRIVATE_FILE),
             bcrypt_cost: 12,
             bcrypt_concurrency: 0,
             duplicate_login: DuplicateLogin::ForceLogout,
@@ -391,8 +421,18 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("unix://") {
-            return bad("redis_url must start with redis:// or unix://");
+        if !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|s| self.redis_url.starts_with(s))
+        {
+            return bad("redis_url must start with redis://, rediss:// or unix://");
+        }
+        let r = &self.redis;
+        if r.client_cert.as_os_str().is_empty() != r.client_key.as_os_str().is_empty() {
+            return bad("redis.client_cert and redis.client_key go together");
+        }
+        if !r.password.0.is_empty() && !r.password_file.as_os_str().is_empty() {
+            return bad("set redis.password or redis.password_file, not both");
         }
         if self.partitions == 0 || self.partitions > 1024 {
             return bad("partitions must be 1..=1024");

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod line;
 pub mod protocol;
 pub mod scripts;
+pub mod seal;
 pub mod service;
 pub mod shutdown;
 pub mod store;

@@ -141,18 +141,25 @@ pub fn fingerprint_of_pem_file(path: &Path) -> Result<String, TlsError> {
 /// Parses a pin: 64 hex digits, optionally separated by colons.
 pub fn parse_pin(s: &str) -> Result<[u8; 32], TlsError> {
     let digits: String = s.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 64 {
-        return Err(TlsError::BadPin);
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| TlsError::BadPin)?;
-    }
-    Ok(out)
+    unhex(&digits)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or(TlsError::BadPin)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of hex text (either case); `None` if it is not hex.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// Trusts exactly one certificate, by its SHA-256; handshake signatures are
