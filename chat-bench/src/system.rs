@@ -76,6 +76,7 @@ impl System {
             bin: bin.to_path_buf(),
             dir: Some(dir.to_path_buf()),
             admin: false,
+            redis: Default::default(),
         })
         .await;
         let target = Target {

@@ -5,7 +5,7 @@ use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
 use crate::heartbeat::{end_orphans, heartbeat};
 use crate::hub::Hub;
-use crate::intake::Backlog;
+use crate::intake::{Backlog, PubSubSource};
 use crate::limits::{AcceptRate, Bucket, Refusal};
 use crate::pubsub::{deliver, subscribe};
 use shared::config::Config;
@@ -41,7 +41,8 @@ pub async fn run(
     let redis = shared::store::commands(&client).await?;
     let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
     let backlog = Backlog::new(cfg.edge.pubsub_backlog_bytes);
-    let pubsub = subscribe(&client, &hub.wanted(), &backlog).await?;
+    let source = PubSubSource::new(client, &cfg.redis).map_err(EdgeError::RedisTls)?;
+    let pubsub = subscribe(&source, &hub.wanted(), &backlog).await?;
     let ctx = Arc::new(Ctx::new(cfg, keys, hub.clone(), redis, tls, sealer));
     // Sessions a previous run under this id left (it was killed) end now;
     // subscribed first, so that a late answer to that run is seen.
@@ -51,7 +52,7 @@ pub async fn run(
     }
     let background = CancellationToken::new();
     tokio::spawn(deliver(
-        client,
+        source,
         backlog,
         pubsub,
         ctx.clone(),
