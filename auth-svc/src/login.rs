@@ -118,8 +118,10 @@ pub(crate) struct Ctx {
     outcomes: [Counter; 8],
     bcrypt_seconds: Histogram,
     conn: ConnectionManager,
-    /// Opens the passwords the edges seal.
+    /// Opens the passwords the edges seal ...
     opener: Opener,
+    /// ... at most this long ago (ms).
+    seal_max_age: u64,
     policy: DuplicateLogin,
     notices: Notices,
     bcrypt: Semaphore,
@@ -175,6 +177,7 @@ impl Ctx {
             bcrypt_seconds: Histogram::default(),
             conn,
             opener,
+            seal_max_age: cfg.auth.seal_max_age_ms,
             policy: cfg.auth.duplicate_login,
             notices: cfg.notices,
             bcrypt: Semaphore::new(permits),
@@ -400,7 +403,7 @@ async fn login(
         return Err(AuthError::Unexpected(format!("{:?}", req.op)));
     };
     let binding = shared::seal::binding(&req.edge, req.conn, req.rid, &req.user, *register);
-    let Some(password) = ctx.opener.open(&binding, password) else {
+    let Some(password) = ctx.opener.open(&binding, password, ctx.seal_max_age) else {
         // Nothing of it logged: it is of no use to anyone but an attacker.
         tracing::warn!("a sealed password did not open: sealed to another key, tampered with, or another request's");
         ctx.count("unopened");

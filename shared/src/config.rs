@@ -125,6 +125,9 @@ pub struct AuthConfig {
     pub id: String,
     /// The private key that opens the passwords edges seal (mode 0600).
     pub seal_key_file: PathBuf,
+    /// A sealed password older than this (by the edge's clock against
+    /// ours, either way) does not open.
+    pub seal_max_age_ms: u64,
     /// bcrypt cost for new password hashes (4..=31).
     pub bcrypt_cost: u32,
     /// Password checks that run at once; 0 means the number of cores.
@@ -337,6 +340,7 @@ impl Default for AuthConfig {
         AuthConfig {
             id: String::new(),
             seal_key_file: Path::new("certs").join(crate::seal::PRIVATE_FILE),
+            seal_max_age_ms: 60_000,
             bcrypt_cost: 12,
             bcrypt_concurrency: 0,
             duplicate_login: DuplicateLogin::ForceLogout,
@@ -490,6 +494,9 @@ impl Config {
         }
         if self.edge.pubsub_backlog_bytes < 4 << 20 {
             return bad("edge.pubsub_backlog_bytes must be at least 4 MiB");
+        }
+        if self.auth.seal_max_age_ms < self.edge.request_timeout_ms {
+            return bad("auth.seal_max_age_ms must be at least edge.request_timeout_ms");
         }
         if self.auth.claim_idle_ms < 100 {
             return bad("auth.claim_idle_ms must be at least 100");

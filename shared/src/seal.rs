@@ -1,7 +1,8 @@
 //! Sealed passwords: an edge seals each password to auth-svc's public key
 //! (a `crypto_box` sealed box: an ephemeral X25519 key per message and
 //! XSalsa20Poly1305) before it enters a Redis stream; only auth-svc, with
-//! the private key, opens it. The sealed text is bound to its request.
+//! the private key, opens it. The sealed text is bound to its request and
+//! to the time it was sealed.
 
 use crate::envelope::Secret;
 use crypto_box::aead::OsRng;
@@ -42,9 +43,14 @@ impl Sealer {
         Ok(Sealer(PublicKey::from(read_key(path)?)))
     }
 
-    /// `password`, sealed with `binding` (see [`binding`]), in hex.
+    /// `password`, sealed with `binding` (see [`binding`]) and the time,
+    /// in hex.
     pub fn seal(&self, binding: &str, password: &str) -> Secret {
-        let plain = format!("{binding}\n{password}");
+        self.seal_at(binding, password, crate::now_ms())
+    }
+
+    fn seal_at(&self, binding: &str, password: &str, ms: u64) -> Secret {
+        let plain = format!("{binding} {ms}\n{password}");
         let sealed = self
             .0
             .seal(&mut OsRng, plain.as_bytes())
@@ -68,14 +74,18 @@ impl Opener {
         Sealer(self.0.public_key())
     }
 
-    /// The password in `sealed`, if it opens with this key and was sealed
-    /// for `binding`; `None` otherwise (tampered, another key, another
-    /// request), with nothing of its content kept.
-    pub fn open(&self, binding: &str, sealed: &Secret) -> Option<String> {
+    /// The password in `sealed`, if it opens with this key, was sealed
+    /// for `binding` and at most `max_age_ms` from now (either way: clocks
+    /// differ); `None` otherwise (tampered, another key, another request,
+    /// an old one), with nothing of its content kept.
+    pub fn open(&self, binding: &str, sealed: &Secret, max_age_ms: u64) -> Option<String> {
         let bytes = crate::tls::unhex(&sealed.0)?;
         let plain = String::from_utf8(self.0.unseal(&bytes).ok()?).ok()?;
         let (bound, password) = plain.split_once('\n')?;
-        (bound == binding).then(|| password.to_string())
+        let (bound, ms) = bound.rsplit_once(' ')?;
+        let ms: u64 = ms.parse().ok()?;
+        let fresh = crate::now_ms().abs_diff(ms) <= max_age_ms;
+        (bound == binding && fresh).then(|| password.to_string())
     }
 }
 
@@ -160,25 +170,32 @@ mod tests {
         let b = binding("edge-1", 7, 3, "alice", false);
         let sealed = sealer.seal(&b, "pw with space");
         assert!(!sealed.0.contains("pw"));
-        assert_eq!(opener.open(&b, &sealed).as_deref(), Some("pw with space"));
+        let open = |b: &str, s: &Secret| opener.open(b, s, 60_000);
+        assert_eq!(open(&b, &sealed).as_deref(), Some("pw with space"));
+        // Sealed too long ago (or ahead).
+        let now = crate::now_ms();
+        for ms in [now - 61_000, now + 61_000] {
+            assert_eq!(open(&b, &sealer.seal_at(&b, "pw", ms)), None);
+        }
+        assert!(open(&b, &sealer.seal_at(&b, "pw", now - 59_000)).is_some());
         // Another request, user or kind: refused.
         for other in [
             binding("edge-1", 7, 4, "alice", false),
             binding("edge-1", 7, 3, "bob", false),
             binding("edge-1", 7, 3, "alice", true),
         ] {
-            assert_eq!(opener.open(&other, &sealed), None);
+            assert_eq!(open(&other, &sealed), None);
         }
         // Tampered: one hex digit changed.
         let mut bad = sealed.0.clone().into_bytes();
         let last = bad.len() - 1;
         bad[last] = if bad[last] == b'0' { b'1' } else { b'0' };
         let bad = Secret(String::from_utf8(bad).unwrap());
-        assert_eq!(opener.open(&b, &bad), None);
-        assert_eq!(opener.open(&b, &Secret("not hex".into())), None);
+        assert_eq!(open(&b, &bad), None);
+        assert_eq!(open(&b, &Secret("not hex".into())), None);
         // Another key pair's.
         let (_, other, _dir2) = pair();
-        assert_eq!(other.open(&b, &sealed), None);
+        assert_eq!(other.open(&b, &sealed, 60_000), None);
     }
 
     #[test]
