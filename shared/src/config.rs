@@ -579,6 +579,20 @@ mod tests {
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "5");
             jail.set_env("CHAT_NOTICES__LOBBY", "true");
             assert!(Config::load(None).unwrap().notices.lobby);
+            jail.set_env("CHAT_REDIS_URL", "rediss://redis.internal:6380");
+            jail.set_env("CHAT_REDIS__CLIENT_CERT", "client.pem");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_REDIS__CLIENT_KEY", "client-key.pem");
+            jail.set_env("CHAT_REDIS__PASSWORD", "pw");
+            jail.set_env("CHAT_REDIS__PASSWORD_FILE", "pw-file");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_REDIS__PASSWORD_FILE", "");
+            let cfg = Config::load(None).unwrap();
+            assert_eq!(cfg.redis.password.0, "pw");
+            assert!(!format!("{cfg:?}").contains("\"pw\""), "never shown");
+            jail.set_env("CHAT_AUTH__SEAL_MAX_AGE_MS", "100");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_AUTH__SEAL_MAX_AGE_MS", "60000");
             jail.set_env("CHAT_EDGE__NO_SUCH_KEY", "1");
             assert!(Config::load(None).is_err());
             Ok(())

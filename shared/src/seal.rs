@@ -61,7 +61,15 @@ impl Sealer {
 
 impl Opener {
     pub fn load(path: &Path) -> Result<Opener, SealError> {
-        Ok(Opener(SecretKey::from(read_key(path)?)))
+        use std::os::unix::fs::PermissionsExt;
+        let key = read_key(path)?;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            tracing::warn!(
+                path = %path.display(),
+                "the seal key is readable by others than its owner: chmod 600 it"
+            );
+        }
+        Ok(Opener(SecretKey::from(key)))
     }
 
     /// A fresh private key.
