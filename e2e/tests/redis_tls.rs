@@ -1,7 +1,8 @@
 //! The whole system against a redis-server that speaks TLS only on the
 //! port the services are given (`rediss://localhost:<port>`, a CA file),
 //! then one that also wants a client certificate and an ACL user with a
-//! password; a wrong password stops a service at startup, saying why.
+//! password; a wrong password, no client certificate, another CA or a
+//! missing CA file stops a service at startup, saying why.
 
 use e2e::{RedisOptions, Role, Shape, System};
 
@@ -60,12 +61,25 @@ async fn with_client_certificates_and_an_acl_user_and_a_wrong_password_fails_at_
         ("CHAT_REDIS__CLIENT_CERT", ""),
         ("CHAT_REDIS__CLIENT_KEY", ""),
     ];
-    let cases: [(&str, Vec<(&str, &str)>); 2] = [
+    // Another CA than the one that signed Redis's certificate.
+    let other_ca = sys.certs().join("other-ca.pem");
+    let other = shared::tls::DevCerts::generate(&["localhost"]).unwrap();
+    std::fs::write(&other_ca, other.ca_pem).unwrap();
+    let missing = sys.certs().join("no-such-ca.pem");
+    let cases: [(&str, Vec<(&str, &str)>); 4] = [
         (
             "Password authentication failed",
             vec![("CHAT_REDIS__PASSWORD_FILE", wrong.to_str().unwrap())],
         ),
         ("CertificateRequired", no_cert.to_vec()),
+        (
+            "invalid peer certificate",
+            vec![("CHAT_REDIS__CA_FILE", other_ca.to_str().unwrap())],
+        ),
+        (
+            "no-such-ca.pem",
+            vec![("CHAT_REDIS__CA_FILE", missing.to_str().unwrap())],
+        ),
     ];
     for (says, env) in cases {
         let out = tokio::time::timeout(
