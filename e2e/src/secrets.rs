@@ -7,11 +7,14 @@ use redis::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Server arguments that make Redis keep everything it can: every write in
-/// its append-only files, every command in the slow log (a long one), and
-/// dumps uncompressed (so that a string in one is there as it is).
+/// its append-only files (written before the reply), every command in the
+/// slow log (a long one), and dumps uncompressed (so that a string in one
+/// is there as it is).
 pub const KEEP_EVERYTHING: &[&str] = &[
     "--appendonly",
     "yes",
+    "--appendfsync",
+    "always",
     "--slowlog-log-slower-than",
     "0",
     "--slowlog-max-len",
@@ -32,7 +35,27 @@ pub async fn places_of<'a>(
     monitor: &[String],
     needles: &[&'a str],
 ) -> BTreeMap<&'a str, BTreeSet<&'static str>> {
-    let mut conn = redis.conn().await;
+    let mut conn = redis.plain().await;
+    // The append-only files are whole once no rewrite runs or waits (a
+    // replica rewrites them after each full sync).
+    crate::eventually("no AOF rewrite in progress", || {
+        let mut conn = conn.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            [
+                "aof_enabled:1",
+                "aof_rewrite_in_progress:0",
+                "aof_rewrite_scheduled:0",
+            ]
+            .iter()
+            .all(|want| info.lines().any(|l| l.trim() == *want))
+        }
+    })
+    .await;
     let _: () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
     let mut aof = Vec::new();
     let dir = redis.dir().join("appendonlydir");

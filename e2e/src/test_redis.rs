@@ -210,11 +210,21 @@ impl TestRedis {
         shared::store::commands(&client).await.unwrap()
     }
 
+    /// A plain connection, without the functions library that
+    /// [`TestRedis::conn`] loads (which a replica refuses).
+    pub async fn plain(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
     /// A section of `INFO`.
     pub async fn info(&self, section: &str) -> String {
         redis::cmd("INFO")
             .arg(section)
-            .query_async(&mut self.conn().await)
+            .query_async(&mut self.plain().await)
             .await
             .unwrap()
     }

@@ -1,11 +1,11 @@
 //! Passwords never reach Redis readable: after logins (good and bad),
 //! registrations and a password change, none is in the append-only files,
-//! a dump, the slow log, the MONITOR feed or any key; and a sealed password
+//! a dump, the slow log, the MONITOR feed or any key, nor in a replica's; and a sealed password
 //! that is tampered with, sealed to another key or replayed for another
 //! request is refused with `ERR bad-credentials`, its content not logged.
 
 use e2e::secrets::{places_of, KEEP_EVERYTHING, PLACES};
-use e2e::{RedisOptions, Role, Shape, System};
+use e2e::{RedisOptions, Role, Shape, System, TestRedis};
 use shared::envelope::{Op, Request, Secret};
 
 fn keep_everything() -> RedisOptions {
@@ -21,6 +21,15 @@ async fn no_password_is_anywhere_in_redis() {
         cfg.auth.registration = true;
     })
     .await;
+    // A replica: what crosses the replication link (the backlog's
+    // content) lands in its AOF and keys.
+    let mut replica_opts = keep_everything();
+    replica_opts.args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        sys.redis.port.to_string(),
+    ]);
+    let replica = TestRedis::start_with(replica_opts).await;
     let mut monitor = sys.redis.monitor().await;
     let [first, wrong, unknown, registered, changed] = [
         "Erin-first-Pw-71c3",
@@ -63,6 +72,36 @@ async fn no_password_is_anywhere_in_redis() {
     for secret in secrets {
         assert!(found[secret].is_empty(), "{secret} in {:?}", found[secret]);
     }
+
+    // Everything written so far has reached the replica.
+    let written = repl_offset(&sys.redis).await;
+    e2e::eventually("the replica caught up", || async {
+        repl_offset(&replica).await >= written
+    })
+    .await;
+    let found = places_of(&replica, &[], &needles).await;
+    for name in ["erin", "frank"] {
+        for place in ["aof", "rdb", "keys"] {
+            assert!(found[name].contains(place), "{name}: {:?}", found[name]);
+        }
+    }
+    for secret in secrets {
+        assert!(
+            found[secret].is_empty(),
+            "replica: {secret} in {:?}",
+            found[secret]
+        );
+    }
+}
+
+/// How far a server is in the replication stream (`master_repl_offset`,
+/// on a primary and on a replica alike).
+async fn repl_offset(redis: &TestRedis) -> u64 {
+    let info = redis.info("replication").await;
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("master_repl_offset:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The sealed password of the one `XADD` of a login request in `ran`.
