@@ -60,7 +60,8 @@ report:
 build:
 	$(CARGO) build --release --workspace --bins
 
-## Development CA and server certificate in certs/ (only when missing).
+## Development CA and server certificate, and auth-svc's seal key pair
+## (auth-seal.key, auth-seal.pub), in certs/ (only when missing).
 certs: build
 	./target/release/chat-certs certs
 

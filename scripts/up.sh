@@ -21,7 +21,7 @@
 #   REDIS_SAVE       its snapshot points, "<seconds> <changes> ..." [60 1]
 #   DATA_DIR         Redis's data (DATA_DIR/redis) and the services' pid
 #                    files (DATA_DIR/run/<name>.pid) [data]
-#   CERTS_DIR        server.pem, server-key.pem, ca.pem [certs]
+#   CERTS_DIR        server.pem, server-key.pem, ca.pem, auth-seal.key, auth-seal.pub [certs]
 #   BIN              where the binaries are [target/release]
 #   STOP_TIMEOUT     seconds from SIGTERM to SIGKILL when stopping: the
 #                    services, then Redis [10]
@@ -113,6 +113,7 @@ start() {
       ;;
     auth-*)
       cmd=(env CHAT_AUTH__ID="$name" CHAT_AUTH__ADMIN_LISTEN="${admin[$name]}"
+        CHAT_AUTH__SEAL_KEY_FILE="$CERTS_DIR/auth-seal.key"
         CHAT_AUTH__REGISTRATION="${CHAT_AUTH__REGISTRATION:-true}" "$BIN/auth-svc")
       ;;
     router-*)
@@ -122,6 +123,7 @@ start() {
       cmd=(env CHAT_EDGE__ID="$name" CHAT_EDGE__LISTEN="$EDGE_HOST:${edge_port[$name]}"
         CHAT_EDGE__ADMIN_LISTEN="${admin[$name]}"
         CHAT_EDGE__TLS_CERT="$CERTS_DIR/server.pem" CHAT_EDGE__TLS_KEY="$CERTS_DIR/server-key.pem"
+        CHAT_EDGE__AUTH_PUBLIC_KEY_FILE="$CERTS_DIR/auth-seal.pub"
         "$BIN/edge-svc")
       ;;
   esac

@@ -85,8 +85,12 @@ impl AuthError {
 
 /// Serves login requests until `shutdown`; requests in hand are finished
 /// (within `shutdown_grace_ms`).
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthError> {
-    let client = shared::store::client(&cfg.redis_url)?;
+pub async fn run(
+    cfg: Config,
+    opener: shared::seal::Opener,
+    shutdown: CancellationToken,
+) -> Result<(), AuthError> {
+    let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let cmds = shared::store::commands(&client).await?;
     let stream = keys.auth_requests();
@@ -95,7 +99,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AuthErr
         Consumer::new(&client, cmds.clone(), streams, GROUP, &cfg.auth.id, BLOCK).await?;
     // A busy admin port is logged, not fatal.
     let admin = shared::admin::bind(&cfg.auth.admin_listen).await.listener();
-    let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds).await?);
+    let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds, opener).await?);
     if let Some(admin) = admin {
         tokio::spawn(shared::admin::serve(admin, ctx.clone(), shutdown.clone()));
     }

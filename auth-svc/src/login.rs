@@ -11,6 +11,7 @@ use shared::keys::Keys;
 use shared::line::ServerLine;
 use shared::protocol::{ErrorCode, LOBBY};
 use shared::scripts::Call;
+use shared::seal::Opener;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -95,8 +96,10 @@ const MOVES: usize = 5;
 
 /// Login outcomes counted for /metrics, by label: `expired`, dropped
 /// unchecked because the check could not end before the edge's deadline;
-/// `duplicate`, left to the instance already checking it.
-const OUTCOMES: [&str; 7] = [
+/// `duplicate`, left to the instance already checking it; `unopened`, a
+/// sealed password that did not open (another key, tampered, or another
+/// request's).
+const OUTCOMES: [&str; 8] = [
     "ok",
     "bad_credentials",
     "rate_limited",
@@ -104,6 +107,7 @@ const OUTCOMES: [&str; 7] = [
     "error",
     "expired",
     "duplicate",
+    "unopened",
 ];
 
 pub(crate) struct Ctx {
@@ -111,9 +115,13 @@ pub(crate) struct Ctx {
     /// This instance's id.
     id: String,
     /// Per [`OUTCOMES`].
-    outcomes: [Counter; 7],
+    outcomes: [Counter; 8],
     bcrypt_seconds: Histogram,
     conn: ConnectionManager,
+    /// Opens the passwords the edges seal ...
+    opener: Opener,
+    /// ... at most this long ago (ms).
+    seal_max_age: u64,
     policy: DuplicateLogin,
     notices: Notices,
     bcrypt: Semaphore,
@@ -145,6 +153,7 @@ impl Ctx {
         cfg: &Config,
         keys: Keys,
         conn: ConnectionManager,
+        opener: Opener,
     ) -> Result<Ctx, AuthError> {
         let cost = cfg.auth.bcrypt_cost;
         // Timed: what one check costs sizes the work taken in hand.
@@ -167,6 +176,8 @@ impl Ctx {
             outcomes: Default::default(),
             bcrypt_seconds: Histogram::default(),
             conn,
+            opener,
+            seal_max_age: cfg.auth.seal_max_age_ms,
             policy: cfg.auth.duplicate_login,
             notices: cfg.notices,
             bcrypt: Semaphore::new(permits),
@@ -391,8 +402,15 @@ async fn login(
     else {
         return Err(AuthError::Unexpected(format!("{:?}", req.op)));
     };
+    let binding = shared::seal::binding(&req.edge, req.conn, req.rid, &req.user, *register);
+    let Some(password) = ctx.opener.open(&binding, password, ctx.seal_max_age) else {
+        // Nothing of it logged: it is of no use to anyone but an attacker.
+        tracing::warn!("a sealed password did not open: sealed to another key, tampered with, or another request's");
+        ctx.count("unopened");
+        let line = ServerLine::err(ErrorCode::BadCredentials, "wrong user name or password");
+        return publish(ctx, req, line).await;
+    };
     let mut conn = ctx.conn.clone();
-    let password = password.0.clone();
     let ip = addr
         .parse::<std::net::SocketAddr>()
         .map_or_else(|_| addr.to_string(), |a| a.ip().to_string());

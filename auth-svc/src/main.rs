@@ -4,7 +4,7 @@
 use auth_svc::accounts;
 use auth_svc::AuthError;
 use clap::{Args, Subcommand};
-use shared::config::Config;
+use shared::config::{exit_config, Config};
 use shared::keys::Keys;
 use shared::service::Failure;
 use std::io::{BufRead, IsTerminal};
@@ -49,7 +49,14 @@ fn main() -> ExitCode {
         "Chat authentication service, and account administration",
         |args: AuthArgs, cfg| async move {
             match args.command.unwrap_or(Command::Serve) {
-                Command::Serve => auth_svc::run(cfg, shared::shutdown::on_signal()).await?,
+                Command::Serve => {
+                    // A bad key ends it with status 64, before it binds.
+                    let opener = shared::seal::Opener::load(&cfg.auth.seal_key_file)
+                        .unwrap_or_else(|e| {
+                            exit_config("auth-svc", &format!("{e} (run `make certs`?)"))
+                        });
+                    auth_svc::run(cfg, opener, shared::shutdown::on_signal()).await?
+                }
                 Command::User(cmd) => user(cfg, cmd).await.map_err(Failure::print)?,
             }
             Ok(())
@@ -58,7 +65,7 @@ fn main() -> ExitCode {
 }
 
 async fn user(cfg: Config, cmd: UserCommand) -> Result<(), AuthError> {
-    let client = shared::store::client(&cfg.redis_url)?;
+    let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
     let mut conn = shared::store::commands(&client).await?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let (cost, min_password) = (cfg.auth.bcrypt_cost, cfg.auth.min_password);

@@ -405,7 +405,7 @@ pub async fn baseline(
     rate: f64,
     timing: Timing,
 ) -> Result<Traffic, Error> {
-    let client = shared::store::client(&system.services.redis.url())?;
+    let client = system.services.redis_client()?;
     let channel = "bench:baseline".to_string();
     let mut subscribers = Vec::new();
     for _ in 0..clients {

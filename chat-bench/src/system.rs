@@ -76,6 +76,7 @@ impl System {
             bin: bin.to_path_buf(),
             dir: Some(dir.to_path_buf()),
             admin: false,
+            redis: Default::default(),
         })
         .await;
         let target = Target {
@@ -102,7 +103,7 @@ impl System {
     }
 
     pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection, Error> {
-        let client = shared::store::client(&self.services.redis.url())?;
+        let client = self.services.redis_client()?;
         Ok(client.get_multiplexed_async_connection().await?)
     }
 

@@ -8,6 +8,7 @@ mod chat;
 pub mod checker;
 mod client;
 pub mod proxy;
+pub mod secrets;
 mod system;
 mod test_redis;
 pub mod usage;
@@ -15,7 +16,7 @@ pub mod usage;
 pub use chat::{config_dir, ChatClient, ConfigDir};
 pub use client::{parse, Client};
 pub use system::{signal, Role, Setup, Shape, System};
-pub use test_redis::{Monitor, TestRedis};
+pub use test_redis::{Monitor, RedisOptions, TestRedis};
 
 use std::path::PathBuf;
 use std::time::Duration;

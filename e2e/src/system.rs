@@ -3,7 +3,7 @@
 //! router-svc and edge-svc instances as real processes on free ports, each
 //! of which can be signalled, killed, stopped and started again.
 
-use crate::{bin_dir, free_port, password, Client, TestRedis, WAIT};
+use crate::{bin_dir, free_port, password, Client, RedisOptions, TestRedis, WAIT};
 use shared::config::Config;
 use shared::keys::Keys;
 use shared::tls::Trust;
@@ -91,6 +91,8 @@ pub struct Setup {
     /// Each instance gets an admin port of its own, and starting it waits
     /// until that port answers (the service is ready).
     pub admin: bool,
+    /// The Redis the system starts (TLS, ACL user, server arguments).
+    pub redis: RedisOptions,
 }
 
 impl Setup {
@@ -116,6 +118,7 @@ impl Setup {
             bin: bin_dir(),
             dir: None,
             admin: true,
+            redis: RedisOptions::default(),
         }
     }
 }
@@ -160,10 +163,22 @@ impl System {
         Self::launch(setup).await
     }
 
+    /// As [`System::start_with`], on a Redis started as `redis` says.
+    pub async fn start_on(
+        shape: Shape,
+        redis: RedisOptions,
+        tweak: impl FnOnce(&mut Config),
+    ) -> System {
+        let mut setup = Setup::test(shape);
+        setup.redis = redis;
+        tweak(&mut setup.cfg);
+        Self::launch(setup).await
+    }
+
     /// The system `setup` describes (chat-bench's; tests start theirs with
     /// [`System::start_with`]).
     pub async fn launch(setup: Setup) -> System {
-        let redis = TestRedis::start().await;
+        let redis = TestRedis::start_with(setup.redis).await;
         let temporary = setup.dir.is_none();
         let dir = setup.dir.unwrap_or_else(|| {
             std::env::temp_dir().join(format!("chat-e2e-{}-{}", std::process::id(), free_port()))
@@ -179,9 +194,12 @@ impl System {
         assert!(String::from_utf8_lossy(&made.stdout).contains("SHA-256"));
 
         let mut cfg = setup.cfg;
-        cfg.redis_url = redis.url();
+        cfg.redis_url = redis.service_url();
+        cfg.redis = redis.service_settings();
         cfg.edge.tls_cert = certs.join("server.pem");
         cfg.edge.tls_key = certs.join("server-key.pem");
+        cfg.auth.seal_key_file = certs.join(shared::seal::PRIVATE_FILE);
+        cfg.edge.auth_public_key_file = certs.join(shared::seal::PUBLIC_FILE);
         std::fs::write(dir.join("config.toml"), toml::to_string(&cfg).unwrap()).unwrap();
         let mut sys = System {
             cfg,
@@ -211,7 +229,7 @@ impl System {
     pub fn command(&self, role: Role) -> Command {
         let mut cmd = Command::new(self.bin.join(role.binary()));
         cmd.env("CHAT_CONFIG", self.dir.join("config.toml"))
-            .env("CHAT_REDIS_URL", self.redis.url())
+            .env("CHAT_REDIS_URL", &self.cfg.redis_url)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -362,6 +380,46 @@ impl System {
         assert!(status.success(), "{} exit status {status}", role.id(i));
     }
 
+    /// `auth-svc user <args>` with `envs`, `password` on its standard
+    /// input: whether it succeeded, and what it said on standard error.
+    pub async fn account_command(
+        &self,
+        envs: &[(&str, &str)],
+        args: &[&str],
+        password: &str,
+    ) -> (bool, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command(Role::Auth)
+            .envs(envs.iter().copied())
+            .arg("user")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{password}\n").as_bytes())
+            .await
+            .unwrap();
+        drop(stdin);
+        let out = tokio::time::timeout(WAIT, child.wait_with_output())
+            .await
+            .expect("the account command ends")
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// What instance `i` of `role` has logged so far.
+    pub fn log(&self, role: Role, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", role.id(i)))).unwrap_or_default()
+    }
+
     /// The directory of the certificates.
     pub fn certs(&self) -> PathBuf {
         self.dir.join("certs")
@@ -375,6 +433,11 @@ impl System {
     /// What a client trusts: the system's CA.
     pub fn trust(&self) -> Trust {
         Trust::CaPem(std::fs::read_to_string(self.ca()).unwrap())
+    }
+
+    /// A client of the system's Redis, as the services reach it.
+    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+        shared::store::client(&self.cfg.redis_url, &self.cfg.redis)
     }
 
     pub fn keys(&self) -> Keys {

@@ -89,6 +89,10 @@ fn compose_sets_only_real_settings() {
         "healthz\", \"9102\"",
         "healthz\", \"9103\"",
         "redis-data:",
+        // The seal key: public to the edges, private only to auth-svc.
+        "CHAT_EDGE__AUTH_PUBLIC_KEY_FILE: /certs/auth-seal.pub",
+        "CHAT_AUTH__SEAL_KEY_FILE: /seal/auth-seal.key",
+        "volumes: [\"seal:/seal:ro\"]",
     ] {
         assert!(text.contains(needed), "docker-compose.yml lacks {needed}");
     }

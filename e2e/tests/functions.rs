@@ -48,7 +48,7 @@ struct Fx {
 /// so a function that makes a key name of its own is caught.
 async fn setup() -> Fx {
     let redis = TestRedis::start().await;
-    let client = shared::store::client(&redis.url()).unwrap();
+    let client = shared::store::client(&redis.url(), &Default::default()).unwrap();
     let c = shared::store::commands(&client).await.unwrap();
     let (k, base, n) = (Keys::new("t:"), shared::now_ms(), 0);
     let mut fx = Fx {

@@ -8,6 +8,7 @@ use shared::config::Config;
 use shared::envelope::{Op, Request};
 use shared::keys::{partition_of, Keys};
 use shared::placement::EdgeLoad;
+use shared::seal::Sealer;
 use shared::store::Advert;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub(crate) struct Ctx {
     pub(crate) drain: CancellationToken,
     /// Cancelled once the drain has asked every client to move.
     pub(crate) drained: CancellationToken,
+    /// Seals passwords to auth-svc's public key.
+    pub(crate) sealer: Sealer,
     next_conn: AtomicU64,
     next_rid: AtomicU64,
 }
@@ -45,6 +48,7 @@ impl Ctx {
         redis: ConnectionManager,
         tls: Arc<rustls::ServerConfig>,
         public_addr: String,
+        sealer: Sealer,
     ) -> Ctx {
         Ctx {
             public_addr,
@@ -60,6 +64,7 @@ impl Ctx {
                 cfg.edge.max_unauth_per_addr,
             ),
             metrics: Metrics::default(),
+            sealer,
             next_conn: AtomicU64::new(shared::now_ms() * 1000),
             next_rid: AtomicU64::new(1),
             cfg,

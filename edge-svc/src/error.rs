@@ -31,4 +31,6 @@ pub enum EdgeError {
     },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("redis TLS settings: {0}")]
+    RedisTls(shared::tls::TlsError),
 }

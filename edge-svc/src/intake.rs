@@ -12,6 +12,7 @@
 
 use redis::aio::PubSub;
 use redis::{Client, ConnectionAddr, RedisResult};
+use shared::config::RedisConfig;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::TlsConnector;
 
 /// Longest wait for Redis to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -126,27 +128,64 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     }
 }
 
-/// A new Pub/Sub connection to `client`'s Redis, its reads counted
+/// Where the Pub/Sub connections go: the client's Redis, over TLS for
+/// `rediss://` (with the same settings as the client's).
+#[derive(Clone)]
+pub(crate) struct PubSubSource {
+    client: Client,
+    tls: Option<TlsConnector>,
+}
+
+impl PubSubSource {
+    pub(crate) fn new(
+        client: Client,
+        cfg: &RedisConfig,
+    ) -> Result<PubSubSource, shared::tls::TlsError> {
+        let tls = match client.get_connection_info().addr() {
+            ConnectionAddr::TcpTls { .. } => {
+                let c = shared::tls::redis_client_config(
+                    &cfg.ca_file,
+                    &cfg.client_cert,
+                    &cfg.client_key,
+                )?;
+                Some(TlsConnector::from(c))
+            }
+            _ => None,
+        };
+        Ok(PubSubSource { client, tls })
+    }
+}
+
+/// A new Pub/Sub connection to `source`'s Redis, its reads counted
 /// against `backlog` (which starts again from zero).
-pub(crate) async fn connect(client: &Client, backlog: &Arc<Backlog>) -> RedisResult<PubSub> {
+pub(crate) async fn connect(source: &PubSubSource, backlog: &Arc<Backlog>) -> RedisResult<PubSub> {
     backlog.drained();
-    let info = client.get_connection_info();
+    let info = source.client.get_connection_info();
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connecting to Redis");
     let connecting = async {
-        match info.addr() {
-            ConnectionAddr::Tcp(host, port) => {
+        match (info.addr(), &source.tls) {
+            (ConnectionAddr::Tcp(host, port), _) => {
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 tcp.set_nodelay(true)?;
                 let tcp = Metered::new(tcp, backlog.clone());
                 PubSub::new(info.redis_settings(), tcp).await
             }
+            (ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                tcp.set_nodelay(true)?;
+                let name = shared::tls::server_name(host).map_err(io::Error::other)?;
+                let stream = Metered::new(tls.connect(name, tcp).await?, backlog.clone());
+                PubSub::new(info.redis_settings(), stream).await
+            }
             #[cfg(unix)]
-            ConnectionAddr::Unix(path) => {
+            (ConnectionAddr::Unix(path), _) => {
                 let unix = tokio::net::UnixStream::connect(path).await?;
                 let unix = Metered::new(unix, backlog.clone());
                 PubSub::new(info.redis_settings(), unix).await
             }
-            other => Err(io::Error::other(format!("unsupported Redis address {other}")).into()),
+            (other, _) => {
+                Err(io::Error::other(format!("unsupported Redis address {other}")).into())
+            }
         }
     };
     tokio::time::timeout(CONNECT_TIMEOUT, connecting)
@@ -203,10 +242,11 @@ mod tests {
         use e2e::{TestRedis, WAIT};
         use futures_util::StreamExt;
         let redis = TestRedis::start().await;
-        let client = shared::store::client(&redis.url()).unwrap();
+        let client = shared::store::client(&redis.url(), &Default::default()).unwrap();
+        let source = PubSubSource::new(client.clone(), &Default::default()).unwrap();
         const BUDGET: usize = 64 * 1024;
         let backlog = Backlog::new(BUDGET);
-        let (mut sink, mut stream) = connect(&client, &backlog).await.unwrap().split();
+        let (mut sink, mut stream) = connect(&source, &backlog).await.unwrap().split();
         sink.subscribe("flood").await.unwrap();
         // About 1 MB published while the edge applies nothing.
         let payload = "x".repeat(1000);

@@ -5,7 +5,7 @@ use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
 use crate::heartbeat::{end_orphans, heartbeat};
 use crate::hub::Hub;
-use crate::intake::Backlog;
+use crate::intake::{Backlog, PubSubSource};
 use crate::limits::{AcceptRate, Bucket, Refusal};
 use crate::pubsub::{deliver, subscribe};
 use shared::config::Config;
@@ -31,22 +31,32 @@ pub async fn run(
     listener: TcpListener,
     cfg: Config,
     tls: Arc<rustls::ServerConfig>,
+    sealer: shared::seal::Sealer,
     shutdown: CancellationToken,
 ) -> Result<(), EdgeError> {
-    let client = shared::store::client(&cfg.redis_url)?;
+    let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
     let keys = Keys::new(cfg.key_prefix.clone());
     // A busy admin port is logged, not fatal: the edge serves anyway.
     let admin = shared::admin::bind(&cfg.edge.admin_listen).await.listener();
     let redis = shared::store::commands(&client).await?;
     let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
     let backlog = Backlog::new(cfg.edge.pubsub_backlog_bytes);
-    let pubsub = subscribe(&client, &hub.wanted(), &backlog).await?;
+    let source = PubSubSource::new(client, &cfg.redis).map_err(EdgeError::RedisTls)?;
+    let pubsub = subscribe(&source, &hub.wanted(), &backlog).await?;
     let bound = listener.local_addr().map_err(|source| EdgeError::Io {
         phase: Phase::Handshake,
         source,
     })?;
     let public_addr = cfg.edge.public_addr(bound);
-    let ctx = Arc::new(Ctx::new(cfg, keys, hub.clone(), redis, tls, public_addr));
+    let ctx = Arc::new(Ctx::new(
+        cfg,
+        keys,
+        hub.clone(),
+        redis,
+        tls,
+        public_addr,
+        sealer,
+    ));
     // Sessions a previous run under this id left (it was killed) end now;
     // subscribed first, so that a late answer to that run is seen.
     let left = ctx.beat(true).await?;
@@ -55,7 +65,7 @@ pub async fn run(
     }
     let background = CancellationToken::new();
     tokio::spawn(deliver(
-        client,
+        source,
         backlog,
         pubsub,
         ctx.clone(),
@@ -234,7 +244,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let edge = tokio::spawn(run(listener, cfg, tls, shutdown.clone()));
+        let sealer = shared::seal::Opener::generate().sealer();
+        let edge = tokio::spawn(run(listener, cfg, tls, sealer, shutdown.clone()));
 
         // It serves: a TLS client is greeted.
         let trust = shared::tls::Trust::CaPem(certs.ca_pem.clone());

@@ -11,12 +11,14 @@ fn main() -> std::process::ExitCode {
         |_: NoArgs, cfg| async move {
             let tls = shared::tls::server_config(&cfg.edge.tls_cert, &cfg.edge.tls_key)
                 .unwrap_or_else(|e| exit_config("edge-svc", &format!("{e} (run `make certs`?)")));
+            let sealer = shared::seal::Sealer::load(&cfg.edge.auth_public_key_file)
+                .unwrap_or_else(|e| exit_config("edge-svc", &format!("{e} (run `make certs`?)")));
             let listener = tokio::net::TcpListener::bind(&cfg.edge.listen)
                 .await
                 .map_err(|e| {
                     Failure::print(format!("cannot listen on {}: {e}", cfg.edge.listen))
                 })?;
-            edge_svc::run(listener, cfg, tls, shared::shutdown::on_signal()).await?;
+            edge_svc::run(listener, cfg, tls, sealer, shared::shutdown::on_signal()).await?;
             Ok(())
         },
     )

@@ -2,12 +2,11 @@
 
 use crate::ctx::Ctx;
 use crate::hub::{Hub, SubChange};
-use crate::intake::{self, Backlog};
+use crate::intake::{self, Backlog, PubSubSource};
 use crate::resync::resync;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::streams::{StreamId, StreamRangeReply};
-use redis::Client;
 use shared::consumer::EntryId;
 use shared::keys::Keys;
 use shared::line::ServerLine;
@@ -20,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 /// A new Pub/Sub connection, subscribed to `channels`, its intake
 /// bounded by `backlog`.
 pub(crate) async fn subscribe(
-    client: &Client,
+    source: &PubSubSource,
     channels: &[String],
     backlog: &Arc<Backlog>,
 ) -> redis::RedisResult<(PubSubSink, PubSubStream, HashSet<String>)> {
-    let (mut sink, stream) = intake::connect(client, backlog).await?.split();
+    let (mut sink, stream) = intake::connect(source, backlog).await?.split();
     sink.subscribe(channels).await?;
     Ok((sink, stream, channels.iter().cloned().collect()))
 }
@@ -33,7 +32,7 @@ pub(crate) async fn subscribe(
 /// in line with what the hub wants; reconnects and subscribes again if the
 /// connection drops.
 pub(crate) async fn deliver(
-    client: Client,
+    source: PubSubSource,
     backlog: Arc<Backlog>,
     first: (PubSubSink, PubSubStream, HashSet<String>),
     ctx: Arc<Ctx>,
@@ -113,7 +112,7 @@ pub(crate) async fn deliver(
                 },
             }
         }
-        match subscribe(&client, &hub.wanted(), &backlog).await {
+        match subscribe(&source, &hub.wanted(), &backlog).await {
             Ok(c) => {
                 // Replies published while we were away are lost: read back
                 // what they would have changed.

@@ -91,7 +91,7 @@ impl Probe for Metrics {
 
 /// Routes requests until `shutdown`, then hands its partitions back.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterError> {
-    let client = shared::store::client(&cfg.redis_url)?;
+    let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
     let keys = Keys::new(cfg.key_prefix.clone());
     let mut cmds = shared::store::commands(&client).await?;
     let streams: Vec<String> = (0..cfg.partitions)

@@ -23,8 +23,11 @@ const NOT_SETTINGS: &[&str] = &["config", "log_format", "password", "server", "c
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Redis to use, `redis://host:port[/db]`.
+    /// Redis to use, `redis://host:port[/db]`, or over TLS
+    /// `rediss://host:port[/db]` (the certificate is checked for `host`).
     pub redis_url: String,
+    /// TLS and ACL credentials for Redis.
+    pub redis: RedisConfig,
     /// Prefix of every Redis key and channel.
     pub key_prefix: String,
     /// Number of router request partitions; the same on every edge and router.
@@ -67,6 +70,9 @@ pub struct EdgeConfig {
     pub drain_max_share_pct: u32,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// auth-svc's public key: passwords are sealed to it before they
+    /// enter Redis (docs/security.md).
+    pub auth_public_key_file: PathBuf,
     /// Longest accepted line in bytes, terminator included.
     pub max_line: usize,
     /// Time allowed for the TLS handshake (and the first byte before it).
@@ -133,6 +139,11 @@ pub struct EdgeConfig {
 pub struct AuthConfig {
     /// Consumer name in the `auth` group; empty means `<hostname>-<pid>`.
     pub id: String,
+    /// The private key that opens the passwords edges seal (mode 0600).
+    pub seal_key_file: PathBuf,
+    /// A sealed password older than this (by the edge's clock against
+    /// ours, either way) does not open.
+    pub seal_max_age_ms: u64,
     /// bcrypt cost for new password hashes (4..=31).
     pub bcrypt_cost: u32,
     /// Password checks that run at once; 0 means the number of cores.
@@ -198,6 +209,25 @@ pub struct RouterConfig {
     pub admin_listen: String,
 }
 
+/// How the services reach Redis: TLS (with `rediss://`) and the ACL user.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// CA certificates (PEM) that Redis's certificate must chain to;
+    /// empty: the system's roots.
+    pub ca_file: PathBuf,
+    /// Client certificate and key (PEM), for a Redis that asks for one
+    /// (`tls-auth-clients yes`); both or neither.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// ACL user (`AUTH <username> <password>`); empty: `default`.
+    pub username: String,
+    /// Its password; better in `password_file`.
+    pub password: crate::envelope::Secret,
+    /// A file whose first line is the password.
+    pub password_file: PathBuf,
+}
+
 /// Membership notices (`SYS <room> <user> joined|left`): where they go.
 /// Read by every service that moves users (auth-svc, router-svc, edges):
 /// set them alike everywhere.
@@ -254,6 +284,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis: RedisConfig::default(),
             key_prefix: "chat:".into(),
             partitions: 16,
             request_stream_maxlen: 100_000,
@@ -278,6 +309,7 @@ impl Default for EdgeConfig {
             drain_max_share_pct: 40,
             tls_cert: "certs/server.pem".into(),
             tls_key: "certs/server-key.pem".into(),
+            auth_public_key_file: Path::new("certs").join(crate::seal::PUBLIC_FILE),
             max_line: 4096,
             handshake_timeout_ms: 10_000,
             request_timeout_ms: 5_000,
@@ -349,6 +381,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             id: String::new(),
+            seal_key_file: Path::new("certs").join(crate::seal::PRIVATE_FILE),
+            seal_max_age_ms: 60_000,
             bcrypt_cost: 12,
             bcrypt_concurrency: 0,
             duplicate_login: DuplicateLogin::ForceLogout,
@@ -433,8 +467,18 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("unix://") {
-            return bad("redis_url must start with redis:// or unix://");
+        if !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|s| self.redis_url.starts_with(s))
+        {
+            return bad("redis_url must start with redis://, rediss:// or unix://");
+        }
+        let r = &self.redis;
+        if r.client_cert.as_os_str().is_empty() != r.client_key.as_os_str().is_empty() {
+            return bad("redis.client_cert and redis.client_key go together");
+        }
+        if !r.password.0.is_empty() && !r.password_file.as_os_str().is_empty() {
+            return bad("set redis.password or redis.password_file, not both");
         }
         if self.partitions == 0 || self.partitions > 1024 {
             return bad("partitions must be 1..=1024");
@@ -498,6 +542,9 @@ impl Config {
         }
         if !self.edge.public_addr.is_empty() && !self.edge.public_addr.contains(':') {
             return bad("edge.public_addr must be host:port");
+        }
+        if self.auth.seal_max_age_ms < self.edge.request_timeout_ms {
+            return bad("auth.seal_max_age_ms must be at least edge.request_timeout_ms");
         }
         if self.auth.claim_idle_ms < 100 {
             return bad("auth.claim_idle_ms must be at least 100");
@@ -608,6 +655,20 @@ mod tests {
             jail.set_env("CHAT_EDGE__PUBLIC_ADDR", "chat.example:443");
             let cfg = Config::load(None).unwrap();
             assert_eq!(cfg.edge.public_addr, "chat.example:443");
+            jail.set_env("CHAT_REDIS_URL", "rediss://redis.internal:6380");
+            jail.set_env("CHAT_REDIS__CLIENT_CERT", "client.pem");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_REDIS__CLIENT_KEY", "client-key.pem");
+            jail.set_env("CHAT_REDIS__PASSWORD", "pw");
+            jail.set_env("CHAT_REDIS__PASSWORD_FILE", "pw-file");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_REDIS__PASSWORD_FILE", "");
+            let cfg = Config::load(None).unwrap();
+            assert_eq!(cfg.redis.password.0, "pw");
+            assert!(!format!("{cfg:?}").contains("\"pw\""), "never shown");
+            jail.set_env("CHAT_AUTH__SEAL_MAX_AGE_MS", "100");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_AUTH__SEAL_MAX_AGE_MS", "60000");
             jail.set_env("CHAT_EDGE__NO_SUCH_KEY", "1");
             assert!(Config::load(None).is_err());
             Ok(())

@@ -168,8 +168,10 @@ pub enum Effect {
     Close { reason: String, sid: String },
 }
 
-/// A password in transit: serialized as it is, never shown by `Debug`.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A secret: in a login request, the password sealed to auth-svc
+/// ([`crate::seal`]); in the configuration, a password. Never shown by
+/// `Debug`.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
 

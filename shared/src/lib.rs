@@ -13,6 +13,7 @@ pub mod line;
 pub mod placement;
 pub mod protocol;
 pub mod scripts;
+pub mod seal;
 pub mod service;
 pub mod shutdown;
 pub mod store;

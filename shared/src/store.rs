@@ -1,11 +1,12 @@
 //! Redis plumbing shared by the services: connections and edge liveness
 //! (heartbeats, reaping the sessions of dead edges).
 
-use crate::config::Notices;
+use crate::config::{Notices, RedisConfig};
 use crate::keys::Keys;
 use crate::scripts::Call;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client, RedisResult};
+use std::path::Path;
 use std::time::Duration;
 
 /// Longest time sent data may go unacknowledged by Redis's host.
@@ -15,11 +16,13 @@ const USER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for an ordinary command's answer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client for `url` whose connections send at once (`TCP_NODELAY`).
-/// The redis crate leaves Nagle's algorithm on by default, which holds a
-/// small write back until the previous one is acknowledged: up to 40 ms
-/// (delayed ACK) on a multiplexed connection under concurrency.
-pub fn client(url: &str) -> RedisResult<Client> {
+/// The client every service (and the admin CLI, and chat-bench) reaches
+/// Redis `url` with: over TLS for `rediss://` (trusting `redis.ca_file`,
+/// showing `redis.client_cert` when set), as the ACL user of `redis`, and
+/// with connections that send at once (`TCP_NODELAY`: the redis crate
+/// leaves Nagle's algorithm on, which holds a small write back until the
+/// previous one is acknowledged, up to 40 ms under concurrency).
+pub fn client(url: &str, redis: &RedisConfig) -> RedisResult<Client> {
     use redis::io::tcp::TcpSettings;
     use redis::IntoConnectionInfo;
     let tcp = TcpSettings::default().set_nodelay(true);
@@ -27,8 +30,48 @@ pub fn client(url: &str) -> RedisResult<Client> {
     // Redis), so that every connection notices and reconnects.
     #[cfg(target_os = "linux")]
     let tcp = tcp.set_user_timeout(USER_TIMEOUT);
-    let info = url.into_connection_info()?.set_tcp_settings(tcp);
-    Client::open(info)
+    let mut info = url.into_connection_info()?.set_tcp_settings(tcp);
+    let mut acl = info.redis_settings().clone();
+    if !redis.username.is_empty() {
+        acl = acl.set_username(&redis.username);
+    }
+    if !redis.password_file.as_os_str().is_empty() {
+        let text = read(&redis.password_file)?;
+        acl = acl.set_password(String::from_utf8_lossy(&text).lines().next().unwrap_or(""));
+    } else if !redis.password.0.is_empty() {
+        acl = acl.set_password(&redis.password.0);
+    }
+    info = info.set_redis_settings(acl);
+    if !url.starts_with("rediss://") {
+        return Client::open(info);
+    }
+    let set = |p: &Path| !p.as_os_str().is_empty();
+    let client_tls = if set(&redis.client_cert) {
+        Some(redis::ClientTlsConfig {
+            client_cert: read(&redis.client_cert)?,
+            client_key: read(&redis.client_key)?,
+        })
+    } else {
+        None
+    };
+    let root_cert = if set(&redis.ca_file) {
+        Some(read(&redis.ca_file)?)
+    } else {
+        None
+    };
+    Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+}
+
+/// A file of the Redis settings; its error names it.
+fn read(path: &Path) -> RedisResult<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into())
 }
 
 /// A reconnecting, multiplexed connection for ordinary commands, with the

@@ -122,6 +122,35 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// Client config for a `rediss://` Redis (for a connection the redis crate
+/// does not make itself: the edge's metered Pub/Sub): trusting `ca_file`
+/// (empty: the system's roots), showing `client_cert` and `client_key`
+/// when set. The redis crate builds the same from the same files.
+pub fn redis_client_config(
+    ca_file: &Path,
+    client_cert: &Path,
+    client_key: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    if ca_file.as_os_str().is_empty() {
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    } else {
+        for cert in load_certs(ca_file)? {
+            roots.add(cert)?;
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let cfg = if client_cert.as_os_str().is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let key = PrivateKeyDer::from_pem_file(client_key).map_err(pem_err(client_key))?;
+        builder.with_client_auth_cert(load_certs(client_cert)?, key)?
+    };
+    Ok(Arc::new(cfg))
+}
+
 /// The server name to check for `host` (a DNS name or an IP address).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(host.to_string())
@@ -141,18 +170,25 @@ pub fn fingerprint_of_pem_file(path: &Path) -> Result<String, TlsError> {
 /// Parses a pin: 64 hex digits, optionally separated by colons.
 pub fn parse_pin(s: &str) -> Result<[u8; 32], TlsError> {
     let digits: String = s.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 64 {
-        return Err(TlsError::BadPin);
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| TlsError::BadPin)?;
-    }
-    Ok(out)
+    unhex(&digits)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or(TlsError::BadPin)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of hex text (either case); `None` if it is not hex.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// Trusts exactly one certificate, by its SHA-256; handshake signatures are
@@ -217,12 +253,16 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
-/// A development CA and a server certificate it signed, in PEM.
+/// A development CA and a server certificate it signed, in PEM; and a
+/// client certificate it signed (for a Redis that asks the services for
+/// one; `make certs` does not write it).
 pub struct DevCerts {
     pub ca_pem: String,
     pub ca_key_pem: String,
     pub server_pem: String,
     pub server_key_pem: String,
+    pub client_pem: String,
+    pub client_key_pem: String,
 }
 
 /// Names the development server certificate is valid for.
@@ -253,20 +293,30 @@ impl DevCerts {
         let ca_key_pem = ca_key.serialize_pem();
         let issuer = CertifiedIssuer::self_signed(ca, ca_key)?;
 
+        // A certificate for `names`, as `name`, for `usage`: (cert, key).
+        let leaf = |names: Vec<String>, name: &str, usage| -> Result<_, TlsError> {
+            let mut params = CertificateParams::new(names)?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![usage];
+            params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+            let key = KeyPair::generate()?;
+            Ok((params.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+        };
         let names: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut server = CertificateParams::new(names)?;
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "chat edge");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        server.not_after = rcgen::date_time_ymd(2035, 1, 1);
-        let server_key = KeyPair::generate()?;
-        let server_cert = server.signed_by(&server_key, &issuer)?;
+        let (server_pem, server_key_pem) =
+            leaf(names, "chat edge", ExtendedKeyUsagePurpose::ServerAuth)?;
+        let (client_pem, client_key_pem) = leaf(
+            Vec::new(),
+            "chat services",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
         Ok(DevCerts {
             ca_pem: issuer.pem(),
             ca_key_pem,
-            server_pem: server_cert.pem(),
-            server_key_pem: server_key.serialize_pem(),
+            server_pem,
+            server_key_pem,
+            client_pem,
+            client_key_pem,
         })
     }
 

@@ -255,8 +255,10 @@ impl Handler {
             return;
         }
         let rid = self.ctx.next_rid();
+        // Sealed to auth-svc before it enters Redis, for this request only.
+        let binding = shared::seal::binding(&self.ctx.cfg.edge.id, self.id, rid, &user, register);
         let op = Op::Login {
-            password,
+            password: self.ctx.sealer.seal(&binding, &password.0),
             addr: self.peer.to_string(),
             register,
         };
