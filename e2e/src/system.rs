@@ -218,6 +218,39 @@ impl System {
         cmd
     }
 
+    /// `auth-svc user <args>` with `envs` and `password` on standard
+    /// input: whether it succeeded, and what it said on standard error.
+    pub async fn account(
+        &self,
+        envs: &[(&str, &str)],
+        args: &[&str],
+        password: &str,
+    ) -> (bool, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command(Role::Auth)
+            .envs(envs.iter().copied())
+            .arg("user")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // A command that reads no password may be gone already.
+        let _ = stdin.write_all(format!("{password}\n").as_bytes()).await;
+        drop(stdin);
+        let out = tokio::time::timeout(WAIT, child.wait_with_output())
+            .await
+            .expect("the account command ends")
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts one more instance of `role` and waits until it is ready;
     /// returns its index.
     pub async fn add(&mut self, role: Role) -> usize {

@@ -1,48 +1,13 @@
 //! The real binaries as processes, driven as a user would: certificates,
 //! accounts, the services, and the `chat` client with piped input.
 
-use e2e::{eventually, free_port, parse, password, ChatClient, Role, Shape, System, WAIT};
+use e2e::{eventually, free_port, parse, password, ChatClient, Role, Shape, System};
 use redis::AsyncCommands;
 use shared::line::ServerLine;
 use std::process::Stdio;
-use tokio::io::AsyncWriteExt;
 
 /// No services: what a test starts itself.
 const NOTHING: Shape = Shape::new(0, 0, 0);
-
-/// `auth-svc user <args>` with `envs` and `password` on standard input:
-/// whether it succeeded, and what it said on standard error.
-async fn account_command(
-    sys: &System,
-    envs: &[(&str, &str)],
-    args: &[&str],
-    password: &str,
-) -> (bool, String) {
-    let mut child = sys
-        .command(Role::Auth)
-        .envs(envs.iter().copied())
-        .arg("user")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(format!("{password}\n").as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .expect("the account command ends")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
@@ -50,7 +15,7 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
     // The test passwords are shorter than `auth.min_password` wants.
     let short = [("CHAT_AUTH__MIN_PASSWORD", "6")];
     for user in ["alice", "bob"] {
-        let (ok, said) = account_command(&sys, &short, &["add", user], &password(user)).await;
+        let (ok, said) = sys.account(&short, &["add", user], &password(user)).await;
         assert!(ok, "{said}");
     }
     let mut r = sys.redis.conn().await;
@@ -164,18 +129,18 @@ async fn account_commands_refuse_passwords_shorter_than_min_password() {
     let sys = System::start_with(NOTHING, |_| {}).await;
     let mut r = sys.redis.conn().await;
     let defaults: &[(&str, &str)] = &[];
-    let (ok, said) = account_command(&sys, defaults, &["add", "erin"], "erin-pw").await;
+    let (ok, said) = sys.account(defaults, &["add", "erin"], "erin-pw").await;
     assert!(!ok, "a 7-character password refused by default");
     assert!(
         said.contains("auth-svc: passwords are at least 8 characters"),
         "{said}"
     );
     assert!(!r.exists::<_, bool>("chat:user:erin").await.unwrap());
-    let (ok, said) = account_command(&sys, defaults, &["add", "erin"], "erin-pass").await;
+    let (ok, said) = sys.account(defaults, &["add", "erin"], "erin-pass").await;
     assert!(ok, "{said}");
     let hash: String = r.hget("chat:user:erin", "password").await.unwrap();
 
-    let (ok, said) = account_command(&sys, defaults, &["passwd", "erin"], "short").await;
+    let (ok, said) = sys.account(defaults, &["passwd", "erin"], "short").await;
     assert!(!ok, "passwd refuses it too");
     assert!(said.contains("at least 8 characters"), "{said}");
     let kept: String = r.hget("chat:user:erin", "password").await.unwrap();
@@ -183,11 +148,11 @@ async fn account_commands_refuse_passwords_shorter_than_min_password() {
 
     // The limit is the setting's.
     let four = [("CHAT_AUTH__MIN_PASSWORD", "4")];
-    let (ok, said) = account_command(&sys, &four, &["passwd", "erin"], "four").await;
+    let (ok, said) = sys.account(&four, &["passwd", "erin"], "four").await;
     assert!(ok, "{said}");
     let changed: String = r.hget("chat:user:erin", "password").await.unwrap();
     assert_ne!(changed, hash);
-    let (ok, said) = account_command(&sys, &four, &["add", "bo"], "abc").await;
+    let (ok, said) = sys.account(&four, &["add", "bo"], "abc").await;
     assert!(!ok && said.contains("at least 4 characters"), "{said}");
 }
 

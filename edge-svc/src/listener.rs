@@ -3,7 +3,7 @@
 use crate::connection;
 use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
-use crate::heartbeat::{end_orphans, heartbeat};
+use crate::heartbeat::{end_orphans, heartbeat, renew_tokens};
 use crate::hub::Hub;
 use crate::intake::Backlog;
 use crate::limits::{AcceptRate, Bucket, Refusal};
@@ -59,6 +59,7 @@ pub async fn run(
     ));
     tokio::spawn(end_orphans(ctx.clone(), tasks.orphans));
     tokio::spawn(heartbeat(ctx.clone(), background.clone()));
+    tokio::spawn(renew_tokens(ctx.clone(), background.clone()));
     if let Some(admin) = admin {
         tokio::spawn(shared::admin::serve(admin, ctx.clone(), background.clone()));
     }

@@ -149,6 +149,10 @@ pub struct AuthConfig {
     /// (the instance died) is taken over by another. Keep it well below
     /// `edge.request_timeout_ms`.
     pub claim_idle_ms: u64,
+    /// How long a resume token (`TOKEN`, `RESUME`) stays good once nothing
+    /// renews it: its edge renews it every quarter of this while its
+    /// session lives. 0: no tokens are given (and `RESUME` always fails).
+    pub resume_ttl_ms: u64,
     /// Plain-HTTP admin port (`/healthz`, `/metrics`); empty: none.
     pub admin_listen: String,
 }
@@ -319,6 +323,7 @@ impl Default for AuthConfig {
             max_registrations: 60,
             failure_window_ms: 60_000,
             claim_idle_ms: 2_000,
+            resume_ttl_ms: 600_000,
             admin_listen: "127.0.0.1:9102".into(),
         }
     }
@@ -450,6 +455,9 @@ impl Config {
         }
         if self.edge.pubsub_backlog_bytes < 4 << 20 {
             return bad("edge.pubsub_backlog_bytes must be at least 4 MiB");
+        }
+        if self.auth.resume_ttl_ms != 0 && self.auth.resume_ttl_ms < 1_000 {
+            return bad("auth.resume_ttl_ms must be 0 (off) or at least 1000");
         }
         if self.auth.claim_idle_ms < 100 {
             return bad("auth.claim_idle_ms must be at least 100");

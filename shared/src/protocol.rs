@@ -113,8 +113,19 @@ pub enum HistoryTarget {
 /// One parsed client line.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Command {
-    Login { user: String, password: String },
-    Register { user: String, password: String },
+    Login {
+        user: String,
+        password: String,
+    },
+    Register {
+        user: String,
+        password: String,
+    },
+    /// `RESUME <user> <token>`: log in with a resume token.
+    Resume {
+        user: String,
+        token: String,
+    },
     Say(String),
     Join(String),
     Leave,
@@ -124,8 +135,14 @@ pub enum Command {
     Unsubscribe(String),
     Subscriptions,
     Publish(String),
-    Msg { to: String, text: String },
-    History { target: HistoryTarget, n: u32 },
+    Msg {
+        to: String,
+        text: String,
+    },
+    History {
+        target: HistoryTarget,
+        n: u32,
+    },
     Ping,
     Help,
     Quit,
@@ -139,6 +156,7 @@ impl fmt::Debug for Command {
             Command::Register { user, .. } => {
                 write!(f, "Register {{ user: {user:?}, password: *** }}")
             }
+            Command::Resume { user, .. } => write!(f, "Resume {{ user: {user:?}, token: *** }}"),
             Command::Say(t) => f.debug_tuple("Say").field(t).finish(),
             Command::Join(r) => f.debug_tuple("Join").field(r).finish(),
             Command::Leave => f.write_str("Leave"),
@@ -199,6 +217,14 @@ impl Command {
             } else if word.eq_ignore_ascii_case("REGISTER") {
                 let (user, password) = credentials(rest)?;
                 Command::Register { user, password }
+            } else if word.eq_ignore_ascii_case("RESUME") {
+                match rest.split(' ').collect::<Vec<_>>().as_slice() {
+                    [user, token] if !token.is_empty() => Command::Resume {
+                        user: name(user)?,
+                        token: token.to_string(),
+                    },
+                    _ => return Err(BAD_ARGS),
+                }
             } else {
                 Command::Say(line.to_string())
             }));
@@ -244,12 +270,12 @@ impl Command {
     }
 }
 
-/// Whether a line may be sent before login: `LOGIN`, `REGISTER`, `/help`,
-/// `/ping` and `/quit` (judged by the keyword alone, so that anything else,
+/// Whether a line may be sent before login: `LOGIN`, `REGISTER`,
+/// `RESUME`, `/help`, `/ping` and `/quit` (judged by the keyword alone, so that anything else,
 /// even malformed, is answered `ERR auth-required`).
 pub fn allowed_before_login(line: &str) -> bool {
     let word = split_word(line).0;
-    ["LOGIN", "REGISTER", "/help", "/ping", "/quit"]
+    ["LOGIN", "REGISTER", "RESUME", "/help", "/ping", "/quit"]
         .iter()
         .any(|k| word.eq_ignore_ascii_case(k))
 }
@@ -326,6 +352,7 @@ fn history(args: &[&str]) -> Result<Command, ProtoError> {
 pub const HELP: &[&str] = &[
     "LOGIN <user> <password>      log in",
     "REGISTER <user> <password>   create an account and log in",
+    "RESUME <user> <token>        log in again with the token of a TOKEN line",
     "<text>                       say <text> in your room (//text says /text)",
     "/join <room>                 move to <room>",
     "/leave                       go back to the lobby",
@@ -399,6 +426,33 @@ mod tests {
             p("Register carol pw").unwrap(),
             Some(Command::Register { .. })
         ));
+    }
+
+    #[test]
+    fn resume_takes_a_user_and_one_token() {
+        assert_eq!(
+            p("RESUME alice 0123abcd").unwrap(),
+            Some(Command::Resume {
+                user: "alice".into(),
+                token: "0123abcd".into()
+            })
+        );
+        assert!(matches!(
+            p("resume bob x").unwrap(),
+            Some(Command::Resume { .. })
+        ));
+        for bad in [
+            "RESUME",
+            "RESUME alice",
+            "RESUME alice a b",
+            "RESUME alice ",
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadArgs, "{bad:?}");
+        }
+        assert_eq!(code("RESUME a.b tok"), ErrorCode::BadName);
+        let c = p("RESUME alice s3cret").unwrap().unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(allowed_before_login("RESUME alice x"));
     }
 
     #[test]

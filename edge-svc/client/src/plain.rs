@@ -28,7 +28,10 @@ pub async fn run(servers: &[String], trust: &Trust, login: Option<String>) -> Re
     let (net_tx, mut net_rx) = mpsc::channel(conn::QUEUE);
     let session = tokio::spawn(async move {
         let timing = conn::Timing::default();
-        conn::session(stream, login.as_deref(), timing, &mut out_rx, &net_tx).await
+        // One session, no reconnect: its resume token is of no use.
+        let mut resume = conn::Resume::default();
+        let login = login.as_deref();
+        conn::session(stream, login, &mut resume, timing, &mut out_rx, &net_tx).await
     });
     let mut input = tokio::spawn(send_input(out_tx));
 
