@@ -5,6 +5,7 @@ use crate::system::{System, LOAD_USER_COST};
 use e2e::Role;
 use serde::Serialize;
 use shared::line::ServerLine;
+use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,9 +13,11 @@ use std::time::{Duration, Instant};
 
 /// A client gives up this long after the kill.
 const GIVE_UP: Duration = Duration::from_secs(300);
-/// A failed attempt waits this long before the next (the `chat` client's
-/// first backoff).
-const RETRY: Duration = Duration::from_millis(500);
+/// A failed attempt waits before the next as the `chat` client does
+/// (docs/client.md): 0.5 s, doubled after each failure up to 10 s, less a
+/// random part of up to half.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Logins at once while setting up.
 const SETUP_PARALLEL: usize = 64;
 
@@ -23,6 +26,8 @@ pub struct Failover {
     /// Clients logged in on the edge that is killed.
     pub clients: usize,
     pub bcrypt_cost: u32,
+    /// Clients still out this long after the kill gave up.
+    pub gave_up_after_s: u64,
     pub resume: Recovery,
     pub password: Recovery,
 }
@@ -51,6 +56,7 @@ pub async fn failover(bin: &Path, dir: &Path, clients: usize) -> Result<Failover
     Ok(Failover {
         clients,
         bcrypt_cost: cost,
+        gave_up_after_s: GIVE_UP.as_secs(),
         resume,
         password,
     })
@@ -99,6 +105,7 @@ async fn recover(
             let (target, user, retries) = (target.clone(), user.clone(), retries.clone());
             let mut token = resume.then_some(token);
             tokio::spawn(async move {
+                let mut delay = RETRY_MIN;
                 loop {
                     let line = match &token {
                         Some(t) => format!("RESUME {user} {t}\n"),
@@ -113,7 +120,9 @@ async fn recover(
                     if killed.elapsed() > GIVE_UP {
                         return None;
                     }
-                    tokio::time::sleep(RETRY).await;
+                    let random = RandomState::new().hash_one(&user) % 1000;
+                    tokio::time::sleep(delay.mul_f64(1.0 - random as f64 / 2000.0)).await;
+                    delay = (delay * 2).min(RETRY_MAX);
                 }
             })
         })

@@ -453,7 +453,8 @@ fn failover_section(s: &mut String, f: &Failover) {
          | login again with | back | 50% | 99% | all | retries |\n|---|---:|---:|---:|---:|---:|",
         f.clients, f.bcrypt_cost
     );
-    let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+    let over = format!("over {}", f.gave_up_after_s);
+    let secs = |v: &Option<f64>| v.map_or(over.clone(), |v| v.to_string());
     for (how, r) in [("RESUME", &f.resume), ("password", &f.password)] {
         let Recovery {
             logged_in,
@@ -465,9 +466,9 @@ fn failover_section(s: &mut String, f: &Failover) {
         let _ = writeln!(
             s,
             "| {how} | {logged_in} | {} | {} | {} | {retries} |",
-            secs(*p50_s),
-            secs(*p99_s),
-            secs(*max_s)
+            secs(p50_s),
+            secs(p99_s),
+            secs(max_s)
         );
     }
 }
