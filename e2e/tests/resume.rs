@@ -1,6 +1,6 @@
 //! RESUME and resume tokens: a token logs in without the password, once; it is revoked by /quit, a new password and the account's deletion, and expires; wrong ones count as failed logins.
 
-use e2e::{eventually, Client, Shape, System};
+use e2e::{eventually, Client, Role, Shape, System};
 use redis::AsyncCommands;
 use shared::config::{Config, DuplicateLogin};
 
@@ -26,6 +26,15 @@ async fn resume(sys: &System, edge: usize, user: &str, token: &str) -> (Client, 
     let mut c = sys.connect(edge).await;
     let last = c.resume(user, token).await.pop().unwrap();
     (c, last)
+}
+
+/// How many times auth-svc has run bcrypt (its /metrics).
+async fn bcrypt_runs(sys: &System) -> String {
+    let (_, page) = e2e::http_get(sys.admin(Role::Auth, 0), "/metrics").await;
+    let runs = page
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_auth_bcrypt_seconds_count "));
+    runs.expect("the bcrypt count in /metrics").to_string()
 }
 
 /// Every key of Redis with every value in it, as text.
@@ -83,8 +92,10 @@ async fn a_token_logs_in_once_without_the_password_and_redis_keeps_only_its_hash
         .hset("chat:user:alice", "password", "not a bcrypt hash")
         .await
         .unwrap();
+    let runs_before = bcrypt_runs(&sys).await;
     let (mut second, answer) = resume(&sys, 1, "alice", &token).await;
     assert_eq!(answer, "OK LOGIN alice lobby");
+    assert_eq!(bcrypt_runs(&sys).await, runs_before, "no bcrypt for RESUME");
     assert_eq!(second.ask("/ping").await, "OK PING");
     let (rotated, _) = second.token().expect("RESUME gives a new token");
     assert_ne!(rotated, token);
