@@ -275,3 +275,15 @@ async fn wrong_tokens_count_as_failed_logins() {
     let answer = c.command("LOGIN alice alice-pw").await.pop().unwrap();
     assert!(answer.starts_with("ERR rate-limited "), "{answer}");
 }
+
+#[tokio::test]
+async fn resume_ttl_0_gives_no_tokens() {
+    let sys = system(&["alice"], |c| c.auth.resume_ttl_ms = 0).await;
+    let mut r = sys.redis.conn().await;
+    let mut c = sys.login(0, "alice").await;
+    assert_eq!(c.ask("/ping").await, "OK PING");
+    assert_eq!(c.token(), None, "no TOKEN line");
+    assert!(!r.exists::<_, bool>("chat:resume:alice").await.unwrap());
+    let (_, answer) = resume(&sys, 1, "alice", &"0".repeat(64)).await;
+    assert!(answer.starts_with("ERR bad-credentials "), "{answer}");
+}

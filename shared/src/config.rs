@@ -538,6 +538,10 @@ mod tests {
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "0");
             assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "5");
+            jail.set_env("CHAT_AUTH__RESUME_TTL_MS", "999");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_AUTH__RESUME_TTL_MS", "0");
+            assert_eq!(Config::load(None).unwrap().auth.resume_ttl_ms, 0);
             jail.set_env("CHAT_NOTICES__LOBBY", "true");
             assert!(Config::load(None).unwrap().notices.lobby);
             jail.set_env("CHAT_EDGE__NO_SUCH_KEY", "1");
