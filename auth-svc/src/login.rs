@@ -371,12 +371,12 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry) -> bool {
     let span = tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
     let deadline = EntryId::parse(&entry.id).map_or(u64::MAX, |id| id.ms + ctx.max_age);
     let handled = async {
-        // Held through the attempt count and the check: a request that
-        // waited past its deadline counts no attempt either.
         if let Op::Resume { .. } = &req.op {
             // No password: nothing for bcrypt, so no gate either.
             return resume(&ctx, &req, &entry.id, deadline).await.map(|()| true);
         }
+        // Held through the attempt count and the check: a request that
+        // waited past its deadline counts no attempt either.
         match ctx.gate(&entry.id, deadline).await? {
             Gate::Go(permit) => login(&ctx, &req, &entry.id, deadline, permit)
                 .await
