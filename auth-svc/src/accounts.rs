@@ -49,7 +49,7 @@ pub async fn add(
 ) -> Result<(), AuthError> {
     check_name(user)?;
     let hashed = hash(password, cost).await?;
-    if store_hash(conn, "chat_create_user", &keys.user(user), hashed).await? {
+    if store_hash(conn, "chat_create_user", &[keys.user(user)], hashed).await? {
         Ok(())
     } else {
         Err(AuthError::Exists(user.to_string()))
@@ -61,13 +61,10 @@ pub async fn add(
 async fn store_hash(
     conn: &mut ConnectionManager,
     function: &str,
-    account: &str,
+    keys: &[String],
     hashed: String,
 ) -> Result<bool, AuthError> {
-    let wrote: i64 = Call::new(function, &[account])
-        .arg(hashed)
-        .invoke(conn)
-        .await?;
+    let wrote: i64 = Call::new(function, keys).arg(hashed).invoke(conn).await?;
     Ok(wrote == 1)
 }
 
@@ -85,8 +82,9 @@ pub async fn set_password(
     }
     let hashed = hash(password, cost).await?;
     // Written only if the account still exists: one deleted meanwhile
-    // does not come back as a bare password.
-    if store_hash(conn, "chat_set_password", &keys.user(user), hashed).await? {
+    // does not come back as a bare password. Its resume token goes.
+    let names = [keys.user(user), keys.resume(user)];
+    if store_hash(conn, "chat_set_password", &names, hashed).await? {
         Ok(())
     } else {
         Err(AuthError::NotFound(user.to_string()))
@@ -113,6 +111,7 @@ pub async fn delete(
             keys.inbox(user),
             keys.inbox_counts(user),
             keys.publications(user),
+            keys.resume(user),
         ];
         names.extend(publishers.iter().map(|p| keys.subscribers(p)));
         for s in &subscribers {

@@ -14,7 +14,7 @@
 pub mod accounts;
 mod login;
 
-pub use login::{new_sid, Switch};
+pub use login::{new_sid, Switch, Tokens};
 
 use shared::config::Config;
 use shared::consumer::Consumer;

@@ -35,16 +35,25 @@ pub struct Switch<'a> {
     pub at_room: &'a str,
     /// The new session's id ([`new_sid`]).
     pub sid: &'a str,
+    pub token: Tokens<'a>,
+}
+
+/// The resume-token part of a [`Switch`] (shared/lua/resume.lua).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokens<'a> {
+    /// The hash of the token the new session gets (empty: none).
+    pub next: &'a str,
+    /// How long it lasts unrenewed (ms).
+    pub ttl: u64,
+    /// For a RESUME: the hash of the token given (empty: a password login).
+    pub presented: &'a str,
+    /// For a RESUME: the room its record names, as read before.
+    pub back_room: &'a str,
 }
 
 /// A new session id: 128 random bits, in hex (32 characters).
 pub fn new_sid() -> String {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the system's random source works");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    shared::token::random_hex(16)
 }
 
 impl Switch<'_> {
@@ -68,6 +77,8 @@ impl Switch<'_> {
             k.subscriptions(user),
             k.edge_sessions(self.at_edge),
             k.room(self.at_room),
+            k.resume(user),
+            k.room(self.token.back_room),
         ];
         Call::new("chat_login", &keys)
             .arg(user)
@@ -87,6 +98,11 @@ impl Switch<'_> {
             .arg(k.room_channel(self.at_room))
             .arg(self.sid)
             .arg(&notices.args()[..])
+            .arg(self.token.next)
+            .arg(self.token.ttl)
+            .arg(self.token.presented)
+            .arg(self.token.back_room)
+            .arg(k.room_channel(self.token.back_room))
     }
 }
 
@@ -143,6 +159,8 @@ pub(crate) struct Ctx {
     max_failures: [u32; 2],
     max_registrations: u32,
     window: u64,
+    /// `auth.resume_ttl_ms`.
+    resume_ttl: u64,
     /// Checked against when the user does not exist, so that an unknown
     /// user costs as much time as a wrong password.
     dummy_hash: String,
@@ -195,6 +213,7 @@ impl Ctx {
             ],
             max_registrations: cfg.auth.max_registrations,
             window: cfg.auth.failure_window_ms,
+            resume_ttl: cfg.auth.resume_ttl_ms,
             dummy_hash,
         };
         ctx.sync_clock().await;
@@ -363,6 +382,10 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry) -> bool {
     let span = tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
     let deadline = EntryId::parse(&entry.id).map_or(u64::MAX, |id| id.ms + ctx.max_age);
     let handled = async {
+        if let Op::Resume { .. } = &req.op {
+            // No password: nothing for bcrypt, so no gate either.
+            return resume(&ctx, &req, &entry.id, deadline).await.map(|()| true);
+        }
         // Held through the attempt count and the check: a request that
         // waited past its deadline counts no attempt either.
         match ctx.gate(&entry.id, deadline).await? {
@@ -398,6 +421,7 @@ async fn login(
         password,
         addr,
         register,
+        token,
     } = &req.op
     else {
         return Err(AuthError::Unexpected(format!("{:?}", req.op)));
@@ -411,14 +435,8 @@ async fn login(
         return publish(ctx, req, line).await;
     };
     let mut conn = ctx.conn.clone();
-    let ip = addr
-        .parse::<std::net::SocketAddr>()
-        .map_or_else(|_| addr.to_string(), |a| a.ip().to_string());
+    let ip = ip_of(addr);
     let counters = ctx.attempt_keys(&req.user, &ip);
-    let refused = |what: &str| {
-        tracing::info!("too many {what}");
-        ServerLine::err(ErrorCode::RateLimited, "too many attempts, wait a minute")
-    };
     if *register {
         if !ctx.registration {
             let line = ServerLine::err(ErrorCode::RegistrationClosed, "registration is closed");
@@ -435,8 +453,7 @@ async fn login(
         let counters = [counters[1].clone(), ctx.keys.registrations()];
         let limits = [ctx.max_failures[1], ctx.max_registrations];
         if ctx.over_limit(&mut conn, &counters, &limits).await? {
-            ctx.count("rate_limited");
-            return publish(ctx, req, refused("registrations")).await;
+            return refused(ctx, req, "registrations").await;
         }
         if conn.exists(ctx.keys.user(&req.user)).await? {
             let text = format!("the name {} is taken", req.user);
@@ -449,8 +466,7 @@ async fn login(
             .over_limit(&mut conn, &counters, &ctx.max_failures)
             .await?
         {
-            ctx.count("rate_limited");
-            return publish(ctx, req, refused("failed logins")).await;
+            return refused(ctx, req, "failed logins").await;
         }
         let stored: Option<String> = conn.hget(ctx.keys.user(&req.user), "password").await?;
         let exists = stored.is_some();
@@ -467,16 +483,90 @@ async fn login(
         String::new()
     };
     drop(permit);
-    // The session switch names the keys of where an old session is; should
-    // it move meanwhile (`moved`), read again.
+    let tokens = Tokens {
+        next: token,
+        ttl: ctx.resume_ttl,
+        ..Tokens::default()
+    };
+    switch(ctx, req, entry_id, addr, deadline, &new_hash, tokens).await
+}
+
+/// A `RESUME`: counted as a login attempt (a wrong token is a failed
+/// login), then the session switch, which checks and rotates the token.
+async fn resume(ctx: &Ctx, req: &Request, entry_id: &str, deadline: u64) -> Result<(), AuthError> {
+    let Op::Resume { token, next, addr } = &req.op else {
+        return Err(AuthError::Unexpected(format!("{:?}", req.op)));
+    };
+    let mut conn = ctx.conn.clone();
+    let counters = ctx.attempt_keys(&req.user, &ip_of(addr));
+    if ctx
+        .over_limit(&mut conn, &counters, &ctx.max_failures)
+        .await?
+    {
+        return refused(ctx, req, "failed logins").await;
+    }
+    let tokens = Tokens {
+        next,
+        ttl: ctx.resume_ttl,
+        presented: token,
+        back_room: "",
+    };
+    switch(ctx, req, entry_id, addr, deadline, "", tokens).await
+}
+
+/// `ERR rate-limited` for too many `what`.
+async fn refused(ctx: &Ctx, req: &Request, what: &str) -> Result<(), AuthError> {
+    tracing::info!("too many {what}");
+    ctx.count("rate_limited");
+    let line = ServerLine::err(ErrorCode::RateLimited, "too many attempts, wait a minute");
+    publish(ctx, req, line).await
+}
+
+/// The IP address of a client's `ip:port`.
+fn ip_of(addr: &str) -> String {
+    addr.parse::<std::net::SocketAddr>()
+        .map_or_else(|_| addr.to_string(), |a| a.ip().to_string())
+}
+
+/// Where a user's session is (edge, room) and the room of its resume
+/// token, as read before the switch.
+type Place = (Option<String>, Option<String>, Option<String>);
+
+/// Opens the session (`chat_login`) once the credentials are good, or for
+/// a RESUME whose token the function checks.
+async fn switch(
+    ctx: &Ctx,
+    req: &Request,
+    entry_id: &str,
+    addr: &str,
+    deadline: u64,
+    new_hash: &str,
+    tokens: Tokens<'_>,
+) -> Result<(), AuthError> {
+    let mut conn = ctx.conn.clone();
+    let ip = ip_of(addr);
+    // The session switch names the keys of where an old session is (and,
+    // for a RESUME, of the room its token goes back to); should they move
+    // meanwhile (`moved`), read again.
     let mut outcome = String::new();
     for _ in 0..MOVES {
-        let (at_edge, at_room): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        let (at_edge, at_room, back_room): Place = redis::pipe()
+            .cmd("HGET")
             .arg(ctx.keys.session(&req.user))
             .arg("edge")
+            .cmd("HGET")
+            .arg(ctx.keys.session(&req.user))
+            .arg("room")
+            .cmd("HGET")
+            .arg(ctx.keys.resume(&req.user))
             .arg("room")
             .query_async(&mut conn)
             .await?;
+        let back_room = back_room.unwrap_or_default();
+        let token = Tokens {
+            back_room: &back_room,
+            ..tokens
+        };
         let switch = Switch {
             req,
             entry_id,
@@ -484,10 +574,11 @@ async fn login(
             ip: &ip,
             policy: ctx.policy.as_str(),
             deadline,
-            new_hash: &new_hash,
+            new_hash,
             at_edge: at_edge.as_deref().unwrap_or_default(),
             at_room: at_room.as_deref().unwrap_or_default(),
             sid: &new_sid(),
+            token,
         };
         outcome = switch
             .call(&ctx.keys, ctx.notices)
@@ -507,6 +598,7 @@ async fn login(
     tracing::info!(outcome = %outcome, "login");
     ctx.count(match outcome.as_str() {
         "ok" | "replaced" => "ok",
+        "bad-token" => "bad_credentials",
         _ => "refused",
     });
     Ok(())

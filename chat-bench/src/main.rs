@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod abuse;
+mod failover;
 mod load;
 mod report;
 mod scenarios;
@@ -34,13 +35,18 @@ pub struct Cli {
     no_report: bool,
     /// Scenarios to run (comma-separated): fanout, rooms, pubsub, baseline,
     /// login, logins, connect, abuse (on a system of its own, with the
-    /// default limits; fails if its bounds do not hold).
+    /// default limits; fails if its bounds do not hold), failover (on a
+    /// system of its own: an edge's clients back on the other edge after
+    /// a kill -9, with RESUME and with their passwords).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fanout,rooms,pubsub,baseline,login,logins,connect,abuse"
+        default_value = "fanout,rooms,pubsub,baseline,login,logins,connect,abuse,failover"
     )]
     only: Vec<String>,
+    /// Clients on the edge that `failover` kills.
+    #[arg(long, default_value_t = 2000)]
+    failover_clients: usize,
     /// Offered rates (messages per second, in total) for fanout and baseline.
     #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000,7500")]
     rates: Vec<f64>,
@@ -180,6 +186,15 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
             a.edge_rss_mb, a.edge_rss_bound_mb, a.ping_p99_ms, a.quiet.p99_ms, a.quiet_during.p99_ms
         );
         results.abuse = Some(a);
+    }
+    if wants("failover") {
+        let dir = cli.dir.join("failover");
+        let f = failover::failover(&cli.bin, &dir, cli.failover_clients).await?;
+        eprintln!(
+            "  failover: {} clients back on the other edge: 99% in {:?} s with RESUME, {:?} s with the password",
+            f.clients, f.resume.p99_s, f.password.p99_s
+        );
+        results.failover = Some(f);
     }
     results.write(&cli)?;
     match results.abuse.as_ref().map(|a| a.failed.join("; ")) {

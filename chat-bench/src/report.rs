@@ -3,6 +3,7 @@
 //! stay) and an SVG plot of latency against offered rate.
 
 use crate::abuse::Abuse;
+use crate::failover::{Failover, Recovery};
 use crate::load::Error;
 use crate::scenarios::{Connect, Login, Logins, Timing, Traffic};
 use crate::system::System;
@@ -41,6 +42,7 @@ pub struct Results {
     pub logins: Option<Logins>,
     pub connect: Option<Connect>,
     pub abuse: Option<Abuse>,
+    pub failover: Option<Failover>,
 }
 
 fn read(path: &str) -> String {
@@ -78,6 +80,7 @@ impl Results {
             logins: None,
             connect: None,
             abuse: None,
+            failover: None,
         }
     }
 
@@ -315,6 +318,9 @@ impl Results {
         if let Some(a) = &self.abuse {
             abuse_section(&mut s, a);
         }
+        if let Some(f) = &self.failover {
+            failover_section(&mut s, f);
+        }
         s
     }
 
@@ -434,6 +440,37 @@ fn splice(path: &Path, body: &str) -> Result<(), Error> {
     };
     std::fs::write(path, new)?;
     Ok(())
+}
+
+/// The failover's figures: how long until the clients of a killed edge
+/// were back.
+fn failover_section(s: &mut String, f: &Failover) {
+    let _ = writeln!(
+        s,
+        "\n### Failover: an edge killed under {} clients\n\n\
+         All log in again on the other edge at once; seconds from the `kill -9` to `OK LOGIN` \
+         (bcrypt cost {} for the passwords):\n\n\
+         | login again with | back | 50% | 99% | all | retries |\n|---|---:|---:|---:|---:|---:|",
+        f.clients, f.bcrypt_cost
+    );
+    let over = format!("over {}", f.gave_up_after_s);
+    let secs = |v: &Option<f64>| v.map_or(over.clone(), |v| v.to_string());
+    for (how, r) in [("RESUME", &f.resume), ("password", &f.password)] {
+        let Recovery {
+            logged_in,
+            p50_s,
+            p99_s,
+            max_s,
+            retries,
+        } = r;
+        let _ = writeln!(
+            s,
+            "| {how} | {logged_in} | {} | {} | {} | {retries} |",
+            secs(p50_s),
+            secs(p99_s),
+            secs(max_s)
+        );
+    }
 }
 
 /// The abuse soak's figures, against its bounds.

@@ -110,9 +110,16 @@ impl System {
     /// Creates users `<prefix>0` … with the password [`PASSWORD`] hashed
     /// at `cost` (one hash, shared: only logging in is measured).
     pub async fn users(&self, prefix: &str, n: usize, cost: u32) -> Result<Vec<String>, Error> {
+        let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        self.set_passwords(&names, cost).await?;
+        Ok(names)
+    }
+
+    /// Gives accounts `names` the password [`PASSWORD`] hashed at `cost`
+    /// (creating them if need be).
+    pub async fn set_passwords(&self, names: &[String], cost: u32) -> Result<(), Error> {
         let hash = tokio::task::spawn_blocking(move || bcrypt::hash(PASSWORD, cost)).await??;
         let keys = self.services.keys();
-        let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
         let mut conn = self.redis().await?;
         for chunk in names.chunks(1000) {
             let mut pipe = redis::pipe();
@@ -125,7 +132,7 @@ impl System {
             }
             let () = pipe.query_async(&mut conn).await?;
         }
-        Ok(names)
+        Ok(())
     }
 
     /// Forgets what the previous scenario left (sessions end by themselves).

@@ -19,11 +19,13 @@ pub fn parse(line: &str) -> ServerLine {
 /// A line-oriented TLS client that fails the test on timeouts.
 ///
 /// It skips `SYS` notices (which arrive whenever anyone comes or goes)
-/// unless [`Client::with_sys`] asks for them.
+/// unless [`Client::with_sys`] asks for them, and `TOKEN` lines, keeping
+/// the last token for [`Client::token`].
 pub struct Client {
     lines: Lines<BufReader<ReadHalf<TlsStream<TcpStream>>>>,
     wr: WriteHalf<TlsStream<TcpStream>>,
     sys: bool,
+    token: Option<(String, u64)>,
 }
 
 impl Client {
@@ -56,6 +58,7 @@ impl Client {
             lines: BufReader::new(rd).lines(),
             wr,
             sys: false,
+            token: None,
         })
     }
 
@@ -82,8 +85,10 @@ impl Client {
                 .expect("timed out waiting for a line")
                 .ok()
                 .flatten()?;
-            if self.sys || !matches!(parse(&line), ServerLine::Sys { .. }) {
-                return Some(line);
+            match parse(&line) {
+                ServerLine::Token { token, expires } => self.token = Some((token, expires)),
+                ServerLine::Sys { .. } if !self.sys => {}
+                _ => return Some(line),
             }
         }
     }
@@ -157,6 +162,18 @@ impl Client {
         let mut lines = self.command(line).await;
         assert_eq!(lines.len(), 1, "{line}: {lines:?}");
         lines.pop().unwrap()
+    }
+
+    /// The last resume token (`TOKEN <token> <expires-ms>`) seen, and its
+    /// expiry.
+    pub fn token(&self) -> Option<(String, u64)> {
+        self.token.clone()
+    }
+
+    /// `RESUME <user> <token>`: the lines up to its final one (`OK LOGIN`
+    /// or `ERR`); the token it gives is [`Client::token`] then.
+    pub async fn resume(&mut self, user: &str, token: &str) -> Vec<String> {
+        self.command(&format!("RESUME {user} {token}")).await
     }
 
     /// Waits for the server to close the connection.

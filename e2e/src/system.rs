@@ -236,6 +236,39 @@ impl System {
         cmd
     }
 
+    /// `auth-svc user <args>` with `envs` and `password` on standard
+    /// input: whether it succeeded, and what it said on standard error.
+    pub async fn account(
+        &self,
+        envs: &[(&str, &str)],
+        args: &[&str],
+        password: &str,
+    ) -> (bool, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command(Role::Auth)
+            .envs(envs.iter().copied())
+            .arg("user")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // A command that reads no password may be gone already.
+        let _ = stdin.write_all(format!("{password}\n").as_bytes()).await;
+        drop(stdin);
+        let out = tokio::time::timeout(WAIT, child.wait_with_output())
+            .await
+            .expect("the account command ends")
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts one more instance of `role` and waits until it is ready;
     /// returns its index.
     pub async fn add(&mut self, role: Role) -> usize {
@@ -378,41 +411,6 @@ impl System {
         self.signal(role, i, "TERM");
         let status = self.exited(role, i).await;
         assert!(status.success(), "{} exit status {status}", role.id(i));
-    }
-
-    /// `auth-svc user <args>` with `envs`, `password` on its standard
-    /// input: whether it succeeded, and what it said on standard error.
-    pub async fn account_command(
-        &self,
-        envs: &[(&str, &str)],
-        args: &[&str],
-        password: &str,
-    ) -> (bool, String) {
-        use tokio::io::AsyncWriteExt;
-        let mut child = self
-            .command(Role::Auth)
-            .envs(envs.iter().copied())
-            .arg("user")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(format!("{password}\n").as_bytes())
-            .await
-            .unwrap();
-        drop(stdin);
-        let out = tokio::time::timeout(WAIT, child.wait_with_output())
-            .await
-            .expect("the account command ends")
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
     }
 
     /// What instance `i` of `role` has logged so far.

@@ -19,7 +19,7 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
         .arg("--json")
         .arg(&json)
         .env("CHAT_AUTH__BCRYPT_COST", "4")
-        .args(["--no-report", "--only", "fanout,baseline,connect"])
+        .args(["--no-report", "--only", "fanout,baseline,connect,failover"])
         .args([
             "--rates",
             "100",
@@ -29,6 +29,8 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
             "3",
             "--idle",
             "40",
+            "--failover-clients",
+            "20",
         ])
         .args(["--warmup", "0.3", "--duration", "1", "--drain", "10"])
         .output()
@@ -77,4 +79,11 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
         "{connect}"
     );
     assert!(results["machine"]["cores"].as_u64().unwrap() > 0);
+
+    // Every client of the killed edge came back, each way.
+    let failover = &results["failover"];
+    for how in ["resume", "password"] {
+        assert_eq!(failover[how]["logged_in"], 20, "{failover}");
+        assert!(failover[how]["p99_s"].as_f64().unwrap() > 0.0, "{failover}");
+    }
 }

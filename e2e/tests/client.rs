@@ -422,6 +422,41 @@ async fn the_client_follows_a_redirect_before_logging_in() {
 }
 
 #[tokio::test]
+async fn reconnects_with_its_resume_token_and_falls_back_to_the_password() {
+    use redis::AsyncCommands;
+    let mut sys = system(&["alice"], |_| {}).await;
+    let mut r = sys.redis.conn().await;
+    let tmux = alice(&sys, &[0, 1]);
+    tmux.shows(&status(&sys, "lobby", 0)).await;
+    tmux.type_text("/join den");
+    tmux.press("Enter");
+    tmux.shows(&status(&sys, "den", 0)).await;
+
+    // The password changes behind the client's back: only its token gets
+    // it in again once its edge is gone.
+    let hash: String = r.hget("chat:user:alice", "password").await.unwrap();
+    let () = r.hset("chat:user:alice", "password", "x").await.unwrap();
+    sys.kill(Role::Edge, 0).await;
+    let screen = tmux.shows(&status(&sys, "den", 1)).await;
+    assert!(!screen.contains("token was refused"), "{screen}");
+    assert!(screen.contains("=== back in #den"), "{screen}");
+
+    // The token revoked (the password is right again): the client says so
+    // and logs in with the password, then goes back to its room itself.
+    let () = r.hset("chat:user:alice", "password", &hash).await.unwrap();
+    let () = r.del("chat:resume:alice").await.unwrap();
+    sys.restart(Role::Edge, 0).await;
+    sys.kill(Role::Edge, 1).await;
+    let screen = tmux.shows(&status(&sys, "den", 0)).await;
+    assert!(
+        screen.contains("the resume token was refused: logging in with the password"),
+        "{screen}"
+    );
+    let kept: String = r.hget("chat:resume:alice", "hash").await.unwrap();
+    assert_eq!(kept.len(), 64, "the password login gave a new token");
+}
+
+#[tokio::test]
 async fn plain_mode_prints_the_server_lines_as_received() {
     let sys = system(&["alice", "bob"], |_| {}).await;
     // Piped standard input and output: plain mode without being asked.

@@ -103,6 +103,7 @@ fn short(r: &Reply) -> String {
             room,
             subs,
             inbox,
+            ..
         }) => {
             let mut subs: Vec<&str> = subs.split_whitespace().collect();
             subs.sort_unstable();
@@ -307,6 +308,7 @@ async fn login_with(fx: &mut Fx, user: &str, edge: &str, conn: u64, o: Opts) -> 
         at_edge: &at_edge,
         at_room: &at_room,
         sid: &(fx.sessions + 1).to_string(),
+        token: auth_svc::Tokens::default(),
     };
     let status: String = switch
         .call(&fx.k, fx.cfg.notices)
@@ -929,7 +931,8 @@ async fn accounts_are_created_changed_and_deleted() {
     assert_eq!(fx.int(create("erin")).await, 1);
     assert!(fx.show(&k.user("erin")).await.ends_with(" password=h"));
 
-    let set_pw = |user: &str| Call::new("chat_set_password", &[k.user(user)]).arg("new");
+    let set_pw =
+        |user: &str| Call::new("chat_set_password", &[k.user(user), k.resume(user)]).arg("new");
     assert_eq!(fx.int(set_pw("nobody")).await, 0);
     fx.is(k.user("nobody"), "").await; // not created as a bare password
     assert_eq!(fx.int(set_pw("erin")).await, 1);
@@ -959,6 +962,7 @@ async fn accounts_are_created_changed_and_deleted() {
         k.inbox("alice"),
         k.inbox_counts("alice"),
         k.publications("alice"),
+        k.resume("alice"),
         k.subscribers("carol"),
         k.subscriptions("dave"),
         k.session("dave"),
@@ -976,10 +980,10 @@ async fn accounts_are_created_changed_and_deleted() {
     let mut sub = fx.sub(&[&e2]).await;
     accounts::delete(&mut fx.c, &k, "alice").await.unwrap();
     sub.is(&e2, "2/0 => unsubscribe 2 alice").await;
-    for key in names.iter().take(8).chain([&k.subscribers("bob")]) {
+    for key in names.iter().take(9).chain([&k.subscribers("bob")]) {
         fx.is(key.clone(), "").await;
     }
-    let again = Call::new("chat_delete_user", &names[..6]).arg(0).arg(0);
+    let again = Call::new("chat_delete_user", &names[..7]).arg(0).arg(0);
     let again = again.arg("alice").arg(k.edge_channel(""));
     assert_eq!(fx.int(again).await, 0, "no such account");
     assert!(accounts::delete(&mut fx.c, &k, "alice").await.is_err());

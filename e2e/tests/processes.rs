@@ -15,9 +15,7 @@ async fn binaries_chat_across_two_edges_and_shut_down_cleanly() {
     // The test passwords are shorter than `auth.min_password` wants.
     let short = [("CHAT_AUTH__MIN_PASSWORD", "6")];
     for user in ["alice", "bob"] {
-        let (ok, said) = sys
-            .account_command(&short, &["add", user], &password(user))
-            .await;
+        let (ok, said) = sys.account(&short, &["add", user], &password(user)).await;
         assert!(ok, "{said}");
     }
     let mut r = sys.redis.conn().await;
@@ -131,24 +129,18 @@ async fn account_commands_refuse_passwords_shorter_than_min_password() {
     let sys = System::start_with(NOTHING, |_| {}).await;
     let mut r = sys.redis.conn().await;
     let defaults: &[(&str, &str)] = &[];
-    let (ok, said) = sys
-        .account_command(defaults, &["add", "erin"], "erin-pw")
-        .await;
+    let (ok, said) = sys.account(defaults, &["add", "erin"], "erin-pw").await;
     assert!(!ok, "a 7-character password refused by default");
     assert!(
         said.contains("auth-svc: passwords are at least 8 characters"),
         "{said}"
     );
     assert!(!r.exists::<_, bool>("chat:user:erin").await.unwrap());
-    let (ok, said) = sys
-        .account_command(defaults, &["add", "erin"], "erin-pass")
-        .await;
+    let (ok, said) = sys.account(defaults, &["add", "erin"], "erin-pass").await;
     assert!(ok, "{said}");
     let hash: String = r.hget("chat:user:erin", "password").await.unwrap();
 
-    let (ok, said) = sys
-        .account_command(defaults, &["passwd", "erin"], "short")
-        .await;
+    let (ok, said) = sys.account(defaults, &["passwd", "erin"], "short").await;
     assert!(!ok, "passwd refuses it too");
     assert!(said.contains("at least 8 characters"), "{said}");
     let kept: String = r.hget("chat:user:erin", "password").await.unwrap();
@@ -156,13 +148,11 @@ async fn account_commands_refuse_passwords_shorter_than_min_password() {
 
     // The limit is the setting's.
     let four = [("CHAT_AUTH__MIN_PASSWORD", "4")];
-    let (ok, said) = sys
-        .account_command(&four, &["passwd", "erin"], "four")
-        .await;
+    let (ok, said) = sys.account(&four, &["passwd", "erin"], "four").await;
     assert!(ok, "{said}");
     let changed: String = r.hget("chat:user:erin", "password").await.unwrap();
     assert_ne!(changed, hash);
-    let (ok, said) = sys.account_command(&four, &["add", "bo"], "abc").await;
+    let (ok, said) = sys.account(&four, &["add", "bo"], "abc").await;
     assert!(!ok && said.contains("at least 4 characters"), "{said}");
 }
 

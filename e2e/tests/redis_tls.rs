@@ -48,9 +48,7 @@ async fn with_client_certificates_and_an_acl_user_and_a_wrong_password_fails_at_
     let sys = System::start_on(Shape::new(1, 1, 1), opts, |_| {}).await;
     chat_works(&sys).await;
     // The admin CLI and chat-bench's connections go the same way.
-    let (ok, said) = sys
-        .account_command(&[], &["add", "carol"], "carol-password")
-        .await;
+    let (ok, said) = sys.account(&[], &["add", "carol"], "carol-password").await;
     assert!(ok, "{said}");
     let mut bench = sys
         .redis_client()

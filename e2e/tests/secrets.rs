@@ -38,7 +38,7 @@ async fn no_password_is_anywhere_in_redis() {
         "Frank-reg-Pw-9b17",
         "Erin-new-Pw-40fe",
     ];
-    let (ok, said) = sys.account_command(&[], &["add", "erin"], first).await;
+    let (ok, said) = sys.account(&[], &["add", "erin"], first).await;
     assert!(ok, "{said}");
 
     let mut c = sys.connect(0).await;
@@ -52,7 +52,7 @@ async fn no_password_is_anywhere_in_redis() {
     f.send(&format!("REGISTER frank {registered}")).await;
     f.expect("OK LOGIN frank lobby").await;
 
-    let (ok, said) = sys.account_command(&[], &["passwd", "erin"], changed).await;
+    let (ok, said) = sys.account(&[], &["passwd", "erin"], changed).await;
     assert!(ok, "{said}");
     let mut c = sys.connect(0).await;
     c.send(&format!("LOGIN erin {first}")).await;
@@ -160,6 +160,7 @@ async fn a_tampered_replayed_or_misdirected_sealed_password_is_bad_credentials()
                 password: password.clone(),
                 addr: "127.0.0.1:4000".into(),
                 register: false,
+                token: String::new(),
             },
         };
         let mut pipe = redis::pipe();

@@ -3,7 +3,7 @@
 use crate::connection;
 use crate::ctx::Ctx;
 use crate::error::{EdgeError, Phase};
-use crate::heartbeat::{end_orphans, heartbeat};
+use crate::heartbeat::{end_orphans, heartbeat, renew_tokens};
 use crate::hub::Hub;
 use crate::intake::{Backlog, PubSubSource};
 use crate::limits::{AcceptRate, Bucket, Refusal};
@@ -74,6 +74,7 @@ pub async fn run(
     ));
     tokio::spawn(end_orphans(ctx.clone(), tasks.orphans));
     tokio::spawn(heartbeat(ctx.clone(), background.clone()));
+    tokio::spawn(renew_tokens(ctx.clone(), background.clone()));
     if let Some(admin) = admin {
         tokio::spawn(shared::admin::serve(admin, ctx.clone(), background.clone()));
     }

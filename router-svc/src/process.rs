@@ -326,7 +326,13 @@ pub fn request_call(
         ),
         Op::Join { room: to } => (
             "chat_join",
-            vec![k.room(room), k.room(to), k.rooms(), k.room_sizes()],
+            vec![
+                k.room(room),
+                k.room(to),
+                k.rooms(),
+                k.room_sizes(),
+                k.resume(user),
+            ],
             [
                 vec![to.clone(), k.room_channel(room), k.room_channel(to)],
                 notices.to_vec(),
@@ -335,7 +341,13 @@ pub fn request_call(
         ),
         Op::Leave => (
             "chat_leave",
-            vec![k.room(room), k.room(LOBBY), k.rooms(), k.room_sizes()],
+            vec![
+                k.room(room),
+                k.room(LOBBY),
+                k.rooms(),
+                k.room_sizes(),
+                k.resume(user),
+            ],
             [
                 vec![LOBBY.into(), k.room_channel(room), k.room_channel(LOBBY)],
                 notices.to_vec(),
@@ -410,6 +422,7 @@ pub fn request_call(
                 k.room(room),
                 k.rooms(),
                 k.room_sizes(),
+                k.resume(user),
             ],
             [vec![k.room_channel(room)], notices.to_vec()].concat(),
         ),
@@ -418,7 +431,7 @@ pub fn request_call(
             vec![k.inbox(user), k.inbox_counts(user)],
             vec![upto.clone()],
         ),
-        Op::Login { .. } => return None,
+        Op::Login { .. } | Op::Resume { .. } => return None,
     };
     let keys = [k.router_lease(p), k.router_applied(p), k.session(user)]
         .into_iter()

@@ -14,8 +14,16 @@
 -- be neither guessed nor reused, even after Redis is restored from an
 -- older snapshot; the counter only counts the sessions opened. Private
 -- messages queued while the user was offline go out after `OK LOGIN`; the
--- effect names the last, which the edge acknowledges once shown. The
--- last two ARGV are the notice settings (see `notices`).
+-- effect names the last, which the edge acknowledges once shown. ARGV
+-- 17-18 are the notice settings (see `notices`).
+--
+-- The session gets a resume token (resume.lua): KEYS 17 its record, ARGV
+-- 19-20 the new token's hash ('' for none) and lifetime (ms). A RESUME
+-- (ARGV 21: the hash it gave) needs no password: the record must hold
+-- that hash (else `ERR bad-credentials`, `bad-token`), and the session
+-- goes back to the record's room (ARGV 22, as read before, and 23, its
+-- channel; KEYS 18, its members) rather than the lobby: `OK LOGIN <user>
+-- lobby`, then `OK JOIN <room>` after the queued messages.
 redis.register_function('chat_login', function(keys, args)
   local edges, done, account, fail_user, fail_addr, session, seq, edge_sessions =
     unpack(keys, 1, 8)
@@ -26,6 +34,8 @@ redis.register_function('chat_login', function(keys, args)
   local channel, lobby_channel, lobby_name, at_edge, at_room, old_channel, old_room_channel, sid =
     unpack(args, 9, 16)
   local n = notices(args, 17, lobby.sizes)
+  local t = {key = keys[17], next = args[19], ttl = tonumber(args[20]), presented = args[21],
+    back_room = args[22]}
 
   local now = now_ms()
   if now > tonumber(deadline) then return 'stale' end
@@ -33,7 +43,19 @@ redis.register_function('chat_login', function(keys, args)
   if not alive or tonumber(alive) < now then return 'stale' end
   local old = where(session)
   if not same_place(old, at_edge, at_room) then return 'moved' end
+  local token = token_check(t)
+  if token == 'moved' then return 'moved' end
   if not redis.call('SET', done, '1', 'NX', 'PX', 600000) then return 'duplicate' end
+  if token == 'bad' then
+    reply(channel, conn, rid, {err('bad-credentials', 'wrong user name or token')})
+    return 'bad-token'
+  end
+  -- Where the session starts: the lobby, or for a RESUME its room.
+  local room, room_name, room_channel = lobby, lobby_name, lobby_channel
+  if token == 'good' and t.back_room ~= '' and t.back_room ~= lobby_name then
+    room = {members = keys[18], rooms = lobby.rooms, sizes = lobby.sizes}
+    room_name, room_channel = t.back_room, args[23]
+  end
   if new_hash ~= '' then
     if redis.call('EXISTS', account) == 1 then
       reply(channel, conn, rid, {err('user-exists', 'the name ' .. user .. ' is taken')})
@@ -57,11 +79,12 @@ redis.register_function('chat_login', function(keys, args)
     }, old, user, old_room_channel, n)
   end
   redis.call('INCR', seq)
-  redis.call('HSET', session, 'edge', edge, 'conn', conn, 'sid', sid, 'room', lobby_name,
+  redis.call('HSET', session, 'edge', edge, 'conn', conn, 'sid', sid, 'room', room_name,
     'addr', addr, 'since', tostring(now))
   redis.call('SADD', edge_sessions, user)
-  enter_room(lobby, lobby_name, user)
+  enter_room(room, room_name, user)
   redis.call('SADD', online, user)
+  local expires = token_issue(t, room_name, now)
   local subs = redis.call('SMEMBERS', subscriptions)
   -- Private messages queued while offline follow OK LOGIN, in order. They
   -- leave the inbox when the edge has shown them (chat_delivered).
@@ -72,9 +95,10 @@ redis.register_function('chat_login', function(keys, args)
     lines[#lines + 1] = {k = 'dm', id = f.id or e[1], from = f.from or '?', text = f.text or ''}
     last = e[1]
   end
-  reply(channel, conn, rid, lines, {kind = 'login', user = user, sid = sid, room = lobby_name,
-    subs = table.concat(subs, ' '), inbox = last})
-  sys(n, lobby_channel, lobby_name, user, 'joined')
+  if room_name ~= lobby_name then lines[#lines + 1] = {k = 'ok_join', room = room_name} end
+  reply(channel, conn, rid, lines, {kind = 'login', user = user, sid = sid, room = room_name,
+    subs = table.concat(subs, ' '), inbox = last, expires = expires})
+  sys(n, room_channel, room_name, user, 'joined')
   return old.sid and 'replaced' or 'ok'
 end)
 
@@ -128,11 +152,12 @@ redis.register_function('chat_create_user', function(keys, args)
 end)
 
 -- Replaces the password of an account that exists (a deleted one does not
--- come back). KEYS 1: the account. ARGV 1: the bcrypt hash. Returns 1 if
--- replaced.
+-- come back) and revokes its resume token. KEYS 1: the account, 2: its
+-- resume token. ARGV 1: the bcrypt hash. Returns 1 if replaced.
 redis.register_function('chat_set_password', function(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then return 0 end
   redis.call('HSET', keys[1], 'password', args[1])
+  redis.call('DEL', keys[2])
   return 1
 end)
 
@@ -141,15 +166,16 @@ end)
 -- queued private messages and its publications. Conversations stay: they
 -- belong to the other side too.
 --
--- KEYS 1-6: the account, its subscriptions, its subscribers, its inbox,
--- its inbox's count per sender, its publications; then the subscriber sets of whom it subscribes to
--- (np), then for each of its subscribers (ns) their subscriptions and
--- session. ARGV: np, ns, the user, the channel name of an edge without its
+-- KEYS 1-7: the account, its subscriptions, its subscribers, its inbox,
+-- its inbox's count per sender, its publications, its resume token; then
+-- the subscriber sets of whom it subscribes to (np), then for each of its
+-- subscribers (ns) their subscriptions and session. ARGV: np, ns, the user, the channel name of an edge without its
 -- id, then the np publishers and the ns subscribers as read before.
 -- Returns 0 (no such account), 1 (deleted) or `moved` (the sets changed
 -- since they were read: read again).
 redis.register_function('chat_delete_user', function(keys, args)
-  local account, subscriptions, subscribers, inbox, inbox_counts, publications = unpack(keys, 1, 6)
+  local account, subscriptions, subscribers, inbox, inbox_counts, publications, resume =
+    unpack(keys, 1, 7)
   local np, ns, user, edge_channels = tonumber(args[1]), tonumber(args[2]), args[3], args[4]
   local function same(set, from, n)
     if redis.call('SCARD', set) ~= n then return false end
@@ -160,9 +186,9 @@ redis.register_function('chat_delete_user', function(keys, args)
   end
   if not (same(subscriptions, 5, np) and same(subscribers, 5 + np, ns)) then return 'moved' end
   if redis.call('DEL', account) == 0 then return 0 end
-  for i = 1, np do redis.call('SREM', keys[6 + i], user) end
+  for i = 1, np do redis.call('SREM', keys[7 + i], user) end
   for j = 1, ns do
-    local their_subscriptions, their_session = keys[6 + np + 2 * j - 1], keys[6 + np + 2 * j]
+    local their_subscriptions, their_session = keys[7 + np + 2 * j - 1], keys[7 + np + 2 * j]
     redis.call('SREM', their_subscriptions, user)
     -- An online subscriber's edge stops passing on the channel.
     local s = redis.call('HMGET', their_session, 'edge', 'conn', 'sid')
@@ -170,6 +196,6 @@ redis.register_function('chat_delete_user', function(keys, args)
       reply(edge_channels .. s[1], s[2], nil, nil, {kind = 'unsubscribe', sid = s[3], user = user})
     end
   end
-  redis.call('DEL', subscriptions, subscribers, inbox, inbox_counts, publications)
+  redis.call('DEL', subscriptions, subscribers, inbox, inbox_counts, publications, resume)
   return 1
 end)

@@ -92,9 +92,11 @@ routed('chat_say', function(q, keys, args)
     cjson.encode({k = 'msg', room = q.s.room, id = id, from = q.user, text = text}))
 end)
 
--- KEYS 4-7: the old room's members, the new room's, the set of rooms, the
--- room sizes. ARGV 11-15: the new room, the old room's channel, the new
--- room's channel, the notice settings (two, see `notices`).
+-- KEYS 4-8: the old room's members, the new room's, the set of rooms, the
+-- room sizes, the user's resume token (whose room follows the session's,
+-- for a RESUME to go back to). ARGV 11-15: the new room, the old room's
+-- channel, the new room's channel, the notice settings (two, see
+-- `notices`).
 local function move(q, keys, args, final)
   local to, old_channel, new_channel = args[11], args[12], args[13]
   local room, n = q.s.room, notices(args, 14, keys[7])
@@ -102,6 +104,7 @@ local function move(q, keys, args, final)
   leave_room({members = keys[4], rooms = keys[6], sizes = keys[7]}, room, q.user)
   enter_room({members = keys[5], rooms = keys[6], sizes = keys[7]}, to, q.user)
   redis.call('HSET', q.session, 'room', to)
+  if redis.call('EXISTS', keys[8]) == 1 then redis.call('HSET', keys[8], 'room', to) end
   answer(q, {final}, {kind = 'room', sid = q.sid, room = to})
   sys(n, old_channel, room, q.user, 'left')
   sys(n, new_channel, to, q.user, 'joined')
@@ -313,15 +316,18 @@ routed('chat_key', function(q, keys, args)
   answer(q, lines)
 end)
 
--- Ends the session `sid`, if it is still the current one. KEYS 4-8: the
+-- Ends the session `sid`, if it is still the current one. KEYS 4-9: the
 -- session's edge's session set, the online users, its room's members, the
--- set of rooms, the room sizes. ARGV 11: its room's channel, 12-13: the
--- notice settings (see `notices`).
+-- set of rooms, the room sizes, the user's resume token. ARGV 11: its
+-- room's channel, 12-13: the notice settings (see `notices`). A `/quit`
+-- (a request with a reply) also revokes the session's resume token; a
+-- connection that merely ends leaves it, for the client to come back.
 routed('chat_logout', function(q, keys, args)
   if q.rid ~= '0' then
     reply(q.channel, q.conn, q.rid, nil, {kind = 'close', reason = 'quit', sid = q.sid})
   end
   if q.s.sid == q.sid then
+    if q.rid ~= '0' then redis.call('DEL', keys[9]) end
     end_session({
       session = q.session, edge_sessions = keys[4], online = keys[5],
       room = {members = keys[6], rooms = keys[7], sizes = keys[8]},

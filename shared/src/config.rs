@@ -176,6 +176,10 @@ pub struct AuthConfig {
     /// (the instance died) is taken over by another. Keep it well below
     /// `edge.request_timeout_ms`.
     pub claim_idle_ms: u64,
+    /// How long a resume token (`TOKEN`, `RESUME`) stays good once nothing
+    /// renews it: its edge renews it every quarter of this while its
+    /// session lives. 0: no tokens are given (and `RESUME` always fails).
+    pub resume_ttl_ms: u64,
     /// Plain-HTTP admin port (`/healthz`, `/metrics`); empty: none.
     pub admin_listen: String,
 }
@@ -395,6 +399,7 @@ impl Default for AuthConfig {
             max_registrations: 60,
             failure_window_ms: 60_000,
             claim_idle_ms: 2_000,
+            resume_ttl_ms: 600_000,
             admin_listen: "127.0.0.1:9102".into(),
         }
     }
@@ -546,6 +551,9 @@ impl Config {
         if self.auth.seal_max_age_ms < self.edge.request_timeout_ms {
             return bad("auth.seal_max_age_ms must be at least edge.request_timeout_ms");
         }
+        if self.auth.resume_ttl_ms != 0 && self.auth.resume_ttl_ms < 1_000 {
+            return bad("auth.resume_ttl_ms must be 0 (off) or at least 1000");
+        }
         if self.auth.claim_idle_ms < 100 {
             return bad("auth.claim_idle_ms must be at least 100");
         }
@@ -645,6 +653,10 @@ mod tests {
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "0");
             assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "5");
+            jail.set_env("CHAT_AUTH__RESUME_TTL_MS", "999");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_AUTH__RESUME_TTL_MS", "0");
+            assert_eq!(Config::load(None).unwrap().auth.resume_ttl_ms, 0);
             jail.set_env("CHAT_NOTICES__LOBBY", "true");
             assert!(Config::load(None).unwrap().notices.lobby);
             jail.set_env("CHAT_EDGE__DRAIN_MAX_SHARE_PCT", "0");

@@ -48,6 +48,20 @@ pub enum Op {
         /// Create the account first (`REGISTER`).
         #[serde(default)]
         register: bool,
+        /// The SHA-256 (hex) of the resume token the edge gives the client
+        /// with `OK LOGIN`; empty: none (resume tokens are off).
+        #[serde(default)]
+        token: String,
+    },
+    /// `RESUME`: open a session with a resume token instead of a password
+    /// (auth-svc). The edge hashes the client's token: the token itself
+    /// never reaches Redis.
+    Resume {
+        /// The SHA-256 (hex) of the token the client gave.
+        token: String,
+        /// The SHA-256 of the token that replaces it.
+        next: String,
+        addr: String,
     },
     /// Say text in the current room. This and the rest go to router-svc.
     Say {
@@ -157,6 +171,10 @@ pub enum Effect {
         /// none): acknowledged with [`Op::Delivered`] once shown.
         #[serde(default)]
         inbox: String,
+        /// Until when (Unix ms, Redis's clock) the resume token given with
+        /// this login is good if nothing renews it; empty: none was given.
+        #[serde(default)]
+        expires: String,
     },
     /// The session `sid` moved to `room`.
     Room { sid: String, room: String },
@@ -219,6 +237,7 @@ mod tests {
                 password: Secret("pw with space".into()),
                 addr: "127.0.0.1:5".into(),
                 register: false,
+                token: String::new(),
             },
         };
         let json = serde_json::to_string(&r).unwrap();
@@ -246,6 +265,7 @@ mod tests {
                 room: "lobby".into(),
                 subs: String::new(),
                 inbox: String::new(),
+                expires: String::new(),
             })
         );
         let bye: Reply = serde_json::from_str(

@@ -33,6 +33,12 @@ impl Keys {
         format!("{}room:{room}", self.prefix)
     }
 
+    /// Hash `hash` (SHA-256 of the user's resume token, hex), `room` (the
+    /// room its session was last in), with expiry.
+    pub fn resume(&self, user: &str) -> String {
+        format!("{}resume:{user}", self.prefix)
+    }
+
     /// Set of non-empty rooms.
     pub fn rooms(&self) -> String {
         format!("{}rooms", self.prefix)
@@ -211,6 +217,7 @@ mod tests {
         assert_eq!(k.session("alice"), "chat:session:alice");
         assert_eq!(k.room("lobby"), "chat:room:lobby");
         assert_eq!(k.rooms(), "chat:rooms");
+        assert_eq!(k.resume("alice"), "chat:resume:alice");
         assert_eq!(k.dm("bob", "alice"), "chat:dm:alice:bob");
         assert_eq!(k.dm("alice", "bob"), "chat:dm:alice:bob");
         assert_eq!(k.subscribers("alice"), "chat:subscribers:alice");

@@ -19,6 +19,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod token;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

@@ -18,6 +18,9 @@ pub enum ServerLine {
     Hello { edge: String, version: String },
     /// `OK LOGIN <user> <room>`.
     OkLogin { user: String, room: String },
+    /// `TOKEN <token> <expires-ms>`: a resume token for `RESUME`, right
+    /// after `OK LOGIN`; good at least until `expires` (Unix ms).
+    Token { token: String, expires: u64 },
     /// `OK JOIN <room>`.
     OkJoin { room: String },
     /// `OK LEAVE <room>`: the room left.
@@ -197,6 +200,11 @@ impl ServerLine {
                 key: f.word()?,
                 fingerprint: f.last_word()?,
             },
+            "TOKEN" => {
+                let (token, expires) = (f.word()?, f.number()?);
+                f.end()?;
+                ServerLine::Token { token, expires }
+            }
             "INFO" => ServerLine::Info { text: f.text() },
             "MORE" => {
                 let (what, n) = (f.word()?, f.number()?);
@@ -350,6 +358,7 @@ impl fmt::Display for ServerLine {
         match self {
             Hello { edge, version } => write!(f, "HELLO {edge} {version}"),
             OkLogin { user, room } => write!(f, "OK LOGIN {user} {room}"),
+            Token { token, expires } => write!(f, "TOKEN {token} {expires}"),
             OkJoin { room } => write!(f, "OK JOIN {room}"),
             OkLeave { room } => write!(f, "OK LEAVE {room}"),
             Room { room, count } => write!(f, "ROOM {room} {count}"),
@@ -434,8 +443,8 @@ mod tests {
             assert_eq!(serde_json::from_str::<ServerLine>(&json).unwrap(), line);
             kinds.insert(serde_json::to_value(&line).unwrap()["k"].to_string());
         }
-        // 32 variants: the table shows each at least once.
-        assert_eq!(kinds.len(), 32, "kinds documented: {kinds:?}");
+        // 33 variants: the table shows each at least once.
+        assert_eq!(kinds.len(), 33, "kinds documented: {kinds:?}");
     }
 
     #[test]
@@ -466,6 +475,8 @@ mod tests {
             "OK MSG bob 1-0 later",
             "MORE HISTORY",
             "MORE WHO 3 more",
+            "TOKEN abc",
+            "TOKEN abc 12 more",
             "ERR no-such-code text",
             "MSG lobby 1-0",
             "hello there",

@@ -122,6 +122,11 @@ pub enum Command {
         user: String,
         password: String,
     },
+    /// `RESUME <user> <token>`: log in with a resume token.
+    Resume {
+        user: String,
+        token: String,
+    },
     Say(String),
     Join(String),
     Leave,
@@ -157,6 +162,7 @@ impl fmt::Debug for Command {
             Command::Register { user, .. } => {
                 write!(f, "Register {{ user: {user:?}, password: *** }}")
             }
+            Command::Resume { user, .. } => write!(f, "Resume {{ user: {user:?}, token: *** }}"),
             Command::Say(t) => f.debug_tuple("Say").field(t).finish(),
             Command::Join(r) => f.debug_tuple("Join").field(r).finish(),
             Command::Leave => f.write_str("Leave"),
@@ -220,6 +226,14 @@ impl Command {
             } else if word.eq_ignore_ascii_case("REGISTER") {
                 let (user, password) = credentials(rest)?;
                 Command::Register { user, password }
+            } else if word.eq_ignore_ascii_case("RESUME") {
+                match rest.split(' ').collect::<Vec<_>>().as_slice() {
+                    [user, token] if !token.is_empty() => Command::Resume {
+                        user: name(user)?,
+                        token: token.to_string(),
+                    },
+                    _ => return Err(BAD_ARGS),
+                }
             } else {
                 Command::Say(line.to_string())
             }));
@@ -272,14 +286,17 @@ impl Command {
     }
 }
 
-/// Whether a line may be sent before login: `LOGIN`, `REGISTER`, `/help`,
-/// `/ping`, `/quit` and `/edges` (judged by the keyword alone, so that anything else,
-/// even malformed, is answered `ERR auth-required`).
+/// Whether a line may be sent before login: `LOGIN`, `REGISTER`,
+/// `RESUME`, `/help`, `/ping`, `/quit` and `/edges` (judged by the keyword
+/// alone, so that anything else, even malformed, is answered
+/// `ERR auth-required`).
 pub fn allowed_before_login(line: &str) -> bool {
     let word = split_word(line).0;
-    ["LOGIN", "REGISTER", "/help", "/ping", "/quit", "/edges"]
-        .iter()
-        .any(|k| word.eq_ignore_ascii_case(k))
+    [
+        "LOGIN", "REGISTER", "RESUME", "/help", "/ping", "/quit", "/edges",
+    ]
+    .iter()
+    .any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// Splits off the first word at the first space; the rest keeps everything
@@ -354,6 +371,7 @@ fn history(args: &[&str]) -> Result<Command, ProtoError> {
 pub const HELP: &[&str] = &[
     "LOGIN <user> <password>      log in",
     "REGISTER <user> <password>   create an account and log in",
+    "RESUME <user> <token>        log in again with the token of a TOKEN line",
     "<text>                       say <text> in your room (//text says /text)",
     "/join <room>                 move to <room>",
     "/leave                       go back to the lobby",
@@ -430,6 +448,33 @@ mod tests {
             p("Register carol pw").unwrap(),
             Some(Command::Register { .. })
         ));
+    }
+
+    #[test]
+    fn resume_takes_a_user_and_one_token() {
+        assert_eq!(
+            p("RESUME alice 0123abcd").unwrap(),
+            Some(Command::Resume {
+                user: "alice".into(),
+                token: "0123abcd".into()
+            })
+        );
+        assert!(matches!(
+            p("resume bob x").unwrap(),
+            Some(Command::Resume { .. })
+        ));
+        for bad in [
+            "RESUME",
+            "RESUME alice",
+            "RESUME alice a b",
+            "RESUME alice ",
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadArgs, "{bad:?}");
+        }
+        assert_eq!(code("RESUME a.b tok"), ErrorCode::BadName);
+        let c = p("RESUME alice s3cret").unwrap().unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(allowed_before_login("RESUME alice x"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs};
 /// The library's source: its files, in order (the first names the library).
 pub const LIBRARY: &str = concat!(
     include_str!("../lua/common.lua"),
+    include_str!("../lua/resume.lua"),
     include_str!("../lua/router.lua"),
     include_str!("../lua/auth.lua"),
     include_str!("../lua/edges.lua"),

@@ -207,12 +207,22 @@ pub enum End {
     Gone,
 }
 
+/// A session's resume token (`TOKEN` lines), kept in memory only: the
+/// next login of `user` tries `RESUME` with it first, and falls back to
+/// the password when it is refused.
+#[derive(Debug, Default)]
+pub struct Resume {
+    pub user: String,
+    pub token: Option<String>,
+}
+
 /// Keeps a session open: connects to the least-loaded live edge (see
 /// [`attempts`]; with [`Timing::edges_every`] `None`, to the servers in
-/// turn), sends `login` first, then the lines from `outgoing`, and reports
-/// everything on `events`. After a loss it waits (backoff) and tries the
-/// next edge, unless the server said `BYE quit` or `BYE logged-in-elsewhere`,
-/// or refused the login for good. A `REDIRECT` is followed at once.
+/// turn), sends `login` first (or, once a `TOKEN` came, a `RESUME`), then
+/// the lines from `outgoing`, and reports everything on `events`. After a
+/// loss it waits (backoff) and tries the next edge, unless the server said
+/// `BYE quit` or `BYE logged-in-elsewhere`, or refused the login for good.
+/// A `REDIRECT` is followed at once.
 pub async fn keep_open(
     servers: Vec<String>,
     trust: Trust,
@@ -226,6 +236,10 @@ pub async fn keep_open(
         edges.known = learn_edges(&servers, &trust).await;
     }
     let mut order = attempts(&edges, &servers, None);
+    let mut resume = Resume {
+        user: login.split(' ').nth(1).unwrap_or_default().to_string(),
+        token: None,
+    };
     let mut attempt = 0u32;
     let mut delay = BACKOFF_MIN;
     loop {
@@ -256,8 +270,17 @@ pub async fn keep_open(
                     return;
                 }
                 let follow = timing.edges_every.is_some().then_some(&mut edges);
-                let end =
-                    session(stream, Some(&login), timing, &mut outgoing, &events, follow).await;
+                let first = Some(&login[..]);
+                let end = session(
+                    stream,
+                    first,
+                    &mut resume,
+                    timing,
+                    &mut outgoing,
+                    &events,
+                    follow,
+                )
+                .await;
                 if since.elapsed() > STABLE {
                     delay = BACKOFF_MIN;
                 }
@@ -344,9 +367,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 /// [`Timing::edges_every`] once logged in (the answer is not passed on),
 /// and a `REDIRECT` becomes the hint (before the login is answered, it
 /// ends the session: [`End::Redirected`]).
+///
+/// `TOKEN` lines are kept in `resume`, not passed on. With a token there,
+/// the login is `RESUME` instead; should that be answered
+/// `ERR bad-credentials`, the token goes and `login` follows.
 pub async fn session(
     stream: TlsStream<TcpStream>,
     login: Option<&str>,
+    resume: &mut Resume,
     timing: Timing,
     outgoing: &mut mpsc::Receiver<String>,
     events: &mpsc::Sender<Net>,
@@ -359,8 +387,10 @@ pub async fn session(
         decoder: LineDecoder::new(MAX_LINE),
     };
     let mut logging_in = login.is_some();
-    if let Some(login) = login {
-        if let Err(e) = wr.write_all(format!("{login}\n").as_bytes()).await {
+    let resuming = login.and(resume.token.as_ref());
+    let mut resuming = resuming.map(|t| format!("RESUME {} {t}", resume.user));
+    if let Some(first) = resuming.as_deref().or(login) {
+        if let Err(e) = wr.write_all(format!("{first}\n").as_bytes()).await {
             return End::Broken(e.to_string());
         }
     }
@@ -414,6 +444,24 @@ pub async fn session(
                             continue;
                         }
                         Ok(ServerLine::OkLogin { .. }) => logging_in = false,
+                        Ok(ServerLine::Token { token, .. }) => {
+                            resume.token = Some(token);
+                            continue;
+                        }
+                        Ok(ServerLine::Err { code: ErrorCode::BadCredentials, .. })
+                            if logging_in && resuming.take().is_some() =>
+                        {
+                            resume.token = None;
+                            let login = login.unwrap_or_default();
+                            if let Err(e) = wr.write_all(format!("{login}\n").as_bytes()).await {
+                                return End::Broken(e.to_string());
+                            }
+                            let text = "the resume token was refused: logging in with the password";
+                            if events.send(Net::Notice(text.into())).await.is_err() {
+                                return End::Gone;
+                            }
+                            continue;
+                        }
                         Ok(ServerLine::Bye { reason }) => bye = Some(reason),
                         Ok(ServerLine::Err { code, text }) if logging_in => {
                             let _ = events.send(Net::Line(line)).await;

@@ -176,6 +176,10 @@ enum Quiet {
     Subscriptions,
     /// `/join <room>`: back into the room after a reconnect.
     Rejoin,
+    /// The same, once a `RESUME` has put the session back there already
+    /// (its `OK JOIN` came with the `OK LOGIN`): the answer says nothing
+    /// new.
+    Rejoined,
     /// `/history 50` after a reconnect: shows the rows newer than
     /// `since` (the newest message shown, or the join) and older than
     /// `until` (the first message that came live meanwhile).
@@ -414,8 +418,16 @@ impl Model {
             ServerLine::OkJoin { room } => {
                 self.rooms.insert(room.clone());
                 self.room = room;
-                if self.pending.front() == Some(&Quiet::Rejoin) {
+                // After a RESUME, the server's own `OK JOIN` comes before
+                // the answers to what the client sent.
+                let resumed = self.pending.iter().position(|q| *q == Quiet::Rejoin);
+                if self.pending.front() == Some(&Quiet::Rejoined) {
+                    self.answered();
+                } else if self.pending.front() == Some(&Quiet::Rejoin) {
                     self.pending.pop_front();
+                    out.push(self.catch_up());
+                } else if let Some(i) = resumed {
+                    self.pending[i] = Quiet::Rejoined;
                     out.push(self.catch_up());
                 } else {
                     self.mark(&self.room.clone(), Id::at(now));
@@ -549,8 +561,9 @@ impl Model {
                     false,
                 );
             }
-            // The end of the connection follows and says why.
-            ServerLine::Bye { .. } => {}
+            // The end of the connection follows and says why; the
+            // connection keeps the resume token.
+            ServerLine::Bye { .. } | ServerLine::Token { .. } => {}
             ServerLine::OkHistory { n }
                 if matches!(self.pending.front(), Some(Quiet::CatchUp { .. })) =>
             {

@@ -46,7 +46,19 @@ pub async fn run(
     let (net_tx, mut net_rx) = mpsc::channel(conn::QUEUE);
     let session = tokio::spawn(async move {
         let timing = conn::Timing::default();
-        conn::session(stream, login.as_deref(), timing, &mut out_rx, &net_tx, None).await
+        // One session, no reconnect: its resume token is of no use.
+        let mut resume = conn::Resume::default();
+        let login = login.as_deref();
+        conn::session(
+            stream,
+            login,
+            &mut resume,
+            timing,
+            &mut out_rx,
+            &net_tx,
+            None,
+        )
+        .await
     });
     let (in_tx, mut in_rx) = mpsc::channel(conn::QUEUE);
     tokio::spawn(read_input(in_tx));

@@ -281,6 +281,28 @@ fn count(m: &Model, text: &str) -> usize {
 }
 
 #[test]
+fn a_resume_that_put_the_session_back_in_its_room_is_taken_as_the_rejoin() {
+    let mut m = logged_in("lobby");
+    m.on_line(2_000, "OK JOIN den");
+    assert_eq!(reconnect(&mut m), ["/subscriptions", "/join den"]);
+    // The server's own OK JOIN (RESUME) comes with the OK LOGIN, before
+    // the answers to what the client sent: the catch-up goes out at once.
+    assert_eq!(
+        m.on_line(NOW, "OK JOIN den"),
+        [format!("/history {CATCH_UP}")]
+    );
+    assert_eq!(m.room, "den");
+    assert!(m.on_line(NOW, "OK SUBSCRIPTIONS 0").is_empty());
+    // The answer to the client's own /join says nothing new.
+    assert!(m.on_line(NOW, "OK JOIN den").is_empty());
+    assert!(!m.can_send(), "not before the catch-up");
+    assert!(m.on_line(NOW, "OK HISTORY 0").is_empty());
+    assert!(m.can_send());
+    assert_eq!(count(&m, "you are now in #den"), 1, "only the first join");
+    assert_eq!(count(&m, "back in #den"), 1);
+}
+
+#[test]
 fn a_reconnect_rejoins_and_shows_only_what_was_missed() {
     // alice joins #den at 2000 ms, after bob's first message.
     let mut m = logged_in("lobby");
@@ -615,12 +637,17 @@ impl FakeEdge {
 
     /// The next connection, once its first line, the login, is in.
     async fn accept(&self) -> ServerSide {
+        self.accept_sending("LOGIN alice pw").await
+    }
+
+    /// The next connection, once its first line, `first`, is in.
+    async fn accept_sending(&self, first: &str) -> ServerSide {
         use tokio::io::AsyncBufReadExt;
         let (tcp, _) = within(self.listener.accept()).await.unwrap();
         let tls = self.acceptor.accept(tcp).await.unwrap();
         let (rd, wr) = tokio::io::split(tls);
         let mut lines = tokio::io::BufReader::new(rd).lines();
-        assert_eq!(read(&mut lines).await.as_deref(), Some("LOGIN alice pw"));
+        assert_eq!(read(&mut lines).await.as_deref(), Some(first));
         (lines, wr)
     }
 
@@ -712,6 +739,31 @@ async fn a_login_that_failed_for_now_is_tried_again_on_a_new_connection() {
     let (_lines, mut wr) = edge.accept().await;
     write(&mut wr, "OK LOGIN alice lobby\n").await;
     connected(&mut events).await;
+    assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+}
+
+#[tokio::test]
+async fn reconnects_with_its_resume_token_and_falls_back_to_the_password() {
+    let (edge, _out, mut events, (lines, mut wr)) = fake_session(Default::default()).await;
+    write(&mut wr, "OK LOGIN alice lobby\nTOKEN t0k 99\nOK PING\n").await;
+    connected(&mut events).await;
+    assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+    assert_eq!(event(&mut events).await, line("OK PING"), "no TOKEN shown");
+    drop((lines, wr));
+    let lost = event(&mut events).await;
+    assert!(matches!(lost, Some(conn::Net::Lost { .. })), "{lost:?}");
+
+    let (mut lines, mut wr) = edge.accept_sending("RESUME alice t0k").await;
+    write(&mut wr, "ERR bad-credentials wrong user name or token\n").await;
+    assert_eq!(read(&mut lines).await.as_deref(), Some("LOGIN alice pw"));
+    write(&mut wr, "OK LOGIN alice lobby\n").await;
+    connected(&mut events).await;
+    assert_eq!(
+        event(&mut events).await,
+        Some(conn::Net::Notice(
+            "the resume token was refused: logging in with the password".into()
+        ))
+    );
     assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
 }
 
@@ -1064,9 +1116,11 @@ fn session_with_edges(
             ..Default::default()
         };
         let login = Some("LOGIN alice pw");
+        let mut resume = conn::Resume::default();
         let end = conn::session(
             stream,
             login,
+            &mut resume,
             timing,
             &mut out_rx,
             &net_tx,

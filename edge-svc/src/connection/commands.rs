@@ -20,6 +20,8 @@ pub(super) enum Action {
         password: Secret,
         register: bool,
     },
+    /// `RESUME`: log in with a resume token.
+    Resume { user: String, token: Secret },
     /// Lines the edge answers by itself, one queue entry each.
     Reply(Vec<ServerLine>),
     /// Log out and close.
@@ -50,6 +52,10 @@ pub(super) fn action(cmd: Command, keys: &Keys) -> Action {
             user,
             password: Secret(password),
             register: true,
+        },
+        Command::Resume { user, token } => Action::Resume {
+            user,
+            token: Secret(token),
         },
         Command::Join(room) => Action::Route {
             hold: vec![keys.room_channel(&room)],
@@ -135,6 +141,15 @@ mod tests {
             act("REGISTER bob pw2"),
             Action::Login { register: true, .. }
         ));
+        let a = act("RESUME alice tok3");
+        assert_eq!(
+            a,
+            Action::Resume {
+                user: "alice".into(),
+                token: Secret("tok3".into()),
+            }
+        );
+        assert!(!format!("{a:?}").contains("tok3"));
     }
 
     #[test]

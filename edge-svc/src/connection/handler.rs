@@ -7,9 +7,10 @@ use crate::frame::{Frame, LineDecoder};
 use crate::hub::{Closer, Session};
 use crate::limits::{Bucket, Mistakes, Slot};
 use bytes::BytesMut;
-use shared::envelope::{Effect, Op, Request, Secret};
+use shared::envelope::{Effect, Op, Request};
 use shared::line::ServerLine;
 use shared::protocol::{self, Command, ErrorCode, ProtoError};
+use shared::token::{new_token, token_hash};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,7 +199,28 @@ impl Handler {
                 user,
                 password,
                 register,
-            } => self.login(user, password, register).await,
+            } => {
+                // Sealed to auth-svc before it enters Redis, for this
+                // request only.
+                let (ctx, conn, addr) = (self.ctx.clone(), self.id, self.peer.to_string());
+                let name = user.clone();
+                self.login(user, move |rid, token| {
+                    let binding =
+                        shared::seal::binding(&ctx.cfg.edge.id, conn, rid, &name, register);
+                    Op::Login {
+                        password: ctx.sealer.seal(&binding, &password.0),
+                        addr,
+                        register,
+                        token,
+                    }
+                })
+                .await
+            }
+            Action::Resume { user, token } => {
+                let (addr, token) = (self.peer.to_string(), token_hash(&token.0));
+                self.login(user, |_, next| Op::Resume { token, next, addr })
+                    .await
+            }
             Action::Reply(lines) => {
                 for line in lines {
                     self.reply(line);
@@ -245,8 +267,10 @@ impl Handler {
         }
     }
 
-    /// `LOGIN`, or `REGISTER` with `register`.
-    async fn login(&mut self, user: String, password: Secret, register: bool) {
+    /// `LOGIN`, `REGISTER` or `RESUME`: `op` is its request, given the
+    /// hash of the resume token the new session is to get (empty: none).
+    /// The token itself stays on this edge until it goes to the client.
+    async fn login(&mut self, user: String, op: impl FnOnce(u64, String) -> Op) {
         if self.session.is_some() {
             self.reply(ServerLine::err(
                 ErrorCode::AlreadyAuthenticated,
@@ -255,14 +279,15 @@ impl Handler {
             return;
         }
         let rid = self.ctx.next_rid();
-        // Sealed to auth-svc before it enters Redis, for this request only.
-        let binding = shared::seal::binding(&self.ctx.cfg.edge.id, self.id, rid, &user, register);
-        let op = Op::Login {
-            password: self.ctx.sealer.seal(&binding, &password.0),
-            addr: self.peer.to_string(),
-            register,
+        let next = if self.ctx.cfg.auth.resume_ttl_ms > 0 {
+            let token = new_token();
+            let hash = token_hash(&token);
+            self.ctx.hub.give_token(self.id, token);
+            hash
+        } else {
+            String::new()
         };
-        let req = self.request(rid, &user, op);
+        let req = self.request(rid, &user, op(rid, next));
         let stream = self.ctx.keys.auth_requests();
         // Nothing of the claimed user's is read or subscribed before
         // auth-svc has checked the password.
@@ -272,6 +297,7 @@ impl Handler {
                 sid,
                 inbox,
                 subs,
+                room,
                 ..
             })) => {
                 let span = tracing::Span::current();
@@ -281,7 +307,7 @@ impl Handler {
                 self.ctx.metrics.logins_ok.inc();
                 self.session = Some(Session { user, sid });
                 self.slot.logged_in();
-                self.shown_when_subscribed(&subs).await;
+                self.shown_when_subscribed(&subs, &room).await;
                 if !inbox.is_empty() {
                     // Shown (queued before anything else): they may go.
                     self.queue(Op::Delivered { upto: inbox });
@@ -296,14 +322,18 @@ impl Handler {
     }
 
     /// Lets the client see `OK LOGIN` (queued behind a gate) once the
-    /// channels of the publishers `subs` are subscribed, so that it misses
-    /// nothing published after it; after the request timeout, anyway.
-    async fn shown_when_subscribed(&self, subs: &str) {
+    /// channels of the publishers `subs`, and of `room` unless it is the
+    /// lobby (a RESUME's), are subscribed, so that it misses nothing
+    /// published after it; after the request timeout, anyway.
+    async fn shown_when_subscribed(&self, subs: &str, room: &str) {
         let keys = &self.ctx.keys;
-        let channels: Vec<String> = subs
+        let mut channels: Vec<String> = subs
             .split_whitespace()
             .map(|p| keys.pub_channel(p))
             .collect();
+        if room != protocol::LOBBY {
+            channels.push(keys.room_channel(room));
+        }
         if channels.is_empty() {
             return;
         }

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
+use shared::protocol::LOBBY;
 use std::collections::HashSet;
 use tokio::sync::oneshot;
 
@@ -89,8 +90,17 @@ impl Hub {
                 sid,
                 room,
                 subs,
+                expires,
                 ..
             }) if waiting => {
+                // The resume token follows `OK LOGIN` at once.
+                let token = conn.token.take();
+                if let (Some(token), Ok(expires)) = (token, expires.parse()) {
+                    let at = 1.min(reply.lines.len());
+                    reply.lines.insert(at, ServerLine::Token { token, expires });
+                }
+                // A RESUME may put the session back in a room of its own.
+                let gated = !subs.is_empty() || room != LOBBY;
                 conn.session = Some(Session {
                     user: user.clone(),
                     sid: sid.clone(),
@@ -105,7 +115,7 @@ impl Hub {
                 // The client sees `OK LOGIN` once those channels are
                 // subscribed (the reader opens the gate): nothing published
                 // after it is missed. What arrives meanwhile waits behind it.
-                if !subs.is_empty() {
+                if gated {
                     let (open, gate) = oneshot::channel();
                     self.push(conn, Out::Gate(gate));
                     conn.gate = Some(open);

@@ -101,6 +101,9 @@ struct Conn {
     gate: Option<oneshot::Sender<()>>,
     /// Bytes of the replies it waited for, since [`Hub::reply_bytes`].
     reply_bytes: usize,
+    /// The resume token for the login it waits for: shown (`TOKEN`) right
+    /// after that login's `OK LOGIN`.
+    token: Option<String>,
 }
 
 #[derive(Default)]
@@ -184,6 +187,7 @@ impl Hub {
                 pending: None,
                 gate: None,
                 reply_bytes: 0,
+                token: None,
             },
         );
     }
@@ -220,6 +224,14 @@ impl Hub {
             c.pending = Some((rid, tx));
         }
         rx
+    }
+
+    /// The resume token to give `conn` with its next login, should it
+    /// succeed.
+    pub(crate) fn give_token(&self, conn: u64, token: String) {
+        if let Some(c) = self.lock().conns.get_mut(&conn) {
+            c.token = Some(token);
+        }
     }
 
     /// The bytes of the replies `conn` waited for since the last call.

@@ -36,6 +36,7 @@ fn login_reply(conn: u64, rid: u64, user: &str, sid: &str) -> Vec<u8> {
             room: "lobby".into(),
             subs: String::new(),
             inbox: String::new(),
+            expires: String::new(),
         }),
         sid: String::new(),
     })
@@ -72,6 +73,33 @@ fn room_lines_reach_only_logged_in_members() {
         ["OK LOGIN alice lobby\n", "MSG lobby 1-0 bob hi\n"]
     );
     assert!(lines(&mut b).is_empty(), "not logged in, not in the room");
+}
+
+#[test]
+fn the_resume_token_follows_ok_login_and_a_resumed_room_waits_behind_a_gate() {
+    let (hub, _tasks) = hub();
+    let (mut a, _) = conn(&hub, 1, 8);
+    let _wait = hub.expect(1, 10);
+    hub.give_token(1, "t0k".into());
+    let mut login = serde_json::from_slice::<Reply>(&login_reply(1, 10, "alice", "5")).unwrap();
+    login
+        .lines
+        .push(ServerLine::parse("DM 1-0 bob queued").unwrap());
+    login.lines.push(ServerLine::OkJoin { room: "dev".into() });
+    if let Some(Effect::Login { room, expires, .. }) = &mut login.effect {
+        *room = "dev".into();
+        *expires = "1795426330266".into();
+    }
+    hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&login).unwrap());
+    assert_eq!(
+        lines(&mut a),
+        [
+            "GATE",
+            "OK LOGIN alice lobby\nTOKEN t0k 1795426330266\nDM 1-0 bob queued\nOK JOIN dev\n"
+        ]
+    );
+    hub.dispatch("chat:ch:room:dev", &wire("MSG dev 1-0 bob in dev"));
+    assert_eq!(lines(&mut a), ["MSG dev 1-0 bob in dev\n"]);
 }
 
 #[test]
@@ -163,6 +191,7 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
         room: "lobby".into(),
         subs: "carol dave".into(),
         inbox: String::new(),
+        expires: String::new(),
     });
     hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&login).unwrap());
     let notice = |rid: u64, sid: &str, lines: &[&str], effect: Option<Effect>| {
