@@ -1,6 +1,7 @@
 //! A user's public identity key for end-to-end encrypted private messages: its wire form (base64) and its fingerprint.
 
 use base64::Engine;
+use sha2::Digest;
 
 /// An X25519 public key (32 bytes), as `/key set` carries it and `KEY`
 /// lines show it: standard base64 with padding (44 characters).
@@ -21,8 +22,8 @@ impl IdentityKey {
     /// The first 16 bytes of the key's SHA-256, in hex, as eight groups of
     /// four joined by `:`: short enough to read out over the phone.
     pub fn fingerprint(&self) -> String {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &self.0);
-        digest.as_ref()[..16]
+        let digest = sha2::Sha256::digest(self.0);
+        digest[..16]
             .chunks(2)
             .map(|pair| format!("{:02x}{:02x}", pair[0], pair[1]))
             .collect::<Vec<_>>()

@@ -1,14 +1,14 @@
 //! Resume tokens and other random secrets: 256 bits from the OS's CSPRNG, in hex, and their SHA-256 (what Redis keeps).
 
-use ring::rand::SecureRandom;
+use crypto_box::aead::rand_core::RngCore;
+use crypto_box::aead::OsRng;
+use sha2::{Digest, Sha256};
 
 /// `bytes` random bytes from the operating system's CSPRNG, in hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    ring::rand::SystemRandom::new()
-        .fill(&mut buf)
-        .expect("the system's random source works");
-    hex(&buf)
+    OsRng.fill_bytes(&mut buf);
+    crate::tls::hex(&buf)
 }
 
 /// A new resume token: 256 random bits, 64 hex digits.
@@ -19,11 +19,7 @@ pub fn new_token() -> String {
 /// The SHA-256 of a token, in hex: all Redis ever holds of it. A token
 /// has full entropy, so a plain hash is enough (no salt, no stretching).
 pub fn token_hash(token: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::tls::hex(&Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]
