@@ -23,6 +23,14 @@ pub const KEEP_EVERYTHING: &[&str] = &[
     "no",
 ];
 
+/// A Redis started with [`KEEP_EVERYTHING`].
+pub fn keep_everything() -> crate::RedisOptions {
+    crate::RedisOptions {
+        args: KEEP_EVERYTHING.iter().map(|a| a.to_string()).collect(),
+        ..crate::RedisOptions::default()
+    }
+}
+
 /// The places [`places_of`] looks in.
 pub const PLACES: [&str; 5] = ["aof", "rdb", "slowlog", "monitor", "keys"];
 

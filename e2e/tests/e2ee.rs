@@ -1,6 +1,7 @@
 //! End-to-end encrypted private messages: `chat` clients as processes seal and open them, while Redis and raw clients see only ciphertext; `/key` over the wire.
 
-use e2e::{binary, config_dir, eventually, ChatClient, System};
+use e2e::secrets::{keep_everything, places_of, PLACES};
+use e2e::{binary, config_dir, eventually, ChatClient, Shape, System};
 use redis::AsyncCommands;
 use shared::identity::IdentityKey;
 use std::os::unix::fs::PermissionsExt;
@@ -64,7 +65,9 @@ async fn close(mut c: ChatClient, sys: &System, user: &str) {
 
 #[tokio::test]
 async fn private_messages_are_opened_by_the_clients_and_only_ciphertext_reaches_redis() {
-    let sys = System::start().await;
+    // Redis keeps everything it can: AOF, slow log of every command, plain
+    // dumps.
+    let sys = System::start_on(Shape::default(), keep_everything(), |_| {}).await;
     sys.add_users(&["alice", "bob", "carol"]).await;
     let (a, b) = (config_dir(), config_dir());
     let mut feed = sys.redis.monitor().await;
@@ -151,15 +154,29 @@ async fn private_messages_are_opened_by_the_clients_and_only_ciphertext_reaches_
         .await;
 
     // Nothing in Redis, nor any command it ran (streams, functions,
-    // channels), held a plain text between the two.
-    let ran = feed.ran_before("e2ee-end").await.join("\n");
-    let stored = everything(&sys).await;
-    for secret in ["swordfish", "marlin", "tuna", "mackerel", "xxxxxxxx"] {
-        assert!(!ran.contains(secret), "{secret} went through Redis");
-        assert!(!stored.contains(secret), "{secret} is in Redis:\n{stored}");
+    // channels), held a plain text between the two: not its AOF, a dump,
+    // its slow log, a MONITOR capture or any key's value.
+    let ran = feed.ran_before("e2ee-end").await;
+    let secrets = ["swordfish", "marlin", "tuna", "mackerel", "xxxxxxxx"];
+    let needles: Vec<&str> = secrets
+        .iter()
+        .copied()
+        .chain(["hello carol", "e2e:"])
+        .collect();
+    let found = places_of(&sys.redis, &ran, &needles).await;
+    for secret in secrets {
+        assert!(found[secret].is_empty(), "{secret} in {:?}", found[secret]);
     }
-    assert!(ran.contains("hello carol"), "the plain one did");
-    assert!(stored.contains("e2e:"), "{stored}");
+    // The sweep finds what is there: the plain one, and the sealed ones.
+    for there in ["hello carol", "e2e:"] {
+        assert_eq!(
+            found[there].len(),
+            PLACES.len(),
+            "{there}: {:?}",
+            found[there]
+        );
+    }
+    let stored = everything(&sys).await;
     let dm_key = sys.keys().dm("alice", "bob");
     assert!(stored.contains(&dm_key));
 }

@@ -4,16 +4,9 @@
 //! that is tampered with, sealed to another key or replayed for another
 //! request is refused with `ERR bad-credentials`, its content not logged.
 
-use e2e::secrets::{places_of, KEEP_EVERYTHING, PLACES};
-use e2e::{RedisOptions, Role, Shape, System, TestRedis};
+use e2e::secrets::{keep_everything, places_of, PLACES};
+use e2e::{Role, Shape, System, TestRedis};
 use shared::envelope::{Op, Request, Secret};
-
-fn keep_everything() -> RedisOptions {
-    RedisOptions {
-        args: KEEP_EVERYTHING.iter().map(|a| a.to_string()).collect(),
-        ..RedisOptions::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_password_is_anywhere_in_redis() {
