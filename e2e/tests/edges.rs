@@ -16,7 +16,7 @@ async fn edges(c: &mut e2e::Client) -> (Vec<String>, String) {
 
 #[tokio::test]
 async fn edges_are_listed_before_and_after_login() {
-    let sys = System::start_with(Shape::new(3, 1, 1), |_| {}).await;
+    let mut sys = System::start_with(Shape::new(3, 1, 1), |_| {}).await;
     sys.add_user("alice").await;
     let mut c = sys.connect(0).await;
     let (before, last) = edges(&mut c).await;
@@ -49,6 +49,9 @@ async fn edges_are_listed_before_and_after_login() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Then it exits, as on SIGTERM, for its supervisor to start it again.
+    let status = sys.exited(Role::Edge, 2).await;
+    assert!(status.success(), "edge 3 exit status {status}");
 }
 
 #[tokio::test]

@@ -79,15 +79,19 @@ pub async fn run(
         tokio::spawn(shared::admin::serve(admin, ctx.clone(), background.clone()));
     }
     tokio::spawn(crate::drain::drain(ctx.clone()));
-    // A stop drains first: new clients are still told where to go (and
-    // closed) while the clients are moved; then accepting stops.
-    // All within shutdown_grace_ms of the signal.
+    // A stop (or `POST /drain`) drains first: new clients are still told
+    // where to go (and closed) while the clients are moved; then accepting
+    // stops and the edge exits. All within shutdown_grace_ms of the signal
+    // or the request.
     let stop = CancellationToken::new();
     let (deadline_tx, deadline) = tokio::sync::oneshot::channel();
     tokio::spawn({
         let (ctx, stop) = (ctx.clone(), stop.clone());
         async move {
-            shutdown.cancelled().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = ctx.drain.cancelled() => {}
+            }
             let _ = deadline_tx.send(Instant::now() + ctx.cfg.shutdown_grace());
             ctx.drain.cancel();
             let moved = ctx.drained.cancelled();
