@@ -19,6 +19,11 @@ use tokio_util::sync::CancellationToken;
 /// edges (a Redis that does not answer must not hold new clients up).
 pub(crate) const EDGES_READ_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a read of the other edges serves the placement of new
+/// connections: a storm of connections costs Redis one read per period,
+/// not one each (this edge's own count is always the live one).
+const EDGES_CACHED_FOR: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What every connection of this edge shares.
 pub(crate) struct Ctx {
     pub(crate) cfg: Config,
@@ -36,6 +41,8 @@ pub(crate) struct Ctx {
     pub(crate) drained: CancellationToken,
     /// Seals passwords to auth-svc's public key.
     pub(crate) sealer: Sealer,
+    /// The last read of the open edges, for placing new connections.
+    placement: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<EdgeLoad>>)>>,
     next_conn: AtomicU64,
     next_rid: AtomicU64,
 }
@@ -54,6 +61,7 @@ impl Ctx {
             public_addr,
             drain: CancellationToken::new(),
             drained: CancellationToken::new(),
+            placement: std::sync::Mutex::new(None),
             keys,
             hub,
             redis,
@@ -153,9 +161,7 @@ impl Ctx {
         if !draining && edge.redirect_above_pct == 0 && edge.redirect_min_excess == 0 {
             return None;
         }
-        let limit = EDGES_READ_LIMIT.min(edge.request_timeout());
-        let read = tokio::time::timeout(limit, self.open_edges()).await;
-        let Ok(Ok(edges)) = read else { return None };
+        let edges = self.placement_edges(draining).await?;
         let own = self.public_addr.as_str();
         if draining {
             return shared::placement::least_loaded(&edges, Some(own)).map(|e| e.addr.clone());
@@ -163,6 +169,24 @@ impl Ctx {
         let conns = self.metrics.connections.get().max(0) as u64;
         let (pct, excess) = (edge.redirect_above_pct, edge.redirect_min_excess);
         shared::placement::redirect(&edges, own, conns, pct, excess)
+    }
+
+    /// The open edges for placing a new connection: a read at most
+    /// [`EDGES_CACHED_FOR`] old (`fresh`: a new one). No answer from
+    /// Redis in time: `None`.
+    async fn placement_edges(&self, fresh: bool) -> Option<Arc<Vec<EdgeLoad>>> {
+        let cached = self.placement.lock().expect("placement cache").clone();
+        if let Some((at, edges)) = cached.filter(|_| !fresh) {
+            if at.elapsed() < EDGES_CACHED_FOR {
+                return Some(edges);
+            }
+        }
+        let limit = EDGES_READ_LIMIT.min(self.cfg.edge.request_timeout());
+        let read = tokio::time::timeout(limit, self.open_edges()).await;
+        let edges = Arc::new(read.ok()?.ok()?);
+        *self.placement.lock().expect("placement cache") =
+            Some((std::time::Instant::now(), edges.clone()));
+        Some(edges)
     }
 
     /// Asks the router to end `session` (if it is still the current one).
