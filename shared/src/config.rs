@@ -148,6 +148,11 @@ pub struct AuthConfig {
     pub bcrypt_cost: u32,
     /// Password checks that run at once; 0 means the number of cores.
     pub bcrypt_concurrency: usize,
+    /// How much auth-svc raises its own nice value (0..=19) as it starts:
+    /// bcrypt is bulk work, and on a busy machine it gives way to the work
+    /// chat waits for (edges, routers, Redis); 0: the priority it was
+    /// started with.
+    pub nice: i32,
     /// `force-logout` or `reject`.
     pub duplicate_login: DuplicateLogin,
     /// Most requests read per stream read.
@@ -389,6 +394,7 @@ impl Default for AuthConfig {
             seal_max_age_ms: 60_000,
             bcrypt_cost: 12,
             bcrypt_concurrency: 0,
+            nice: 10,
             duplicate_login: DuplicateLogin::ForceLogout,
             batch: 64,
             max_in_flight: 0,
@@ -554,6 +560,9 @@ impl Config {
         if self.auth.resume_ttl_ms != 0 && self.auth.resume_ttl_ms < 1_000 {
             return bad("auth.resume_ttl_ms must be 0 (off) or at least 1000");
         }
+        if !(0..=19).contains(&self.auth.nice) {
+            return bad("auth.nice must be 0..=19");
+        }
         if self.auth.claim_idle_ms < 100 {
             return bad("auth.claim_idle_ms must be at least 100");
         }
@@ -653,6 +662,9 @@ mod tests {
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "0");
             assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "5");
+            jail.set_env("CHAT_AUTH__NICE", "20");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_AUTH__NICE", "10");
             jail.set_env("CHAT_AUTH__RESUME_TTL_MS", "999");
             assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
             jail.set_env("CHAT_AUTH__RESUME_TTL_MS", "0");

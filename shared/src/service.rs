@@ -46,6 +46,19 @@ impl<E: std::error::Error> From<E> for Failure {
     }
 }
 
+/// Raises the calling thread's nice value by `by` (to 19 at most); threads
+/// it starts afterwards inherit it. Failing is only logged.
+fn lower_priority(by: i32) {
+    if by == 0 {
+        return;
+    }
+    let me = Some(rustix::thread::gettid());
+    let now = rustix::process::getpriority_process(me).unwrap_or(0);
+    if let Err(e) = rustix::process::setpriority_process(me, (now + by).min(19)) {
+        tracing::warn!(error = %e, by, "could not lower this process's priority");
+    }
+}
+
 /// Parses the command line of service `name` (described by `about`),
 /// starts logging, loads the configuration (a bad one ends the process with
 /// status 64 before anything binds), then runs `service` to its end on a
@@ -60,6 +73,10 @@ where
     let cli = Cli::<A>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     crate::telemetry::init();
     let cfg = Config::load_or_exit(name, cli.config.as_deref());
+    // Before the runtime's threads exist: they take this thread's value.
+    if name == "auth-svc" {
+        lower_priority(cfg.auth.nice);
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(async move { service(cli.more, cfg).await }) {
         Ok(()) => ExitCode::SUCCESS,
