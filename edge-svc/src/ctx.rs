@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// The longest a new connection or a drain waits to learn the other
+/// The longest a new connection waits to learn the other
 /// edges (a Redis that does not answer must not hold new clients up).
 pub(crate) const EDGES_READ_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 

@@ -2,7 +2,7 @@
 //! clients and moves its clients to the other live edges, spread over the
 //! drain window.
 
-use crate::ctx::{Ctx, EDGES_READ_LIMIT};
+use crate::ctx::Ctx;
 use shared::line::ServerLine;
 use shared::placement::{random_below, spread};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ pub(crate) async fn drain(ctx: Arc<Ctx>) {
     if let Err(e) = ctx.beat(false).await {
         tracing::warn!(error = %e, "marking the edge draining failed");
     }
-    let limit = EDGES_READ_LIMIT.min(ctx.cfg.edge.request_timeout());
+    let limit = READ_LIMIT.min(ctx.cfg.edge.request_timeout());
     let others = match tokio::time::timeout(limit, ctx.open_edges()).await {
         Ok(Ok(edges)) => edges
             .into_iter()
@@ -47,8 +47,13 @@ pub(crate) async fn drain(ctx: Arc<Ctx>) {
     ctx.drained.cancel();
 }
 
+/// The longest a drain waits to learn the other edges: without them it
+/// cannot move anyone, so longer than a new connection waits, on a busy
+/// Redis or machine.
+const READ_LIMIT: Duration = Duration::from_secs(2);
+
 /// The longest a stopping edge waits for its drain: its window (at most
 /// `shutdown_grace_ms` less a second) and the read of the other edges.
 pub(crate) fn longest(ctx: &Ctx) -> Duration {
-    ctx.cfg.edge.drain_window(ctx.cfg.shutdown_grace()) + EDGES_READ_LIMIT
+    ctx.cfg.edge.drain_window(ctx.cfg.shutdown_grace()) + READ_LIMIT
 }

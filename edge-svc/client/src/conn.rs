@@ -201,7 +201,8 @@ pub enum End {
     Broken(String),
     /// The login was answered `ERR <code> <text>`.
     Refused { code: ErrorCode, text: String },
-    /// Told to go elsewhere (`REDIRECT`) before the login was answered.
+    /// Told to go elsewhere (`REDIRECT`) before the login was answered
+    /// (and the login answered since).
     Redirected,
     /// The interface went away.
     Gone,
@@ -366,7 +367,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 /// With `edges`, it also keeps them up to date: `/edges` every
 /// [`Timing::edges_every`] once logged in (the answer is not passed on),
 /// and a `REDIRECT` becomes the hint (before the login is answered, it
-/// ends the session: [`End::Redirected`]).
+/// ends the session as soon as the login is answered, that answer not
+/// passed on: [`End::Redirected`]).
 ///
 /// `TOKEN` lines are kept in `resume`, not passed on. With a token there,
 /// the login is `RESUME` instead; should that be answered
@@ -387,6 +389,10 @@ pub async fn session(
         decoder: LineDecoder::new(MAX_LINE),
     };
     let mut logging_in = login.is_some();
+    // A `REDIRECT` came before the login was answered: the session moves
+    // once the login is answered here, so that this login, still on its
+    // way, cannot land after the one on the next edge and end it.
+    let mut moving = false;
     let resuming = login.and(resume.token.as_ref());
     let mut resuming = resuming.map(|t| format!("RESUME {} {t}", resume.user));
     if let Some(first) = resuming.as_deref().or(login) {
@@ -431,14 +437,16 @@ pub async fn session(
                                 continue; // followed one already: stay
                             }
                             edges.hint = Some(addr);
-                            if logging_in {
-                                return End::Redirected;
-                            }
+                            moving = logging_in;
                             continue;
                         }
                         _ => {}
                     }
-                    match ServerLine::parse(&line) {
+                    let answer = ServerLine::parse(&line);
+                    if moving && matches!(answer, Ok(ServerLine::OkLogin { .. } | ServerLine::Err { .. })) {
+                        return End::Redirected;
+                    }
+                    match answer {
                         Ok(ServerLine::OkPing) if pings > 0 => {
                             pings -= 1;
                             continue;

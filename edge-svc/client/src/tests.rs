@@ -1156,14 +1156,22 @@ async fn the_edge_list_is_kept_up_to_date_without_being_shown() {
 }
 
 #[tokio::test]
-async fn a_redirect_before_the_login_is_answered_ends_the_session_there() {
+async fn a_redirect_before_the_login_is_answered_ends_the_session_once_it_is() {
     let edge = FakeEdge::start().await;
-    let (_out, _events, client) = session_with_edges(&edge, false);
+    let (_out, mut events, client) = session_with_edges(&edge, false);
     let (_lines, mut wr) = edge.accept().await;
     write(&mut wr, "HELLO edge-1 chat/1\nREDIRECT c:1\n").await;
+    assert_eq!(event(&mut events).await, line("HELLO edge-1 chat/1"));
+    // The login sent here is answered first: it cannot land after the
+    // one on the next edge and end it.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!client.is_finished(), "waits for the login's answer");
+    write(&mut wr, "OK LOGIN alice lobby\n").await;
     let (end, edges) = within(client).await.unwrap();
     assert_eq!(end, conn::End::Redirected);
     assert_eq!(edges.hint.as_deref(), Some("c:1"));
+    // That answer is not passed on: the session moves.
+    assert!(events.try_recv().is_err());
 }
 
 #[tokio::test]
