@@ -77,7 +77,36 @@ pub async fn places_of<'a>(
         .query_async(&mut conn)
         .await
         .unwrap();
-    let mut values = Vec::new();
+    let values = dump(redis).await.into_bytes();
+    let mut slow = Vec::new();
+    flatten(&slowlog, &mut slow);
+    let monitor = monitor.join("\n").into_bytes();
+    let haystacks: [(&str, &[u8]); 5] = [
+        ("aof", &aof),
+        ("rdb", &rdb),
+        ("slowlog", &slow),
+        ("monitor", &monitor),
+        ("keys", &values),
+    ];
+    needles
+        .iter()
+        .map(|needle| {
+            let found = haystacks
+                .iter()
+                .filter(|(_, hay)| contains(hay, needle.as_bytes()))
+                .map(|(place, _)| *place)
+                .collect();
+            (*needle, found)
+        })
+        .collect()
+}
+
+/// Every string of a reply, one after another (a newline between).
+/// Every key of `redis` with its whole value (`SCAN`, then each read by
+/// its type), a line each: `<key> = <its strings, space-separated>`.
+pub async fn dump(redis: &TestRedis) -> String {
+    let mut conn = redis.plain().await;
+    let mut out = String::new();
     let mut keys = Vec::new();
     let mut cursor = 0u64;
     loop {
@@ -119,33 +148,14 @@ pub async fn places_of<'a>(
             }
             _ => {}
         }
-        values.extend(key.into_bytes());
-        flatten(&read.query_async(&mut conn).await.unwrap(), &mut values);
+        let mut value = Vec::new();
+        flatten(&read.query_async(&mut conn).await.unwrap(), &mut value);
+        let value = String::from_utf8_lossy(&value).replace('\n', " ");
+        out.push_str(&format!("{key} = {}\n", value.trim_end()));
     }
-    let mut slow = Vec::new();
-    flatten(&slowlog, &mut slow);
-    let monitor = monitor.join("\n").into_bytes();
-    let haystacks: [(&str, &[u8]); 5] = [
-        ("aof", &aof),
-        ("rdb", &rdb),
-        ("slowlog", &slow),
-        ("monitor", &monitor),
-        ("keys", &values),
-    ];
-    needles
-        .iter()
-        .map(|needle| {
-            let found = haystacks
-                .iter()
-                .filter(|(_, hay)| contains(hay, needle.as_bytes()))
-                .map(|(place, _)| *place)
-                .collect();
-            (*needle, found)
-        })
-        .collect()
+    out
 }
 
-/// Every string of a reply, one after another (a newline between).
 fn flatten(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::BulkString(b) => out.extend_from_slice(b),

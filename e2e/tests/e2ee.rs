@@ -1,41 +1,11 @@
 //! End-to-end encrypted private messages: `chat` clients as processes seal and open them, while Redis and raw clients see only ciphertext; `/key` over the wire.
 
-use e2e::secrets::{keep_everything, places_of, PLACES};
+use e2e::secrets::{dump, keep_everything, places_of, PLACES};
 use e2e::{binary, config_dir, eventually, ChatClient, Shape, System};
 use redis::AsyncCommands;
 use shared::identity::IdentityKey;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-
-/// Every key in Redis with its whole value, as text.
-async fn everything(sys: &System) -> String {
-    let mut r = sys.redis.conn().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let mut dump = String::new();
-    for key in keys {
-        let kind: String = redis::cmd("TYPE")
-            .arg(&key)
-            .query_async(&mut r)
-            .await
-            .unwrap();
-        let cmd = match kind.as_str() {
-            "string" => redis::cmd("GET").arg(&key).clone(),
-            "hash" => redis::cmd("HGETALL").arg(&key).clone(),
-            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).clone(),
-            "set" => redis::cmd("SMEMBERS").arg(&key).clone(),
-            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).clone(),
-            "stream" => redis::cmd("XRANGE").arg(&key).arg("-").arg("+").clone(),
-            other => panic!("{key}: a {other}"),
-        };
-        let value: redis::Value = cmd.query_async(&mut r).await.unwrap();
-        dump.push_str(&format!("{key} = {value:?}\n"));
-    }
-    dump
-}
 
 /// Waits until `user`'s client has published its key.
 async fn key_published(sys: &System, user: &str) {
@@ -103,7 +73,7 @@ async fn private_messages_are_opened_by_the_clients_and_only_ciphertext_reaches_
             .await;
     }
     // Queued: the inbox holds them sealed.
-    let stored = everything(&sys).await;
+    let stored = dump(&sys.redis).await;
     let inbox = sys.keys().inbox("bob");
     let queued = stored.lines().find(|l| l.starts_with(&inbox)).unwrap();
     assert_eq!(queued.matches("e2e:").count(), 2, "{queued}");
@@ -176,7 +146,7 @@ async fn private_messages_are_opened_by_the_clients_and_only_ciphertext_reaches_
             found[there]
         );
     }
-    let stored = everything(&sys).await;
+    let stored = dump(&sys.redis).await;
     let dm_key = sys.keys().dm("alice", "bob");
     assert!(stored.contains(&dm_key));
 }
@@ -257,7 +227,7 @@ async fn a_changed_key_is_refused_until_trusted() {
     let dm = bob.until(|l| l.starts_with("DM ")).await;
     assert!(dm.ends_with("alice 🔒 third"), "{dm}");
     // "second" was never sent.
-    let stored = everything(&sys).await;
+    let stored = dump(&sys.redis).await;
     assert_eq!(stored.matches("e2e:").count(), 2, "{stored}");
     // The trust outlives the client: a new one sends without a warning.
     close(alice, &sys, "alice").await;
@@ -280,7 +250,7 @@ async fn the_key_file_is_private_and_refused_when_it_is_not() {
     assert_eq!(mode, 0o600);
     // What the server has is the public half only.
     let secret = std::fs::read_to_string(&key).unwrap();
-    assert!(!everything(&sys).await.contains(secret.trim()));
+    assert!(!dump(&sys.redis).await.contains(secret.trim()));
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = tokio::process::Command::new(binary("chat"))
         .args(["--server", &sys.edge(0).to_string(), "--user", "alice"])
