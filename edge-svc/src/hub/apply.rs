@@ -93,11 +93,11 @@ impl Hub {
                 expires,
                 ..
             }) if waiting => {
-                // The resume token follows `OK LOGIN` at once.
+                // The resume token ends the login's reply: the queued `DM`
+                // lines follow `OK LOGIN` right away, as the contract wants.
                 let token = conn.token.take();
                 if let (Some(token), Ok(expires)) = (token, expires.parse()) {
-                    let at = 1.min(reply.lines.len());
-                    reply.lines.insert(at, ServerLine::Token { token, expires });
+                    reply.lines.push(ServerLine::Token { token, expires });
                 }
                 // A RESUME may put the session back in a room of its own.
                 let gated = !subs.is_empty() || room != LOBBY;

@@ -76,7 +76,7 @@ fn room_lines_reach_only_logged_in_members() {
 }
 
 #[test]
-fn the_resume_token_follows_ok_login_and_a_resumed_room_waits_behind_a_gate() {
+fn the_resume_token_ends_the_login_reply_and_a_resumed_room_waits_behind_a_gate() {
     let (hub, _tasks) = hub();
     let (mut a, _) = conn(&hub, 1, 8);
     let _wait = hub.expect(1, 10);
@@ -95,7 +95,7 @@ fn the_resume_token_follows_ok_login_and_a_resumed_room_waits_behind_a_gate() {
         lines(&mut a),
         [
             "GATE",
-            "OK LOGIN alice lobby\nTOKEN t0k 1795426330266\nDM 1-0 bob queued\nOK JOIN dev\n"
+            "OK LOGIN alice lobby\nDM 1-0 bob queued\nOK JOIN dev\nTOKEN t0k 1795426330266\n"
         ]
     );
     hub.dispatch("chat:ch:room:dev", &wire("MSG dev 1-0 bob in dev"));
