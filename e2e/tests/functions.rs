@@ -642,6 +642,31 @@ async fn say_publishes_msg_lines_and_history_lists_them() {
 }
 
 #[tokio::test]
+async fn history_is_trimmed_in_whole_nodes_and_lists_at_most_the_cap() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let e1 = k.edge_channel("e1");
+    let n = 3 * CAP + CAP / 2;
+    for i in 0..n {
+        fx.ok(&alice, say(&format!("line {i}"))).await;
+    }
+    // Whole nodes of `stream-node-max-entries` (100 by default) go: more
+    // than the cap stays, less than a node more.
+    let len: u64 = fx.c.xlen(k.history(LOBBY)).await.unwrap();
+    assert!(len > CAP && len < CAP + 100, "{len} entries kept");
+    let mut sub = fx.sub(&[&e1]).await;
+    fx.ok(&alice, history(None, 500)).await;
+    let listing = sub.said(&e1).await;
+    assert!(
+        listing.ends_with(&format!("OK HISTORY {CAP}"))
+            && listing.contains(&format!(" alice line {} ", n - CAP))
+            && listing.contains(&format!(" alice line {} |", n - 1)),
+        "{listing}"
+    );
+}
+
+#[tokio::test]
 async fn join_leave_rooms_and_who() {
     let mut fx = setup().await;
     let k = fx.k.clone();

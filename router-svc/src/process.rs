@@ -318,6 +318,8 @@ pub fn request_call(
     let retention = [r.history_cap.to_string(), r.history_ttl_ms.to_string()];
     let notices = cfg.notices.args();
     let (listing_max, reply_max) = (r.listing_max.to_string(), r.reply_max_bytes.to_string());
+    // Histories are trimmed in whole nodes: a listing stops at the cap.
+    let shown = |n: &u32| u64::from(*n).min(r.history_cap);
     let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
         Op::Say { text } => (
             "chat_say",
@@ -401,12 +403,17 @@ pub fn request_call(
         Op::History { with: None, n } => (
             "chat_history",
             vec![k.history(room)],
-            vec![n.to_string(), room.into(), String::new(), reply_max],
+            vec![shown(n).to_string(), room.into(), String::new(), reply_max],
         ),
         Op::History { with: Some(w), n } => (
             "chat_history",
             vec![k.dm(user, w), k.user(w)],
-            vec![n.to_string(), format!("@{w}"), "dm".into(), reply_max],
+            vec![
+                shown(n).to_string(),
+                format!("@{w}"),
+                "dm".into(),
+                reply_max,
+            ],
         ),
         Op::KeySet { key, fingerprint } => (
             "chat_key_set",

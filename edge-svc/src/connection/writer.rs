@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 
 /// Most bytes gathered into one write.
-const WRITE_BATCH: usize = 64 * 1024;
-/// The write buffer's first size.
-const WRITE_BUF: usize = 4 * 1024;
+const WRITE_BATCH: usize = crate::hub::CHUNK;
 
 /// Drains the queue into the socket, many lines per write when several are
 /// queued; ends with `BYE <reason>` when the connection is closed by the
@@ -29,38 +27,26 @@ pub(super) async fn write_loop<W: AsyncWrite>(
     coalesce: Duration,
 ) {
     let mut next_write = Instant::now();
-    // Grown when there is something to write, and let go of once the
-    // queue is empty: an idle connection holds no write buffer.
-    let mut buf = Vec::new();
     let bye = loop {
-        let first = tokio::select! {
+        let ready = tokio::select! {
             biased;
             _ = closer.token.cancelled() => break closer.reason().map(str::to_string),
-            m = rx.recv() => m,
+            ready = rx.ready() => ready,
         };
-        let mut bye = match first {
-            None => break None,
-            Some(Out::Bye(reason)) => break Some(reason),
-            Some(Out::Gate(gate)) => {
-                if !opened(gate, &closer).await {
-                    break closer.reason().map(str::to_string);
-                }
-                continue;
-            }
-            Some(Out::Line(line)) => {
-                // One allocation for a typical batch, not a doubling per line.
-                buf.reserve(WRITE_BUF.max(line.len()));
-                buf.extend_from_slice(&line);
-                None
-            }
-        };
+        if !ready {
+            break None;
+        }
         if next_write > Instant::now() {
             tokio::time::sleep_until(next_write.into()).await;
         }
-        let mut gate = None;
+        // The queue's buffers of lines are written as they are (the first
+        // one is not copied); an idle connection holds no write buffer.
+        let mut buf = Vec::new();
+        let (mut bye, mut gate) = (None, None);
         while buf.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Some(Out::Line(line)) => buf.extend_from_slice(&line),
+                Some(Out::Line(lines)) if buf.is_empty() => buf = lines,
+                Some(Out::Line(lines)) => buf.extend_from_slice(&lines),
                 Some(Out::Bye(reason)) => {
                     bye = Some(reason);
                     break;
@@ -72,22 +58,19 @@ pub(super) async fn write_loop<W: AsyncWrite>(
                 None => break,
             }
         }
-        let written = within(Phase::Write, limit, async {
-            wr.write_all(&buf).await?;
-            wr.flush().await
-        })
-        .await;
-        let full = buf.len() >= WRITE_BATCH;
-        next_write = Instant::now() + if full { Duration::ZERO } else { coalesce };
-        if rx.is_empty() {
-            buf = Vec::new();
-        } else {
-            buf.clear();
-        }
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "write failed");
-            closer.token.cancel();
-            return;
+        if !buf.is_empty() {
+            let written = within(Phase::Write, limit, async {
+                wr.write_all(&buf).await?;
+                wr.flush().await
+            })
+            .await;
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "write failed");
+                closer.token.cancel();
+                return;
+            }
+            let full = buf.len() >= WRITE_BATCH;
+            next_write = Instant::now() + if full { Duration::ZERO } else { coalesce };
         }
         if bye.is_some() {
             break bye;

@@ -1,7 +1,6 @@
 //! Applying Pub/Sub messages: broadcast lines fan out to audiences; replies show and take effect.
 
 use super::{Hub, Out, Session};
-use bytes::Bytes;
 use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
@@ -55,7 +54,7 @@ impl Hub {
         let line = render(std::slice::from_ref(line));
         for id in members {
             if let Some(c) = st.conns.get(id) {
-                self.push(c, Out::Line(line.clone()));
+                self.push_line(c, &line);
             }
         }
         self.deliveries.add(members.len() as u64);
@@ -157,7 +156,7 @@ impl Hub {
             if waiting {
                 conn.reply_bytes += out.len();
             }
-            self.push(conn, Out::Line(out));
+            self.push_line(conn, &out);
         }
         if let Some(reason) = bye {
             self.push(conn, Out::Bye(reason));
@@ -210,11 +209,11 @@ impl Hub {
 /// by `\n`, all in one queue entry. The one place lines become what
 /// clients read: a broadcast (one line), a reply's lines, and the edge's
 /// own lines ([`Hub::send`]).
-pub(super) fn render(lines: &[ServerLine]) -> Bytes {
+pub(super) fn render(lines: &[ServerLine]) -> Vec<u8> {
     use std::fmt::Write;
     let mut out = String::new();
     for line in lines {
         let _ = writeln!(out, "{line}");
     }
-    Bytes::from(out)
+    out.into_bytes()
 }

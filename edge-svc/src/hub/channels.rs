@@ -1,6 +1,6 @@
 //! Channel audiences and holds: the channels the edge wants, and who receives each one's lines.
 
-use super::{Conn, Hub, SubChange};
+use super::{Conn, Hub, Members, SubChange};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::oneshot;
 
@@ -98,7 +98,7 @@ impl Hub {
 
     pub(super) fn enter(
         &self,
-        audience: &mut HashMap<String, HashSet<u64>>,
+        audience: &mut HashMap<String, Members>,
         id: u64,
         conn: &mut Conn,
         channel: &str,
@@ -111,7 +111,7 @@ impl Hub {
 
     pub(super) fn exit(
         &self,
-        audience: &mut HashMap<String, HashSet<u64>>,
+        audience: &mut HashMap<String, Members>,
         id: u64,
         conn: &mut Conn,
         channel: &str,
@@ -124,7 +124,7 @@ impl Hub {
 
     pub(super) fn leave_all(
         &self,
-        audience: &mut HashMap<String, HashSet<u64>>,
+        audience: &mut HashMap<String, Members>,
         id: u64,
         conn: &mut Conn,
     ) {
@@ -136,7 +136,7 @@ impl Hub {
     }
 }
 
-fn drop_member(audience: &mut HashMap<String, HashSet<u64>>, channel: &str, id: u64) {
+fn drop_member(audience: &mut HashMap<String, Members>, channel: &str, id: u64) {
     if let Some(members) = audience.get_mut(channel) {
         members.remove(&id);
         if members.is_empty() {

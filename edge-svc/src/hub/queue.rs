@@ -1,31 +1,40 @@
-//! A connection's outgoing queue, bounded in items and in bytes.
+//! A connection's outgoing queue, bounded in lines and in bytes, with consecutive lines in one buffer.
 //!
 //! A line or a reply larger than the byte budget is taken only into an
 //! empty queue (a `/history 500` must go through), so what one connection
 //! holds is at most the budget or one reply, however it reads.
+//!
+//! Lines queued one after another are copied into the same buffer (up to
+//! [`CHUNK`] bytes), so a broadcast costs its target one short lock and a
+//! copy, the writer takes a whole batch at once, and it is woken only when
+//! the queue was empty: no per-line allocation, reference count or wakeup.
 
 use super::Out;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
 
-/// A queue of at most `items` entries and, but for one entry into an
-/// empty queue, `bytes` bytes.
-pub(crate) fn queue(items: usize, bytes: usize) -> (QueueTx, QueueRx) {
-    let (tx, rx) = mpsc::channel(items);
-    let queued = Arc::new(AtomicUsize::new(0));
-    let rx = QueueRx {
-        rx,
-        queued: queued.clone(),
-    };
-    (QueueTx { tx, queued, bytes }, rx)
-}
+/// Most bytes gathered into one buffer of lines (a longer reply is one
+/// buffer of its own).
+pub(crate) const CHUNK: usize = 64 * 1024;
+/// The first size of a buffer of lines.
+const CHUNK_START: usize = 4 * 1024;
 
-fn size(out: &Out) -> usize {
-    match out {
-        Out::Line(line) => line.len(),
-        Out::Bye(_) | Out::Gate(_) => 0,
-    }
+/// A queue of at most `lines` lines (a reply counts as one) and, but for
+/// one entry into an empty queue, `bytes` bytes.
+pub(crate) fn queue(lines: usize, bytes: usize) -> (QueueTx, QueueRx) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        ready: Notify::new(),
+    });
+    let limits = Limits { lines, bytes };
+    (
+        QueueTx {
+            shared: shared.clone(),
+            limits,
+        },
+        QueueRx { shared },
+    )
 }
 
 /// Why an entry was not queued.
@@ -37,54 +46,213 @@ pub(crate) enum Refused {
     Closed,
 }
 
-pub(crate) struct QueueTx {
-    tx: mpsc::Sender<Out>,
-    queued: Arc<AtomicUsize>,
+struct Shared {
+    state: Mutex<State>,
+    /// Told when an entry goes into an empty queue, or the sender is gone.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// `Out::Line` entries hold whole lines; each knows how many.
+    entries: VecDeque<(Out, usize)>,
+    lines: usize,
+    bytes: usize,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    lines: usize,
     bytes: usize,
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Never held across an await nor while panicking.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) struct QueueTx {
+    shared: Arc<Shared>,
+    limits: Limits,
+}
+
 impl QueueTx {
-    pub(crate) fn try_send(&self, out: Out) -> Result<(), Refused> {
-        let n = size(&out);
-        let before = self.queued.fetch_add(n, Ordering::Relaxed);
-        if before > 0 && before + n > self.bytes {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+    /// Queues complete lines (terminators included).
+    pub(crate) fn line(&self, line: &[u8]) -> Result<(), Refused> {
+        let n = line.len();
+        let mut st = self.shared.lock();
+        if st.receiver_gone {
+            return Err(Refused::Closed);
+        }
+        if st.lines >= self.limits.lines || (st.bytes > 0 && st.bytes + n > self.limits.bytes) {
             return Err(Refused::Full);
         }
-        self.tx.try_send(out).map_err(|e| {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            match e {
-                mpsc::error::TrySendError::Full(_) => Refused::Full,
-                mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+        let was_empty = st.entries.is_empty();
+        match st.entries.back_mut() {
+            Some((Out::Line(buf), count)) if buf.len() + n <= CHUNK => {
+                buf.extend_from_slice(line);
+                *count += 1;
             }
-        })
+            _ => {
+                let mut buf = Vec::with_capacity(n.max(CHUNK_START));
+                buf.extend_from_slice(line);
+                st.entries.push_back((Out::Line(buf), 1));
+            }
+        }
+        st.lines += 1;
+        st.bytes += n;
+        drop(st);
+        if was_empty {
+            self.shared.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues an entry: lines, a close or a gate.
+    pub(crate) fn send(&self, out: Out) -> Result<(), Refused> {
+        if let Out::Line(line) = &out {
+            return self.line(line);
+        }
+        let mut st = self.shared.lock();
+        if st.receiver_gone {
+            return Err(Refused::Closed);
+        }
+        let was_empty = st.entries.is_empty();
+        st.entries.push_back((out, 0));
+        drop(st);
+        if was_empty {
+            self.shared.ready.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        self.shared.lock().sender_gone = true;
+        self.shared.ready.notify_one();
     }
 }
 
 pub(crate) struct QueueRx {
-    rx: mpsc::Receiver<Out>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl QueueRx {
-    fn taken(&self, out: Option<Out>) -> Option<Out> {
-        if let Some(out) = &out {
-            self.queued.fetch_sub(size(out), Ordering::Relaxed);
+    /// Waits for an entry; false once the queue is empty and its sender
+    /// gone.
+    pub(crate) async fn ready(&self) -> bool {
+        loop {
+            {
+                let st = self.shared.lock();
+                if !st.entries.is_empty() {
+                    return true;
+                }
+                if st.sender_gone {
+                    return false;
+                }
+            }
+            self.shared.ready.notified().await;
         }
-        out
     }
 
-    pub(crate) async fn recv(&mut self) -> Option<Out> {
-        let out = self.rx.recv().await;
-        self.taken(out)
-    }
-
+    /// Takes the first entry, if any.
     pub(crate) fn try_recv(&mut self) -> Option<Out> {
-        let out = self.rx.try_recv().ok();
-        self.taken(out)
+        let mut st = self.shared.lock();
+        let (out, lines) = st.entries.pop_front()?;
+        st.lines -= lines;
+        if let Out::Line(buf) = &out {
+            st.bytes -= buf.len();
+        }
+        Some(out)
+    }
+}
+
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.receiver_gone = true;
+        st.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(rx: &mut QueueRx) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|o| match o {
+                Out::Line(b) => b,
+                _ => b"(other)".to_vec(),
+            })
+            .collect()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+    #[test]
+    fn lines_in_a_row_share_a_buffer_until_a_close_or_gate() {
+        let (tx, mut rx) = queue(100, 1 << 20);
+        tx.line(b"a\n").unwrap();
+        tx.line(b"b\n").unwrap();
+        tx.send(Out::Bye("x".into())).unwrap();
+        tx.line(b"c\n").unwrap();
+        assert_eq!(taken(&mut rx), [&b"a\nb\n"[..], b"(other)", b"c\n"]);
+    }
+
+    #[test]
+    fn bounded_in_lines_and_bytes_with_one_large_entry_into_an_empty_queue() {
+        let (tx, mut rx) = queue(3, 10);
+        for _ in 0..3 {
+            tx.line(b"1\n").unwrap();
+        }
+        assert_eq!(tx.line(b"1\n"), Err(Refused::Full), "lines");
+        rx.try_recv().unwrap();
+        tx.line(&[b'x'; 50]).unwrap();
+        assert_eq!(tx.line(b"1\n"), Err(Refused::Full), "bytes");
+        rx.try_recv().unwrap();
+        tx.line(b"1234567\n").unwrap();
+        assert_eq!(tx.line(b"12\n"), Err(Refused::Full), "bytes");
+        tx.line(b"1\n").unwrap();
+    }
+
+    #[test]
+    fn a_buffer_stops_growing_at_a_chunk() {
+        let (tx, mut rx) = queue(usize::MAX, usize::MAX);
+        let line = [b'x'; 1000];
+        for _ in 0..(2 * CHUNK / line.len()) {
+            tx.line(&line).unwrap();
+        }
+        let got = taken(&mut rx);
+        assert!(got.len() >= 2 && got.iter().all(|b| b.len() <= CHUNK));
+        assert_eq!(
+            got.iter().map(Vec::len).sum::<usize>(),
+            2 * CHUNK / 1000 * 1000
+        );
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_for_a_line_and_says_when_the_sender_is_gone() {
+        let (tx, mut rx) = queue(10, 100);
+        let wait = tokio::spawn(async move {
+            let first = rx.ready().await;
+            rx.try_recv();
+            (first, rx.ready().await)
+        });
+        tokio::task::yield_now().await;
+        tx.line(b"a\n").unwrap();
+        tokio::task::yield_now().await;
+        drop(tx);
+        assert_eq!(wait.await.unwrap(), (true, false));
+    }
+
+    #[test]
+    fn a_gone_receiver_refuses() {
+        let (tx, rx) = queue(10, 100);
+        drop(rx);
+        assert_eq!(tx.line(b"a\n"), Err(Refused::Closed));
     }
 }
