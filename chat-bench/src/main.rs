@@ -47,9 +47,24 @@ pub struct Cli {
     /// Clients on the edge that `failover` kills.
     #[arg(long, default_value_t = 2000)]
     failover_clients: usize,
-    /// Offered rates (messages per second, in total) for fanout and baseline.
-    #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000,7500")]
+    /// Offered rates (messages per second, in total) for fanout: a sweep
+    /// that stops after the first rate whose p99 passes --sweep-stop-ms.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,2500,5000,7500,10000,13000,16000,20000,24000"
+    )]
     rates: Vec<f64>,
+    /// The fanout sweep stops after a rate whose p99 is above this (ms).
+    #[arg(long, default_value_t = 1000.0)]
+    sweep_stop_ms: f64,
+    /// The knee is the highest fanout rate with a p99 at most this (ms)
+    /// and nothing lost.
+    #[arg(long, default_value_t = report::KNEE_MS)]
+    knee_ms: f64,
+    /// Offered rates (messages per second, in total) for baseline.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000,7500")]
+    baseline_rates: Vec<f64>,
     /// Clients in the fan-out room (and baseline subscribers).
     #[arg(long, default_value_t = 200)]
     clients: usize,
@@ -110,10 +125,14 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
     if cli
         .rates
         .iter()
+        .chain(&cli.baseline_rates)
         .chain([&cli.room_rate, &cli.pub_rate])
         .any(|r| *r <= 0.0)
     {
         return Err("rates must be above 0".into());
+    }
+    if cli.sweep_stop_ms <= 0.0 || cli.knee_ms <= 0.0 {
+        return Err("--sweep-stop-ms and --knee-ms must be above 0".into());
     }
     let timing = Timing {
         warmup_s: cli.warmup,
@@ -131,9 +150,10 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
         }
         // fanout and baseline at every rate, for the plot; the others once.
         let rates = match scenario {
+            "fanout" => cli.rates.clone(),
             "rooms" => vec![cli.room_rate],
             "pubsub" => vec![cli.pub_rate],
-            _ => cli.rates.clone(),
+            _ => cli.baseline_rates.clone(),
         };
         for rate in rates {
             let (clients, senders) = (cli.clients, cli.senders);
@@ -144,7 +164,21 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
                 _ => scenarios::baseline(&system, clients, senders, rate, timing).await?,
             };
             report::line(&t);
+            let saturated = scenario == "fanout" && t.p99_ms > cli.sweep_stop_ms;
             results.traffic.push(t);
+            if saturated {
+                eprintln!(
+                    "  fanout: p99 above {} ms, the sweep stops",
+                    cli.sweep_stop_ms
+                );
+                break;
+            }
+        }
+        if scenario == "fanout" {
+            results.fanout_summary = report::summarize(&results.traffic, cli.knee_ms);
+            if let Some(f) = &results.fanout_summary {
+                report::summary_line(f);
+            }
         }
     }
     if wants("login") {

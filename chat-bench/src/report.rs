@@ -9,12 +9,142 @@ use crate::scenarios::{Connect, Login, Logins, Timing, Traffic};
 use crate::system::System;
 use crate::Cli;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
 const BEGIN: &str = "<!-- chat-bench:begin (written by make bench; edit outside) -->";
 const END: &str = "<!-- chat-bench:end -->";
 const PLOT: &str = "bench-fanout.svg";
+
+/// The knee's bound on p99 (ms), unless `--knee-ms` says otherwise.
+pub const KNEE_MS: f64 = 50.0;
+/// The target (issue 20): at this offered fanout rate, p99 at most
+/// `TARGET_P99_MS`, nothing lost, nothing reordered.
+const TARGET_RATE: f64 = 13_000.0;
+const TARGET_P99_MS: f64 = 30.0;
+
+/// What the fanout sweep came to.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct FanoutSummary {
+    /// The knee's bound on p99 (ms).
+    pub knee_p99_ms: f64,
+    /// The highest offered rate with p99 within that bound and nothing
+    /// lost; none if no rate was.
+    pub knee_msgs_per_s: Option<f64>,
+    /// The most deliveries per second measured, and the offered rate then.
+    pub saturation_deliveries_per_s: f64,
+    pub saturation_at_msgs_per_s: f64,
+    /// The run at the target's rate, if the sweep got there.
+    pub target: Option<Target>,
+    /// CPU microseconds per 1,000 deliveries, by process, for each run
+    /// that delivered anything.
+    pub cpu_us_per_1000_deliveries: Vec<PerDelivery>,
+}
+
+/// The fanout run at `TARGET_RATE`, against the target.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct Target {
+    pub msgs_per_s: f64,
+    pub p99_ms: f64,
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub met: bool,
+}
+
+/// One fanout run's CPU cost per delivery.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct PerDelivery {
+    pub offered_msgs_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub by_process: BTreeMap<String, f64>,
+}
+
+/// The knee, the saturation throughput, the target's verdict and the CPU
+/// per delivery, from the `fanout` runs among `traffic` (none if none ran).
+pub fn summarize(traffic: &[Traffic], knee_ms: f64) -> Option<FanoutSummary> {
+    let runs: Vec<&Traffic> = traffic.iter().filter(|t| t.scenario == "fanout").collect();
+    let most = runs
+        .iter()
+        .max_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s))?;
+    let knee_msgs_per_s = runs
+        .iter()
+        .filter(|t| t.p99_ms <= knee_ms && t.lost == 0)
+        .map(|t| t.offered_msgs_per_s)
+        .max_by(f64::total_cmp);
+    let target = runs
+        .iter()
+        .find(|t| t.offered_msgs_per_s == TARGET_RATE)
+        .map(|t| Target {
+            msgs_per_s: TARGET_RATE,
+            p99_ms: t.p99_ms,
+            lost: t.lost,
+            out_of_order: t.out_of_order,
+            met: t.p99_ms <= TARGET_P99_MS && t.lost == 0 && t.out_of_order == 0,
+        });
+    let cpu_us_per_1000_deliveries = runs
+        .iter()
+        .filter(|t| t.deliveries_per_s > 0.0)
+        .map(|t| PerDelivery {
+            offered_msgs_per_s: t.offered_msgs_per_s,
+            deliveries_per_s: t.deliveries_per_s,
+            // The machine's (idle) and (stolen) are no process's.
+            by_process: t
+                .cpu
+                .iter()
+                .filter(|(name, _)| !name.starts_with('('))
+                .map(|(name, cpu)| {
+                    let us = cpu / t.deliveries_per_s * 1e9;
+                    (name.clone(), (us * 10.0).round() / 10.0)
+                })
+                .collect(),
+        })
+        .collect();
+    Some(FanoutSummary {
+        knee_p99_ms: knee_ms,
+        knee_msgs_per_s,
+        saturation_deliveries_per_s: most.deliveries_per_s,
+        saturation_at_msgs_per_s: most.offered_msgs_per_s,
+        target,
+        cpu_us_per_1000_deliveries,
+    })
+}
+
+/// The knee, saturation and target, in words (for the terminal and the
+/// report).
+fn verdict(f: &FanoutSummary) -> Vec<String> {
+    let knee = f
+        .knee_msgs_per_s
+        .map_or("none of the rates run".into(), |r| format!("{r} msg/s"));
+    let target = match &f.target {
+        Some(t) => format!(
+            "p99 {} ms, lost {}, reordered {}: target {}",
+            t.p99_ms,
+            t.lost,
+            t.out_of_order,
+            if t.met { "met" } else { "not met" }
+        ),
+        None => "not run".into(),
+    };
+    vec![
+        format!(
+            "knee (the highest offered rate with p99 <= {} ms and nothing lost): {knee}",
+            f.knee_p99_ms
+        ),
+        format!(
+            "saturation: {} deliveries/s at most (offered {} msg/s)",
+            f.saturation_deliveries_per_s, f.saturation_at_msgs_per_s
+        ),
+        format!(
+            "at {TARGET_RATE} msg/s (the target: p99 <= {TARGET_P99_MS} ms, nothing lost or reordered): {target}"
+        ),
+    ]
+}
+
+/// Prints what the fanout sweep came to.
+pub fn summary_line(f: &FanoutSummary) {
+    eprintln!("  fanout: {}", verdict(f).join("; "));
+}
 
 /// A line of the plot: label, colour, dashed, (offered rate, ms) points.
 type Series<'a> = (String, &'a str, bool, Vec<(f64, f64)>);
@@ -43,6 +173,7 @@ pub struct Results {
     pub connect: Option<Connect>,
     pub abuse: Option<Abuse>,
     pub failover: Option<Failover>,
+    pub fanout_summary: Option<FanoutSummary>,
 }
 
 fn read(path: &str) -> String {
@@ -81,6 +212,7 @@ impl Results {
             connect: None,
             abuse: None,
             failover: None,
+            fanout_summary: None,
         }
     }
 
@@ -174,28 +306,34 @@ impl Results {
             .first()
             .map(|t| t.cpu.keys().collect())
             .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "| scenario | offered msg/s | {} |",
-            procs
-                .iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        let _ = writeln!(s, "|---|---:|{}", "---:|".repeat(procs.len()));
-        for t in &self.traffic {
-            let cells: Vec<String> = procs
-                .iter()
-                .map(|p| t.cpu.get(*p).map_or("-".into(), |v| v.to_string()))
-                .collect();
+        let rows = self.traffic.iter().map(|t| {
+            let lead = vec![t.scenario.clone(), t.offered_msgs_per_s.to_string()];
+            (lead, &t.cpu)
+        });
+        by_process(&mut s, &["scenario", "offered msg/s"], &procs, rows);
+
+        if let Some(f) = &self.fanout_summary {
+            let _ = writeln!(s, "\n### Fan-out sweep: knee and saturation\n");
+            for v in verdict(f) {
+                let _ = writeln!(s, "- {v}");
+            }
             let _ = writeln!(
                 s,
-                "| {} | {} | {} |",
-                t.scenario,
-                t.offered_msgs_per_s,
-                cells.join(" | ")
+                "\n### CPU µs per 1,000 deliveries, by process (fanout)\n"
             );
+            let per = &f.cpu_us_per_1000_deliveries;
+            let procs: Vec<&String> = per
+                .first()
+                .map(|p| p.by_process.keys().collect())
+                .unwrap_or_default();
+            let rows = per.iter().map(|p| {
+                let lead = vec![
+                    p.offered_msgs_per_s.to_string(),
+                    p.deliveries_per_s.to_string(),
+                ];
+                (lead, &p.by_process)
+            });
+            by_process(&mut s, &["offered msg/s", "deliveries/s"], &procs, rows);
         }
 
         let routed: Vec<&Traffic> = self
@@ -349,7 +487,13 @@ impl Results {
             .iter()
             .flat_map(|(_, _, _, p)| p.iter().map(|(x, _)| *x))
             .fold(1.0, f64::max);
-        let (ymin, ymax) = (0.1f64, 10_000f64);
+        let highest = series
+            .iter()
+            .flat_map(|(_, _, _, p)| p.iter().map(|(_, y)| *y))
+            .fold(10_000.0, f64::max);
+        // Decades from 0.1 ms to the one above the slowest p99.
+        let decades = highest.log10().ceil() as i32;
+        let (ymin, ymax) = (0.1f64, 10f64.powi(decades));
         let x = |v: f64| left + v / xmax * (w - left - right);
         let y = |v: f64| {
             let v = v.clamp(ymin, ymax);
@@ -361,7 +505,7 @@ impl Results {
              <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
              <text x=\"{left}\" y=\"18\">Latency, send to receive, against offered rate ({clients} clients, {senders} senders)</text>\n"
         );
-        for e in -1..=4 {
+        for e in -1..=decades {
             let v = 10f64.powi(e);
             let _ = writeln!(
                 s,
@@ -372,13 +516,16 @@ impl Results {
                 yy = y(v)
             );
         }
-        for t in self.runs("fanout") {
-            let xx = x(t.offered_msgs_per_s);
+        let step = x_step(xmax);
+        for i in 0..=(xmax / step).floor() as usize {
+            let v = i as f64 * step;
+            let xx = x(v);
             let _ = writeln!(
                 s,
-                "<text x=\"{xx}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                h - bottom + 16.0,
-                t.offered_msgs_per_s
+                "<line x1=\"{xx}\" x2=\"{xx}\" y1=\"{}\" y2=\"{}\" stroke=\"#999\"/><text x=\"{xx}\" y=\"{}\" text-anchor=\"middle\">{v}</text>",
+                h - bottom,
+                h - bottom + 4.0,
+                h - bottom + 16.0
             );
         }
         let _ = writeln!(
@@ -398,6 +545,15 @@ impl Results {
                 .map(|&(a, b)| format!("{:.1},{:.1}", x(a), y(b)))
                 .collect();
             let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{dash} points=\"{}\"/>", path.join(" "));
+            // A dot at each rate run: the sweep's rates are not evenly spaced.
+            for &(a, b) in pts {
+                let _ = writeln!(
+                    s,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{colour}\"/>",
+                    x(a),
+                    y(b)
+                );
+            }
             let ly = top + 20.0 + i as f64 * 18.0;
             let _ = writeln!(
                 s,
@@ -410,6 +566,38 @@ impl Results {
         }
         s.push_str("</svg>\n");
         s
+    }
+}
+
+/// The spacing of the rate axis's ticks: 1, 2 or 5 times a power of ten,
+/// at most ten ticks up to `xmax`.
+fn x_step(xmax: f64) -> f64 {
+    let unit = 10f64.powf((xmax / 10.0).log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * unit)
+        .find(|step| xmax / step <= 10.0)
+        .unwrap_or(10.0 * unit)
+}
+
+/// A table of figures by process: the `head` columns, then one per
+/// process of `procs` ("-" where a row has none).
+fn by_process<'a>(
+    s: &mut String,
+    head: &[&str],
+    procs: &[&String],
+    rows: impl Iterator<Item = (Vec<String>, &'a BTreeMap<String, f64>)>,
+) {
+    let names = head.iter().copied().chain(procs.iter().map(|p| p.as_str()));
+    let _ = writeln!(s, "| {} |", names.collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(head.len() - 1 + procs.len()));
+    for (mut cells, values) in rows {
+        cells.extend(
+            procs
+                .iter()
+                .map(|p| values.get(*p).map_or("-".into(), |v| v.to_string())),
+        );
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
 }
 
@@ -518,4 +706,101 @@ fn abuse_section(s: &mut String, a: &Abuse) {
         format!("broken: {}", a.failed.join("; "))
     };
     let _ = writeln!(s, "- **{verdict}**");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(scenario: &str, rate: f64, deliveries: f64, p99: f64, lost: u64) -> Traffic {
+        Traffic {
+            scenario: scenario.into(),
+            offered_msgs_per_s: rate,
+            deliveries_per_s: deliveries,
+            p99_ms: p99,
+            lost,
+            ..Traffic::default()
+        }
+    }
+
+    #[test]
+    fn knee_is_the_highest_rate_within_the_bound_and_lossless() {
+        let runs = [
+            run("fanout", 1000.0, 200_000.0, 20.0, 0),
+            run("fanout", 5000.0, 1_000_000.0, 50.0, 0),
+            run("fanout", 7500.0, 1_400_000.0, 40.0, 3),
+            run("fanout", 10000.0, 1_300_000.0, 51.0, 0),
+            run("baseline", 20000.0, 9_000_000.0, 1.0, 0),
+        ];
+        let f = summarize(&runs, 50.0).unwrap();
+        assert_eq!(f.knee_msgs_per_s, Some(5000.0));
+        assert_eq!(f.knee_p99_ms, 50.0);
+        // The most measured over the sweep, not the last run's.
+        assert_eq!(f.saturation_deliveries_per_s, 1_400_000.0);
+        assert_eq!(f.saturation_at_msgs_per_s, 7500.0);
+        assert_eq!(f.target, None);
+        assert_eq!(
+            summarize(&runs, 100.0).unwrap().knee_msgs_per_s,
+            Some(10000.0)
+        );
+        assert_eq!(summarize(&runs, 10.0).unwrap().knee_msgs_per_s, None);
+    }
+
+    #[test]
+    fn no_fanout_no_summary() {
+        assert_eq!(
+            summarize(&[run("baseline", 1000.0, 1.0, 1.0, 0)], 50.0),
+            None
+        );
+        assert_eq!(summarize(&[], 50.0), None);
+    }
+
+    #[test]
+    fn the_target_wants_its_p99_no_loss_and_no_reordering() {
+        let target = |p99, lost, out_of_order| {
+            let mut t = run("fanout", TARGET_RATE, 2_600_000.0, p99, lost);
+            t.out_of_order = out_of_order;
+            let runs = [run("fanout", 10000.0, 2_000_000.0, 10.0, 0), t];
+            summarize(&runs, 50.0).unwrap().target.unwrap()
+        };
+        assert!(target(30.0, 0, 0).met);
+        assert!(!target(30.5, 0, 0).met);
+        assert!(!target(10.0, 1, 0).met);
+        assert!(!target(10.0, 0, 1).met);
+        let t = target(12.5, 2, 3);
+        assert_eq!(
+            (t.msgs_per_s, t.p99_ms, t.lost, t.out_of_order),
+            (13000.0, 12.5, 2, 3)
+        );
+    }
+
+    #[test]
+    fn cpu_per_thousand_deliveries_by_process() {
+        let mut busy = run("fanout", 1000.0, 200_000.0, 10.0, 0);
+        busy.cpu = [("edge-1", 0.4), ("redis", 0.25), ("(idle)", 0.5)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let silent = run("fanout", 24000.0, 0.0, 5000.0, 99);
+        let f = summarize(&[busy, silent], 50.0).unwrap();
+        let per = &f.cpu_us_per_1000_deliveries;
+        assert_eq!(
+            per.len(),
+            1,
+            "a run that delivered nothing has no cost per delivery"
+        );
+        assert_eq!(per[0].offered_msgs_per_s, 1000.0);
+        // 0.4 CPU s/s over 200,000 deliveries/s: 2 µs each, 2000 per 1,000.
+        let want: BTreeMap<String, f64> = [("edge-1", 2000.0), ("redis", 1250.0)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        assert_eq!(per[0].by_process, want);
+    }
+
+    #[test]
+    fn rate_axis_ticks_are_round_and_few() {
+        assert_eq!(x_step(24000.0), 5000.0);
+        assert_eq!(x_step(7500.0), 1000.0);
+        assert_eq!(x_step(2000.0), 200.0);
+        assert_eq!(x_step(10000.0), 1000.0);
+    }
 }
