@@ -21,6 +21,12 @@ pub const RSS_KB_PER_CONNECTION: f64 = 30.0;
 pub const PING_P99_MS: f64 = 50.0;
 /// The quiet room's p99 during the abuse, as a multiple of its quiet run.
 pub const QUIET_FACTOR: f64 = 2.0;
+/// How much lower the abusers' own threads run than the rest of the
+/// generator (nice): real attackers bring their own CPU; on this one
+/// machine they would otherwise take the cores from the system they
+/// attack and from the quiet room's clients, and the soak would measure
+/// the generator.
+pub const ABUSERS_NICE: i32 = 10;
 
 /// How big each kind of abuse is.
 const SLOW_READERS: usize = 50;
@@ -98,23 +104,28 @@ pub async fn abuse(system: &System, seconds: f64, kinds: &[String]) -> Result<Ab
     let storm = system.users("storm-", STORM, LOAD_USER_COST).await?;
     let counts = Arc::new(Counts::default());
     let stop = CancellationToken::new();
+    let abusers = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("abuser")
+        .on_thread_start(|| shared::service::lower_priority(ABUSERS_NICE))
+        .build()?;
     let mut tasks = Vec::new();
     for (i, user) in slow.into_iter().enumerate().filter(|_| wants("slow")) {
         let t = (system.target.clone(), counts.clone(), stop.clone());
-        tasks.push(tokio::spawn(slow_reader(t.0, i, user, t.1, t.2)));
+        tasks.push(abusers.spawn(slow_reader(t.0, i, user, t.1, t.2)));
     }
     for (i, user) in askers.into_iter().enumerate().filter(|_| wants("who")) {
         let t = (system.target.clone(), counts.clone(), stop.clone());
-        tasks.push(tokio::spawn(who_asker(t.0, i, user, t.1, t.2)));
+        tasks.push(abusers.spawn(who_asker(t.0, i, user, t.1, t.2)));
     }
     if wants("storm") || wants("churn") {
         let t = (system.target.clone(), counts.clone(), stop.clone());
         let churn = wants("churn");
-        tasks.push(tokio::spawn(reconnect_storm(t.0, storm, churn, t.1, t.2)));
+        tasks.push(abusers.spawn(reconnect_storm(t.0, storm, churn, t.1, t.2)));
     }
     for i in (0..REGISTER_TASKS).filter(|_| wants("register")) {
         let t = (system.target.clone(), counts.clone(), stop.clone());
-        tasks.push(tokio::spawn(register_flood(t.0, i, t.1, t.2)));
+        tasks.push(abusers.spawn(register_flood(t.0, i, t.1, t.2)));
     }
     let pings = tokio::spawn(ping_redis(system.redis().await?, stop.clone()));
     let edges: Vec<u32> = (0..system.services.count(e2e::Role::Edge))
@@ -129,6 +140,7 @@ pub async fn abuse(system: &System, seconds: f64, kinds: &[String]) -> Result<Ab
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
     }
+    abusers.shutdown_background();
     let ping = pings.await?;
     let rss = memory.await?;
     let during = during?;
