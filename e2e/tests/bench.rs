@@ -23,6 +23,8 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
         .args([
             "--rates",
             "100",
+            "--baseline-rates",
+            "100",
             "--clients",
             "6",
             "--senders",
@@ -67,6 +69,19 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
         assert!(t["deliveries_per_s"].as_f64().unwrap() > 0.0, "{t}");
         assert!(t["p99_ms"].as_f64().unwrap() > 0.0, "{t}");
     }
+    // The sweep's summary: its one rate, and CPU per delivery by process.
+    let summary = &results["fanout_summary"];
+    assert_eq!(
+        summary["saturation_deliveries_per_s"], traffic[0]["deliveries_per_s"],
+        "{summary}"
+    );
+    assert_eq!(summary["saturation_at_msgs_per_s"], 100.0, "{summary}");
+    assert!(
+        summary["target"].is_null(),
+        "13,000 msg/s not run: {summary}"
+    );
+    let cpu = &summary["cpu_us_per_1000_deliveries"][0]["by_process"];
+    assert!(cpu["edge-1"].as_f64().is_some(), "{summary}");
     // A routed room message costs the router one function call.
     let fanout = &traffic[0]["redis_calls_per_msg"];
     assert!(fanout["fcall"].as_f64().unwrap() >= 1.0, "{fanout}");

@@ -76,6 +76,7 @@ pub(super) async fn write_loop<W: AsyncWrite>(
             break bye;
         }
         if let Some(gate) = gate {
+            drop(buf); // not held while the login waits
             if !opened(gate, &closer).await {
                 break closer.reason().map(str::to_string);
             }
