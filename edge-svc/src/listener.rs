@@ -197,6 +197,10 @@ impl Listener {
 
     /// Stops listening, says `BYE server-shutdown` to every client and
     /// waits (until `deadline`, at least a second) for their connections to end.
+    ///
+    /// The `BYE` goes into each client's queue, after what is queued
+    /// already (a drain's `REDIRECT`: closing out of band would drop it);
+    /// connections still open halfway to the deadline are closed at once.
     async fn drain(self, deadline: Instant) {
         let Listener {
             listener,
@@ -205,15 +209,21 @@ impl Listener {
             ..
         } = self;
         drop(listener);
+        for id in ctx.hub.conn_ids() {
+            ctx.hub.bye(id, "server-shutdown");
+        }
+        tracker.close();
+        let half = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1))
+            / 2;
+        if tokio::time::timeout(half, tracker.wait()).await.is_ok() {
+            return;
+        }
         for closer in ctx.hub.closers() {
             closer.close("server-shutdown");
         }
-        tracker.close();
-        let left = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(left.max(Duration::from_secs(1)), tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(half, tracker.wait()).await.is_err() {
             tracing::warn!("connections still open after the drain deadline");
         }
     }
