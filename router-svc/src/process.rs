@@ -35,6 +35,11 @@ pub(crate) struct Worker {
     batch: usize,
 }
 
+/// Each user's [`Place`], by name.
+pub(crate) type Places = HashMap<String, Place>;
+/// Ids to acknowledge and delete, by stream.
+pub(crate) type Acks = Vec<(String, Vec<String>)>;
+
 /// Where a user's session is (empty strings: it has none), as read before
 /// making the keys of its requests, then as each request of the pipeline
 /// will leave it.
@@ -87,6 +92,26 @@ impl Worker {
         self.consumer.pending_counts(&streams).await
     }
 
+    /// What a fresh read needs before its scripts, in one round trip's
+    /// time: the pending count of each run's partition (as
+    /// [`Worker::pending`]) and where the users of `runs` are (as
+    /// [`Worker::apply_runs`] takes them).
+    pub(crate) async fn survey(
+        &mut self,
+        runs: &[(u32, Vec<Entry>)],
+    ) -> redis::RedisResult<(Vec<u64>, Places)> {
+        let parts: Vec<u32> = runs.iter().map(|(p, _)| *p).collect();
+        let borrowed: Vec<(u32, &[Entry])> = runs.iter().map(|(p, e)| (*p, e.as_slice())).collect();
+        let streams: Vec<String> = parts
+            .iter()
+            .map(|p| self.keys.router_requests(*p))
+            .collect();
+        tokio::try_join!(
+            self.consumer.pending_counts(&streams),
+            places(&self.keys, &mut self.conn, &borrowed)
+        )
+    }
+
     /// Applies, in id order, everything pending on partition `p`: requests
     /// a previous owner read but did not finish, and our own that failed.
     /// Done before anything newer of `p`, so order holds.
@@ -134,7 +159,9 @@ impl Worker {
             }
         };
         let (outcome, done) = judge(&entries, &statuses);
-        self.acknowledge(&[(&entries, done)]).await;
+        if let Some(first) = entries.first() {
+            Worker::acknowledge(&self.consumer, &vec![(first.stream.clone(), done)]).await;
+        }
         outcome
     }
 
@@ -147,10 +174,17 @@ impl Worker {
     /// The scripts go in the order the edges received the requests (their
     /// entry ids), across partitions: each partition keeps its order, and
     /// a room's history ids follow receive times without a correction.
-    pub(crate) async fn apply_runs(&mut self, runs: Vec<(u32, Vec<Entry>)>) -> Vec<(u32, Outcome)> {
+    ///
+    /// Returns each run's outcome, and what to acknowledge, left to the
+    /// caller (see [`Worker::acknowledge`]).
+    pub(crate) async fn apply_runs(
+        &mut self,
+        runs: Vec<(u32, Vec<Entry>)>,
+        places: Places,
+    ) -> (Vec<(u32, Outcome)>, Acks) {
         let order = by_receive_time(&runs);
         let borrowed: Vec<(u32, &[Entry])> = runs.iter().map(|(p, e)| (*p, e.as_slice())).collect();
-        let values = match self.run_pipeline(&borrowed, &order).await {
+        let values = match self.run_pipeline(&borrowed, &order, places).await {
             Ok(values) => values,
             Err(e) => {
                 // Not a warning yet: the careful path says what it finds.
@@ -159,7 +193,7 @@ impl Worker {
                 for (p, entries) in runs {
                     out.push((p, self.apply_in_order(p, entries).await));
                 }
-                return out;
+                return (out, Vec::new());
             }
         };
         // Each run's answers, back in its own order.
@@ -174,19 +208,21 @@ impl Worker {
             let statuses = statuses(slots, &mut answers.into_iter());
             let (outcome, done) = judge(entries, &statuses);
             outcomes.push((*p, outcome));
-            acks.push((entries.as_slice(), done));
+            if let Some(first) = entries.first() {
+                acks.push((first.stream.clone(), done));
+            }
         }
-        self.acknowledge(&acks).await;
-        outcomes
+        (outcomes, acks)
     }
 
-    /// Acknowledges and deletes the `done` ids of each run.
-    async fn acknowledge(&self, runs: &[(&[Entry], Vec<String>)]) {
-        let done: Vec<(&str, &[String])> = runs
+    /// Acknowledges and deletes the `done` ids of each stream. Not a
+    /// method: the main loop overlaps it with its next read.
+    pub(crate) async fn acknowledge(consumer: &Consumer, acks: &Acks) {
+        let done: Vec<(&str, &[String])> = acks
             .iter()
-            .filter_map(|(entries, done)| Some((entries.first()?.stream.as_str(), &done[..])))
+            .map(|(stream, done)| (stream.as_str(), &done[..]))
             .collect();
-        if let Err(e) = self.consumer.ack_and_delete(&done).await {
+        if let Err(e) = consumer.ack_and_delete(&done).await {
             // Left pending: applied again later, recognized as duplicates.
             tracing::warn!(error = %e, "acknowledging requests failed");
         }
@@ -195,21 +231,22 @@ impl Worker {
     /// Applies the entries of one partition, in order, in one round trip.
     async fn apply(&mut self, p: u32, entries: &[Entry]) -> redis::RedisResult<Vec<String>> {
         let order: Vec<(usize, usize)> = (0..entries.len()).map(|i| (0, i)).collect();
-        let values = self.run_pipeline(&[(p, entries)], &order).await?;
+        let places = places(&self.keys, &mut self.conn, &[(p, entries)]).await?;
+        let values = self.run_pipeline(&[(p, entries)], &order, places).await?;
         let slots = entries.iter().map(|e| e.req.is_some()).collect();
         Ok(statuses(slots, &mut values.into_iter().map(|(_, v)| v)))
     }
 
     /// Calls the function of each decodable entry of `runs`, in `order`
-    /// ((run, entry) pairs), in one pipeline. First reads, in one round
-    /// trip, where each user's session is, to name the keys of its room
-    /// and edge. Returns each call's answer with its (run, entry).
+    /// ((run, entry) pairs), in one pipeline, with `places` (see
+    /// [`places`]) naming the keys of each user's room and edge. Returns
+    /// each call's answer with its (run, entry).
     async fn run_pipeline(
         &mut self,
         runs: &[(u32, &[Entry])],
         order: &[(usize, usize)],
+        mut places: Places,
     ) -> redis::RedisResult<Vec<((usize, usize), Value)>> {
-        let mut places = self.places(runs).await?;
         let mut pipe = redis::pipe();
         let mut owners = Vec::new();
         // The id of the previous call of each run in this pipeline.
@@ -234,45 +271,6 @@ impl Worker {
         Ok(owners.into_iter().zip(values).collect())
     }
 
-    /// Where the session of each user with a request in `runs` is now.
-    async fn places(
-        &mut self,
-        runs: &[(u32, &[Entry])],
-    ) -> redis::RedisResult<HashMap<String, Place>> {
-        let mut users: Vec<&str> = runs
-            .iter()
-            .flat_map(|(_, entries)| entries.iter())
-            .filter_map(|e| e.req.as_ref().map(|r| r.user.as_str()))
-            .collect();
-        users.sort_unstable();
-        users.dedup();
-        if users.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let mut pipe = redis::pipe();
-        for user in &users {
-            pipe.cmd("HMGET")
-                .arg(self.keys.session(user))
-                .arg("sid")
-                .arg("edge")
-                .arg("room");
-        }
-        let found: Vec<(Option<String>, Option<String>, Option<String>)> =
-            pipe.query_async(&mut self.conn).await?;
-        Ok(users
-            .into_iter()
-            .zip(found)
-            .map(|(user, (sid, edge, room))| {
-                let place = Place {
-                    sid: sid.unwrap_or_default(),
-                    edge: edge.unwrap_or_default(),
-                    room: room.unwrap_or_default(),
-                };
-                (user.to_string(), place)
-            })
-            .collect())
-    }
-
     /// After a batch failed on a script error: each entry alone; a
     /// transient failure stops here and leaves the rest for a retry.
     async fn apply_singly(&mut self, p: u32, entries: &[Entry]) -> Vec<String> {
@@ -294,6 +292,47 @@ impl Worker {
         }
         out
     }
+}
+
+/// Where the session of each user with a request in `runs` is now, read in
+/// one round trip (a script finding it changed since answers `moved`).
+async fn places(
+    keys: &Keys,
+    conn: &mut ConnectionManager,
+    runs: &[(u32, &[Entry])],
+) -> redis::RedisResult<Places> {
+    let mut users: Vec<&str> = runs
+        .iter()
+        .flat_map(|(_, entries)| entries.iter())
+        .filter_map(|e| e.req.as_ref().map(|r| r.user.as_str()))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut pipe = redis::pipe();
+    for user in &users {
+        pipe.cmd("HMGET")
+            .arg(keys.session(user))
+            .arg("sid")
+            .arg("edge")
+            .arg("room");
+    }
+    let found: Vec<(Option<String>, Option<String>, Option<String>)> =
+        pipe.query_async(conn).await?;
+    Ok(users
+        .into_iter()
+        .zip(found)
+        .map(|(user, (sid, edge, room))| {
+            let place = Place {
+                sid: sid.unwrap_or_default(),
+                edge: edge.unwrap_or_default(),
+                room: room.unwrap_or_default(),
+            };
+            (user.to_string(), place)
+        })
+        .collect())
 }
 
 /// The call that applies `req`, stream entry `entry_id` of partition `p`,
