@@ -28,7 +28,7 @@ bench: redis
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn); ./target/release/chat-bench $(BENCH_ARGS)
 
-## The abuse soak alone (about a minute): hostile load against a fresh
+## The abuse soak alone (about two minutes): hostile load against a fresh
 ## system with the default limits; fails if a bound of docs/security.md
 ## breaks. Writes target/bench/results.json, not the report.
 soak: redis

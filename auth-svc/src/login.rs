@@ -164,6 +164,8 @@ pub(crate) struct Ctx {
     /// Checked against when the user does not exist, so that an unknown
     /// user costs as much time as a wrong password.
     dummy_hash: String,
+    /// `auth.bcrypt_idle`.
+    bcrypt_idle: bool,
 }
 
 impl Ctx {
@@ -196,6 +198,7 @@ impl Ctx {
             conn,
             opener,
             seal_max_age: cfg.auth.seal_max_age_ms,
+            bcrypt_idle: cfg.auth.bcrypt_idle,
             policy: cfg.auth.duplicate_login,
             notices: cfg.notices,
             bcrypt: Semaphore::new(permits),
@@ -263,7 +266,14 @@ impl Ctx {
         run: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AuthError> {
         let started = Instant::now();
-        let out = tokio::task::spawn_blocking(run).await?;
+        let idle = self.bcrypt_idle;
+        let out = tokio::task::spawn_blocking(move || {
+            if idle {
+                shared::service::idle_thread();
+            }
+            run()
+        })
+        .await?;
         let took = started.elapsed();
         self.bcrypt_seconds.observe(took);
         // A moving average: the machine may get busier or quieter.

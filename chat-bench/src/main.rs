@@ -216,8 +216,8 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
         let system = system::System::start_with(&cli.bin, &dir, 2, system::ABUSE_SETTINGS).await?;
         let a = abuse::abuse(&system, cli.abuse_seconds, &cli.abuses).await?;
         eprintln!(
-            "  abuse: edge peak {:?} MB (bound {} MB), Redis PING p99 {} ms, quiet room p99 {} ms -> {} ms",
-            a.edge_rss_mb, a.edge_rss_bound_mb, a.ping_p99_ms, a.quiet.p99_ms, a.quiet_during.p99_ms
+            "  abuse: edge peak {:?} MB (bound {} MB), Redis PING p99 {} ms, quiet rooms p99 {} ms -> {} ms -> {} ms",
+            a.edge_rss_mb, a.edge_rss_bound_mb, a.ping_p99_ms, a.quiet.p99_ms, a.quiet_during.p99_ms, a.quiet_after.p99_ms
         );
         results.abuse = Some(a);
     }

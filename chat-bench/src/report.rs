@@ -663,7 +663,7 @@ fn failover_section(s: &mut String, f: &Failover) {
 
 /// The abuse soak's figures, against its bounds.
 fn abuse_section(s: &mut String, a: &Abuse) {
-    use crate::abuse::{PING_P99_MS, QUIET_FACTOR};
+    use crate::abuse::{PING_P99_MS, QUIET_FACTOR, QUIET_ROOMS};
     let _ = writeln!(s, "\n### Abuse soak ({} s, default limits)\n", a.seconds);
     let _ = writeln!(
         s,
@@ -697,8 +697,8 @@ fn abuse_section(s: &mut String, a: &Abuse) {
     );
     let _ = writeln!(
         s,
-        "- a quiet room (20 members, 20 msg/s): p99 {} ms alone, {} ms during the abuse (bound {QUIET_FACTOR}x), lost {}, reordered {}",
-        a.quiet.p99_ms, a.quiet_during.p99_ms, a.quiet_during.lost, a.quiet_during.out_of_order
+        "- quiet rooms ({QUIET_ROOMS} of 20 members, 20 msg/s each): p99 {} ms before the abuse, {} ms during it, {} ms after it (bound {QUIET_FACTOR}x the mean of before and after), lost {}, reordered {}",
+        a.quiet.p99_ms, a.quiet_during.p99_ms, a.quiet_after.p99_ms, a.quiet_during.lost, a.quiet_during.out_of_order
     );
     let verdict = if a.failed.is_empty() {
         "every bound held".to_string()

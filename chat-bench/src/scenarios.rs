@@ -602,8 +602,8 @@ pub async fn login(system: &mut System, parallel: usize, timing: Timing) -> Resu
     out.bcrypt_verifies_per_s = bcrypt_rate(cost, cores, Duration::from_secs(3)).await?.0;
 
     // Both rooms log in first: a login storm delays other logins too.
-    let quiet = small_room(system, "quiet-").await?;
-    let busy = small_room(system, "busy-").await?;
+    let quiet = small_rooms(system, "quiet-", 1).await?;
+    let busy = small_rooms(system, "busy-", 1).await?;
     out.chat_quiet = chat_in(system, quiet, timing, 200.0).await?;
     let (rate, failed) = storm(system, &users, timing).await?;
     out.logins_per_s.insert("1".into(), rate);
@@ -632,31 +632,53 @@ fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
-/// 20 users of `prefix` logged in, in a room of their own.
-pub(crate) async fn small_room(
+/// 20 users of `prefix` logged in, in each of `rooms` rooms of their own.
+pub(crate) async fn small_rooms(
     system: &System,
     prefix: &str,
+    rooms: usize,
 ) -> Result<Vec<(Reader, Writer)>, Error> {
-    let users = system.users(prefix, 20, LOAD_USER_COST).await?;
-    let room = format!("/join {}room", prefix.trim_end_matches('-'));
-    clients(system, &users, |_| Some(room.clone())).await
+    let users = system.users(prefix, 20 * rooms, LOAD_USER_COST).await?;
+    let base = prefix.trim_end_matches('-');
+    // Each room from an address of its own (127.0.2.x): the edges'
+    // default limits allow 64 connections from one address.
+    let from = |i: usize| Some(std::net::Ipv4Addr::new(127, 0, 2, (i / 20 + 1) as u8));
+    use futures_util::TryStreamExt;
+    let mut conns: Vec<(Reader, Writer)> = futures_util::stream::iter(users.iter().enumerate())
+        .map(|(i, user)| load::login_from(&system.target, i, user, from(i)))
+        .buffered(64)
+        .try_collect()
+        .await?;
+    for (i, (rd, wr)) in conns.iter_mut().enumerate() {
+        load::command(rd, wr, &format!("/join {base}room{}", i / 20)).await?;
+    }
+    Ok(conns)
 }
 
-/// 2 of the 20 send at `rate` messages per second in total.
+/// In each room of [`small_rooms`], 2 of the 20 send, half their interval
+/// apart; `rate` messages per second in all.
 pub(crate) async fn chat_in(
     system: &System,
     conns: Vec<(Reader, Writer)>,
     timing: Timing,
     rate: f64,
 ) -> Result<Traffic, Error> {
+    let rooms = conns.len() / 20;
+    // Senders spread over the interval in this order: each room's second
+    // sender is half an interval after its first.
+    let who: Vec<usize> = (0..rooms)
+        .map(|r| 20 * r)
+        .chain((0..rooms).map(|r| 20 * r + 10))
+        .collect();
+    let clients = conns.len();
     let run = Run::new(timing);
-    let (receivers, sinks) = split(&run, conns, &[0, 10]);
+    let (receivers, sinks) = split(&run, conns, &who);
     let meta = Meta {
         scenario: "chat".into(),
-        clients: 20,
+        clients,
         rate,
         format: load::say,
-        listeners: vec![20; 2],
+        listeners: vec![20; who.len()],
     };
     measure(system, run, receivers, sinks, meta).await
 }
@@ -782,8 +804,8 @@ pub async fn logins(system: &System, seconds: f64) -> Result<Logins, Error> {
     let wait_s = timing.warmup_s + 1.0;
     let n = (offered_per_s * wait_s * 2.0).ceil() as usize + 10;
     let users = system.users("storm-", n, cost).await?;
-    let quiet = small_room(system, "calm-").await?;
-    let busy = small_room(system, "storm-room-").await?;
+    let quiet = small_rooms(system, "calm-", 1).await?;
+    let busy = small_rooms(system, "storm-room-", 1).await?;
     let chat_quiet = chat_in(system, quiet, timing, 200.0).await?;
     let (storm, chat) = tokio::join!(
         offer_logins(system, &users, offered_per_s, timing),

@@ -561,16 +561,17 @@ async fn a_login_storm_checks_only_what_can_be_answered_in_time() {
     assert!(runs <= ok + 1, "checked {runs}, logged in {ok}");
 }
 
-/// The nice value of each thread of process `pid` (from `/proc`), by
-/// thread id.
-fn nice_values(pid: u32) -> HashMap<u32, i32> {
+/// The nice value and scheduling policy (0: normal, 5: `SCHED_IDLE`) of
+/// each thread of process `pid` (from `/proc`), by thread id.
+fn scheduling(pid: u32) -> HashMap<u32, (i32, u32)> {
     let mut out = HashMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap();
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue; // the thread ended meanwhile
         };
-        // After "pid (comm) ", field 3 on; the nice value is field 19.
+        // After "pid (comm) ", field 3 on; the nice value is field 19,
+        // the policy field 41.
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .unwrap()
@@ -578,27 +579,46 @@ fn nice_values(pid: u32) -> HashMap<u32, i32> {
             .split_whitespace()
             .collect();
         let tid = task.file_name().to_string_lossy().parse().unwrap();
-        out.insert(tid, fields[19 - 3].parse().unwrap());
+        let field = |n: usize| fields[n - 3];
+        out.insert(
+            tid,
+            (field(19).parse().unwrap(), field(41).parse().unwrap()),
+        );
     }
     out
 }
 
 #[tokio::test]
-async fn auth_svc_runs_at_the_configured_lower_priority_and_the_edges_do_not() {
+async fn auth_svc_runs_at_lower_priority_with_bcrypt_under_sched_idle_and_the_edges_do_not() {
     let sys = System::start().await;
     assert_eq!(sys.cfg.auth.nice, 10, "the default");
+    assert!(sys.cfg.auth.bcrypt_idle, "the default");
     sys.add_user("alice").await;
     let mut c = sys.connect(0).await;
     c.send("LOGIN alice alice-pw").await;
     c.expect("OK LOGIN alice lobby").await;
     // Relative to the edge's, started alike (the tests may run under
     // `nice`); every thread, the blocking pool's that ran bcrypt too.
-    let edge = nice_values(sys.pid(Role::Edge, 0));
-    let base = *edge.values().next().unwrap();
-    assert!(edge.values().all(|n| *n == base), "the edge's: {edge:?}");
-    let auth = nice_values(sys.pid(Role::Auth, 0));
+    let edge = scheduling(sys.pid(Role::Edge, 0));
+    let base = edge.values().next().unwrap().0;
+    assert!(
+        edge.values().all(|s| *s == (base, 0)),
+        "the edge's: {edge:?}"
+    );
+    let auth = scheduling(sys.pid(Role::Auth, 0));
     let lowered = (base + 10).min(19);
     assert!(base < lowered, "{edge:?}");
     assert!(auth.len() > 2, "the runtime's threads: {auth:?}");
-    assert!(auth.values().all(|n| *n == lowered), "auth-svc's: {auth:?}");
+    assert!(
+        auth.values().all(|s| s.0 == lowered),
+        "auth-svc's: {auth:?}"
+    );
+    // The thread that checked alice's password is under SCHED_IDLE; the
+    // runtime's own threads are not.
+    let idle = auth.values().filter(|s| s.1 == 5).count();
+    assert!(idle >= 1, "auth-svc's: {auth:?}");
+    assert!(
+        auth.values().filter(|s| s.1 == 0).count() >= 2,
+        "auth-svc's: {auth:?}"
+    );
 }

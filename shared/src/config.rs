@@ -153,6 +153,10 @@ pub struct AuthConfig {
     /// chat waits for (edges, routers, Redis); 0: the priority it was
     /// started with.
     pub nice: i32,
+    /// Whether bcrypt runs in threads under Linux's `SCHED_IDLE` policy:
+    /// only on CPU time the rest of the machine leaves, giving way at once
+    /// to any other thread that wakes (see [`crate::service::idle_thread`]).
+    pub bcrypt_idle: bool,
     /// `force-logout` or `reject`.
     pub duplicate_login: DuplicateLogin,
     /// Most requests read per stream read.
@@ -395,6 +399,7 @@ impl Default for AuthConfig {
             bcrypt_cost: 12,
             bcrypt_concurrency: 0,
             nice: 10,
+            bcrypt_idle: true,
             duplicate_login: DuplicateLogin::ForceLogout,
             batch: 64,
             max_in_flight: 0,

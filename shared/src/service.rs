@@ -59,6 +59,30 @@ pub fn lower_priority(by: i32) {
     }
 }
 
+/// Puts the calling thread under Linux's `SCHED_IDLE` policy, once per
+/// thread: it runs on CPU time no other thread wants, and any other thread
+/// that wakes takes the CPU from it at once. A nice value only shares the
+/// CPU out by weight: a thread at nice +10 may still hold a core for a
+/// scheduler tick (several ms) while chat waits. Failing is only logged.
+pub fn idle_thread() {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    thread_local!(static IDLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if IDLE.replace(true) {
+        return;
+    }
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    // The crate also sets the thread's nice value (to 0 for this policy,
+    // which only a privileged process may do): the nice value is put back.
+    let tid = Some(rustix::thread::gettid());
+    let nice = rustix::process::getpriority_process(tid).unwrap_or(0);
+    let me = thread_priority::thread_native_id();
+    let set = thread_priority::set_thread_priority_and_policy(me, ThreadPriority::Min, idle);
+    let _ = rustix::process::setpriority_process(tid, nice);
+    if thread_priority::thread_schedule_policy().ok() != Some(idle) {
+        tracing::warn!(error = ?set.err(), "could not put this thread under SCHED_IDLE");
+    }
+}
+
 /// Parses the command line of service `name` (described by `about`),
 /// starts logging, loads the configuration (a bad one ends the process with
 /// status 64 before anything binds), then runs `service` to its end on a
