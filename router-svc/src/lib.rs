@@ -15,7 +15,7 @@ mod process;
 
 pub use process::{request_call, Place};
 
-use process::{Acks, Outcome, Worker};
+use process::{Outcome, Worker};
 use shared::consumer::{Consumer, Entry};
 use tokio::time::Instant;
 
@@ -138,13 +138,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
     // period, and the leases are handed back within the other half: a
     // Redis that does not answer cannot hold the service past its deadline.
     let routing = async {
-        // What the last batch applied, acknowledged while the next read
-        // waits (one round trip less per batch), and before anything that
-        // counts pending entries.
-        let mut acks: Acks = Vec::new();
         while !shutdown.is_cancelled() {
             if Instant::now() >= next_renewal {
-                Worker::acknowledge(&consumer, &std::mem::take(&mut acks)).await;
                 leases.maintain().await;
                 // Sessions of edges that stopped beating (killed) end here; not
                 // right after Redis was away, when nobody could beat.
@@ -176,7 +171,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
             let owned: Vec<u32> = leases.owned().collect();
             let wait = next_renewal.saturating_duration_since(Instant::now());
             if owned.is_empty() {
-                Worker::acknowledge(&consumer, &std::mem::take(&mut acks)).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(wait) => continue,
@@ -184,18 +178,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
             }
             let streams: Vec<String> = owned.iter().map(|p| keys.router_requests(*p)).collect();
             let block = wait.clamp(Duration::from_millis(1), BLOCK);
-            let done = std::mem::take(&mut acks);
             let read = tokio::select! {
-                _ = shutdown.cancelled() => {
-                    Worker::acknowledge(&consumer, &done).await;
-                    break;
-                }
-                (_, r) = async {
-                    tokio::join!(
-                        Worker::acknowledge(&consumer, &done),
-                        consumer.read(&streams, cfg.router.batch, block)
-                    )
-                } => r,
+                _ = shutdown.cancelled() => break,
+                r = consumer.read(&streams, cfg.router.batch, block) => r,
             };
             let Ok(entries) = read else {
                 redis_back_since = Instant::now();
@@ -219,15 +204,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
                     runs.push((p, batch));
                 }
             }
-            let (outcomes, done) = worker.apply_runs(runs, places).await;
-            acks = done;
-            for (p, outcome) in outcomes {
+            for (p, outcome) in worker.apply_runs(runs, places).await {
                 retry |= outcome == Outcome::Retry;
                 settle(&mut leases, p, outcome);
             }
             metrics.batch_seconds.observe(started.elapsed());
             if retry {
-                Worker::acknowledge(&consumer, &std::mem::take(&mut acks)).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

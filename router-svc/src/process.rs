@@ -37,8 +37,6 @@ pub(crate) struct Worker {
 
 /// Each user's [`Place`], by name.
 pub(crate) type Places = HashMap<String, Place>;
-/// Ids to acknowledge and delete, by stream.
-pub(crate) type Acks = Vec<(String, Vec<String>)>;
 
 /// Where a user's session is (empty strings: it has none), as read before
 /// making the keys of its requests, then as each request of the pipeline
@@ -159,9 +157,7 @@ impl Worker {
             }
         };
         let (outcome, done) = judge(&entries, &statuses);
-        if let Some(first) = entries.first() {
-            Worker::acknowledge(&self.consumer, &vec![(first.stream.clone(), done)]).await;
-        }
+        self.acknowledge(&[(&entries, done)]).await;
         outcome
     }
 
@@ -174,14 +170,11 @@ impl Worker {
     /// The scripts go in the order the edges received the requests (their
     /// entry ids), across partitions: each partition keeps its order, and
     /// a room's history ids follow receive times without a correction.
-    ///
-    /// Returns each run's outcome, and what to acknowledge, left to the
-    /// caller (see [`Worker::acknowledge`]).
     pub(crate) async fn apply_runs(
         &mut self,
         runs: Vec<(u32, Vec<Entry>)>,
         places: Places,
-    ) -> (Vec<(u32, Outcome)>, Acks) {
+    ) -> Vec<(u32, Outcome)> {
         let order = by_receive_time(&runs);
         let borrowed: Vec<(u32, &[Entry])> = runs.iter().map(|(p, e)| (*p, e.as_slice())).collect();
         let values = match self.run_pipeline(&borrowed, &order, places).await {
@@ -193,7 +186,7 @@ impl Worker {
                 for (p, entries) in runs {
                     out.push((p, self.apply_in_order(p, entries).await));
                 }
-                return (out, Vec::new());
+                return out;
             }
         };
         // Each run's answers, back in its own order.
@@ -208,21 +201,19 @@ impl Worker {
             let statuses = statuses(slots, &mut answers.into_iter());
             let (outcome, done) = judge(entries, &statuses);
             outcomes.push((*p, outcome));
-            if let Some(first) = entries.first() {
-                acks.push((first.stream.clone(), done));
-            }
+            acks.push((entries.as_slice(), done));
         }
-        (outcomes, acks)
+        self.acknowledge(&acks).await;
+        outcomes
     }
 
-    /// Acknowledges and deletes the `done` ids of each stream. Not a
-    /// method: the main loop overlaps it with its next read.
-    pub(crate) async fn acknowledge(consumer: &Consumer, acks: &Acks) {
-        let done: Vec<(&str, &[String])> = acks
+    /// Acknowledges and deletes the `done` ids of each run.
+    async fn acknowledge(&self, runs: &[(&[Entry], Vec<String>)]) {
+        let done: Vec<(&str, &[String])> = runs
             .iter()
-            .map(|(stream, done)| (stream.as_str(), &done[..]))
+            .filter_map(|(entries, done)| Some((entries.first()?.stream.as_str(), &done[..])))
             .collect();
-        if let Err(e) = consumer.ack_and_delete(&done).await {
+        if let Err(e) = self.consumer.ack_and_delete(&done).await {
             // Left pending: applied again later, recognized as duplicates.
             tracing::warn!(error = %e, "acknowledging requests failed");
         }
