@@ -238,12 +238,12 @@ async fn settle(system: &System) -> Result<(), Error> {
             pipe.xlen(keys.router_requests(p));
         }
         let queued: Vec<u64> = pipe.query_async(&mut conn).await?;
-        let open: u64 = conns.into_iter().flatten().sum();
-        if (open <= 10 && queued.iter().sum::<u64>() == 0) || Instant::now() > deadline {
-            eprintln!(
-                "  abuse: settled: {open} connections, {} requests queued",
-                queued.iter().sum::<u64>()
-            );
+        let (open, queued) = (
+            conns.into_iter().flatten().sum::<u64>(),
+            queued.iter().sum::<u64>(),
+        );
+        if (open <= 10 && queued == 0) || Instant::now() > deadline {
+            eprintln!("  abuse: settled: {open} connections, {queued} requests queued");
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -207,15 +207,17 @@ pub async fn command(rd: &mut Reader, wr: &mut Writer, line: &str) -> Result<(),
     Ok(())
 }
 
-/// Logs in `users[i]` on edge `i % edges`, `parallel` at a time.
+/// Logs in `users[i]` on edge `i % edges` from source address `from(i)`,
+/// `parallel` at a time.
 pub async fn login_all(
     target: &Target,
     users: &[String],
+    from: impl Fn(usize) -> Option<std::net::Ipv4Addr>,
     parallel: usize,
 ) -> Result<Vec<(Reader, Writer)>, Error> {
     use futures_util::stream::{self, StreamExt, TryStreamExt};
     stream::iter(users.iter().enumerate())
-        .map(|(i, user)| login(target, i, user))
+        .map(|(i, user)| login_from(target, i, user, from(i)))
         .buffered(parallel)
         .try_collect()
         .await

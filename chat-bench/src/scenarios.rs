@@ -7,6 +7,7 @@ use e2e::usage;
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -248,14 +249,15 @@ fn calls_per(before: &[(String, u64)], after: &[(String, u64)], per: u64) -> BTr
         .collect()
 }
 
-/// Logs in `users` and has each send command `setup(i)` (if any) and wait
-/// for its reply.
+/// Logs in `users` (from source address `from(i)`, or the default) and has
+/// each send command `setup(i)` (if any) and wait for its reply.
 async fn clients(
     system: &System,
     users: &[String],
+    from: impl Fn(usize) -> Option<Ipv4Addr>,
     setup: impl Fn(usize) -> Option<String>,
 ) -> Result<Vec<(Reader, Writer)>, Error> {
-    let mut conns = load::login_all(&system.target, users, 64).await?;
+    let mut conns = load::login_all(&system.target, users, from, 64).await?;
     let jobs = conns.iter_mut().enumerate().filter_map(|(i, (rd, wr))| {
         setup(i).map(|line| async move { load::command(rd, wr, &line).await })
     });
@@ -326,9 +328,12 @@ async fn in_rooms(
     let users = system
         .users(&format!("{scenario}-"), clients, LOAD_USER_COST)
         .await?;
-    let conns = self::clients(system, &users, |i| {
-        Some(format!("/join {scenario}{nth}-{}", i % rooms))
-    })
+    let conns = self::clients(
+        system,
+        &users,
+        |_| None,
+        |i| Some(format!("/join {scenario}{nth}-{}", i % rooms)),
+    )
     .await?;
     let run = Run::new(timing);
     let who: Vec<usize> = (0..senders).collect();
@@ -357,9 +362,12 @@ pub async fn pubsub(
         .await?;
     let mut users = pubs.clone();
     users.extend(subs);
-    let conns = self::clients(system, &users, |i| {
-        (i >= publishers).then(|| format!("/subscribe pub-{}", i % publishers))
-    })
+    let conns = self::clients(
+        system,
+        &users,
+        |_| None,
+        |i| (i >= publishers).then(|| format!("/subscribe pub-{}", i % publishers)),
+    )
     .await?;
     let run = Run::new(timing);
     let who: Vec<usize> = (0..publishers).collect();
@@ -642,17 +650,11 @@ pub(crate) async fn small_rooms(
     let base = prefix.trim_end_matches('-');
     // Each room from an address of its own (127.0.2.x): the edges'
     // default limits allow 64 connections from one address.
-    let from = |i: usize| Some(std::net::Ipv4Addr::new(127, 0, 2, (i / 20 + 1) as u8));
-    use futures_util::TryStreamExt;
-    let mut conns: Vec<(Reader, Writer)> = futures_util::stream::iter(users.iter().enumerate())
-        .map(|(i, user)| load::login_from(&system.target, i, user, from(i)))
-        .buffered(64)
-        .try_collect()
-        .await?;
-    for (i, (rd, wr)) in conns.iter_mut().enumerate() {
-        load::command(rd, wr, &format!("/join {base}room{}", i / 20)).await?;
-    }
-    Ok(conns)
+    let from = |i: usize| Some(Ipv4Addr::new(127, 0, 2, (i / 20 + 1) as u8));
+    clients(system, &users, from, |i| {
+        Some(format!("/join {base}room{}", i / 20))
+    })
+    .await
 }
 
 /// In each room of [`small_rooms`], 2 of the 20 send, half their interval

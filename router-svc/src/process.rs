@@ -100,13 +100,10 @@ impl Worker {
     ) -> redis::RedisResult<(Vec<u64>, Places)> {
         let parts: Vec<u32> = runs.iter().map(|(p, _)| *p).collect();
         let borrowed: Vec<(u32, &[Entry])> = runs.iter().map(|(p, e)| (*p, e.as_slice())).collect();
-        let streams: Vec<String> = parts
-            .iter()
-            .map(|p| self.keys.router_requests(*p))
-            .collect();
+        let mut conn = self.conn.clone();
         tokio::try_join!(
-            self.consumer.pending_counts(&streams),
-            places(&self.keys, &mut self.conn, &borrowed)
+            self.pending(&parts),
+            places(&self.keys, &mut conn, &borrowed)
         )
     }
 

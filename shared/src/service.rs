@@ -48,7 +48,7 @@ impl<E: std::error::Error> From<E> for Failure {
 
 /// Raises the calling thread's nice value by `by` (to 19 at most); threads
 /// it starts afterwards inherit it. Failing is only logged.
-pub fn lower_priority(by: i32) {
+fn lower_priority(by: i32) {
     if by == 0 {
         return;
     }
