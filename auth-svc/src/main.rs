@@ -47,6 +47,7 @@ fn main() -> ExitCode {
     shared::service::main(
         "auth-svc",
         "Chat authentication service, and account administration",
+        shared::service::Threads::PerCore,
         |args: AuthArgs, cfg| async move {
             match args.command.unwrap_or(Command::Serve) {
                 Command::Serve => {

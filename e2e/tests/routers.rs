@@ -125,3 +125,27 @@ async fn requests_left_by_a_router_that_lost_its_lease_go_first() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn the_router_routes_on_one_thread_and_the_edges_on_several() {
+    let sys = System::start().await;
+    sys.add_user("alice").await;
+    let mut c = sys.connect(0).await;
+    c.send("LOGIN alice alice-pw").await;
+    c.expect("OK LOGIN alice lobby").await;
+    c.send("hi").await;
+    let line = c.expect_prefix("MSG lobby ").await;
+    assert!(line.ends_with(" alice hi"), "{line}");
+    // The router's loop is one task of round trips: worker threads would
+    // only wake each other (docs/benchmarks.md).
+    let router = threads(sys.pid(Role::Router, 0));
+    assert_eq!(router, 1, "the router's threads");
+    assert!(threads(sys.pid(Role::Edge, 0)) > 2, "the edge's threads");
+}

@@ -83,11 +83,25 @@ pub fn idle_thread() {
     }
 }
 
+/// The threads of a service's runtime.
+pub enum Threads {
+    /// One worker thread per core (and a blocking pool).
+    PerCore,
+    /// Everything on the main thread: for a service whose work is one loop
+    /// of round trips to Redis, where worker threads only wake each other.
+    One,
+}
+
 /// Parses the command line of service `name` (described by `about`),
 /// starts logging, loads the configuration (a bad one ends the process with
 /// status 64 before anything binds), then runs `service` to its end on a
-/// multi-threaded runtime.
-pub fn main<A, F, Fut>(name: &'static str, about: &'static str, service: F) -> ExitCode
+/// runtime of `threads`.
+pub fn main<A, F, Fut>(
+    name: &'static str,
+    about: &'static str,
+    threads: Threads,
+    service: F,
+) -> ExitCode
 where
     A: Args,
     F: FnOnce(A, Config) -> Fut,
@@ -101,7 +115,13 @@ where
     if name == "auth-svc" {
         lower_priority(cfg.auth.nice);
     }
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let rt = match threads {
+        Threads::PerCore => tokio::runtime::Builder::new_multi_thread(),
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
     match rt.block_on(async move { service(cli.more, cfg).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Log(e)) => {
