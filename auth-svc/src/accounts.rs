@@ -1,11 +1,11 @@
 //! Account administration (`auth-svc user ...`): accounts are hashes
 //! `<prefix>user:<name>` holding a bcrypt hash and a creation time.
 
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use shared::keys::Keys;
 use shared::protocol::is_valid_name;
 use shared::scripts::Call;
+use shared::store::Conn;
 
 use crate::AuthError;
 
@@ -41,7 +41,7 @@ fn check_name(user: &str) -> Result<(), AuthError> {
 
 /// Creates `user`; `Err(Exists)` when the name is taken.
 pub async fn add(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     user: &str,
     password: &str,
@@ -59,7 +59,7 @@ pub async fn add(
 /// Calls `function` (create, or replace) with the account and a hash;
 /// whether it wrote.
 async fn store_hash(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     function: &str,
     keys: &[String],
     hashed: String,
@@ -70,7 +70,7 @@ async fn store_hash(
 
 /// Replaces the password of an existing user.
 pub async fn set_password(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     user: &str,
     password: &str,
@@ -93,11 +93,7 @@ pub async fn set_password(
 
 /// Deletes the account (a live session goes on until it ends; the user
 /// cannot log in again).
-pub async fn delete(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    user: &str,
-) -> Result<(), AuthError> {
+pub async fn delete(conn: &mut Conn, keys: &Keys, user: &str) -> Result<(), AuthError> {
     check_name(user)?;
     // The function names every set it changes: read them, and read again
     // should they change before it runs.
@@ -139,7 +135,7 @@ pub async fn delete(
 }
 
 /// All account names, sorted.
-pub async fn list(conn: &mut ConnectionManager, keys: &Keys) -> Result<Vec<String>, AuthError> {
+pub async fn list(conn: &mut Conn, keys: &Keys) -> Result<Vec<String>, AuthError> {
     let prefix = keys.user("");
     let mut names = Vec::new();
     let mut cursor: u64 = 0;

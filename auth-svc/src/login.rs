@@ -1,7 +1,6 @@
 //! One login request: password check, then the session switch script.
 
 use crate::AuthError;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use shared::admin::{Counter, Histogram, Page, Probe};
 use shared::config::{Config, DuplicateLogin, Notices};
@@ -12,6 +11,7 @@ use shared::line::ServerLine;
 use shared::protocol::{ErrorCode, LOBBY};
 use shared::scripts::Call;
 use shared::seal::Opener;
+use shared::store::Conn;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -133,7 +133,7 @@ pub(crate) struct Ctx {
     /// Per [`OUTCOMES`].
     outcomes: [Counter; 8],
     bcrypt_seconds: Histogram,
-    conn: ConnectionManager,
+    conn: Conn,
     /// Opens the passwords the edges seal ...
     opener: Opener,
     /// ... at most this long ago (ms).
@@ -172,7 +172,7 @@ impl Ctx {
     pub(crate) async fn new(
         cfg: &Config,
         keys: Keys,
-        conn: ConnectionManager,
+        conn: Conn,
         opener: Opener,
     ) -> Result<Ctx, AuthError> {
         let cost = cfg.auth.bcrypt_cost;
@@ -369,7 +369,7 @@ impl Ctx {
     /// Counts an attempt on `keys`; true if one of them is over its limit.
     async fn over_limit(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         keys: &[String],
         limits: &[u32],
     ) -> Result<bool, AuthError> {

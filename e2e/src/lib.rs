@@ -1,5 +1,6 @@
 //! The end-to-end harness, for the tests and chat-bench: a whole system of
-//! real processes ([`System`]) on its own Redis ([`TestRedis`]), clients
+//! real processes ([`System`]) on its own Redis ([`TestRedis`], or a Redis
+//! Cluster, [`TestCluster`]), clients
 //! that speak the protocol ([`Client`]) or drive the `chat` binary
 //! ([`ChatClient`]), and small helpers to wait and probe.
 #![forbid(unsafe_code)]
@@ -10,12 +11,14 @@ mod client;
 pub mod proxy;
 pub mod secrets;
 mod system;
+mod test_cluster;
 mod test_redis;
 pub mod usage;
 
 pub use chat::{config_dir, ChatClient, ConfigDir};
 pub use client::{parse, Client};
 pub use system::{signal, Role, Setup, Shape, System};
+pub use test_cluster::{cluster_info, TestCluster};
 pub use test_redis::{Monitor, RedisOptions, TestRedis};
 
 use std::path::PathBuf;

@@ -3,7 +3,6 @@
 //! for the services, what it says about itself, and its `MONITOR` feed.
 
 use crate::free_port;
-use redis::aio::ConnectionManager;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -205,7 +204,7 @@ impl TestRedis {
         }
     }
 
-    pub async fn conn(&self) -> ConnectionManager {
+    pub async fn conn(&self) -> shared::store::Conn {
         let client = redis::Client::open(self.url()).unwrap();
         shared::store::commands(&client).await.unwrap()
     }

@@ -9,7 +9,6 @@
 
 use e2e::TestRedis;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use shared::config::Config;
 use shared::envelope::{Effect, Op, Reply, Request};
@@ -17,6 +16,7 @@ use shared::keys::Keys;
 use shared::protocol::LOBBY;
 use shared::scripts::Call;
 use shared::store::Advert;
+use shared::store::Conn;
 use std::time::Duration;
 
 /// Longest wait for a published message.
@@ -31,7 +31,7 @@ const ERR_NO_USER: &str = "ERR no-such-user no such user";
 struct Fx {
     _redis: TestRedis,
     client: redis::Client,
-    c: ConnectionManager,
+    c: Conn,
     k: Keys,
     /// Entry ids `<base>-<n>`, increasing: router requests, login done keys.
     base: u64,
@@ -193,7 +193,7 @@ impl Fx {
 /// its channels, so the tests check the order too.
 struct Sub {
     ps: redis::aio::PubSub,
-    c: ConnectionManager,
+    c: Conn,
     first: String,
 }
 

@@ -97,7 +97,7 @@ async fn a_message_behind_a_later_history_id_keeps_that_ids_millisecond() {
     let keys = sys.keys();
     let requests = keys.router_requests(shared::keys::partition_of("alice", sys.cfg.partitions));
     let r = sys.redis.conn().await;
-    let top = |mut r: redis::aio::ConnectionManager, requests: String| async move {
+    let top = |mut r: shared::store::Conn, requests: String| async move {
         let top: redis::streams::StreamRangeReply =
             r.xrevrange_count(&requests, "+", "-", 1).await.unwrap();
         top.ids.into_iter().find(|e| {

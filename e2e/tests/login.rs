@@ -140,7 +140,7 @@ async fn second_login_forces_the_first_out_by_default() {
 
 /// The keys whose value (a string, a hash's fields and values, or a
 /// stream's entries) contains `needle`.
-async fn keys_holding(r: &mut redis::aio::ConnectionManager, needle: &str) -> Vec<String> {
+async fn keys_holding(r: &mut shared::store::Conn, needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     let keys: Vec<String> = r.keys("*").await.unwrap();
     for key in keys {
@@ -167,7 +167,7 @@ async fn keys_holding(r: &mut redis::aio::ConnectionManager, needle: &str) -> Ve
     found
 }
 
-async fn assert_no_password_in_redis(r: &mut redis::aio::ConnectionManager, password: &str) {
+async fn assert_no_password_in_redis(r: &mut shared::store::Conn, password: &str) {
     eventually("the login requests are deleted", || {
         let mut r = r.clone();
         async move { r.xlen::<_, u64>("chat:req:auth").await.unwrap() == 0 }

@@ -3,13 +3,13 @@
 use crate::hub::{Hub, Session};
 use crate::limits;
 use crate::metrics::Metrics;
-use redis::aio::ConnectionManager;
 use shared::config::Config;
 use shared::envelope::{Op, Request};
 use shared::keys::{partition_of, Keys};
 use shared::placement::EdgeLoad;
 use shared::seal::Sealer;
 use shared::store::Advert;
+use shared::store::Conn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
@@ -29,7 +29,7 @@ pub(crate) struct Ctx {
     pub(crate) cfg: Config,
     pub(crate) keys: Keys,
     pub(crate) hub: Arc<Hub>,
-    pub(crate) redis: ConnectionManager,
+    pub(crate) redis: Conn,
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) slots: Arc<limits::Slots>,
     pub(crate) metrics: Metrics,
@@ -52,7 +52,7 @@ impl Ctx {
         cfg: Config,
         keys: Keys,
         hub: Arc<Hub>,
-        redis: ConnectionManager,
+        redis: Conn,
         tls: Arc<rustls::ServerConfig>,
         public_addr: String,
         sealer: Sealer,

@@ -1,16 +1,16 @@
 //! Partition leases: each router instance owns a fair share of the
 //! partitions, renews its leases, takes free ones and gives back extras.
 
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use shared::config::Config;
 use shared::keys::{partition_of, Keys};
 use shared::scripts::Call;
+use shared::store::Conn;
 use std::collections::BTreeSet;
 
 pub(crate) struct Leases {
     keys: Keys,
-    conn: ConnectionManager,
+    conn: Conn,
     id: String,
     partitions: u32,
     ttl_ms: u64,
@@ -18,7 +18,7 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    pub(crate) fn new(cfg: &Config, keys: Keys, conn: ConnectionManager) -> Leases {
+    pub(crate) fn new(cfg: &Config, keys: Keys, conn: Conn) -> Leases {
         Leases {
             keys,
             conn,

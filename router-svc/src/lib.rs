@@ -40,7 +40,7 @@ pub enum RouterError {
 
 /// What /metrics shows.
 struct Metrics {
-    conn: redis::aio::ConnectionManager,
+    conn: shared::store::Conn,
     streams: Vec<String>,
     /// Requests read and handed to the script (with retries and duplicates).
     requests: Counter,

@@ -2,7 +2,6 @@
 //! (shared/lua/router.lua), pipelined per batch, then acknowledgement of
 //! what was applied.
 
-use redis::aio::ConnectionManager;
 use redis::Value;
 use shared::config::Config;
 use shared::consumer::{Consumer, Entry, EntryId};
@@ -10,6 +9,7 @@ use shared::envelope::{Op, Request};
 use shared::keys::Keys;
 use shared::protocol::LOBBY;
 use shared::scripts::Call;
+use shared::store::Conn;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ pub(crate) enum Outcome {
 
 pub(crate) struct Worker {
     keys: Keys,
-    conn: ConnectionManager,
+    conn: Conn,
     consumer: Consumer,
     id: String,
     /// The settings the functions take (router limits, notices).
@@ -64,12 +64,7 @@ impl Place {
 }
 
 impl Worker {
-    pub(crate) fn new(
-        cfg: &Config,
-        keys: Keys,
-        conn: ConnectionManager,
-        consumer: Consumer,
-    ) -> Worker {
+    pub(crate) fn new(cfg: &Config, keys: Keys, conn: Conn, consumer: Consumer) -> Worker {
         Worker {
             keys,
             conn,
@@ -286,7 +281,7 @@ impl Worker {
 /// one round trip (a script finding it changed since answers `moved`).
 async fn places(
     keys: &Keys,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     runs: &[(u32, &[Entry])],
 ) -> redis::RedisResult<Places> {
     let mut users: Vec<&str> = runs

@@ -154,7 +154,7 @@ async fn answer(mut stream: TcpStream, probe: &impl Probe) -> std::io::Result<()
 }
 
 /// Whether Redis answers a `PING` within a second.
-pub async fn redis_answers(conn: &redis::aio::ConnectionManager) -> bool {
+pub async fn redis_answers(conn: &crate::store::Conn) -> bool {
     let mut conn = conn.clone();
     let cmd = redis::cmd("PING");
     let ping = cmd.query_async::<String>(&mut conn);

@@ -1,6 +1,7 @@
 //! Request streams: a consumer group's reads, claims and acknowledgements, and stream entry ids.
 
 use crate::envelope::{Request, REQUEST_FIELD};
+use crate::store::Conn;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Client, RedisResult, Value};
@@ -52,7 +53,7 @@ pub struct Consumer {
     group: String,
     name: String,
     reader: ConnectionManager,
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl Consumer {
@@ -60,7 +61,7 @@ impl Consumer {
     /// the groups.
     pub async fn new(
         client: &Client,
-        conn: ConnectionManager,
+        conn: Conn,
         streams: Vec<String>,
         group: &str,
         name: &str,

@@ -9,7 +9,7 @@
 //! (Redis restarted without its data): [`Call::invoke`] loads and retries
 //! once, and callers that pipeline use [`is_missing`] and [`load`].
 
-use redis::aio::ConnectionManager;
+use crate::store::Conn;
 use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs};
 
 /// The library's source: its files, in order (the first names the library).
@@ -22,7 +22,7 @@ pub const LIBRARY: &str = concat!(
 );
 
 /// Loads (or replaces) the library.
-pub async fn load(conn: &mut ConnectionManager) -> RedisResult<()> {
+pub async fn load(conn: &mut Conn) -> RedisResult<()> {
     redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
@@ -63,7 +63,7 @@ impl Call {
     }
 
     /// Runs the call, loading the library first if Redis lost it.
-    pub async fn invoke<T: FromRedisValue>(&self, conn: &mut ConnectionManager) -> RedisResult<T> {
+    pub async fn invoke<T: FromRedisValue>(&self, conn: &mut Conn) -> RedisResult<T> {
         match self.0.query_async(conn).await {
             Err(e) if is_missing(&e) => {
                 load(conn).await?;
@@ -77,7 +77,7 @@ impl Call {
 /// Runs a pipeline of calls, loading the library first if Redis lost it
 /// (then nothing in the pipeline ran).
 pub async fn query_pipe<T: FromRedisValue>(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     pipe: &redis::Pipeline,
 ) -> RedisResult<T> {
     match pipe.query_async(conn).await {

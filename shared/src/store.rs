@@ -5,7 +5,7 @@ use crate::config::{Notices, RedisConfig};
 use crate::keys::Keys;
 use crate::scripts::Call;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, RedisResult};
+use redis::{AsyncCommands, Client, RedisResult, Value};
 use std::path::Path;
 use std::time::Duration;
 
@@ -35,11 +35,8 @@ pub fn client(url: &str, redis: &RedisConfig) -> RedisResult<Client> {
     if !redis.username.is_empty() {
         acl = acl.set_username(&redis.username);
     }
-    if !redis.password_file.as_os_str().is_empty() {
-        let text = read(&redis.password_file)?;
-        acl = acl.set_password(String::from_utf8_lossy(&text).lines().next().unwrap_or(""));
-    } else if !redis.password.0.is_empty() {
-        acl = acl.set_password(&redis.password.0);
+    if let Some(password) = acl_password(redis)? {
+        acl = acl.set_password(password);
     }
     info = info.set_redis_settings(acl);
     if !url.starts_with("rediss://") {
@@ -68,18 +65,93 @@ pub fn client(url: &str, redis: &RedisConfig) -> RedisResult<Client> {
     )
 }
 
+/// The ACL user's password: the first line of `redis.password_file`, or
+/// `redis.password`; `None` when neither is set.
+fn acl_password(redis: &RedisConfig) -> RedisResult<Option<String>> {
+    if !redis.password_file.as_os_str().is_empty() {
+        let text = read(&redis.password_file)?;
+        let line = String::from_utf8_lossy(&text)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        return Ok(Some(line));
+    }
+    Ok((!redis.password.0.is_empty()).then(|| redis.password.0.clone()))
+}
+
 /// A file of the Redis settings; its error names it.
 fn read(path: &Path) -> RedisResult<Vec<u8>> {
     std::fs::read(path)
         .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into())
 }
 
+/// A connection for ordinary commands: to one Redis, or to a Redis Cluster,
+/// where each command (each pipeline: one slot) goes to the master of its
+/// keys' slot and follows slot moves and failovers. Cheap to clone: the
+/// clones share the connection.
+#[derive(Clone)]
+pub enum Conn {
+    Node(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// A reconnecting, multiplexed connection for ordinary commands, with the
 /// functions library loaded (see [`crate::scripts`]).
-pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
-    let mut conn = client
+pub async fn commands(client: &Client) -> RedisResult<Conn> {
+    let conn = client
         .get_connection_manager_with_config(manager_config(RESPONSE_TIMEOUT))
         .await?;
+    ready(Conn::Node(conn)).await
+}
+
+/// A connection to the Redis Cluster that `seeds` (node URLs, any of its
+/// nodes) lead to, as the ACL user of `redis`, with the functions library
+/// loaded on every master (a replica gets it from its master).
+pub async fn cluster(seeds: &[String], redis: &RedisConfig) -> RedisResult<Conn> {
+    let mut builder = redis::cluster::ClusterClient::builder(seeds.to_vec())
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(RESPONSE_TIMEOUT);
+    if !redis.username.is_empty() {
+        builder = builder.username(redis.username.clone());
+    }
+    if let Some(password) = acl_password(redis)? {
+        builder = builder.password(password);
+    }
+    let conn = builder.build()?.get_async_connection().await?;
+    ready(Conn::Cluster(conn)).await
+}
+
+/// `conn` once the functions library is loaded.
+async fn ready(mut conn: Conn) -> RedisResult<Conn> {
     crate::scripts::load(&mut conn).await?;
     warn_unless_noeviction(&mut conn).await;
     Ok(conn)
@@ -87,7 +159,7 @@ pub async fn commands(client: &Client) -> RedisResult<ConnectionManager> {
 
 /// Warns unless Redis keeps every key when memory runs out: with an
 /// eviction policy it may drop accounts, sessions or counters.
-async fn warn_unless_noeviction(conn: &mut ConnectionManager) {
+async fn warn_unless_noeviction(conn: &mut Conn) {
     let policy: RedisResult<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("maxmemory-policy")
@@ -171,7 +243,7 @@ pub struct LiveEdge {
 /// advert. With `restart`, first ends what a previous run under that id
 /// left behind (with `notices`); returns how many sessions that ended.
 pub async fn heartbeat(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     edge: &str,
     dead_after_ms: u64,
@@ -198,7 +270,7 @@ pub async fn heartbeat(
 /// once, between heartbeats (which write the exact count), so that
 /// clients placing themselves see each other.
 pub async fn count_connection(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     edge: &str,
     delta: i64,
@@ -211,7 +283,7 @@ pub async fn count_connection(
 
 /// The edges whose heartbeat holds and that advertise an address, with
 /// their loads, in id order.
-pub async fn live_edges(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<Vec<LiveEdge>> {
+pub async fn live_edges(conn: &mut Conn, keys: &Keys) -> RedisResult<Vec<LiveEdge>> {
     let mut ids: Vec<String> = Call::new("chat_live_edges", &[keys.edges()])
         .invoke(conn)
         .await?;
@@ -240,11 +312,7 @@ pub async fn live_edges(conn: &mut ConnectionManager, keys: &Keys) -> RedisResul
 
 /// Ends the sessions of every edge whose heartbeat has run out (with
 /// `notices`), and forgets those edges. Returns how many sessions it ended.
-pub async fn reap_dead_edges(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    notices: Notices,
-) -> RedisResult<u64> {
+pub async fn reap_dead_edges(conn: &mut Conn, keys: &Keys, notices: Notices) -> RedisResult<u64> {
     let dead: Vec<String> = Call::new("chat_dead_edges", &[keys.edges()])
         .invoke(conn)
         .await?;
@@ -303,7 +371,7 @@ pub fn end_edge_session(
 /// Ends the sessions `edge` holds, in chunks of one round trip each;
 /// `mode` is `reap` (only while the edge is still dead) or `restart`.
 async fn end_edge_sessions(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     edge: &str,
     mode: &str,

@@ -1,0 +1,117 @@
+//! The Redis plumbing on a Redis Cluster of the test's own (3 masters): the functions library on every master, calls routed to the master of their keys' slot, and a master's failover followed.
+
+use e2e::{cluster_info, eventually, TestCluster};
+use shared::config::RedisConfig;
+use shared::keys::Keys;
+use shared::scripts::Call;
+use std::collections::HashSet;
+use std::time::Instant;
+
+#[tokio::test]
+async fn the_library_is_on_every_master_and_each_call_runs_where_its_key_lives() {
+    let cluster = TestCluster::start(3, 0).await;
+    let mut conn = shared::store::cluster(&cluster.seeds(), &RedisConfig::default())
+        .await
+        .unwrap();
+    for node in &cluster.nodes {
+        let libraries: redis::Value = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .query_async(&mut node.plain().await)
+            .await
+            .unwrap();
+        assert!(
+            format!("{libraries:?}").contains("chat_lease_renew"),
+            "the library on 127.0.0.1:{}",
+            node.port
+        );
+    }
+    // The 16 partitions' leases fall on every master; each renewal runs on
+    // its key's master (a call sent elsewhere fails with MOVED).
+    let keys = Keys::new("chat:");
+    let mut masters = HashSet::new();
+    for p in 0..16 {
+        let lease = keys.router_lease(p);
+        redis::cmd("SET")
+            .arg(&lease)
+            .arg("r1")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let renewed: i64 = Call::new("chat_lease_renew", &[&lease])
+            .arg("r1")
+            .arg(5000)
+            .invoke(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(renewed, 1, "{lease}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&lease)
+            .query_async(
+                &mut cluster.nodes[cluster.master_of(&lease).await.unwrap()]
+                    .plain()
+                    .await,
+            )
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= 5000, "{lease} on its master: {ttl}");
+        masters.insert(cluster.master_of(&lease).await.unwrap());
+    }
+    assert_eq!(masters.len(), 3, "the leases spread over the masters");
+}
+
+#[tokio::test]
+async fn a_killed_master_is_replaced_by_its_replica_and_the_connection_follows() {
+    let cluster = TestCluster::start(3, 1).await;
+    let mut conn = shared::store::cluster(&cluster.seeds(), &RedisConfig::default())
+        .await
+        .unwrap();
+    let key = Keys::new("chat:").router_lease(0);
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("r1")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    // Replicated before the kill: `WAIT 1` on its master says so.
+    let master = cluster.master_of(&key).await.unwrap();
+    let on_master = cluster.nodes[master].url();
+    eventually("the write is on a replica", || async {
+        let mut c = redis::Client::open(on_master.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let replicas: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        replicas == 1
+    })
+    .await;
+    cluster.kill(master);
+    let killed = Instant::now();
+    eventually("a renewal through the same connection succeeds", || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move {
+            let call = Call::new("chat_lease_renew", &[&key]).arg("r1").arg(5000);
+            call.invoke::<i64>(&mut conn).await.is_ok_and(|n| n == 1)
+        }
+    })
+    .await;
+    eprintln!("service resumed {:?} after the kill", killed.elapsed());
+    let new_master = cluster.master_of(&key).await.unwrap();
+    assert_ne!(new_master, master, "a replica took over");
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if i != master {
+            assert!(cluster_info(node).await.contains("cluster_state:ok"));
+        }
+    }
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value, "r1", "what was replicated before the kill");
+}
