@@ -1,7 +1,7 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test bench soak build certs redis lint fuzz compose-up compose-users compose-test report clean
+.PHONY: up test bench soak model build certs redis lint fuzz compose-up compose-users compose-test report clean
 
 ## Start the whole system in the foreground, supervised: a service that
 ## dies is restarted (Ctrl-C stops everything). More instances:
@@ -34,6 +34,11 @@ bench: redis
 soak: redis
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn); ./target/release/chat-bench --only abuse --no-report $(BENCH_ARGS)
+
+## The model of the routers' rules (docs/models/routers.pml) checked with
+## spin (Debian's package `spin`): no violation, and one without each rule.
+model:
+	bash scripts/model-check.sh
 
 ## The whole system in containers (Redis, auth-svc, router-svc, two edges),
 ## with docker compose or docker-compose; base images that cannot be pulled
