@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Makes sure what the tests run is installed: redis-server, and tmux (the
-# pseudo-terminal that drives the interactive client in e2e/tests/client.rs).
+# Makes sure what the tests run is installed: redis-server, redis-cli (which
+# makes the tests' Redis Clusters), and tmux (the pseudo-terminal that drives
+# the interactive client in e2e/tests/client.rs).
 # Installs what is missing with apt-get when we are root, otherwise prints
 # the one command that does it and fails.
 set -euo pipefail
 missing=()
-for tool in redis-server tmux; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+# tool:package
+for need in redis-server:redis-server redis-cli:redis-tools tmux:tmux; do
+  command -v "${need%%:*}" >/dev/null 2>&1 || missing+=("${need#*:}")
 done
 [ ${#missing[@]} = 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -46,7 +46,7 @@ inline apply_one(e, prev, ok) {
 
 proctype Router(byte me) {
   byte batch[N+1];   /* batch[i] = 1 if entry i is in the batch */
-  byte i, ok, other, stop, any, u;
+  byte i, j, ok, other, stop, any, u;
   byte prevs[USERS];  /* the id of each user's call before, in this pipeline */
   do
   :: (done == N) -> break
@@ -91,7 +91,9 @@ proctype Router(byte me) {
      /* the calls, in id order, pipelined: each call carries the id of the
         call before it (prev); a call that fails (transient error, or
         `retry`) does not stop the later ones from running */
-     prevs[0] = 0; prevs[1] = 0; stop = N + 1; i = 1;
+     u = 0;
+     do :: u < USERS -> prevs[u] = 0; u++ :: else -> break od;
+     stop = N + 1; i = 1;
      do
      :: i > N -> break
      :: i <= N && batch[i] == 0 -> i++
@@ -108,7 +110,7 @@ proctype Router(byte me) {
      od;
      /* XACK of those before the first that failed */
      atomic {
-       byte j = 1;
+       j = 1;
        do
        :: j >= stop || j > N -> break
        :: else -> if :: batch[j] == 1 -> state[j] = ACKED :: else fi; j++

@@ -1,7 +1,6 @@
 //! A Redis Cluster of a test's own: masters (and a replica of each, if asked) on free ports, made with `redis-cli --cluster create`.
 
 use crate::{RedisOptions, TestRedis};
-use std::process::Command;
 use std::time::Duration;
 
 /// How long a node may be unreachable before the cluster fails it over
@@ -20,28 +19,37 @@ impl TestCluster {
     /// replicas, all on 127.0.0.1; returns once every node sees the
     /// cluster as `ok`.
     pub async fn start(masters: usize, replicas: usize) -> TestCluster {
-        let opts = RedisOptions {
-            args: [
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            // The cluster bus's port is given: by default it is the port
+            // plus 10000, out of range for a free port above 55535.
+            let bus = crate::free_port().to_string();
+            let timeout = NODE_TIMEOUT_MS.to_string();
+            let args = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
-                &NODE_TIMEOUT_MS.to_string(),
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..RedisOptions::default()
-        };
-        let mut nodes = Vec::new();
-        for _ in 0..masters * (1 + replicas) {
-            nodes.push(TestRedis::start_with(opts.clone()).await);
+                &timeout,
+                "--cluster-port",
+                &bus,
+            ];
+            let opts = RedisOptions {
+                args: args.map(String::from).to_vec(),
+                ..RedisOptions::default()
+            };
+            nodes.push(TestRedis::start_with(opts).await);
         }
-        let created = Command::new("redis-cli")
+        let create = tokio::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let created = tokio::time::timeout(crate::WAIT, create)
+            .await
+            .expect("redis-cli --cluster create finishes")
             .expect("redis-cli must be installed (make test installs it)");
         assert!(
             created.status.success(),

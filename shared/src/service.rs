@@ -87,8 +87,9 @@ pub fn idle_thread() {
 pub enum Threads {
     /// One worker thread per core (and a blocking pool).
     PerCore,
-    /// Everything on the main thread: for a service whose work is one loop
-    /// of round trips to Redis, where worker threads only wake each other.
+    /// Every task on the main thread (a blocking pool still resolves host
+    /// names): for a service whose work is one loop of round trips to
+    /// Redis, where worker threads only wake each other.
     One,
 }
 

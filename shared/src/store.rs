@@ -23,14 +23,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// leaves Nagle's algorithm on, which holds a small write back until the
 /// previous one is acknowledged, up to 40 ms under concurrency).
 pub fn client(url: &str, redis: &RedisConfig) -> RedisResult<Client> {
-    use redis::io::tcp::TcpSettings;
     use redis::IntoConnectionInfo;
-    let tcp = TcpSettings::default().set_nodelay(true);
-    // Data unacknowledged this long breaks the connection (a black-holed
-    // Redis), so that every connection notices and reconnects.
-    #[cfg(target_os = "linux")]
-    let tcp = tcp.set_user_timeout(USER_TIMEOUT);
-    let mut info = url.into_connection_info()?.set_tcp_settings(tcp);
+    let mut info = url.into_connection_info()?.set_tcp_settings(tcp());
     let mut acl = info.redis_settings().clone();
     if !redis.username.is_empty() {
         acl = acl.set_username(&redis.username);
@@ -63,6 +57,16 @@ pub fn client(url: &str, redis: &RedisConfig) -> RedisResult<Client> {
             root_cert,
         },
     )
+}
+
+/// The TCP settings of every connection: `TCP_NODELAY`, and a user
+/// timeout, so that data unacknowledged that long breaks the connection (a
+/// black-holed Redis) and every connection notices and reconnects.
+fn tcp() -> redis::io::tcp::TcpSettings {
+    let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(USER_TIMEOUT);
+    tcp
 }
 
 /// The ACL user's password: the first line of `redis.password_file`, or
@@ -135,9 +139,12 @@ pub async fn commands(client: &Client) -> RedisResult<Conn> {
 
 /// A connection to the Redis Cluster that `seeds` (node URLs, any of its
 /// nodes) lead to, as the ACL user of `redis`, with the functions library
-/// loaded on every master (a replica gets it from its master).
+/// loaded on every master (a replica gets it from its master). Over plain
+/// TCP: `rediss://` seeds and `redis.ca_file`/`client_cert` are not used
+/// for a cluster yet.
 pub async fn cluster(seeds: &[String], redis: &RedisConfig) -> RedisResult<Conn> {
     let mut builder = redis::cluster::ClusterClient::builder(seeds.to_vec())
+        .tcp_settings(tcp())
         .connection_timeout(Duration::from_secs(2))
         .response_timeout(RESPONSE_TIMEOUT);
     if !redis.username.is_empty() {
