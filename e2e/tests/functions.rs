@@ -857,10 +857,10 @@ async fn router_requests_are_guarded() {
     let (i1, i2, i3) = (fx.eid(), fx.eid(), fx.eid());
 
     assert_eq!(fx.apply("router-2", &i1, "", r, at).await, "fenced");
-    fx.is(k.router_applied(P), "").await;
+    fx.is(k.applied("alice"), "").await;
     assert_eq!(fx.apply(ROUTER, &i2, "", r, at).await, "ok");
     sub.said(&e1).await;
-    fx.is(k.router_applied(P), &i2).await;
+    fx.is(k.applied("alice"), &i2).await;
     assert_eq!(fx.apply(ROUTER, &i2, "", r, at).await, "duplicate");
     assert_eq!(fx.apply(ROUTER, &i1, "", r, at).await, "duplicate");
     assert_eq!(fx.apply(ROUTER, &i3, &i1, r, at).await, "retry");
@@ -868,7 +868,7 @@ async fn router_requests_are_guarded() {
     assert_eq!(fx.apply(ROUTER, &i3, &i2, r, elsewhere).await, "moved");
     let elsewhere = ("e1", "dev");
     assert_eq!(fx.apply(ROUTER, &i3, &i2, r, elsewhere).await, "moved");
-    fx.is(k.router_applied(P), &i2).await; // none of these was applied
+    fx.is(k.applied("alice"), &i2).await; // none of these was applied
     sub.quiet().await;
 
     // A session that is not current: the entry is used up, nothing done.
@@ -876,9 +876,31 @@ async fn router_requests_are_guarded() {
     old.sid = "9".into();
     let r = &old.req(say("x"));
     assert_eq!(fx.apply(ROUTER, &i3, &i2, r, at).await, "stale");
-    fx.is(k.router_applied(P), &i3).await;
+    fx.is(k.applied("alice"), &i3).await;
     fx.is(k.history(LOBBY), "").await;
     sub.quiet().await;
+}
+
+#[tokio::test]
+async fn each_users_requests_apply_in_their_own_order() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let bob = login(&mut fx, "bob", "e1", 2).await;
+    let (i1, i2) = (fx.eid(), fx.eid());
+    let (r, at) = (&alice.req(say("first")), ("e1", LOBBY));
+    // alice's request finds her session moved; bob's, later in the same
+    // partition, is applied all the same; then alice's is, not taken for
+    // a duplicate of bob's.
+    assert_eq!(fx.apply(ROUTER, &i1, "", r, ("e2", LOBBY)).await, "moved");
+    assert_eq!(
+        fx.apply(ROUTER, &i2, "", &bob.req(say("second")), at).await,
+        "ok"
+    );
+    assert_eq!(fx.apply(ROUTER, &i1, "", r, at).await, "ok");
+    fx.is(k.applied("alice"), &i1).await;
+    fx.is(k.applied("bob"), &i2).await;
+    assert_eq!(fx.apply(ROUTER, &i1, "", r, at).await, "duplicate");
 }
 
 /// chat_attempt as auth-svc/src/login.rs calls it.

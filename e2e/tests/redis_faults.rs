@@ -891,7 +891,7 @@ async fn a_call_after_one_that_failed_in_the_same_pipeline_is_not_applied() {
     };
     let applied = |r: &mut MultiplexedConnection| {
         let mut r = r.clone();
-        let key = keys.router_applied(0);
+        let key = keys.applied("alice");
         async move {
             redis::AsyncCommands::get::<_, Option<String>>(&mut r, key)
                 .await

@@ -232,18 +232,25 @@ impl Worker {
     ) -> redis::RedisResult<Vec<((usize, usize), Value)>> {
         let mut pipe = redis::pipe();
         let mut owners = Vec::new();
-        // The id of the previous call of each run in this pipeline.
-        let mut prev: Vec<&str> = vec![""; runs.len()];
+        // The id of each user's previous call in this pipeline.
+        let mut prev: HashMap<&str, &str> = HashMap::new();
         for &(r, i) in order {
             let (p, entry) = (runs[r].0, &runs[r].1[i]);
             let Some(req) = &entry.req else { continue };
             let place = places.entry(req.user.clone()).or_default();
             if let Some(call) = request_call(
-                &self.keys, &self.id, &self.cfg, p, &entry.id, req, prev[r], place,
+                &self.keys,
+                &self.id,
+                &self.cfg,
+                p,
+                &entry.id,
+                req,
+                prev.get(req.user.as_str()).copied().unwrap_or(""),
+                place,
             ) {
                 pipe.add_command(call.cmd().clone());
                 owners.push((r, i));
-                prev[r] = &entry.id;
+                prev.insert(&req.user, &entry.id);
             }
             place.after(req);
         }
@@ -321,7 +328,7 @@ async fn places(
 /// The call that applies `req`, stream entry `entry_id` of partition `p`,
 /// for router `owner` with the limits of `cfg` (shared/lua/router.lua says
 /// what each key and argument is), with its session at `at` and `prev` the
-/// id of the call before it in its run ('' for the first); `None` for a
+/// id of the same user's call before it ('' for the first); `None` for a
 /// request that is not the router's.
 #[allow(clippy::too_many_arguments)]
 pub fn request_call(
@@ -462,7 +469,7 @@ pub fn request_call(
         ),
         Op::Login { .. } | Op::Resume { .. } => return None,
     };
-    let keys = [k.router_lease(p), k.router_applied(p), k.session(user)]
+    let keys = [k.router_lease(p), k.applied(user), k.session(user)]
         .into_iter()
         .chain(keys);
     let call = Call::new(name, &keys.collect::<Vec<_>>())

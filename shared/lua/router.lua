@@ -2,16 +2,16 @@
 -- and the partition leases.
 --
 -- Every request function takes KEYS 1-3: the partition's lease, the
--- partition's last applied entry id, the user's session hash; ARGV 1-10:
--- the router's id, the request's entry id, the id of the request before it
--- in the same pipeline of the same partition ('' for the first), the
+-- user's last applied entry id, the user's session hash; ARGV 1-10:
+-- the router's id, the request's entry id, the id of the same user's
+-- request before it in the same pipeline ('' for the first), the
 -- requesting edge's channel, conn, rid, user, sid, and the edge and room
 -- of the session as the router read it when it made the keys. Each
 -- function's own KEYS and ARGV follow from 4 and 11.
 --
 -- It returns `ok`, `fenced` (the lease is lost: leave the entry to the new
--- owner), `duplicate` (applied before), `retry` (the request before it was
--- not applied: try again later, in order), `moved` (the session's edge or
+-- owner), `duplicate` (applied before), `retry` (the user's request before
+-- it was not applied: try again later, in order), `moved` (the session's edge or
 -- room changed since it was read: read again and retry) or `stale` (the
 -- session is no longer current: nothing to do).
 

@@ -124,9 +124,12 @@ impl Keys {
         format!("{}router:lease:{partition}", self.prefix)
     }
 
-    /// The last entry id applied from router partition `partition`.
-    pub fn router_applied(&self, partition: u32) -> String {
-        format!("{}router:applied:{partition}", self.prefix)
+    /// The entry id of `user`'s last router request applied: each user's
+    /// requests take effect once each and in order (docs/design.md). Kept
+    /// after the account is deleted: its session may still have requests
+    /// in flight.
+    pub fn applied(&self, user: &str) -> String {
+        format!("{}applied:{user}", self.prefix)
     }
 
     /// Counter that session ids come from.
@@ -230,7 +233,7 @@ mod tests {
         assert_eq!(k.edge_sessions("e1"), "chat:edge:sessions:e1");
         assert_eq!(k.edges(), "chat:edges");
         assert_eq!(k.edge_info("e1"), "chat:edge-info:e1");
-        assert_eq!(k.router_applied(3), "chat:router:applied:3");
+        assert_eq!(k.applied("bob"), "chat:applied:bob");
         assert_eq!(k.router_lease(3), "chat:router:lease:3");
         assert_eq!(k.seq_sid(), "chat:seq:sid");
         assert_eq!(k.fail_user("bob"), "chat:fail:user:bob");
