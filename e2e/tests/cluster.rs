@@ -4,15 +4,33 @@ use e2e::{cluster_info, eventually, TestCluster};
 use shared::config::RedisConfig;
 use shared::keys::Keys;
 use shared::scripts::Call;
+use shared::store::Conn;
 use std::collections::HashSet;
 use std::time::Instant;
 
-#[tokio::test]
-async fn the_library_is_on_every_master_and_each_call_runs_where_its_key_lives() {
-    let cluster = TestCluster::start(3, 0).await;
-    let mut conn = shared::store::cluster(&cluster.seeds(), &RedisConfig::default())
+/// A cluster of `masters` masters with `replicas` replicas each, and a
+/// connection to it as the services make one.
+async fn cluster(masters: usize, replicas: usize) -> (TestCluster, Conn) {
+    let cluster = TestCluster::start(masters, replicas).await;
+    let conn = shared::store::cluster(&cluster.seeds(), &RedisConfig::default())
         .await
         .unwrap();
+    (cluster, conn)
+}
+
+/// Router `r1` holds `lease`.
+async fn hold(conn: &mut Conn, lease: &str) {
+    redis::cmd("SET")
+        .arg(lease)
+        .arg("r1")
+        .query_async::<()>(conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_library_is_on_every_master_and_each_call_runs_where_its_key_lives() {
+    let (cluster, mut conn) = cluster(3, 0).await;
     for node in &cluster.nodes {
         let libraries: redis::Value = redis::cmd("FUNCTION")
             .arg("LIST")
@@ -31,12 +49,7 @@ async fn the_library_is_on_every_master_and_each_call_runs_where_its_key_lives()
     let mut masters = HashSet::new();
     for p in 0..16 {
         let lease = keys.router_lease(p);
-        redis::cmd("SET")
-            .arg(&lease)
-            .arg("r1")
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
+        hold(&mut conn, &lease).await;
         let renewed: i64 = Call::new("chat_lease_renew", &[&lease])
             .arg("r1")
             .arg(5000)
@@ -58,17 +71,9 @@ async fn the_library_is_on_every_master_and_each_call_runs_where_its_key_lives()
 
 #[tokio::test]
 async fn a_killed_master_is_replaced_by_its_replica_and_the_connection_follows() {
-    let cluster = TestCluster::start(3, 1).await;
-    let mut conn = shared::store::cluster(&cluster.seeds(), &RedisConfig::default())
-        .await
-        .unwrap();
+    let (cluster, mut conn) = cluster(3, 1).await;
     let key = Keys::new("chat:").router_lease(0);
-    redis::cmd("SET")
-        .arg(&key)
-        .arg("r1")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    hold(&mut conn, &key).await;
     // Replicated before the kill: `WAIT 1` on its master says so.
     let master = cluster.master_of(&key).await.unwrap();
     let node = &cluster.nodes[master];
