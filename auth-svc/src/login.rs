@@ -79,6 +79,9 @@ impl Switch<'_> {
             k.room(self.at_room),
             k.resume(user),
             k.room(self.token.back_room),
+            k.room_edges(LOBBY),
+            k.room_edges(self.token.back_room),
+            k.room_edges(self.at_room),
         ];
         Call::new("chat_login", &keys)
             .arg(user)
@@ -90,19 +93,17 @@ impl Switch<'_> {
             .arg(self.deadline)
             .arg(self.new_hash)
             .arg(k.edge_channel(edge))
-            .arg(k.room_channel(LOBBY))
+            .arg(k.lines_channel(""))
             .arg(LOBBY)
             .arg(self.at_edge)
             .arg(self.at_room)
             .arg(k.edge_channel(self.at_edge))
-            .arg(k.room_channel(self.at_room))
             .arg(self.sid)
             .arg(&notices.args()[..])
             .arg(self.token.next)
             .arg(self.token.ttl)
             .arg(self.token.presented)
             .arg(self.token.back_room)
-            .arg(k.room_channel(self.token.back_room))
     }
 }
 

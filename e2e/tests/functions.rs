@@ -198,13 +198,35 @@ struct Sub {
 }
 
 impl Sub {
-    /// The next message's payload, which must come on `channel`.
-    async fn next(&mut self, channel: &str) -> String {
+    /// The next message: its channel and payload.
+    async fn recv(&mut self) -> (String, String) {
         let msg = tokio::time::timeout(WAIT, self.ps.on_message().next()).await;
         let msg = msg.expect("a message within 5 s").expect("subscribed");
-        let payload: String = msg.get_payload().unwrap();
-        assert_eq!(msg.get_channel_name(), channel, "{payload}");
+        (
+            msg.get_channel_name().to_string(),
+            msg.get_payload().unwrap(),
+        )
+    }
+
+    /// The next message's payload, which must come on `channel`.
+    async fn next(&mut self, channel: &str) -> String {
+        let (on, payload) = self.recv().await;
+        assert_eq!(on, channel, "{payload}");
         payload
+    }
+
+    /// The next `n` messages, JSON `ServerLine`s, as `<channel> <line>`,
+    /// sorted: a line for several edges goes to each in an order of
+    /// Redis's.
+    async fn fanned(&mut self, n: usize) -> Vec<String> {
+        let mut all = Vec::new();
+        for _ in 0..n {
+            let (on, json) = self.recv().await;
+            let line: shared::line::ServerLine = serde_json::from_str(&json).unwrap();
+            all.push(format!("{on} {line}"));
+        }
+        all.sort();
+        all
     }
 
     /// The next message, a JSON `Reply` on `channel`, in short.
@@ -444,8 +466,8 @@ async fn login_opens_a_session_and_gives_back_attempts() {
     fx.run(&["SET", &k.fail_addr("127.0.0.1"), "2"]).await;
     fx.run(&["SADD", &k.subscriptions("alice"), "bob", "carol"])
         .await;
-    let (e1, lobby) = (k.edge_channel("e1"), k.room_channel(LOBBY));
-    let mut sub = fx.sub(&[&e1, &lobby]).await;
+    let (e1, lines) = (k.edge_channel("e1"), k.lines_channel("e1"));
+    let mut sub = fx.sub(&[&e1, &lines]).await;
 
     assert_eq!(login_with(&mut fx, "alice", "e1", 41, opts()).await, "ok");
     let since: String = fx.c.hget(k.session("alice"), "since").await.unwrap();
@@ -455,6 +477,7 @@ async fn login_opens_a_session_and_gives_back_attempts() {
     fx.is(k.room(LOBBY), "alice").await;
     fx.is(k.rooms(), "lobby").await;
     fx.is(k.room_sizes(), "lobby=1").await;
+    fx.is(k.room_edges(LOBBY), "e1=1").await;
     fx.is(k.online(), "alice").await;
     fx.is(k.edge_sessions("e1"), "alice").await;
     fx.is(k.fail_user("alice"), "").await; // the user's count starts over
@@ -466,6 +489,7 @@ async fn login_opens_a_session_and_gives_back_attempts() {
     // Another user: another session id; alice's stays.
     assert_eq!(login(&mut fx, "bob", "e2", 1).await.sid, "2");
     fx.is(k.room_sizes(), "lobby=2").await;
+    fx.is(k.room_edges(LOBBY), "e1=1 e2=1").await;
     fx.is(k.online(), "alice bob").await;
     assert_eq!(fx.place("alice").await, ("e1".into(), LOBBY.into()));
 }
@@ -477,13 +501,13 @@ async fn a_second_login_replaces_the_session_or_is_rejected() {
     let old = login(&mut fx, "alice", "e1", 7).await;
     fx.ok(&old, join("dev")).await;
     let (e1, e2) = (k.edge_channel("e1"), k.edge_channel("e2"));
-    let (dev, lobby) = (k.room_channel("dev"), k.room_channel(LOBBY));
-    let mut sub = fx.sub(&[&e1, &e2, &dev, &lobby]).await;
+    let (l1, l2) = (k.lines_channel("e1"), k.lines_channel("e2"));
+    let mut sub = fx.sub(&[&e1, &e2, &l1, &l2]).await;
 
     let status = login_with(&mut fx, "alice", "e2", 8, opts()).await;
     assert_eq!(status, "replaced");
+    // dev is empty then: its notice goes to no edge.
     sub.is(&e1, "7/0 => close logged-in-elsewhere 1").await;
-    sub.line_is(&dev, "SYS dev alice left").await;
     let want = "8/5: OK LOGIN alice lobby => login alice 2 lobby [] []";
     sub.is(&e2, want).await;
     sub.quiet().await;
@@ -496,8 +520,10 @@ async fn a_second_login_replaces_the_session_or_is_rejected() {
     fx.is(k.edge_sessions("e1"), "").await;
     fx.is(k.edge_sessions("e2"), "alice").await;
     fx.is(k.room("dev"), "").await;
+    fx.is(k.room_edges("dev"), "").await;
     fx.is(k.rooms(), "lobby").await;
     fx.is(k.room_sizes(), "lobby=1").await;
+    fx.is(k.room_edges(LOBBY), "e2=1").await;
     fx.is(k.online(), "alice").await;
 
     // `reject`: the session stays, the new connection is refused.
@@ -607,7 +633,7 @@ async fn say_publishes_msg_lines_and_history_lists_them() {
     let mut fx = setup().await;
     let k = fx.k.clone();
     let alice = login(&mut fx, "alice", "e1", 1).await;
-    let (e1, lobby) = (k.edge_channel("e1"), k.room_channel(LOBBY));
+    let (e1, lobby) = (k.edge_channel("e1"), k.lines_channel("e1"));
     let mut sub = fx.sub(&[&lobby, &e1]).await;
     let mut ids = Vec::new();
     for text in ["one", "two", "three  spaced"] {
@@ -673,8 +699,8 @@ async fn join_leave_rooms_and_who() {
     let alice = login(&mut fx, "alice", "e1", 1).await;
     let bob = login(&mut fx, "bob", "e2", 2).await;
     let e1 = k.edge_channel("e1");
-    let (lobby, dev) = (k.room_channel(LOBBY), k.room_channel("dev"));
-    let mut sub = fx.sub(&[&e1, &lobby, &dev]).await;
+    let (l1, l2) = (k.lines_channel("e1"), k.lines_channel("e2"));
+    let mut sub = fx.sub(&[&e1, &l1, &l2]).await;
 
     fx.ok(&alice, Op::Leave).await;
     sub.is(&e1, "1/5: ERR not-in-room you are in the lobby")
@@ -682,11 +708,13 @@ async fn join_leave_rooms_and_who() {
 
     fx.ok(&alice, join("dev")).await;
     sub.is(&e1, "1/5: OK JOIN dev => room 1 dev").await;
-    sub.line_is(&dev, "SYS dev alice joined").await; // none in the lobby
+    sub.line_is(&l1, "SYS dev alice joined").await; // none in the lobby
     fx.is(k.room("dev"), "alice").await;
     fx.is(k.room(LOBBY), "bob").await;
     fx.is(k.rooms(), "dev lobby").await;
     fx.is(k.room_sizes(), "dev=1 lobby=1").await;
+    fx.is(k.room_edges("dev"), "e1=1").await;
+    fx.is(k.room_edges(LOBBY), "e2=1").await;
     assert_eq!(fx.place("alice").await.1, "dev");
     fx.ok(&alice, join("dev")).await;
     sub.is(&e1, "1/5: OK JOIN dev").await; // already there: no move
@@ -694,8 +722,19 @@ async fn join_leave_rooms_and_who() {
     fx.ok(&alice, Op::Rooms).await;
     sub.is(&e1, "1/5: ROOM dev 1 | ROOM lobby 1 | OK ROOMS 2")
         .await;
+    // A room's lines go to each edge with a member there, once.
     fx.ok(&bob, join("dev")).await;
-    sub.line(&dev).await;
+    let joined = [
+        format!("{l1} SYS dev bob joined"),
+        format!("{l2} SYS dev bob joined"),
+    ];
+    assert_eq!(sub.fanned(2).await, joined);
+    fx.is(k.room_edges("dev"), "e1=1 e2=1").await;
+    fx.is(k.room_edges(LOBBY), "").await;
+    fx.ok(&bob, say("hi")).await;
+    let said = sub.fanned(2).await;
+    assert!(said[0].starts_with(&format!("{l1} MSG dev ")) && said[0].ends_with(" bob hi"));
+    assert!(said[1].starts_with(&format!("{l2} MSG dev ")) && said[1].ends_with(" bob hi"));
     fx.ok(&alice, Op::Rooms).await; // the lobby is listed when empty
     sub.is(&e1, "1/5: ROOM dev 2 | ROOM lobby 0 | OK ROOMS 2")
         .await;
@@ -707,8 +746,12 @@ async fn join_leave_rooms_and_who() {
 
     fx.ok(&alice, Op::Leave).await;
     sub.is(&e1, "1/5: OK LEAVE dev => room 1 lobby").await;
-    sub.line_is(&dev, "SYS dev alice left").await;
-    fx.ok(&bob, Op::Leave).await;
+    sub.line_is(&l2, "SYS dev alice left").await; // bob's edge only
+    fx.is(k.room_edges("dev"), "e2=1").await;
+    fx.ok(&bob, Op::Leave).await; // the last one: no edge hears it
+    sub.quiet().await;
+    fx.is(k.room_edges("dev"), "").await;
+    fx.is(k.room_edges(LOBBY), "e1=1 e2=1").await;
     fx.is(k.room("dev"), "").await;
     fx.is(k.rooms(), "lobby").await;
     fx.is(k.room_sizes(), "lobby=2").await;
@@ -766,8 +809,8 @@ async fn subscriptions_and_publications() {
     let bob = login(&mut fx, "bob", "e2", 2).await;
     let carol = login(&mut fx, "carol", "e2", 3).await;
     let (e1, e2) = (k.edge_channel("e1"), k.edge_channel("e2"));
-    let pubs = k.pub_channel("bob");
-    let mut sub = fx.sub(&[&e1, &e2, &pubs]).await;
+    let (l1, l2) = (k.lines_channel("e1"), k.lines_channel("e2"));
+    let mut sub = fx.sub(&[&e1, &e2, &l1, &l2]).await;
 
     fx.ok(&alice, subscribe("nobody")).await;
     sub.is(&e1, &format!("1/5: {ERR_NO_USER}")).await;
@@ -789,10 +832,13 @@ async fn subscriptions_and_publications() {
     // Carol goes offline: one online subscriber left.
     fx.ok(&carol, Op::Logout).await;
     sub.said(&e2).await;
+    // A publication goes to every edge: each passes it on to its
+    // connections that subscribe.
     fx.ok(&bob, publish("news  today")).await;
-    let line = sub.line(&pubs).await;
-    let id = word(&line, 1);
-    assert_eq!(line, format!("PUB {id} bob news  today"));
+    let lines = sub.fanned(2).await;
+    let id = word(&lines[0], 2);
+    let line = format!("PUB {id} bob news  today");
+    assert_eq!(lines, [format!("{l1} {line}"), format!("{l2} {line}")]);
     sub.is(&e2, &format!("2/5: OK PUBLISH {id} 1")).await;
     let publication = format!("{id} text=news  today");
     fx.is(k.publications("bob"), &publication).await;
@@ -817,8 +863,12 @@ async fn logout_ends_the_session() {
     let alice = login(&mut fx, "alice", "e1", 1).await;
     let bob = login(&mut fx, "bob", "e2", 2).await;
     fx.ok(&alice, join("dev")).await;
-    let (e1, dev) = (k.edge_channel("e1"), k.room_channel("dev"));
-    let mut sub = fx.sub(&[&e1, &dev]).await;
+    let (e1, l1, l2) = (
+        k.edge_channel("e1"),
+        k.lines_channel("e1"),
+        k.lines_channel("e2"),
+    );
+    let mut sub = fx.sub(&[&e1, &l1, &l2]).await;
 
     // An old sid: that connection is told to close, the session stays.
     let mut old = alice.clone();
@@ -828,14 +878,14 @@ async fn logout_ends_the_session() {
     assert_eq!(fx.place("alice").await.1, "dev");
 
     fx.ok(&alice, Op::Logout).await;
-    sub.is(&e1, "1/5 => close quit 1").await;
-    sub.line_is(&dev, "SYS dev alice left").await;
+    sub.is(&e1, "1/5 => close quit 1").await; // dev is empty: no notice
     fx.is(k.session("alice"), "").await;
     fx.is(k.edge_sessions("e1"), "").await;
     fx.is(k.online(), "bob").await;
     fx.is(k.room("dev"), "").await;
     fx.is(k.rooms(), "lobby").await;
     fx.is(k.room_sizes(), "lobby=1").await;
+    fx.is(k.room_edges("dev"), "").await;
 
     // rid 0 (the connection is gone): no reply, the session ends.
     let mut gone = bob.req(Op::Logout);
@@ -1128,8 +1178,8 @@ async fn edges_beat_die_and_have_their_sessions_ended() {
     login(&mut fx, "bob", "e1", 2).await;
     login(&mut fx, "carol", "e2", 3).await;
     fx.ok(&alice, join("dev")).await;
-    let (e1, dev) = (k.edge_channel("e1"), k.room_channel("dev"));
-    let mut sub = fx.sub(&[&e1, &dev]).await;
+    let (e1, l1) = (k.edge_channel("e1"), k.lines_channel("e1"));
+    let mut sub = fx.sub(&[&e1, &l1]).await;
     assert_eq!(
         end_session(&mut fx, "e1", "alice", "dev", "reap").await,
         "alive"
@@ -1148,10 +1198,12 @@ async fn edges_beat_die_and_have_their_sessions_ended() {
         "ended"
     );
     sub.is(&e1, "1/0 => close server-shutdown 1").await;
-    sub.line_is(&dev, "SYS dev alice left").await;
+    sub.quiet().await; // dev is empty: no notice
     fx.is(k.session("alice"), "").await;
     fx.is(k.room("dev"), "").await;
     fx.is(k.room_sizes(), "lobby=2").await;
+    fx.is(k.room_edges("dev"), "").await;
+    fx.is(k.room_edges(LOBBY), "e1=1 e2=1").await;
     fx.is(k.online(), "bob carol").await;
     fx.is(k.edge_sessions("e1"), "bob").await;
     assert_eq!(drop_edge(&mut fx, "e1").await, 0, "it holds bob's session");
@@ -1180,6 +1232,7 @@ async fn edges_beat_die_and_have_their_sessions_ended() {
     assert_eq!(e1_beat, None);
     fx.is(k.online(), "").await;
     fx.is(k.room_sizes(), "").await;
+    fx.is(k.room_edges(LOBBY), "").await;
 }
 
 #[tokio::test]
@@ -1325,50 +1378,54 @@ async fn notices_skip_the_lobby_and_rooms_over_the_limit_unless_configured() {
     let mut fx = setup().await;
     let k = fx.k.clone();
     fx.cfg.notices.max_members = 2;
-    let (lobby, dev) = (k.room_channel(LOBBY), k.room_channel("dev"));
-    let mut sub = fx.sub(&[&lobby, &dev]).await;
+    // Everyone on e1: every notice that is published reaches it.
+    let l1 = k.lines_channel("e1");
+    let mut sub = fx.sub(&[&l1]).await;
 
     // The lobby gets none: logins, moves out and back, logouts, reaping.
     let alice = login(&mut fx, "alice", "e1", 1).await;
     let bob = login(&mut fx, "bob", "e1", 2).await;
-    let carol = login(&mut fx, "carol", "e2", 3).await;
-    login(&mut fx, "erin", "e2", 5).await;
+    let carol = login(&mut fx, "carol", "e1", 3).await;
+    login(&mut fx, "erin", "e1", 5).await;
     fx.ok(&alice, join("dev")).await;
-    sub.line_is(&dev, "SYS dev alice joined").await;
+    sub.line_is(&l1, "SYS dev alice joined").await;
     fx.ok(&bob, join("dev")).await;
-    sub.line_is(&dev, "SYS dev bob joined").await;
+    sub.line_is(&l1, "SYS dev bob joined").await;
     // A third member: dev is over the limit, and quiet.
     fx.ok(&carol, join("dev")).await;
     sub.quiet().await;
     // At the limit again (after the change): heard.
     fx.ok(&carol, Op::Leave).await;
-    sub.line_is(&dev, "SYS dev carol left").await;
+    sub.line_is(&l1, "SYS dev carol left").await;
     fx.ok(&carol, Op::Logout).await;
-    let ended = end_session(&mut fx, "e2", "erin", LOBBY, "restart").await;
+    let ended = end_session(&mut fx, "e1", "erin", LOBBY, "restart").await;
     assert_eq!(ended, "ended");
     sub.quiet().await;
     fx.is(k.room(LOBBY), "").await;
 
-    // notices.lobby (and no member limit): the lobby hears them again.
+    // notices.lobby (and no member limit): the lobby hears them again,
+    // olive's edge among them.
     fx.cfg.notices = shared::config::Notices {
         lobby: true,
         max_members: 0,
     };
-    let dave = login(&mut fx, "dave", "e2", 4).await;
-    sub.line_is(&lobby, "SYS lobby dave joined").await;
+    login(&mut fx, "olive", "e1", 7).await;
+    sub.line_is(&l1, "SYS lobby olive joined").await;
+    let dave = login(&mut fx, "dave", "e1", 4).await;
+    sub.line_is(&l1, "SYS lobby dave joined").await;
     fx.ok(&dave, join("dev")).await;
-    sub.line_is(&lobby, "SYS lobby dave left").await;
-    sub.line_is(&dev, "SYS dev dave joined").await;
+    sub.line_is(&l1, "SYS lobby dave left").await;
+    sub.line_is(&l1, "SYS dev dave joined").await;
     fx.ok(&dave, Op::Leave).await;
-    sub.line_is(&dev, "SYS dev dave left").await;
-    sub.line_is(&lobby, "SYS lobby dave joined").await;
+    sub.line_is(&l1, "SYS dev dave left").await;
+    sub.line_is(&l1, "SYS lobby dave joined").await;
     fx.ok(&dave, Op::Logout).await;
-    sub.line_is(&lobby, "SYS lobby dave left").await;
-    login(&mut fx, "dave", "e2", 6).await;
-    sub.line_is(&lobby, "SYS lobby dave joined").await;
-    let ended = end_session(&mut fx, "e2", "dave", LOBBY, "restart").await;
+    sub.line_is(&l1, "SYS lobby dave left").await;
+    login(&mut fx, "dave", "e1", 6).await;
+    sub.line_is(&l1, "SYS lobby dave joined").await;
+    let ended = end_session(&mut fx, "e1", "dave", LOBBY, "restart").await;
     assert_eq!(ended, "ended");
-    sub.line_is(&lobby, "SYS lobby dave left").await;
+    sub.line_is(&l1, "SYS lobby dave left").await;
     sub.quiet().await;
 }
 

@@ -39,10 +39,14 @@ pub async fn run(
     // A busy admin port is logged, not fatal: the edge serves anyway.
     let admin = shared::admin::bind(&cfg.edge.admin_listen).await.listener();
     let redis = shared::store::commands(&client).await?;
-    let (hub, tasks) = Hub::new(keys.clone(), &cfg.edge.id);
+    let (hub, orphans) = Hub::new(&keys, &cfg.edge.id);
     let backlog = Backlog::new(cfg.edge.pubsub_backlog_bytes);
     let source = PubSubSource::new(client, &cfg.redis).map_err(EdgeError::RedisTls)?;
-    let pubsub = subscribe(&source, &hub.wanted(), &backlog).await?;
+    let channels = [
+        keys.edge_channel(&cfg.edge.id),
+        keys.lines_channel(&cfg.edge.id),
+    ];
+    let pubsub = subscribe(&source, &channels, &backlog).await?;
     let bound = listener.local_addr().map_err(|source| EdgeError::Io {
         phase: Phase::Handshake,
         source,
@@ -67,12 +71,12 @@ pub async fn run(
     tokio::spawn(deliver(
         source,
         backlog,
+        channels,
         pubsub,
         ctx.clone(),
-        tasks.subs,
         background.clone(),
     ));
-    tokio::spawn(end_orphans(ctx.clone(), tasks.orphans));
+    tokio::spawn(end_orphans(ctx.clone(), orphans));
     tokio::spawn(heartbeat(ctx.clone(), background.clone()));
     tokio::spawn(renew_tokens(ctx.clone(), background.clone()));
     if let Some(admin) = admin {

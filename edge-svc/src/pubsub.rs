@@ -1,7 +1,7 @@
-//! The Pub/Sub task: reads every channel in order; keeps the subscriptions in line with the hub.
+//! The Pub/Sub task: reads the edge's two channels in order, and reconnects.
 
 use crate::ctx::Ctx;
-use crate::hub::{Hub, SubChange};
+use crate::hub::{Audience, Hub};
 use crate::intake::{self, Backlog, PubSubSource};
 use crate::resync::resync;
 use futures_util::{FutureExt, StreamExt};
@@ -10,33 +10,30 @@ use redis::streams::{StreamId, StreamRangeReply};
 use shared::consumer::EntryId;
 use shared::keys::Keys;
 use shared::line::ServerLine;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A new Pub/Sub connection, subscribed to `channels`, its intake
-/// bounded by `backlog`.
+/// A new Pub/Sub connection, subscribed to `channels` (the edge's two), its
+/// intake bounded by `backlog`.
 pub(crate) async fn subscribe(
     source: &PubSubSource,
     channels: &[String],
     backlog: &Arc<Backlog>,
-) -> redis::RedisResult<(PubSubSink, PubSubStream, HashSet<String>)> {
+) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
     let (mut sink, stream) = intake::connect(source, backlog).await?.split();
     sink.subscribe(channels).await?;
-    Ok((sink, stream, channels.iter().cloned().collect()))
+    Ok((sink, stream))
 }
 
-/// Applies Pub/Sub messages in arrival order, and keeps the subscriptions
-/// in line with what the hub wants; reconnects and subscribes again if the
-/// connection drops.
+/// Applies Pub/Sub messages in arrival order; reconnects and subscribes to
+/// `channels` again if the connection drops.
 pub(crate) async fn deliver(
     source: PubSubSource,
     backlog: Arc<Backlog>,
-    first: (PubSubSink, PubSubStream, HashSet<String>),
+    channels: [String; 2],
+    first: (PubSubSink, PubSubStream),
     ctx: Arc<Ctx>,
-    mut syncs: mpsc::UnboundedReceiver<SubChange>,
     stop: CancellationToken,
 ) {
     let hub = &ctx.hub;
@@ -45,7 +42,7 @@ pub(crate) async fn deliver(
     let mut backoff = Duration::from_millis(100);
 
     loop {
-        if let Some((mut sink, mut stream, mut subscribed)) = connected.take() {
+        if let Some((mut sink, mut stream)) = connected.take() {
             backoff = Duration::from_millis(100);
             let mut ping =
                 tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
@@ -66,29 +63,6 @@ pub(crate) async fn deliver(
                         Some(msg) => apply(hub, &backlog, &mut stream, msg),
                         None => break,
                     },
-                    s = syncs.recv() => {
-                        let Some(first) = s else { return };
-                        // Everything asked for meanwhile, in one round trip.
-                        let mut batch = vec![first];
-                        while batch.len() < SYNC_BATCH {
-                            match syncs.try_recv() {
-                                Ok(s) => batch.push(s),
-                                Err(_) => break,
-                            }
-                        }
-                        let synced = sync(hub, &mut sink, &mut subscribed, &batch, limit).await;
-                        if let Err(e) = &synced {
-                            tracing::warn!(error = %e, "Pub/Sub (un)subscribe failed");
-                        }
-                        for s in batch {
-                            if let Some(done) = s.done {
-                                let _ = done.send(synced.is_ok() && subscribed.contains(&s.channel));
-                            }
-                        }
-                        if synced.is_err() {
-                            break; // start afresh on a new connection
-                        }
-                    }
                 }
             }
             if backlog.take_overflow() {
@@ -98,21 +72,11 @@ pub(crate) async fn deliver(
                 tracing::warn!("Pub/Sub connection lost; reconnecting");
             }
         }
-        // While disconnected, holds fail at once: their requests would miss
-        // what they wait for.
-        let pause = tokio::time::sleep(backoff);
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = &mut pause => break,
-                s = syncs.recv() => match s {
-                    Some(s) => if let Some(done) = s.done { let _ = done.send(false); },
-                    None => return,
-                },
-            }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
         }
-        match subscribe(&source, &hub.wanted(), &backlog).await {
+        match subscribe(&source, &channels, &backlog).await {
             Ok(c) => {
                 // Replies published while we were away are lost: read back
                 // what they would have changed.
@@ -155,20 +119,20 @@ fn apply(hub: &Hub, backlog: &Backlog, stream: &mut PubSubStream, mut msg: redis
 /// other work (subscription changes, `PING`s).
 const DRAIN: usize = 256;
 
-/// After a reconnect, passes on what each room and publisher channel
+/// After a reconnect, passes on what each room's and publisher's audience
 /// missed, read from history from the last id passed on, before any newer
 /// line (those of the new connection wait meanwhile; one that is both
 /// read and received is passed on once). Past `edge.replay_max` lines, or
-/// if history cannot be read, the channel's audience gets `GAP` instead.
+/// if history cannot be read, the audience gets `GAP` instead.
 async fn replay(ctx: &Ctx) {
     let max = ctx.cfg.edge.replay_max;
-    let sources: Vec<(String, EntryId, Source)> = ctx
+    let sources: Vec<(Audience, EntryId, Source)> = ctx
         .hub
         .marks()
         .into_iter()
-        .filter_map(|(channel, last)| {
-            let source = Source::of(&ctx.keys, &channel)?;
-            Some((channel, last, source))
+        .map(|(a, last)| {
+            let source = Source::of(&ctx.keys, &a);
+            (a, last, source)
         })
         .collect();
     if sources.is_empty() {
@@ -208,12 +172,12 @@ async fn replay(ctx: &Ctx) {
         }
     };
     let mut replayed = 0;
-    for (i, (channel, last, source)) in sources.iter().enumerate() {
+    for (i, (a, last, source)) in sources.iter().enumerate() {
         let entries = ranges.get(i).map(|r| r.ids.as_slice());
         match entries {
             Some(entries) if entries.len() <= max => {
                 for e in entries {
-                    ctx.hub.pass_on(channel, &source.line(e));
+                    ctx.hub.pass_on(a, &source.line(e));
                 }
                 replayed += entries.len();
             }
@@ -227,14 +191,14 @@ async fn replay(ctx: &Ctx) {
                     name: source.name.clone(),
                     after: last.to_string(),
                 };
-                tracing::warn!(channel, after = %last, "lines missed past what is replayed");
-                ctx.hub.gap(channel, &gap, newest);
+                tracing::warn!(kind = source.kind, name = source.name, after = %last, "lines missed past what is replayed");
+                ctx.hub.gap(a, &gap, newest);
             }
         }
     }
     tracing::info!(
         lines = replayed,
-        channels = sources.len(),
+        audiences = sources.len(),
         "replayed what Pub/Sub missed"
     );
 }
@@ -247,20 +211,19 @@ struct Source {
 }
 
 impl Source {
-    fn of(keys: &Keys, channel: &str) -> Option<Source> {
-        if let Some(room) = channel.strip_prefix(&keys.room_channel("")) {
-            return Some(Source {
+    fn of(keys: &Keys, a: &Audience) -> Source {
+        match a {
+            Audience::Room(room) => Source {
                 kind: "room",
-                name: room.into(),
+                name: room.clone(),
                 stream: keys.history(room),
-            });
+            },
+            Audience::Pub(user) => Source {
+                kind: "pub",
+                name: user.clone(),
+                stream: keys.publications(user),
+            },
         }
-        let user = channel.strip_prefix(&keys.pub_channel(""))?;
-        Some(Source {
-            kind: "pub",
-            name: user.into(),
-            stream: keys.publications(user),
-        })
     }
 
     /// The line a history entry was passed on as.
@@ -292,50 +255,3 @@ const REPLAY_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the Pub/Sub connection is checked with a `PING`.
 const PING_EVERY: Duration = Duration::from_secs(5);
-
-/// Most subscription changes made in one round trip.
-const SYNC_BATCH: usize = 1024;
-
-/// Subscribes to the channels of `batch` the hub wants and unsubscribes
-/// from those it no longer wants. An error or timeout leaves the
-/// connection in doubt: the caller drops it.
-async fn sync(
-    hub: &Hub,
-    sink: &mut PubSubSink,
-    subscribed: &mut HashSet<String>,
-    batch: &[SubChange],
-    limit: Duration,
-) -> redis::RedisResult<()> {
-    let (mut on, mut off) = (HashSet::new(), HashSet::new());
-    for s in batch {
-        let (want, have) = (hub.wants(&s.channel), subscribed.contains(&s.channel));
-        if want && !have {
-            on.insert(s.channel.as_str());
-        } else if !want && have {
-            off.insert(s.channel.as_str());
-        }
-    }
-    let timed_out = || {
-        redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "no answer from Redis",
-        ))
-    };
-    if !on.is_empty() {
-        let on: Vec<&str> = on.into_iter().collect();
-        tokio::time::timeout(limit, sink.subscribe(&on))
-            .await
-            .map_err(|_| timed_out())??;
-        subscribed.extend(on.into_iter().map(str::to_string));
-    }
-    if !off.is_empty() {
-        let off: Vec<&str> = off.into_iter().collect();
-        tokio::time::timeout(limit, sink.unsubscribe(&off))
-            .await
-            .map_err(|_| timed_out())??;
-        for ch in off {
-            subscribed.remove(ch);
-        }
-    }
-    Ok(())
-}

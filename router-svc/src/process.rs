@@ -352,8 +352,8 @@ pub fn request_call(
     let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
         Op::Say { text } => (
             "chat_say",
-            vec![k.history(room)],
-            [retention.to_vec(), vec![k.room_channel(room), text.clone()]].concat(),
+            vec![k.history(room), k.room_edges(room)],
+            [retention.to_vec(), vec![k.lines_channel(""), text.clone()]].concat(),
         ),
         Op::Join { room: to } => (
             "chat_join",
@@ -363,12 +363,10 @@ pub fn request_call(
                 k.rooms(),
                 k.room_sizes(),
                 k.resume(user),
+                k.room_edges(room),
+                k.room_edges(to),
             ],
-            [
-                vec![to.clone(), k.room_channel(room), k.room_channel(to)],
-                notices.to_vec(),
-            ]
-            .concat(),
+            [vec![to.clone(), k.lines_channel("")], notices.to_vec()].concat(),
         ),
         Op::Leave => (
             "chat_leave",
@@ -378,12 +376,10 @@ pub fn request_call(
                 k.rooms(),
                 k.room_sizes(),
                 k.resume(user),
+                k.room_edges(room),
+                k.room_edges(LOBBY),
             ],
-            [
-                vec![LOBBY.into(), k.room_channel(room), k.room_channel(LOBBY)],
-                notices.to_vec(),
-            ]
-            .concat(),
+            [vec![LOBBY.into(), k.lines_channel("")], notices.to_vec()].concat(),
         ),
         Op::Rooms => (
             "chat_rooms",
@@ -410,8 +406,13 @@ pub fn request_call(
         ),
         Op::Publish { text } => (
             "chat_publish",
-            vec![k.publications(user), k.subscribers(user), k.online()],
-            [retention.to_vec(), vec![k.pub_channel(user), text.clone()]].concat(),
+            vec![
+                k.publications(user),
+                k.subscribers(user),
+                k.online(),
+                k.edges(),
+            ],
+            [retention.to_vec(), vec![k.lines_channel(""), text.clone()]].concat(),
         ),
         Op::Msg { to, text } => (
             "chat_msg",
@@ -459,8 +460,9 @@ pub fn request_call(
                 k.rooms(),
                 k.room_sizes(),
                 k.resume(user),
+                k.room_edges(room),
             ],
-            [vec![k.room_channel(room)], notices.to_vec()].concat(),
+            [vec![k.lines_channel("")], notices.to_vec()].concat(),
         ),
         Op::Delivered { upto } => (
             "chat_delivered",

@@ -15,27 +15,28 @@
 -- older snapshot; the counter only counts the sessions opened. Private
 -- messages queued while the user was offline go out after `OK LOGIN`; the
 -- effect names the last, which the edge acknowledges once shown. ARGV
--- 17-18 are the notice settings (see `notices`).
+-- 16-17 are the notice settings (see `notices`). KEYS 19-21 are the
+-- members per edge of the lobby, of the RESUME's room and of the old
+-- session's room.
 --
 -- The session gets a resume token (resume.lua): KEYS 17 its record, ARGV
--- 19-20 the new token's hash ('' for none) and lifetime (ms). A RESUME
--- (ARGV 21: the hash it gave) needs no password: the record must hold
+-- 18-19 the new token's hash ('' for none) and lifetime (ms). A RESUME
+-- (ARGV 20: the hash it gave) needs no password: the record must hold
 -- that hash (else `ERR bad-credentials`, `bad-token`), and the session
--- goes back to the record's room (ARGV 22, as read before, and 23, its
--- channel; KEYS 18, its members) rather than the lobby: `OK LOGIN <user>
--- lobby`, then `OK JOIN <room>` after the queued messages.
+-- goes back to the record's room (ARGV 21, as read before; KEYS 18, its
+-- members) rather than the lobby: `OK LOGIN <user> lobby`, then `OK JOIN
+-- <room>` after the queued messages.
 redis.register_function('chat_login', function(keys, args)
   local edges, done, account, fail_user, fail_addr, session, seq, edge_sessions =
     unpack(keys, 1, 8)
-  local lobby = {members = keys[9], rooms = keys[10], sizes = keys[11]}
+  local lobby = {members = keys[9], rooms = keys[10], sizes = keys[11], edges = keys[19]}
   local online, inbox, subscriptions, old_edge_sessions, old_room_members =
     unpack(keys, 12, 16)
   local user, edge, conn, rid, addr, policy, deadline, new_hash = unpack(args, 1, 8)
-  local channel, lobby_channel, lobby_name, at_edge, at_room, old_channel, old_room_channel, sid =
-    unpack(args, 9, 16)
-  local n = notices(args, 17, lobby.sizes)
-  local t = {key = keys[17], next = args[19], ttl = tonumber(args[20]), presented = args[21],
-    back_room = args[22]}
+  local channel, edge_lines, lobby_name, at_edge, at_room, old_channel, sid = unpack(args, 9, 15)
+  local n = notices(args, 16, lobby.sizes)
+  local t = {key = keys[17], next = args[18], ttl = tonumber(args[19]), presented = args[20],
+    back_room = args[21]}
 
   local now = now_ms()
   if now > tonumber(deadline) then return 'stale' end
@@ -51,10 +52,10 @@ redis.register_function('chat_login', function(keys, args)
     return 'bad-token'
   end
   -- Where the session starts: the lobby, or for a RESUME its room.
-  local room, room_name, room_channel = lobby, lobby_name, lobby_channel
+  local room, room_name = lobby, lobby_name
   if token == 'good' and t.back_room ~= '' and t.back_room ~= lobby_name then
-    room = {members = keys[18], rooms = lobby.rooms, sizes = lobby.sizes}
-    room_name, room_channel = t.back_room, args[23]
+    room = {members = keys[18], rooms = lobby.rooms, sizes = lobby.sizes, edges = keys[20]}
+    room_name = t.back_room
   end
   if new_hash ~= '' then
     if redis.call('EXISTS', account) == 1 then
@@ -75,14 +76,15 @@ redis.register_function('chat_login', function(keys, args)
     reply(old_channel, old.conn, nil, nil, {kind = 'close', reason = 'logged-in-elsewhere', sid = old.sid})
     end_session({
       session = session, edge_sessions = old_edge_sessions, online = online,
-      room = {members = old_room_members, rooms = lobby.rooms, sizes = lobby.sizes},
-    }, old, user, old_room_channel, n)
+      room = {members = old_room_members, rooms = lobby.rooms, sizes = lobby.sizes,
+        edges = keys[21]},
+    }, old, user, edge_lines, n)
   end
   redis.call('INCR', seq)
   redis.call('HSET', session, 'edge', edge, 'conn', conn, 'sid', sid, 'room', room_name,
     'addr', addr, 'since', tostring(now))
   redis.call('SADD', edge_sessions, user)
-  enter_room(room, room_name, user)
+  enter_room(room, room_name, user, edge)
   redis.call('SADD', online, user)
   local expires = token_issue(t, room_name, now)
   local subs = redis.call('SMEMBERS', subscriptions)
@@ -98,7 +100,7 @@ redis.register_function('chat_login', function(keys, args)
   if room_name ~= lobby_name then lines[#lines + 1] = {k = 'ok_join', room = room_name} end
   reply(channel, conn, rid, lines, {kind = 'login', user = user, sid = sid, room = room_name,
     subs = table.concat(subs, ' '), inbox = last, expires = expires})
-  sys(n, room_channel, room_name, user, 'joined')
+  sys(n, room, edge_lines, room_name, user, 'joined')
   return old.sid and 'replaced' or 'ok'
 end)
 

@@ -52,26 +52,42 @@ local function notices(args, i, sizes)
   return {quiet = args[i], max = tonumber(args[i + 1]), sizes = sizes}
 end
 
--- Publishes `SYS <room> <user> <what>` on the room's channel, unless `n`
--- (see `notices`) keeps the room quiet: the lobby, or a room with more
--- members than the limit once the change is made (those who would see it).
-local function sys(n, channel, room, user, what)
-  if room == n.quiet then return end
-  if n.max > 0 and tonumber(redis.call('HGET', n.sizes, room) or 0) > n.max then return end
-  redis.call('PUBLISH', channel, cjson.encode({k = 'sys', room = room, user = user, what = what}))
+-- Publishes a broadcast line (`payload`, a JSON ServerLine) to every edge
+-- with a member in the room: on each one's line channel (`lines`, the
+-- channel name of an edge without its id), the edges read from the room's
+-- count of members per edge (`edges`, see `enter_room`).
+local function to_room(edges, lines, payload)
+  for _, edge in ipairs(redis.call('HKEYS', edges)) do
+    redis.call('PUBLISH', lines .. edge, payload)
+  end
 end
 
--- Room membership. `r` names a room's keys: `members` (its set), `rooms`
+-- Publishes `SYS <room> <user> <what>` to the room's edges (`r`, see
+-- `enter_room`; `lines` as `to_room`), unless `n` (see `notices`) keeps
+-- the room quiet: the lobby, or a room with more members than the limit
+-- once the change is made (those who would see it).
+local function sys(n, r, lines, room, user, what)
+  if room == n.quiet then return end
+  if n.max > 0 and tonumber(redis.call('HGET', n.sizes, room) or 0) > n.max then return end
+  to_room(r.edges, lines, cjson.encode({k = 'sys', room = room, user = user, what = what}))
+end
+
+-- Room membership. `r` names a room's keys: `members` (its set), `edges`
+-- (its count of members per edge: the edges its lines go to), `rooms`
 -- (the set of non-empty rooms) and `sizes` (the hash of member counts).
-local function enter_room(r, room, user)
+-- `edge` is the edge of the user's session: a member stays on one edge,
+-- since a session never moves and a new one leaves the old one's room.
+local function enter_room(r, room, user, edge)
   if redis.call('SADD', r.members, user) == 1 then
     redis.call('HINCRBY', r.sizes, room, 1)
+    redis.call('HINCRBY', r.edges, edge, 1)
   end
   redis.call('SADD', r.rooms, room)
 end
 
-local function leave_room(r, room, user)
+local function leave_room(r, room, user, edge)
   if redis.call('SREM', r.members, user) == 1 then
+    if redis.call('HINCRBY', r.edges, edge, -1) <= 0 then redis.call('HDEL', r.edges, edge) end
     if redis.call('HINCRBY', r.sizes, room, -1) <= 0 then
       redis.call('HDEL', r.sizes, room)
       redis.call('SREM', r.rooms, room)
@@ -93,14 +109,14 @@ end
 
 -- Ends a session. `k`: its keys (`session`, `edge_sessions` of its edge,
 -- `online`, and the room keys of its room as `room`); `s`: the session as
--- `where` read it; `room_channel`: its room's channel; `n`: where notices
--- go (`notices`). Whoever closes the connection publishes that first, so
--- the user does not see its own exit.
-local function end_session(k, s, user, room_channel, n)
+-- `where` read it; `lines`: the edges' line channel without the id; `n`:
+-- where notices go (`notices`). Whoever closes the connection publishes
+-- that first, so the user does not see its own exit.
+local function end_session(k, s, user, lines, n)
   redis.call('SREM', k.edge_sessions, user)
   if s.room then
-    leave_room(k.room, s.room, user)
-    sys(n, room_channel, s.room, user, 'left')
+    leave_room(k.room, s.room, user, s.edge)
+    sys(n, k.room, lines, s.room, user, 'left')
   end
   redis.call('SREM', k.online, user)
   redis.call('DEL', k.session)

@@ -38,18 +38,19 @@ redis.register_function{
   end,
 }
 
--- Ends one session an edge holds. KEYS 1-7: the edges, the edge's session
+-- Ends one session an edge holds. KEYS 1-8: the edges, the edge's session
 -- set, the user's session, the online users, the session's room's
--- members, the set of rooms, the room sizes. ARGV: the edge, the user, the
--- session's room as read before, that room's channel, the edge's channel,
+-- members, the set of rooms, the room sizes, the room's members per edge.
+-- ARGV: the edge, the user, the session's room as read before, the edges'
+-- line channel without the id, the edge's channel,
 -- `reap` (only while the edge is still dead) or `restart` (the edge
 -- itself, starting again under its id), and the notice settings (two).
 -- Returns `ended`, `gone` (not that edge's session any more), `alive`
 -- (reaping, but the edge beats again) or `moved` (read again).
 redis.register_function('chat_end_edge_session', function(keys, args)
   local edges, edge_sessions, session, online = unpack(keys, 1, 4)
-  local room = {members = keys[5], rooms = keys[6], sizes = keys[7]}
-  local edge, user, at_room, room_channel, edge_channel, mode = unpack(args, 1, 6)
+  local room = {members = keys[5], rooms = keys[6], sizes = keys[7], edges = keys[8]}
+  local edge, user, at_room, lines, edge_channel, mode = unpack(args, 1, 6)
   if mode == 'reap' then
     local until_ms = redis.call('ZSCORE', edges, edge)
     if until_ms and tonumber(until_ms) >= now_ms() then return 'alive' end
@@ -63,7 +64,7 @@ redis.register_function('chat_end_edge_session', function(keys, args)
   -- Should the edge be alive after all, its connection is told and closed.
   reply(edge_channel, s.conn, nil, nil, {kind = 'close', reason = 'server-shutdown', sid = s.sid})
   end_session({session = session, edge_sessions = edge_sessions, online = online, room = room},
-    s, user, room_channel, notices(args, 7, room.sizes))
+    s, user, lines, notices(args, 7, room.sizes))
   return 'ended'
 end)
 

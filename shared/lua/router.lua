@@ -88,31 +88,33 @@ local function add_history(q, key, h, ...)
   return id
 end
 
--- KEYS 4: the room's history. ARGV 11-14: history cap and ttl, room
--- channel, text.
+-- KEYS 4-5: the room's history, its members per edge. ARGV 11-14:
+-- history cap and ttl, the edges' line channel without the id, text.
 routed('chat_say', function(q, keys, args)
-  local channel, text = args[13], args[14]
+  local lines, text = args[13], args[14]
   local id = add_history(q, keys[4], retention(args), 'from', q.user, 'text', text)
-  redis.call('PUBLISH', channel,
+  to_room(keys[5], lines,
     cjson.encode({k = 'msg', room = q.s.room, id = id, from = q.user, text = text}))
 end)
 
--- KEYS 4-8: the old room's members, the new room's, the set of rooms, the
--- room sizes, the user's resume token (whose room follows the session's,
--- for a RESUME to go back to). ARGV 11-15: the new room, the old room's
--- channel, the new room's channel, the notice settings (two, see
--- `notices`).
+-- KEYS 4-10: the old room's members, the new room's, the set of rooms,
+-- the room sizes, the user's resume token (whose room follows the
+-- session's, for a RESUME to go back to), the old room's members per
+-- edge, the new room's. ARGV 11-14: the new room, the edges' line channel
+-- without the id, the notice settings (two, see `notices`).
 local function move(q, keys, args, final)
-  local to, old_channel, new_channel = args[11], args[12], args[13]
-  local room, n = q.s.room, notices(args, 14, keys[7])
+  local to, lines = args[11], args[12]
+  local room, n = q.s.room, notices(args, 13, keys[7])
   if to == room then return answer(q, {final}) end
-  leave_room({members = keys[4], rooms = keys[6], sizes = keys[7]}, room, q.user)
-  enter_room({members = keys[5], rooms = keys[6], sizes = keys[7]}, to, q.user)
+  local old = {members = keys[4], rooms = keys[6], sizes = keys[7], edges = keys[9]}
+  local new = {members = keys[5], rooms = keys[6], sizes = keys[7], edges = keys[10]}
+  leave_room(old, room, q.user, q.s.edge)
+  enter_room(new, to, q.user, q.s.edge)
   redis.call('HSET', q.session, 'room', to)
   if redis.call('EXISTS', keys[8]) == 1 then redis.call('HSET', keys[8], 'room', to) end
   answer(q, {final}, {kind = 'room', sid = q.sid, room = to})
-  sys(n, old_channel, room, q.user, 'left')
-  sys(n, new_channel, to, q.user, 'joined')
+  sys(n, old, lines, room, q.user, 'left')
+  sys(n, new, lines, to, q.user, 'joined')
 end
 
 routed('chat_join', function(q, keys, args)
@@ -210,12 +212,18 @@ routed('chat_subscriptions', function(q, keys, args)
   answer(q, listing(lines, 'SUBSCRIPTIONS', omitted, {k = 'ok_subscriptions', n = #names}))
 end)
 
--- KEYS 4-6: the user's publications, its subscribers, the online users.
--- ARGV 11-14: history cap and ttl, the user's publication channel, text.
+-- KEYS 4-7: the user's publications, its subscribers, the online users,
+-- the edges. ARGV 11-14: history cap and ttl, the edges' line channel
+-- without the id, text. The line goes to every edge (each passes it on to
+-- its connections that subscribe to the user): an edge holds no
+-- session that is not in the edges' set.
 routed('chat_publish', function(q, keys, args)
-  local channel, text = args[13], args[14]
+  local lines, text = args[13], args[14]
   local id = add_history(q, keys[4], retention(args), 'text', text)
-  redis.call('PUBLISH', channel, cjson.encode({k = 'pub', id = id, from = q.user, text = text}))
+  local line = cjson.encode({k = 'pub', id = id, from = q.user, text = text})
+  for _, edge in ipairs(redis.call('ZRANGE', keys[7], 0, -1)) do
+    redis.call('PUBLISH', lines .. edge, line)
+  end
   local n = redis.call('SINTERCARD', 2, keys[5], keys[6])
   answer(q, {{k = 'ok_publish', id = id, online = n}})
 end)
@@ -321,10 +329,11 @@ routed('chat_key', function(q, keys, args)
   answer(q, lines)
 end)
 
--- Ends the session `sid`, if it is still the current one. KEYS 4-9: the
+-- Ends the session `sid`, if it is still the current one. KEYS 4-10: the
 -- session's edge's session set, the online users, its room's members, the
--- set of rooms, the room sizes, the user's resume token. ARGV 11: its
--- room's channel, 12-13: the notice settings (see `notices`). A `/quit`
+-- set of rooms, the room sizes, the user's resume token, its room's
+-- members per edge. ARGV 11: the edges' line channel without the id,
+-- 12-13: the notice settings (see `notices`). A `/quit`
 -- (a request with a reply) also revokes the session's resume token; a
 -- connection that merely ends leaves it, for the client to come back.
 routed('chat_logout', function(q, keys, args)
@@ -335,7 +344,7 @@ routed('chat_logout', function(q, keys, args)
     if q.rid ~= '0' then redis.call('DEL', keys[9]) end
     end_session({
       session = q.session, edge_sessions = keys[4], online = keys[5],
-      room = {members = keys[6], rooms = keys[7], sizes = keys[8]},
+      room = {members = keys[6], rooms = keys[7], sizes = keys[8], edges = keys[10]},
     }, q.s, q.user, args[11], notices(args, 12, keys[8]))
   end
 end, true)

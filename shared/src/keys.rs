@@ -39,6 +39,12 @@ impl Keys {
         format!("{}resume:{user}", self.prefix)
     }
 
+    /// Hash of a room's member count per edge (the edges of its members,
+    /// where its lines go).
+    pub fn room_edges(&self, room: &str) -> String {
+        format!("{}room-edges:{room}", self.prefix)
+    }
+
     /// Set of non-empty rooms.
     pub fn rooms(&self) -> String {
         format!("{}rooms", self.prefix)
@@ -185,14 +191,12 @@ impl Keys {
         format!("{}ch:edge:{edge}", self.prefix)
     }
 
-    /// Pub/Sub channel of one room: ready-made `MSG`/`SYS` lines.
-    pub fn room_channel(&self, room: &str) -> String {
-        format!("{}ch:room:{room}", self.prefix)
-    }
-
-    /// Pub/Sub channel of one publisher: ready-made `PUB` lines.
-    pub fn pub_channel(&self, user: &str) -> String {
-        format!("{}ch:pub:{user}", self.prefix)
+    /// Pub/Sub channel of one edge's broadcast lines: ready-made `MSG`,
+    /// `SYS` and `PUB` lines of the rooms and publishers it has an
+    /// audience for. The edge reads it and its own channel on one
+    /// connection, so in the order they were published.
+    pub fn lines_channel(&self, edge: &str) -> String {
+        format!("{}ch:lines:{edge}", self.prefix)
     }
 }
 
@@ -239,8 +243,8 @@ mod tests {
         assert_eq!(k.fail_user("bob"), "chat:fail:user:bob");
         assert_eq!(k.fail_addr("::1"), "chat:fail:addr:::1");
         assert_eq!(k.edge_channel("e1"), "chat:ch:edge:e1");
-        assert_eq!(k.room_channel("dev"), "chat:ch:room:dev");
-        assert_eq!(k.pub_channel("bob"), "chat:ch:pub:bob");
+        assert_eq!(k.lines_channel("e1"), "chat:ch:lines:e1");
+        assert_eq!(k.room_edges("dev"), "chat:room-edges:dev");
         assert_eq!(k.partition_of_stream(&k.router_requests(7)), Some(7));
         assert_eq!(k.partition_of_stream(&k.auth_requests()), None);
     }

@@ -364,12 +364,13 @@ pub fn end_edge_session(
         keys.room(room),
         keys.rooms(),
         keys.room_sizes(),
+        keys.room_edges(room),
     ];
     Call::new("chat_end_edge_session", &call_keys)
         .arg(edge)
         .arg(user)
         .arg(room)
-        .arg(keys.room_channel(room))
+        .arg(keys.lines_channel(""))
         .arg(keys.edge_channel(edge))
         .arg(mode)
         .arg(&notices.args()[..])

@@ -1,7 +1,6 @@
 //! The command table: what the edge does for each parsed client command (pure, tested without sockets).
 
 use shared::envelope::{Op, Secret};
-use shared::keys::Keys;
 use shared::line::ServerLine;
 use shared::protocol::{self, Command, HistoryTarget};
 
@@ -11,9 +10,8 @@ pub(super) enum Action {
     /// A router request that expects no reply (a room line), sent with
     /// the others of the same read.
     Queue(Op),
-    /// A router request whose reply is waited for; `hold` are the channels
-    /// the reply may add the connection to.
-    Route { op: Op, hold: Vec<String> },
+    /// A router request whose reply is waited for.
+    Route(Op),
     /// `LOGIN`, or `REGISTER` with `register`.
     Login {
         user: String,
@@ -39,8 +37,8 @@ impl Action {
 }
 
 /// What to do for `cmd`.
-pub(super) fn action(cmd: Command, keys: &Keys) -> Action {
-    let route = |op| Action::Route { op, hold: vec![] };
+pub(super) fn action(cmd: Command) -> Action {
+    let route = Action::Route;
     match cmd {
         Command::Say(text) => Action::Queue(Op::Say { text }),
         Command::Login { user, password } => Action::Login {
@@ -57,17 +55,11 @@ pub(super) fn action(cmd: Command, keys: &Keys) -> Action {
             user,
             token: Secret(token),
         },
-        Command::Join(room) => Action::Route {
-            hold: vec![keys.room_channel(&room)],
-            op: Op::Join { room },
-        },
+        Command::Join(room) => route(Op::Join { room }),
         Command::Leave => route(Op::Leave),
         Command::Rooms => route(Op::Rooms),
         Command::Who(room) => route(Op::Who { room }),
-        Command::Subscribe(target) => Action::Route {
-            hold: vec![keys.pub_channel(&target)],
-            op: Op::Subscribe { target },
-        },
+        Command::Subscribe(target) => route(Op::Subscribe { target }),
         Command::Unsubscribe(target) => route(Op::Unsubscribe { target }),
         Command::Subscriptions => route(Op::Subscriptions),
         Command::Publish(text) => route(Op::Publish { text }),
@@ -106,11 +98,11 @@ mod tests {
 
     fn act(line: &str) -> Action {
         let cmd = Command::parse(line).unwrap().unwrap();
-        action(cmd, &Keys::new("chat:"))
+        action(cmd)
     }
 
     fn route(op: Op) -> Action {
-        Action::Route { op, hold: vec![] }
+        Action::Route(op)
     }
 
     #[test]
@@ -153,27 +145,14 @@ mod tests {
     }
 
     #[test]
-    fn join_and_subscribe_hold_the_channel_their_reply_may_add() {
-        assert_eq!(
-            act("/join dev"),
-            Action::Route {
-                op: Op::Join { room: "dev".into() },
-                hold: vec!["chat:ch:room:dev".into()],
-            }
-        );
+    fn other_requests_go_to_the_router_and_wait_for_its_reply() {
+        assert_eq!(act("/join dev"), route(Op::Join { room: "dev".into() }));
         assert_eq!(
             act("/subscribe carol"),
-            Action::Route {
-                op: Op::Subscribe {
-                    target: "carol".into()
-                },
-                hold: vec!["chat:ch:pub:carol".into()],
-            }
+            route(Op::Subscribe {
+                target: "carol".into()
+            })
         );
-    }
-
-    #[test]
-    fn other_requests_go_to_the_router_without_holds() {
         assert_eq!(act("/leave"), route(Op::Leave));
         assert_eq!(act("/rooms"), route(Op::Rooms));
         assert_eq!(act("/who"), route(Op::Who { room: None }));
@@ -222,17 +201,11 @@ mod tests {
     fn history_of_the_room_or_with_a_user() {
         assert!(matches!(
             act("/history"),
-            Action::Route {
-                op: Op::History { with: None, .. },
-                ..
-            }
+            Action::Route(Op::History { with: None, .. })
         ));
         assert!(matches!(
             act("/history @bob"),
-            Action::Route {
-                op: Op::History { with: Some(ref u), .. },
-                ..
-            } if u == "bob"
+            Action::Route(Op::History { with: Some(ref u), .. }) if u == "bob"
         ));
     }
 

@@ -187,14 +187,14 @@ impl Handler {
     }
 
     async fn command(&mut self, cmd: Command) -> Flow {
-        let action = commands::action(cmd, &self.ctx.keys);
+        let action = commands::action(cmd);
         // Anything but a room line comes after the room lines before it.
         if action.flushes() {
             self.flush().await;
         }
         match action {
             Action::Queue(op) => self.queue(op),
-            Action::Route { op, hold } => self.route(op, &hold).await,
+            Action::Route(op) => self.route(op).await,
             Action::Login {
                 user,
                 password,
@@ -289,16 +289,11 @@ impl Handler {
         };
         let req = self.request(rid, &user, op(rid, next));
         let stream = self.ctx.keys.auth_requests();
-        // Nothing of the claimed user's is read or subscribed before
-        // auth-svc has checked the password.
-        match self.call(&stream, req, &[]).await {
+        // Nothing of the claimed user's is read before auth-svc has checked
+        // the password.
+        match self.call(&stream, req).await {
             Ok(Some(Effect::Login {
-                user,
-                sid,
-                inbox,
-                subs,
-                room,
-                ..
+                user, sid, inbox, ..
             })) => {
                 let span = tracing::Span::current();
                 span.record("user", user.as_str());
@@ -307,7 +302,6 @@ impl Handler {
                 self.ctx.metrics.logins_ok.inc();
                 self.session = Some(Session { user, sid });
                 self.slot.logged_in();
-                self.shown_when_subscribed(&subs, &room).await;
                 if !inbox.is_empty() {
                     // Shown (queued before anything else): they may go.
                     self.queue(Op::Delivered { upto: inbox });
@@ -319,31 +313,6 @@ impl Handler {
                 self.reply(e.line());
             }
         }
-    }
-
-    /// Lets the client see `OK LOGIN` (queued behind a gate) once the
-    /// channels of the publishers `subs`, and of `room` unless it is the
-    /// lobby (a RESUME's), are subscribed, so that it misses nothing
-    /// published after it; after the request timeout, anyway.
-    async fn shown_when_subscribed(&self, subs: &str, room: &str) {
-        let keys = &self.ctx.keys;
-        let mut channels: Vec<String> = subs
-            .split_whitespace()
-            .map(|p| keys.pub_channel(p))
-            .collect();
-        if room != protocol::LOBBY {
-            channels.push(keys.room_channel(room));
-        }
-        if channels.is_empty() {
-            return;
-        }
-        let limit = self.ctx.cfg.edge.request_timeout();
-        let subscribed = tokio::time::timeout(limit, self.ctx.hub.subscribed(&channels)).await;
-        if subscribed != Ok(true) {
-            // Pub/Sub is reconnecting: it subscribes to them again itself.
-            tracing::warn!("subscribing to a login's publishers failed");
-        }
-        self.ctx.hub.open_gate(self.id);
     }
 
     /// Queues a router request that expects no reply (a room line, an
@@ -372,14 +341,13 @@ impl Handler {
         }
     }
 
-    /// Sends a router request for the session and waits for its reply;
-    /// `channels` are those the reply may add the connection to.
-    async fn route(&mut self, op: Op, channels: &[String]) {
+    /// Sends a router request for the session and waits for its reply.
+    async fn route(&mut self, op: Op) {
         let Some(session) = &self.session else { return };
         let user = session.user.clone();
         let req = self.request(self.ctx.next_rid(), &user, op);
         let stream = self.ctx.router_stream(&user);
-        if let Err(e) = self.call(&stream, req, channels).await {
+        if let Err(e) = self.call(&stream, req).await {
             self.reply(e.line());
         }
         // A long reply costs lines of the flood budget: asking for
@@ -395,7 +363,7 @@ impl Handler {
             let rid = self.ctx.next_rid();
             let req = self.request(rid, &session.user, Op::Logout);
             let stream = self.ctx.router_stream(&session.user);
-            if let Ok(Some(Effect::Close { .. })) = self.call(&stream, req, &[]).await {
+            if let Ok(Some(Effect::Close { .. })) = self.call(&stream, req).await {
                 // The router ended the session and its reply closes us.
                 self.session = None;
                 return;
@@ -406,29 +374,11 @@ impl Handler {
 
     /// Sends a request and waits for its reply (whose lines the dispatcher
     /// has already queued); returns the reply's effect.
-    ///
-    /// `channels` (those the reply may add the connection to) are held
-    /// subscribed from before the request goes out until its reply, even a
-    /// late one, has been applied.
-    async fn call(
-        &self,
-        stream: &str,
-        req: Request,
-        channels: &[String],
-    ) -> Result<Option<Effect>, ProtoError> {
+    async fn call(&self, stream: &str, req: Request) -> Result<Option<Effect>, ProtoError> {
         let hub = &self.ctx.hub;
-        // One deadline for the whole request: holding its channels,
-        // sending it (a Redis that does not answer counts) and its reply.
+        // One deadline for the whole request: sending it (a Redis that
+        // does not answer counts) and its reply.
         let deadline = tokio::time::Instant::now() + self.ctx.cfg.edge.request_timeout();
-        if !channels.is_empty() {
-            let held =
-                tokio::time::timeout_at(deadline, hub.hold(self.id, req.rid, channels)).await;
-            if held != Ok(true) {
-                tracing::warn!("subscribing to channels failed");
-                hub.release(self.id, req.rid);
-                return Err(unavailable());
-            }
-        }
         let mut rx = hub.expect(self.id, req.rid);
         let sent = Instant::now();
         let reply = async {
@@ -447,7 +397,6 @@ impl Handler {
                 // Not sent: nothing will come back.
                 tracing::warn!(error = %e, "sending a request failed");
                 hub.give_up(self.id, req.rid);
-                hub.release(self.id, req.rid);
                 Err(unavailable())
             }
             _ if !hub.give_up(self.id, req.rid) => {
@@ -456,7 +405,7 @@ impl Handler {
             }
             _ => {
                 // Sent, or perhaps not (Redis did not answer): a late reply
-                // still takes effect, and its holds last until it comes.
+                // still takes effect.
                 tracing::warn!(stream, "no reply in time");
                 Err(unavailable())
             }

@@ -42,17 +42,13 @@ pub(super) async fn write_loop<W: AsyncWrite>(
         // The queue's buffers of lines are written as they are (the first
         // one is not copied); an idle connection holds no write buffer.
         let mut buf = Vec::new();
-        let (mut bye, mut gate) = (None, None);
+        let mut bye = None;
         while buf.len() < WRITE_BATCH {
             match rx.try_recv() {
                 Some(Out::Line(lines)) if buf.is_empty() => buf = lines,
                 Some(Out::Line(lines)) => buf.extend_from_slice(&lines),
                 Some(Out::Bye(reason)) => {
                     bye = Some(reason);
-                    break;
-                }
-                Some(Out::Gate(g)) => {
-                    gate = Some(g);
                     break;
                 }
                 None => break,
@@ -75,12 +71,6 @@ pub(super) async fn write_loop<W: AsyncWrite>(
         if bye.is_some() {
             break bye;
         }
-        if let Some(gate) = gate {
-            drop(buf); // not held while the login waits
-            if !opened(gate, &closer).await {
-                break closer.reason().map(str::to_string);
-            }
-        }
     };
     if let Some(reason) = bye {
         tracing::info!(reason = %reason, "closing");
@@ -93,14 +83,4 @@ pub(super) async fn write_loop<W: AsyncWrite>(
     }
     let _ = within(Phase::Close, limit, wr.shutdown()).await;
     closer.token.cancel();
-}
-
-/// Waits for a gate to open (its sender dropped counts); false if the
-/// connection is closed first.
-async fn opened(gate: tokio::sync::oneshot::Receiver<()>, closer: &Closer) -> bool {
-    tokio::select! {
-        biased;
-        _ = closer.token.cancelled() => false,
-        _ = gate => true,
-    }
 }

@@ -1,15 +1,15 @@
 //! Applying Pub/Sub messages: broadcast lines fan out to audiences; replies show and take effect.
 
+use super::audience::{enter, exit, leave_all, Audience};
 use super::{Hub, Out, Session};
 use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
-use shared::protocol::LOBBY;
 use std::collections::HashSet;
-use tokio::sync::oneshot;
 
 impl Hub {
-    /// Applies one Pub/Sub message.
+    /// Applies one Pub/Sub message: a reply on the edge's channel, a
+    /// broadcast line on its other one.
     pub(crate) fn dispatch(&self, channel: &str, payload: &[u8]) {
         self.pubsub_messages.inc();
         if channel != self.edge_channel {
@@ -23,31 +23,33 @@ impl Hub {
     }
 
     fn broadcast(&self, channel: &str, payload: &[u8]) {
-        match serde_json::from_slice::<ServerLine>(payload) {
-            Ok(line) => self.pass_on(channel, &line),
+        let line = serde_json::from_slice::<ServerLine>(payload);
+        match line.as_ref().map(|l| (Audience::of(l), l)) {
+            Ok((Some(a), line)) => self.pass_on(&a, line),
+            Ok((None, line)) => tracing::warn!(channel, %line, "not a broadcast line; dropped"),
             Err(e) => tracing::warn!(channel, error = %e, "undecodable line dropped"),
         }
     }
 
-    /// Queues a room or publisher line to the channel's audience, unless
-    /// it is a message already passed on (replayed, then live).
-    pub(crate) fn pass_on(&self, channel: &str, line: &ServerLine) {
+    /// Queues a room or publisher line to its audience, unless it is a
+    /// message already passed on (replayed, then live).
+    pub(crate) fn pass_on(&self, a: &Audience, line: &ServerLine) {
         let id = match line {
             ServerLine::Msg { id, .. } | ServerLine::Pub { id, .. } => EntryId::parse(id),
             _ => None,
         };
         let mut st = self.lock();
         let st = &mut *st;
-        let Some(members) = st.audience.get(channel) else {
-            st.last.remove(channel);
+        let Some(members) = st.audience.get(a) else {
+            st.last.remove(a);
             return;
         };
         if let Some(id) = id {
-            match st.last.get_mut(channel) {
+            match st.last.get_mut(a) {
                 Some(last) if id <= *last => return,
                 Some(last) => *last = id,
                 None => {
-                    st.last.insert(channel.to_string(), id);
+                    st.last.insert(a.clone(), id);
                 }
             }
         }
@@ -98,26 +100,16 @@ impl Hub {
                 if let (Some(token), Ok(expires)) = (token, expires.parse()) {
                     reply.lines.push(ServerLine::Token { token, expires });
                 }
-                // A RESUME may put the session back in a room of its own.
-                let gated = !subs.is_empty() || room != LOBBY;
                 conn.session = Some(Session {
                     user: user.clone(),
                     sid: sid.clone(),
                 });
-                let room = self.keys.room_channel(room);
-                self.enter(&mut st.audience, id, conn, &room);
+                // A RESUME may put the session back in a room of its own.
+                let room = Audience::Room(room.clone());
+                enter(&mut st.audience, id, conn, room.clone());
                 conn.room = Some(room);
                 for publisher in subs.split_whitespace() {
-                    let ch = self.keys.pub_channel(publisher);
-                    self.enter(&mut st.audience, id, conn, &ch);
-                }
-                // The client sees `OK LOGIN` once those channels are
-                // subscribed (the reader opens the gate): nothing published
-                // after it is missed. What arrives meanwhile waits behind it.
-                if gated {
-                    let (open, gate) = oneshot::channel();
-                    self.push(conn, Out::Gate(gate));
-                    conn.gate = Some(open);
+                    enter(&mut st.audience, id, conn, Audience::Pub(publisher.into()));
                 }
             }
             Some(Effect::Login { user, sid, .. }) => self.orphan(Session {
@@ -126,26 +118,24 @@ impl Hub {
             }),
             Some(Effect::Room { sid, room }) if holds(sid) => {
                 if let Some(old) = conn.room.take() {
-                    self.exit(&mut st.audience, id, conn, &old);
+                    exit(&mut st.audience, id, conn, &old);
                 }
-                let room = self.keys.room_channel(room);
-                self.enter(&mut st.audience, id, conn, &room);
+                let room = Audience::Room(room.clone());
+                enter(&mut st.audience, id, conn, room.clone());
                 conn.room = Some(room);
             }
             Some(Effect::Subscribe { sid, user }) if holds(sid) => {
-                let ch = self.keys.pub_channel(user);
-                self.enter(&mut st.audience, id, conn, &ch);
+                enter(&mut st.audience, id, conn, Audience::Pub(user.clone()));
             }
             Some(Effect::Unsubscribe { sid, user }) if holds(sid) => {
-                let ch = self.keys.pub_channel(user);
-                self.exit(&mut st.audience, id, conn, &ch);
+                exit(&mut st.audience, id, conn, &Audience::Pub(user.clone()));
             }
             // Only the connection's current session is closed: a close for
             // one it no longer holds (say, a late login already undone) is
             // moot.
             Some(Effect::Close { reason, sid }) if holds(sid) => {
                 conn.session = None;
-                self.leave_all(&mut st.audience, id, conn);
+                leave_all(&mut st.audience, id, conn);
                 bye = Some(reason.clone());
             }
             _ => {}
@@ -160,9 +150,6 @@ impl Hub {
         }
         if let Some(reason) = bye {
             self.push(conn, Out::Bye(reason));
-        }
-        if reply.rid != 0 {
-            self.release_in(&mut st.holds, conn, reply.rid);
         }
         if waiting {
             if let Some((_, tx)) = conn.pending.take() {
@@ -187,19 +174,19 @@ impl Hub {
         let Some((_, room, subs)) = current.filter(|(sid, ..)| *sid == held.sid) else {
             tracing::info!(user = %held.user, "session gone while Redis was away; closing");
             conn.session = None;
-            self.leave_all(&mut st.audience, id, conn);
+            leave_all(&mut st.audience, id, conn);
             self.push(conn, Out::Bye("server-shutdown".into()));
             return;
         };
-        let room = self.keys.room_channel(room);
-        let mut wanted: HashSet<String> = subs.iter().map(|p| self.keys.pub_channel(p)).collect();
+        let room = Audience::Room(room.to_string());
+        let mut wanted: HashSet<Audience> = subs.iter().map(|p| Audience::Pub(p.clone())).collect();
         wanted.insert(room.clone());
-        let stale: Vec<String> = conn.channels.difference(&wanted).cloned().collect();
-        for ch in stale {
-            self.exit(&mut st.audience, id, conn, &ch);
+        let stale: Vec<Audience> = conn.audiences.difference(&wanted).cloned().collect();
+        for a in stale {
+            exit(&mut st.audience, id, conn, &a);
         }
-        for ch in wanted {
-            self.enter(&mut st.audience, id, conn, &ch);
+        for a in wanted {
+            enter(&mut st.audience, id, conn, a);
         }
         conn.room = Some(room);
     }

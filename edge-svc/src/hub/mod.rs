@@ -1,24 +1,25 @@
 //! The edge's connection table: each connection's queue, closer, session and state.
 //!
-//! Around it: [`channels`] keeps the audiences and holds of the channels
-//! the edge subscribes to, and [`apply`] applies what comes back over
-//! Pub/Sub: room and publisher lines fan out to the local connections in
-//! their audience; replies go to one connection and may change its state
+//! Around it: [`audience`] keeps who receives each room's and
+//! publisher's lines, and [`apply`] applies what comes back over Pub/Sub:
+//! room and publisher lines fan out to the local connections in their
+//! audience; replies go to one connection and may change its state
 //! (logged in, moved, subscribed, closed).
 //!
-//! The edge reads all its channels on one Pub/Sub connection, so it sees
-//! replies and broadcast lines in the order Redis ran the scripts that
-//! published them; applying membership changes in that same order is what
-//! makes "the members of the room at routing time" exact. A request that
-//! may add a connection to a channel's audience first *holds* the channel,
-//! which subscribes the edge to it before the request goes out.
+//! Everything for the edge comes on its two channels (replies, and the
+//! broadcast lines of the rooms with a member here and of every
+//! publisher), read on one Pub/Sub connection subscribed from the start.
+//! So the edge sees replies and lines in the order Redis ran the functions
+//! that published them, and applying membership changes in that same
+//! order is what makes "the members of the room at routing time" exact.
 
 mod apply;
-mod channels;
+mod audience;
 mod queue;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use audience::Audience;
 use queue::Refused;
 pub(crate) use queue::{queue, QueueRx, QueueTx, CHUNK};
 
@@ -27,7 +28,6 @@ use shared::consumer::EntryId;
 use shared::envelope::Effect;
 use shared::keys::Keys;
 use shared::line::ServerLine;
-use shared::protocol::LOBBY;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{mpsc, oneshot};
@@ -40,10 +40,6 @@ pub(crate) enum Out {
     Line(Vec<u8>),
     /// Send `BYE <reason>` and close.
     Bye(String),
-    /// Write nothing queued after this until it opens (or its sender is
-    /// dropped): `OK LOGIN` waits behind one until the login's publisher
-    /// channels are subscribed.
-    Gate(oneshot::Receiver<()>),
 }
 
 /// Closes a connection out of band (its queue may be full): the writer
@@ -76,28 +72,17 @@ pub(crate) struct Session {
     pub(crate) sid: String,
 }
 
-/// A request to the Pub/Sub task: bring the subscription to `channel` in
-/// line with whether the hub wants it, and say whether it is subscribed.
-pub(crate) struct SubChange {
-    pub(crate) channel: String,
-    pub(crate) done: Option<oneshot::Sender<bool>>,
-}
-
 struct Conn {
     tx: QueueTx,
     closer: Arc<Closer>,
     session: Option<Session>,
-    /// The channels whose lines this connection receives: its room's and
-    /// those of the publishers it subscribes to.
-    channels: HashSet<String>,
-    /// Its room's channel (also in `channels`).
-    room: Option<String>,
-    /// Channels held for requests in flight, by request id.
-    holds: Vec<(u64, Vec<String>)>,
+    /// The audiences this connection is in: its room's and those of the
+    /// publishers it subscribes to.
+    audiences: HashSet<Audience>,
+    /// Its room's audience (also in `audiences`).
+    room: Option<Audience>,
     /// The request this connection waits for, and where to say it came.
     pending: Option<(u64, oneshot::Sender<Option<Effect>>)>,
-    /// Opens the [`Out::Gate`] queued before its `OK LOGIN`.
-    gate: Option<oneshot::Sender<()>>,
     /// Bytes of the replies it waited for, since [`Hub::reply_bytes`].
     reply_bytes: usize,
     /// The resume token for the login it waits for: shown (`TOKEN`) right
@@ -126,71 +111,53 @@ impl std::hash::Hasher for IdHasher {
 }
 
 type ById = std::hash::BuildHasherDefault<IdHasher>;
-/// The connections that receive a channel's lines.
+/// The connections in an audience.
 type Members = HashSet<u64, ById>;
 
 #[derive(Default)]
 struct State {
     conns: HashMap<u64, Conn, ById>,
-    /// Channel → the connections that receive its lines.
-    audience: HashMap<String, Members>,
-    /// Channel → requests in flight that may add to its audience.
-    holds: HashMap<String, usize>,
-    /// Channel → the id of the last `MSG` or `PUB` passed on from it: after
-    /// a Pub/Sub reconnect, history is replayed from there (and a line
-    /// that comes twice, replayed and live, is passed on once).
-    last: HashMap<String, EntryId>,
+    /// Room or publisher → the connections that receive its lines.
+    audience: HashMap<Audience, Members>,
+    /// Room or publisher → the id of the last `MSG` or `PUB` passed on to
+    /// its audience: after a Pub/Sub reconnect, history is replayed from
+    /// there (and a line that comes twice, replayed and live, is passed on
+    /// once).
+    last: HashMap<Audience, EntryId>,
 }
 
 pub(crate) struct Hub {
-    keys: Keys,
     /// Pub/Sub messages applied, lines queued to clients, and clients
     /// dropped for a full queue (for /metrics).
     pub(crate) pubsub_messages: Counter,
     pub(crate) deliveries: Counter,
     pub(crate) drops: Counter,
-    /// The edge's own channel (replies), and the lobby's: always wanted.
+    /// The edge's channel of replies (its other one has broadcast lines).
     edge_channel: String,
-    lobby_channel: String,
     state: Mutex<State>,
     /// Sessions to end that no connection holds any more (a login answered
     /// after its connection left or gave up waiting).
     orphans: mpsc::Sender<Session>,
-    /// To the Pub/Sub task. Unbounded, but one message per change of an
-    /// audience or hold, each caused by a client request or a reply.
-    subs: mpsc::UnboundedSender<SubChange>,
 }
 
 /// Orphaned sessions waiting to be ended; past this, they are left to the
 /// next login of their user, which replaces them.
 const ORPHANS: usize = 1024;
 
-/// What [`Hub::new`] hands to the edge's background tasks.
-pub(crate) struct HubTasks {
-    pub(crate) orphans: mpsc::Receiver<Session>,
-    pub(crate) subs: mpsc::UnboundedReceiver<SubChange>,
-}
-
 impl Hub {
-    pub(crate) fn new(keys: Keys, edge_id: &str) -> (Arc<Hub>, HubTasks) {
+    /// The hub of edge `edge_id`, and the receiving end of its orphaned
+    /// sessions.
+    pub(crate) fn new(keys: &Keys, edge_id: &str) -> (Arc<Hub>, mpsc::Receiver<Session>) {
         let (orphans, orphans_rx) = mpsc::channel(ORPHANS);
-        let (subs, subs_rx) = mpsc::unbounded_channel();
         let hub = Hub {
             edge_channel: keys.edge_channel(edge_id),
-            lobby_channel: keys.room_channel(LOBBY),
-            keys,
             pubsub_messages: Counter::default(),
             deliveries: Counter::default(),
             drops: Counter::default(),
             state: Mutex::new(State::default()),
             orphans,
-            subs,
         };
-        let tasks = HubTasks {
-            orphans: orphans_rx,
-            subs: subs_rx,
-        };
-        (Arc::new(hub), tasks)
+        (Arc::new(hub), orphans_rx)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -204,11 +171,9 @@ impl Hub {
                 tx,
                 closer,
                 session: None,
-                channels: HashSet::new(),
+                audiences: HashSet::new(),
                 room: None,
-                holds: Vec::new(),
                 pending: None,
-                gate: None,
                 reply_bytes: 0,
                 token: None,
             },
@@ -219,10 +184,7 @@ impl Hub {
     pub(crate) fn remove(&self, id: u64) -> Option<Session> {
         let mut st = self.lock();
         let mut conn = st.conns.remove(&id)?;
-        self.leave_all(&mut st.audience, id, &mut conn);
-        for (_, channels) in conn.holds.drain(..) {
-            self.unhold(&mut st.holds, &channels);
-        }
+        audience::leave_all(&mut st.audience, id, &mut conn);
         conn.session
     }
 
@@ -277,13 +239,6 @@ impl Hub {
         }
     }
 
-    /// Lets the lines queued behind the connection's login gate go out.
-    pub(crate) fn open_gate(&self, conn: u64) {
-        if let Some(gate) = self.lock().conns.get_mut(&conn).and_then(|c| c.gate.take()) {
-            let _ = gate.send(());
-        }
-    }
-
     /// Queues a line to one connection.
     pub(crate) fn send(&self, conn: u64, line: &ServerLine) {
         if let Some(c) = self.lock().conns.get(&conn) {
@@ -312,21 +267,20 @@ impl Hub {
             .collect()
     }
 
-    /// Each channel with an audience and the id of the last message
-    /// passed on from it (forgetting channels that lost their audience).
-    pub(crate) fn marks(&self) -> Vec<(String, EntryId)> {
+    /// Each room and publisher with an audience and the id of the last
+    /// message passed on to it (forgetting those that lost their audience).
+    pub(crate) fn marks(&self) -> Vec<(Audience, EntryId)> {
         let mut st = self.lock();
         let st = &mut *st;
-        st.last
-            .retain(|channel, _| st.audience.contains_key(channel));
-        st.last.iter().map(|(c, id)| (c.clone(), *id)).collect()
+        st.last.retain(|a, _| st.audience.contains_key(a));
+        st.last.iter().map(|(a, id)| (a.clone(), *id)).collect()
     }
 
-    /// Tells a channel's audience that lines after `after` may be missing,
-    /// and takes `newest` as passed on.
-    pub(crate) fn gap(&self, channel: &str, line: &ServerLine, newest: EntryId) {
-        self.pass_on(channel, line);
-        if let Some(last) = self.lock().last.get_mut(channel) {
+    /// Tells an audience that lines after `after` may be missing, and
+    /// takes `newest` as passed on.
+    pub(crate) fn gap(&self, a: &Audience, line: &ServerLine, newest: EntryId) {
+        self.pass_on(a, line);
+        if let Some(last) = self.lock().last.get_mut(a) {
             *last = newest.max(*last);
         }
     }

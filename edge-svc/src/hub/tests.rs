@@ -1,4 +1,4 @@
-//! Tests of the hub: the table, channel audiences and holds, and applying replies.
+//! Tests of the hub: the table, audiences, and applying replies and lines.
 
 use super::*;
 use shared::consumer::EntryId;
@@ -10,8 +10,17 @@ fn wire(line: &str) -> Vec<u8> {
     serde_json::to_vec(&ServerLine::parse(line).unwrap()).unwrap()
 }
 
-fn hub() -> (Arc<Hub>, HubTasks) {
-    Hub::new(Keys::new("chat:"), "e1")
+/// The edge's two channels.
+const REPLIES: &str = "chat:ch:edge:e1";
+const LINES: &str = "chat:ch:lines:e1";
+
+fn hub() -> (Arc<Hub>, mpsc::Receiver<Session>) {
+    Hub::new(&Keys::new("chat:"), "e1")
+}
+
+/// Whether anyone on the edge is in audience `a`.
+fn heard(hub: &Hub, a: Audience) -> bool {
+    hub.lock().audience.contains_key(&a)
 }
 
 fn conn(hub: &Hub, id: u64, items: usize) -> (QueueRx, Arc<Closer>) {
@@ -43,7 +52,7 @@ fn login_reply(conn: u64, rid: u64, user: &str, sid: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// What is queued, line by line (`GATE` and `BYE` as entries of their own).
+/// What is queued, line by line (`BYE` as an entry of its own).
 fn lines(rx: &mut QueueRx) -> Vec<String> {
     let mut out = Vec::new();
     while let Some(o) = rx.try_recv() {
@@ -55,7 +64,6 @@ fn lines(rx: &mut QueueRx) -> Vec<String> {
                     .map(String::from),
             ),
             Out::Bye(r) => out.push(format!("BYE {r}")),
-            Out::Gate(_) => out.push("GATE".into()),
         }
     }
     out
@@ -63,17 +71,17 @@ fn lines(rx: &mut QueueRx) -> Vec<String> {
 
 #[test]
 fn room_lines_reach_only_logged_in_members() {
-    let (hub, _tasks) = hub();
+    let (hub, _orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 8);
     let (mut b, _) = conn(&hub, 2, 8);
     let mut wait = hub.expect(1, 10);
-    hub.dispatch("chat:ch:edge:e1", &login_reply(1, 10, "alice", "5"));
+    hub.dispatch(REPLIES, &login_reply(1, 10, "alice", "5"));
     assert!(
         wait.try_recv().unwrap().is_some(),
         "the waiting login learns its effect"
     );
-    hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob hi"));
-    hub.dispatch("chat:ch:room:dev", &wire("MSG dev 1-0 bob elsewhere"));
+    hub.dispatch(LINES, &wire("MSG lobby 1-0 bob hi"));
+    hub.dispatch(LINES, &wire("MSG dev 1-0 bob elsewhere"));
     assert_eq!(
         lines(&mut a),
         ["OK LOGIN alice lobby\n", "MSG lobby 1-0 bob hi\n"]
@@ -82,8 +90,8 @@ fn room_lines_reach_only_logged_in_members() {
 }
 
 #[test]
-fn the_resume_token_ends_the_login_reply_and_a_resumed_room_waits_behind_a_gate() {
-    let (hub, _tasks) = hub();
+fn the_resume_token_ends_the_login_reply_and_a_resume_goes_back_to_its_room() {
+    let (hub, _orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 8);
     let _wait = hub.expect(1, 10);
     hub.give_token(1, "t0k".into());
@@ -96,35 +104,32 @@ fn the_resume_token_ends_the_login_reply_and_a_resumed_room_waits_behind_a_gate(
         *room = "dev".into();
         *expires = "1795426330266".into();
     }
-    hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&login).unwrap());
+    hub.dispatch(REPLIES, &serde_json::to_vec(&login).unwrap());
     assert_eq!(
         lines(&mut a),
         [
-            "GATE",
             "OK LOGIN alice lobby\n",
             "DM 1-0 bob queued\n",
             "OK JOIN dev\n",
             "TOKEN t0k 1795426330266\n"
         ]
     );
-    hub.dispatch("chat:ch:room:dev", &wire("MSG dev 1-0 bob in dev"));
+    hub.dispatch(LINES, &wire("MSG lobby 1-0 bob in the lobby"));
+    hub.dispatch(LINES, &wire("MSG dev 1-0 bob in dev"));
     assert_eq!(lines(&mut a), ["MSG dev 1-0 bob in dev\n"]);
 }
 
 #[test]
 fn a_full_queue_closes_that_client_only() {
-    let (hub, _tasks) = hub();
+    let (hub, _orphans) = hub();
     let (mut slow, slow_closer) = conn(&hub, 1, 2);
     let (mut fast, fast_closer) = conn(&hub, 2, 64);
     for (id, user) in [(1, "slow"), (2, "fast")] {
         let _wait = hub.expect(id, id);
-        hub.dispatch(
-            "chat:ch:edge:e1",
-            &login_reply(id, id, user, &id.to_string()),
-        );
+        hub.dispatch(REPLIES, &login_reply(id, id, user, &id.to_string()));
     }
     for i in 0..10 {
-        hub.dispatch("chat:ch:room:lobby", &wire(&format!("MSG lobby {i}-0 x m")));
+        hub.dispatch(LINES, &wire(&format!("MSG lobby {i}-0 x m")));
     }
     assert_eq!(slow_closer.reason(), Some("too-slow"));
     assert!(fast_closer.reason().is_none());
@@ -138,26 +143,26 @@ fn a_full_queue_closes_that_client_only() {
 
 #[test]
 fn a_late_login_is_undone_and_shows_nothing() {
-    let (hub, mut tasks) = hub();
+    let (hub, mut orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 8);
     let _wait = hub.expect(1, 10);
     assert!(hub.give_up(1, 10));
-    hub.dispatch("chat:ch:edge:e1", &login_reply(1, 10, "alice", "7"));
+    hub.dispatch(REPLIES, &login_reply(1, 10, "alice", "7"));
     assert!(lines(&mut a).is_empty());
-    let orphan = tasks.orphans.try_recv().unwrap();
+    let orphan = orphans.try_recv().unwrap();
     assert_eq!((orphan.user.as_str(), orphan.sid.as_str()), ("alice", "7"));
     // A reply for a connection that is gone is undone as well.
-    hub.dispatch("chat:ch:edge:e1", &login_reply(99, 3, "bob", "8"));
-    assert_eq!(tasks.orphans.try_recv().unwrap().user, "bob");
+    hub.dispatch(REPLIES, &login_reply(99, 3, "bob", "8"));
+    assert_eq!(orphans.try_recv().unwrap().user, "bob");
 }
 
 #[test]
 fn close_applies_to_the_current_session_only() {
-    let (hub, _tasks) = hub();
+    let (hub, _orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 8);
     let (mut b, _) = conn(&hub, 2, 8);
     let _wait = hub.expect(1, 1);
-    hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
+    hub.dispatch(REPLIES, &login_reply(1, 1, "alice", "5"));
     let close = |conn: u64, sid: &str| {
         serde_json::to_vec(&Reply {
             conn,
@@ -171,11 +176,11 @@ fn close_applies_to_the_current_session_only() {
         })
         .unwrap()
     };
-    hub.dispatch("chat:ch:edge:e1", &close(1, "4"));
-    hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob still"));
-    hub.dispatch("chat:ch:edge:e1", &close(2, "5"));
-    hub.dispatch("chat:ch:edge:e1", &close(1, "5"));
-    hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 2-0 bob gone"));
+    hub.dispatch(REPLIES, &close(1, "4"));
+    hub.dispatch(LINES, &wire("MSG lobby 1-0 bob still"));
+    hub.dispatch(REPLIES, &close(2, "5"));
+    hub.dispatch(REPLIES, &close(1, "5"));
+    hub.dispatch(LINES, &wire("MSG lobby 2-0 bob gone"));
     assert_eq!(
         lines(&mut a),
         [
@@ -190,7 +195,7 @@ fn close_applies_to_the_current_session_only() {
 
 #[test]
 fn moves_subscriptions_and_notices_follow_the_current_session() {
-    let (hub, mut tasks) = hub();
+    let (hub, _orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 16);
     let _wait = hub.expect(1, 1);
     let mut login = serde_json::from_slice::<Reply>(&login_reply(1, 1, "alice", "5")).unwrap();
@@ -202,7 +207,7 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
         inbox: String::new(),
         expires: String::new(),
     });
-    hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&login).unwrap());
+    hub.dispatch(REPLIES, &serde_json::to_vec(&login).unwrap());
     let notice = |rid: u64, sid: &str, lines: &[&str], effect: Option<Effect>| {
         serde_json::to_vec(&Reply {
             conn: 1,
@@ -216,7 +221,7 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
         })
         .unwrap()
     };
-    hub.dispatch("chat:ch:pub:carol", &wire("PUB 1-0 carol x"));
+    hub.dispatch(LINES, &wire("PUB 1-0 carol x"));
     // A move of another (older) session is ignored; of this one, done.
     let moved = |sid: &str| {
         Some(Effect::Room {
@@ -224,31 +229,24 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
             room: "dev".into(),
         })
     };
-    hub.dispatch("chat:ch:edge:e1", &notice(0, "", &[], moved("4")));
-    hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob still here"));
-    hub.dispatch("chat:ch:edge:e1", &notice(0, "", &[], moved("5")));
-    hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 2-0 bob gone"));
-    hub.dispatch("chat:ch:room:dev", &wire("MSG dev 1-0 bob in dev"));
+    hub.dispatch(REPLIES, &notice(0, "", &[], moved("4")));
+    hub.dispatch(LINES, &wire("MSG lobby 1-0 bob still here"));
+    hub.dispatch(REPLIES, &notice(0, "", &[], moved("5")));
+    hub.dispatch(LINES, &wire("MSG lobby 2-0 bob gone"));
+    hub.dispatch(LINES, &wire("MSG dev 1-0 bob in dev"));
     let unsub = Some(Effect::Unsubscribe {
         sid: "5".into(),
         user: "carol".into(),
     });
-    hub.dispatch("chat:ch:edge:e1", &notice(0, "", &[], unsub));
-    hub.dispatch("chat:ch:pub:carol", &wire("PUB 2-0 carol y"));
-    hub.dispatch("chat:ch:pub:dave", &wire("PUB 1-0 dave z"));
+    hub.dispatch(REPLIES, &notice(0, "", &[], unsub));
+    hub.dispatch(LINES, &wire("PUB 2-0 carol y"));
+    hub.dispatch(LINES, &wire("PUB 1-0 dave z"));
     // A private message to an older session is not shown.
-    hub.dispatch(
-        "chat:ch:edge:e1",
-        &notice(0, "4", &["DM 1-0 bob old"], None),
-    );
-    hub.dispatch(
-        "chat:ch:edge:e1",
-        &notice(0, "5", &["DM 2-0 bob new"], None),
-    );
+    hub.dispatch(REPLIES, &notice(0, "4", &["DM 1-0 bob old"], None));
+    hub.dispatch(REPLIES, &notice(0, "5", &["DM 2-0 bob new"], None));
     assert_eq!(
         lines(&mut a),
         [
-            "GATE", // until the publishers' channels are subscribed
             "OK LOGIN alice lobby\n",
             "PUB 1-0 carol x\n",
             "MSG lobby 1-0 bob still here\n",
@@ -257,110 +255,32 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
             "DM 2-0 bob new\n",
         ]
     );
-    assert!(hub.wants("chat:ch:room:dev") && hub.wants("chat:ch:pub:dave"));
-    assert!(!hub.wants("chat:ch:pub:carol"));
-    assert!(
-        hub.wants("chat:ch:room:lobby"),
-        "the lobby is always wanted"
-    );
-    let mut synced = Vec::new();
-    while let Ok(s) = tasks.subs.try_recv() {
-        synced.push(s.channel);
-    }
-    assert!(synced.contains(&"chat:ch:room:dev".to_string()));
-    assert!(synced.contains(&"chat:ch:pub:carol".to_string()));
+    assert!(heard(&hub, Audience::Room("dev".into())));
+    assert!(!heard(&hub, Audience::Room("lobby".into())));
+    assert!(!heard(&hub, Audience::Pub("carol".into())));
 
-    // Closing the connection leaves every channel.
+    // Closing the connection leaves every audience.
     assert!(hub.remove(1).is_some());
-    assert!(!hub.wants("chat:ch:room:dev") && !hub.wants("chat:ch:pub:dave"));
-}
-
-#[test]
-fn a_login_with_subscriptions_is_shown_once_the_reader_opens_its_gate() {
-    let (hub, _tasks) = hub();
-    let (mut a, _) = conn(&hub, 1, 16);
-    let _wait = hub.expect(1, 1);
-    let mut login = serde_json::from_slice::<Reply>(&login_reply(1, 1, "alice", "5")).unwrap();
-    if let Some(Effect::Login { subs, .. }) = &mut login.effect {
-        *subs = "carol".into();
-    }
-    hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&login).unwrap());
-    let Some(Out::Gate(mut gate)) = a.try_recv() else {
-        panic!("OK LOGIN waits behind a gate")
-    };
-    assert!(gate.try_recv().is_err(), "closed until the reader opens it");
-    hub.open_gate(1);
-    assert!(gate.try_recv().is_ok());
-    assert_eq!(lines(&mut a), ["OK LOGIN alice lobby\n"]);
-    // Without subscriptions there is nothing to wait for.
-    let (mut b, _) = conn(&hub, 2, 16);
-    let _wait = hub.expect(2, 1);
-    hub.dispatch("chat:ch:edge:e1", &login_reply(2, 1, "bob", "6"));
-    assert_eq!(lines(&mut b), ["OK LOGIN bob lobby\n"]);
-}
-
-#[tokio::test]
-async fn a_hold_lasts_until_its_reply_even_a_late_one() {
-    let (hub, mut tasks) = hub();
-    let (_rx, _) = conn(&hub, 1, 8);
-    let channels = ["chat:ch:room:dev".to_string()];
-    let holder = {
-        let hub = hub.clone();
-        let channels = channels.clone();
-        tokio::spawn(async move { hub.hold(1, 7, &channels).await })
-    };
-    let sync = tasks.subs.recv().await.unwrap();
-    assert_eq!(sync.channel, "chat:ch:room:dev");
-    assert!(hub.wants("chat:ch:room:dev"));
-    sync.done.unwrap().send(true).unwrap();
-    assert!(holder.await.unwrap());
-    // The client gave up waiting; the hold stays until the reply.
-    let _wait = hub.expect(1, 7);
-    assert!(hub.give_up(1, 7));
-    assert!(hub.wants("chat:ch:room:dev"));
-    let reply = Reply {
-        conn: 1,
-        rid: 7,
-        lines: vec![ServerLine::OkJoin { room: "dev".into() }],
-        effect: None,
-        sid: String::new(),
-    };
-    hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&reply).unwrap());
-    assert!(!hub.wants("chat:ch:room:dev"));
-    // A connection that goes ends its holds too.
-    let (_rx2, _) = conn(&hub, 2, 8);
-    let holder = {
-        let hub = hub.clone();
-        tokio::spawn(async move { hub.hold(2, 8, &channels).await })
-    };
-    loop {
-        if let Some(done) = tasks.subs.recv().await.unwrap().done {
-            done.send(true).unwrap();
-            break;
-        }
-    }
-    assert!(holder.await.unwrap());
-    hub.remove(2);
-    assert!(!hub.wants("chat:ch:room:dev"));
+    assert!(hub.lock().audience.is_empty());
 }
 
 #[test]
 fn resync_follows_redis_and_closes_a_lost_session() {
-    let (hub, _tasks) = hub();
+    let (hub, _orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 16);
     let _wait = hub.expect(1, 1);
-    hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
+    hub.dispatch(REPLIES, &login_reply(1, 1, "alice", "5"));
     let held = Session {
         user: "alice".into(),
         sid: "5".into(),
     };
     let subs = ["dave".to_string()];
     hub.resync(1, &held, Some(("5", "dev", &subs)));
-    hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob not here"));
-    hub.dispatch("chat:ch:room:dev", &wire("MSG dev 1-0 bob here"));
-    hub.dispatch("chat:ch:pub:dave", &wire("PUB 1-0 dave news"));
+    hub.dispatch(LINES, &wire("MSG lobby 1-0 bob not here"));
+    hub.dispatch(LINES, &wire("MSG dev 1-0 bob here"));
+    hub.dispatch(LINES, &wire("PUB 1-0 dave news"));
     hub.resync(1, &held, None);
-    hub.dispatch("chat:ch:room:dev", &wire("MSG dev 2-0 bob gone"));
+    hub.dispatch(LINES, &wire("MSG dev 2-0 bob gone"));
     assert_eq!(
         lines(&mut a),
         [
@@ -370,7 +290,7 @@ fn resync_follows_redis_and_closes_a_lost_session() {
             "BYE server-shutdown"
         ]
     );
-    assert!(!hub.wants("chat:ch:room:dev") && !hub.wants("chat:ch:pub:dave"));
+    assert!(hub.lock().audience.is_empty());
 }
 
 #[test]
@@ -382,11 +302,11 @@ fn lines_are_rendered_each_ended_by_a_newline_in_one_entry() {
 
 #[test]
 fn broadcasts_and_listings_reach_clients_in_wire_form() {
-    let (hub, _tasks) = hub();
+    let (hub, _orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 8);
     let _wait = hub.expect(1, 1);
-    hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
-    hub.dispatch("chat:ch:room:lobby", b"MSG lobby 1-0 bob not json");
+    hub.dispatch(REPLIES, &login_reply(1, 1, "alice", "5"));
+    hub.dispatch(LINES, b"MSG lobby 1-0 bob not json");
     let who = Reply {
         conn: 1,
         rid: 0,
@@ -396,7 +316,7 @@ fn broadcasts_and_listings_reach_clients_in_wire_form() {
         effect: None,
         sid: String::new(),
     };
-    hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&who).unwrap());
+    hub.dispatch(REPLIES, &serde_json::to_vec(&who).unwrap());
     assert_eq!(
         lines(&mut a),
         [
@@ -411,27 +331,24 @@ fn broadcasts_and_listings_reach_clients_in_wire_form() {
 
 #[test]
 fn a_message_passed_on_once_is_not_passed_on_again() {
-    let (hub, _tasks) = hub();
+    let (hub, _orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 16);
     let _wait = hub.expect(1, 1);
-    hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
-    let lobby = "chat:ch:room:lobby";
+    hub.dispatch(REPLIES, &login_reply(1, 1, "alice", "5"));
+    let lobby = &Audience::Room("lobby".into());
     let line = |l: &str| ServerLine::parse(l).unwrap();
-    hub.dispatch(lobby, &wire("MSG lobby 5-0 bob live"));
-    assert_eq!(
-        hub.marks(),
-        [(lobby.to_string(), EntryId { ms: 5, seq: 0 })]
-    );
+    hub.dispatch(LINES, &wire("MSG lobby 5-0 bob live"));
+    assert_eq!(hub.marks(), [(lobby.clone(), EntryId { ms: 5, seq: 0 })]);
     // Replayed after a reconnect: what came already is skipped.
     hub.pass_on(lobby, &line("MSG lobby 5-0 bob live"));
     hub.pass_on(lobby, &line("MSG lobby 4-9 bob older"));
     hub.pass_on(lobby, &line("MSG lobby 6-0 bob missed"));
-    hub.dispatch(lobby, &wire("MSG lobby 6-0 bob missed"));
-    hub.dispatch(lobby, &wire("SYS lobby carol joined"));
+    hub.dispatch(LINES, &wire("MSG lobby 6-0 bob missed"));
+    hub.dispatch(LINES, &wire("SYS lobby carol joined"));
     let gap = line("GAP room lobby 6-0");
     hub.gap(lobby, &gap, EntryId { ms: 9, seq: 0 });
-    hub.dispatch(lobby, &wire("MSG lobby 8-0 bob inside the gap"));
-    hub.dispatch(lobby, &wire("MSG lobby 10-0 bob after"));
+    hub.dispatch(LINES, &wire("MSG lobby 8-0 bob inside the gap"));
+    hub.dispatch(LINES, &wire("MSG lobby 10-0 bob after"));
     assert_eq!(
         lines(&mut a),
         [
@@ -443,18 +360,18 @@ fn a_message_passed_on_once_is_not_passed_on_again() {
             "MSG lobby 10-0 bob after\n",
         ]
     );
-    // A channel without an audience is forgotten.
+    // A room without an audience is forgotten.
     hub.remove(1);
     assert!(hub.marks().is_empty());
 }
 
 #[test]
 fn a_queue_holds_at_most_its_bytes_or_one_big_reply() {
-    let (hub, _tasks) = hub();
+    let (hub, _orphans) = hub();
     // 100 bytes, 100 entries: the bytes bind first.
     let (mut slow, slow_closer) = conn_with(&hub, 1, 100, 100);
     let _wait = hub.expect(1, 1);
-    hub.dispatch("chat:ch:edge:e1", &login_reply(1, 1, "alice", "5"));
+    hub.dispatch(REPLIES, &login_reply(1, 1, "alice", "5"));
     assert_eq!(
         lines(&mut slow),
         ["OK LOGIN alice lobby\n"],
@@ -470,10 +387,10 @@ fn a_queue_holds_at_most_its_bytes_or_one_big_reply() {
         effect: None,
         sid: String::new(),
     };
-    hub.dispatch("chat:ch:edge:e1", &serde_json::to_vec(&big).unwrap());
+    hub.dispatch(REPLIES, &serde_json::to_vec(&big).unwrap());
     assert!(slow_closer.reason().is_none(), "one big reply is taken");
     // ...but nothing more while it is unread.
-    hub.dispatch("chat:ch:room:lobby", &wire("MSG lobby 1-0 bob hi"));
+    hub.dispatch(LINES, &wire("MSG lobby 1-0 bob hi"));
     assert_eq!(slow_closer.reason(), Some("too-slow"));
     let got = lines(&mut slow);
     assert_eq!(got.len(), 20, "only the reply is queued: {got:?}");
@@ -482,12 +399,9 @@ fn a_queue_holds_at_most_its_bytes_or_one_big_reply() {
     // Small lines fill the budget, then close the reader that does not read.
     let (mut b, b_closer) = conn_with(&hub, 2, 100, 100);
     let _wait = hub.expect(2, 2);
-    hub.dispatch("chat:ch:edge:e1", &login_reply(2, 2, "bob", "6"));
+    hub.dispatch(REPLIES, &login_reply(2, 2, "bob", "6"));
     for i in 0..5 {
-        hub.dispatch(
-            "chat:ch:room:lobby",
-            &wire(&format!("MSG lobby {i}-1 carol 12345")),
-        );
+        hub.dispatch(LINES, &wire(&format!("MSG lobby {i}-1 carol 12345")));
     }
     assert_eq!(b_closer.reason(), Some("too-slow"));
     let got = lines(&mut b);
