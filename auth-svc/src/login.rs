@@ -62,7 +62,7 @@ impl Switch<'_> {
         let (user, edge) = (self.req.user.as_str(), self.req.edge.as_str());
         let keys = [
             k.edges(),
-            k.auth_done(self.entry_id),
+            k.auth_done(user, self.entry_id),
             k.user(user),
             k.fail_user(user),
             k.fail_addr(self.ip),

@@ -1,16 +1,54 @@
 //! Redis key and channel names. Every name starts with a configurable
 //! prefix (default `chat:`); docs/protocol.md lists them all.
 
-/// Key names under one prefix.
+/// Key names under one prefix, for one Redis or for a Redis Cluster.
+///
+/// On a cluster every name carries a hash tag (`{...}`: only it picks the
+/// slot), so that what one function touches is in one slot: a user's
+/// keys are tagged with the user's name, a room's with the room's, an
+/// edge's with the edge's, a partition's with `p<n>`, and the directory
+/// (the lists of rooms, edges and routers, the online users, counters)
+/// with `dir`. On one Redis the names are those of
+/// shared/spec/PROTOCOL.md, untagged.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    cluster: bool,
 }
 
 impl Keys {
+    /// The names on one Redis.
     pub fn new(prefix: impl Into<String>) -> Self {
         Keys {
             prefix: prefix.into(),
+            cluster: false,
+        }
+    }
+
+    /// The names on a Redis Cluster (docs/protocol.md, "On a Redis
+    /// Cluster").
+    pub fn for_cluster(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+            cluster: true,
+        }
+    }
+
+    /// `<prefix><kind>:<name>`, with `name` as the hash tag on a cluster.
+    fn tagged(&self, kind: &str, name: &str) -> String {
+        if self.cluster {
+            format!("{}{kind}:{{{name}}}", self.prefix)
+        } else {
+            format!("{}{kind}:{name}", self.prefix)
+        }
+    }
+
+    /// `<prefix><kind>`, in the directory's slot on a cluster.
+    fn directory(&self, kind: &str) -> String {
+        if self.cluster {
+            format!("{}{kind}:{{dir}}", self.prefix)
+        } else {
+            format!("{}{kind}", self.prefix)
         }
     }
 
@@ -20,89 +58,89 @@ impl Keys {
 
     /// Hash `password`, `created`.
     pub fn user(&self, user: &str) -> String {
-        format!("{}user:{user}", self.prefix)
+        self.tagged("user", user)
     }
 
     /// Hash `edge`, `conn`, `sid`, `room`, `addr`, `since`.
     pub fn session(&self, user: &str) -> String {
-        format!("{}session:{user}", self.prefix)
+        self.tagged("session", user)
     }
 
     /// Set of the users in a room.
     pub fn room(&self, room: &str) -> String {
-        format!("{}room:{room}", self.prefix)
+        self.tagged("room", room)
     }
 
     /// Hash `hash` (SHA-256 of the user's resume token, hex), `room` (the
     /// room its session was last in), with expiry.
     pub fn resume(&self, user: &str) -> String {
-        format!("{}resume:{user}", self.prefix)
+        self.tagged("resume", user)
     }
 
     /// Hash of a room's member count per edge (the edges of its members,
     /// where its lines go).
     pub fn room_edges(&self, room: &str) -> String {
-        format!("{}room-edges:{room}", self.prefix)
+        self.tagged("room-edges", room)
     }
 
     /// Set of non-empty rooms.
     pub fn rooms(&self) -> String {
-        format!("{}rooms", self.prefix)
+        self.directory("rooms")
     }
 
     /// Set of the users who subscribe to `user`.
     pub fn subscribers(&self, user: &str) -> String {
-        format!("{}subscribers:{user}", self.prefix)
+        self.tagged("subscribers", user)
     }
 
     /// Set of the users `user` subscribes to.
     pub fn subscriptions(&self, user: &str) -> String {
-        format!("{}subscriptions:{user}", self.prefix)
+        self.tagged("subscriptions", user)
     }
 
     /// Set of the users that have a session (for the online subscriber
     /// count of `OK PUBLISH`).
     pub fn online(&self) -> String {
-        format!("{}online", self.prefix)
+        self.directory("online")
     }
 
     /// Hash of each non-empty room's member count (for `/rooms`).
     pub fn room_sizes(&self) -> String {
-        format!("{}room-sizes", self.prefix)
+        self.directory("room-sizes")
     }
 
     /// Capped stream of a room's messages (`from`, `text`).
     pub fn history(&self, room: &str) -> String {
-        format!("{}history:{room}", self.prefix)
+        self.tagged("history", room)
     }
 
     /// Capped stream of the private messages between two users (`from`,
     /// `to`, `text`), named in byte order of the names.
     pub fn dm(&self, a: &str, b: &str) -> String {
         let (a, b) = if a <= b { (a, b) } else { (b, a) };
-        format!("{}dm:{a}:{b}", self.prefix)
+        self.tagged("dm", &format!("{a}:{b}"))
     }
 
     /// Stream of private messages queued for an offline user (`id`, `from`,
     /// `text`).
     pub fn inbox(&self, user: &str) -> String {
-        format!("{}inbox:{user}", self.prefix)
+        self.tagged("inbox", user)
     }
 
     /// Hash of how many messages each sender has queued in `user`'s
     /// inbox (`router.inbox_per_sender`); deleted with the inbox.
     pub fn inbox_counts(&self, user: &str) -> String {
-        format!("{}inbox-from:{user}", self.prefix)
+        self.tagged("inbox-from", user)
     }
 
     /// Capped stream of a user's publications (`text`).
     pub fn publications(&self, user: &str) -> String {
-        format!("{}publications:{user}", self.prefix)
+        self.tagged("publications", user)
     }
 
     /// Set of the users whose sessions an edge holds.
     pub fn edge_sessions(&self, edge: &str) -> String {
-        format!("{}edge:sessions:{edge}", self.prefix)
+        self.tagged("edge:sessions", edge)
     }
 
     /// Stream of login requests, read by the `auth` consumer group.
@@ -113,21 +151,33 @@ impl Keys {
     /// Stream of one partition of router requests, read by the `router`
     /// consumer group; see [`partition_of`].
     pub fn router_requests(&self, partition: u32) -> String {
-        format!("{}req:router:{partition}", self.prefix)
+        self.partition("req:router", partition)
+    }
+
+    /// `<prefix><kind>:<partition>`, tagged `p<partition>` on a cluster.
+    fn partition(&self, kind: &str, partition: u32) -> String {
+        if self.cluster {
+            format!("{}{kind}:{{p{partition}}}", self.prefix)
+        } else {
+            format!("{}{kind}:{partition}", self.prefix)
+        }
     }
 
     /// The partition of a router request stream, if `stream` is one.
     pub fn partition_of_stream(&self, stream: &str) -> Option<u32> {
-        stream
+        let p = stream
             .strip_prefix(&self.prefix)?
-            .strip_prefix("req:router:")?
-            .parse()
-            .ok()
+            .strip_prefix("req:router:")?;
+        let p = match self.cluster {
+            true => p.strip_prefix("{p")?.strip_suffix('}')?,
+            false => p,
+        };
+        p.parse().ok()
     }
 
     /// Lease on a router partition: the id of the router instance that owns it.
     pub fn router_lease(&self, partition: u32) -> String {
-        format!("{}router:lease:{partition}", self.prefix)
+        self.partition("router:lease", partition)
     }
 
     /// The entry id of `user`'s last router request applied: each user's
@@ -135,60 +185,73 @@ impl Keys {
     /// after the account is deleted: its session may still have requests
     /// in flight.
     pub fn applied(&self, user: &str) -> String {
-        format!("{}applied:{user}", self.prefix)
+        self.tagged("applied", user)
     }
 
     /// Counter that session ids come from.
     pub fn seq_sid(&self) -> String {
-        format!("{}seq:sid", self.prefix)
+        self.directory("seq:sid")
     }
 
     /// Sorted set of edges, scored with the time (ms, Redis's clock) until
     /// which their last heartbeat holds.
     pub fn edges(&self) -> String {
-        format!("{}edges", self.prefix)
+        self.directory("edges")
     }
 
     /// Hash of what an edge advertises: `addr` (its public `host:port`),
     /// `conns` (connections open), `draining` (1 while it drains).
+    /// On a cluster in the directory's slot, with the edges it is listed
+    /// with.
     pub fn edge_info(&self, edge: &str) -> String {
-        format!("{}edge-info:{edge}", self.prefix)
+        match self.cluster {
+            true => format!("{}edge-info:{edge}:{{dir}}", self.prefix),
+            false => format!("{}edge-info:{edge}", self.prefix),
+        }
     }
 
-    /// Marks the login request with stream entry id `id` applied.
-    pub fn auth_done(&self, id: &str) -> String {
-        format!("{}auth:done:{id}", self.prefix)
+    /// Marks `user`'s login request with stream entry id `id` applied
+    /// (on a cluster in the user's slot, where the login decides).
+    pub fn auth_done(&self, user: &str, id: &str) -> String {
+        match self.cluster {
+            true => format!("{}auth:done:{{{user}}}:{id}", self.prefix),
+            false => format!("{}auth:done:{id}", self.prefix),
+        }
     }
 
     /// Names the auth-svc instance checking the password of the login
-    /// request with stream entry id `id` (one check per request).
+    /// request with stream entry id `id` (one check per request). On a
+    /// cluster all in one slot: an instance renews its checks in one call.
     pub fn auth_checking(&self, id: &str) -> String {
-        format!("{}auth:checking:{id}", self.prefix)
+        match self.cluster {
+            true => format!("{}auth:checking:{{auth}}:{id}", self.prefix),
+            false => format!("{}auth:checking:{id}", self.prefix),
+        }
     }
 
     /// Failed logins of a user name in the current window.
     pub fn fail_user(&self, user: &str) -> String {
-        format!("{}fail:user:{user}", self.prefix)
+        self.tagged("fail:user", user)
     }
 
     /// Failed logins from a client IP address in the current window.
     pub fn fail_addr(&self, ip: &str) -> String {
-        format!("{}fail:addr:{ip}", self.prefix)
+        self.tagged("fail:addr", ip)
     }
 
     /// Registrations from all addresses in the current window.
     pub fn registrations(&self) -> String {
-        format!("{}registrations", self.prefix)
+        self.directory("registrations")
     }
 
     /// Sorted set of live router instances, scored by last heartbeat (ms).
     pub fn routers(&self) -> String {
-        format!("{}routers", self.prefix)
+        self.directory("routers")
     }
 
     /// Pub/Sub channel of one edge: replies and notices for its connections.
     pub fn edge_channel(&self, edge: &str) -> String {
-        format!("{}ch:edge:{edge}", self.prefix)
+        self.tagged("ch:edge", edge)
     }
 
     /// Pub/Sub channel of one edge's broadcast lines: ready-made `MSG`,
@@ -196,7 +259,7 @@ impl Keys {
     /// audience for. The edge reads it and its own channel on one
     /// connection, so in the order they were published.
     pub fn lines_channel(&self, edge: &str) -> String {
-        format!("{}ch:lines:{edge}", self.prefix)
+        self.tagged("ch:lines", edge)
     }
 }
 
@@ -247,6 +310,70 @@ mod tests {
         assert_eq!(k.room_edges("dev"), "chat:room-edges:dev");
         assert_eq!(k.partition_of_stream(&k.router_requests(7)), Some(7));
         assert_eq!(k.partition_of_stream(&k.auth_requests()), None);
+    }
+
+    /// The slot of a key (its hash tag's, if it has one).
+    fn slot(key: &str) -> redis::cluster_routing::Slot {
+        redis::cluster_routing::Slot::for_key(key)
+    }
+
+    /// Whether `keys` all hash to one slot.
+    fn one_slot(keys: &[String]) -> bool {
+        keys.iter().all(|k| slot(k) == slot(&keys[0]))
+    }
+
+    #[test]
+    fn on_a_cluster_each_user_room_edge_and_partition_has_a_slot() {
+        let k = Keys::for_cluster("chat:");
+        assert_eq!(k.session("alice"), "chat:session:{alice}");
+        assert_eq!(k.room("dev"), "chat:room:{dev}");
+        assert_eq!(k.dm("bob", "alice"), "chat:dm:{alice:bob}");
+        assert_eq!(k.rooms(), "chat:rooms:{dir}");
+        assert_eq!(k.edge_info("e1"), "chat:edge-info:e1:{dir}");
+        assert_eq!(k.router_requests(7), "chat:req:router:{p7}");
+        assert_eq!(k.partition_of_stream(&k.router_requests(7)), Some(7));
+        assert_eq!(
+            k.partition_of_stream(&Keys::new("chat:").router_requests(7)),
+            None
+        );
+        let user = |u: &str| {
+            vec![
+                k.user(u),
+                k.session(u),
+                k.resume(u),
+                k.subscribers(u),
+                k.subscriptions(u),
+                k.inbox(u),
+                k.inbox_counts(u),
+                k.publications(u),
+                k.applied(u),
+                k.fail_user(u),
+                k.auth_done(u, "1-0"),
+            ]
+        };
+        let room = |r: &str| vec![k.room(r), k.history(r), k.room_edges(r)];
+        let edge = |e: &str| vec![k.edge_sessions(e), k.edge_channel(e), k.lines_channel(e)];
+        let dir = vec![
+            k.rooms(),
+            k.room_sizes(),
+            k.online(),
+            k.edges(),
+            k.edge_info("e1"),
+            k.routers(),
+            k.seq_sid(),
+            k.registrations(),
+        ];
+        let checks = vec![k.auth_checking("1-0"), k.auth_checking("2-5")];
+        let part = |p: u32| vec![k.router_requests(p), k.router_lease(p)];
+        for group in [user("alice"), room("dev"), edge("e1"), dir, checks, part(3)] {
+            assert!(one_slot(&group), "{group:?}");
+        }
+        // Users and rooms spread over the slots (so over the masters).
+        let users: std::collections::HashSet<_> = (0..100)
+            .map(|i| slot(&k.session(&format!("u{i}"))))
+            .collect();
+        assert!(users.len() > 95, "{} slots", users.len());
+        assert_ne!(slot(&k.session("alice")), slot(&k.session("bob")));
     }
 
     #[test]
