@@ -65,6 +65,18 @@ impl Backlog {
         self.overflowed.swap(false, Ordering::Relaxed)
     }
 
+    /// Counts a message taken in (on a cluster, where messages come as
+    /// pushes rather than bytes read): `Some(true)` if within the budget,
+    /// `Some(false)` if it goes over it (dropped), `None` while over it
+    /// (dropped: until the edge has applied what it took in, then
+    /// [`Backlog::take_overflow`] and [`Backlog::drained`]).
+    pub(crate) fn take(&self, channel: &str, payload: &[u8]) -> Option<bool> {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.read(wire_size(channel.len(), payload.len())).is_ok())
+    }
+
     /// Counts `n` bytes read; an error once over the budget.
     fn read(&self, n: usize) -> io::Result<()> {
         let before = self.bytes.fetch_add(n, Ordering::Relaxed);

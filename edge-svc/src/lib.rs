@@ -23,6 +23,7 @@ mod listener;
 mod metrics;
 mod pubsub;
 mod resync;
+mod shard;
 
 pub use error::{EdgeError, Phase};
 pub use listener::run;
