@@ -111,3 +111,171 @@ async fn a_killed_master_is_replaced_by_its_replica_and_the_connection_follows()
         .unwrap();
     assert_eq!(value, "r1", "what was replicated before the kill");
 }
+
+/// The two steps of a room line on a cluster (shared/lua/cluster.lua).
+struct Steps {
+    conn: Conn,
+    k: Keys,
+    room: String,
+}
+
+impl Steps {
+    /// alice's user step of request `eid` (`prev`: her previous one in the
+    /// pipeline), her session on edge e1 in the room.
+    async fn user(&self, eid: &str, prev: &str) -> Vec<String> {
+        let k = &self.k;
+        let keys = [
+            k.applied("alice"),
+            k.session("alice"),
+            k.decision("alice", eid),
+            k.routes("alice"),
+        ];
+        let call = Call::new("chat_c_say", &keys).arg(eid).arg(prev).arg("s1");
+        let call = call.arg("e1").arg(&self.room);
+        call.invoke(&mut self.conn.clone()).await.unwrap()
+    }
+
+    /// The room step of alice's request `eid`, with the `prev` its user
+    /// step gave.
+    async fn room(&self, eid: &str, prev: &str) -> Vec<String> {
+        let k = &self.k;
+        let keys = [
+            k.history(&self.room),
+            k.room_edges(&self.room),
+            k.marks(&self.room),
+        ];
+        let call = Call::new("chat_c_say_room", &keys)
+            .arg("alice")
+            .arg(eid)
+            .arg(prev);
+        let call = call.arg(format!("line {eid}")).arg(100).arg(0);
+        call.invoke(&mut self.conn.clone()).await.unwrap()
+    }
+
+    /// The room's history: each entry's text, in order.
+    async fn history(&self) -> Vec<String> {
+        let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.k.history(&self.room))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        range
+            .ids
+            .iter()
+            .map(|e| e.get::<String>("text").unwrap())
+            .collect()
+    }
+}
+
+/// The `prev` a user step's decision gives the room step.
+fn prev_of(answer: &[String]) -> String {
+    let d: serde_json::Value = serde_json::from_str(&answer[1]).unwrap();
+    d["prev"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them() {
+    let (cluster, mut conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    // A room on another master than alice's keys: each step runs on its
+    // own slot's master, or fails.
+    let alice = cluster.master_of(&k.session("alice")).await;
+    let mut room = String::new();
+    for name in ["dev", "ops", "fun", "art", "web"] {
+        redis::cmd("SET")
+            .arg(k.marks(name))
+            .arg("x")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let master = cluster.master_of(&k.marks(name)).await;
+        redis::cmd("DEL")
+            .arg(k.marks(name))
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        if master != alice {
+            room = name.to_string();
+            break;
+        }
+    }
+    assert!(!room.is_empty(), "a room on another master");
+    redis::cmd("HSET")
+        .arg(k.session("alice"))
+        .arg(&["edge", "e1", "conn", "1", "sid", "s1", "room", &room])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    redis::cmd("HSET")
+        .arg(k.room_edges(&room))
+        .arg(&["e1", "1", "e2", "3"])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let s = Steps { conn, k, room };
+
+    // Request 1: decided, then applied; the line goes to the room's edges.
+    let u1 = s.user("100-1", "").await;
+    assert_eq!(u1[0], "ok");
+    assert_eq!(prev_of(&u1), "", "alice's first line to the room");
+    let r1 = s.room("100-1", "").await;
+    assert_eq!(
+        (r1[0].as_str(), &r1[2..]),
+        ("ok", &["e1".to_string(), "e2".into()][..])
+    );
+    // Sent again (another router recovering it): the same decision, the
+    // same history id, nothing added.
+    assert_eq!(s.user("100-1", "").await, ["duplicate", &u1[1]]);
+    assert_eq!(s.room("100-1", "").await, ["duplicate", &r1[1]]);
+
+    // Requests 2 and 3 in one pipeline; 3's room step arrives first: it
+    // waits for 2's.
+    let u2 = s.user("100-2", "").await;
+    let u3 = s.user("100-3", "100-2").await;
+    assert_eq!(
+        (prev_of(&u2).as_str(), prev_of(&u3).as_str()),
+        ("100-1", "100-2")
+    );
+    assert_eq!(s.room("100-3", "100-2").await, ["retry"]);
+    assert_eq!(s.room("100-2", "100-1").await[0], "ok");
+    assert_eq!(s.room("100-3", "100-2").await[0], "ok");
+    // A user step out of order waits too, and an old one is a duplicate.
+    assert_eq!(s.user("100-5", "100-4").await, ["retry"]);
+    assert_eq!(s.user("100-2", "").await[0], "duplicate");
+
+    // Two routers send request 4's steps: the old owner (decided it, its
+    // room step late) and the new one (recovers it: the stored decision).
+    let old = s.user("100-4", "").await;
+    let new = s.user("100-4", "").await;
+    assert_eq!(new, ["duplicate", &old[1]]);
+    let first = s.room("100-4", &prev_of(&new)).await;
+    let late = s.room("100-4", &prev_of(&old)).await;
+    assert_eq!(
+        (first[0].as_str(), late.as_slice()),
+        ("ok", &["duplicate".to_string(), first[1].clone()][..])
+    );
+    assert_eq!(
+        s.history().await,
+        ["line 100-1", "line 100-2", "line 100-3", "line 100-4"]
+    );
+
+    // The session moved since the router read it: read again.
+    let moved = Call::new(
+        "chat_c_say",
+        &[
+            s.k.applied("alice"),
+            s.k.session("alice"),
+            s.k.decision("alice", "100-6"),
+            s.k.routes("alice"),
+        ],
+    )
+    .arg("100-6")
+    .arg("")
+    .arg("s1")
+    .arg("e1")
+    .arg("lobby");
+    let moved: Vec<String> = moved.invoke(&mut s.conn.clone()).await.unwrap();
+    assert_eq!(moved, ["moved"]);
+}

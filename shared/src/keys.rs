@@ -188,6 +188,25 @@ impl Keys {
         self.tagged("applied", user)
     }
 
+    /// On a cluster, the id of the user's last request to each target of
+    /// a later step (`room:<room>`, …): the `prev` that step carries
+    /// (shared/lua/cluster.lua).
+    pub fn routes(&self, user: &str) -> String {
+        self.tagged("routes", user)
+    }
+
+    /// On a cluster, what the user step of `user`'s request `eid` decided
+    /// (JSON), until the request is acknowledged.
+    pub fn decision(&self, user: &str, eid: &str) -> String {
+        format!("{}:{eid}", self.tagged("decision", user))
+    }
+
+    /// On a cluster, the last request of each publisher a room applied,
+    /// and what it gave (`<entry id> <history id>`).
+    pub fn marks(&self, room: &str) -> String {
+        self.tagged("marks", room)
+    }
+
     /// Counter that session ids come from.
     pub fn seq_sid(&self) -> String {
         self.directory("seq:sid")
@@ -349,9 +368,11 @@ mod tests {
                 k.applied(u),
                 k.fail_user(u),
                 k.auth_done(u, "1-0"),
+                k.routes(u),
+                k.decision(u, "1-0"),
             ]
         };
-        let room = |r: &str| vec![k.room(r), k.history(r), k.room_edges(r)];
+        let room = |r: &str| vec![k.room(r), k.history(r), k.room_edges(r), k.marks(r)];
         let edge = |e: &str| vec![k.edge_sessions(e), k.edge_channel(e), k.lines_channel(e)];
         let dir = vec![
             k.rooms(),

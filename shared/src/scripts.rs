@@ -17,6 +17,7 @@ pub const LIBRARY: &str = concat!(
     include_str!("../lua/common.lua"),
     include_str!("../lua/resume.lua"),
     include_str!("../lua/router.lua"),
+    include_str!("../lua/cluster.lua"),
     include_str!("../lua/auth.lua"),
     include_str!("../lua/edges.lua"),
 );

@@ -1,0 +1,99 @@
+-- A router request on a Redis Cluster, in single-slot steps (being built:
+-- docs/design.md, "Running on a Redis Cluster"; the services do not call
+-- these yet). So far a room line: the user step in the user's slot, then
+-- the room step in the room's.
+--
+-- The user step takes the request in the user's order (its last applied
+-- id, as on one Redis), reads the session, decides, and keeps the
+-- decision under the request's id (`duplicate` answers it, for a request
+-- recovered after a crash to be carried out again). It gives each later
+-- step the id of the same user's previous request to the same target
+-- (`routes`: target -> last id), and the target applies a step only
+-- right after that one (`marks`: publisher -> last id applied and what
+-- it gave), so each step takes effect once, in the publisher's order,
+-- whichever routers send the steps and in whatever order they arrive
+-- (the rules docs/models/routers.pml checks).
+
+-- How long a decision is kept (ms): the router deletes it once the
+-- request is acknowledged; this only bounds what a lost router leaves.
+local DECISION_TTL = 86400000
+
+-- Admits request `args[1]` in the user's order. KEYS 1-3: the user's
+-- last applied id, session, this request's decision. ARGV 1-5: the
+-- request's entry id, the same user's previous id in the pipeline ('' for
+-- the first), the session id, its edge and room as read before. Returns
+-- the request (with its session as `s`), or nil and the answer: `{'duplicate',
+-- <decision or ''>}`, `{'retry'}`, `{'moved'}` or `{'stale'}`.
+local function user_step(keys, args)
+  local q = {applied = keys[1], session = keys[2], decision = keys[3],
+    eid = args[1], prev = args[2], sid = args[3]}
+  local last = redis.call('GET', q.applied)
+  if last and not id_after(q.eid, last) then
+    return nil, {'duplicate', redis.call('GET', q.decision) or ''}
+  end
+  if q.prev ~= '' and last ~= q.prev then return nil, {'retry'} end
+  q.s = where(q.session)
+  if not same_place(q.s, args[4], args[5]) then return nil, {'moved'} end
+  redis.call('SET', q.applied, q.eid)
+  if q.s.sid ~= q.sid then return nil, {'stale'} end
+  return q
+end
+
+-- The id of the user's previous request to `target` ('' if none), and
+-- this one's from now on. `routes`: the user's hash of them.
+local function route_to(routes, target, eid)
+  local prev = redis.call('HGET', routes, target) or ''
+  redis.call('HSET', routes, target, eid)
+  return prev
+end
+
+-- Keeps the decision (a table, as JSON) and answers `{'ok', <decision>}`.
+local function decide(q, decision)
+  local d = cjson.encode(decision)
+  redis.call('SET', q.decision, d, 'PX', DECISION_TTL)
+  return {'ok', d}
+end
+
+-- Whether a later step of `publisher`'s request `eid` may apply at a
+-- target whose marks are in hash `marks`, `prev` being the publisher's
+-- previous request to it: nil if so, or the answer: `{'duplicate',
+-- <what it gave>}` (applied before; '' if not the last one), or
+-- `{'retry'}` (the previous one has not been applied here yet).
+local function later_step(marks, publisher, eid, prev)
+  local m = redis.call('HGET', marks, publisher)
+  local last, gave = '', ''
+  if m then last, gave = string.match(m, '^(%S+) ?(.*)$') end
+  if last ~= '' and not id_after(eid, last) then
+    return {'duplicate', last == eid and gave or ''}
+  end
+  if last ~= prev then return {'retry'} end
+  return nil
+end
+
+-- A room line's user step. KEYS 1-4: the user's last applied id,
+-- session, the request's decision, the user's routes. ARGV 1-5 as
+-- `user_step`. Decides the room (the session's now) and the room step's
+-- `prev`: `{'ok', '{"room":…,"prev":…}'}`.
+redis.register_function('chat_c_say', function(keys, args)
+  local q, answer = user_step(keys, args)
+  if not q then return answer end
+  local room = q.s.room
+  return decide(q, {room = room, prev = route_to(keys[4], 'room:' .. room, q.eid)})
+end)
+
+-- A room line's room step. KEYS 1-3: the room's history, its members per
+-- edge, its marks. ARGV 1-6: the publisher, the request's entry id, the
+-- `prev` its user step gave, the text, the history cap and ttl. Answers
+-- `{'ok', <history id>, <edge>…}` (the edges to publish the line to), or
+-- as `later_step` (a duplicate gives the history id it was given).
+redis.register_function('chat_c_say_room', function(keys, args)
+  local publisher, eid, prev, text = unpack(args, 1, 4)
+  local refused = later_step(keys[3], publisher, eid, prev)
+  if refused then return refused end
+  local h = {cap = args[5], ttl = tonumber(args[6])}
+  local id = add_history({eid = eid}, keys[1], h, 'from', publisher, 'text', text)
+  redis.call('HSET', keys[3], publisher, eid .. ' ' .. id)
+  local answer = {'ok', id}
+  for _, edge in ipairs(redis.call('HKEYS', keys[2])) do answer[#answer + 1] = edge end
+  return answer
+end)
