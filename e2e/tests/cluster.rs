@@ -279,3 +279,60 @@ async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them(
     let moved: Vec<String> = moved.invoke(&mut s.conn.clone()).await.unwrap();
     assert_eq!(moved, ["moved"]);
 }
+
+#[tokio::test]
+async fn a_pipeline_over_many_slots_is_answered_in_its_order() {
+    let (_cluster, mut conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    let users: Vec<String> = (0..30).map(|i| format!("user{i}")).collect();
+    let mut set = redis::pipe();
+    for u in &users {
+        set.hset(k.session(u), "room", format!("room of {u}"))
+            .ignore();
+    }
+    set.query_async::<()>(&mut conn).await.unwrap();
+    let mut get = redis::pipe();
+    for u in &users {
+        get.hget(k.session(u), "room");
+        get.cmd("PING");
+    }
+    let rooms: Vec<String> = get.query_async(&mut conn).await.unwrap();
+    let want: Vec<String> = users
+        .iter()
+        .flat_map(|u| [format!("room of {u}"), "PONG".into()])
+        .collect();
+    assert_eq!(rooms, want);
+    // Functions and the consumer group's commands over the 16 partitions
+    // (on every master), as the router sends them.
+    let mut groups = redis::pipe();
+    let mut renew = redis::pipe();
+    let mut pending = redis::pipe();
+    for p in 0..16 {
+        let stream = k.router_requests(p);
+        groups
+            .cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg("router")
+            .arg("0")
+            .arg("MKSTREAM");
+        groups.set(k.router_lease(p), "r1");
+        renew.add_command(
+            Call::new("chat_lease_renew", &[k.router_lease(p)])
+                .arg("r1")
+                .arg(5000)
+                .cmd()
+                .clone(),
+        );
+        pending.cmd("XPENDING").arg(&stream).arg("router");
+    }
+    groups.query_async::<()>(&mut conn).await.unwrap();
+    let renewed: Vec<i64> = renew.query_async(&mut conn).await.unwrap();
+    assert_eq!(renewed, [1; 16]);
+    let summaries: Vec<redis::Value> = pending.query_async(&mut conn).await.unwrap();
+    let counts: Vec<u64> = summaries
+        .into_iter()
+        .map(|s| shared::consumer::pending_count(s).unwrap())
+        .collect();
+    assert_eq!(counts, [0; 16]);
+}

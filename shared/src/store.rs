@@ -91,9 +91,9 @@ fn read(path: &Path) -> RedisResult<Vec<u8>> {
 }
 
 /// A connection for ordinary commands: to one Redis, or to a Redis Cluster,
-/// where each command (each pipeline: one slot) goes to the master of its
-/// keys' slot and follows slot moves and failovers. Cheap to clone: the
-/// clones share the connection.
+/// where each command goes to the master of its keys' slot and follows
+/// slot moves and failovers, and a pipeline is split by slot (see
+/// [`by_slot`]). Cheap to clone: the clones share the connection.
 #[derive(Clone)]
 pub enum Conn {
     Node(ConnectionManager),
@@ -116,7 +116,7 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Node(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => Box::pin(by_slot(c, cmd, offset, count)),
         }
     }
 
@@ -126,6 +126,75 @@ impl redis::aio::ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// Sends a pipeline to a cluster, one pipeline per slot of its commands'
+/// keys, all at once, and gives the answers back in the pipeline's order.
+/// The redis crate sends a pipeline whole to the master of its first
+/// key's slot, where a command of another slot fails (`MOVED`); the
+/// services' pipelines are of independent commands (the sessions of a
+/// batch's users, the acknowledgements of its partitions), and the
+/// commands of one slot keep their order. A transaction must be of one
+/// slot, and goes as it is.
+async fn by_slot(
+    c: &mut redis::cluster_async::ClusterConnection,
+    pipe: &redis::Pipeline,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<Value>> {
+    use redis::aio::ConnectionLike;
+    use redis::cluster_routing::Slot;
+    let mut groups: Vec<(Option<Slot>, redis::Pipeline, Vec<usize>)> = Vec::new();
+    for (i, cmd) in pipe.cmd_iter().enumerate() {
+        let slot = key_of(cmd).map(Slot::for_key);
+        let group = match groups.iter().position(|(s, ..)| *s == slot) {
+            Some(g) => g,
+            None => {
+                groups.push((slot, redis::pipe(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[group].1.add_command(cmd.clone());
+        groups[group].2.push(i);
+    }
+    if pipe.is_transaction() || groups.len() <= 1 {
+        return c.req_packed_commands(pipe, offset, count).await;
+    }
+    let sent = groups.iter().map(|(_, sub, _)| {
+        let mut c = c.clone();
+        async move { c.req_packed_commands(sub, 0, sub.len()).await }
+    });
+    let answers = futures_util::future::try_join_all(sent).await?;
+    let mut out = vec![Value::Nil; pipe.len()];
+    for ((_, _, at), values) in groups.iter().zip(answers) {
+        for (i, v) in at.iter().zip(values) {
+            out[*i] = v;
+        }
+    }
+    Ok(out)
+}
+
+/// The key that picks a command's slot: a function's or script's first
+/// key, a container command's (`XGROUP CREATE <key>`) second argument,
+/// else the first; `None` for a command without one.
+fn key_of(cmd: &redis::Cmd) -> Option<Vec<u8>> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?.to_ascii_uppercase();
+    let key = match &name[..] {
+        b"FCALL" | b"FCALL_RO" | b"EVAL" | b"EVALSHA" if args.get(2) != Some(&&b"0"[..]) => {
+            args.get(3)
+        }
+        b"FCALL" | b"FCALL_RO" | b"EVAL" | b"EVALSHA" | b"PING" => None,
+        b"XGROUP" | b"XINFO" | b"OBJECT" | b"MEMORY" => args.get(2),
+        _ => args.get(1),
+    };
+    key.map(|k| k.to_vec())
 }
 
 /// A reconnecting, multiplexed connection for ordinary commands, with the
