@@ -2,6 +2,7 @@
 
 use e2e::{cluster_info, eventually, TestCluster};
 use shared::config::RedisConfig;
+use shared::consumer::Consumer;
 use shared::keys::Keys;
 use shared::scripts::Call;
 use shared::store::Conn;
@@ -335,4 +336,91 @@ async fn a_pipeline_over_many_slots_is_answered_in_its_order() {
         .map(|s| shared::consumer::pending_count(s).unwrap())
         .collect();
     assert_eq!(counts, [0; 16]);
+}
+
+/// Clients blocked in a command, on all the cluster's nodes.
+async fn blocked_clients(cluster: &TestCluster) -> u64 {
+    let mut n = 0;
+    for node in &cluster.nodes {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut node.plain().await)
+            .await
+            .unwrap_or_default();
+        let line = info.lines().find(|l| l.starts_with("blocked_clients:"));
+        n += line
+            .and_then(|l| l[16..].trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_consumer_waits_on_each_partitions_master_and_the_first_entry_ends_the_wait() {
+    let (cluster, conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    let streams: Vec<String> = (0..16).map(|p| k.router_requests(p)).collect();
+    let builder = shared::store::cluster_client(&cluster.seeds(), &RedisConfig::default());
+    let block = std::time::Duration::from_secs(60);
+    let consumer = Consumer::for_cluster(
+        builder.unwrap(),
+        conn.clone(),
+        streams.clone(),
+        "router",
+        "r1",
+        block,
+    )
+    .await
+    .unwrap();
+    // Nothing to read: the read waits on all 16 streams at once ...
+    let reading = tokio::spawn({
+        let (consumer, streams) = (consumer.clone(), streams.clone());
+        async move { consumer.read(&streams, 10, block).await }
+    });
+    eventually("a read blocked on each stream", || async {
+        blocked_clients(&cluster).await == 16
+    })
+    .await;
+    // ... until one gets an entry: it ends well before its 60 s, and the
+    // others let go, having taken nothing.
+    let xadd = |conn: &Conn, p: u32| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(k.router_requests(p))
+            .arg("*")
+            .arg("req")
+            .arg(format!("{p}"));
+        let mut conn = conn.clone();
+        async move { cmd.query_async::<String>(&mut conn).await.unwrap() }
+    };
+    let id = xadd(&conn, 5).await;
+    let got = tokio::time::timeout(e2e::WAIT, reading).await;
+    let got = got.expect("the wait ends with the entry").unwrap().unwrap();
+    let first: Vec<(String, String)> = got.into_iter().map(|e| (e.stream, e.id)).collect();
+    assert_eq!(first, [(streams[5].clone(), id)]);
+    eventually("the other reads let go", || async {
+        blocked_clients(&cluster).await == 0
+    })
+    .await;
+    // Entries on every partition at once: each read once, then acknowledged.
+    let mut ids = Vec::new();
+    for p in 0..16 {
+        ids.push(xadd(&conn, p).await);
+    }
+    let mut read = first.clone();
+    while read.len() < 17 {
+        let more = consumer.read(&streams, 100, block).await.unwrap();
+        read.extend(more.into_iter().map(|e| (e.stream, e.id)));
+    }
+    read.sort();
+    let mut want: Vec<(String, String)> = streams.iter().cloned().zip(ids).chain(first).collect();
+    want.sort();
+    assert_eq!(read, want);
+    let done: Vec<(&str, Vec<String>)> = read
+        .iter()
+        .map(|(s, id)| (s.as_str(), vec![id.clone()]))
+        .collect();
+    let done: Vec<(&str, &[String])> = done.iter().map(|(s, ids)| (*s, ids.as_slice())).collect();
+    consumer.ack_and_delete(&done).await.unwrap();
+    let pending = consumer.pending_counts(&streams).await.unwrap();
+    assert_eq!(pending, [0; 16]);
 }

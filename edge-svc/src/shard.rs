@@ -179,7 +179,7 @@ mod tests {
         let cluster = TestCluster::start(3, 1).await;
         let keys = Keys::for_cluster("chat:");
         let channels = [keys.edge_channel("e1"), keys.lines_channel("e1")];
-        let builder = redis::cluster::ClusterClient::builder(cluster.seeds());
+        let builder = shared::store::cluster_client(&cluster.seeds(), &Default::default()).unwrap();
         let backlog = Backlog::new(16 * 1024);
         let mut feed = ShardFeed::subscribe(builder, &channels, backlog)
             .await

@@ -2,10 +2,13 @@
 
 use crate::envelope::{Request, REQUEST_FIELD};
 use crate::store::Conn;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Client, RedisResult, Value};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long a failed read waits before it returns its error (so that the
@@ -46,14 +49,33 @@ pub struct Entry {
 }
 
 /// Consumer `name` of `group` on `streams`: a blocking connection of its
-/// own for reads, and the service's connection for everything else.
+/// own for reads (on a cluster, one per stream), and the service's
+/// connection for everything else.
 #[derive(Clone)]
 pub struct Consumer {
     streams: Vec<String>,
     group: String,
     name: String,
-    reader: ConnectionManager,
+    reader: Reader,
     conn: Conn,
+}
+
+/// Where a consumer's blocking reads go.
+#[derive(Clone)]
+enum Reader {
+    /// One connection: one `XREADGROUP` reads every stream.
+    Node(ConnectionManager),
+    /// A read of several streams must be of one slot: one connection per
+    /// stream, made when first read.
+    Cluster(Box<ClusterReader>),
+}
+
+#[derive(Clone)]
+struct ClusterReader {
+    client: redis::cluster::ClusterClient,
+    /// Each stream's connection, and its client id on the stream's master
+    /// (for `CLIENT UNBLOCK`). The lock is never held across an await.
+    conns: Arc<Mutex<HashMap<String, (ClusterConnection, i64)>>>,
 }
 
 impl Consumer {
@@ -67,8 +89,41 @@ impl Consumer {
         name: &str,
         block: Duration,
     ) -> RedisResult<Consumer> {
+        let reader = Reader::Node(crate::store::blocking(client, block).await?);
+        Consumer::start(reader, conn, streams, group, name).await
+    }
+
+    /// As [`Consumer::new`], on the Redis Cluster that `builder` leads to
+    /// ([`crate::store::cluster_client`]; `conn` being a connection to
+    /// it): a blocking read waits on each stream's own connection, to that
+    /// stream's master.
+    pub async fn for_cluster(
+        builder: redis::cluster::ClusterClientBuilder,
+        conn: Conn,
+        streams: Vec<String>,
+        group: &str,
+        name: &str,
+        block: Duration,
+    ) -> RedisResult<Consumer> {
+        // Longer than a read may wait, and the commands' own time on top.
+        let client = builder.response_timeout(block * 2).build()?;
+        let reader = Reader::Cluster(Box::new(ClusterReader {
+            client,
+            conns: Arc::default(),
+        }));
+        Consumer::start(reader, conn, streams, group, name).await
+    }
+
+    /// The consumer, once its groups exist.
+    async fn start(
+        reader: Reader,
+        conn: Conn,
+        streams: Vec<String>,
+        group: &str,
+        name: &str,
+    ) -> RedisResult<Consumer> {
         let consumer = Consumer {
-            reader: crate::store::blocking(client, block).await?,
+            reader,
             conn,
             streams,
             group: group.to_string(),
@@ -108,32 +163,20 @@ impl Consumer {
         count: usize,
         block: Duration,
     ) -> RedisResult<Vec<Entry>> {
-        let opts = StreamReadOptions::default()
-            .group(&self.group, &self.name)
-            .count(count)
-            .block(block.as_millis() as usize);
-        let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
-        let read: RedisResult<Option<StreamReadReply>> = self
-            .reader
-            .clone()
-            .xread_options(streams, &ids, &opts)
-            .await;
+        let read = match &self.reader {
+            Reader::Node(reader) => {
+                let opts = StreamReadOptions::default()
+                    .group(&self.group, &self.name)
+                    .count(count)
+                    .block(block.as_millis() as usize);
+                let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
+                let read = reader.clone().xread_options(streams, &ids, &opts).await;
+                read.map(entries)
+            }
+            Reader::Cluster(reader) => self.read_each(reader, streams, count, block).await,
+        };
         match read {
-            Ok(reply) => Ok(reply
-                .map(|r| {
-                    r.keys
-                        .into_iter()
-                        .flat_map(|k| {
-                            let stream = k.key;
-                            k.ids.into_iter().map(move |e| Entry {
-                                stream: stream.clone(),
-                                req: decode(&e.map),
-                                id: e.id,
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()),
+            Ok(entries) => Ok(entries),
             Err(e) => {
                 tracing::warn!(group = %self.group, error = %e, "reading requests failed; retrying");
                 if e.code() == Some("NOGROUP") {
@@ -142,6 +185,75 @@ impl Consumer {
                 tokio::time::sleep(READ_BACKOFF).await;
                 Err(e)
             }
+        }
+    }
+
+    /// [`Consumer::read`] on a cluster: what the streams have at once (one
+    /// pipeline per slot), else a blocking read of each stream on its own
+    /// connection; the first that answers unblocks the others (`CLIENT
+    /// UNBLOCK ... TIMEOUT`: they answer as if their time was up, having
+    /// taken nothing), and every answer is kept.
+    async fn read_each(
+        &self,
+        reader: &ClusterReader,
+        streams: &[String],
+        count: usize,
+        block: Duration,
+    ) -> RedisResult<Vec<Entry>> {
+        let read = |stream: &str, block: Option<Duration>| {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP").arg(&self.group).arg(&self.name);
+            cmd.arg("COUNT").arg(count);
+            if let Some(block) = block {
+                cmd.arg("BLOCK").arg(block.as_millis() as u64);
+            }
+            cmd.arg("STREAMS").arg(stream).arg(">");
+            cmd
+        };
+        let mut now = redis::pipe();
+        for stream in streams {
+            now.add_command(read(stream, None));
+        }
+        let replies: Vec<Option<StreamReadReply>> = now.query_async(&mut self.conn.clone()).await?;
+        let got: Vec<Entry> = replies.into_iter().flat_map(entries).collect();
+        if !got.is_empty() || block.is_zero() || streams.is_empty() {
+            return Ok(got);
+        }
+        let mut waiting = FuturesUnordered::new();
+        let mut ids = Vec::new();
+        for stream in streams {
+            let (mut conn, id) = reader.conn(stream).await?;
+            ids.push((stream.clone(), id));
+            let cmd = read(stream, Some(block));
+            waiting.push(async move {
+                let reply = cmd.query_async::<Option<StreamReadReply>>(&mut conn).await;
+                (stream, reply)
+            });
+        }
+        let (mut out, mut failed, mut unblocked) = (Vec::new(), None, false);
+        while let Some((stream, reply)) = waiting.next().await {
+            match reply {
+                Ok(reply) => out.extend(entries(reply)),
+                Err(e) => {
+                    reader.forget(stream);
+                    failed = Some(e);
+                }
+            }
+            if !unblocked {
+                unblocked = true;
+                for (other, id) in ids.iter().filter(|(s, _)| s != stream) {
+                    let mut unblock = redis::cmd("CLIENT");
+                    unblock.arg("UNBLOCK").arg(*id).arg("TIMEOUT");
+                    let sent = self.conn.clone().on_master_of(other, unblock).await;
+                    if let Err(e) = sent {
+                        tracing::debug!(stream = %other, error = %e, "unblocking a read failed");
+                    }
+                }
+            }
+        }
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
         }
     }
 
@@ -231,6 +343,51 @@ pub fn pending_count(summary: Value) -> Option<u64> {
     match summary {
         Value::Array(items) => redis::from_redis_value(items.into_iter().next()?).ok(),
         _ => None,
+    }
+}
+
+/// The entries of an `XREADGROUP` answer, stream by stream.
+fn entries(reply: Option<StreamReadReply>) -> Vec<Entry> {
+    let Some(reply) = reply else {
+        return Vec::new();
+    };
+    reply
+        .keys
+        .into_iter()
+        .flat_map(|k| {
+            let stream = k.key;
+            k.ids.into_iter().map(move |e| Entry {
+                stream: stream.clone(),
+                req: decode(&e.map),
+                id: e.id,
+            })
+        })
+        .collect()
+}
+
+impl ClusterReader {
+    /// `stream`'s connection and its client id, made if need be.
+    async fn conn(&self, stream: &str) -> RedisResult<(ClusterConnection, i64)> {
+        if let Some(c) = self.lock().get(stream) {
+            return Ok(c.clone());
+        }
+        let conn = self.client.get_async_connection().await?;
+        let mut id = redis::cmd("CLIENT");
+        id.arg("ID");
+        let id = Conn::Cluster(conn.clone()).on_master_of(stream, id).await?;
+        let id: i64 = redis::from_redis_value(id)?;
+        self.lock().insert(stream.to_string(), (conn.clone(), id));
+        Ok((conn, id))
+    }
+
+    /// Drops `stream`'s connection (it failed: its master may have
+    /// changed), to be made again.
+    fn forget(&self, stream: &str) {
+        self.lock().remove(stream);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ClusterConnection, i64)>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

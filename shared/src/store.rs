@@ -175,8 +175,9 @@ async fn by_slot(
 }
 
 /// The key that picks a command's slot: a function's or script's first
-/// key, a container command's (`XGROUP CREATE <key>`) second argument,
-/// else the first; `None` for a command without one.
+/// key, a container command's (`XGROUP CREATE <key>`) second argument, a
+/// stream read's first stream, else the first argument; `None` for a
+/// command without one.
 fn key_of(cmd: &redis::Cmd) -> Option<Vec<u8>> {
     let args: Vec<&[u8]> = cmd
         .args_iter()
@@ -192,9 +193,31 @@ fn key_of(cmd: &redis::Cmd) -> Option<Vec<u8>> {
         }
         b"FCALL" | b"FCALL_RO" | b"EVAL" | b"EVALSHA" | b"PING" => None,
         b"XGROUP" | b"XINFO" | b"OBJECT" | b"MEMORY" => args.get(2),
+        b"XREAD" | b"XREADGROUP" => {
+            let at = args
+                .iter()
+                .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
+            args.get(at + 1)
+        }
         _ => args.get(1),
     };
     key.map(|k| k.to_vec())
+}
+
+impl Conn {
+    /// Sends `cmd` (one without a key, such as `CLIENT UNBLOCK`) to the
+    /// master of `key`'s slot; on one Redis, to it.
+    pub async fn on_master_of(&mut self, key: &str, cmd: redis::Cmd) -> RedisResult<Value> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        match self {
+            Conn::Node(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                c.route_command(cmd, to).await
+            }
+        }
+    }
 }
 
 /// A reconnecting, multiplexed connection for ordinary commands, with the
@@ -207,11 +230,23 @@ pub async fn commands(client: &Client) -> RedisResult<Conn> {
 }
 
 /// A connection to the Redis Cluster that `seeds` (node URLs, any of its
-/// nodes) lead to, as the ACL user of `redis`, with the functions library
-/// loaded on every master (a replica gets it from its master). Over plain
-/// TCP: `rediss://` seeds and `redis.ca_file`/`client_cert` are not used
-/// for a cluster yet.
+/// nodes) lead to, as [`cluster_client`] makes it, with the functions
+/// library loaded on every master (a replica gets it from its master).
 pub async fn cluster(seeds: &[String], redis: &RedisConfig) -> RedisResult<Conn> {
+    let conn = cluster_client(seeds, redis)?
+        .build()?
+        .get_async_connection()
+        .await?;
+    ready(Conn::Cluster(conn)).await
+}
+
+/// How the services connect to a Redis Cluster: the services' TCP settings
+/// and timeouts, as the ACL user of `redis`. Over plain TCP: `rediss://`
+/// seeds and `redis.ca_file`/`client_cert` are not used for a cluster yet.
+pub fn cluster_client(
+    seeds: &[String],
+    redis: &RedisConfig,
+) -> RedisResult<redis::cluster::ClusterClientBuilder> {
     let mut builder = redis::cluster::ClusterClient::builder(seeds.to_vec())
         .tcp_settings(tcp())
         .connection_timeout(Duration::from_secs(2))
@@ -222,8 +257,7 @@ pub async fn cluster(seeds: &[String], redis: &RedisConfig) -> RedisResult<Conn>
     if let Some(password) = acl_password(redis)? {
         builder = builder.password(password);
     }
-    let conn = builder.build()?.get_async_connection().await?;
-    ready(Conn::Cluster(conn)).await
+    Ok(builder)
 }
 
 /// `conn` once the functions library is loaded.
