@@ -122,23 +122,30 @@ struct Steps {
 
 impl Steps {
     /// alice's user step of request `eid` (`prev`: her previous one in the
-    /// pipeline), her session on edge e1 in the room.
+    /// pipeline), her session read on edge e1 in the room.
     async fn user(&self, eid: &str, prev: &str) -> Vec<String> {
+        self.user_at(eid, prev, &self.room).await
+    }
+
+    /// As [`Steps::user`], her session read in room `at`.
+    async fn user_at(&self, eid: &str, prev: &str, at: &str) -> Vec<String> {
         let k = &self.k;
         let keys = [
             k.applied("alice"),
             k.session("alice"),
             k.decision("alice", eid),
             k.routes("alice"),
+            k.decisions("alice"),
         ];
         let call = Call::new("chat_c_say", &keys).arg(eid).arg(prev).arg("s1");
-        let call = call.arg("e1").arg(&self.room);
+        let call = call.arg("e1").arg(at);
         call.invoke(&mut self.conn.clone()).await.unwrap()
     }
 
-    /// The room step of alice's request `eid`, with the `prev` its user
-    /// step gave.
-    async fn room(&self, eid: &str, prev: &str) -> Vec<String> {
+    /// The room step of alice's request `eid`, as its user step decided
+    /// (`decided`: its answer).
+    async fn room(&self, eid: &str, decided: &[String]) -> Vec<String> {
+        let (seq, prev) = numbers(decided);
         let k = &self.k;
         let keys = [
             k.history(&self.room),
@@ -148,6 +155,7 @@ impl Steps {
         let call = Call::new("chat_c_say_room", &keys)
             .arg("alice")
             .arg(eid)
+            .arg(seq)
             .arg(prev);
         let call = call.arg(format!("line {eid}")).arg(100).arg(0);
         call.invoke(&mut self.conn.clone()).await.unwrap()
@@ -171,9 +179,11 @@ impl Steps {
 }
 
 /// The `prev` a user step's decision gives the room step.
-fn prev_of(answer: &[String]) -> String {
-    let d: serde_json::Value = serde_json::from_str(&answer[1]).unwrap();
-    d["prev"].as_str().unwrap().to_string()
+/// The number a user step's decision gives the room step, and its
+/// `prev`.
+fn numbers(decided: &[String]) -> (u64, u64) {
+    let d: serde_json::Value = serde_json::from_str(&decided[1]).unwrap();
+    (d["seq"].as_u64().unwrap(), d["prev"].as_u64().unwrap())
 }
 
 #[tokio::test]
@@ -220,8 +230,8 @@ async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them(
     // Request 1: decided, then applied; the line goes to the room's edges.
     let u1 = s.user("100-1", "").await;
     assert_eq!(u1[0], "ok");
-    assert_eq!(prev_of(&u1), "", "alice's first line to the room");
-    let r1 = s.room("100-1", "").await;
+    assert_eq!(numbers(&u1), (1, 0), "alice's first line to the room");
+    let r1 = s.room("100-1", &u1).await;
     assert_eq!(
         (r1[0].as_str(), &r1[2..]),
         ("ok", &["e1".to_string(), "e2".into()][..])
@@ -229,19 +239,16 @@ async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them(
     // Sent again (another router recovering it): the same decision, the
     // same history id, nothing added.
     assert_eq!(s.user("100-1", "").await, ["duplicate", &u1[1]]);
-    assert_eq!(s.room("100-1", "").await, ["duplicate", &r1[1]]);
+    assert_eq!(s.room("100-1", &u1).await, ["duplicate", &r1[1]]);
 
     // Requests 2 and 3 in one pipeline; 3's room step arrives first: it
     // waits for 2's.
     let u2 = s.user("100-2", "").await;
     let u3 = s.user("100-3", "100-2").await;
-    assert_eq!(
-        (prev_of(&u2).as_str(), prev_of(&u3).as_str()),
-        ("100-1", "100-2")
-    );
-    assert_eq!(s.room("100-3", "100-2").await, ["retry"]);
-    assert_eq!(s.room("100-2", "100-1").await[0], "ok");
-    assert_eq!(s.room("100-3", "100-2").await[0], "ok");
+    assert_eq!((numbers(&u2), numbers(&u3)), ((2, 1), (3, 2)));
+    assert_eq!(s.room("100-3", &u3).await, ["retry"]);
+    assert_eq!(s.room("100-2", &u2).await[0], "ok");
+    assert_eq!(s.room("100-3", &u3).await[0], "ok");
     // A user step out of order waits too, and an old one is a duplicate.
     assert_eq!(s.user("100-5", "100-4").await, ["retry"]);
     assert_eq!(s.user("100-2", "").await[0], "duplicate");
@@ -251,8 +258,8 @@ async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them(
     let old = s.user("100-4", "").await;
     let new = s.user("100-4", "").await;
     assert_eq!(new, ["duplicate", &old[1]]);
-    let first = s.room("100-4", &prev_of(&new)).await;
-    let late = s.room("100-4", &prev_of(&old)).await;
+    let first = s.room("100-4", &new).await;
+    let late = s.room("100-4", &old).await;
     assert_eq!(
         (first[0].as_str(), late.as_slice()),
         ("ok", &["duplicate".to_string(), first[1].clone()][..])
@@ -263,22 +270,7 @@ async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them(
     );
 
     // The session moved since the router read it: read again.
-    let moved = Call::new(
-        "chat_c_say",
-        &[
-            s.k.applied("alice"),
-            s.k.session("alice"),
-            s.k.decision("alice", "100-6"),
-            s.k.routes("alice"),
-        ],
-    )
-    .arg("100-6")
-    .arg("")
-    .arg("s1")
-    .arg("e1")
-    .arg("lobby");
-    let moved: Vec<String> = moved.invoke(&mut s.conn.clone()).await.unwrap();
-    assert_eq!(moved, ["moved"]);
+    assert_eq!(s.user_at("100-6", "", "lobby").await, ["moved"]);
 }
 
 #[tokio::test]

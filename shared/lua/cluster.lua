@@ -6,13 +6,15 @@
 -- The user step takes the request in the user's order (its last applied
 -- id, as on one Redis), reads the session, decides, and keeps the
 -- decision under the request's id (`duplicate` answers it, for a request
--- recovered after a crash to be carried out again). It gives each later
--- step the id of the same user's previous request to the same target
--- (`routes`: target -> last id), and the target applies a step only
--- right after that one (`marks`: publisher -> last id applied and what
--- it gave), so each step takes effect once, in the publisher's order,
--- whichever routers send the steps and in whatever order they arrive
--- (the rules docs/models/routers.pml checks).
+-- recovered after a crash to be carried out again). It numbers the
+-- user's decisions (`seq`: one counter per user, whatever stream the
+-- request came on, since ids of different streams do not compare), gives
+-- each later step the number of the same user's previous decision for the
+-- same target (`routes`: target -> last number), and the target applies a
+-- step only right after that one (`marks`: publisher -> last number
+-- applied and what it gave), so each step takes effect once, in the
+-- publisher's order, whichever routers send the steps and in whatever
+-- order they arrive (the rules docs/models/routers.pml checks).
 
 -- How long a decision is kept (ms): the router deletes it once the
 -- request is acknowledged; this only bounds what a lost router leaves.
@@ -39,11 +41,11 @@ local function user_step(keys, args)
   return q
 end
 
--- The id of the user's previous request to `target` ('' if none), and
--- this one's from now on. `routes`: the user's hash of them.
-local function route_to(routes, target, eid)
-  local prev = redis.call('HGET', routes, target) or ''
-  redis.call('HSET', routes, target, eid)
+-- The number of the user's previous decision for `target` (0 if none),
+-- and `seq`'s from now on. `routes`: the user's hash of them.
+local function route_to(routes, target, seq)
+  local prev = tonumber(redis.call('HGET', routes, target) or 0)
+  redis.call('HSET', routes, target, seq)
   return prev
 end
 
@@ -54,45 +56,50 @@ local function decide(q, decision)
   return {'ok', d}
 end
 
--- Whether a later step of `publisher`'s request `eid` may apply at a
--- target whose marks are in hash `marks`, `prev` being the publisher's
--- previous request to it: nil if so, or the answer: `{'duplicate',
--- <what it gave>}` (applied before; '' if not the last one), or
--- `{'retry'}` (the previous one has not been applied here yet).
-local function later_step(marks, publisher, eid, prev)
+-- Whether a later step of `publisher`'s decision number `seq` may apply
+-- at a target whose marks are in hash `marks`, `prev` being the number of
+-- the publisher's previous decision for it (0: none): nil if so, or the
+-- answer: `{'duplicate', <what it gave>}` (applied before; '' if not the
+-- last one), or `{'retry'}` (the previous one has not been applied here
+-- yet).
+local function later_step(marks, publisher, seq, prev)
   local m = redis.call('HGET', marks, publisher)
-  local last, gave = '', ''
-  if m then last, gave = string.match(m, '^(%S+) ?(.*)$') end
-  if last ~= '' and not id_after(eid, last) then
-    return {'duplicate', last == eid and gave or ''}
+  local last, gave = 0, ''
+  if m then
+    local n
+    n, gave = string.match(m, '^(%d+) ?(.*)$')
+    last = tonumber(n)
   end
+  if seq <= last then return {'duplicate', seq == last and gave or ''} end
   if last ~= prev then return {'retry'} end
   return nil
 end
 
--- A room line's user step. KEYS 1-4: the user's last applied id,
--- session, the request's decision, the user's routes. ARGV 1-5 as
--- `user_step`. Decides the room (the session's now) and the room step's
--- `prev`: `{'ok', '{"room":…,"prev":…}'}`.
+-- A room line's user step. KEYS 1-5: the user's last applied id,
+-- session, the request's decision, the user's routes, its decision
+-- counter. ARGV 1-5 as `user_step`. Decides the room (the session's now)
+-- and numbers the room step: `{'ok', '{"room":…,"seq":…,"prev":…}'}`.
 redis.register_function('chat_c_say', function(keys, args)
   local q, answer = user_step(keys, args)
   if not q then return answer end
-  local room = q.s.room
-  return decide(q, {room = room, prev = route_to(keys[4], 'room:' .. room, q.eid)})
+  local room, seq = q.s.room, redis.call('INCR', keys[5])
+  return decide(q, {room = room, seq = seq, prev = route_to(keys[4], 'room:' .. room, seq)})
 end)
 
 -- A room line's room step. KEYS 1-3: the room's history, its members per
--- edge, its marks. ARGV 1-6: the publisher, the request's entry id, the
--- `prev` its user step gave, the text, the history cap and ttl. Answers
--- `{'ok', <history id>, <edge>…}` (the edges to publish the line to), or
--- as `later_step` (a duplicate gives the history id it was given).
+-- edge, its marks. ARGV 1-7: the publisher, the request's entry id (its
+-- time names the history entry), the `seq` and `prev` its user step gave,
+-- the text, the history cap and ttl. Answers `{'ok', <history id>,
+-- <edge>…}` (the edges to publish the line to), or as `later_step` (a
+-- duplicate gives the history id it was given).
 redis.register_function('chat_c_say_room', function(keys, args)
-  local publisher, eid, prev, text = unpack(args, 1, 4)
-  local refused = later_step(keys[3], publisher, eid, prev)
+  local publisher, eid, text = args[1], args[2], args[5]
+  local seq, prev = tonumber(args[3]), tonumber(args[4])
+  local refused = later_step(keys[3], publisher, seq, prev)
   if refused then return refused end
-  local h = {cap = args[5], ttl = tonumber(args[6])}
+  local h = {cap = args[6], ttl = tonumber(args[7])}
   local id = add_history({eid = eid}, keys[1], h, 'from', publisher, 'text', text)
-  redis.call('HSET', keys[3], publisher, eid .. ' ' .. id)
+  redis.call('HSET', keys[3], publisher, seq .. ' ' .. id)
   local answer = {'ok', id}
   for _, edge in ipairs(redis.call('HKEYS', keys[2])) do answer[#answer + 1] = edge end
   return answer

@@ -188,11 +188,18 @@ impl Keys {
         self.tagged("applied", user)
     }
 
-    /// On a cluster, the id of the user's last request to each target of
-    /// a later step (`room:<room>`, …): the `prev` that step carries
-    /// (shared/lua/cluster.lua).
+    /// On a cluster, the number of the user's last decision for each
+    /// target of a later step (`room:<room>`, …): the `prev` that step
+    /// carries (shared/lua/cluster.lua).
     pub fn routes(&self, user: &str) -> String {
         self.tagged("routes", user)
+    }
+
+    /// On a cluster, the counter that numbers `user`'s decisions: the
+    /// order of its later steps at each target, whatever stream its
+    /// requests came on.
+    pub fn decisions(&self, user: &str) -> String {
+        self.tagged("decisions", user)
     }
 
     /// On a cluster, what the user step of `user`'s request `eid` decided
@@ -201,8 +208,8 @@ impl Keys {
         format!("{}:{eid}", self.tagged("decision", user))
     }
 
-    /// On a cluster, the last request of each publisher a room applied,
-    /// and what it gave (`<entry id> <history id>`).
+    /// On a cluster, the number of each publisher's last decision a room
+    /// applied, and what it gave (`<number> <history id>`).
     pub fn marks(&self, room: &str) -> String {
         self.tagged("marks", room)
     }
@@ -370,6 +377,7 @@ mod tests {
                 k.auth_done(u, "1-0"),
                 k.routes(u),
                 k.decision(u, "1-0"),
+                k.decisions(u),
             ]
         };
         let room = |r: &str| vec![k.room(r), k.history(r), k.room_edges(r), k.marks(r)];
