@@ -113,7 +113,36 @@ async fn a_killed_master_is_replaced_by_its_replica_and_the_connection_follows()
     assert_eq!(value, "r1", "what was replicated before the kill");
 }
 
-/// The two steps of a room line on a cluster (shared/lua/cluster.lua).
+/// Runs `cmd key args…`.
+async fn run(conn: &mut Conn, cmd: &str, key: &str, args: &[&str]) {
+    let mut c = redis::cmd(cmd);
+    c.arg(key).arg(args);
+    c.query_async::<()>(conn).await.unwrap();
+}
+
+/// A room whose keys are on another master than alice's: each step runs
+/// on its own slot's master, or fails.
+async fn other_room(cluster: &TestCluster, conn: &mut Conn, k: &Keys) -> String {
+    let master = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            run(&mut conn, "SET", &key, &["x"]).await;
+            let master = cluster.master_of(&key).await;
+            run(&mut conn, "DEL", &key, &[]).await;
+            master.unwrap()
+        }
+    };
+    let alice = master(k.marks("alice")).await; // the tag {alice}
+    for name in ["dev", "ops", "fun", "art", "web"] {
+        if master(k.marks(name)).await != alice {
+            return name.to_string();
+        }
+    }
+    panic!("no room on another master than alice's")
+}
+
+/// The single-slot steps of alice's requests on a cluster
+/// (shared/lua/cluster.lua), her session on edge e1.
 struct Steps {
     conn: Conn,
     k: Keys,
@@ -127,16 +156,21 @@ impl Steps {
         self.user_at(eid, prev, &self.room).await
     }
 
-    /// As [`Steps::user`], her session read in room `at`.
-    async fn user_at(&self, eid: &str, prev: &str, at: &str) -> Vec<String> {
+    /// The keys every user step of alice's request `eid` takes first.
+    fn user_keys(&self, eid: &str) -> Vec<String> {
         let k = &self.k;
-        let keys = [
+        vec![
             k.applied("alice"),
             k.session("alice"),
             k.decision("alice", eid),
             k.routes("alice"),
             k.decisions("alice"),
-        ];
+        ]
+    }
+
+    /// As [`Steps::user`], her session read in room `at`.
+    async fn user_at(&self, eid: &str, prev: &str, at: &str) -> Vec<String> {
+        let keys = self.user_keys(eid);
         let call = Call::new("chat_c_say", &keys).arg(eid).arg(prev).arg("s1");
         let call = call.arg("e1").arg(at);
         call.invoke(&mut self.conn.clone()).await.unwrap()
@@ -159,6 +193,74 @@ impl Steps {
             .arg(prev);
         let call = call.arg(format!("line {eid}")).arg(100).arg(0);
         call.invoke(&mut self.conn.clone()).await.unwrap()
+    }
+
+    /// alice's join (or `/leave`, `how`: `leave`) of room `to`, her
+    /// session read in room `at`: the user step.
+    async fn join(&self, eid: &str, prev: &str, at: &str, to: &str, how: &str) -> Vec<String> {
+        let mut keys = self.user_keys(eid);
+        keys.push(self.k.resume("alice"));
+        let call = Call::new("chat_c_join", &keys).arg(eid).arg(prev).arg("s1");
+        let call = call.arg("e1").arg(at).arg(to).arg(how);
+        call.invoke(&mut self.conn.clone()).await.unwrap()
+    }
+
+    /// A join's room step in `room` as its user step decided: alice
+    /// leaving (`from`) or entering (`to`).
+    async fn moved(&self, room: &str, decided: &[String], end: &str) -> Vec<String> {
+        let k = &self.k;
+        let d: serde_json::Value = serde_json::from_str(&decided[1]).unwrap();
+        let keys = [
+            k.room(room),
+            k.room_edges(room),
+            k.marks(room),
+            k.room_version(room),
+        ];
+        let how = if end == "to" { "enter" } else { "leave" };
+        let call = Call::new("chat_c_room_move", &keys).arg("alice");
+        let call = call
+            .arg(d["seq"].as_u64())
+            .arg(d[format!("prev_{end}")].as_u64());
+        let call = call.arg("e1").arg(how);
+        call.invoke(&mut self.conn.clone()).await.unwrap()
+    }
+
+    /// Puts a room step's news of `room` in the directory; whether it was
+    /// newer than what the directory had.
+    async fn size(&self, room: &str, moved: &[String]) -> bool {
+        let k = &self.k;
+        let keys = [k.rooms(), k.room_sizes(), k.room_size_versions()];
+        let call = Call::new("chat_c_room_size", &keys).arg(room);
+        let call = call.arg(&moved[2]).arg(&moved[1]);
+        call.invoke::<i64>(&mut self.conn.clone()).await.unwrap() == 1
+    }
+
+    /// A key in short: a set's members or a hash's `field=value`s, sorted.
+    async fn show(&self, key: &str) -> String {
+        let kind: String = redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        let cmd = match kind.as_str() {
+            "set" => "SMEMBERS",
+            "hash" => "HGETALL",
+            _ => return kind,
+        };
+        let items: Vec<String> = redis::cmd(cmd)
+            .arg(key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        let mut items: Vec<String> = match cmd {
+            "HGETALL" => items
+                .chunks(2)
+                .map(|p| format!("{}={}", p[0], p[1]))
+                .collect(),
+            _ => items,
+        };
+        items.sort();
+        items.join(" ")
     }
 
     /// The room's history: each entry's text, in order.
@@ -190,41 +292,16 @@ fn numbers(decided: &[String]) -> (u64, u64) {
 async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them() {
     let (cluster, mut conn) = cluster(3, 0).await;
     let k = Keys::for_cluster("chat:");
-    // A room on another master than alice's keys: each step runs on its
-    // own slot's master, or fails.
-    let alice = cluster.master_of(&k.session("alice")).await;
-    let mut room = String::new();
-    for name in ["dev", "ops", "fun", "art", "web"] {
-        redis::cmd("SET")
-            .arg(k.marks(name))
-            .arg("x")
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-        let master = cluster.master_of(&k.marks(name)).await;
-        redis::cmd("DEL")
-            .arg(k.marks(name))
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-        if master != alice {
-            room = name.to_string();
-            break;
-        }
-    }
-    assert!(!room.is_empty(), "a room on another master");
-    redis::cmd("HSET")
-        .arg(k.session("alice"))
-        .arg(&["edge", "e1", "conn", "1", "sid", "s1", "room", &room])
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
-    redis::cmd("HSET")
-        .arg(k.room_edges(&room))
-        .arg(&["e1", "1", "e2", "3"])
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    let room = other_room(&cluster, &mut conn, &k).await;
+    let session = ["edge", "e1", "conn", "1", "sid", "s1", "room", &room];
+    run(&mut conn, "HSET", &k.session("alice"), &session).await;
+    run(
+        &mut conn,
+        "HSET",
+        &k.room_edges(&room),
+        &["e1", "1", "e2", "3"],
+    )
+    .await;
     let s = Steps { conn, k, room };
 
     // Request 1: decided, then applied; the line goes to the room's edges.
@@ -415,4 +492,86 @@ async fn a_consumer_waits_on_each_partitions_master_and_the_first_entry_ends_the
     consumer.ack_and_delete(&done).await.unwrap();
     let pending = consumer.pending_counts(&streams).await.unwrap();
     assert_eq!(pending, [0; 16]);
+}
+
+#[tokio::test]
+async fn a_join_in_single_slot_steps_moves_the_member_once_and_her_lines_wait_for_it() {
+    let (cluster, mut conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    let dev = other_room(&cluster, &mut conn, &k).await;
+    let session = ["edge", "e1", "conn", "1", "sid", "s1", "room", "lobby"];
+    run(&mut conn, "HSET", &k.session("alice"), &session).await;
+    run(&mut conn, "SADD", &k.room("lobby"), &["alice"]).await;
+    run(&mut conn, "HSET", &k.room_edges("lobby"), &["e1", "1"]).await;
+    run(
+        &mut conn,
+        "HSET",
+        &k.resume("alice"),
+        &["hash", "h", "room", "lobby"],
+    )
+    .await;
+    let s = Steps {
+        conn,
+        k: k.clone(),
+        room: dev.clone(),
+    };
+
+    // The user step moves the session at once, and numbers both room steps.
+    let join = s.join("200-1", "", "lobby", &dev, "").await;
+    assert_eq!(join[0], "ok", "{join:?}");
+    assert_eq!(
+        s.show(&k.session("alice")).await,
+        format!("conn=1 edge=e1 room={dev} sid=s1")
+    );
+    assert_eq!(
+        s.show(&k.resume("alice")).await,
+        format!("hash=h room={dev}")
+    );
+    // Her next line, in dev, waits for the join's step there.
+    let say = s.user("200-2", "200-1").await;
+    assert_eq!(numbers(&say), (2, 1));
+    assert_eq!(s.room("200-2", &say).await, ["retry"]);
+    let entered = s.moved(&dev, &join, "to").await;
+    assert_eq!(
+        entered,
+        ["ok", "1", "1", "e1"],
+        "version 1, one member, on e1"
+    );
+    let left = s.moved("lobby", &join, "from").await;
+    assert_eq!(left, ["ok", "1", "0"], "the lobby is empty, on no edge");
+    assert_eq!(s.room("200-2", &say).await[0], "ok");
+    // Sent again: nothing moves twice (her line came after it there).
+    let again = s.moved(&dev, &join, "to").await;
+    assert_eq!(again, ["duplicate", "", "1", "e1"]);
+    assert_eq!(s.show(&k.room(&dev)).await, "alice");
+    assert_eq!(s.show(&k.room_edges(&dev)).await, "e1=1");
+    assert_eq!(s.show(&k.room("lobby")).await, "none");
+    assert_eq!(s.show(&k.room_edges("lobby")).await, "none");
+
+    // The directory takes the newest size of each room, in whatever order
+    // the news comes.
+    assert!(s.size(&dev, &entered).await);
+    assert!(s.size("lobby", &left).await);
+    assert!(
+        !s.size(&dev, &["ok".into(), "0".into(), "0".into()]).await,
+        "older news"
+    );
+    assert_eq!(s.show(&k.rooms()).await, dev);
+    assert_eq!(s.show(&k.room_sizes()).await, format!("{dev}=1"));
+
+    // /leave: back to the lobby; in the lobby, refused without a step.
+    let leave = s.join("200-3", "200-2", &dev, "lobby", "leave").await;
+    let d: serde_json::Value = serde_json::from_str(&leave[1]).unwrap();
+    assert_eq!(
+        (d["from"].as_str(), d["to"].as_str()),
+        (Some(dev.as_str()), Some("lobby"))
+    );
+    assert_eq!(
+        (d["prev_from"].as_u64(), d["prev_to"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(s.moved(&dev, &leave, "from").await, ["ok", "2", "0"]);
+    assert_eq!(s.moved("lobby", &leave, "to").await, ["ok", "2", "1", "e1"]);
+    let again = s.join("200-4", "200-3", "lobby", "lobby", "leave").await;
+    assert_eq!(again, ["ok", r#"{"not_in_room":true}"#]);
 }

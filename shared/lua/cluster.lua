@@ -104,3 +104,72 @@ redis.register_function('chat_c_say_room', function(keys, args)
   for _, edge in ipairs(redis.call('HKEYS', keys[2])) do answer[#answer + 1] = edge end
   return answer
 end)
+
+-- A join's user step (and a leave's: a join of the lobby). KEYS 1-6: the
+-- user's last applied id, session, the request's decision, the user's
+-- routes, its decision counter, its resume token. ARGV 1-5 as
+-- `user_step`, 6: the room to go to, 7: `leave` for a `/leave` (refused
+-- in the lobby, ARGV 6). Moves the session and its resume token's room,
+-- and numbers the two room steps: `{'ok', '{"from":…,"to":…,"edge":…,
+-- "seq":…,"prev_from":…,"prev_to":…}'}`; `{"stay":true}` when already
+-- there, `{"not_in_room":true}` for a `/leave` in the lobby (no step).
+redis.register_function('chat_c_join', function(keys, args)
+  local q, answer = user_step(keys, args)
+  if not q then return answer end
+  local from, to = q.s.room, args[6]
+  if args[7] == 'leave' and from == to then return decide(q, {not_in_room = true}) end
+  if from == to then return decide(q, {stay = true}) end
+  redis.call('HSET', q.session, 'room', to)
+  if redis.call('EXISTS', keys[6]) == 1 then redis.call('HSET', keys[6], 'room', to) end
+  local seq = redis.call('INCR', keys[5])
+  return decide(q, {from = from, to = to, edge = q.s.edge, seq = seq,
+    prev_from = route_to(keys[4], 'room:' .. from, seq),
+    prev_to = route_to(keys[4], 'room:' .. to, seq)})
+end)
+
+-- A member entering or leaving a room, its room step. KEYS 1-4: the
+-- room's members, its members per edge, its marks, its version (a counter
+-- every membership change takes: the edges show a member the lines after
+-- the version it joined at). ARGV 1-5: the user, the `seq` and the `prev`
+-- (for this room) its user step gave, the edge of its session, `enter` or
+-- `leave`. Answers `{'ok', <version>, <members now>, <edge>…}` (the edges
+-- to tell), or as `later_step` with the members and edges now.
+redis.register_function('chat_c_room_move', function(keys, args)
+  local members, edges, marks, version = unpack(keys, 1, 4)
+  local user, edge, enter = args[1], args[4], args[5] == 'enter'
+  local answer = later_step(marks, user, tonumber(args[2]), tonumber(args[3]))
+  if answer and answer[1] == 'retry' then return answer end
+  if not answer then
+    if enter and redis.call('SADD', members, user) == 1 then
+      redis.call('HINCRBY', edges, edge, 1)
+    elseif not enter and redis.call('SREM', members, user) == 1 then
+      if redis.call('HINCRBY', edges, edge, -1) <= 0 then redis.call('HDEL', edges, edge) end
+    end
+    local v = redis.call('INCR', version)
+    redis.call('HSET', marks, user, args[2] .. ' ' .. v)
+    answer = {'ok', v}
+  end
+  answer[#answer + 1] = redis.call('SCARD', members)
+  for _, e in ipairs(redis.call('HKEYS', edges)) do answer[#answer + 1] = e end
+  return answer
+end)
+
+-- A room's size in the directory (`/rooms`), as a room step left it.
+-- KEYS 1-3: the set of rooms, the room sizes, the version of each size.
+-- ARGV 1-3: the room, its members, the room's version then. Older news
+-- than the directory has (another router's later step came first) is
+-- dropped: returns 1 if applied.
+redis.register_function('chat_c_room_size', function(keys, args)
+  local rooms, sizes, versions = unpack(keys, 1, 3)
+  local room, n, v = args[1], tonumber(args[2]), tonumber(args[3])
+  if v <= tonumber(redis.call('HGET', versions, room) or 0) then return 0 end
+  redis.call('HSET', versions, room, v)
+  if n > 0 then
+    redis.call('HSET', sizes, room, n)
+    redis.call('SADD', rooms, room)
+  else
+    redis.call('HDEL', sizes, room)
+    redis.call('SREM', rooms, room)
+  end
+  return 1
+end)

@@ -214,6 +214,18 @@ impl Keys {
         self.tagged("marks", room)
     }
 
+    /// On a cluster, a room's version: a counter each change of its
+    /// members takes (shared/lua/cluster.lua).
+    pub fn room_version(&self, room: &str) -> String {
+        self.tagged("room-v", room)
+    }
+
+    /// On a cluster, the room version each size in [`Keys::room_sizes`]
+    /// was read at (older news is dropped).
+    pub fn room_size_versions(&self) -> String {
+        self.directory("room-size-v")
+    }
+
     /// Counter that session ids come from.
     pub fn seq_sid(&self) -> String {
         self.directory("seq:sid")
@@ -380,11 +392,20 @@ mod tests {
                 k.decisions(u),
             ]
         };
-        let room = |r: &str| vec![k.room(r), k.history(r), k.room_edges(r), k.marks(r)];
+        let room = |r: &str| {
+            vec![
+                k.room(r),
+                k.history(r),
+                k.room_edges(r),
+                k.marks(r),
+                k.room_version(r),
+            ]
+        };
         let edge = |e: &str| vec![k.edge_sessions(e), k.edge_channel(e), k.lines_channel(e)];
         let dir = vec![
             k.rooms(),
             k.room_sizes(),
+            k.room_size_versions(),
             k.online(),
             k.edges(),
             k.edge_info("e1"),
