@@ -575,3 +575,109 @@ async fn a_join_in_single_slot_steps_moves_the_member_once_and_her_lines_wait_fo
     let again = s.join("200-4", "200-3", "lobby", "lobby", "leave").await;
     assert_eq!(again, ["ok", r#"{"not_in_room":true}"#]);
 }
+
+#[tokio::test]
+async fn an_end_of_session_in_steps_finishes_once_and_keeps_its_place_in_line() {
+    let (cluster, mut conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    let dev = other_room(&cluster, &mut conn, &k).await;
+    // alice on e1 in dev, as her login's steps (number 1) left her.
+    let session = ["edge", "e1", "conn", "7", "sid", "s1", "room", &dev];
+    run(&mut conn, "HSET", &k.session("alice"), &session).await;
+    run(
+        &mut conn,
+        "HSET",
+        &k.resume("alice"),
+        &["hash", "h", "room", &dev],
+    )
+    .await;
+    run(&mut conn, "SET", &k.decisions("alice"), &["1"]).await;
+    let routes = [
+        format!("room:{dev}"),
+        "1".into(),
+        "edge:e1".into(),
+        "1".into(),
+    ];
+    let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
+    run(&mut conn, "HSET", &k.routes("alice"), &routes).await;
+    run(&mut conn, "SADD", &k.room(&dev), &["alice"]).await;
+    run(&mut conn, "HSET", &k.room_edges(&dev), &["e1", "1"]).await;
+    run(&mut conn, "HSET", &k.marks(&dev), &["alice", "1 1"]).await;
+    run(&mut conn, "SADD", &k.edge_sessions("e1"), &["alice"]).await;
+    run(&mut conn, "HSET", &k.edge_marks("e1"), &["alice", "1"]).await;
+    let s = Steps {
+        conn,
+        k: k.clone(),
+        room: dev.clone(),
+    };
+    let end = |edge: &str| {
+        let keys = [
+            k.session("alice"),
+            k.resume("alice"),
+            k.decisions("alice"),
+            k.routes("alice"),
+            k.ending("alice"),
+        ];
+        let call = Call::new("chat_c_end", &keys)
+            .arg(edge)
+            .arg("")
+            .arg("restart");
+        let mut conn = s.conn.clone();
+        async move { call.invoke::<Vec<String>>(&mut conn).await.unwrap() }
+    };
+    let edge_step = |seq: u64, prev: u64, how: &str| {
+        let keys = [k.edge_sessions("e1"), k.edge_marks("e1")];
+        let call = Call::new("chat_c_edge_session", &keys).arg("alice");
+        let call = call.arg(seq).arg(prev).arg(how);
+        let mut conn = s.conn.clone();
+        async move { call.invoke::<Vec<String>>(&mut conn).await.unwrap() }
+    };
+
+    assert_eq!(end("e2").await, ["gone"], "not a session of e2");
+    let ended = end("e1").await;
+    assert_eq!(ended[0], "ok");
+    let d: serde_json::Value = serde_json::from_str(&ended[1]).unwrap();
+    let numbers = (
+        d["seq"].as_u64(),
+        d["prev_room"].as_u64(),
+        d["prev_edge"].as_u64(),
+    );
+    assert_eq!(numbers, (Some(2), Some(1), Some(1)));
+    assert_eq!(
+        (d["conn"].as_str(), d["sid"].as_str()),
+        (Some("7"), Some("s1"))
+    );
+    assert_eq!(s.show(&k.session("alice")).await, "none");
+    assert_eq!(
+        s.show(&k.resume("alice")).await,
+        format!("hash=h room={dev}"),
+        "kept to come back"
+    );
+    // Unfinished, it is what the next end finds, to finish first.
+    assert_eq!(end("e1").await, ["pending", &ended[1]]);
+
+    // A next login's step on e1 (number 3) cannot overtake the end's.
+    assert_eq!(edge_step(3, 2, "add").await, ["retry"]);
+    assert_eq!(edge_step(2, 1, "remove").await, ["ok"]);
+    assert_eq!(edge_step(2, 1, "remove").await, ["duplicate", ""]);
+    assert_eq!(s.show(&k.edge_sessions("e1")).await, "none");
+    let left = Call::new(
+        "chat_c_room_move",
+        &[
+            k.room(&dev),
+            k.room_edges(&dev),
+            k.marks(&dev),
+            k.room_version(&dev),
+        ],
+    );
+    let left = left.arg("alice").arg(2).arg(1).arg("e1").arg("leave");
+    let left: Vec<String> = left.invoke(&mut s.conn.clone()).await.unwrap();
+    assert_eq!(left, ["ok", "1", "0"]);
+    assert_eq!(edge_step(3, 2, "add").await, ["ok"]);
+    assert_eq!(s.show(&k.edge_sessions("e1")).await, "alice");
+
+    // Finished: forgotten, and there is nothing left to end.
+    let done = Call::new("chat_c_ended", &[k.ending("alice")]).arg(&ended[1]);
+    done.invoke::<i64>(&mut s.conn.clone()).await.unwrap();
+    assert_eq!(end("e1").await, ["gone"]);
+}

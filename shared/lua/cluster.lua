@@ -173,3 +173,54 @@ redis.register_function('chat_c_room_size', function(keys, args)
   end
   return 1
 end)
+
+-- The end of a session (its edge restarted or died, or the connection
+-- went), the user step. KEYS 1-5: the user's session, its resume token,
+-- decision counter, routes, and the end in progress (`ending`). ARGV 1-3:
+-- the edge the session must be on, its session id ('' for whichever it
+-- holds), `quit` to revoke the resume token too. Ends the session here and
+-- numbers the steps that follow: leaving its room, and leaving the edge's
+-- session set (last: while the user is in it, an end can be found and
+-- finished). Answers `{'ok', <decision>}`, `{'pending', <decision>}` (an
+-- earlier end was not finished: finish that one first), or `{'gone'}`
+-- (no such session there).
+redis.register_function('chat_c_end', function(keys, args)
+  local session, resume, counter, routes, ending = unpack(keys, 1, 5)
+  local edge, sid, quit = args[1], args[2], args[3] == 'quit'
+  local pending = redis.call('GET', ending)
+  if pending then return {'pending', pending} end
+  local s = where(session)
+  if not s.sid or s.edge ~= edge or (sid ~= '' and s.sid ~= sid) then return {'gone'} end
+  redis.call('DEL', session)
+  if quit then redis.call('DEL', resume) end
+  local seq = redis.call('INCR', counter)
+  local d = cjson.encode({room = s.room, edge = s.edge, conn = s.conn, sid = s.sid, seq = seq,
+    prev_room = route_to(routes, 'room:' .. s.room, seq),
+    prev_edge = route_to(routes, 'edge:' .. s.edge, seq)})
+  redis.call('SET', ending, d)
+  return {'ok', d}
+end)
+
+-- An end finished: it is forgotten, unless another one replaced it.
+-- KEYS 1: the end in progress. ARGV 1: the decision carried out.
+redis.register_function('chat_c_ended', function(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then redis.call('DEL', keys[1]) end
+  return 0
+end)
+
+-- A session entering or leaving its edge's session set (a login's step,
+-- an end's last). KEYS 1-2: the edge's session set, its marks. ARGV 1-4:
+-- the user, the `seq` and `prev` (for this edge) its user step gave,
+-- `add` or `remove`. Answers `{'ok'}` or as `later_step`.
+redis.register_function('chat_c_edge_session', function(keys, args)
+  local user = args[1]
+  local refused = later_step(keys[2], user, tonumber(args[2]), tonumber(args[3]))
+  if refused then return refused end
+  if args[4] == 'add' then
+    redis.call('SADD', keys[1], user)
+  else
+    redis.call('SREM', keys[1], user)
+  end
+  redis.call('HSET', keys[2], user, args[2])
+  return {'ok'}
+end)

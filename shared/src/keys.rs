@@ -214,6 +214,18 @@ impl Keys {
         self.tagged("marks", room)
     }
 
+    /// On a cluster, the end of `user`'s session in progress (what its
+    /// user step decided), until its steps are done.
+    pub fn ending(&self, user: &str) -> String {
+        self.tagged("ending", user)
+    }
+
+    /// On a cluster, the number of each user's last decision an edge's
+    /// session set applied.
+    pub fn edge_marks(&self, edge: &str) -> String {
+        self.tagged("edge-marks", edge)
+    }
+
     /// On a cluster, a room's version: a counter each change of its
     /// members takes (shared/lua/cluster.lua).
     pub fn room_version(&self, room: &str) -> String {
@@ -390,6 +402,7 @@ mod tests {
                 k.routes(u),
                 k.decision(u, "1-0"),
                 k.decisions(u),
+                k.ending(u),
             ]
         };
         let room = |r: &str| {
@@ -401,7 +414,14 @@ mod tests {
                 k.room_version(r),
             ]
         };
-        let edge = |e: &str| vec![k.edge_sessions(e), k.edge_channel(e), k.lines_channel(e)];
+        let edge = |e: &str| {
+            vec![
+                k.edge_sessions(e),
+                k.edge_channel(e),
+                k.lines_channel(e),
+                k.edge_marks(e),
+            ]
+        };
         let dir = vec![
             k.rooms(),
             k.room_sizes(),
