@@ -681,3 +681,159 @@ async fn an_end_of_session_in_steps_finishes_once_and_keeps_its_place_in_line() 
     done.invoke::<i64>(&mut s.conn.clone()).await.unwrap();
     assert_eq!(end("e1").await, ["gone"]);
 }
+
+/// A login's user step on a cluster: how it differs from alice's plain
+/// login on e1 with the force policy, no old session read.
+struct Login<'a> {
+    eid: &'a str,
+    sid: &'a str,
+    edge: &'a str,
+    policy: &'a str,
+    at: (&'a str, &'a str),
+    new_hash: &'a str,
+    deadline: u64,
+}
+
+fn login<'a>(eid: &'a str, sid: &'a str) -> Login<'a> {
+    Login {
+        eid,
+        sid,
+        edge: "e1",
+        policy: "force",
+        at: ("", ""),
+        new_hash: "",
+        deadline: shared::now_ms() + 60_000,
+    }
+}
+
+impl Login<'_> {
+    async fn call(&self, conn: &Conn, k: &Keys) -> Vec<String> {
+        let u = "alice";
+        let keys = [
+            k.auth_done(u, self.eid),
+            k.user(u),
+            k.fail_user(u),
+            k.session(u),
+            k.resume(u),
+            k.inbox(u),
+            k.subscriptions(u),
+            k.decisions(u),
+            k.routes(u),
+            k.ending(u),
+        ];
+        let call = Call::new("chat_c_login", &keys)
+            .arg(u)
+            .arg(self.edge)
+            .arg("7")
+            .arg("9");
+        let call = call
+            .arg("127.0.0.1:5000")
+            .arg(self.policy)
+            .arg(self.deadline);
+        let call = call
+            .arg(self.new_hash)
+            .arg(self.sid)
+            .arg(self.at.0)
+            .arg(self.at.1);
+        let call = call.arg("lobby").arg("").arg(0).arg("").arg("");
+        call.invoke(&mut conn.clone()).await.unwrap()
+    }
+}
+
+/// A decision's JSON.
+fn decision(answer: &[String]) -> serde_json::Value {
+    serde_json::from_str(&answer[1]).unwrap()
+}
+
+#[tokio::test]
+async fn a_logins_user_step_opens_one_session_and_numbers_the_steps_after_it() {
+    let (_cluster, mut conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    // A registration: the account, the session, and two steps to take
+    // (the lobby, the edge's set), the first of alice's at each.
+    let mut first = login("300-1", "s1");
+    first.new_hash = "$2b$hash";
+    let opened = first.call(&conn, &k).await;
+    assert_eq!(opened[0], "ok", "{opened:?}");
+    let d = decision(&opened);
+    assert!(d.get("old").is_none());
+    assert_eq!(
+        d["new"],
+        serde_json::json!({"room": "lobby", "edge": "e1", "seq": 1, "prev_room": 0, "prev_edge": 0})
+    );
+    let account: Option<String> = redis::cmd("HGET")
+        .arg(k.user("alice"))
+        .arg("password")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(account.as_deref(), Some("$2b$hash"));
+    // Claimed again by another instance: the same decision, to carry out.
+    assert_eq!(first.call(&conn, &k).await, ["duplicate", &opened[1]]);
+
+    // A second login on e2 replaces the first: its end, then the new
+    // session, numbered in that order in the lobby; queued messages follow
+    // OK LOGIN.
+    let dm = ["id", "1-1", "from", "bob", "text", "hi"];
+    redis::cmd("XADD")
+        .arg(k.inbox("alice"))
+        .arg("*")
+        .arg(&dm)
+        .query_async::<String>(&mut conn)
+        .await
+        .unwrap();
+    let mut second = login("300-2", "s2");
+    (second.edge, second.at) = ("e2", ("e1", "lobby"));
+    let replaced = second.call(&conn, &k).await;
+    assert_eq!(replaced[0], "replaced", "{replaced:?}");
+    let d = decision(&replaced);
+    assert_eq!(
+        d["old"],
+        serde_json::json!({"room": "lobby", "edge": "e1", "conn": "7", "sid": "s1", "seq": 2, "prev_room": 1, "prev_edge": 1})
+    );
+    assert_eq!(
+        d["new"],
+        serde_json::json!({"room": "lobby", "edge": "e2", "seq": 3, "prev_room": 2, "prev_edge": 0})
+    );
+    let lines: Vec<&str> = d["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["k"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["ok_login", "dm"]);
+    let sid: String = redis::cmd("HGET")
+        .arg(k.session("alice"))
+        .arg("sid")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(sid, "s2");
+
+    // Refused: the reject policy, a read that is out of date, a deadline
+    // passed; and an end in progress goes first.
+    let mut third = login("300-3", "s3");
+    (third.policy, third.at) = ("reject", ("e2", "lobby"));
+    assert_eq!(third.call(&conn, &k).await, ["rejected"]);
+    third.policy = "force";
+    third.at = ("e1", "lobby");
+    assert_eq!(third.call(&conn, &k).await, ["moved"]);
+    third.at = ("e2", "lobby");
+    third.deadline = shared::now_ms() - 1;
+    assert_eq!(third.call(&conn, &k).await, ["stale"]);
+    third.deadline = shared::now_ms() + 60_000;
+    redis::cmd("SET")
+        .arg(k.ending("alice"))
+        .arg("{}")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(third.call(&conn, &k).await, ["pending", "{}"]);
+    let sid: String = redis::cmd("HGET")
+        .arg(k.session("alice"))
+        .arg("sid")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(sid, "s2", "untouched by the refused ones");
+}
