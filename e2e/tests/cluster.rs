@@ -740,6 +740,13 @@ impl Login<'_> {
     }
 }
 
+/// alice's session id.
+async fn session_id(conn: &mut Conn, k: &Keys) -> String {
+    let mut sid = redis::cmd("HGET");
+    sid.arg(k.session("alice")).arg("sid");
+    sid.query_async(conn).await.unwrap()
+}
+
 /// A decision's JSON.
 fn decision(answer: &[String]) -> serde_json::Value {
     serde_json::from_str(&answer[1]).unwrap()
@@ -802,12 +809,7 @@ async fn a_logins_user_step_opens_one_session_and_numbers_the_steps_after_it() {
         .map(|l| l["k"].as_str().unwrap())
         .collect();
     assert_eq!(lines, ["ok_login", "dm"]);
-    let sid: String = redis::cmd("HGET")
-        .arg(k.session("alice"))
-        .arg("sid")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let sid = session_id(&mut conn, &k).await;
     assert_eq!(sid, "s2");
 
     // Refused: the reject policy, a read that is out of date, a deadline
@@ -822,18 +824,8 @@ async fn a_logins_user_step_opens_one_session_and_numbers_the_steps_after_it() {
     third.deadline = shared::now_ms() - 1;
     assert_eq!(third.call(&conn, &k).await, ["stale"]);
     third.deadline = shared::now_ms() + 60_000;
-    redis::cmd("SET")
-        .arg(k.ending("alice"))
-        .arg("{}")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    run(&mut conn, "SET", &k.ending("alice"), &["{}"]).await;
     assert_eq!(third.call(&conn, &k).await, ["pending", "{}"]);
-    let sid: String = redis::cmd("HGET")
-        .arg(k.session("alice"))
-        .arg("sid")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let sid = session_id(&mut conn, &k).await;
     assert_eq!(sid, "s2", "untouched by the refused ones");
 }
