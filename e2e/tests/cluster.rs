@@ -626,7 +626,11 @@ async fn an_end_of_session_in_steps_finishes_once_and_keeps_its_place_in_line() 
         async move { call.invoke::<Vec<String>>(&mut conn).await.unwrap() }
     };
     let edge_step = |seq: u64, prev: u64, how: &str| {
-        let keys = [k.edge_sessions("e1"), k.edge_marks("e1")];
+        let keys = [
+            k.edge_sessions("e1"),
+            k.edge_marks("e1"),
+            k.edge_alive("e1"),
+        ];
         let call = Call::new("chat_c_edge_session", &keys).arg("alice");
         let call = call.arg(seq).arg(prev).arg(how);
         let mut conn = s.conn.clone();
@@ -673,8 +677,28 @@ async fn an_end_of_session_in_steps_finishes_once_and_keeps_its_place_in_line() 
     let left = left.arg("alice").arg(2).arg(1).arg("e1").arg("leave");
     let left: Vec<String> = left.invoke(&mut s.conn.clone()).await.unwrap();
     assert_eq!(left, ["ok", "1", "0"]);
+    // e1's beat ran out: it takes no session, and may leave the
+    // directory; beating again, it takes one.
+    assert_eq!(edge_step(3, 2, "add").await, ["dead"]);
+    let gone = Call::new(
+        "chat_c_edge_gone",
+        &[k.edge_sessions("e1"), k.edge_alive("e1")],
+    );
+    assert_eq!(gone.invoke::<i64>(&mut s.conn.clone()).await.unwrap(), 1);
+    run(
+        &mut s.conn.clone(),
+        "SET",
+        &k.edge_alive("e1"),
+        &["1", "PX", "60000"],
+    )
+    .await;
     assert_eq!(edge_step(3, 2, "add").await, ["ok"]);
     assert_eq!(s.show(&k.edge_sessions("e1")).await, "alice");
+    let gone = Call::new(
+        "chat_c_edge_gone",
+        &[k.edge_sessions("e1"), k.edge_alive("e1")],
+    );
+    assert_eq!(gone.invoke::<i64>(&mut s.conn.clone()).await.unwrap(), 0);
 
     // Finished: forgotten, and there is nothing left to end.
     let done = Call::new("chat_c_ended", &[k.ending("alice")]).arg(&ended[1]);

@@ -220,6 +220,12 @@ impl Keys {
         self.tagged("ending", user)
     }
 
+    /// On a cluster, an edge's liveness in its own slot: set by its
+    /// heartbeat, expiring with it (a session joins only a live edge).
+    pub fn edge_alive(&self, edge: &str) -> String {
+        self.tagged("edge-alive", edge)
+    }
+
     /// On a cluster, the number of each user's last decision an edge's
     /// session set applied.
     pub fn edge_marks(&self, edge: &str) -> String {
