@@ -853,3 +853,156 @@ async fn a_logins_user_step_opens_one_session_and_numbers_the_steps_after_it() {
     let sid = session_id(&mut conn, &k).await;
     assert_eq!(sid, "s2", "untouched by the refused ones");
 }
+
+#[tokio::test]
+async fn subscriptions_and_publications_in_steps_apply_once_and_in_order() {
+    let (_cluster, mut conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    for (user, edge) in [("alice", "e1"), ("carol", "e2")] {
+        let session = ["edge", edge, "conn", "1", "sid", "s1", "room", "lobby"];
+        run(&mut conn, "HSET", &k.session(user), &session).await;
+        run(&mut conn, "HSET", &k.user(user), &["password", "x"]).await;
+    }
+    let user_step = |f: &str, user: &str, eid: &str, extra: &[&str]| {
+        let keys = [
+            k.applied(user),
+            k.session(user),
+            k.decision(user, eid),
+            k.routes(user),
+            k.decisions(user),
+            if f == "chat_c_publish" {
+                k.publications(user)
+            } else {
+                k.subscriptions(user)
+            },
+        ];
+        let call = Call::new(f, &keys)
+            .arg(eid)
+            .arg("")
+            .arg("s1")
+            .arg(if user == "alice" { "e1" } else { "e2" });
+        let call = call.arg("lobby").arg(extra);
+        let mut conn = conn.clone();
+        async move { call.invoke::<Vec<String>>(&mut conn).await.unwrap() }
+    };
+    let target_step = |target: &str, d: &serde_json::Value, how: &str| {
+        let keys = [
+            k.user(target),
+            k.subscribers(target),
+            k.user_marks(target),
+            k.publications(target),
+        ];
+        let call = Call::new("chat_c_subscriber", &keys)
+            .arg("alice")
+            .arg(d["seq"].as_u64())
+            .arg(d["prev"].as_u64())
+            .arg(how);
+        let mut conn = conn.clone();
+        async move { call.invoke::<Vec<String>>(&mut conn).await.unwrap() }
+    };
+    let own_step = |target: &str, d: &serde_json::Value, how: &str| {
+        let keys = [k.subscriptions("alice"), k.user_marks("alice")];
+        let call = Call::new("chat_c_own_subscription", &keys)
+            .arg("alice")
+            .arg(target);
+        let call = call
+            .arg(d["seq"].as_u64())
+            .arg(d["prev_own"].as_u64())
+            .arg(how);
+        let mut conn = conn.clone();
+        async move { call.invoke::<Vec<String>>(&mut conn).await.unwrap() }
+    };
+    let members = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            let mut m: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            m.sort();
+            m
+        }
+    };
+
+    // carol publishes: the publication is hers, added by her user step.
+    let published = user_step("chat_c_publish", "carol", "400-1", &["news", "100", "0"]).await;
+    let id = decision(&published)["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        user_step("chat_c_publish", "carol", "400-1", &["news", "100", "0"]).await,
+        ["duplicate", &published[1]]
+    );
+
+    // alice subscribes to carol: carol's step (she exists; her last
+    // publication is where alice's edge starts), then alice's own.
+    let sub = decision(
+        &user_step(
+            "chat_c_subscribe",
+            "alice",
+            "500-1",
+            &["carol", "2", "subscribe"],
+        )
+        .await,
+    );
+    assert_eq!(target_step("carol", &sub, "subscribe").await, ["ok", &id]);
+    assert_eq!(own_step("carol", &sub, "subscribe").await, ["ok"]);
+    assert_eq!(
+        target_step("carol", &sub, "subscribe").await,
+        ["duplicate", &id]
+    );
+    assert_eq!(members(k.subscribers("carol")).await, ["alice"]);
+    assert_eq!(members(k.subscriptions("alice")).await, ["carol"]);
+
+    // To nobody: no such user, and nothing added.
+    let nobody = decision(
+        &user_step(
+            "chat_c_subscribe",
+            "alice",
+            "500-2",
+            &["nobody", "2", "subscribe"],
+        )
+        .await,
+    );
+    assert_eq!(
+        target_step("nobody", &nobody, "subscribe").await,
+        ["ok", "-"]
+    );
+    // Its own step is sent anyway, to take its number.
+    assert_eq!(own_step("nobody", &nobody, "none").await, ["ok"]);
+    assert_eq!(members(k.subscriptions("alice")).await, ["carol"]);
+    // The cap (here 1): refused in the user step.
+    let capped = user_step(
+        "chat_c_subscribe",
+        "alice",
+        "500-3",
+        &["dave", "1", "subscribe"],
+    )
+    .await;
+    assert_eq!(capped, ["ok", r#"{"limit":1}"#]);
+
+    // Unsubscribed; an old owner's late step of the subscription then
+    // cannot put carol back.
+    let unsub = decision(
+        &user_step(
+            "chat_c_subscribe",
+            "alice",
+            "500-4",
+            &["carol", "2", "unsubscribe"],
+        )
+        .await,
+    );
+    assert_eq!(
+        target_step("carol", &unsub, "unsubscribe").await,
+        ["ok", &id]
+    );
+    assert_eq!(own_step("carol", &unsub, "unsubscribe").await, ["ok"]);
+    assert_eq!(
+        own_step("carol", &sub, "subscribe").await,
+        ["duplicate", ""]
+    );
+    assert_eq!(
+        members(k.subscriptions("alice")).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(members(k.subscribers("carol")).await, Vec::<String>::new());
+}

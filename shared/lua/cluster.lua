@@ -14,7 +14,9 @@
 -- step only right after that one (`marks`: publisher -> last number
 -- applied and what it gave), so each step takes effect once, in the
 -- publisher's order, whichever routers send the steps and in whatever
--- order they arrive (the rules docs/models/routers.pml checks).
+-- order they arrive (the rules docs/models/routers.pml checks). Every
+-- numbered step is sent, even one an earlier step made moot (it then only
+-- takes its number), or the target would wait for it for ever.
 
 -- How long a decision is kept (ms): the router deletes it once the
 -- request is acknowledged; this only bounds what a lost router leaves.
@@ -236,4 +238,81 @@ end)
 redis.register_function('chat_c_edge_gone', function(keys)
   if redis.call('EXISTS', keys[2]) == 1 or redis.call('SCARD', keys[1]) > 0 then return 0 end
   return 1
+end)
+
+-- A publication's user step: the publication is the user's own (its
+-- stream is in the user's slot), so it is added here. KEYS 1-6: as
+-- `chat_c_say`'s first five, then the user's publications. ARGV 1-5 as
+-- `user_step`, 6-8: the text, the history cap and ttl. Answers `{'ok',
+-- '{"id":…}'}` (the line goes to every edge; its id orders it there).
+redis.register_function('chat_c_publish', function(keys, args)
+  local q, answer = user_step(keys, args)
+  if not q then return answer end
+  local h = {cap = args[7], ttl = tonumber(args[8])}
+  return decide(q, {id = add_history(q, keys[6], h, 'text', args[6])})
+end)
+
+-- A subscription's (or unsubscription's) user step. KEYS 1-6: as
+-- `chat_c_say`'s first five, then the user's subscriptions. ARGV 1-5 as
+-- `user_step`, 6: the target, 7: the most subscriptions a user may have
+-- (0: no limit), 8: `subscribe` or `unsubscribe`. Numbers the target's
+-- step and the user's own (`{"target":…,"seq":…,"prev":…,"prev_own":…}`),
+-- or decides `{"limit":<max>}` (no step).
+redis.register_function('chat_c_subscribe', function(keys, args)
+  local q, answer = user_step(keys, args)
+  if not q then return answer end
+  local target, max = args[6], tonumber(args[7])
+  if args[8] == 'subscribe' and max > 0 and redis.call('SISMEMBER', keys[6], target) == 0
+      and redis.call('SCARD', keys[6]) >= max then
+    return decide(q, {limit = max})
+  end
+  local seq = redis.call('INCR', keys[5])
+  return decide(q, {target = target, seq = seq,
+    prev = route_to(keys[4], 'user:' .. target, seq),
+    prev_own = route_to(keys[4], 'self', seq)})
+end)
+
+-- A subscription's step at its target (the target's slot). KEYS 1-4: the
+-- target's account, subscribers, marks (for the steps of other users'
+-- requests, and its own), publications. ARGV 1-4: the subscriber, the
+-- `seq` and `prev` its user step gave, `subscribe` or `unsubscribe`.
+-- Answers `{'ok', <last publication id>}` (the subscriber's edge shows
+-- the target's publications after it; '0-0' if none; '-' if the target
+-- has no account: no such user), or as `later_step` (a duplicate gives
+-- the same).
+redis.register_function('chat_c_subscriber', function(keys, args)
+  local account, subscribers, marks, publications = unpack(keys, 1, 4)
+  local user, seq = args[1], tonumber(args[2])
+  local refused = later_step(marks, user, seq, tonumber(args[3]))
+  if refused then return refused end
+  local since = '-'
+  if redis.call('EXISTS', account) == 1 then
+    if args[4] == 'subscribe' then
+      redis.call('SADD', subscribers, user)
+    else
+      redis.call('SREM', subscribers, user)
+    end
+    local last = redis.call('XREVRANGE', publications, '+', '-', 'COUNT', 1)[1]
+    since = last and last[1] or '0-0'
+  end
+  redis.call('HSET', marks, user, seq .. ' ' .. since)
+  return {'ok', since}
+end)
+
+-- A subscription's last step, in the subscriber's own slot. KEYS 1-2:
+-- the user's subscriptions, its marks. ARGV 1-5: the user, the target,
+-- the `seq` and `prev_own` its user step gave, `subscribe`, `unsubscribe`
+-- or `none` (the target has no account: nothing but the number).
+-- Answers `{'ok'}` or as `later_step`.
+redis.register_function('chat_c_own_subscription', function(keys, args)
+  local user, target, seq = args[1], args[2], tonumber(args[3])
+  local refused = later_step(keys[2], user, seq, tonumber(args[4]))
+  if refused then return refused end
+  redis.call('HSET', keys[2], user, seq)
+  if args[5] == 'subscribe' then
+    redis.call('SADD', keys[1], target)
+  elseif args[5] == 'unsubscribe' then
+    redis.call('SREM', keys[1], target)
+  end
+  return {'ok'}
 end)

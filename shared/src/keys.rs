@@ -214,6 +214,14 @@ impl Keys {
         self.tagged("marks", room)
     }
 
+    /// On a cluster, the number of each user's last decision applied at
+    /// `user` (a subscription's step at its target, or at the subscriber
+    /// itself): apart from [`Keys::marks`], since a user and a room of one
+    /// name share a slot.
+    pub fn user_marks(&self, user: &str) -> String {
+        self.tagged("user-marks", user)
+    }
+
     /// On a cluster, the end of `user`'s session in progress (what its
     /// user step decided), until its steps are done.
     pub fn ending(&self, user: &str) -> String {
@@ -409,6 +417,7 @@ mod tests {
                 k.decision(u, "1-0"),
                 k.decisions(u),
                 k.ending(u),
+                k.user_marks(u),
             ]
         };
         let room = |r: &str| {
