@@ -1006,3 +1006,172 @@ async fn subscriptions_and_publications_in_steps_apply_once_and_in_order() {
     );
     assert_eq!(members(k.subscribers("carol")).await, Vec::<String>::new());
 }
+
+/// The three steps after a private message's user step, from alice to
+/// `to`, as decided in `d`: the check, the conversation, the delivery.
+async fn message_steps(
+    conn: &Conn,
+    k: &Keys,
+    to: &str,
+    eid: &str,
+    d: &serde_json::Value,
+) -> [Vec<String>; 3] {
+    let mut c = conn.clone();
+    let n = |f: &str| d[f].as_u64().unwrap();
+    let check = Call::new(
+        "chat_c_msg_check",
+        &[
+            k.user(to),
+            k.session(to),
+            k.inbox_counts(to),
+            k.user_marks(to),
+        ],
+    );
+    let check: Vec<String> = check
+        .arg("alice")
+        .arg(n("seq_check"))
+        .arg(n("prev_check"))
+        .arg(1)
+        .invoke(&mut c)
+        .await
+        .unwrap();
+    let none = if check.get(1).map(String::as_str) == Some("go") {
+        ""
+    } else {
+        "none"
+    };
+    let dm = Call::new(
+        "chat_c_msg_dm",
+        &[k.dm("alice", to), k.dm_marks("alice", to)],
+    );
+    let dm = dm
+        .arg("alice")
+        .arg(eid)
+        .arg(n("seq_deliver"))
+        .arg(n("prev_dm"))
+        .arg(to);
+    let dm: Vec<String> = dm
+        .arg("hello")
+        .arg(100)
+        .arg(0)
+        .arg(none)
+        .invoke(&mut c)
+        .await
+        .unwrap();
+    let id = if dm[0] == "ok" {
+        dm[1].clone()
+    } else {
+        String::new()
+    };
+    let deliver = Call::new(
+        "chat_c_msg_deliver",
+        &[
+            k.session(to),
+            k.inbox(to),
+            k.inbox_counts(to),
+            k.user_marks(to),
+        ],
+    );
+    let deliver = deliver
+        .arg("alice")
+        .arg(n("seq_deliver"))
+        .arg(n("prev_deliver"))
+        .arg(&id);
+    let deliver: Vec<String> = deliver
+        .arg("hello")
+        .arg(100)
+        .arg(0)
+        .invoke(&mut c)
+        .await
+        .unwrap();
+    [check, dm, deliver]
+}
+
+#[tokio::test]
+async fn a_private_message_in_steps_is_delivered_or_queued_once() {
+    let (_cluster, mut conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    let session = ["edge", "e1", "conn", "1", "sid", "s1", "room", "lobby"];
+    run(&mut conn, "HSET", &k.session("alice"), &session).await;
+    run(&mut conn, "HSET", &k.user("bob"), &["password", "x"]).await;
+    let mut c = conn.clone();
+    let msg = |eid: &'static str, to: &'static str| {
+        let keys = [
+            k.applied("alice"),
+            k.session("alice"),
+            k.decision("alice", eid),
+            k.routes("alice"),
+            k.decisions("alice"),
+        ];
+        let call = Call::new("chat_c_msg", &keys)
+            .arg(eid)
+            .arg("")
+            .arg("s1")
+            .arg("e1")
+            .arg("lobby")
+            .arg(to);
+        let mut conn = conn.clone();
+        async move { decision(&call.invoke::<Vec<String>>(&mut conn).await.unwrap()) }
+    };
+    // bob is offline: queued in his inbox (the conversation has it too).
+    let d = msg("600-1", "bob").await;
+    let [check, dm, deliver] = message_steps(&conn, &k, "bob", "600-1", &d).await;
+    assert_eq!(
+        (check, deliver),
+        (
+            vec!["ok".to_string(), "go".into()],
+            vec!["ok".to_string(), "queued".into()]
+        )
+    );
+    let inbox: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(k.inbox("bob"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(inbox.ids.len(), 1);
+    assert_eq!(inbox.ids[0].get::<String>("id"), Some(dm[1].clone()));
+    // One queued is alice's most (the limit, 1): the next is refused, and
+    // its steps still take their numbers.
+    let d = msg("600-2", "bob").await;
+    let [check, dm, deliver] = message_steps(&conn, &k, "bob", "600-2", &d).await;
+    assert_eq!(
+        (check[1].as_str(), dm[1].as_str(), deliver[1].as_str()),
+        ("rate-limited", "", "none")
+    );
+    // bob online: delivered to his session; sent again, a duplicate.
+    let session = ["edge", "e2", "conn", "4", "sid", "b1", "room", "lobby"];
+    run(&mut c, "HSET", &k.session("bob"), &session).await;
+    let d = msg("600-3", "bob").await;
+    let [_, dm, deliver] = message_steps(&conn, &k, "bob", "600-3", &d).await;
+    assert_eq!(deliver, ["ok", "online", "e2", "4", "b1"]);
+    let [check, again, deliver] = message_steps(&conn, &k, "bob", "600-3", &d).await;
+    assert_eq!(
+        (check[0].as_str(), again, deliver),
+        (
+            "duplicate",
+            vec!["duplicate".to_string(), dm[1].clone()],
+            vec!["duplicate".to_string(), "online".into()]
+        )
+    );
+    let history: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(k.dm("alice", "bob"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        history.ids.len(),
+        2,
+        "the refused one is not in the conversation"
+    );
+    // To nobody: no such user, nothing anywhere.
+    let d = msg("600-4", "nobody").await;
+    let [check, dm, deliver] = message_steps(&conn, &k, "nobody", "600-4", &d).await;
+    assert_eq!(
+        (check[1].as_str(), dm[1].as_str(), deliver[1].as_str()),
+        ("no-such-user", "", "none")
+    );
+}

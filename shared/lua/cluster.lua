@@ -316,3 +316,91 @@ redis.register_function('chat_c_own_subscription', function(keys, args)
   end
   return {'ok'}
 end)
+
+-- A private message's user step. KEYS 1-5: as `chat_c_say`'s. ARGV 1-5
+-- as `user_step`, 6: the recipient. Numbers its three steps: the check
+-- and the delivery in the recipient's slot (`seq_check`, `seq_deliver`,
+-- each with its `prev` there), and the conversation's (`seq_deliver`,
+-- `prev_dm`).
+redis.register_function('chat_c_msg', function(keys, args)
+  local q, answer = user_step(keys, args)
+  if not q then return answer end
+  local to = args[6]
+  local check, deliver = redis.call('INCR', keys[5]), redis.call('INCR', keys[5])
+  return decide(q, {to = to, seq_check = check, seq_deliver = deliver,
+    prev_check = route_to(keys[4], 'user:' .. to, check),
+    prev_deliver = route_to(keys[4], 'user:' .. to, deliver),
+    prev_dm = route_to(keys[4], 'dm:' .. to, deliver)})
+end)
+
+-- A private message's check in the recipient's slot. KEYS 1-4: the
+-- recipient's account, session, inbox's count per sender, marks. ARGV
+-- 1-4: the sender, `seq_check`, `prev_check`, the most messages one
+-- sender may have queued (0: no limit). Answers `{'ok', <verdict>}`:
+-- `go`, `no-such-user` or `rate-limited` (the other two steps are sent
+-- as `none` then), or as `later_step`.
+redis.register_function('chat_c_msg_check', function(keys, args)
+  local account, session, counts, marks = unpack(keys, 1, 4)
+  local sender, seq, per_sender = args[1], tonumber(args[2]), tonumber(args[4])
+  local refused = later_step(marks, sender, seq, tonumber(args[3]))
+  if refused then return refused end
+  local verdict = 'go'
+  if redis.call('EXISTS', account) == 0 then
+    verdict = 'no-such-user'
+  elseif redis.call('HEXISTS', session, 'sid') == 0 and per_sender > 0
+      and tonumber(redis.call('HGET', counts, sender) or 0) >= per_sender then
+    verdict = 'rate-limited'
+  end
+  redis.call('HSET', marks, sender, seq .. ' ' .. verdict)
+  return {'ok', verdict}
+end)
+
+-- A private message in its conversation (the conversation's slot). KEYS
+-- 1-2: the conversation, its marks. ARGV 1-8: the sender, the request's
+-- entry id (its time names the entry), `seq_deliver`, `prev_dm`, the
+-- recipient, the text ('' with `none`), the history cap and ttl, then 9:
+-- `none` if the check refused it. Answers `{'ok', <id>}` ('' for `none`)
+-- or as `later_step` (a duplicate gives the id).
+redis.register_function('chat_c_msg_dm', function(keys, args)
+  local sender, eid, to, text = args[1], args[2], args[5], args[6]
+  local seq = tonumber(args[3])
+  local refused = later_step(keys[2], sender, seq, tonumber(args[4]))
+  if refused then return refused end
+  local id = ''
+  if args[9] ~= 'none' then
+    local h = {cap = args[7], ttl = tonumber(args[8])}
+    id = add_history({eid = eid}, keys[1], h, 'from', sender, 'to', to, 'text', text)
+  end
+  redis.call('HSET', keys[2], sender, seq .. ' ' .. id)
+  return {'ok', id}
+end)
+
+-- A private message's delivery (the recipient's slot). KEYS 1-4: the
+-- recipient's session, inbox, inbox's count per sender, marks. ARGV 1-7:
+-- the sender, `seq_deliver`, `prev_deliver`, the message's id ('' with
+-- `none`), the text, the inbox's cap and ttl. Answers `{'ok', 'online',
+-- <edge>, <conn>, <sid>}` (the router publishes it there), `{'ok',
+-- 'queued'}`, `{'ok', 'none'}`, or as `later_step` (a duplicate gives
+-- which of the three it was: an `online` one is published again to the
+-- session there is now).
+redis.register_function('chat_c_msg_deliver', function(keys, args)
+  local session, inbox, counts, marks = unpack(keys, 1, 4)
+  local sender, id, text = args[1], args[4], args[5]
+  local refused = later_step(marks, sender, tonumber(args[2]), tonumber(args[3]))
+  if refused then return refused end
+  local function done(how)
+    redis.call('HSET', marks, sender, args[2] .. ' ' .. how)
+  end
+  if id == '' then
+    done('none')
+    return {'ok', 'none'}
+  end
+  local s = redis.call('HMGET', session, 'edge', 'conn', 'sid')
+  if s[3] then
+    done('online')
+    return {'ok', 'online', s[1], s[2], s[3]}
+  end
+  done('queued')
+  queue_message(inbox, counts, {cap = args[6], ttl = tonumber(args[7])}, id, sender, text)
+  return {'ok', 'queued'}
+end)

@@ -234,6 +234,22 @@ local function uncount(counts, sender)
   if redis.call('HINCRBY', counts, sender, -1) <= 0 then redis.call('HDEL', counts, sender) end
 end
 
+-- Queues private message `id` for an offline recipient: its inbox (capped
+-- and kept as `h` says: the entries the cap is about to drop leave the
+-- counts first) and its count per sender.
+local function queue_message(inbox, counts, h, id, sender, text)
+  local over = redis.call('XLEN', inbox) - tonumber(h.cap) + 1
+  if over > 0 then
+    for _, e in ipairs(redis.call('XRANGE', inbox, '-', '+', 'COUNT', over)) do
+      uncount(counts, fields(e[2]).from or '?')
+    end
+  end
+  redis.call('XADD', inbox, 'MAXLEN', h.cap, '*', 'id', id, 'from', sender, 'text', text)
+  redis.call('HINCRBY', counts, sender, 1)
+  keep(inbox, h)
+  keep(counts, h)
+end
+
 -- KEYS 4-8: the recipient's account, the conversation, the recipient's
 -- session, its inbox, its inbox's count per sender. ARGV 11-16: history
 -- cap and ttl, recipient, text, the channel name of an edge without its
@@ -254,17 +270,7 @@ routed('chat_msg', function(q, keys, args)
     reply(edge_channels .. r[1], r[2], nil, {{k = 'dm', id = id, from = q.user, text = text}}, nil, r[3])
     return answer(q, {{k = 'ok_msg', user = to, id = id}})
   end
-  -- The entries the cap is about to drop leave the counts first.
-  local over = redis.call('XLEN', inbox) - tonumber(h.cap) + 1
-  if over > 0 then
-    for _, e in ipairs(redis.call('XRANGE', inbox, '-', '+', 'COUNT', over)) do
-      uncount(counts, fields(e[2]).from or '?')
-    end
-  end
-  redis.call('XADD', inbox, 'MAXLEN', h.cap, '*', 'id', id, 'from', q.user, 'text', text)
-  redis.call('HINCRBY', counts, q.user, 1)
-  keep(inbox, h)
-  keep(counts, h)
+  queue_message(inbox, counts, h, id, q.user, text)
   answer(q, {{k = 'ok_msg', user = to, id = id, queued = true}})
 end)
 

@@ -222,6 +222,13 @@ impl Keys {
         self.tagged("user-marks", user)
     }
 
+    /// On a cluster, the number of each sender's last decision the
+    /// conversation between `a` and `b` applied, and the message's id.
+    pub fn dm_marks(&self, a: &str, b: &str) -> String {
+        let (a, b) = if a <= b { (a, b) } else { (b, a) };
+        self.tagged("dm-marks", &format!("{a}:{b}"))
+    }
+
     /// On a cluster, the end of `user`'s session in progress (what its
     /// user step decided), until its steps are done.
     pub fn ending(&self, user: &str) -> String {
@@ -392,6 +399,10 @@ mod tests {
         assert_eq!(k.session("alice"), "chat:session:{alice}");
         assert_eq!(k.room("dev"), "chat:room:{dev}");
         assert_eq!(k.dm("bob", "alice"), "chat:dm:{alice:bob}");
+        assert!(one_slot(&[
+            k.dm("bob", "alice"),
+            k.dm_marks("alice", "bob")
+        ]));
         assert_eq!(k.rooms(), "chat:rooms:{dir}");
         assert_eq!(k.edge_info("e1"), "chat:edge-info:e1:{dir}");
         assert_eq!(k.router_requests(7), "chat:req:router:{p7}");
