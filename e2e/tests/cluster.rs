@@ -1175,3 +1175,73 @@ async fn a_private_message_in_steps_is_delivered_or_queued_once() {
         ("no-such-user", "", "none")
     );
 }
+
+#[tokio::test]
+async fn a_read_in_steps_sees_the_readers_own_writes_first() {
+    let (cluster, mut conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    let room = other_room(&cluster, &mut conn, &k).await;
+    let session = ["edge", "e1", "conn", "1", "sid", "s1", "room", &room];
+    run(&mut conn, "HSET", &k.session("alice"), &session).await;
+    run(&mut conn, "SADD", &k.room(&room), &["alice", "bob"]).await;
+    let s = Steps {
+        conn,
+        k: k.clone(),
+        room: room.clone(),
+    };
+    let read = |eid: &'static str, prev: &'static str, target: String| {
+        let call = Call::new("chat_c_read", &s.user_keys(eid))
+            .arg(eid)
+            .arg(prev)
+            .arg("s1")
+            .arg("e1");
+        let call = call.arg(&room).arg(target);
+        let mut conn = s.conn.clone();
+        async move { call.invoke::<Vec<String>>(&mut conn).await.unwrap() }
+    };
+    let read_at = |key: String, d: &[String], what: &[&str]| {
+        let (seq, prev) = numbers(d);
+        let call = Call::new("chat_c_read_at", &[key, k.marks(&room)])
+            .arg("alice")
+            .arg(seq)
+            .arg(prev)
+            .arg(what);
+        let mut conn = s.conn.clone();
+        async move { call.invoke::<Vec<String>>(&mut conn).await.unwrap() }
+    };
+    // A line said, then /history in one pipeline: the read waits for the
+    // line's room step, then shows it.
+    let said = s.user("700-1", "").await;
+    let history = read("700-2", "700-1", String::new()).await;
+    assert_eq!(numbers(&history), (2, 1));
+    let hist = ["history", "10", &room, "65536"];
+    assert_eq!(read_at(k.history(&room), &history, &hist).await, ["retry"]);
+    s.room("700-1", &said).await;
+    let shown = read_at(k.history(&room), &history, &hist).await;
+    assert_eq!(shown[0], "ok");
+    let lines: serde_json::Value = serde_json::from_str(&shown[1]).unwrap();
+    let kinds: Vec<&str> = lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["k"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["hist", "ok_history"]);
+    assert_eq!(lines[0]["text"], "line 700-1");
+    assert_eq!(
+        read_at(k.history(&room), &history, &hist).await,
+        ["duplicate", &shown[1]]
+    );
+    // /who of the room, by name.
+    let who = read("700-3", "700-2", format!("room:{room}")).await;
+    let listed = read_at(k.room(&room), &who, &["who", &room, "100"]).await;
+    let lines: serde_json::Value = serde_json::from_str(&listed[1]).unwrap();
+    let mut users: Vec<&str> = lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["user"].as_str())
+        .collect();
+    users.sort_unstable();
+    assert_eq!(users, ["alice", "bob"]);
+}

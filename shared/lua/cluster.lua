@@ -404,3 +404,37 @@ redis.register_function('chat_c_msg_deliver', function(keys, args)
   queue_message(inbox, counts, {cap = args[6], ttl = tonumber(args[7])}, id, sender, text)
   return {'ok', 'queued'}
 end)
+
+-- A read's user step (`/history`, `/who`): numbers its one step, so that
+-- it sees the user's own writes there. KEYS 1-5: as `chat_c_say`'s. ARGV
+-- 1-5 as `user_step`, 6: the target, `room:<room>` or `dm:<user>` (''
+-- for the session's room). Answers `{'ok', '{"target":…,"seq":…,
+-- "prev":…}'}`.
+redis.register_function('chat_c_read', function(keys, args)
+  local q, answer = user_step(keys, args)
+  if not q then return answer end
+  local target = args[6] ~= '' and args[6] or 'room:' .. q.s.room
+  local seq = redis.call('INCR', keys[5])
+  return decide(q, {target = target, seq = seq, prev = route_to(keys[4], target, seq)})
+end)
+
+-- A read's step at its room or conversation. KEYS 1-2: the room's
+-- members (`who`) or its history or the conversation (`history`), and
+-- its marks. ARGV 1-3: the user, the `seq` and `prev` its user step gave,
+-- 4: `who` (5: the room, 6: the most listed) or `history` (5: how many,
+-- 6: the label, 7: the most bytes). Answers `{'ok', <lines, JSON>}`,
+-- `{'duplicate', <lines>}` (read again: reading twice changes nothing),
+-- or `{'retry'}` (the user's step before it there has not applied yet).
+redis.register_function('chat_c_read_at', function(keys, args)
+  local user, seq = args[1], tonumber(args[2])
+  local refused = later_step(keys[2], user, seq, tonumber(args[3]))
+  if refused and refused[1] == 'retry' then return refused end
+  if not refused then redis.call('HSET', keys[2], user, seq) end
+  local lines
+  if args[4] == 'who' then
+    lines = who_listing(keys[1], args[5], tonumber(args[6]))
+  else
+    lines = history_listing(keys[1], args[5], args[6], tonumber(args[7]))
+  end
+  return {refused and 'duplicate' or 'ok', cjson.encode(lines)}
+end)

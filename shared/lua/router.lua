@@ -169,12 +169,18 @@ routed('chat_rooms', function(q, keys, args)
   answer(q, listing(lines, 'ROOMS', total - shown, {k = 'ok_rooms', n = #lines}))
 end)
 
--- KEYS 4: the room's members. ARGV 11: the room, 12: the most listed.
-routed('chat_who', function(q, keys, args)
-  local names, omitted = some_members(keys[4], tonumber(args[12]))
+-- The lines of `/who <room>`: `USER` lines of set `members` (at most
+-- `max`), then `OK WHO`.
+local function who_listing(members, room, max)
+  local names, omitted = some_members(members, max)
   local lines = {}
   for i, n in ipairs(names) do lines[i] = {k = 'user', user = n} end
-  answer(q, listing(lines, 'WHO', omitted, {k = 'ok_who', room = args[11], n = #names}))
+  return listing(lines, 'WHO', omitted, {k = 'ok_who', room = room, n = #names})
+end
+
+-- KEYS 4: the room's members. ARGV 11: the room, 12: the most listed.
+routed('chat_who', function(q, keys, args)
+  answer(q, who_listing(keys[4], args[11], tonumber(args[12])))
 end)
 
 -- KEYS 4-6: the target's account, the user's subscriptions, the target's
@@ -274,17 +280,11 @@ routed('chat_msg', function(q, keys, args)
   answer(q, {{k = 'ok_msg', user = to, id = id, queued = true}})
 end)
 
--- KEYS 4: the stream (the room's history, or the conversation); for a
--- conversation KEYS 5: the other user's account. ARGV 11-14: how many, the
--- label (`<room>` or `@<user>`), `dm` for a conversation, the most bytes
--- of `HIST` lines: the newest that fit are shown, then `MORE HISTORY
--- <omitted>` if any was left out.
-routed('chat_history', function(q, keys, args)
-  local stream, n, label, budget = keys[4], args[11], args[12], tonumber(args[14])
-  if args[13] == 'dm' and redis.call('EXISTS', keys[5]) == 0
-      and redis.call('EXISTS', stream) == 0 then
-    return answer(q, {err('no-such-user', 'no such user')})
-  end
+-- The lines of `/history`: the newest `n` entries of `stream` that fit
+-- `budget` bytes of `HIST` lines, labelled `label` (`<room>` or
+-- `@<user>`), oldest first, then `MORE HISTORY <omitted>` if any was left
+-- out, and `OK HISTORY`.
+local function history_listing(stream, n, label, budget)
   -- Read newest first, a page at a time, so that a long history of long
   -- lines costs what the budget lets through, not what was asked for.
   local want = math.min(tonumber(n), redis.call('XLEN', stream))
@@ -304,7 +304,21 @@ routed('chat_history', function(q, keys, args)
   end
   local lines = {}
   for i = #hist, 1, -1 do lines[#lines + 1] = hist[i] end
-  answer(q, listing(lines, 'HISTORY', want - #hist, {k = 'ok_history', n = #hist}))
+  return listing(lines, 'HISTORY', want - #hist, {k = 'ok_history', n = #hist})
+end
+
+-- KEYS 4: the stream (the room's history, or the conversation); for a
+-- conversation KEYS 5: the other user's account. ARGV 11-14: how many, the
+-- label (`<room>` or `@<user>`), `dm` for a conversation, the most bytes
+-- of `HIST` lines: the newest that fit are shown, then `MORE HISTORY
+-- <omitted>` if any was left out.
+routed('chat_history', function(q, keys, args)
+  local stream = keys[4]
+  if args[13] == 'dm' and redis.call('EXISTS', keys[5]) == 0
+      and redis.call('EXISTS', stream) == 0 then
+    return answer(q, {err('no-such-user', 'no such user')})
+  end
+  answer(q, history_listing(stream, args[11], args[12], tonumber(args[14])))
 end)
 
 -- Publishes the user's public key for end-to-end encrypted messages: the
