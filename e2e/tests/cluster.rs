@@ -1245,3 +1245,29 @@ async fn a_read_in_steps_sees_the_readers_own_writes_first() {
     users.sort_unstable();
     assert_eq!(users, ["alice", "bob"]);
 }
+
+#[tokio::test]
+async fn a_master_that_lost_the_library_gets_it_back_at_the_first_call_there() {
+    let (cluster, mut conn) = cluster(3, 0).await;
+    let k = Keys::for_cluster("chat:");
+    let lease = k.router_lease(0);
+    hold(&mut conn, &lease).await;
+    let master = cluster.master_of(&lease).await.unwrap();
+    let mut node = cluster.nodes[master].plain().await;
+    let () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    let renew = Call::new("chat_lease_renew", &[&lease]).arg("r1").arg(5000);
+    assert_eq!(renew.invoke::<i64>(&mut conn).await.unwrap(), 1);
+    let mut pipe = redis::pipe();
+    let () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    pipe.add_command(renew.cmd().clone());
+    let renewed: Vec<i64> = shared::scripts::query_pipe(&mut conn, &pipe).await.unwrap();
+    assert_eq!(renewed, [1]);
+}

@@ -240,6 +240,80 @@ redis.register_function('chat_c_edge_gone', function(keys)
   return 1
 end)
 
+-- A login's user step (docs/design.md, "The login, next"): what
+-- chat_login does in the user's slot. KEYS 1-10: the request's done key
+-- (it keeps the decision), the account, the user's failure count, its
+-- session, resume token, inbox, subscriptions, decision counter, routes
+-- and end in progress. ARGV 1-16: the user, the edge, conn, rid, the
+-- client's address, the duplicate-login policy, the deadline (ms), the
+-- new password hash ('' unless a registration), the new session id, the
+-- old session's edge and room as read before, the lobby, and the token
+-- part (`t` of resume.lua: next, ttl, presented, back room).
+--
+-- Answers `{'ok' | 'replaced', <decision>}`: the session is open here,
+-- and the decision names the steps left (`old`: the replaced session's
+-- room and edge to leave, and its connection to close; `new`: the room
+-- and the edge to enter, each step numbered after the old one's) and
+-- the reply (`lines`, `subs`, `inbox`, `expires`). Or `{'duplicate',
+-- <decision>}` (applied before: carry it out again), `{'pending',
+-- <end>}` (finish the user's end in progress first), `{'stale'}`,
+-- `{'moved'}`, `{'exists'}`, `{'rejected'}` or `{'bad-token'}` (the last
+-- three to be answered with their `ERR`).
+redis.register_function('chat_c_login', function(keys, args)
+  local done, account, fail_user, session, _, inbox, subscriptions, counter, routes, ending =
+    unpack(keys, 1, 10)
+  local user, edge, conn, rid, addr, policy, deadline, new_hash = unpack(args, 1, 8)
+  local sid, at_edge, at_room, lobby = unpack(args, 9, 12)
+  local t = {key = keys[5], next = args[13], ttl = tonumber(args[14]), presented = args[15],
+    back_room = args[16]}
+  local now = now_ms()
+  if now > tonumber(deadline) then return {'stale'} end
+  local before = redis.call('GET', done)
+  if before then return {'duplicate', before} end
+  local pending = redis.call('GET', ending)
+  if pending then return {'pending', pending} end
+  local old = where(session)
+  if not same_place(old, at_edge, at_room) then return {'moved'} end
+  local token = token_check(t)
+  if token == 'moved' then return {'moved'} end
+  if token == 'bad' then return {'bad-token'} end
+  if new_hash ~= '' then
+    if redis.call('EXISTS', account) == 1 then return {'exists'} end
+    redis.call('HSET', account, 'password', new_hash, 'created', tostring(now))
+  end
+  if old.sid and policy == 'reject' then return {'rejected'} end
+  redis.call('DEL', fail_user)
+  local d = {}
+  if old.sid then
+    local seq = redis.call('INCR', counter)
+    d.old = {room = old.room, edge = old.edge, conn = old.conn, sid = old.sid, seq = seq,
+      prev_room = route_to(routes, 'room:' .. old.room, seq),
+      prev_edge = route_to(routes, 'edge:' .. old.edge, seq)}
+  end
+  local room = lobby
+  if token == 'good' and t.back_room ~= '' then room = t.back_room end
+  local seq = redis.call('INCR', counter)
+  d.new = {room = room, edge = edge, seq = seq,
+    prev_room = route_to(routes, 'room:' .. room, seq),
+    prev_edge = route_to(routes, 'edge:' .. edge, seq)}
+  redis.call('HSET', session, 'edge', edge, 'conn', conn, 'sid', sid, 'room', room,
+    'addr', addr, 'since', tostring(now))
+  d.expires = token_issue(t, room, now)
+  d.subs = table.concat(redis.call('SMEMBERS', subscriptions), ' ')
+  d.lines = {{k = 'ok_login', user = user, room = lobby}}
+  d.inbox = ''
+  for _, e in ipairs(redis.call('XRANGE', inbox, '-', '+')) do
+    local f = fields(e[2])
+    d.lines[#d.lines + 1] = {k = 'dm', id = f.id or e[1], from = f.from or '?', text = f.text or ''}
+    d.inbox = e[1]
+  end
+  if room ~= lobby then d.lines[#d.lines + 1] = {k = 'ok_join', room = room} end
+  d.conn, d.rid, d.sid = conn, rid, sid
+  local decided = cjson.encode(d)
+  redis.call('SET', done, decided, 'PX', 600000)
+  return {old.sid and 'replaced' or 'ok', decided}
+end)
+
 -- A publication's user step: the publication is the user's own (its
 -- stream is in the user's slot), so it is added here. KEYS 1-6: as
 -- `chat_c_say`'s first five, then the user's publications. ARGV 1-5 as
