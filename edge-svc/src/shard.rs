@@ -22,7 +22,6 @@
 
 use crate::intake::Backlog;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{PushInfo, PushKind, RedisResult, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,9 +123,9 @@ impl ShardFeed {
 
     /// A `PING` to the channels' master, through the same connection.
     pub(crate) async fn ping(&mut self) -> RedisResult<()> {
-        let route = Route::with_key(&self.channels[0], SlotAddr::Master);
-        let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-        self.conn.route_command(redis::cmd("PING"), to).await?;
+        let mut conn = shared::store::Conn::Cluster(self.conn.clone());
+        conn.on_master_of(&self.channels[0], redis::cmd("PING"))
+            .await?;
         Ok(())
     }
 }

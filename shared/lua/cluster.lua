@@ -30,15 +30,12 @@ local DECISION_TTL = 86400000
 -- <decision or ''>}`, `{'retry'}`, `{'moved'}` or `{'stale'}`.
 local function user_step(keys, args)
   local q = {applied = keys[1], session = keys[2], decision = keys[3],
-    eid = args[1], prev = args[2], sid = args[3]}
-  local last = redis.call('GET', q.applied)
-  if last and not id_after(q.eid, last) then
+    eid = args[1], prev = args[2], sid = args[3], at_edge = args[4], at_room = args[5]}
+  local status = in_order(q)
+  if status == 'duplicate' then
     return nil, {'duplicate', redis.call('GET', q.decision) or ''}
   end
-  if q.prev ~= '' and last ~= q.prev then return nil, {'retry'} end
-  q.s = where(q.session)
-  if not same_place(q.s, args[4], args[5]) then return nil, {'moved'} end
-  redis.call('SET', q.applied, q.eid)
+  if status then return nil, {status} end
   if q.s.sid ~= q.sid then return nil, {'stale'} end
   return q
 end

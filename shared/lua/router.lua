@@ -24,10 +24,13 @@ local function request(keys, args)
   }
 end
 
--- Whether the request may be applied now (nil), or why not (a status).
--- `q.s` is the session as it is.
-local function admit(q)
-  if redis.call('GET', q.lease) ~= q.owner then return 'fenced' end
+-- Takes request `q.eid` in its user's order (the rules
+-- docs/models/routers.pml checks): nil, with the session as it is in
+-- `q.s` and the id recorded as the user's last applied, or why not:
+-- `duplicate`, `retry` or `moved`. `q` names `applied`, `session`,
+-- `prev` and the session's place as read before (`at_edge`, `at_room`).
+-- Also the user step on a cluster (cluster.lua).
+local function in_order(q)
   local last = redis.call('GET', q.applied)
   if last and not id_after(q.eid, last) then return 'duplicate' end
   if q.prev ~= '' and last ~= q.prev then return 'retry' end
@@ -35,6 +38,13 @@ local function admit(q)
   if not same_place(q.s, q.at_edge, q.at_room) then return 'moved' end
   redis.call('SET', q.applied, q.eid)
   return nil
+end
+
+-- Whether the request may be applied now (nil), or why not (a status).
+-- `q.s` is the session as it is.
+local function admit(q)
+  if redis.call('GET', q.lease) ~= q.owner then return 'fenced' end
+  return in_order(q)
 end
 
 -- Registers a request function. `body(q, keys, args)` runs once the
