@@ -12,6 +12,7 @@
 
 mod leases;
 mod process;
+mod steps;
 
 pub use process::{request_call, Place};
 
@@ -91,21 +92,42 @@ impl Probe for Metrics {
 
 /// Routes requests until `shutdown`, then hands its partitions back.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterError> {
-    let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
-    let keys = Keys::new(cfg.key_prefix.clone());
-    let mut cmds = shared::store::commands(&client).await?;
+    let seeds = cfg.cluster_seeds();
+    let keys = match seeds {
+        Some(_) => Keys::for_cluster(cfg.key_prefix.clone()),
+        None => Keys::new(cfg.key_prefix.clone()),
+    };
     let streams: Vec<String> = (0..cfg.partitions)
         .map(|p| keys.router_requests(p))
         .collect();
-    let consumer = Consumer::new(
-        &client,
-        cmds.clone(),
-        streams.clone(),
-        GROUP,
-        &cfg.router.id,
-        BLOCK,
-    )
-    .await?;
+    let (cmds, consumer) = match &seeds {
+        Some(seeds) => {
+            let cmds = shared::store::cluster(seeds, &cfg.redis).await?;
+            let builder = shared::store::cluster_client(seeds, &cfg.redis)?;
+            let consumer = Consumer::for_cluster(
+                builder,
+                cmds.clone(),
+                streams.clone(),
+                GROUP,
+                &cfg.router.id,
+                BLOCK,
+            );
+            (cmds.clone(), consumer.await?)
+        }
+        None => {
+            let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
+            let cmds = shared::store::commands(&client).await?;
+            let consumer = Consumer::new(
+                &client,
+                cmds.clone(),
+                streams.clone(),
+                GROUP,
+                &cfg.router.id,
+                BLOCK,
+            );
+            (cmds, consumer.await?)
+        }
+    };
     let mut leases = leases::Leases::new(&cfg, keys.clone(), cmds.clone());
     let mut worker = Worker::new(&cfg, keys.clone(), cmds.clone(), consumer.clone());
     let metrics = Arc::new(Metrics {
@@ -144,7 +166,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
                 // Sessions of edges that stopped beating (killed) end here; not
                 // right after Redis was away, when nobody could beat.
                 if redis_back_since.elapsed() >= dead_after {
-                    match shared::store::reap_dead_edges(&mut cmds, &keys, cfg.notices).await {
+                    match worker.reap_dead_edges().await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(sessions = n, "ended the sessions of dead edges"),
                         Err(e) => {

@@ -2,6 +2,7 @@
 //! (shared/lua/router.lua), pipelined per batch, then acknowledgement of
 //! what was applied.
 
+use crate::steps::{Job, Steps};
 use redis::Value;
 use shared::config::Config;
 use shared::consumer::{Consumer, Entry, EntryId};
@@ -33,6 +34,8 @@ pub(crate) struct Worker {
     /// The settings the functions take (router limits, notices).
     cfg: Config,
     batch: usize,
+    /// On a Redis Cluster: requests are applied in single-slot steps.
+    steps: Option<Steps>,
 }
 
 /// Each user's [`Place`], by name.
@@ -65,6 +68,9 @@ impl Place {
 
 impl Worker {
     pub(crate) fn new(cfg: &Config, keys: Keys, conn: Conn, consumer: Consumer) -> Worker {
+        let steps = cfg
+            .cluster_seeds()
+            .map(|_| Steps::new(keys.clone(), cfg.clone(), conn.clone()));
         Worker {
             keys,
             conn,
@@ -72,6 +78,18 @@ impl Worker {
             id: cfg.router.id.clone(),
             cfg: cfg.clone(),
             batch: cfg.router.batch,
+            steps,
+        }
+    }
+
+    /// Ends the sessions of edges whose heartbeat ran out: see
+    /// [`shared::store::reap_dead_edges`].
+    pub(crate) async fn reap_dead_edges(&mut self) -> redis::RedisResult<u64> {
+        match &self.steps {
+            Some(steps) => steps.reap_dead_edges().await,
+            None => {
+                shared::store::reap_dead_edges(&mut self.conn, &self.keys, self.cfg.notices).await
+            }
         }
     }
 
@@ -199,7 +217,8 @@ impl Worker {
         outcomes
     }
 
-    /// Acknowledges and deletes the `done` ids of each run.
+    /// Acknowledges and deletes the `done` ids of each run (on a cluster,
+    /// then the decisions their user steps kept).
     async fn acknowledge(&self, runs: &[(&[Entry], Vec<String>)]) {
         let done: Vec<(&str, &[String])> = runs
             .iter()
@@ -208,7 +227,21 @@ impl Worker {
         if let Err(e) = self.consumer.ack_and_delete(&done).await {
             // Left pending: applied again later, recognized as duplicates.
             tracing::warn!(error = %e, "acknowledging requests failed");
+            return;
         }
+        if self.steps.is_none() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (entries, done) in runs {
+            for entry in entries.iter().filter(|e| done.contains(&e.id)) {
+                if let Some(req) = &entry.req {
+                    pipe.del(self.keys.decision(&req.user, &entry.id)).ignore();
+                }
+            }
+        }
+        // A decision left behind expires by itself.
+        let _: redis::RedisResult<()> = pipe.query_async(&mut self.conn.clone()).await;
     }
 
     /// Applies the entries of one partition, in order, in one round trip.
@@ -231,6 +264,7 @@ impl Worker {
         mut places: Places,
     ) -> redis::RedisResult<Vec<((usize, usize), Value)>> {
         let mut pipe = redis::pipe();
+        let mut jobs = Vec::new();
         let mut owners = Vec::new();
         // The id of each user's previous call in this pipeline.
         let mut prev: HashMap<&str, &str> = HashMap::new();
@@ -238,15 +272,23 @@ impl Worker {
             let (p, entry) = (runs[r].0, &runs[r].1[i]);
             let Some(req) = &entry.req else { continue };
             let place = places.entry(req.user.clone()).or_default();
-            if let Some(call) = request_call(
-                &self.keys,
-                &self.id,
-                &self.cfg,
-                p,
-                &entry.id,
-                req,
-                prev.get(req.user.as_str()).copied().unwrap_or(""),
-                place,
+            let before = prev.get(req.user.as_str()).copied().unwrap_or("");
+            if matches!(req.op, Op::Login { .. } | Op::Resume { .. }) {
+                // Not the router's.
+            } else if self.steps.is_some() {
+                jobs.push(Job {
+                    eid: &entry.id,
+                    req,
+                    prev: before,
+                    at: place.clone(),
+                });
+                owners.push((r, i));
+                // An end takes no place in the user's order (chat_c_end).
+                if req.op != Op::Logout {
+                    prev.insert(&req.user, &entry.id);
+                }
+            } else if let Some(call) = request_call(
+                &self.keys, &self.id, &self.cfg, p, &entry.id, req, before, place,
             ) {
                 pipe.add_command(call.cmd().clone());
                 owners.push((r, i));
@@ -257,7 +299,15 @@ impl Worker {
         if owners.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Value> = shared::scripts::query_pipe(&mut self.conn, &pipe).await?;
+        let values: Vec<Value> = match &self.steps {
+            Some(steps) => steps
+                .apply(&jobs)
+                .await?
+                .into_iter()
+                .map(|s| Value::BulkString(s.into_bytes()))
+                .collect(),
+            None => shared::scripts::query_pipe(&mut self.conn, &pipe).await?,
+        };
         Ok(owners.into_iter().zip(values).collect())
     }
 

@@ -90,16 +90,19 @@ end)
 -- time names the history entry), the `seq` and `prev` its user step gave,
 -- the text, the history cap and ttl. Answers `{'ok', <history id>,
 -- <edge>…}` (the edges to publish the line to), or as `later_step` (a
--- duplicate gives the history id it was given).
+-- duplicate gives the history id it was given and the edges now: the
+-- router publishes it again, and an edge that passed it on drops it).
 redis.register_function('chat_c_say_room', function(keys, args)
   local publisher, eid, text = args[1], args[2], args[5]
   local seq, prev = tonumber(args[3]), tonumber(args[4])
-  local refused = later_step(keys[3], publisher, seq, prev)
-  if refused then return refused end
-  local h = {cap = args[6], ttl = tonumber(args[7])}
-  local id = add_history({eid = eid}, keys[1], h, 'from', publisher, 'text', text)
-  redis.call('HSET', keys[3], publisher, seq .. ' ' .. id)
-  local answer = {'ok', id}
+  local answer = later_step(keys[3], publisher, seq, prev)
+  if answer and (answer[1] == 'retry' or answer[2] == '') then return answer end
+  if not answer then
+    local h = {cap = args[6], ttl = tonumber(args[7])}
+    local id = add_history({eid = eid}, keys[1], h, 'from', publisher, 'text', text)
+    redis.call('HSET', keys[3], publisher, seq .. ' ' .. id)
+    answer = {'ok', id}
+  end
   for _, edge in ipairs(redis.call('HKEYS', keys[2])) do answer[#answer + 1] = edge end
   return answer
 end)
@@ -508,4 +511,48 @@ redis.register_function('chat_c_read_at', function(keys, args)
     lines = history_listing(keys[1], args[5], args[6], tonumber(args[7]))
   end
   return {refused and 'duplicate' or 'ok', cjson.encode(lines)}
+end)
+
+-- A request kept in the user's own slot, or whose only other step is a
+-- read (`/subscriptions`, `/key set`, the inbox's acknowledgement;
+-- `/rooms` and `/key <user>` read elsewhere after it, `chat_c_look`).
+-- KEYS 1-3: the user's last applied id, session, the request's decision;
+-- then by kind. ARGV 1-5 as `user_step`, 6: the kind, 7: the user, then
+-- by kind:
+-- - `subscriptions`: KEYS 4 the user's subscriptions; ARGV 8 the most listed;
+-- - `key_set`: KEYS 4 the user's account; ARGV 8-9 the key, its fingerprint;
+-- - `delivered` (any session of the user's): KEYS 4-5 the inbox, its
+--   count per sender; ARGV 8 the last id shown;
+-- - `admit`: nothing but the user's order.
+-- Answers `{'ok', '{"lines":[…]}'}` (the reply's lines; none for
+-- `delivered` and `admit`), or as `user_step`.
+redis.register_function('chat_c_own', function(keys, args)
+  local kind, user = args[6], args[7]
+  local q = {applied = keys[1], session = keys[2], decision = keys[3],
+    eid = args[1], prev = args[2], sid = args[3], at_edge = args[4], at_room = args[5]}
+  local status = in_order(q)
+  if status == 'duplicate' then return {'duplicate', redis.call('GET', q.decision) or ''} end
+  if status then return {status} end
+  if kind == 'delivered' then
+    delivered(keys[4], keys[5], args[8])
+    return decide(q, {})
+  end
+  if q.s.sid ~= q.sid then return {'stale'} end
+  if kind == 'subscriptions' then
+    return decide(q, {lines = subscriptions_listing(keys[4], tonumber(args[8]))})
+  elseif kind == 'key_set' then
+    return decide(q, {lines = key_set(keys[4], user, args[8], args[9])})
+  end
+  return decide(q, {})
+end)
+
+-- A read of another slot for a request `chat_c_own` admitted. KEYS 1:
+-- the room sizes (ARGV 1 `rooms`, 2 the lobby, 3 the most listed) or a
+-- user's account (ARGV 1 `key`, 2 the user). Answers the reply's lines
+-- (JSON).
+redis.register_function('chat_c_look', function(keys, args)
+  if args[1] == 'rooms' then
+    return cjson.encode(rooms_listing(keys[1], args[2], tonumber(args[3])))
+  end
+  return cjson.encode(key_listing(keys[1], args[2]))
 end)

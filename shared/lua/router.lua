@@ -158,10 +158,9 @@ local function listing(lines, what, omitted, final)
   return lines
 end
 
--- KEYS 4: the room sizes. ARGV 11: the lobby (always listed, even when
--- empty), 12: the most rooms listed.
-routed('chat_rooms', function(q, keys, args)
-  local sizes, lobby_name, max = keys[4], args[11], tonumber(args[12])
+-- The lines of `/rooms`: a `ROOM` line per room of hash `sizes` (at
+-- most `max`, the lobby always, even when empty), then `OK ROOMS`.
+local function rooms_listing(sizes, lobby_name, max)
   local total = redis.call('HLEN', sizes)
   local flat = total <= max and redis.call('HGETALL', sizes)
     or redis.call('HRANDFIELD', sizes, max, 'WITHVALUES')
@@ -176,7 +175,12 @@ routed('chat_rooms', function(q, keys, args)
     if count > 0 then shown = shown + 1 end
     lines[#lines + 1] = {k = 'room', room = lobby_name, count = count}
   end
-  answer(q, listing(lines, 'ROOMS', total - shown, {k = 'ok_rooms', n = #lines}))
+  return listing(lines, 'ROOMS', total - shown, {k = 'ok_rooms', n = #lines})
+end
+
+-- KEYS 4: the room sizes. ARGV 11: the lobby, 12: the most rooms listed.
+routed('chat_rooms', function(q, keys, args)
+  answer(q, rooms_listing(keys[4], args[11], tonumber(args[12])))
 end)
 
 -- The lines of `/who <room>`: `USER` lines of set `members` (at most
@@ -220,12 +224,18 @@ routed('chat_unsubscribe', function(q, keys, args)
   answer(q, {{k = 'ok_unsubscribe', user = target}}, {kind = 'unsubscribe', sid = q.sid, user = target})
 end)
 
--- KEYS 4: the user's subscriptions. ARGV 11: the most listed.
-routed('chat_subscriptions', function(q, keys, args)
-  local names, omitted = some_members(keys[4], tonumber(args[11]))
+-- The lines of `/subscriptions`: a `SUB` line per member of set `subs`
+-- (at most `max`), then `OK SUBSCRIPTIONS`.
+local function subscriptions_listing(subs, max)
+  local names, omitted = some_members(subs, max)
   local lines = {}
   for i, n in ipairs(names) do lines[i] = {k = 'sub', user = n} end
-  answer(q, listing(lines, 'SUBSCRIPTIONS', omitted, {k = 'ok_subscriptions', n = #names}))
+  return listing(lines, 'SUBSCRIPTIONS', omitted, {k = 'ok_subscriptions', n = #names})
+end
+
+-- KEYS 4: the user's subscriptions. ARGV 11: the most listed.
+routed('chat_subscriptions', function(q, keys, args)
+  answer(q, subscriptions_listing(keys[4], tonumber(args[11])))
 end)
 
 -- KEYS 4-7: the user's publications, its subscribers, the online users,
@@ -334,29 +344,35 @@ end)
 -- Publishes the user's public key for end-to-end encrypted messages: the
 -- fields `pubkey` and `fingerprint` of its account, so that deleting the
 -- account deletes them (an account deleted under a live session stays
--- deleted). KEYS 4: the user's account. ARGV 11-12: the key (base64), its
--- fingerprint (both checked by the edge).
+-- deleted): the lines of the reply. The key and its fingerprint are
+-- checked by the edge.
+local function key_set(account, user, key, fingerprint)
+  if redis.call('EXISTS', account) == 0 then return {err('no-such-user', 'your account is gone')} end
+  redis.call('HSET', account, 'pubkey', key, 'fingerprint', fingerprint)
+  return {{k = 'ok_key', user = user}}
+end
+
+-- KEYS 4: the user's account. ARGV 11-12: the key (base64), its
+-- fingerprint.
 routed('chat_key_set', function(q, keys, args)
-  if redis.call('EXISTS', keys[4]) == 0 then
-    return answer(q, {err('no-such-user', 'your account is gone')})
-  end
-  redis.call('HSET', keys[4], 'pubkey', args[11], 'fingerprint', args[12])
-  answer(q, {{k = 'ok_key', user = q.user}})
+  answer(q, key_set(keys[4], q.user, args[11], args[12]))
 end)
 
--- A user's public key: `KEY <user> <key> <fingerprint>` and `OK KEY
--- <user>`, or `OK KEY <user>` alone when it has none. KEYS 4: the user's
--- account. ARGV 11: the user.
-routed('chat_key', function(q, keys, args)
-  local user = args[11]
-  local f = redis.call('HMGET', keys[4], 'pubkey', 'fingerprint')
-  if redis.call('EXISTS', keys[4]) == 0 then
-    return answer(q, {err('no-such-user', 'no such user')})
-  end
+-- The lines of `/key <user>`: `KEY <user> <key> <fingerprint>` and `OK
+-- KEY <user>`, or `OK KEY <user>` alone when it has none, or `ERR
+-- no-such-user`. `account`: the user's account.
+local function key_listing(account, user)
+  local f = redis.call('HMGET', account, 'pubkey', 'fingerprint')
+  if redis.call('EXISTS', account) == 0 then return {err('no-such-user', 'no such user')} end
   local lines = {}
   if f[1] and f[2] then lines[1] = {k = 'key', user = user, key = f[1], fingerprint = f[2]} end
   lines[#lines + 1] = {k = 'ok_key', user = user}
-  answer(q, lines)
+  return lines
+end
+
+-- A user's public key. KEYS 4: the user's account. ARGV 11: the user.
+routed('chat_key', function(q, keys, args)
+  answer(q, key_listing(keys[4], args[11]))
 end)
 
 -- Ends the session `sid`, if it is still the current one. KEYS 4-10: the
@@ -380,18 +396,21 @@ routed('chat_logout', function(q, keys, args)
 end, true)
 
 -- The queued private messages up to an id were shown (to whichever
--- session): they go, and leave their senders' counts. KEYS 4-5: the inbox,
--- its count per sender. ARGV 11: the last id shown.
-routed('chat_delivered', function(q, keys, args)
-  local inbox, counts = keys[4], keys[5]
-  local ms, seq = string.match(args[11], '^(%d+)-(%d+)$')
+-- session): they go from `inbox`, and leave their senders' `counts`.
+local function delivered(inbox, counts, upto)
+  local ms, seq = string.match(upto, '^(%d+)-(%d+)$')
   if not ms then return end
-  for _, e in ipairs(redis.call('XRANGE', inbox, '-', args[11])) do
+  for _, e in ipairs(redis.call('XRANGE', inbox, '-', upto)) do
     uncount(counts, fields(e[2]).from or '?')
   end
   -- MINID keeps the ids from the next one on.
   redis.call('XTRIM', inbox, 'MINID', ms .. '-' .. (tonumber(seq) + 1))
   if redis.call('XLEN', inbox) == 0 then redis.call('DEL', inbox, counts) end
+end
+
+-- KEYS 4-5: the inbox, its count per sender. ARGV 11: the last id shown.
+routed('chat_delivered', function(q, keys, args)
+  delivered(keys[4], keys[5], args[11])
 end, true)
 
 -- Renews a lease this router holds (also when Redis is out of memory, so

@@ -20,11 +20,17 @@ pub const CONFIG_ENV: &str = "CHAT_CONFIG";
 /// format, and the `chat` client's own variables.
 const NOT_SETTINGS: &[&str] = &["config", "log_format", "password", "server", "ca"];
 
+/// The scheme of a Redis Cluster's URL.
+const CLUSTER_SCHEME: &str = "redis+cluster://";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Redis to use, `redis://host:port[/db]`, or over TLS
-    /// `rediss://host:port[/db]` (the certificate is checked for `host`).
+    /// `rediss://host:port[/db]` (the certificate is checked for `host`),
+    /// or a Redis Cluster: `redis+cluster://host:port[,host:port…]`, any of
+    /// its nodes (router-svc only so far: docs/operations.md, "Scaling past
+    /// one Redis").
     pub redis_url: String,
     /// TLS and ACL credentials for Redis.
     pub redis: RedisConfig,
@@ -446,6 +452,19 @@ impl Config {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
+    /// The seed nodes (`redis://host:port` each) of a `redis+cluster://`
+    /// URL; `None` for one Redis.
+    pub fn cluster_seeds(&self) -> Option<Vec<String>> {
+        let nodes = self.redis_url.strip_prefix(CLUSTER_SCHEME)?;
+        Some(
+            nodes
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("redis://{n}"))
+                .collect(),
+        )
+    }
+
     /// Loads defaults, then `file` (or `$CHAT_CONFIG`) if given, then `CHAT_*`
     /// variables, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -483,11 +502,16 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if !["redis://", "rediss://", "unix://"]
+        if !["redis://", "rediss://", "unix://", CLUSTER_SCHEME]
             .iter()
             .any(|s| self.redis_url.starts_with(s))
         {
-            return bad("redis_url must start with redis://, rediss:// or unix://");
+            return bad(
+                "redis_url must start with redis://, rediss://, unix:// or redis+cluster://",
+            );
+        }
+        if self.cluster_seeds().is_some_and(|s| s.is_empty()) {
+            return bad("redis+cluster:// needs at least one host:port");
         }
         let r = &self.redis;
         if r.client_cert.as_os_str().is_empty() != r.client_key.as_os_str().is_empty() {
@@ -652,6 +676,23 @@ mod tests {
             assert_eq!(cfg.auth.duplicate_login, DuplicateLogin::Reject);
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seed_nodes() {
+        let mut cfg = Config::default();
+        cfg.fill_ids();
+        assert_eq!(cfg.cluster_seeds(), None);
+        cfg.redis_url = "redis+cluster://10.0.0.1:7000,10.0.0.2:7001".into();
+        assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
+        assert_eq!(
+            cfg.cluster_seeds().unwrap(),
+            ["redis://10.0.0.1:7000", "redis://10.0.0.2:7001"]
+        );
+        cfg.redis_url = "redis+cluster://".into();
+        assert!(cfg.validate().is_err());
+        cfg.redis_url = "http://x".into();
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

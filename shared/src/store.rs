@@ -24,6 +24,12 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// previous one is acknowledged, up to 40 ms under concurrency).
 pub fn client(url: &str, redis: &RedisConfig) -> RedisResult<Client> {
     use redis::IntoConnectionInfo;
+    if url.starts_with("redis+cluster://") {
+        return Err(std::io::Error::other(
+            "this service does not run on a Redis Cluster yet (docs/operations.md)",
+        )
+        .into());
+    }
     let mut info = url.into_connection_info()?.set_tcp_settings(tcp());
     let mut acl = info.redis_settings().clone();
     if !redis.username.is_empty() {
@@ -420,15 +426,14 @@ pub async fn live_edges(conn: &mut Conn, keys: &Keys) -> RedisResult<Vec<LiveEdg
         .collect())
 }
 
-/// Ends the sessions of every edge whose heartbeat has run out (with
-/// `notices`), and forgets those edges. Returns how many sessions it ended.
-pub async fn reap_dead_edges(conn: &mut Conn, keys: &Keys, notices: Notices) -> RedisResult<u64> {
+/// The edges whose heartbeat has run out; none when more than half of
+/// them look dead (then more likely Redis's trouble, or the network's,
+/// than theirs: ending their sessions would log most users out and start
+/// a reconnect storm; wait for them instead).
+pub async fn dead_edges(conn: &mut Conn, keys: &Keys) -> RedisResult<Vec<String>> {
     let dead: Vec<String> = Call::new("chat_dead_edges", &[keys.edges()])
         .invoke(conn)
         .await?;
-    // Most edges silent at once is more likely Redis's trouble (or the
-    // network's) than theirs: ending their sessions would log most users
-    // out and start a reconnect storm. Wait for them instead.
     let known: usize = conn.zcard(keys.edges()).await?;
     if dead.len() > 1 && dead.len() * 2 > known {
         tracing::warn!(
@@ -436,10 +441,16 @@ pub async fn reap_dead_edges(conn: &mut Conn, keys: &Keys, notices: Notices) -> 
             edges = known,
             "more than half of the edges look dead; not ending their sessions"
         );
-        return Ok(0);
+        return Ok(Vec::new());
     }
+    Ok(dead)
+}
+
+/// Ends the sessions of every edge whose heartbeat has run out (with
+/// `notices`), and forgets those edges. Returns how many sessions it ended.
+pub async fn reap_dead_edges(conn: &mut Conn, keys: &Keys, notices: Notices) -> RedisResult<u64> {
     let mut ended = 0;
-    for edge in dead {
+    for edge in dead_edges(conn, keys).await? {
         ended += end_edge_sessions(conn, keys, &edge, "reap", notices).await?;
         Call::new("chat_drop_edge", &[keys.edges(), keys.edge_sessions(&edge)])
             .arg(&edge)

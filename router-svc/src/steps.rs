@@ -1,0 +1,886 @@
+//! Applying requests on a Redis Cluster: each request's single-slot steps
+//! (shared/lua/cluster.lua), then its replies and lines published on the
+//! edges' sharded channels (docs/design.md, "Running on a Redis Cluster").
+//!
+//! The user steps of a batch go in one pipeline (split by slot). Then each
+//! user's requests are carried out one after another, users at once: a
+//! request's later steps (the room's, the other user's, the directory's),
+//! in the order their answers need, then its `SPUBLISH`es. A step that
+//! answers `retry` (the same user's step before it there has not applied:
+//! another router's, or one of ours that failed) stops that user's
+//! requests here; they are applied again later, their user steps answering
+//! with the decisions they kept.
+
+use crate::process::Place;
+use futures_util::future::join_all;
+use redis::{RedisError, RedisResult, Value};
+use serde_json::Value as Json;
+use shared::config::Config;
+use shared::envelope::{Effect, Op, Reply, Request};
+use shared::keys::Keys;
+use shared::line::ServerLine;
+use shared::protocol::{ErrorCode, LOBBY};
+use shared::scripts::Call;
+use shared::store::Conn;
+
+/// A request of a batch, in the batch's order.
+pub(crate) struct Job<'a> {
+    pub eid: &'a str,
+    pub req: &'a Request,
+    /// The same user's request before it in the batch ('' if none).
+    pub prev: &'a str,
+    /// Its session as read before the batch.
+    pub at: Place,
+}
+
+/// Why a request stopped short.
+enum Halt {
+    /// A step must wait for an earlier one: try again later, in order.
+    Retry,
+    Redis(RedisError),
+}
+
+impl From<RedisError> for Halt {
+    fn from(e: RedisError) -> Halt {
+        Halt::Redis(e)
+    }
+}
+
+type Done<T> = Result<T, Halt>;
+
+/// What a request's steps leave to publish: (channel, message), in order.
+type Sends = Vec<(String, String)>;
+
+pub(crate) struct Steps {
+    k: Keys,
+    cfg: Config,
+    conn: Conn,
+}
+
+impl Steps {
+    pub(crate) fn new(k: Keys, cfg: Config, conn: Conn) -> Steps {
+        Steps { k, cfg, conn }
+    }
+
+    /// Applies `jobs`; the status of each, as the one-Redis functions
+    /// answer (`ok`, `duplicate`, `retry`, `moved`, `stale`, …).
+    pub(crate) async fn apply(&self, jobs: &[Job<'_>]) -> RedisResult<Vec<String>> {
+        let mut pipe = redis::pipe();
+        for job in jobs {
+            pipe.add_command(self.user_step(job).cmd().clone());
+        }
+        let values: Vec<Value> = shared::scripts::query_pipe(&mut self.conn.clone(), &pipe).await?;
+        let answers: Vec<Vec<String>> = values
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).unwrap_or_else(|_| vec!["bad-reply".into()]))
+            .collect();
+        // Each user's jobs, in order.
+        let mut users: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            match users.iter_mut().find(|(u, _)| *u == job.req.user) {
+                Some((_, mine)) => mine.push(i),
+                None => users.push((&job.req.user, vec![i])),
+            }
+        }
+        let mut statuses = vec![String::new(); jobs.len()];
+        let (jobs, answers) = (&jobs, &answers);
+        let runs = users.iter().map(|(_, mine)| async move {
+            let mut out = Vec::new();
+            let mut halted = false;
+            for &i in mine {
+                let status = if halted {
+                    "retry".to_string()
+                } else {
+                    self.carry_out(&jobs[i], &answers[i]).await
+                };
+                halted |= status == "retry";
+                out.push((i, status));
+            }
+            out
+        });
+        for (i, status) in join_all(runs).await.into_iter().flatten() {
+            tracing::debug!(id = jobs[i].eid, status, "applied in steps");
+            statuses[i] = status;
+        }
+        Ok(statuses)
+    }
+
+    /// The user step of `job` (the user's slot).
+    fn user_step(&self, job: &Job) -> Call {
+        let (k, req, user) = (&self.k, job.req, job.req.user.as_str());
+        let r = &self.cfg.router;
+        let own = |kind: &str, keys: &[String]| {
+            let mut all = vec![k.applied(user), k.session(user), k.decision(user, job.eid)];
+            all.extend_from_slice(keys);
+            self.admit(Call::new("chat_c_own", &all), job)
+                .arg(kind)
+                .arg(user)
+        };
+        let numbered = |name: &str, more: &[String]| {
+            let mut all = vec![
+                k.applied(user),
+                k.session(user),
+                k.decision(user, job.eid),
+                k.routes(user),
+                k.decisions(user),
+            ];
+            all.extend_from_slice(more);
+            self.admit(Call::new(name, &all), job)
+        };
+        let retention = |c: Call| c.arg(r.history_cap).arg(r.history_ttl_ms);
+        match &req.op {
+            Op::Say { .. } => numbered("chat_c_say", &[]),
+            Op::Join { room } => numbered("chat_c_join", &[k.resume(user)]).arg(room).arg(""),
+            Op::Leave => numbered("chat_c_join", &[k.resume(user)])
+                .arg(LOBBY)
+                .arg("leave"),
+            Op::Publish { text } => {
+                retention(numbered("chat_c_publish", &[k.publications(user)]).arg(text))
+            }
+            Op::Subscribe { target } | Op::Unsubscribe { target } => {
+                numbered("chat_c_subscribe", &[k.subscriptions(user)])
+                    .arg(target)
+                    .arg(r.max_subscriptions)
+                    .arg(subscribing(&req.op))
+            }
+            Op::Msg { to, .. } => numbered("chat_c_msg", &[]).arg(to),
+            Op::History { with: None, .. } | Op::Who { room: None } => {
+                numbered("chat_c_read", &[]).arg("")
+            }
+            Op::History { with: Some(w), .. } => {
+                numbered("chat_c_read", &[]).arg(format!("dm:{w}"))
+            }
+            Op::Who { room: Some(r) } => numbered("chat_c_read", &[]).arg(format!("room:{r}")),
+            Op::Logout => self.end(user, &req.edge, &req.sid, req.rid != 0),
+            Op::Subscriptions => own("subscriptions", &[k.subscriptions(user)]).arg(r.listing_max),
+            Op::KeySet { key, fingerprint } => {
+                own("key_set", &[k.user(user)]).arg(key).arg(fingerprint)
+            }
+            Op::Delivered { upto } => {
+                own("delivered", &[k.inbox(user), k.inbox_counts(user)]).arg(upto)
+            }
+            Op::Rooms | Op::Key { .. } => own("admit", &[]),
+            // Not the router's: never routed here (process.rs skips them).
+            Op::Login { .. } | Op::Resume { .. } => own("admit", &[]),
+        }
+    }
+
+    /// The end of `user`'s session on `edge` (`sid`: that one, '' for
+    /// whichever), revoking its resume token too if `quit`.
+    fn end(&self, user: &str, edge: &str, sid: &str, quit: bool) -> Call {
+        let k = &self.k;
+        let keys = [
+            k.session(user),
+            k.resume(user),
+            k.decisions(user),
+            k.routes(user),
+            k.ending(user),
+        ];
+        Call::new("chat_c_end", &keys)
+            .arg(edge)
+            .arg(sid)
+            .arg(if quit { "quit" } else { "" })
+    }
+
+    /// A user step's first five arguments.
+    fn admit(&self, call: Call, job: &Job) -> Call {
+        call.arg(job.eid)
+            .arg(job.prev)
+            .arg(&job.req.sid)
+            .arg(&job.at.edge)
+            .arg(&job.at.room)
+    }
+
+    /// Carries out `job` as its user step answered: its later steps and
+    /// publishes. Its status.
+    async fn carry_out(&self, job: &Job<'_>, answer: &[String]) -> String {
+        let done = match (&job.req.op, answer) {
+            (Op::Logout, [status, d]) if status == "ok" || status == "pending" => {
+                self.logout(job, status, d).await
+            }
+            (Op::Logout, _) => {
+                let mut sends = Sends::new();
+                self.close(job, &mut sends);
+                self.publish(sends).await.map(|_| "ok".to_string())
+            }
+            (_, [status, d]) if status == "ok" || (status == "duplicate" && !d.is_empty()) => {
+                match serde_json::from_str::<Json>(d) {
+                    Ok(d) => self.later(job, &d).await.map(|_| status.clone()),
+                    Err(_) => Ok("bad-reply".into()),
+                }
+            }
+            (_, [status, ..]) => Ok(status.clone()),
+            _ => Ok("bad-reply".into()),
+        };
+        match done {
+            Ok(status) => status,
+            Err(Halt::Retry) => "retry".into(),
+            Err(Halt::Redis(e)) if shared::store::transient(&e) => {
+                tracing::warn!(id = job.eid, error = %e, "a request's step failed; will retry");
+                "retry".into()
+            }
+            Err(Halt::Redis(e)) => {
+                tracing::error!(id = job.eid, error = %e, "a request's step failed");
+                "failed".into()
+            }
+        }
+    }
+
+    /// The later steps of a decision `d`, then its publishes.
+    async fn later(&self, job: &Job<'_>, d: &Json) -> Done<()> {
+        let (req, user) = (job.req, job.req.user.as_str());
+        let mut sends = Sends::new();
+        match &req.op {
+            Op::Say { text } => self.say(job, d, text, &mut sends).await?,
+            Op::Join { .. } | Op::Leave => self.join(job, d, &mut sends).await?,
+            Op::Publish { text } => {
+                let id = str_of(d, "id");
+                let line = ServerLine::Pub {
+                    id: id.clone(),
+                    from: user.into(),
+                    text: text.clone(),
+                };
+                let edges: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(self.k.edges())
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                self.to_edges(&edges, &line, &mut sends);
+                let online = self.online_subscribers(user).await?;
+                self.reply(
+                    job,
+                    vec![ServerLine::OkPublish { id, online }],
+                    None,
+                    &mut sends,
+                );
+            }
+            Op::Subscribe { target } | Op::Unsubscribe { target } => {
+                self.subscribe(job, d, target, &mut sends).await?
+            }
+            Op::Msg { to, text } => self.msg(job, d, to, text, &mut sends).await?,
+            Op::History { with, n } => {
+                let n = u64::from(*n).min(self.cfg.router.history_cap);
+                self.read(job, d, with.as_deref(), Some(n), &mut sends)
+                    .await?
+            }
+            Op::Who { .. } => self.read(job, d, None, None, &mut sends).await?,
+            Op::Rooms => {
+                let listing: String = Call::new("chat_c_look", &[self.k.room_sizes()])
+                    .arg("rooms")
+                    .arg(LOBBY)
+                    .arg(self.cfg.router.listing_max)
+                    .invoke(&mut self.conn.clone())
+                    .await?;
+                self.reply(job, lines(&listing), None, &mut sends);
+            }
+            Op::Key { target } => {
+                let listing: String = Call::new("chat_c_look", &[self.k.user(target)])
+                    .arg("key")
+                    .arg(target)
+                    .invoke(&mut self.conn.clone())
+                    .await?;
+                self.reply(job, lines(&listing), None, &mut sends);
+            }
+            Op::Subscriptions | Op::KeySet { .. } => {
+                let shown = serde_json::from_value(d["lines"].clone()).unwrap_or_default();
+                self.reply(job, shown, None, &mut sends);
+            }
+            Op::Delivered { .. } | Op::Logout | Op::Login { .. } | Op::Resume { .. } => {}
+        }
+        self.publish(sends).await
+    }
+
+    /// A room line's room step.
+    async fn say(&self, job: &Job<'_>, d: &Json, text: &str, sends: &mut Sends) -> Done<()> {
+        let room = str_of(d, "room");
+        let k = &self.k;
+        let r = &self.cfg.router;
+        let keys = [k.history(&room), k.room_edges(&room), k.marks(&room)];
+        let answer = self
+            .step(
+                Call::new("chat_c_say_room", &keys)
+                    .arg(&job.req.user)
+                    .arg(job.eid)
+                    .arg(num(d, "seq"))
+                    .arg(num(d, "prev"))
+                    .arg(text)
+                    .arg(r.history_cap)
+                    .arg(r.history_ttl_ms),
+            )
+            .await?;
+        if let [_, id, edges @ ..] = &answer[..] {
+            let line = ServerLine::Msg {
+                room,
+                id: id.clone(),
+                from: job.req.user.clone(),
+                text: text.into(),
+            };
+            self.to_edges(edges, &line, sends);
+        }
+        Ok(())
+    }
+
+    /// A join's (or `/leave`'s) room steps and directory steps.
+    async fn join(&self, job: &Job<'_>, d: &Json, sends: &mut Sends) -> Done<()> {
+        let leave = matches!(job.req.op, Op::Leave);
+        let to = str_of(d, "to");
+        if d["not_in_room"] == true {
+            let line = ServerLine::err(ErrorCode::NotInRoom, "you are in the lobby");
+            self.reply(job, vec![line], None, sends);
+            return Ok(());
+        }
+        if d["stay"] == true {
+            let room = match &job.req.op {
+                Op::Join { room } => room.clone(),
+                _ => LOBBY.into(),
+            };
+            self.reply(job, vec![ServerLine::OkJoin { room }], None, sends);
+            return Ok(());
+        }
+        let from = str_of(d, "from");
+        let (seq, edge) = (num(d, "seq"), str_of(d, "edge"));
+        let out = self.room_move(&from, &job.req.user, seq, num(d, "prev_from"), &edge, false);
+        let into = self.room_move(&to, &job.req.user, seq, num(d, "prev_to"), &edge, true);
+        let (out, into) = tokio::try_join!(out, into)?;
+        self.sizes(&[(&from, &out), (&to, &into)]).await?;
+        let final_line = if leave {
+            ServerLine::OkLeave { room: from.clone() }
+        } else {
+            ServerLine::OkJoin { room: to.clone() }
+        };
+        let effect = Effect::Room {
+            sid: job.req.sid.clone(),
+            room: to.clone(),
+        };
+        self.reply(job, vec![final_line], Some(effect), sends);
+        self.notice(&from, &job.req.user, "left", &out, sends);
+        self.notice(&to, &job.req.user, "joined", &into, sends);
+        Ok(())
+    }
+
+    /// A member entering or leaving `room`: `[status, version, members,
+    /// edge…]`.
+    async fn room_move(
+        &self,
+        room: &str,
+        user: &str,
+        seq: u64,
+        prev: u64,
+        edge: &str,
+        enter: bool,
+    ) -> Done<Vec<String>> {
+        let k = &self.k;
+        let keys = [
+            k.room(room),
+            k.room_edges(room),
+            k.marks(room),
+            k.room_version(room),
+        ];
+        self.step(
+            Call::new("chat_c_room_move", &keys)
+                .arg(user)
+                .arg(seq)
+                .arg(prev)
+                .arg(edge)
+                .arg(if enter { "enter" } else { "leave" }),
+        )
+        .await
+    }
+
+    /// The directory's news of rooms a room step changed.
+    async fn sizes(&self, moved: &[(&str, &[String])]) -> Done<()> {
+        let k = &self.k;
+        let keys = [k.rooms(), k.room_sizes(), k.room_size_versions()];
+        let mut pipe = redis::pipe();
+        for (room, answer) in moved {
+            if let [_, version, members, ..] = answer {
+                if !version.is_empty() {
+                    let call = Call::new("chat_c_room_size", &keys)
+                        .arg(*room)
+                        .arg(members)
+                        .arg(version);
+                    pipe.add_command(call.cmd().clone());
+                }
+            }
+        }
+        let _: Vec<Value> = shared::scripts::query_pipe(&mut self.conn.clone(), &pipe).await?;
+        Ok(())
+    }
+
+    /// `SYS <room> <user> <what>` to the room's edges, after a room step
+    /// that took effect (`answer`), unless notices keep the room quiet.
+    fn notice(&self, room: &str, user: &str, what: &str, answer: &[String], sends: &mut Sends) {
+        let [status, _, members, edges @ ..] = answer else {
+            return;
+        };
+        let n = &self.cfg.notices;
+        let members: u64 = members.parse().unwrap_or(0);
+        let quiet = (room == LOBBY && !n.lobby) || (n.max_members > 0 && members > n.max_members);
+        if status == "ok" && !quiet {
+            let line = ServerLine::Sys {
+                room: room.into(),
+                user: user.into(),
+                what: what.into(),
+            };
+            self.to_edges(edges, &line, sends);
+        }
+    }
+
+    /// A subscription's step at its target, then in the user's own slot.
+    async fn subscribe(
+        &self,
+        job: &Job<'_>,
+        d: &Json,
+        target: &str,
+        sends: &mut Sends,
+    ) -> Done<()> {
+        let (k, user, kind) = (&self.k, job.req.user.as_str(), subscribing(&job.req.op));
+        if let Some(max) = d.get("limit") {
+            let text = format!("you subscribe to {max} users, the most allowed");
+            self.reply(
+                job,
+                vec![ServerLine::err(ErrorCode::RateLimited, text)],
+                None,
+                sends,
+            );
+            return Ok(());
+        }
+        let seq = num(d, "seq");
+        let keys = [
+            k.user(target),
+            k.subscribers(target),
+            k.user_marks(target),
+            k.publications(target),
+        ];
+        let at_target = Call::new("chat_c_subscriber", &keys)
+            .arg(user)
+            .arg(seq)
+            .arg(num(d, "prev"))
+            .arg(kind);
+        let since = self
+            .step(at_target)
+            .await?
+            .get(1)
+            .cloned()
+            .unwrap_or_default();
+        let nobody = since == "-";
+        let keys = [k.subscriptions(user), k.user_marks(user)];
+        let own = Call::new("chat_c_own_subscription", &keys)
+            .arg(user)
+            .arg(target)
+            .arg(seq)
+            .arg(num(d, "prev_own"))
+            .arg(if nobody { "none" } else { kind });
+        self.step(own).await?;
+        if nobody {
+            let line = ServerLine::err(ErrorCode::NoSuchUser, "no such user");
+            self.reply(job, vec![line], None, sends);
+            return Ok(());
+        }
+        let (sid, user) = (job.req.sid.clone(), target.to_string());
+        let (line, effect) = if kind == "subscribe" {
+            let line = ServerLine::OkSubscribe { user: user.clone() };
+            (line, Effect::Subscribe { sid, user })
+        } else {
+            let line = ServerLine::OkUnsubscribe { user: user.clone() };
+            (line, Effect::Unsubscribe { sid, user })
+        };
+        self.reply(job, vec![line], Some(effect), sends);
+        Ok(())
+    }
+
+    /// A private message's check, conversation and delivery steps.
+    async fn msg(
+        &self,
+        job: &Job<'_>,
+        d: &Json,
+        to: &str,
+        text: &str,
+        sends: &mut Sends,
+    ) -> Done<()> {
+        let (k, user) = (&self.k, job.req.user.as_str());
+        let r = &self.cfg.router;
+        let keys = [
+            k.user(to),
+            k.session(to),
+            k.inbox_counts(to),
+            k.user_marks(to),
+        ];
+        let check = Call::new("chat_c_msg_check", &keys)
+            .arg(user)
+            .arg(num(d, "seq_check"))
+            .arg(num(d, "prev_check"))
+            .arg(r.inbox_per_sender);
+        let verdict = self.step(check).await?.get(1).cloned().unwrap_or_default();
+        let go = verdict == "go" || verdict.is_empty();
+        let seq = num(d, "seq_deliver");
+        let keys = [k.dm(user, to), k.dm_marks(user, to)];
+        let dm = Call::new("chat_c_msg_dm", &keys)
+            .arg(user)
+            .arg(job.eid)
+            .arg(seq)
+            .arg(num(d, "prev_dm"))
+            .arg(to)
+            .arg(if go { text } else { "" })
+            .arg(r.history_cap)
+            .arg(r.history_ttl_ms)
+            .arg(if go { "" } else { "none" });
+        let id = self.step(dm).await?.get(1).cloned().unwrap_or_default();
+        let keys = [
+            k.session(to),
+            k.inbox(to),
+            k.inbox_counts(to),
+            k.user_marks(to),
+        ];
+        let deliver = Call::new("chat_c_msg_deliver", &keys)
+            .arg(user)
+            .arg(seq)
+            .arg(num(d, "prev_deliver"))
+            .arg(&id)
+            .arg(text)
+            .arg(r.history_cap)
+            .arg(r.history_ttl_ms);
+        let delivered = self.step(deliver).await?;
+        let line = match verdict.as_str() {
+            "no-such-user" => ServerLine::err(ErrorCode::NoSuchUser, "no such user"),
+            "rate-limited" => ServerLine::err(
+                ErrorCode::RateLimited,
+                format!(
+                    "you have {} messages waiting for {to} already",
+                    r.inbox_per_sender
+                ),
+            ),
+            _ => {
+                let queued = delivered.get(1).is_some_and(|how| how == "queued");
+                if delivered.get(1).is_some_and(|how| how == "online") {
+                    let (edge, conn, sid) = match &delivered[..] {
+                        [_, _, edge, conn, sid] => (edge.clone(), conn.clone(), sid.clone()),
+                        // Sent again: to the session there is now.
+                        _ => self.session_of(to).await?,
+                    };
+                    let line = ServerLine::Dm {
+                        id: id.clone(),
+                        from: user.into(),
+                        text: text.into(),
+                    };
+                    if !sid.is_empty() {
+                        let notice = Reply {
+                            conn: conn.parse().unwrap_or(0),
+                            rid: 0,
+                            lines: vec![line],
+                            effect: None,
+                            sid,
+                        };
+                        sends.push((k.edge_channel(&edge), json(&notice)));
+                    }
+                }
+                ServerLine::OkMsg {
+                    user: to.into(),
+                    id,
+                    queued,
+                }
+            }
+        };
+        self.reply(job, vec![line], None, sends);
+        Ok(())
+    }
+
+    /// The edge, connection and id of `user`'s session ('' if none).
+    async fn session_of(&self, user: &str) -> Done<(String, String, String)> {
+        let (edge, conn, sid): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.k.session(user))
+                .arg("edge")
+                .arg("conn")
+                .arg("sid")
+                .query_async(&mut self.conn.clone())
+                .await?;
+        Ok((
+            edge.unwrap_or_default(),
+            conn.unwrap_or_default(),
+            sid.unwrap_or_default(),
+        ))
+    }
+
+    /// A read's step (`/history`: `n` Some, of the conversation with
+    /// `with` or the room; `/who` otherwise) at its room or conversation.
+    async fn read(
+        &self,
+        job: &Job<'_>,
+        d: &Json,
+        with: Option<&str>,
+        n: Option<u64>,
+        sends: &mut Sends,
+    ) -> Done<()> {
+        let (k, user) = (&self.k, job.req.user.as_str());
+        let r = &self.cfg.router;
+        let target = str_of(d, "target");
+        let room = target.strip_prefix("room:").unwrap_or_default();
+        let keys = match (n, with) {
+            (None, _) => [k.room(room), k.marks(room)],
+            (Some(_), None) => [k.history(room), k.marks(room)],
+            (Some(_), Some(w)) => [k.dm(user, w), k.dm_marks(user, w)],
+        };
+        let call = Call::new("chat_c_read_at", &keys)
+            .arg(user)
+            .arg(num(d, "seq"))
+            .arg(num(d, "prev"));
+        let call = match (n, with) {
+            (None, _) => call.arg("who").arg(room).arg(r.listing_max),
+            (Some(n), None) => call.arg("history").arg(n).arg(room),
+            (Some(n), Some(w)) => call.arg("history").arg(n).arg(format!("@{w}")),
+        };
+        let call = if n.is_some() {
+            call.arg(r.reply_max_bytes)
+        } else {
+            call
+        };
+        let answer = self.step(call).await?;
+        let mut shown = lines(answer.get(1).map_or("", String::as_str));
+        if let (Some(w), [ServerLine::OkHistory { n: 0 }]) = (with, &shown[..]) {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(k.user(w))
+                .query_async(&mut self.conn.clone())
+                .await?;
+            if !exists {
+                shown = vec![ServerLine::err(ErrorCode::NoSuchUser, "no such user")];
+            }
+        }
+        self.reply(job, shown, None, sends);
+        Ok(())
+    }
+
+    /// A logout: the end's steps (after an earlier end in progress, if
+    /// the user step found one).
+    async fn logout(&self, job: &Job<'_>, status: &str, d: &str) -> Done<String> {
+        let mut sends = Sends::new();
+        self.close(job, &mut sends);
+        self.publish(sends).await?;
+        self.finish_end(&job.req.user, d).await?;
+        if status == "pending" {
+            // The earlier end is done: now this one.
+            let answer: Vec<String> = self.user_step(job).invoke(&mut self.conn.clone()).await?;
+            if let [s, d] = &answer[..] {
+                if s == "ok" {
+                    self.finish_end(&job.req.user, d).await?;
+                }
+            }
+        }
+        Ok("ok".into())
+    }
+
+    /// A `/quit`'s close, first of all.
+    fn close(&self, job: &Job, sends: &mut Sends) {
+        if job.req.rid != 0 {
+            let effect = Effect::Close {
+                reason: "quit".into(),
+                sid: job.req.sid.clone(),
+            };
+            self.reply(job, Vec::new(), Some(effect), sends);
+        }
+    }
+
+    /// The steps of an end of `user`'s session that `chat_c_end` decided
+    /// (`d`): its room, the directory, the edge's session set, then the end
+    /// forgotten.
+    async fn finish_end(&self, user: &str, decided: &str) -> Done<()> {
+        let d: Json = serde_json::from_str(decided).map_err(|_| Halt::Retry)?;
+        let k = &self.k;
+        let (room, edge, seq) = (str_of(&d, "room"), str_of(&d, "edge"), num(&d, "seq"));
+        let mut sends = Sends::new();
+        let out = self
+            .room_move(&room, user, seq, num(&d, "prev_room"), &edge, false)
+            .await?;
+        self.sizes(&[(&room, &out)]).await?;
+        self.notice(&room, user, "left", &out, &mut sends);
+        let keys = [
+            k.edge_sessions(&edge),
+            k.edge_marks(&edge),
+            k.edge_alive(&edge),
+        ];
+        let at_edge = Call::new("chat_c_edge_session", &keys)
+            .arg(user)
+            .arg(seq)
+            .arg(num(&d, "prev_edge"))
+            .arg("remove");
+        self.step(at_edge).await?;
+        let _: () = redis::cmd("SREM")
+            .arg(k.online())
+            .arg(user)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Call::new("chat_c_ended", &[k.ending(user)])
+            .arg(decided)
+            .invoke::<i64>(&mut self.conn.clone())
+            .await?;
+        self.publish(sends).await
+    }
+
+    /// Ends the sessions of every edge whose heartbeat has run out, as
+    /// [`shared::store::reap_dead_edges`] does on one Redis, in the end's
+    /// steps; forgets an edge once `chat_c_edge_gone` says it may go.
+    /// Returns how many sessions it ended.
+    pub(crate) async fn reap_dead_edges(&self) -> RedisResult<u64> {
+        let (k, mut conn) = (&self.k, self.conn.clone());
+        let mut ended = 0;
+        for edge in shared::store::dead_edges(&mut conn, k).await? {
+            let users: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(k.edge_sessions(&edge))
+                .query_async(&mut conn)
+                .await?;
+            for user in users {
+                ended += self.end_on(&edge, &user).await.map_err(stopped)?;
+            }
+            let keys = [k.edge_sessions(&edge), k.edge_alive(&edge)];
+            let gone: i64 = Call::new("chat_c_edge_gone", &keys)
+                .invoke(&mut conn)
+                .await?;
+            if gone == 1 {
+                let _: () = redis::pipe()
+                    .zrem(k.edges(), &edge)
+                    .del(k.edge_info(&edge))
+                    .query_async(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Ends `user`'s session on dead `edge` (1), after an end in progress;
+    /// 0 if it has none there (it only leaves the edge's set then: no
+    /// session can join a dead edge's).
+    async fn end_on(&self, edge: &str, user: &str) -> Done<u64> {
+        let k = &self.k;
+        let end = self.end(user, edge, "", false);
+        loop {
+            let answer: Vec<String> = end.invoke(&mut self.conn.clone()).await?;
+            match &answer[..] {
+                [s, d] if s == "pending" => self.finish_end(user, d).await?,
+                [s, d] if s == "ok" => {
+                    // Should the edge be alive after all, its connection
+                    // is told and closed.
+                    let s: Json = serde_json::from_str(d).map_err(|_| Halt::Retry)?;
+                    let close = Reply {
+                        conn: str_of(&s, "conn").parse().unwrap_or(0),
+                        rid: 0,
+                        lines: Vec::new(),
+                        effect: Some(Effect::Close {
+                            reason: "server-shutdown".into(),
+                            sid: str_of(&s, "sid"),
+                        }),
+                        sid: String::new(),
+                    };
+                    self.publish(vec![(k.edge_channel(edge), json(&close))])
+                        .await?;
+                    self.finish_end(user, d).await?;
+                    return Ok(1);
+                }
+                _ => {
+                    let _: () = redis::cmd("SREM")
+                        .arg(k.edge_sessions(edge))
+                        .arg(user)
+                        .query_async(&mut self.conn.clone())
+                        .await?;
+                    return Ok(0);
+                }
+            }
+        }
+    }
+
+    /// How many of `user`'s subscribers have a session (read after the
+    /// step, across slots: not atomic).
+    async fn online_subscribers(&self, user: &str) -> Done<u64> {
+        let mut conn = self.conn.clone();
+        let subscribers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.k.subscribers(user))
+            .query_async(&mut conn)
+            .await?;
+        if subscribers.is_empty() {
+            return Ok(0);
+        }
+        let on: Vec<bool> = redis::cmd("SMISMEMBER")
+            .arg(self.k.online())
+            .arg(&subscribers)
+            .query_async(&mut conn)
+            .await?;
+        Ok(on.into_iter().filter(|on| *on).count() as u64)
+    }
+
+    /// A later step's answer; `Halt::Retry` if it must wait for an earlier
+    /// one.
+    async fn step(&self, call: Call) -> Done<Vec<String>> {
+        let answer: Vec<String> = call.invoke(&mut self.conn.clone()).await?;
+        match answer.first().map(String::as_str) {
+            Some("ok") | Some("duplicate") => Ok(answer),
+            _ => Err(Halt::Retry),
+        }
+    }
+
+    /// The reply to `job`'s request, on its edge's channel.
+    fn reply(&self, job: &Job, lines: Vec<ServerLine>, effect: Option<Effect>, sends: &mut Sends) {
+        let reply = Reply {
+            conn: job.req.conn,
+            rid: job.req.rid,
+            lines,
+            effect,
+            sid: String::new(),
+        };
+        sends.push((self.k.edge_channel(&job.req.edge), json(&reply)));
+    }
+
+    /// A broadcast line to each of `edges` (their line channels).
+    fn to_edges(&self, edges: &[String], line: &ServerLine, sends: &mut Sends) {
+        let payload = json(line);
+        for edge in edges {
+            sends.push((self.k.lines_channel(edge), payload.clone()));
+        }
+    }
+
+    /// Publishes `sends` in order (each edge's in one pipeline: one slot).
+    async fn publish(&self, sends: Sends) -> Done<()> {
+        if sends.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (channel, message) in &sends {
+            pipe.cmd("SPUBLISH").arg(channel).arg(message).ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+}
+
+/// A halt as an error: a step that waits is tried again at the next tick.
+fn stopped(halt: Halt) -> RedisError {
+    match halt {
+        Halt::Redis(e) => e,
+        Halt::Retry => std::io::Error::other("a step waits for an earlier one").into(),
+    }
+}
+
+/// `subscribe` or `unsubscribe`, as the steps take it.
+fn subscribing(op: &Op) -> &'static str {
+    if matches!(op, Op::Subscribe { .. }) {
+        "subscribe"
+    } else {
+        "unsubscribe"
+    }
+}
+
+fn str_of(d: &Json, field: &str) -> String {
+    d[field].as_str().unwrap_or_default().to_string()
+}
+
+fn num(d: &Json, field: &str) -> u64 {
+    d[field].as_u64().unwrap_or(0)
+}
+
+/// Lines the functions made (JSON).
+fn lines(listing: &str) -> Vec<ServerLine> {
+    serde_json::from_str(listing).unwrap_or_default()
+}
+
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("lines and replies serialize")
+}
