@@ -13,12 +13,12 @@
 
 pub mod accounts;
 mod login;
+mod steps;
 
 pub use login::{new_sid, Switch, Tokens};
 
 use shared::config::Config;
 use shared::consumer::Consumer;
-use shared::keys::Keys;
 use shared::protocol::ErrorCode;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -90,16 +90,13 @@ pub async fn run(
     opener: shared::seal::Opener,
     shutdown: CancellationToken,
 ) -> Result<(), AuthError> {
-    let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
-    let keys = Keys::new(cfg.key_prefix.clone());
-    let cmds = shared::store::commands(&client).await?;
-    let stream = keys.auth_requests();
+    let redis = shared::store::Redis::connect(&cfg).await?;
+    let stream = redis.keys.auth_requests();
     let streams = vec![stream.clone()];
-    let consumer =
-        Consumer::new(&client, cmds.clone(), streams, GROUP, &cfg.auth.id, BLOCK).await?;
+    let consumer = redis.consumer(streams, GROUP, &cfg.auth.id, BLOCK).await?;
     // A busy admin port is logged, not fatal.
     let admin = shared::admin::bind(&cfg.auth.admin_listen).await.listener();
-    let ctx = Arc::new(login::Ctx::new(&cfg, keys, cmds, opener).await?);
+    let ctx = Arc::new(login::Ctx::new(&cfg, &redis, opener).await?);
     if let Some(admin) = admin {
         tokio::spawn(shared::admin::serve(admin, ctx.clone(), shutdown.clone()));
     }

@@ -128,6 +128,8 @@ const OUTCOMES: [&str; 8] = [
 ];
 
 pub(crate) struct Ctx {
+    /// On a Redis Cluster: sessions open in single-slot steps.
+    pub(crate) steps: Option<shared::steps::Steps>,
     keys: Keys,
     /// This instance's id.
     id: String,
@@ -172,10 +174,10 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub(crate) async fn new(
         cfg: &Config,
-        keys: Keys,
-        conn: Conn,
+        redis: &shared::store::Redis,
         opener: Opener,
     ) -> Result<Ctx, AuthError> {
+        let (keys, conn) = (redis.keys.clone(), redis.conn.clone());
         let cost = cfg.auth.bcrypt_cost;
         // Timed: what one check costs sizes the work taken in hand.
         let started = Instant::now();
@@ -192,6 +194,7 @@ impl Ctx {
             n => n,
         };
         let ctx = Ctx {
+            steps: redis.steps(cfg.notices),
             keys,
             id: cfg.auth.id.clone(),
             outcomes: Default::default(),
@@ -374,12 +377,16 @@ impl Ctx {
         keys: &[String],
         limits: &[u32],
     ) -> Result<bool, AuthError> {
-        let over: i64 = Call::new("chat_attempt", keys)
-            .arg(self.window)
-            .arg(limits)
-            .invoke(conn)
-            .await?;
-        Ok(over == 1)
+        // One call per counter: on a cluster each is in a slot of its own.
+        let mut pipe = redis::pipe();
+        for (key, limit) in keys.iter().zip(limits) {
+            let call = Call::new("chat_attempt", &[key])
+                .arg(self.window)
+                .arg(limit);
+            pipe.add_command(call.cmd().clone());
+        }
+        let over: Vec<i64> = shared::scripts::query_pipe(conn, &pipe).await?;
+        Ok(over.contains(&1))
     }
 }
 
@@ -591,10 +598,15 @@ async fn switch(
             sid: &new_sid(),
             token,
         };
-        outcome = switch
-            .call(&ctx.keys, ctx.notices)
-            .invoke(&mut conn)
-            .await?;
+        outcome = match &ctx.steps {
+            Some(steps) => crate::steps::switch(ctx, steps, &switch).await?,
+            None => {
+                switch
+                    .call(&ctx.keys, ctx.notices)
+                    .invoke(&mut conn)
+                    .await?
+            }
+        };
         if outcome != "moved" {
             break;
         }
@@ -677,7 +689,7 @@ impl Ctx {
     }
 }
 
-async fn publish(ctx: &Ctx, req: &Request, line: ServerLine) -> Result<(), AuthError> {
+pub(crate) async fn publish(ctx: &Ctx, req: &Request, line: ServerLine) -> Result<(), AuthError> {
     let reply = Reply {
         conn: req.conn,
         rid: req.rid,
@@ -686,8 +698,15 @@ async fn publish(ctx: &Ctx, req: &Request, line: ServerLine) -> Result<(), AuthE
         sid: String::new(),
     };
     let json = serde_json::to_string(&reply).expect("replies serialize");
-    let mut conn = ctx.conn.clone();
-    conn.publish::<_, _, ()>(ctx.keys.edge_channel(&req.edge), json)
+    let cmd = if ctx.steps.is_some() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    redis::cmd(cmd)
+        .arg(ctx.keys.edge_channel(&req.edge))
+        .arg(json)
+        .query_async::<()>(&mut ctx.conn.clone())
         .await?;
     Ok(())
 }

@@ -5,7 +5,6 @@ use auth_svc::accounts;
 use auth_svc::AuthError;
 use clap::{Args, Subcommand};
 use shared::config::{exit_config, Config};
-use shared::keys::Keys;
 use shared::service::Failure;
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
@@ -66,9 +65,15 @@ fn main() -> ExitCode {
 }
 
 async fn user(cfg: Config, cmd: UserCommand) -> Result<(), AuthError> {
-    let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
-    let mut conn = shared::store::commands(&client).await?;
-    let keys = Keys::new(cfg.key_prefix.clone());
+    let redis = shared::store::Redis::connect(&cfg).await?;
+    let (mut conn, keys) = (redis.conn.clone(), redis.keys.clone());
+    if redis.steps(cfg.notices).is_some()
+        && matches!(cmd, UserCommand::Del { .. } | UserCommand::List)
+    {
+        let e =
+            std::io::Error::other("`user del` and `user list` do not run on a Redis Cluster yet");
+        return Err(e.into());
+    }
     let (cost, min_password) = (cfg.auth.bcrypt_cost, cfg.auth.min_password);
     match cmd {
         UserCommand::Add { name, if_missing } => {

@@ -77,6 +77,7 @@ impl System {
             dir: Some(dir.to_path_buf()),
             admin: false,
             redis: Default::default(),
+            cluster: None,
         })
         .await;
         let target = Target {

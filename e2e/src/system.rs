@@ -3,6 +3,7 @@
 //! router-svc and edge-svc instances as real processes on free ports, each
 //! of which can be signalled, killed, stopped and started again.
 
+use crate::TestCluster;
 use crate::{bin_dir, free_port, password, Client, RedisOptions, TestRedis, WAIT};
 use shared::config::Config;
 use shared::keys::Keys;
@@ -93,6 +94,10 @@ pub struct Setup {
     pub admin: bool,
     /// The Redis the system starts (TLS, ACL user, server arguments).
     pub redis: RedisOptions,
+    /// Run on a Redis Cluster of the system's own instead: (masters,
+    /// replicas of each). Edges, auth-svc and routers reach it with a
+    /// `redis+cluster://` URL.
+    pub cluster: Option<(usize, usize)>,
 }
 
 impl Setup {
@@ -119,6 +124,7 @@ impl Setup {
             dir: None,
             admin: true,
             redis: RedisOptions::default(),
+            cluster: None,
         }
     }
 }
@@ -148,6 +154,9 @@ pub struct System {
     instances: Vec<Instance>,
     /// Dropped after the services.
     pub redis: TestRedis,
+    /// The cluster the services run on, if [`Setup::cluster`] asked for
+    /// one (`redis` is then not theirs).
+    pub cluster: Option<TestCluster>,
 }
 
 impl System {
@@ -196,6 +205,20 @@ impl System {
         let mut cfg = setup.cfg;
         cfg.redis_url = redis.service_url();
         cfg.redis = redis.service_settings();
+        let cluster = match setup.cluster {
+            Some((masters, replicas)) => {
+                let cluster = TestCluster::start(masters, replicas).await;
+                let nodes: Vec<String> = cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port))
+                    .collect();
+                cfg.redis_url = format!("redis+cluster://{}", nodes.join(","));
+                cfg.redis = Default::default();
+                Some(cluster)
+            }
+            None => None,
+        };
         cfg.edge.tls_cert = certs.join("server.pem");
         cfg.edge.tls_key = certs.join("server-key.pem");
         cfg.auth.seal_key_file = certs.join(shared::seal::PRIVATE_FILE);
@@ -210,6 +233,7 @@ impl System {
             admin: setup.admin,
             instances: Vec::new(),
             redis,
+            cluster,
         };
         let shape = setup.shape;
         for (role, n) in [
@@ -438,13 +462,27 @@ impl System {
         shared::store::client(&self.cfg.redis_url, &self.cfg.redis)
     }
 
+    /// The key names the services use.
     pub fn keys(&self) -> Keys {
-        Keys::new(self.cfg.key_prefix.clone())
+        match self.cluster {
+            Some(_) => Keys::for_cluster(self.cfg.key_prefix.clone()),
+            None => Keys::new(self.cfg.key_prefix.clone()),
+        }
+    }
+
+    /// A connection to the services' Redis (or cluster).
+    pub async fn conn(&self) -> shared::store::Conn {
+        match &self.cluster {
+            Some(c) => shared::store::cluster(&c.seeds(), &Default::default())
+                .await
+                .unwrap(),
+            None => self.redis.conn().await,
+        }
     }
 
     /// An account with the password `<name>-pw`.
     pub async fn add_user(&self, name: &str) {
-        let mut conn = self.redis.conn().await;
+        let mut conn = self.conn().await;
         auth_svc::accounts::add(&mut conn, &self.keys(), name, &password(name), 4)
             .await
             .unwrap();
@@ -477,8 +515,9 @@ impl System {
     /// Waits until `user` has no session in Redis any more.
     pub async fn session_gone(&self, user: &str) {
         let key = self.keys().session(user);
+        let r = self.conn().await;
         crate::eventually(&format!("{user}'s session is gone"), || async {
-            let mut r = self.redis.conn().await;
+            let mut r = r.clone();
             !redis::AsyncCommands::exists::<_, bool>(&mut r, &key)
                 .await
                 .unwrap()
@@ -488,7 +527,7 @@ impl System {
 
     /// Waits until `n` routers own partitions (they have balanced).
     pub async fn routers_own_partitions(&self, n: usize) {
-        let r = self.redis.conn().await;
+        let r = self.conn().await;
         let partitions = self.cfg.partitions;
         let keys = self.keys();
         crate::eventually("the routers share the partitions", || {

@@ -64,7 +64,7 @@ async fn setup() -> Fx {
     fx.cfg.router.history_cap = CAP;
     let advert = Advert::default();
     for e in ["e1", "e2"] {
-        let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, &advert, None);
+        let beat = shared::store::heartbeat(&mut fx.c, &fx.k, e, 60_000, &advert, None, None);
         beat.await.unwrap();
     }
     let lease = fx.k.router_lease(P);
@@ -1119,7 +1119,7 @@ async fn edges_advertise_their_address_load_and_drain() {
         draining,
     };
     let first = advert("h:3", 4, false);
-    let beat = shared::store::heartbeat(&mut fx.c, &k, "e3", 30_000, &first, None);
+    let beat = shared::store::heartbeat(&mut fx.c, &k, "e3", 30_000, &first, None, None);
     beat.await.unwrap();
     // Counted between beats; the beat writes the exact count again.
     shared::store::count_connection(&mut fx.c, &k, "e3", 1)
@@ -1139,7 +1139,7 @@ async fn edges_advertise_their_address_load_and_drain() {
     let ttl: i64 = fx.c.pttl(k.edge_info("e3")).await.unwrap();
     assert!((30_000..=60_000).contains(&ttl), "{ttl}");
     let draining = advert("h:3", 2, true);
-    let beat = shared::store::heartbeat(&mut fx.c, &k, "e3", 30_000, &draining, None);
+    let beat = shared::store::heartbeat(&mut fx.c, &k, "e3", 30_000, &draining, None, None);
     beat.await.unwrap();
     let live = shared::store::live_edges(&mut fx.c, &k).await.unwrap();
     assert_eq!((live[0].conns, live[0].draining), (2, true));
@@ -1167,7 +1167,7 @@ async fn edges_beat_die_and_have_their_sessions_ended() {
     let mut fx = setup().await;
     let k = fx.k.clone();
     let advert = Advert::default();
-    let beat = shared::store::heartbeat(&mut fx.c, &k, "e3", 30_000, &advert, None);
+    let beat = shared::store::heartbeat(&mut fx.c, &k, "e3", 30_000, &advert, None, None);
     beat.await.unwrap();
     let until: u64 = fx.c.zscore(k.edges(), "e3").await.unwrap();
     assert!(until.abs_diff(shared::now_ms() + 30_000) < 5_000, "{until}");
@@ -1239,7 +1239,7 @@ async fn edges_beat_die_and_have_their_sessions_ended() {
 async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
     let mut fx = setup().await;
     let k = fx.k.clone();
-    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, &Advert::default(), None)
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, &Advert::default(), None, None)
         .await
         .unwrap();
     for (user, edge) in [
@@ -1251,8 +1251,15 @@ async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
         login(&mut fx, user, edge, 1).await;
     }
     let advert = Advert::default();
-    let restart =
-        shared::store::heartbeat(&mut fx.c, &k, "e1", 60_000, &advert, Some(fx.cfg.notices));
+    let restart = shared::store::heartbeat(
+        &mut fx.c,
+        &k,
+        "e1",
+        60_000,
+        &advert,
+        Some(fx.cfg.notices),
+        None,
+    );
     assert_eq!(restart.await.unwrap(), 2);
     fx.is(k.online(), "carol dave").await;
     fx.is(k.edge_sessions("e1"), "").await;
@@ -1277,7 +1284,7 @@ async fn heartbeat_restart_and_reaping_end_a_dead_edges_sessions() {
 async fn the_reaper_ends_no_sessions_when_most_edges_look_dead() {
     let mut fx = setup().await;
     let k = fx.k.clone();
-    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, &Advert::default(), None)
+    shared::store::heartbeat(&mut fx.c, &k, "e3", 60_000, &Advert::default(), None, None)
         .await
         .unwrap();
     for (user, edge) in [("alice", "e1"), ("bob", "e2"), ("carol", "e3")] {
@@ -1292,7 +1299,7 @@ async fn the_reaper_ends_no_sessions_when_most_edges_look_dead() {
     fx.is(k.online(), "alice bob carol").await;
     assert_eq!(dead_edges(&mut fx).await, ["e1", "e2"]);
     // One of three: its sessions end.
-    shared::store::heartbeat(&mut fx.c, &k, "e2", 60_000, &Advert::default(), None)
+    shared::store::heartbeat(&mut fx.c, &k, "e2", 60_000, &Advert::default(), None, None)
         .await
         .unwrap();
     let reaped = shared::store::reap_dead_edges(&mut fx.c, &k, fx.cfg.notices).await;

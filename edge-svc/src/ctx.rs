@@ -28,6 +28,8 @@ const EDGES_CACHED_FOR: std::time::Duration = std::time::Duration::from_millis(2
 pub(crate) struct Ctx {
     pub(crate) cfg: Config,
     pub(crate) keys: Keys,
+    /// On a Redis Cluster: sessions this edge left end in steps.
+    steps: Option<shared::steps::Steps>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) redis: Conn,
     pub(crate) acceptor: TlsAcceptor,
@@ -50,9 +52,8 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub(crate) fn new(
         cfg: Config,
-        keys: Keys,
+        redis: &shared::store::Redis,
         hub: Arc<Hub>,
-        redis: Conn,
         tls: Arc<rustls::ServerConfig>,
         public_addr: String,
         sealer: Sealer,
@@ -62,9 +63,10 @@ impl Ctx {
             drain: CancellationToken::new(),
             drained: CancellationToken::new(),
             placement: std::sync::Mutex::new(None),
-            keys,
+            keys: redis.keys.clone(),
+            steps: redis.steps(cfg.notices),
             hub,
-            redis,
+            redis: redis.conn.clone(),
             acceptor: TlsAcceptor::from(tls),
             slots: limits::Slots::new(
                 cfg.edge.max_connections,
@@ -119,7 +121,11 @@ impl Ctx {
             draining: self.drain.is_cancelled(),
         };
         let mut redis = self.redis.clone();
-        shared::store::heartbeat(&mut redis, &self.keys, id, dead_after, &advert, restart).await
+        let steps = self.steps.as_ref();
+        shared::store::heartbeat(
+            &mut redis, &self.keys, id, dead_after, &advert, restart, steps,
+        )
+        .await
     }
 
     /// Counts a connection opened (1) or closed (-1) in Redis, in the

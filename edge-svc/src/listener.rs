@@ -7,9 +7,11 @@ use crate::heartbeat::{end_orphans, heartbeat, renew_tokens};
 use crate::hub::Hub;
 use crate::intake::{Backlog, PubSubSource};
 use crate::limits::{AcceptRate, Bucket, Refusal};
-use crate::pubsub::{deliver, subscribe};
+use crate::pubsub::{deliver, deliver_sharded, subscribe};
+use crate::shard::ShardFeed;
+use redis::aio::{PubSubSink, PubSubStream};
 use shared::config::Config;
-use shared::keys::Keys;
+use shared::store::Source;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +27,12 @@ const REFUSALS: usize = 16;
 /// Most addresses whose accept rate is tracked at once (see [`AcceptRate`]).
 const ACCEPT_RATE_ADDRS: usize = 100_000;
 
+/// Where the edge's two channels are read from.
+enum Feed {
+    Node(Box<(PubSubSource, (PubSubSink, PubSubStream))>),
+    Cluster(ShardFeed),
+}
+
 /// Serves clients on `listener` until `shutdown`; then says
 /// `BYE server-shutdown` to every client, ends their sessions and returns.
 pub async fn run(
@@ -34,33 +42,34 @@ pub async fn run(
     sealer: shared::seal::Sealer,
     shutdown: CancellationToken,
 ) -> Result<(), EdgeError> {
-    let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
-    let keys = Keys::new(cfg.key_prefix.clone());
+    let redis = shared::store::Redis::connect(&cfg).await?;
+    let keys = redis.keys.clone();
     // A busy admin port is logged, not fatal: the edge serves anyway.
     let admin = shared::admin::bind(&cfg.edge.admin_listen).await.listener();
-    let redis = shared::store::commands(&client).await?;
     let (hub, orphans) = Hub::new(&keys, &cfg.edge.id);
     let backlog = Backlog::new(cfg.edge.pubsub_backlog_bytes);
-    let source = PubSubSource::new(client, &cfg.redis).map_err(EdgeError::RedisTls)?;
     let channels = [
         keys.edge_channel(&cfg.edge.id),
         keys.lines_channel(&cfg.edge.id),
     ];
-    let pubsub = subscribe(&source, &channels, &backlog).await?;
+    let feed = match &redis.source {
+        Source::Node(client) => {
+            let source =
+                PubSubSource::new(client.clone(), &cfg.redis).map_err(EdgeError::RedisTls)?;
+            let pubsub = subscribe(&source, &channels, &backlog).await?;
+            Feed::Node(Box::new((source, pubsub)))
+        }
+        Source::Cluster(seeds, settings) => {
+            let builder = shared::store::cluster_client(seeds, settings)?;
+            Feed::Cluster(ShardFeed::subscribe(builder, &channels, backlog.clone()).await?)
+        }
+    };
     let bound = listener.local_addr().map_err(|source| EdgeError::Io {
         phase: Phase::Handshake,
         source,
     })?;
     let public_addr = cfg.edge.public_addr(bound);
-    let ctx = Arc::new(Ctx::new(
-        cfg,
-        keys,
-        hub.clone(),
-        redis,
-        tls,
-        public_addr,
-        sealer,
-    ));
+    let ctx = Arc::new(Ctx::new(cfg, &redis, hub.clone(), tls, public_addr, sealer));
     // Sessions a previous run under this id left (it was killed) end now;
     // subscribed first, so that a late answer to that run is seen.
     let left = ctx.beat(true).await?;
@@ -68,14 +77,17 @@ pub async fn run(
         tracing::info!(sessions = left, "ended sessions left by a previous run");
     }
     let background = CancellationToken::new();
-    tokio::spawn(deliver(
-        source,
-        backlog,
-        channels,
-        pubsub,
-        ctx.clone(),
-        background.clone(),
-    ));
+    match feed {
+        Feed::Node(node) => tokio::spawn(deliver(
+            node.0,
+            backlog,
+            channels,
+            node.1,
+            ctx.clone(),
+            background.clone(),
+        )),
+        Feed::Cluster(feed) => tokio::spawn(deliver_sharded(feed, ctx.clone(), background.clone())),
+    };
     tokio::spawn(end_orphans(ctx.clone(), orphans));
     tokio::spawn(heartbeat(ctx.clone(), background.clone()));
     tokio::spawn(renew_tokens(ctx.clone(), background.clone()));

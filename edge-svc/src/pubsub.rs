@@ -4,6 +4,7 @@ use crate::ctx::Ctx;
 use crate::hub::{Audience, Hub};
 use crate::intake::{self, Backlog, PubSubSource};
 use crate::resync::resync;
+use crate::shard::{Event, ShardFeed};
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::streams::{StreamId, StreamRangeReply};
@@ -89,6 +90,43 @@ pub(crate) async fn deliver(
             Err(e) => {
                 tracing::warn!(error = %e, "Pub/Sub reconnect failed");
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// On a Redis Cluster: applies the messages of `feed` in arrival order;
+/// when it resumes after a loss (a failover, or the intake over its
+/// budget), reads back what the lost replies would have changed and
+/// replays what the audiences missed, as after a reconnect on one Redis.
+pub(crate) async fn deliver_sharded(mut feed: ShardFeed, ctx: Arc<Ctx>, stop: CancellationToken) {
+    let limit = ctx.cfg.edge.request_timeout();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ping.tick() => {
+                // A silent master (no FIN, no RST) is noticed here.
+                if matches!(tokio::time::timeout(limit, feed.ping()).await, Ok(Ok(()))) {
+                    continue;
+                }
+                tracing::warn!("Redis did not answer a Pub/Sub PING in time; subscribing again");
+                feed.resubscribe().await;
+                Some(Event::Resumed)
+            }
+            event = feed.next() => event,
+        };
+        match event {
+            Some(Event::Message { channel, payload }) => ctx.hub.dispatch(&channel, &payload),
+            Some(Event::Resumed) => {
+                tracing::warn!("Pub/Sub resumed after a loss; replaying");
+                tokio::spawn(resync(ctx.clone(), stop.clone()));
+                replay(&ctx).await;
+            }
+            None => {
+                tracing::error!("the Pub/Sub feed ended");
+                return;
             }
         }
     }

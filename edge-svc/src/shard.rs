@@ -13,12 +13,7 @@
 //! messages are dropped until the edge has caught up, then
 //! [`Event::Resumed`].
 //!
-//! Used by the edge once it runs on a cluster (docs/design.md, "Running
-//! on a Redis Cluster").
-#![cfg_attr(
-    not(test),
-    allow(dead_code, reason = "the edge's cluster mode is being built")
-)]
+//! The edge reads it on a cluster (`pubsub::deliver_sharded`).
 
 use crate::intake::Backlog;
 use redis::cluster_async::ClusterConnection;
@@ -106,7 +101,7 @@ impl ShardFeed {
 
     /// Subscribes again until it takes: the cluster connection finds the
     /// slot's new master once one is promoted.
-    async fn resubscribe(&mut self) {
+    pub(crate) async fn resubscribe(&mut self) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let again =

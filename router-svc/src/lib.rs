@@ -17,7 +17,7 @@ mod steps;
 pub use process::{request_call, Place};
 
 use process::{Outcome, Worker};
-use shared::consumer::{Consumer, Entry};
+use shared::consumer::Entry;
 use tokio::time::Instant;
 
 use shared::admin::{Counter, Gauge, Histogram, Page, Probe};
@@ -92,44 +92,17 @@ impl Probe for Metrics {
 
 /// Routes requests until `shutdown`, then hands its partitions back.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterError> {
-    let seeds = cfg.cluster_seeds();
-    let keys = match seeds {
-        Some(_) => Keys::for_cluster(cfg.key_prefix.clone()),
-        None => Keys::new(cfg.key_prefix.clone()),
-    };
+    let redis = shared::store::Redis::connect(&cfg).await?;
+    let keys = redis.keys.clone();
+    let cmds = redis.conn.clone();
     let streams: Vec<String> = (0..cfg.partitions)
         .map(|p| keys.router_requests(p))
         .collect();
-    let (cmds, consumer) = match &seeds {
-        Some(seeds) => {
-            let cmds = shared::store::cluster(seeds, &cfg.redis).await?;
-            let builder = shared::store::cluster_client(seeds, &cfg.redis)?;
-            let consumer = Consumer::for_cluster(
-                builder,
-                cmds.clone(),
-                streams.clone(),
-                GROUP,
-                &cfg.router.id,
-                BLOCK,
-            );
-            (cmds.clone(), consumer.await?)
-        }
-        None => {
-            let client = shared::store::client(&cfg.redis_url, &cfg.redis)?;
-            let cmds = shared::store::commands(&client).await?;
-            let consumer = Consumer::new(
-                &client,
-                cmds.clone(),
-                streams.clone(),
-                GROUP,
-                &cfg.router.id,
-                BLOCK,
-            );
-            (cmds, consumer.await?)
-        }
-    };
+    let consumer = redis
+        .consumer(streams.clone(), GROUP, &cfg.router.id, BLOCK)
+        .await?;
     let mut leases = leases::Leases::new(&cfg, keys.clone(), cmds.clone());
-    let mut worker = Worker::new(&cfg, keys.clone(), cmds.clone(), consumer.clone());
+    let mut worker = Worker::new(&cfg, &redis, consumer.clone());
     let metrics = Arc::new(Metrics {
         conn: cmds.clone(),
         streams: streams.clone(),

@@ -67,18 +67,15 @@ impl Place {
 }
 
 impl Worker {
-    pub(crate) fn new(cfg: &Config, keys: Keys, conn: Conn, consumer: Consumer) -> Worker {
-        let steps = cfg
-            .cluster_seeds()
-            .map(|_| Steps::new(keys.clone(), cfg.clone(), conn.clone()));
+    pub(crate) fn new(cfg: &Config, redis: &shared::store::Redis, consumer: Consumer) -> Worker {
         Worker {
-            keys,
-            conn,
+            keys: redis.keys.clone(),
+            conn: redis.conn.clone(),
             consumer,
             id: cfg.router.id.clone(),
             cfg: cfg.clone(),
             batch: cfg.router.batch,
-            steps,
+            steps: redis.steps(cfg.notices).map(|s| Steps::new(s, cfg.clone())),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod scripts;
 pub mod seal;
 pub mod service;
 pub mod shutdown;
+pub mod steps;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

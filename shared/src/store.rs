@@ -26,7 +26,7 @@ pub fn client(url: &str, redis: &RedisConfig) -> RedisResult<Client> {
     use redis::IntoConnectionInfo;
     if url.starts_with("redis+cluster://") {
         return Err(std::io::Error::other(
-            "this service does not run on a Redis Cluster yet (docs/operations.md)",
+            "this tool does not run on a Redis Cluster yet (docs/operations.md)",
         )
         .into());
     }
@@ -235,6 +235,72 @@ pub async fn commands(client: &Client) -> RedisResult<Conn> {
     ready(Conn::Node(conn)).await
 }
 
+/// A service's Redis, as `redis_url` names it: one node or a cluster. Its
+/// connection for ordinary commands, the key names that fit it, and how
+/// its consumers and its steps are made.
+pub struct Redis {
+    pub conn: Conn,
+    pub keys: Keys,
+    pub source: Source,
+}
+
+/// Where a service's Redis is.
+pub enum Source {
+    Node(Client),
+    /// The seeds, and the settings to reach them with.
+    Cluster(Vec<String>, RedisConfig),
+}
+
+impl Redis {
+    /// Connects as `cfg` says (the library loaded).
+    pub async fn connect(cfg: &crate::config::Config) -> RedisResult<Redis> {
+        Ok(match cfg.cluster_seeds() {
+            Some(seeds) => Redis {
+                conn: cluster(&seeds, &cfg.redis).await?,
+                keys: Keys::for_cluster(cfg.key_prefix.clone()),
+                source: Source::Cluster(seeds, cfg.redis.clone()),
+            },
+            None => {
+                let node = client(&cfg.redis_url, &cfg.redis)?;
+                Redis {
+                    conn: commands(&node).await?,
+                    keys: Keys::new(cfg.key_prefix.clone()),
+                    source: Source::Node(node),
+                }
+            }
+        })
+    }
+
+    /// A consumer of `streams` in `group` (see [`crate::consumer::Consumer`]).
+    pub async fn consumer(
+        &self,
+        streams: Vec<String>,
+        group: &str,
+        name: &str,
+        block: Duration,
+    ) -> RedisResult<crate::consumer::Consumer> {
+        use crate::consumer::Consumer;
+        let conn = self.conn.clone();
+        match &self.source {
+            Source::Node(node) => Consumer::new(node, conn, streams, group, name, block).await,
+            Source::Cluster(seeds, redis) => {
+                let builder = cluster_client(seeds, redis)?;
+                Consumer::for_cluster(builder, conn, streams, group, name, block).await
+            }
+        }
+    }
+
+    /// On a cluster, the single-slot steps that several services carry
+    /// out, giving `notices`; `None` on one Redis.
+    pub fn steps(&self, notices: Notices) -> Option<crate::steps::Steps> {
+        matches!(self.source, Source::Cluster(..)).then(|| crate::steps::Steps {
+            k: self.keys.clone(),
+            notices,
+            conn: self.conn.clone(),
+        })
+    }
+}
+
 /// A connection to the Redis Cluster that `seeds` (node URLs, any of its
 /// nodes) lead to, as [`cluster_client`] makes it, with the functions
 /// library loaded on every master (a replica gets it from its master).
@@ -358,6 +424,10 @@ pub struct LiveEdge {
 /// Renews edge `edge`'s heartbeat, to hold for `dead_after_ms`, and its
 /// advert. With `restart`, first ends what a previous run under that id
 /// left behind (with `notices`); returns how many sessions that ended.
+///
+/// On a cluster (`steps`), the sessions end in steps, and the edge's
+/// liveness key in its own slot is renewed with the beat (a login's step
+/// adds a session only while it holds).
 pub async fn heartbeat(
     conn: &mut Conn,
     keys: &Keys,
@@ -365,12 +435,22 @@ pub async fn heartbeat(
     dead_after_ms: u64,
     advert: &Advert,
     restart: Option<Notices>,
+    steps: Option<&crate::steps::Steps>,
 ) -> RedisResult<u64> {
-    let ended = if let Some(notices) = restart {
-        end_edge_sessions(conn, keys, edge, "restart", notices).await?
-    } else {
-        0
+    let ended = match (restart, steps) {
+        (Some(_), Some(steps)) => steps.end_edge_sessions(edge).await?,
+        (Some(notices), None) => end_edge_sessions(conn, keys, edge, "restart", notices).await?,
+        (None, _) => 0,
     };
+    if steps.is_some() {
+        redis::cmd("SET")
+            .arg(keys.edge_alive(edge))
+            .arg(1)
+            .arg("PX")
+            .arg(dead_after_ms)
+            .query_async::<()>(conn)
+            .await?;
+    }
     Call::new("chat_beat", &[keys.edges(), keys.edge_info(edge)])
         .arg(edge)
         .arg(dead_after_ms)

@@ -111,6 +111,13 @@ impl Hub {
                 for publisher in subs.split_whitespace() {
                     enter(&mut st.audience, id, conn, Audience::Pub(publisher.into()));
                 }
+                if let Some((closed, reason)) = conn.early_close.take() {
+                    if closed == *sid {
+                        conn.session = None;
+                        leave_all(&mut st.audience, id, conn);
+                        bye = Some(reason);
+                    }
+                }
             }
             Some(Effect::Login { user, sid, .. }) => self.orphan(Session {
                 user: user.clone(),
@@ -137,6 +144,11 @@ impl Hub {
                 conn.session = None;
                 leave_all(&mut st.audience, id, conn);
                 bye = Some(reason.clone());
+            }
+            // Before the reply of the login it closes (a cluster's
+            // services publish in their own time): kept for that reply.
+            Some(Effect::Close { reason, sid }) if conn.session.is_none() => {
+                conn.early_close = Some((sid.clone(), reason.clone()));
             }
             _ => {}
         }

@@ -88,6 +88,10 @@ struct Conn {
     /// The resume token for the login it waits for: shown (`TOKEN`) right
     /// after that login's `OK LOGIN`.
     token: Option<String>,
+    /// A close (session id, reason) that came before the reply of the
+    /// login it closes: on a Redis Cluster the login that replaced this
+    /// one may publish first. Applied as that login's reply comes.
+    early_close: Option<(String, String)>,
 }
 
 /// Hashes a connection id (a counter) with one multiplication: the maps
@@ -176,6 +180,7 @@ impl Hub {
                 pending: None,
                 reply_bytes: 0,
                 token: None,
+                early_close: None,
             },
         );
     }

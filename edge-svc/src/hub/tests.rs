@@ -194,6 +194,32 @@ fn close_applies_to_the_current_session_only() {
 }
 
 #[test]
+fn a_close_that_comes_before_its_logins_reply_closes_it_when_it_comes() {
+    let (hub, _orphans) = hub();
+    let (mut a, _) = conn(&hub, 1, 8);
+    let _wait = hub.expect(1, 1);
+    let close = Reply {
+        conn: 1,
+        rid: 0,
+        lines: vec![],
+        effect: Some(Effect::Close {
+            reason: "logged-in-elsewhere".into(),
+            sid: "7".into(),
+        }),
+        sid: String::new(),
+    };
+    hub.dispatch(REPLIES, &serde_json::to_vec(&close).unwrap());
+    assert!(lines(&mut a).is_empty(), "nothing to close yet");
+    hub.dispatch(REPLIES, &login_reply(1, 1, "alice", "7"));
+    hub.dispatch(LINES, &wire("MSG lobby 1-0 bob after"));
+    assert_eq!(
+        lines(&mut a),
+        ["OK LOGIN alice lobby\n", "BYE logged-in-elsewhere"]
+    );
+    assert!(hub.remove(1).is_none(), "the session is over");
+}
+
+#[test]
 fn moves_subscriptions_and_notices_follow_the_current_session() {
     let (hub, _orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 16);

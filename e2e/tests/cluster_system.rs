@@ -1,0 +1,147 @@
+//! The whole system on a Redis Cluster of its own (3 masters): edges, auth-svc and routers on `redis+cluster://`, the core scenarios as on one Redis.
+
+use e2e::{Role, Setup, Shape, System};
+
+/// A system of `shape` on a cluster of 3 masters (with `replicas` each).
+async fn on_cluster(shape: Shape, replicas: usize) -> System {
+    let mut setup = Setup::test(shape);
+    setup.cluster = Some((3, replicas));
+    System::launch(setup).await
+}
+
+#[tokio::test]
+async fn rooms_history_and_listings_across_two_edges() {
+    let sys = on_cluster(Shape::default(), 0).await;
+    sys.add_users(&["alice", "bob", "carol"]).await;
+    let mut alice = sys.login(0, "alice").await.with_sys();
+    let mut bob = sys.login(1, "bob").await.with_sys();
+    let mut carol = sys.login(0, "carol").await;
+
+    assert_eq!(alice.ask("/join dev").await, "OK JOIN dev");
+    alice.expect("SYS dev alice joined").await;
+    assert_eq!(bob.ask("/join dev").await, "OK JOIN dev");
+    bob.expect("SYS dev bob joined").await;
+    alice.expect("SYS dev bob joined").await;
+
+    for i in 0..10 {
+        bob.send(&format!("line {i}")).await;
+    }
+    for i in 0..10 {
+        let line = alice.line().await;
+        assert!(
+            line.starts_with("MSG dev ") && line.ends_with(&format!(" bob line {i}")),
+            "{line}"
+        );
+        assert_eq!(bob.line().await, line);
+    }
+    carol.send("lobby only").await;
+    assert!(carol.line().await.ends_with(" carol lobby only"));
+
+    let history = alice.command("/history 3").await;
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert!(history[2].starts_with("HIST dev ") && history[2].ends_with(" bob line 9"));
+    assert_eq!(history[3], "OK HISTORY 3");
+    assert_eq!(
+        alice.command("/who").await,
+        ["USER alice", "USER bob", "OK WHO dev 2"]
+    );
+    assert_eq!(
+        carol.command("/rooms").await,
+        ["ROOM dev 2", "ROOM lobby 1", "OK ROOMS 2"]
+    );
+    assert_eq!(alice.ask("/leave").await, "OK LEAVE dev");
+    bob.expect("SYS dev alice left").await;
+}
+
+#[tokio::test]
+async fn offline_messages_wait_and_force_logout_closes_the_old_connection() {
+    let sys = on_cluster(Shape::default(), 0).await;
+    sys.add_users(&["alice", "bob"]).await;
+    let mut alice = sys.login(0, "alice").await;
+    let reply = alice.ask("/msg bob are you there").await;
+    assert!(
+        reply.starts_with("OK MSG bob ") && reply.ends_with(" queued"),
+        "{reply}"
+    );
+
+    // bob logs in: the queued message follows OK LOGIN.
+    let mut bob = sys.login(1, "bob").await;
+    let dm = bob.line().await;
+    assert!(
+        dm.starts_with("DM ") && dm.ends_with(" alice are you there"),
+        "{dm}"
+    );
+    let reply = alice.ask("/msg bob now").await;
+    assert!(reply.starts_with("OK MSG bob ") && !reply.ends_with(" queued"));
+    assert!(bob.line().await.ends_with(" alice now"));
+
+    // bob again, on the other edge: the first connection is closed.
+    let mut again = sys.login(0, "bob").await;
+    bob.expect("BYE logged-in-elsewhere").await;
+    bob.closed().await;
+    let reply = alice.ask("/msg bob which one").await;
+    assert!(!reply.ends_with(" queued"), "{reply}");
+    assert!(again.line().await.ends_with(" alice which one"));
+    assert_eq!(
+        again.command("/who lobby").await.last().unwrap(),
+        "OK WHO lobby 2"
+    );
+}
+
+#[tokio::test]
+async fn two_logins_at_once_leave_one_session() {
+    let sys = on_cluster(Shape::default(), 0).await;
+    sys.add_users(&["alice"]).await;
+    let (mut a, mut b) = tokio::join!(sys.connect(0), sys.connect(1));
+    let login = format!("LOGIN alice {}", e2e::password("alice"));
+    tokio::join!(a.send(&login), b.send(&login));
+    let (first, second) = tokio::join!(a.line(), b.line());
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("OK LOGIN alice lobby", "OK LOGIN alice lobby")
+    );
+    // One of them was replaced: it is told so and closed; the other lives.
+    let (bye, mut live) = tokio::select! {
+        l = a.next() => (l, b),
+        l = b.next() => (l, a),
+    };
+    assert_eq!(bye.as_deref(), Some("BYE logged-in-elsewhere"));
+    assert_eq!(live.ask("/ping").await, "OK PING");
+    let sessions: u64 = redis::cmd("SCARD")
+        .arg(sys.keys().room("lobby"))
+        .query_async(&mut sys.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "alice is in the lobby once");
+}
+
+#[tokio::test]
+async fn a_publishers_lines_keep_their_order_with_two_routers_and_one_killed() {
+    let shape = Shape {
+        routers: 2,
+        ..Shape::default()
+    };
+    let mut sys = on_cluster(shape, 0).await;
+    sys.routers_own_partitions(2).await;
+    sys.add_users(&["alice", "bob"]).await;
+    let mut alice = sys.login(0, "alice").await;
+    let mut bob = sys.login(1, "bob").await;
+    alice.ask("/join dev").await;
+    bob.ask("/join dev").await;
+    for i in 0..100 {
+        if i == 40 {
+            sys.kill(Role::Router, 0).await;
+        }
+        bob.send(&format!("n{i}")).await;
+    }
+    for i in 0..100 {
+        let line = alice.line().await;
+        assert!(line.ends_with(&format!(" bob n{i}")), "line {i}: {line}");
+        assert_eq!(bob.line().await, line, "bob's own echo");
+    }
+    // Subscriptions and publications go on with the router left.
+    assert_eq!(alice.ask("/subscribe bob").await, "OK SUBSCRIBE bob");
+    let ok = bob.ask("/publish news").await;
+    assert!(ok.starts_with("OK PUBLISH ") && ok.ends_with(" 1"), "{ok}");
+    assert!(alice.line().await.ends_with(" bob news"));
+}
