@@ -18,6 +18,9 @@
 #   REDIS_URL        use that Redis instead of starting one
 #   REDIS_PORT       the port of the Redis started here [6380, clear of a
 #                    system Redis on 6379]
+#   REDIS_CLUSTER    start a Redis Cluster of that many masters instead
+#                    (3 or more; ports REDIS_PORT and up, cluster bus on
+#                    each port + 10000), and run every service on it
 #   REDIS_SAVE       its snapshot points, "<seconds> <changes> ..." [60 1]
 #   DATA_DIR         Redis's data (DATA_DIR/redis) and the services' pid
 #                    files (DATA_DIR/run/<name>.pid) [data]
@@ -55,10 +58,12 @@ die() {
   exit 1
 }
 
-for n in EDGES AUTHS ROUTERS EDGE_PORT_BASE ADMIN_PORT_BASE REDIS_PORT STOP_TIMEOUT; do
+REDIS_CLUSTER=${REDIS_CLUSTER:-0}
+for n in EDGES AUTHS ROUTERS EDGE_PORT_BASE ADMIN_PORT_BASE REDIS_PORT STOP_TIMEOUT REDIS_CLUSTER; do
   [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a number, not '${!n}'"
 done
 ((EDGES >= 1)) || die "EDGES must be 1 or more"
+((REDIS_CLUSTER == 0 || REDIS_CLUSTER >= 3)) || die "REDIS_CLUSTER must be 3 or more (a cluster needs 3 masters)"
 
 RUN_DIR="$DATA_DIR/run"
 REDIS_DIR="$DATA_DIR/redis"
@@ -110,6 +115,12 @@ start() {
     redis)
       cmd=(redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$redis_dir"
         --appendonly no --save "$REDIS_SAVE" --logfile "$redis_dir/redis.log")
+      ;;
+    redis-*) # a node of the cluster (REDIS_CLUSTER), its files in a directory of its own
+      local port=$((REDIS_PORT + ${name#redis-} - 1))
+      cmd=(redis-server --port "$port" --bind 127.0.0.1 --dir "$redis_dir/$port"
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000
+        --appendonly no --save "$REDIS_SAVE" --logfile "$redis_dir/$port/redis.log")
       ;;
     auth-*)
       cmd=(env CHAT_AUTH__ID="$name" CHAT_AUTH__ADMIN_LISTEN="${admin[$name]}"
@@ -213,6 +224,7 @@ stop_all() {
   log "stopping: SIGTERM to every service, SIGKILL to any left after ${STOP_TIMEOUT} s; then Redis the same way"
   stop "${services[@]}"
   [[ -n ${pid[redis]:-} ]] && stop redis
+  ((${#nodes[@]} > 0)) && stop "${nodes[@]}"
   rm -f "$RUN_DIR"/*.pid
   log "stopped."
   exit "$1"
@@ -224,8 +236,43 @@ trap '' PIPE
 trap 'stop_requested=1' INT TERM HUP
 trap 'stop_all 1' EXIT # this script failed: take the services down with it
 
-# Redis, unless REDIS_URL names one.
-if [[ -z ${REDIS_URL:-} ]]; then
+# Redis: a cluster (REDIS_CLUSTER), one Redis, or none if REDIS_URL names one.
+nodes=()
+node_up() { redis-cli -p "$1" ping >/dev/null 2>&1; }
+if ((REDIS_CLUSTER > 0)) && [[ -z ${REDIS_URL:-} ]]; then
+  mkdir -p "$REDIS_DIR" || die "cannot create $REDIS_DIR"
+  redis_dir=$(cd "$REDIS_DIR" && pwd)/cluster
+  seeds=""
+  for ((i = 1; i <= REDIS_CLUSTER; i++)); do
+    port=$((REDIS_PORT + i - 1))
+    node_up "$port" && die "a Redis already answers on port $port; set REDIS_PORT"
+    mkdir -p "$redis_dir/$port" || die "cannot create $redis_dir/$port"
+    nodes+=("redis-$i")
+    seeds+="${seeds:+,}127.0.0.1:$port"
+    start "redis-$i"
+  done
+  names=("${nodes[@]}" "${names[@]}")
+  for ((i = 1; i <= REDIS_CLUSTER; i++)); do
+    port=$((REDIS_PORT + i - 1))
+    for _ in $(seq 100); do node_up "$port" && break; pause 0.1; done
+    node_up "$port" || die "redis-server did not start (see $redis_dir/$port/redis.log)"
+  done
+  # A cluster made by an earlier run comes back by itself (nodes.conf).
+  if ! redis-cli -p "$REDIS_PORT" cluster info | grep -q cluster_state:ok; then
+    if [[ $(redis-cli -p "$REDIS_PORT" cluster info | grep cluster_known_nodes) == *:1* ]]; then
+      log "creating the cluster: $REDIS_CLUSTER masters"
+      redis-cli --cluster create ${seeds//,/ } --cluster-yes >"$redis_dir/create.log" 2>&1 ||
+        die "redis-cli --cluster create failed (see $redis_dir/create.log)"
+    fi
+    for _ in $(seq 100); do
+      redis-cli -p "$REDIS_PORT" cluster info | grep -q cluster_state:ok && break
+      pause 0.1
+    done
+    redis-cli -p "$REDIS_PORT" cluster info | grep -q cluster_state:ok ||
+      die "the cluster is not ok (see $redis_dir/*/redis.log)"
+  fi
+  REDIS_URL="redis+cluster://$seeds"
+elif [[ -z ${REDIS_URL:-} ]]; then
   if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
     die "a Redis already answers on port $REDIS_PORT; set REDIS_PORT or REDIS_URL"
   fi
@@ -253,6 +300,7 @@ for user in alice bob carol dave; do
 done
 # On disk at once: a kill -9 of Redis keeps them.
 if [[ -n ${pid[redis]:-} ]]; then redis-cli -p "$REDIS_PORT" save >/dev/null; fi
+for ((i = 1; i <= ${#nodes[@]}; i++)); do redis-cli -p $((REDIS_PORT + i - 1)) save >/dev/null; done
 
 [[ -n $stop_requested ]] && stop_all 0
 for name in "${services[@]}"; do start "$name"; done
@@ -266,6 +314,10 @@ banner() {
   for ((i = 0; i < EDGES; i++)); do bob+=" --server localhost:${edge_ports[(i + 1) % EDGES]}"; done
   [[ $CERTS_DIR == certs ]] || ca=" --ca $CERTS_DIR/ca.pem"
   [[ -n ${pid[redis]:-} ]] && cli="redis-cli -p $REDIS_PORT"
+  local session=chat:session:alice lobby=chat:room:lobby
+  if ((${#nodes[@]} > 0)); then
+    cli="redis-cli -c -p $REDIS_PORT" session="'chat:session:{alice}'" lobby="'chat:room:{lobby}'"
+  fi
   ((EDGES > 1)) && other=edge-2
   for name in "${services[@]}"; do admins+="${admins:+, }$name ${admin[$name]##*:}"; done
   cat <<MSG
@@ -280,8 +332,8 @@ banner() {
   Accounts (the password is asked for):
       CHAT_REDIS_URL=$REDIS_URL $BIN/auth-svc user add erin
   Look inside:
-      $cli hgetall chat:session:alice
-      $cli smembers chat:room:lobby
+      $cli hgetall $session
+      $cli smembers $lobby
   Kill a service and watch it come back (this log says how it ended):
       kill -9 \$(cat $RUN_DIR/edge-1.pid)     # alice moves to $other; edge-1 is back in about a second
 MSG
