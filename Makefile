@@ -1,11 +1,12 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test bench soak model build certs redis lint fuzz compose-up compose-users compose-test report clean
+.PHONY: up test bench bench-cluster soak model build certs redis lint fuzz compose-up compose-users compose-test report clean
 
 ## Start the whole system in the foreground, supervised: a service that
 ## dies is restarted (Ctrl-C stops everything). More instances:
-## ROUTERS=2 AUTHS=2 EDGES=3 make up; scripts/up.sh lists every setting.
+## ROUTERS=2 AUTHS=2 EDGES=3 make up; on a Redis Cluster of 3 masters:
+## REDIS_CLUSTER=3 make up; scripts/up.sh lists every setting.
 up: redis build certs
 	./scripts/up.sh
 
@@ -27,6 +28,17 @@ BENCH_ARGS ?=
 bench: redis
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn); ./target/release/chat-bench $(BENCH_ARGS)
+
+## rooms and fanout against one Redis, then against a Redis Cluster of 3
+## masters that the bench starts (about two minutes each): per-shard Redis
+## calls per message, CROSSSLOT errors, throughput and latency (figures in
+## target/bench/node.json and target/bench/cluster.json, not the report).
+bench-cluster: redis
+	$(CARGO) build --release --workspace --bins
+	ulimit -n $$(ulimit -Hn); for mode in node:0 cluster:3; do \
+		./target/release/chat-bench --cluster $${mode#*:} --only rooms,fanout --rates 1000,5000,10000 \
+			--no-report --json target/bench/$${mode%:*}.json --dir target/bench/$${mode%:*} $(BENCH_ARGS) || exit 1; \
+	done
 
 ## The abuse soak alone (about two minutes): hostile load against a fresh
 ## system with the default limits; fails if a bound of docs/security.md

@@ -458,7 +458,7 @@ async fn register_flood(
 
 /// A `PING` to Redis every 10 ms on a connection of its own, timed (µs).
 async fn ping_redis(
-    mut conn: redis::aio::MultiplexedConnection,
+    mut conn: shared::store::Conn,
     stop: CancellationToken,
 ) -> hdrhistogram::Histogram<u64> {
     let mut h = load::histogram();

@@ -94,6 +94,11 @@ pub struct Cli {
     /// instead of holding on).
     #[arg(long, value_delimiter = ',', default_value = "slow,who,storm,register")]
     abuses: Vec<String>,
+    /// Run on a Redis Cluster of this many masters that the bench starts
+    /// (0: one Redis). Only `fanout` and `rooms` run there; use with
+    /// --no-report (the report is one Redis's).
+    #[arg(long, default_value_t = 0)]
+    cluster: usize,
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
     #[arg(long, default_value_t = 5.0)]
@@ -140,8 +145,14 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
         drain_s: cli.drain,
     };
     let wants = |s: &str| cli.only.iter().any(|o| o == s);
+    if cli.cluster > 0 && cli.only.iter().any(|o| o != "fanout" && o != "rooms") {
+        return Err("on a cluster (--cluster) only fanout and rooms run: give --only".into());
+    }
+    if cli.cluster > 0 && !cli.no_report {
+        return Err("--cluster needs --no-report (the report is one Redis's)".into());
+    }
     eprintln!("starting a local system from {}", cli.bin.display());
-    let mut system = system::System::start(&cli.bin, &cli.dir, 2).await?;
+    let mut system = system::System::start_on(&cli.bin, &cli.dir, 2, cli.cluster).await?;
     let mut results = report::Results::new(&cli, timing, &system).await;
 
     for scenario in ["fanout", "rooms", "pubsub", "baseline"] {

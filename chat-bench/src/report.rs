@@ -612,8 +612,8 @@ fn room_size(t: &Traffic) -> usize {
 /// Prints one run as it finishes.
 pub fn line(t: &Traffic) {
     eprintln!(
-        "  {:8} {:>6} msg/s offered ({} sent): {:>9} deliveries/s, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms (after the edge: p50 {} p99 {}), lost {}, reordered {}, dropped {}",
-        t.scenario, t.offered_msgs_per_s, t.sent_msgs_per_s, t.deliveries_per_s, t.p50_ms, t.p99_ms, t.p999_ms, t.max_ms, t.after_edge_p50_ms, t.after_edge_p99_ms, t.lost, t.out_of_order, t.disconnected
+        "  {:8} {:>6} msg/s offered ({} sent): {:>9} deliveries/s, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms (after the edge: p50 {} p99 {}), lost {}, reordered {}, dropped {}; Redis calls per message {:?}, CROSSSLOT errors {}",
+        t.scenario, t.offered_msgs_per_s, t.sent_msgs_per_s, t.deliveries_per_s, t.p50_ms, t.p99_ms, t.p999_ms, t.max_ms, t.after_edge_p50_ms, t.after_edge_p99_ms, t.lost, t.out_of_order, t.disconnected, t.redis_calls_per_shard, t.cross_slot_errors
     );
 }
 

@@ -52,6 +52,11 @@ pub struct Traffic {
     pub cpu: BTreeMap<String, f64>,
     /// Redis calls per message sent, by command (those at 0.01 or more).
     pub redis_calls_per_msg: BTreeMap<String, f64>,
+    /// Redis calls per message sent, all commands, on each server (each
+    /// master of a cluster).
+    pub redis_calls_per_shard: Vec<f64>,
+    /// `CROSSSLOT` errors Redis answered during the run.
+    pub cross_slot_errors: u64,
 }
 
 /// One traffic run in the making: its clock, counters and stop signal.
@@ -106,7 +111,8 @@ pub async fn measure<S: Sink + Send + 'static>(
 ) -> Result<Traffic, Error> {
     let senders = sinks.len();
     let cpu_before = cpu_now(system);
-    let calls_before = system.services.redis.command_calls().await;
+    let calls_before = system.command_calls().await;
+    let cross_slot_before = system.cross_slot_errors().await;
     let started = Instant::now();
     let per_sec = meta.rate / senders as f64;
     let sending: Vec<_> = sinks
@@ -147,11 +153,24 @@ pub async fn measure<S: Sink + Send + 'static>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Read once everything sent has been routed.
-    let calls = calls_per(
-        &calls_before,
-        &system.services.redis.command_calls().await,
-        total_sent,
-    );
+    let calls_after = system.command_calls().await;
+    let cross_slot = system.cross_slot_errors().await - cross_slot_before;
+    let shards: Vec<BTreeMap<String, f64>> = calls_before
+        .iter()
+        .zip(&calls_after)
+        .map(|(b, a)| calls_per(b, a, total_sent))
+        .collect();
+    let mut calls = BTreeMap::new();
+    for shard in &shards {
+        for (cmd, n) in shard {
+            *calls.entry(cmd.clone()).or_insert(0.0) += n;
+        }
+    }
+    // Every command of each server, per message (one entry on one Redis).
+    let per_shard: Vec<f64> = shards
+        .iter()
+        .map(|s| (s.values().sum::<f64>() * 100.0).round() / 100.0)
+        .collect();
     run.stop.cancel();
     shown.cancel();
 
@@ -167,6 +186,8 @@ pub async fn measure<S: Sink + Send + 'static>(
         expected_deliveries: expected,
         cpu,
         redis_calls_per_msg: calls,
+        redis_calls_per_shard: per_shard,
+        cross_slot_errors: cross_slot,
         ..Traffic::default()
     };
     let mut measured = 0;

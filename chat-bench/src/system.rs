@@ -54,12 +54,33 @@ impl System {
         Self::start_with(bin, dir, edges, BENCH_SETTINGS).await
     }
 
+    /// As [`System::start`], on a Redis Cluster of `masters` masters (0:
+    /// one Redis).
+    pub async fn start_on(
+        bin: &Path,
+        dir: &Path,
+        edges: usize,
+        masters: usize,
+    ) -> Result<System, Error> {
+        Self::launch(bin, dir, edges, BENCH_SETTINGS, masters).await
+    }
+
     /// As [`System::start`], with `settings` instead of [`BENCH_SETTINGS`].
     pub async fn start_with(
         bin: &Path,
         dir: &Path,
         edges: usize,
         settings: &[(&str, &str)],
+    ) -> Result<System, Error> {
+        Self::launch(bin, dir, edges, settings, 0).await
+    }
+
+    async fn launch(
+        bin: &Path,
+        dir: &Path,
+        edges: usize,
+        settings: &[(&str, &str)],
+        masters: usize,
     ) -> Result<System, Error> {
         let services = e2e::System::launch(Setup {
             shape: Shape {
@@ -77,7 +98,7 @@ impl System {
             dir: Some(dir.to_path_buf()),
             admin: false,
             redis: Default::default(),
-            cluster: None,
+            cluster: (masters > 0).then_some((masters, 0)),
         })
         .await;
         let target = Target {
@@ -103,9 +124,43 @@ impl System {
         all
     }
 
-    pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection, Error> {
-        let client = self.services.redis_client()?;
-        Ok(client.get_multiplexed_async_connection().await?)
+    /// A connection to the services' Redis (or cluster).
+    pub async fn redis(&self) -> Result<shared::store::Conn, Error> {
+        Ok(self.services.conn().await)
+    }
+
+    /// The Redis servers (each master of a cluster), by name.
+    fn servers(&self) -> Vec<(String, &e2e::TestRedis)> {
+        match &self.services.cluster {
+            Some(c) => c
+                .nodes
+                .iter()
+                .map(|n| (format!("redis-{}", n.port), n))
+                .collect(),
+            None => vec![("redis".into(), &self.services.redis)],
+        }
+    }
+
+    /// `CROSSSLOT` errors answered so far, all servers together.
+    pub async fn cross_slot_errors(&self) -> u64 {
+        let mut n = 0;
+        for (_, server) in self.servers() {
+            let errors = server.errors().await;
+            n += errors
+                .iter()
+                .find(|(e, _)| e == "CROSSSLOT")
+                .map_or(0, |(_, c)| *c);
+        }
+        n
+    }
+
+    /// Each Redis server's calls so far, by command.
+    pub async fn command_calls(&self) -> Vec<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for (_, server) in self.servers() {
+            out.push(server.command_calls().await);
+        }
+        out
     }
 
     /// Creates users `<prefix>0` … with the password [`PASSWORD`] hashed
@@ -139,9 +194,12 @@ impl System {
     /// Forgets what the previous scenario left (sessions end by themselves).
     pub async fn flush_history(&self) -> Result<(), Error> {
         let mut conn = self.redis().await?;
-        let keys: Vec<String> = conn.keys(self.services.keys().history("*")).await?;
-        if !keys.is_empty() {
-            let () = conn.del(keys).await?;
+        let pattern = self.services.keys().history("*");
+        for (_, server) in self.servers() {
+            let keys: Vec<String> = server.plain().await.keys(&pattern).await?;
+            for key in keys {
+                let () = conn.del(key).await?;
+            }
         }
         Ok(())
     }
@@ -149,7 +207,11 @@ impl System {
     /// The processes, by role, for CPU and memory readings.
     pub fn pids(&self) -> Vec<(String, u32)> {
         let s = &self.services;
-        let mut out = vec![("redis".to_string(), s.redis.pid())];
+        let mut out: Vec<(String, u32)> = self
+            .servers()
+            .into_iter()
+            .map(|(name, server)| (name, server.pid()))
+            .collect();
         for i in 0..s.count(Role::Auth) {
             out.push((format!("auth-{}", i + 1), s.pid(Role::Auth, i)));
         }

@@ -246,6 +246,20 @@ impl TestRedis {
             .collect()
     }
 
+    /// Errors the server answered so far, by kind (`INFO errorstats`:
+    /// `CROSSSLOT`, `MOVED`, …).
+    pub async fn errors(&self) -> Vec<(String, u64)> {
+        self.info("errorstats")
+            .await
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("errorstat_")?.split_once(':')?;
+                let count = rest.strip_prefix("count=")?.trim().parse().ok()?;
+                Some((name.to_string(), count))
+            })
+            .collect()
+    }
+
     /// The server's version (`INFO server`).
     pub async fn version(&self) -> String {
         self.info("server")
