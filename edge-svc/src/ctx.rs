@@ -96,18 +96,16 @@ impl Ctx {
             .router_requests(partition_of(user, self.cfg.partitions))
     }
 
-    /// Adds `reqs` to `stream`, in order, in one round trip.
+    /// Adds `reqs` to `stream`, in order, all or none, in one round trip.
     pub(crate) async fn send_requests(
         &self,
         stream: &str,
         reqs: &[Request],
     ) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for req in reqs {
-            shared::consumer::add_request(&mut pipe, stream, self.cfg.request_stream_maxlen, req);
-        }
-        pipe.query_async(&mut self.redis.clone()).await
+        shared::consumer::enqueue(stream, self.cfg.request_stream_maxlen, reqs)
+            .invoke::<i64>(&mut self.redis.clone())
+            .await
+            .map(drop)
     }
 
     /// Renews this edge's heartbeat and advert (see

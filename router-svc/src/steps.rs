@@ -77,15 +77,29 @@ impl Steps {
         let (jobs, answers) = (&jobs, &answers);
         let runs = users.iter().map(|(_, mine)| async move {
             let mut out = Vec::new();
-            let mut halted = false;
-            for &i in mine {
-                let status = if halted {
-                    "retry".to_string()
+            let mut rest = &mine[..];
+            while let Some(&i) = rest.first() {
+                // Lines in a row go together: their room steps in one
+                // round trip, their publishes in another.
+                let lines = rest
+                    .iter()
+                    .take_while(|&&j| said(&jobs[j], &answers[j]).is_some())
+                    .count();
+                let statuses = if lines > 1 {
+                    let run: Vec<usize> = rest[..lines].to_vec();
+                    rest = &rest[lines..];
+                    self.say_run(jobs, answers, &run).await
                 } else {
-                    self.carry_out(&jobs[i], &answers[i]).await
+                    rest = &rest[1..];
+                    vec![(i, self.carry_out(&jobs[i], &answers[i]).await)]
                 };
-                halted |= status == "retry";
-                out.push((i, status));
+                let halted = statuses.iter().any(|(_, s)| s == "retry");
+                out.extend(statuses);
+                if halted {
+                    // Nothing of this user's may overtake what waits.
+                    out.extend(rest.iter().map(|&j| (j, "retry".to_string())));
+                    break;
+                }
             }
             out
         });
@@ -205,7 +219,7 @@ impl Steps {
         let (req, user) = (job.req, job.req.user.as_str());
         let mut sends = Sends::new();
         match &req.op {
-            Op::Say { text } => self.say(job, d, text, &mut sends).await?,
+            Op::Say { .. } => self.say(job, d, &mut sends).await?,
             Op::Join { .. } | Op::Leave => self.join(job, d, &mut sends).await?,
             Op::Publish { text } => {
                 let id = str_of(d, "id");
@@ -265,33 +279,92 @@ impl Steps {
         self.publish(sends).await
     }
 
-    /// A room line's room step.
-    async fn say(&self, job: &Job<'_>, d: &Json, text: &str, sends: &mut Sends) -> Done<()> {
-        let room = str_of(d, "room");
-        let k = &self.k;
-        let r = &self.cfg.router;
+    /// Room lines of one user in a row (`run`, each [`said`]): their room
+    /// steps in one pipeline (a room's in order), then the lines of those
+    /// before the first that must wait, published in order. Each one's
+    /// status.
+    async fn say_run(
+        &self,
+        jobs: &[Job<'_>],
+        answers: &[Vec<String>],
+        run: &[usize],
+    ) -> Vec<(usize, String)> {
+        let mut pipe = redis::pipe();
+        let mut decided = Vec::new();
+        for &i in run {
+            let (status, d) = said(&jobs[i], &answers[i]).expect("a room line");
+            let call = self.say_call(&jobs[i], &d);
+            pipe.add_command(call.cmd().clone());
+            decided.push((status, d));
+        }
+        let values: Vec<Value> =
+            match shared::scripts::query_pipe(&mut self.conn.clone(), &pipe).await {
+                Ok(values) => values,
+                Err(e) => {
+                    tracing::warn!(error = %e, "room steps failed; will retry");
+                    return run.iter().map(|&i| (i, "retry".to_string())).collect();
+                }
+            };
+        let mut sends = Sends::new();
+        let mut out = Vec::new();
+        for ((&i, (status, d)), value) in run.iter().zip(decided).zip(values) {
+            let answer: Vec<String> = redis::from_redis_value(value).unwrap_or_default();
+            match answer.first().map(String::as_str) {
+                Some("ok") | Some("duplicate") => {
+                    self.said_line(&jobs[i], &d, &answer, &mut sends);
+                    out.push((i, status));
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = self.publish(sends).await {
+            if let Halt::Redis(e) = e {
+                tracing::warn!(error = %e, "publishing lines failed; will retry");
+            }
+            out.clear();
+        }
+        let done = out.len();
+        out.extend(run[done..].iter().map(|&i| (i, "retry".to_string())));
+        out
+    }
+
+    /// The room step of a line as its user step decided (`d`).
+    fn say_call(&self, job: &Job, d: &Json) -> Call {
+        let (room, k, r) = (str_of(d, "room"), &self.k, &self.cfg.router);
+        let Op::Say { text } = &job.req.op else {
+            unreachable!("a room line");
+        };
         let keys = [k.history(&room), k.room_edges(&room), k.marks(&room)];
-        let answer = self
-            .step(
-                Call::new("chat_c_say_room", &keys)
-                    .arg(&job.req.user)
-                    .arg(job.eid)
-                    .arg(num(d, "seq"))
-                    .arg(num(d, "prev"))
-                    .arg(text)
-                    .arg(r.history_cap)
-                    .arg(r.history_ttl_ms),
-            )
-            .await?;
-        if let [_, id, edges @ ..] = &answer[..] {
+        Call::new("chat_c_say_room", &keys)
+            .arg(&job.req.user)
+            .arg(job.eid)
+            .arg(num(d, "seq"))
+            .arg(num(d, "prev"))
+            .arg(text)
+            .arg(r.history_cap)
+            .arg(r.history_ttl_ms)
+    }
+
+    /// The line its room step's `answer` gives, to the edges it names.
+    fn said_line(&self, job: &Job, d: &Json, answer: &[String], sends: &mut Sends) {
+        let Op::Say { text } = &job.req.op else {
+            return;
+        };
+        if let [_, id, edges @ ..] = answer {
             let line = ServerLine::Msg {
-                room,
+                room: str_of(d, "room"),
                 id: id.clone(),
                 from: job.req.user.clone(),
-                text: text.into(),
+                text: text.clone(),
             };
             self.to_edges(edges, &line, sends);
         }
+    }
+
+    /// A room line's room step.
+    async fn say(&self, job: &Job<'_>, d: &Json, sends: &mut Sends) -> Done<()> {
+        let answer = self.step(self.say_call(job, d)).await?;
+        self.said_line(job, d, &answer, sends);
         Ok(())
     }
 
@@ -616,6 +689,19 @@ impl Steps {
             sid: String::new(),
         };
         sends.push((self.k.edge_channel(&job.req.edge), json(&reply)));
+    }
+}
+
+/// A room line whose user step decided it (its status, `ok` or
+/// `duplicate`, and the decision); `None` for anything else.
+fn said(job: &Job, answer: &[String]) -> Option<(String, Json)> {
+    match (&job.req.op, answer) {
+        (Op::Say { .. }, [status, d])
+            if status == "ok" || (status == "duplicate" && !d.is_empty()) =>
+        {
+            Some((status.clone(), serde_json::from_str(d).ok()?))
+        }
+        _ => None,
     }
 }
 

@@ -1,6 +1,19 @@
 -- Edge liveness: heartbeats in the sorted set `edges` (scored with the
 -- time, on Redis's clock, until which each edge's beat holds), and the end
--- of the sessions of an edge that died or restarted.
+-- of the sessions of an edge that died or restarted; and the requests the
+-- edges put on the streams.
+
+-- Adds requests to a stream, all or none, in order. KEYS 1: the stream.
+-- ARGV 1: its approximate cap, 2: the entries' field, then each request
+-- (JSON). One call rather than MULTI/EXEC: on a Redis Cluster a call
+-- follows its slot's move to a new master, a transaction does not.
+-- Returns how many were added.
+redis.register_function('chat_enqueue', function(keys, args)
+  for i = 3, #args do
+    redis.call('XADD', keys[1], 'MAXLEN', '~', args[1], '*', args[2], args[i])
+  end
+  return #args - 2
+end)
 
 -- KEYS 1-2: the edges, the edge's info hash. ARGV: the edge, how long the
 -- beat holds (ms), its public address, its connections, 1 if draining

@@ -398,6 +398,17 @@ fn decode(map: &HashMap<String, Value>) -> Option<Request> {
     }
 }
 
+/// The call that appends `reqs` to `stream` in order, all or none, capped
+/// at about `maxlen` entries (`chat_enqueue`).
+pub fn enqueue(stream: &str, maxlen: u64, reqs: &[Request]) -> crate::scripts::Call {
+    let call = crate::scripts::Call::new("chat_enqueue", &[stream])
+        .arg(maxlen)
+        .arg(REQUEST_FIELD);
+    reqs.iter().fold(call, |call, req| {
+        call.arg(serde_json::to_string(req).expect("requests serialize"))
+    })
+}
+
 /// Appends a request to a stream, capped at about `maxlen` entries.
 pub fn add_request(pipe: &mut redis::Pipeline, stream: &str, maxlen: u64, req: &Request) {
     let json = serde_json::to_string(req).expect("requests serialize");
