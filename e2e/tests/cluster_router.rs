@@ -563,3 +563,28 @@ async fn the_sessions_of_a_dead_edge_end_in_steps_and_the_edge_is_forgotten() {
         .unwrap();
     assert!(!online);
 }
+
+#[tokio::test]
+async fn a_join_is_published_before_the_lines_routed_after_it_in_the_same_batch() {
+    let mut bed = Bed::start(1, 0).await;
+    bed.ask(ALICE, Op::Join { room: "dev".into() }).await;
+    // Both requests wait in their streams (the router is stopped), so the
+    // router reads them in one batch: bob's join, then alice's line.
+    let router = bed.routers[0].id().unwrap();
+    e2e::signal(router, "STOP");
+    let rid = bed.send(BOB, Op::Join { room: "dev".into() }).await;
+    bed.send(ALICE, say("routed after bob's join")).await;
+    e2e::signal(router, "CONT");
+    // On bob's edge, the reply that puts him in dev comes first: the line
+    // is shown to him (he was a member when it was routed).
+    let (mut order, rid) = (Vec::new(), rid.to_string());
+    while order.len() < 2 {
+        let m = bed
+            .next("e2", |_, j| {
+                j["rid"].as_str() == Some(&rid) || (j["k"] == "msg" && j["room"] == "dev")
+            })
+            .await;
+        order.push(if m["k"] == "msg" { "line" } else { "join" });
+    }
+    assert_eq!(order, ["join", "line"]);
+}

@@ -2,17 +2,17 @@
 //! (shared/lua/cluster.lua), then its replies and lines published on the
 //! edges' sharded channels (docs/design.md, "Running on a Redis Cluster").
 //!
-//! The user steps of a batch go in one pipeline (split by slot). Then each
-//! user's requests are carried out one after another, users at once: a
+//! The user steps of a batch go in one pipeline (split by slot). Then the
+//! requests are carried out one after another, in the batch's order: a
 //! request's later steps (the room's, the other user's, the directory's),
-//! in the order their answers need, then its `SPUBLISH`es. A step that
+//! in the order their answers need, then its `SPUBLISH`es (room lines in a
+//! row together: one pipeline of room steps, one of publishes). A step that
 //! answers `retry` (the same user's step before it there has not applied:
 //! another router's, or one of ours that failed) stops that user's
 //! requests here; they are applied again later, their user steps answering
 //! with the decisions they kept.
 
 use crate::process::Place;
-use futures_util::future::join_all;
 use redis::{RedisResult, Value};
 use serde_json::Value as Json;
 use shared::config::Config;
@@ -21,6 +21,7 @@ use shared::line::ServerLine;
 use shared::protocol::{ErrorCode, LOBBY};
 use shared::scripts::Call;
 use shared::steps::{json, num, str_of, Done, Halt, Sends};
+use std::collections::HashSet;
 use std::ops::Deref;
 
 /// A request of a batch, in the batch's order.
@@ -65,47 +66,37 @@ impl Steps {
             .into_iter()
             .map(|v| redis::from_redis_value(v).unwrap_or_else(|_| vec!["bad-reply".into()]))
             .collect();
-        // Each user's jobs, in order.
-        let mut users: Vec<(&str, Vec<usize>)> = Vec::new();
-        for (i, job) in jobs.iter().enumerate() {
-            match users.iter_mut().find(|(u, _)| *u == job.req.user) {
-                Some((_, mine)) => mine.push(i),
-                None => users.push((&job.req.user, vec![i])),
-            }
-        }
+        // In the batch's order, one request after another, so that what
+        // the steps do in a room and what is published about it keep one
+        // order (a join's reply before the lines routed after it). Lines in
+        // a row, whoever says them, go together: their room steps in one
+        // round trip, their publishes in another.
         let mut statuses = vec![String::new(); jobs.len()];
-        let (jobs, answers) = (&jobs, &answers);
-        let runs = users.iter().map(|(_, mine)| async move {
-            let mut out = Vec::new();
-            let mut rest = &mine[..];
-            while let Some(&i) = rest.first() {
-                // Lines in a row go together: their room steps in one
-                // round trip, their publishes in another.
-                let lines = rest
-                    .iter()
-                    .take_while(|&&j| said(&jobs[j], &answers[j]).is_some())
-                    .count();
-                let statuses = if lines > 1 {
-                    let run: Vec<usize> = rest[..lines].to_vec();
-                    rest = &rest[lines..];
-                    self.say_run(jobs, answers, &run).await
-                } else {
-                    rest = &rest[1..];
-                    vec![(i, self.carry_out(&jobs[i], &answers[i]).await)]
-                };
-                let halted = statuses.iter().any(|(_, s)| s == "retry");
-                out.extend(statuses);
-                if halted {
+        let mut halted: HashSet<&str> = HashSet::new();
+        let mut i = 0;
+        while i < jobs.len() {
+            let lines = (i..jobs.len())
+                .take_while(|&j| said(&jobs[j], &answers[j]).is_some())
+                .count();
+            let done = if lines > 1 {
+                let run: Vec<usize> = (i..i + lines).collect();
+                i += lines;
+                self.say_run(jobs, &answers, &run, &mut halted).await
+            } else if halted.contains(jobs[i].req.user.as_str()) {
+                i += 1;
+                vec![(i - 1, "retry".to_string())]
+            } else {
+                i += 1;
+                vec![(i - 1, self.carry_out(&jobs[i - 1], &answers[i - 1]).await)]
+            };
+            for (j, status) in done {
+                tracing::debug!(id = jobs[j].eid, status, "applied in steps");
+                if status == "retry" {
                     // Nothing of this user's may overtake what waits.
-                    out.extend(rest.iter().map(|&j| (j, "retry".to_string())));
-                    break;
+                    halted.insert(&jobs[j].req.user);
                 }
+                statuses[j] = status;
             }
-            out
-        });
-        for (i, status) in join_all(runs).await.into_iter().flatten() {
-            tracing::debug!(id = jobs[i].eid, status, "applied in steps");
-            statuses[i] = status;
         }
         Ok(statuses)
     }
@@ -279,22 +270,24 @@ impl Steps {
         self.publish(sends).await
     }
 
-    /// Room lines of one user in a row (`run`, each [`said`]): their room
-    /// steps in one pipeline (a room's in order), then the lines of those
-    /// before the first that must wait, published in order. Each one's
-    /// status.
-    async fn say_run(
+    /// Room lines in a row (`run`, each [`said`]): their room steps in one
+    /// pipeline (a room's in order), then their lines published in order,
+    /// except those of a user whose step must wait (from that one on), or
+    /// of a user `halted` before. Each one's status.
+    async fn say_run<'a>(
         &self,
-        jobs: &[Job<'_>],
+        jobs: &'a [Job<'_>],
         answers: &[Vec<String>],
         run: &[usize],
+        halted: &mut HashSet<&'a str>,
     ) -> Vec<(usize, String)> {
         let mut pipe = redis::pipe();
         let mut decided = Vec::new();
         for &i in run {
             let (status, d) = said(&jobs[i], &answers[i]).expect("a room line");
-            let call = self.say_call(&jobs[i], &d);
-            pipe.add_command(call.cmd().clone());
+            if !halted.contains(jobs[i].req.user.as_str()) {
+                pipe.add_command(self.say_call(&jobs[i], &d).cmd().clone());
+            }
             decided.push((status, d));
         }
         let values: Vec<Value> =
@@ -305,26 +298,34 @@ impl Steps {
                     return run.iter().map(|&i| (i, "retry".to_string())).collect();
                 }
             };
+        let mut values = values.into_iter();
         let mut sends = Sends::new();
         let mut out = Vec::new();
-        for ((&i, (status, d)), value) in run.iter().zip(decided).zip(values) {
-            let answer: Vec<String> = redis::from_redis_value(value).unwrap_or_default();
+        for (&i, (status, d)) in run.iter().zip(decided) {
+            let user = jobs[i].req.user.as_str();
+            if halted.contains(user) {
+                out.push((i, "retry".to_string()));
+                continue;
+            }
+            let answer: Vec<String> = values
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
             match answer.first().map(String::as_str) {
                 Some("ok") | Some("duplicate") => {
                     self.said_line(&jobs[i], &d, &answer, &mut sends);
                     out.push((i, status));
                 }
-                _ => break,
+                _ => {
+                    halted.insert(user);
+                    out.push((i, "retry".to_string()));
+                }
             }
         }
-        if let Err(e) = self.publish(sends).await {
-            if let Halt::Redis(e) = e {
-                tracing::warn!(error = %e, "publishing lines failed; will retry");
-            }
-            out.clear();
+        if let Err(Halt::Redis(e)) = self.publish(sends).await {
+            tracing::warn!(error = %e, "publishing lines failed; will retry");
+            return run.iter().map(|&i| (i, "retry".to_string())).collect();
         }
-        let done = out.len();
-        out.extend(run[done..].iter().map(|&i| (i, "retry".to_string())));
         out
     }
 
