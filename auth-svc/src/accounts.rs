@@ -95,6 +95,9 @@ pub async fn set_password(
 /// cannot log in again).
 pub async fn delete(conn: &mut Conn, keys: &Keys, user: &str) -> Result<(), AuthError> {
     check_name(user)?;
+    if keys.on_cluster() {
+        return delete_in_steps(conn, keys, user).await;
+    }
     // The function names every set it changes: read them, and read again
     // should they change before it runs.
     for _ in 0..5 {
@@ -134,30 +137,72 @@ pub async fn delete(conn: &mut Conn, keys: &Keys, user: &str) -> Result<(), Auth
     )))
 }
 
-/// All account names, sorted.
-pub async fn list(conn: &mut Conn, keys: &Keys) -> Result<Vec<String>, AuthError> {
-    let prefix = keys.user("");
-    let mut names = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
+/// [`delete`] on a Redis Cluster, one slot at a time: the account first
+/// (no login after it), then the user out of its publishers' subscribers
+/// and of its subscribers' subscriptions (each told, if online, as on one
+/// Redis), then what it owns. Not atomic: a subscription step of the user
+/// running at that very moment can leave its name in one set.
+async fn delete_in_steps(conn: &mut Conn, keys: &Keys, user: &str) -> Result<(), AuthError> {
+    let deleted: i64 = conn.del(keys.user(user)).await?;
+    if deleted == 0 {
+        return Err(AuthError::NotFound(user.to_string()));
+    }
+    let publishers: Vec<String> = conn.smembers(keys.subscriptions(user)).await?;
+    for p in &publishers {
+        let () = conn.srem(keys.subscribers(p), user).await?;
+    }
+    let subscribers: Vec<String> = conn.smembers(keys.subscribers(user)).await?;
+    for s in &subscribers {
+        let () = conn.srem(keys.subscriptions(s), user).await?;
+        let (edge, at, sid): (Option<String>, Option<u64>, Option<String>) = redis::cmd("HMGET")
+            .arg(keys.session(s))
+            .arg("edge")
+            .arg("conn")
+            .arg("sid")
             .query_async(conn)
             .await?;
-        names.extend(
-            batch
-                .into_iter()
-                .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)),
-        );
-        if next == 0 {
-            break;
+        if let (Some(edge), Some(at), Some(sid)) = (edge, at, sid) {
+            let effect = shared::envelope::Effect::Unsubscribe {
+                sid,
+                user: user.to_string(),
+            };
+            let reply = shared::envelope::Reply {
+                conn: at,
+                rid: 0,
+                lines: Vec::new(),
+                effect: Some(effect),
+                sid: String::new(),
+            };
+            redis::cmd("SPUBLISH")
+                .arg(keys.edge_channel(&edge))
+                .arg(shared::steps::json(&reply))
+                .query_async::<()>(conn)
+                .await?;
         }
-        cursor = next;
     }
+    let () = conn
+        .del(&[
+            keys.subscriptions(user),
+            keys.subscribers(user),
+            keys.inbox(user),
+            keys.inbox_counts(user),
+            keys.publications(user),
+            keys.resume(user),
+        ])
+        .await?;
+    Ok(())
+}
+
+/// All account names, sorted.
+pub async fn list(conn: &mut Conn, keys: &Keys) -> Result<Vec<String>, AuthError> {
+    let pattern = format!("{}*", keys.user(""));
+    let pattern = pattern.replace("{}", "{*}"); // a cluster's names: `user:{<name>}`
+    let mut names: Vec<String> = conn
+        .scan(&pattern)
+        .await?
+        .iter()
+        .filter_map(|k| keys.user_of_account(k).map(str::to_string))
+        .collect();
     names.sort();
     names.dedup();
     Ok(names)

@@ -66,14 +66,7 @@ fn main() -> ExitCode {
 
 async fn user(cfg: Config, cmd: UserCommand) -> Result<(), AuthError> {
     let redis = shared::store::Redis::connect(&cfg).await?;
-    let (mut conn, keys) = (redis.conn.clone(), redis.keys.clone());
-    if redis.steps(cfg.notices).is_some()
-        && matches!(cmd, UserCommand::Del { .. } | UserCommand::List)
-    {
-        let e =
-            std::io::Error::other("`user del` and `user list` do not run on a Redis Cluster yet");
-        return Err(e.into());
-    }
+    let (mut conn, keys) = (redis.conn, redis.keys);
     let (cost, min_password) = (cfg.auth.bcrypt_cost, cfg.auth.min_password);
     match cmd {
         UserCommand::Add { name, if_missing } => {

@@ -218,3 +218,42 @@ async fn a_masters_failover_is_followed_and_nothing_replicated_before_it_is_lost
     assert!(after.windows(2).all(|w| w[0] < w[1]), "in order: {after:?}");
     assert!(seen[0].contains(" bob after "), "{seen:?}");
 }
+
+#[tokio::test]
+async fn accounts_are_listed_and_deleted_on_a_cluster() {
+    let sys = on_cluster(Shape::default(), 0).await;
+    sys.add_users(&["alice", "bob", "carol"]).await;
+    let mut alice = sys.login(0, "alice").await;
+    let mut bob = sys.login(1, "bob").await;
+    assert_eq!(alice.ask("/subscribe bob").await, "OK SUBSCRIBE bob");
+    assert_eq!(bob.ask("/subscribe carol").await, "OK SUBSCRIBE carol");
+    let keys = sys.keys();
+    let list = auth_svc::accounts::list(&mut sys.conn().await, &keys)
+        .await
+        .unwrap();
+    assert_eq!(list, ["alice", "bob", "carol"], "every master's accounts");
+
+    let (ok, said) = sys.account(&[], &["del", "bob"], "").await;
+    assert!(ok, "{said}");
+    let list = auth_svc::accounts::list(&mut sys.conn().await, &keys)
+        .await
+        .unwrap();
+    assert_eq!(list, ["alice", "carol"]);
+    assert_eq!(
+        alice.command("/subscriptions").await,
+        ["OK SUBSCRIPTIONS 0"]
+    );
+    let subscribers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.subscribers("carol"))
+        .query_async(&mut sys.conn().await)
+        .await
+        .unwrap();
+    assert!(subscribers.is_empty(), "{subscribers:?}");
+    let mut again = sys.connect(0).await;
+    again
+        .send(&format!("LOGIN bob {}", e2e::password("bob")))
+        .await;
+    assert!(again.line().await.starts_with("ERR bad-credentials"));
+    let (ok, said) = sys.account(&[], &["del", "bob"], "").await;
+    assert!(!ok && said.contains("bob"), "{said}");
+}

@@ -56,6 +56,21 @@ impl Keys {
         &self.prefix
     }
 
+    /// Whether these are a Redis Cluster's names.
+    pub fn on_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The name of the user whose account `key` is ([`Keys::user`]).
+    pub fn user_of_account<'a>(&self, key: &'a str) -> Option<&'a str> {
+        let name = key.strip_prefix(&self.prefix)?.strip_prefix("user:")?;
+        if self.cluster {
+            name.strip_prefix('{')?.strip_suffix('}')
+        } else {
+            Some(name)
+        }
+    }
+
     /// Hash `password`, `created`.
     pub fn user(&self, user: &str) -> String {
         self.tagged("user", user)
@@ -470,6 +485,14 @@ mod tests {
             .collect();
         assert!(users.len() > 95, "{} slots", users.len());
         assert_ne!(slot(&k.session("alice")), slot(&k.session("bob")));
+    }
+
+    #[test]
+    fn an_accounts_key_names_its_user_in_either_layout() {
+        for keys in [Keys::new("chat:"), Keys::for_cluster("chat:")] {
+            assert_eq!(keys.user_of_account(&keys.user("alice")), Some("alice"));
+            assert_eq!(keys.user_of_account(&keys.session("alice")), None);
+        }
     }
 
     #[test]

@@ -226,6 +226,53 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Every key matching `pattern` (`SCAN`; on a cluster, on each master).
+    pub async fn scan(&mut self, pattern: &str) -> RedisResult<Vec<String>> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let masters: Vec<Option<RoutingInfo>> = match self {
+            Conn::Node(_) => vec![None],
+            Conn::Cluster(c) => {
+                let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(c).await?;
+                nodes
+                    .lines()
+                    .filter(|l| l.contains("master") && !l.contains("fail"))
+                    .filter_map(|l| l.split(' ').nth(1)?.split('@').next()?.rsplit_once(':'))
+                    .filter_map(|(host, port)| {
+                        let port = port.parse().ok()?;
+                        let host = host.to_string();
+                        let at = SingleNodeRoutingInfo::ByAddress { host, port };
+                        Some(Some(RoutingInfo::SingleNode(at)))
+                    })
+                    .collect()
+            }
+        };
+        let mut keys = Vec::new();
+        for master in masters {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let value = match (&mut *self, &master) {
+                    (Conn::Cluster(c), Some(to)) => c.route_command(cmd, to.clone()).await?,
+                    (conn, _) => cmd.query_async(conn).await?,
+                };
+                let (next, batch): (u64, Vec<String>) = redis::from_redis_value(value)?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
+    }
+}
+
 /// A reconnecting, multiplexed connection for ordinary commands, with the
 /// functions library loaded (see [`crate::scripts`]).
 pub async fn commands(client: &Client) -> RedisResult<Conn> {
