@@ -103,15 +103,8 @@ pub async fn delete(conn: &mut Conn, keys: &Keys, user: &str) -> Result<(), Auth
     for _ in 0..5 {
         let publishers: Vec<String> = conn.smembers(keys.subscriptions(user)).await?;
         let subscribers: Vec<String> = conn.smembers(keys.subscribers(user)).await?;
-        let mut names = vec![
-            keys.user(user),
-            keys.subscriptions(user),
-            keys.subscribers(user),
-            keys.inbox(user),
-            keys.inbox_counts(user),
-            keys.publications(user),
-            keys.resume(user),
-        ];
+        let mut names = vec![keys.user(user)];
+        names.extend(owned(keys, user));
         names.extend(publishers.iter().map(|p| keys.subscribers(p)));
         for s in &subscribers {
             names.push(keys.subscriptions(s));
@@ -135,6 +128,19 @@ pub async fn delete(conn: &mut Conn, keys: &Keys, user: &str) -> Result<(), Auth
     Err(AuthError::Unexpected(format!(
         "the subscriptions of {user} kept changing"
     )))
+}
+
+/// What a user owns besides its account, in the order `chat_delete_user`
+/// takes it (KEYS 2-7).
+fn owned(keys: &Keys, user: &str) -> [String; 6] {
+    [
+        keys.subscriptions(user),
+        keys.subscribers(user),
+        keys.inbox(user),
+        keys.inbox_counts(user),
+        keys.publications(user),
+        keys.resume(user),
+    ]
 }
 
 /// [`delete`] on a Redis Cluster, one slot at a time: the account first
@@ -180,16 +186,7 @@ async fn delete_in_steps(conn: &mut Conn, keys: &Keys, user: &str) -> Result<(),
                 .await?;
         }
     }
-    let () = conn
-        .del(&[
-            keys.subscriptions(user),
-            keys.subscribers(user),
-            keys.inbox(user),
-            keys.inbox_counts(user),
-            keys.publications(user),
-            keys.resume(user),
-        ])
-        .await?;
+    let () = conn.del(&owned(keys, user)).await?;
     Ok(())
 }
 
