@@ -167,6 +167,22 @@ impl Bed {
         rid
     }
 
+    /// Waits until Redis's clock is past the current millisecond, so that
+    /// what is sent next has a later entry id than what was sent before
+    /// (on any stream: entries of one millisecond on two streams tie, and
+    /// the router takes tied requests in either order).
+    async fn next_ms(&self) {
+        let now = || async {
+            let (s, us): (u64, u64) = redis::cmd("TIME")
+                .query_async(&mut self.conn.clone())
+                .await
+                .unwrap();
+            s * 1000 + us / 1000
+        };
+        let sent = now().await;
+        e2e::eventually("Redis's clock moves on", || async { now().await > sent }).await;
+    }
+
     /// The first message on `edge`'s channels that `pick` takes (those it
     /// passes over are kept for later calls).
     async fn next(&mut self, edge: &str, mut pick: impl FnMut(&str, &Json) -> bool) -> Json {
@@ -573,6 +589,7 @@ async fn a_join_is_published_before_the_lines_routed_after_it_in_the_same_batch(
     let router = bed.routers[0].id().unwrap();
     e2e::signal(router, "STOP");
     let rid = bed.send(BOB, Op::Join { room: "dev".into() }).await;
+    bed.next_ms().await;
     bed.send(ALICE, say("routed after bob's join")).await;
     e2e::signal(router, "CONT");
     // On bob's edge, the reply that puts him in dev comes first: the line

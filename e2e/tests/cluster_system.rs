@@ -257,3 +257,66 @@ async fn accounts_are_listed_and_deleted_on_a_cluster() {
     let (ok, said) = sys.account(&[], &["del", "bob"], "").await;
     assert!(!ok && said.contains("bob"), "{said}");
 }
+
+#[tokio::test]
+async fn lines_of_two_publishers_on_two_routers_all_arrive_in_each_ones_order() {
+    let shape = Shape {
+        routers: 2,
+        ..Shape::default()
+    };
+    let sys = on_cluster(shape, 0).await;
+    sys.routers_own_partitions(2).await;
+    // Two senders whose partitions two different routers own.
+    let (keys, partitions) = (sys.keys(), sys.cfg.partitions);
+    let mut conn = sys.conn().await;
+    let mut owners = Vec::new();
+    for i in 0..32 {
+        let user = format!("u{i}");
+        let lease = keys.router_lease(shared::keys::partition_of(&user, partitions));
+        let owner: String = redis::cmd("GET")
+            .arg(lease)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        owners.push((user, owner));
+    }
+    let (a, first) = owners[0].clone();
+    let (b, _) = owners.iter().find(|(_, o)| *o != first).unwrap().clone();
+    sys.add_users(&[&a, &b, "carol"]).await;
+    let mut carol = sys.login(0, "carol").await;
+    let mut sa = sys.login(0, &a).await;
+    let mut sb = sys.login(1, &b).await;
+    for c in [&mut carol, &mut sa, &mut sb] {
+        assert_eq!(c.ask("/join dev").await, "OK JOIN dev");
+    }
+    let n = 300;
+    tokio::join!(
+        async {
+            for i in 0..n {
+                sa.send(&format!("a{i}")).await;
+            }
+        },
+        async {
+            for i in 0..n {
+                sb.send(&format!("b{i}")).await;
+            }
+        }
+    );
+    let (mut next_a, mut next_b) = (0, 0);
+    while next_a < n || next_b < n {
+        let line = carol.line().await;
+        let text = line.rsplit(' ').next().unwrap();
+        let (who, k) = text.split_at(1);
+        let k: usize = k.parse().unwrap();
+        match who {
+            "a" => {
+                assert_eq!(k, next_a, "{a}'s lines in order, none missing: {line}");
+                next_a += 1;
+            }
+            _ => {
+                assert_eq!(k, next_b, "{b}'s lines in order, none missing: {line}");
+                next_b += 1;
+            }
+        }
+    }
+}

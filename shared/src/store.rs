@@ -433,12 +433,23 @@ pub fn transient(e: &redis::RedisError) -> bool {
     let passing = |code: &str| {
         matches!(
             code,
-            "OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN"
+            "OOM"
+                | "BUSY"
+                | "LOADING"
+                | "READONLY"
+                | "MASTERDOWN"
+                | "TRYAGAIN"
+                | "CLUSTERDOWN"
+                | "MOVED"
+                | "ASK"
         )
     };
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_timeout()
+        // A Redis Cluster in a failover: its slots move or have no master.
+        || e.is_cluster_error()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
         || e.code().is_some_and(passing)
         || e.clone()
             .into_server_errors()

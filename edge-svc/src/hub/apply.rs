@@ -1,7 +1,7 @@
 //! Applying Pub/Sub messages: broadcast lines fan out to audiences; replies show and take effect.
 
 use super::audience::{enter, exit, leave_all, Audience};
-use super::{Hub, Out, Session};
+use super::{Hub, Out, Session, REORDER_MS};
 use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
@@ -42,15 +42,29 @@ impl Hub {
         let st = &mut *st;
         let Some(members) = st.audience.get(a) else {
             st.last.remove(a);
+            st.recent.remove(a);
             return;
         };
         if let Some(id) = id {
-            match st.last.get_mut(a) {
-                Some(last) if id <= *last => return,
-                Some(last) => *last = id,
-                None => {
-                    st.last.insert(a.clone(), id);
+            let first = !st.last.contains_key(a);
+            let last = *st.last.entry(a.clone()).or_insert(id);
+            if self.crossing {
+                let seen = st.recent.entry(a.clone()).or_default();
+                let newest = last.max(id);
+                if seen.contains(&id) || id.ms + REORDER_MS < newest.ms {
+                    return;
                 }
+                seen.insert(id);
+                let keep = EntryId {
+                    ms: newest.ms.saturating_sub(REORDER_MS),
+                    seq: 0,
+                };
+                *seen = seen.split_off(&keep);
+                st.last.insert(a.clone(), newest);
+            } else if !first && id <= last {
+                return;
+            } else {
+                st.last.insert(a.clone(), id);
             }
         }
         let line = render(std::slice::from_ref(line));

@@ -28,7 +28,7 @@ use shared::consumer::EntryId;
 use shared::envelope::Effect;
 use shared::keys::Keys;
 use shared::line::ServerLine;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -128,7 +128,18 @@ struct State {
     /// there (and a line that comes twice, replayed and live, is passed on
     /// once).
     last: HashMap<Audience, EntryId>,
+    /// On a Redis Cluster only: the ids passed on to each audience in the
+    /// last [`REORDER_MS`] before its last one. Two routers publish in
+    /// their own time, so lines of one room can come out of id order: a
+    /// line older than the last is dropped only if it was passed on.
+    recent: HashMap<Audience, BTreeSet<EntryId>>,
 }
+
+/// How far (in id time) lines of one room or publisher can come out of
+/// order on a Redis Cluster: two routers' publishes crossing. Older than
+/// that before the last, a line is taken as one passed on already (a
+/// router publishing again what it recovered).
+const REORDER_MS: u64 = 1000;
 
 pub(crate) struct Hub {
     /// Pub/Sub messages applied, lines queued to clients, and clients
@@ -138,6 +149,9 @@ pub(crate) struct Hub {
     pub(crate) drops: Counter,
     /// The edge's channel of replies (its other one has broadcast lines).
     edge_channel: String,
+    /// Lines may come out of id order (a Redis Cluster's routers): see
+    /// [`State::recent`].
+    crossing: bool,
     state: Mutex<State>,
     /// Sessions to end that no connection holds any more (a login answered
     /// after its connection left or gave up waiting).
@@ -155,6 +169,7 @@ impl Hub {
         let (orphans, orphans_rx) = mpsc::channel(ORPHANS);
         let hub = Hub {
             edge_channel: keys.edge_channel(edge_id),
+            crossing: keys.on_cluster(),
             pubsub_messages: Counter::default(),
             deliveries: Counter::default(),
             drops: Counter::default(),
@@ -278,6 +293,7 @@ impl Hub {
         let mut st = self.lock();
         let st = &mut *st;
         st.last.retain(|a, _| st.audience.contains_key(a));
+        st.recent.retain(|a, _| st.audience.contains_key(a));
         st.last.iter().map(|(a, id)| (a.clone(), *id)).collect()
     }
 

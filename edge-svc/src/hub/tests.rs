@@ -220,6 +220,33 @@ fn a_close_that_comes_before_its_logins_reply_closes_it_when_it_comes() {
 }
 
 #[test]
+fn on_a_cluster_lines_that_cross_are_passed_on_once_each() {
+    let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
+    let (mut a, _) = conn(&hub, 1, 16);
+    let _wait = hub.expect(1, 1);
+    hub.dispatch("chat:ch:edge:{e1}", &login_reply(1, 1, "alice", "5"));
+    let lobby = Audience::Room("lobby".into());
+    for line in [
+        "MSG lobby 5000-0 bob b",
+        "MSG lobby 4999-5 carol routed-first-published-second",
+        "MSG lobby 5000-0 bob b",
+        "MSG lobby 3000-0 dave long-passed",
+        "MSG lobby 5001-0 bob d",
+    ] {
+        hub.pass_on(&lobby, &ServerLine::parse(line).unwrap());
+    }
+    assert_eq!(
+        lines(&mut a),
+        [
+            "OK LOGIN alice lobby\n",
+            "MSG lobby 5000-0 bob b\n",
+            "MSG lobby 4999-5 carol routed-first-published-second\n",
+            "MSG lobby 5001-0 bob d\n"
+        ]
+    );
+}
+
+#[test]
 fn moves_subscriptions_and_notices_follow_the_current_session() {
     let (hub, _orphans) = hub();
     let (mut a, _) = conn(&hub, 1, 16);
