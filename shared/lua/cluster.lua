@@ -1,7 +1,9 @@
--- A router request on a Redis Cluster, in single-slot steps (being built:
--- docs/design.md, "Running on a Redis Cluster"; the services do not call
--- these yet). So far a room line: the user step in the user's slot, then
--- the room step in the room's.
+-- Requests and logins on a Redis Cluster, in single-slot steps
+-- (docs/design.md, "Running on a Redis Cluster"): each request's user step
+-- in the user's slot, then its later steps in the slots of the room, the
+-- other user, the conversation, the edge or the directory. The router
+-- (router-svc/src/steps.rs), auth-svc (auth-svc/src/steps.rs) and
+-- shared/src/steps.rs call them.
 --
 -- The user step takes the request in the user's order (its last applied
 -- id, as on one Redis), reads the session, decides, and keeps the

@@ -29,8 +29,7 @@ pub struct Config {
     /// Redis to use, `redis://host:port[/db]`, or over TLS
     /// `rediss://host:port[/db]` (the certificate is checked for `host`),
     /// or a Redis Cluster: `redis+cluster://host:port[,host:port…]`, any of
-    /// its nodes (router-svc only so far: docs/operations.md, "Scaling past
-    /// one Redis").
+    /// its nodes (docs/operations.md, "Scaling past one Redis").
     pub redis_url: String,
     /// TLS and ACL credentials for Redis.
     pub redis: RedisConfig,
