@@ -172,13 +172,7 @@ async fn delete_in_steps(conn: &mut Conn, keys: &Keys, user: &str) -> Result<(),
                 sid,
                 user: user.to_string(),
             };
-            let reply = shared::envelope::Reply {
-                conn: at,
-                rid: 0,
-                lines: Vec::new(),
-                effect: Some(effect),
-                sid: String::new(),
-            };
+            let reply = shared::envelope::Reply::effect(at, effect);
             redis::cmd("SPUBLISH")
                 .arg(keys.edge_channel(&edge))
                 .arg(shared::steps::json(&reply))

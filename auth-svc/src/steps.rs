@@ -104,19 +104,8 @@ async fn carry_out(steps: &Steps, switch: &Switch<'_>, d: &Json) -> Result<(), A
     let (k, req, user) = (&steps.k, switch.req, switch.req.user.as_str());
     if d["old"].is_object() {
         let old = &d["old"];
-        let close = Reply {
-            conn: str_of(old, "conn").parse().unwrap_or(0),
-            rid: 0,
-            lines: Vec::new(),
-            effect: Some(Effect::Close {
-                reason: "logged-in-elsewhere".into(),
-                sid: str_of(old, "sid"),
-            }),
-            sid: String::new(),
-        };
-        let edge = str_of(old, "edge");
-        let sends = vec![(k.edge_channel(&edge), json(&close))];
-        steps.publish(sends).await.map_err(stopped)?;
+        let close = steps.close(&str_of(old, "edge"), old, "logged-in-elsewhere");
+        steps.publish(vec![close]).await.map_err(stopped)?;
         steps
             .finish_end(user, &old.to_string())
             .await

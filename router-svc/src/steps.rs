@@ -71,17 +71,17 @@ impl Steps {
         // order (a join's reply before the lines routed after it). Lines in
         // a row, whoever says them, go together: their room steps in one
         // round trip, their publishes in another.
+        let said: Vec<Option<(String, Json)>> =
+            jobs.iter().zip(&answers).map(|(j, a)| said(j, a)).collect();
         let mut statuses = vec![String::new(); jobs.len()];
         let mut halted: HashSet<&str> = HashSet::new();
         let mut i = 0;
         while i < jobs.len() {
-            let lines = (i..jobs.len())
-                .take_while(|&j| said(&jobs[j], &answers[j]).is_some())
-                .count();
+            let lines = (i..jobs.len()).take_while(|&j| said[j].is_some()).count();
             let done = if lines > 1 {
                 let run: Vec<usize> = (i..i + lines).collect();
                 i += lines;
-                self.say_run(jobs, &answers, &run, &mut halted).await
+                self.say_run(jobs, &said, &run, &mut halted).await
             } else if halted.contains(jobs[i].req.user.as_str()) {
                 i += 1;
                 vec![(i - 1, "retry".to_string())]
@@ -277,18 +277,18 @@ impl Steps {
     async fn say_run<'a>(
         &self,
         jobs: &'a [Job<'_>],
-        answers: &[Vec<String>],
+        said: &[Option<(String, Json)>],
         run: &[usize],
         halted: &mut HashSet<&'a str>,
     ) -> Vec<(usize, String)> {
         let mut pipe = redis::pipe();
         let mut decided = Vec::new();
         for &i in run {
-            let (status, d) = said(&jobs[i], &answers[i]).expect("a room line");
+            let (status, d) = said[i].as_ref().expect("a room line");
             if !halted.contains(jobs[i].req.user.as_str()) {
-                pipe.add_command(self.say_call(&jobs[i], &d).cmd().clone());
+                pipe.add_command(self.say_call(&jobs[i], d).cmd().clone());
             }
-            decided.push((status, d));
+            decided.push((status.clone(), d));
         }
         let values: Vec<Value> =
             match shared::scripts::query_pipe(&mut self.conn.clone(), &pipe).await {
@@ -313,7 +313,7 @@ impl Steps {
                 .unwrap_or_default();
             match answer.first().map(String::as_str) {
                 Some("ok") | Some("duplicate") => {
-                    self.said_line(&jobs[i], &d, &answer, &mut sends);
+                    self.said_line(&jobs[i], d, &answer, &mut sends);
                     out.push((i, status));
                 }
                 _ => {

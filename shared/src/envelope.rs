@@ -141,6 +141,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A notice of `effect` alone to connection `conn` (no lines, no
+    /// request waiting for it).
+    pub fn effect(conn: u64, effect: Effect) -> Reply {
+        Reply {
+            conn,
+            rid: 0,
+            lines: Vec::new(),
+            effect: Some(effect),
+            sid: String::new(),
+        }
+    }
+
     /// Sorts the listing lines by name, in byte order (the functions leave
     /// them unsorted: sorting inside Redis would hold up every client).
     pub fn sort_listing(&mut self) {

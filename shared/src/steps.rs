@@ -185,6 +185,20 @@ impl Steps {
         Ok(ended)
     }
 
+    /// The close (`BYE <reason>`) of the session an end or a login decided
+    /// (`s`: its `conn` and `sid`), on `edge`'s channel.
+    pub fn close(&self, edge: &str, s: &Json, reason: &str) -> (String, String) {
+        let effect = Effect::Close {
+            reason: reason.into(),
+            sid: str_of(s, "sid"),
+        };
+        let conn = str_of(s, "conn").parse().unwrap_or(0);
+        (
+            self.k.edge_channel(edge),
+            json(&Reply::effect(conn, effect)),
+        )
+    }
+
     /// Ends every session `edge` holds (it died, or it starts again under
     /// its id); how many.
     pub async fn end_edge_sessions(&self, edge: &str) -> RedisResult<u64> {
@@ -213,17 +227,7 @@ impl Steps {
                     // Should the edge be alive after all, its connection
                     // is told and closed.
                     let s: Json = serde_json::from_str(d).map_err(|_| Halt::Retry)?;
-                    let close = Reply {
-                        conn: str_of(&s, "conn").parse().unwrap_or(0),
-                        rid: 0,
-                        lines: Vec::new(),
-                        effect: Some(Effect::Close {
-                            reason: "server-shutdown".into(),
-                            sid: str_of(&s, "sid"),
-                        }),
-                        sid: String::new(),
-                    };
-                    self.publish(vec![(k.edge_channel(edge), json(&close))])
+                    self.publish(vec![self.close(edge, &s, "server-shutdown")])
                         .await?;
                     self.finish_end(user, d).await?;
                     return Ok(1);
