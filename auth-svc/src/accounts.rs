@@ -171,6 +171,7 @@ async fn delete_in_steps(conn: &mut Conn, keys: &Keys, user: &str) -> Result<(),
             let effect = shared::envelope::Effect::Unsubscribe {
                 sid,
                 user: user.to_string(),
+                since: None,
             };
             let reply = shared::envelope::Reply::effect(at, effect);
             redis::cmd("SPUBLISH")

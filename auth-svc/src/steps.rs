@@ -158,6 +158,7 @@ async fn carry_out(steps: &Steps, switch: &Switch<'_>, d: &Json) -> Result<(), A
             subs: text("subs"),
             inbox: text("inbox"),
             expires: text("expires"),
+            v: entered.get(1).and_then(|v| v.parse().ok()),
         }),
         sid: String::new(),
     };

@@ -185,6 +185,7 @@ impl Steps {
             k.history(&self.room),
             k.room_edges(&self.room),
             k.marks(&self.room),
+            k.room_version(&self.room),
         ];
         let call = Call::new("chat_c_say_room", &keys)
             .arg("alice")
@@ -310,15 +311,16 @@ async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them(
     assert_eq!(numbers(&u1), (1, 0), "alice's first line to the room");
     let r1 = s.room("100-1", &u1).await;
     assert_eq!(
-        (r1[0].as_str(), &r1[2..]),
+        (r1[0].as_str(), &r1[3..]),
         ("ok", &["e1".to_string(), "e2".into()][..])
     );
+    assert_eq!(r1[2], "0", "the room's version: no member moved yet");
     // Sent again (another router recovering it): the same decision, the
     // same history id and the edges to publish it to again, nothing added.
     assert_eq!(s.user("100-1", "").await, ["duplicate", &u1[1]]);
     assert_eq!(
         s.room("100-1", &u1).await,
-        ["duplicate", &r1[1], "e1", "e2"]
+        ["duplicate", &r1[1], "0", "e1", "e2"]
     );
 
     // Requests 2 and 3 in one pipeline; 3's room step arrives first: it
@@ -341,7 +343,7 @@ async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them(
     let first = s.room("100-4", &new).await;
     let late = s.room("100-4", &old).await;
     assert_eq!(first[0], "ok");
-    assert_eq!(late, ["duplicate", &first[1], "e1", "e2"]);
+    assert_eq!(late, ["duplicate", &first[1], &first[2], "e1", "e2"]);
     assert_eq!(
         s.history().await,
         ["line 100-1", "line 100-2", "line 100-3", "line 100-4"]
@@ -540,7 +542,12 @@ async fn a_join_in_single_slot_steps_moves_the_member_once_and_her_lines_wait_fo
     );
     let left = s.moved("lobby", &join, "from").await;
     assert_eq!(left, ["ok", "1", "0"], "the lobby is empty, on no edge");
-    assert_eq!(s.room("200-2", &say).await[0], "ok");
+    let said = s.room("200-2", &say).await;
+    assert_eq!(said[0], "ok");
+    assert_eq!(
+        said[2], entered[1],
+        "her line names the version she joined at"
+    );
     // Sent again: nothing moves twice (her line came after it there).
     let again = s.moved(&dev, &join, "to").await;
     assert_eq!(again, ["duplicate", "", "1", "e1"]);

@@ -257,19 +257,27 @@ async fn every_request_is_applied_in_steps_and_answered_on_the_edges_channels() 
         serde_json::json!({"k": "ok_join", "room": "dev"})
     );
     assert_eq!(r["effect"]["kind"], "room");
+    // The move names the versions its room steps took, and the room's
+    // lines the version they were routed at (the edges order them so).
+    assert!(r["effect"]["v_from"].is_u64(), "{r}");
+    let alice_v = r["effect"]["v_to"].as_u64().expect("dev's version");
     let own = bed.line("e1", "sys").await;
     assert_eq!(
         (own["user"].as_str(), own["what"].as_str()),
         (Some("alice"), Some("joined"))
     );
+    assert_eq!(own["v"].as_u64(), Some(alice_v));
     let r = bed.ask(BOB, join("dev")).await;
     assert_eq!(kinds(&r), ["ok_join"]);
+    let bob_v = r["effect"]["v_to"].as_u64().expect("dev's version");
+    assert!(bob_v > alice_v);
     for edge in ["e1", "e2"] {
         let sys = bed.line(edge, "sys").await;
         assert_eq!(
             (sys["user"].as_str(), sys["what"].as_str()),
             (Some("bob"), Some("joined"))
         );
+        assert_eq!(sys["v"].as_u64(), Some(bob_v));
     }
 
     // bob's lines reach alice's edge once each, in order.
@@ -280,6 +288,7 @@ async fn every_request_is_applied_in_steps_and_answered_on_the_edges_channels() 
     for i in 0..20 {
         let line = bed.line("e1", "msg").await;
         assert_eq!(line["text"], format!("m{i}"), "in order, once each");
+        assert_eq!(line["v"].as_u64(), Some(bob_v), "routed after bob's join");
         assert_eq!(
             (line["room"].as_str(), line["from"].as_str()),
             (Some("dev"), Some("bob"))
@@ -315,6 +324,7 @@ async fn every_request_is_applied_in_steps_and_answered_on_the_edges_channels() 
         .await;
     assert_eq!(kinds(&r), ["ok_subscribe"]);
     assert_eq!(r["effect"]["kind"], "subscribe");
+    assert_eq!(r["effect"]["since"], "0-0", "bob has published nothing");
     let r = bed
         .ask(
             ALICE,

@@ -109,9 +109,9 @@ fn short(r: &Reply) -> String {
             subs.sort_unstable();
             format!("login {user} {sid} {room} [{}] [{inbox}]", subs.join(" "))
         }
-        Some(Effect::Room { sid, room }) => format!("room {sid} {room}"),
-        Some(Effect::Subscribe { sid, user }) => format!("subscribe {sid} {user}"),
-        Some(Effect::Unsubscribe { sid, user }) => format!("unsubscribe {sid} {user}"),
+        Some(Effect::Room { sid, room, .. }) => format!("room {sid} {room}"),
+        Some(Effect::Subscribe { sid, user, .. }) => format!("subscribe {sid} {user}"),
+        Some(Effect::Unsubscribe { sid, user, .. }) => format!("unsubscribe {sid} {user}"),
         Some(Effect::Close { reason, sid }) => format!("close {reason} {sid}"),
     };
     format!("{s} => {effect}")

@@ -7,6 +7,20 @@ use shared::keys::{partition_of, Keys};
 use shared::scripts::Call;
 use shared::store::Conn;
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Until when every lease held is surely still ours: the start of the
+/// last maintenance that renewed them all, plus their time to live (Redis
+/// counts it from later). Past it a router publishes nothing: on a Redis
+/// Cluster the routers publish after the steps, and a stalled router's
+/// late lines must not follow its successor's.
+pub(crate) type Until = Arc<Mutex<Instant>>;
+
+/// Whether the leases are surely still held now.
+pub(crate) fn holding(until: &Until) -> bool {
+    Instant::now() < *until.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub(crate) struct Leases {
     keys: Keys,
@@ -15,6 +29,7 @@ pub(crate) struct Leases {
     partitions: u32,
     ttl_ms: u64,
     owned: BTreeSet<u32>,
+    until: Until,
 }
 
 impl Leases {
@@ -26,7 +41,17 @@ impl Leases {
             partitions: cfg.partitions,
             ttl_ms: cfg.router.lease_ms,
             owned: BTreeSet::new(),
+            until: Arc::new(Mutex::new(Instant::now())),
         }
+    }
+
+    /// Until when the leases are surely held (see [`Until`]).
+    pub(crate) fn until(&self) -> Until {
+        self.until.clone()
+    }
+
+    fn hold_until(&self, t: Instant) {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = t;
     }
 
     pub(crate) fn owned(&self) -> impl Iterator<Item = u32> + '_ {
@@ -40,6 +65,7 @@ impl Leases {
             // Pending requests stay for whoever owns the partitions next.
             tracing::warn!(error = %e, "lease maintenance failed; dropping leases");
             self.owned.clear();
+            self.hold_until(Instant::now());
         }
     }
 
@@ -51,6 +77,7 @@ impl Leases {
     }
 
     async fn try_maintain(&mut self) -> redis::RedisResult<()> {
+        let started = Instant::now();
         let now = shared::now_ms();
         let routers = self.keys.routers();
         let (_, _, live): ((), (), u32) = redis::pipe()
@@ -70,6 +97,7 @@ impl Leases {
                 self.owned.remove(&p);
             }
         }
+        self.hold_until(started + Duration::from_millis(self.ttl_ms));
         let fair = self.partitions.div_ceil(live.max(1)) as usize;
         while self.owned.len() > fair {
             let p = *self.owned.iter().next_back().expect("not empty");

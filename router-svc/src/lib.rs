@@ -102,7 +102,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RouterE
         .consumer(streams.clone(), GROUP, &cfg.router.id, BLOCK)
         .await?;
     let mut leases = leases::Leases::new(&cfg, keys.clone(), cmds.clone());
-    let mut worker = Worker::new(&cfg, &redis, consumer.clone());
+    let mut worker = Worker::new(&cfg, &redis, consumer.clone(), leases.until());
     let metrics = Arc::new(Metrics {
         conn: cmds.clone(),
         streams: streams.clone(),

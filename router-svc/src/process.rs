@@ -67,7 +67,12 @@ impl Place {
 }
 
 impl Worker {
-    pub(crate) fn new(cfg: &Config, redis: &shared::store::Redis, consumer: Consumer) -> Worker {
+    pub(crate) fn new(
+        cfg: &Config,
+        redis: &shared::store::Redis,
+        consumer: Consumer,
+        until: crate::leases::Until,
+    ) -> Worker {
         Worker {
             keys: redis.keys.clone(),
             conn: redis.conn.clone(),
@@ -75,7 +80,9 @@ impl Worker {
             id: cfg.router.id.clone(),
             cfg: cfg.clone(),
             batch: cfg.router.batch,
-            steps: redis.steps(cfg.notices).map(|s| Steps::new(s, cfg.clone())),
+            steps: redis
+                .steps(cfg.notices)
+                .map(|s| Steps::new(s, cfg.clone(), until)),
         }
     }
 

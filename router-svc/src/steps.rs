@@ -39,6 +39,7 @@ pub(crate) struct Job<'a> {
 pub(crate) struct Steps {
     base: shared::steps::Steps,
     cfg: Config,
+    until: crate::leases::Until,
 }
 
 impl Deref for Steps {
@@ -50,8 +51,25 @@ impl Deref for Steps {
 }
 
 impl Steps {
-    pub(crate) fn new(base: shared::steps::Steps, cfg: Config) -> Steps {
-        Steps { base, cfg }
+    pub(crate) fn new(
+        base: shared::steps::Steps,
+        cfg: Config,
+        until: crate::leases::Until,
+    ) -> Steps {
+        Steps { base, cfg, until }
+    }
+
+    /// Publishes what the steps left, only while the leases are surely
+    /// still this router's (else the requests stay pending, for their
+    /// next owner to carry out again: see [`crate::leases::Until`]).
+    async fn publish(&self, sends: Sends) -> Done<()> {
+        if !crate::leases::holding(&self.until) {
+            let e = std::io::Error::other(
+                "the leases may have run out; publishing left to their next owner",
+            );
+            return Err(Halt::Redis(e.into()));
+        }
+        self.base.publish(sends).await
     }
 
     /// Applies `jobs`; the status of each, as the one-Redis functions
@@ -225,7 +243,7 @@ impl Steps {
                     .arg(-1)
                     .query_async(&mut self.conn.clone())
                     .await?;
-                self.to_edges(&edges, &line, &mut sends);
+                self.to_edges(&edges, &line, "", &mut sends);
                 let online = self.online_subscribers(user).await?;
                 self.reply(
                     job,
@@ -335,7 +353,12 @@ impl Steps {
         let Op::Say { text } = &job.req.op else {
             unreachable!("a room line");
         };
-        let keys = [k.history(&room), k.room_edges(&room), k.marks(&room)];
+        let keys = [
+            k.history(&room),
+            k.room_edges(&room),
+            k.marks(&room),
+            k.room_version(&room),
+        ];
         Call::new("chat_c_say_room", &keys)
             .arg(&job.req.user)
             .arg(job.eid)
@@ -351,14 +374,14 @@ impl Steps {
         let Op::Say { text } = &job.req.op else {
             return;
         };
-        if let [_, id, edges @ ..] = answer {
+        if let [_, id, v, edges @ ..] = answer {
             let line = ServerLine::Msg {
                 room: str_of(d, "room"),
                 id: id.clone(),
                 from: job.req.user.clone(),
                 text: text.clone(),
             };
-            self.to_edges(edges, &line, sends);
+            self.to_edges(edges, &line, v, sends);
         }
     }
 
@@ -400,6 +423,8 @@ impl Steps {
         let effect = Effect::Room {
             sid: job.req.sid.clone(),
             room: to.clone(),
+            v_from: out.get(1).and_then(|v| v.parse().ok()),
+            v_to: into.get(1).and_then(|v| v.parse().ok()),
         };
         self.reply(job, vec![final_line], Some(effect), sends);
         self.notice(&from, &job.req.user, "left", &out, sends);
@@ -458,13 +483,13 @@ impl Steps {
             self.reply(job, vec![line], None, sends);
             return Ok(());
         }
-        let (sid, user) = (job.req.sid.clone(), target.to_string());
+        let (sid, user, since) = (job.req.sid.clone(), target.to_string(), Some(since));
         let (line, effect) = if kind == "subscribe" {
             let line = ServerLine::OkSubscribe { user: user.clone() };
-            (line, Effect::Subscribe { sid, user })
+            (line, Effect::Subscribe { sid, user, since })
         } else {
             let line = ServerLine::OkUnsubscribe { user: user.clone() };
-            (line, Effect::Unsubscribe { sid, user })
+            (line, Effect::Unsubscribe { sid, user, since })
         };
         self.reply(job, vec![line], Some(effect), sends);
         Ok(())

@@ -87,23 +87,30 @@ redis.register_function('chat_c_say', function(keys, args)
   return decide(q, {room = room, seq = seq, prev = route_to(keys[4], 'room:' .. room, seq)})
 end)
 
--- A room line's room step. KEYS 1-3: the room's history, its members per
--- edge, its marks. ARGV 1-7: the publisher, the request's entry id (its
--- time names the history entry), the `seq` and `prev` its user step gave,
--- the text, the history cap and ttl. Answers `{'ok', <history id>,
--- <edge>…}` (the edges to publish the line to), or as `later_step` (a
--- duplicate gives the history id it was given and the edges now: the
--- router publishes it again, and an edge that passed it on drops it).
+-- A room line's room step. KEYS 1-4: the room's history, its members per
+-- edge, its marks, its version. ARGV 1-7: the publisher, the request's
+-- entry id (its time names the history entry), the `seq` and `prev` its
+-- user step gave, the text, the history cap and ttl. Answers `{'ok',
+-- <history id>, <version>, <edge>…}`: the edges to publish the line to,
+-- and the room's version then (an edge shows the line to the members who
+-- joined at or before it and left after it). Or as `later_step` (a
+-- duplicate gives the history id and version it was given and the edges
+-- now: the router publishes it again, and an edge that passed it on drops
+-- it).
 redis.register_function('chat_c_say_room', function(keys, args)
   local publisher, eid, text = args[1], args[2], args[5]
   local seq, prev = tonumber(args[3]), tonumber(args[4])
   local answer = later_step(keys[3], publisher, seq, prev)
   if answer and (answer[1] == 'retry' or answer[2] == '') then return answer end
-  if not answer then
+  if answer then
+    local id, v = string.match(answer[2], '^(%S+) ?(%d*)$')
+    answer = {'duplicate', id, v}
+  else
     local h = {cap = args[6], ttl = tonumber(args[7])}
     local id = add_history({eid = eid}, keys[1], h, 'from', publisher, 'text', text)
-    redis.call('HSET', keys[3], publisher, seq .. ' ' .. id)
-    answer = {'ok', id}
+    local v = redis.call('GET', keys[4]) or '0'
+    redis.call('HSET', keys[3], publisher, seq .. ' ' .. id .. ' ' .. v)
+    answer = {'ok', id, v}
   end
   for _, edge in ipairs(redis.call('HKEYS', keys[2])) do answer[#answer + 1] = edge end
   return answer

@@ -187,13 +187,38 @@ pub enum Effect {
         /// this login is good if nothing renews it; empty: none was given.
         #[serde(default)]
         expires: String,
+        /// On a Redis Cluster, the room's version its step took: the
+        /// room's lines from that version on are the session's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u64>,
     },
-    /// The session `sid` moved to `room`.
-    Room { sid: String, room: String },
-    /// The session `sid` now receives `user`'s publications.
-    Subscribe { sid: String, user: String },
-    /// The session `sid` no longer receives `user`'s publications.
-    Unsubscribe { sid: String, user: String },
+    /// The session `sid` moved to `room`. On a Redis Cluster, with the
+    /// versions the two room steps took: the old room's lines before
+    /// `v_from` and the new room's from `v_to` on are the session's.
+    Room {
+        sid: String,
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v_from: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v_to: Option<u64>,
+    },
+    /// The session `sid` now receives `user`'s publications; on a Redis
+    /// Cluster, those after id `since` (the last one when it subscribed).
+    Subscribe {
+        sid: String,
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+    },
+    /// The session `sid` no longer receives `user`'s publications; on a
+    /// Redis Cluster, but for those up to id `since`.
+    Unsubscribe {
+        sid: String,
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+    },
     /// The session `sid` is over: send `BYE <reason>` and close.
     Close { reason: String, sid: String },
 }
@@ -278,6 +303,7 @@ mod tests {
                 subs: String::new(),
                 inbox: String::new(),
                 expires: String::new(),
+                v: None,
             })
         );
         let bye: Reply = serde_json::from_str(

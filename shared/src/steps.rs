@@ -92,7 +92,7 @@ impl Steps {
     /// `SYS <room> <user> <what>` to the room's edges, after a room step
     /// that took effect (`answer`), unless notices keep the room quiet.
     pub fn notice(&self, room: &str, user: &str, what: &str, answer: &[String], sends: &mut Sends) {
-        let [status, _, members, edges @ ..] = answer else {
+        let [status, v, members, edges @ ..] = answer else {
             return;
         };
         let n = &self.notices;
@@ -104,7 +104,7 @@ impl Steps {
                 user: user.into(),
                 what: what.into(),
             };
-            self.to_edges(edges, &line, sends);
+            self.to_edges(edges, &line, v, sends);
         }
     }
 
@@ -254,9 +254,15 @@ impl Steps {
         }
     }
 
-    /// A broadcast line to each of `edges` (their line channels).
-    pub fn to_edges(&self, edges: &[String], line: &ServerLine, sends: &mut Sends) {
-        let payload = json(line);
+    /// A broadcast line to each of `edges` (their line channels); a room's
+    /// line with the room's version `v` when its step ran (the edges show
+    /// it to the members then; a publication's id orders it).
+    pub fn to_edges(&self, edges: &[String], line: &ServerLine, v: &str, sends: &mut Sends) {
+        let mut payload = serde_json::to_value(line).expect("lines serialize");
+        if let Ok(v) = v.parse::<u64>() {
+            payload["v"] = v.into();
+        }
+        let payload = payload.to_string();
         for edge in edges {
             sends.push((self.k.lines_channel(edge), payload.clone()));
         }

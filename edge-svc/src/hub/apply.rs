@@ -1,11 +1,12 @@
 //! Applying Pub/Sub messages: broadcast lines fan out to audiences; replies show and take effect.
 
 use super::audience::{enter, exit, leave_all, Audience};
-use super::{Hub, Out, Session, REORDER_MS};
+use super::{Conn, Held, Hub, Left, Out, Session, HELD_LINES, REORDER_MS};
 use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 impl Hub {
     /// Applies one Pub/Sub message: a reply on the edge's channel, a
@@ -25,7 +26,13 @@ impl Hub {
     fn broadcast(&self, channel: &str, payload: &[u8]) {
         let line = serde_json::from_slice::<ServerLine>(payload);
         match line.as_ref().map(|l| (Audience::of(l), l)) {
-            Ok((Some(a), line)) => self.pass_on(&a, line),
+            Ok((Some(a), line)) => {
+                // A cluster's room line names the room's version then.
+                let v = self
+                    .crossing
+                    .then(|| serde_json::from_slice::<Version>(payload));
+                self.deliver(&a, line, v.and_then(|v| v.ok()?.v));
+            }
             Ok((None, line)) => tracing::warn!(channel, %line, "not a broadcast line; dropped"),
             Err(e) => tracing::warn!(channel, error = %e, "undecodable line dropped"),
         }
@@ -34,37 +41,32 @@ impl Hub {
     /// Queues a room or publisher line to its audience, unless it is a
     /// message already passed on (replayed, then live).
     pub(crate) fn pass_on(&self, a: &Audience, line: &ServerLine) {
+        self.deliver(a, line, None);
+    }
+
+    /// As [`Hub::pass_on`], for a room's line of version `v` (on a Redis
+    /// Cluster: see [`Hub::deliver_crossing`]).
+    fn deliver(&self, a: &Audience, line: &ServerLine, v: Option<u64>) {
         let id = match line {
             ServerLine::Msg { id, .. } | ServerLine::Pub { id, .. } => EntryId::parse(id),
             _ => None,
         };
+        if self.crossing {
+            return self.deliver_crossing(a, line, id, v);
+        }
         let mut st = self.lock();
         let st = &mut *st;
         let Some(members) = st.audience.get(a) else {
             st.last.remove(a);
-            st.recent.remove(a);
             return;
         };
         if let Some(id) = id {
-            let first = !st.last.contains_key(a);
-            let last = *st.last.entry(a.clone()).or_insert(id);
-            if self.crossing {
-                let seen = st.recent.entry(a.clone()).or_default();
-                let newest = last.max(id);
-                if seen.contains(&id) || id.ms + REORDER_MS < newest.ms {
-                    return;
+            match st.last.get_mut(a) {
+                Some(last) if id <= *last => return,
+                Some(last) => *last = id,
+                None => {
+                    st.last.insert(a.clone(), id);
                 }
-                seen.insert(id);
-                let keep = EntryId {
-                    ms: newest.ms.saturating_sub(REORDER_MS),
-                    seq: 0,
-                };
-                *seen = seen.split_off(&keep);
-                st.last.insert(a.clone(), newest);
-            } else if !first && id <= last {
-                return;
-            } else {
-                st.last.insert(a.clone(), id);
             }
         }
         let line = render(std::slice::from_ref(line));
@@ -74,6 +76,93 @@ impl Hub {
             }
         }
         self.deliveries.add(members.len() as u64);
+    }
+
+    /// On a Redis Cluster two routers publish in their own time, so a
+    /// room's lines, and the replies that move its members, can come out
+    /// of the order their steps ran in. Each line has an order mark (the
+    /// room's version, a publication's id), and so has each move: a
+    /// member is shown the lines from the mark it joined at, and, for
+    /// [`REORDER_MS`] after it left, those before the mark it left at;
+    /// lines that came before a join's reply are held that long for it.
+    /// A line whose id was passed on already is dropped (ids of the last
+    /// [`REORDER_MS`] are kept).
+    fn deliver_crossing(
+        &self,
+        a: &Audience,
+        line: &ServerLine,
+        id: Option<EntryId>,
+        v: Option<u64>,
+    ) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if let Some(id) = id {
+            let last = *st.last.entry(a.clone()).or_insert(id);
+            let seen = st.recent.entry(a.clone()).or_default();
+            let newest = last.max(id);
+            if seen.contains(&id) || id.ms + REORDER_MS < newest.ms {
+                return;
+            }
+            seen.insert(id);
+            let keep = EntryId {
+                ms: newest.ms.saturating_sub(REORDER_MS),
+                seq: 0,
+            };
+            *seen = seen.split_off(&keep);
+            st.last.insert(a.clone(), newest);
+        }
+        let at = match a {
+            Audience::Room(_) => v.map(|v| EntryId { ms: v, seq: 0 }),
+            Audience::Pub(_) => id,
+        };
+        let shown = |from: Option<&EntryId>| match (at, from) {
+            (Some(at), Some(from)) => *from <= at,
+            _ => true,
+        };
+        let bytes = render(std::slice::from_ref(line));
+        let mut n = 0;
+        for id in st.audience.get(a).into_iter().flatten() {
+            if let Some(c) = st.conns.get(id).filter(|c| shown(c.after.get(a))) {
+                self.push_line(c, &bytes);
+                n += 1;
+            }
+        }
+        let Some(at) = at else {
+            self.deliveries.add(n);
+            return;
+        };
+        let now = Instant::now();
+        if let Some(left) = st.left.get_mut(a) {
+            left.retain(|l| l.until > now);
+            for l in left.iter().filter(|l| at < l.before) {
+                if let Some(c) = st.conns.get(&l.conn) {
+                    self.push_line(c, &bytes);
+                    n += 1;
+                }
+            }
+        }
+        self.deliveries.add(n);
+        let held = st.held.entry(a.clone()).or_default();
+        held.push_back(Held {
+            at,
+            came: now,
+            line: bytes,
+        });
+        prune(held, now);
+        if st.held.len() >= st.sweep_at {
+            st.held.retain(|_, held| {
+                prune(held, now);
+                !held.is_empty()
+            });
+            st.left.retain(|_, left| {
+                left.retain(|l| l.until > now);
+                !left.is_empty()
+            });
+            let kept = |a: &Audience| st.audience.contains_key(a) || st.held.contains_key(a);
+            st.last.retain(|a, _| kept(a));
+            st.recent.retain(|a, _| kept(a));
+            st.sweep_at = (2 * st.held.len()).max(64);
+        }
     }
 
     fn apply(&self, mut reply: Reply) {
@@ -99,6 +188,7 @@ impl Hub {
         // session shows only while the connection holds that session.
         let show = waiting || (reply.rid == 0 && (reply.sid.is_empty() || holds(&reply.sid)));
         let mut bye = None;
+        let mut replay = Vec::new();
         match &reply.effect {
             Some(Effect::Login {
                 user,
@@ -106,6 +196,7 @@ impl Hub {
                 room,
                 subs,
                 expires,
+                v,
                 ..
             }) if waiting => {
                 // The resume token ends the login's reply: the queued `DM`
@@ -121,6 +212,7 @@ impl Hub {
                 // A RESUME may put the session back in a room of its own.
                 let room = Audience::Room(room.clone());
                 enter(&mut st.audience, id, conn, room.clone());
+                replay = joined(conn, &st.held, &room, v.map(version));
                 conn.room = Some(room);
                 for publisher in subs.split_whitespace() {
                     enter(&mut st.audience, id, conn, Audience::Pub(publisher.into()));
@@ -137,19 +229,30 @@ impl Hub {
                 user: user.clone(),
                 sid: sid.clone(),
             }),
-            Some(Effect::Room { sid, room }) if holds(sid) => {
+            Some(Effect::Room {
+                sid,
+                room,
+                v_from,
+                v_to,
+            }) if holds(sid) => {
                 if let Some(old) = conn.room.take() {
                     exit(&mut st.audience, id, conn, &old);
+                    gone(&mut st.left, id, conn, old, v_from.map(version));
                 }
                 let room = Audience::Room(room.clone());
                 enter(&mut st.audience, id, conn, room.clone());
+                replay = joined(conn, &st.held, &room, v_to.map(version));
                 conn.room = Some(room);
             }
-            Some(Effect::Subscribe { sid, user }) if holds(sid) => {
-                enter(&mut st.audience, id, conn, Audience::Pub(user.clone()));
+            Some(Effect::Subscribe { sid, user, since }) if holds(sid) => {
+                let a = Audience::Pub(user.clone());
+                enter(&mut st.audience, id, conn, a.clone());
+                replay = joined(conn, &st.held, &a, after(since));
             }
-            Some(Effect::Unsubscribe { sid, user }) if holds(sid) => {
-                exit(&mut st.audience, id, conn, &Audience::Pub(user.clone()));
+            Some(Effect::Unsubscribe { sid, user, since }) if holds(sid) => {
+                let a = Audience::Pub(user.clone());
+                exit(&mut st.audience, id, conn, &a);
+                gone(&mut st.left, id, conn, a, after(since));
             }
             // Only the connection's current session is closed: a close for
             // one it no longer holds (say, a late login already undone) is
@@ -173,6 +276,9 @@ impl Hub {
                 conn.reply_bytes += out.len();
             }
             self.push_line(conn, &out);
+        }
+        if !replay.is_empty() {
+            self.push_line(conn, &replay);
         }
         if let Some(reason) = bye {
             self.push(conn, Out::Bye(reason));
@@ -215,6 +321,77 @@ impl Hub {
             enter(&mut st.audience, id, conn, a);
         }
         conn.room = Some(room);
+    }
+}
+
+/// The `v` of a cluster's room line (a room's version when its step ran).
+#[derive(serde::Deserialize)]
+struct Version {
+    v: Option<u64>,
+}
+
+/// A room's version `v` as an order mark.
+fn version(v: u64) -> EntryId {
+    EntryId { ms: v, seq: 0 }
+}
+
+/// The order mark after publication id `since` (a subscription's step
+/// read it as the last one).
+fn after(since: &Option<String>) -> Option<EntryId> {
+    let id = EntryId::parse(since.as_deref()?)?;
+    Some(EntryId {
+        ms: id.ms,
+        seq: id.seq + 1,
+    })
+}
+
+/// `conn` joined audience `a` at order mark `from` (on a Redis Cluster):
+/// shown its lines from there on, those held that came before this reply
+/// too (returned, to queue after the reply).
+fn joined(
+    conn: &mut Conn,
+    held: &HashMap<Audience, VecDeque<Held>>,
+    a: &Audience,
+    from: Option<EntryId>,
+) -> Vec<u8> {
+    let Some(from) = from else {
+        return Vec::new();
+    };
+    conn.after.insert(a.clone(), from);
+    let held = held.get(a).into_iter().flatten();
+    held.filter(|h| h.at >= from)
+        .flat_map(|h| h.line.iter().copied())
+        .collect()
+}
+
+/// `conn` (id `id`) left audience `a` at order mark `before` (on a Redis
+/// Cluster): the lines before it that are still to come are its own.
+fn gone(
+    left: &mut HashMap<Audience, Vec<Left>>,
+    id: u64,
+    conn: &mut Conn,
+    a: Audience,
+    before: Option<EntryId>,
+) {
+    conn.after.remove(&a);
+    if let Some(before) = before {
+        let until = Instant::now() + Duration::from_millis(REORDER_MS);
+        left.entry(a).or_default().push(Left {
+            conn: id,
+            before,
+            until,
+        });
+    }
+}
+
+/// Drops held lines past [`REORDER_MS`] or [`HELD_LINES`].
+fn prune(held: &mut VecDeque<Held>, now: Instant) {
+    let window = Duration::from_millis(REORDER_MS);
+    while held
+        .front()
+        .is_some_and(|h| held.len() > HELD_LINES || now.duration_since(h.came) > window)
+    {
+        held.pop_front();
     }
 }
 

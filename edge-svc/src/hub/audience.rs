@@ -51,6 +51,7 @@ pub(super) fn exit(
 /// Takes `conn` (id `id`) out of every audience (its session ended).
 pub(super) fn leave_all(audience: &mut HashMap<Audience, Members>, id: u64, conn: &mut Conn) {
     conn.room = None;
+    conn.after.clear();
     for a in std::mem::take(&mut conn.audiences) {
         drop_member(audience, &a, id);
     }

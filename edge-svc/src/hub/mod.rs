@@ -28,8 +28,9 @@ use shared::consumer::EntryId;
 use shared::envelope::Effect;
 use shared::keys::Keys;
 use shared::line::ServerLine;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +93,10 @@ struct Conn {
     /// login it closes: on a Redis Cluster the login that replaced this
     /// one may publish first. Applied as that login's reply comes.
     early_close: Option<(String, String)>,
+    /// On a Redis Cluster: the audiences whose lines this connection is
+    /// shown only from an order mark on (the room's version its join took,
+    /// the publication after the last one when it subscribed).
+    after: HashMap<Audience, EntryId>,
 }
 
 /// Hashes a connection id (a counter) with one multiplication: the maps
@@ -133,12 +138,42 @@ struct State {
     /// their own time, so lines of one room can come out of id order: a
     /// line older than the last is dropped only if it was passed on.
     recent: HashMap<Audience, BTreeSet<EntryId>>,
+    /// On a Redis Cluster only: connections that left an audience in the
+    /// last [`REORDER_MS`], and the order mark from which its lines are
+    /// no longer theirs (lines routed before they left may still come).
+    left: HashMap<Audience, Vec<Left>>,
+    /// On a Redis Cluster only: each audience's lines of the last
+    /// [`REORDER_MS`] (at most [`HELD_LINES`]), for a join or subscribe
+    /// whose reply comes after lines routed after it.
+    held: HashMap<Audience, VecDeque<Held>>,
+    /// How many audiences with held lines make the next sweep of stale
+    /// ones.
+    sweep_at: usize,
 }
 
-/// How far (in id time) lines of one room or publisher can come out of
-/// order on a Redis Cluster: two routers' publishes crossing. Older than
-/// that before the last, a line is taken as one passed on already (a
-/// router publishing again what it recovered).
+/// A connection that left an audience: its lines before mark `before`
+/// are still that connection's, until `until`.
+struct Left {
+    conn: u64,
+    before: EntryId,
+    until: Instant,
+}
+
+/// A line held for late joiners: its order mark, when it came, its bytes.
+struct Held {
+    at: EntryId,
+    came: Instant,
+    line: Vec<u8>,
+}
+
+/// Most lines held per audience.
+const HELD_LINES: usize = 1024;
+
+/// How far (in id time, and in time on the edge) lines of one room or
+/// publisher and the replies that move its members can come out of order
+/// on a Redis Cluster: two routers' publishes crossing. Older than that
+/// before the last, a line is taken as one passed on already (a router
+/// publishing again what it recovered).
 const REORDER_MS: u64 = 1000;
 
 pub(crate) struct Hub {
@@ -196,6 +231,7 @@ impl Hub {
                 reply_bytes: 0,
                 token: None,
                 early_close: None,
+                after: HashMap::new(),
             },
         );
     }

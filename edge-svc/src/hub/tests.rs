@@ -46,6 +46,7 @@ fn login_reply(conn: u64, rid: u64, user: &str, sid: &str) -> Vec<u8> {
             subs: String::new(),
             inbox: String::new(),
             expires: String::new(),
+            v: None,
         }),
         sid: String::new(),
     })
@@ -246,6 +247,119 @@ fn on_a_cluster_lines_that_cross_are_passed_on_once_each() {
     );
 }
 
+/// A cluster's broadcast line: a room's with the room's version `v`.
+fn wire_at(line: &str, v: u64) -> Vec<u8> {
+    let mut json = serde_json::to_value(ServerLine::parse(line).unwrap()).unwrap();
+    json["v"] = v.into();
+    serde_json::to_vec(&json).unwrap()
+}
+
+/// An effect alone, to connection 1 (`rid` 0: no one waits for it).
+fn effect(effect: Effect) -> Vec<u8> {
+    serde_json::to_vec(&Reply::effect(1, effect)).unwrap()
+}
+
+#[test]
+fn on_a_cluster_members_see_the_lines_of_their_versions_whatever_comes_first() {
+    let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
+    let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
+    let (mut a, _) = conn(&hub, 1, 64);
+    let _wait = hub.expect(1, 1);
+    // Her login's step took the lobby's version 3. A line routed after it
+    // (3) comes before her reply; one routed before it (2) comes before
+    // and after it: the first is hers, after `OK LOGIN`, the others not.
+    hub.dispatch(lines_ch, &wire_at("MSG lobby 100-0 bob before-login", 2));
+    hub.dispatch(lines_ch, &wire_at("MSG lobby 101-0 bob after-login", 3));
+    let mut login = serde_json::from_slice::<Reply>(&login_reply(1, 1, "alice", "5")).unwrap();
+    if let Some(Effect::Login { v, .. }) = &mut login.effect {
+        *v = Some(3);
+    }
+    hub.dispatch(replies, &serde_json::to_vec(&login).unwrap());
+    hub.dispatch(
+        lines_ch,
+        &wire_at("MSG lobby 99-0 carol late-before-login", 2),
+    );
+    // Her `/join dev`: the lobby's step took 4, dev's 5. A dev line of 5
+    // (another router's) comes before the reply; her notices come after it
+    // (her router publishes them after it), as do a dev line routed before
+    // her join (4), and lobby lines routed before (3) and after (4) her
+    // leaving.
+    hub.dispatch(lines_ch, &wire_at("MSG dev 200-0 dave dev-after-join", 5));
+    let moved = Effect::Room {
+        sid: "5".into(),
+        room: "dev".into(),
+        v_from: Some(4),
+        v_to: Some(5),
+    };
+    hub.dispatch(replies, &effect(moved));
+    hub.dispatch(lines_ch, &wire_at("SYS lobby alice left", 4));
+    hub.dispatch(lines_ch, &wire_at("SYS dev alice joined", 5));
+    hub.dispatch(lines_ch, &wire_at("MSG dev 199-0 dave dev-before-join", 4));
+    hub.dispatch(
+        lines_ch,
+        &wire_at("MSG lobby 102-0 bob lobby-before-leave", 3),
+    );
+    hub.dispatch(
+        lines_ch,
+        &wire_at("MSG lobby 103-0 bob lobby-after-leave", 4),
+    );
+    hub.dispatch(lines_ch, &wire_at("MSG dev 201-0 dave dev-later", 5));
+    assert_eq!(
+        lines(&mut a),
+        [
+            "OK LOGIN alice lobby\n",
+            "MSG lobby 101-0 bob after-login\n",
+            "MSG dev 200-0 dave dev-after-join\n",
+            "SYS dev alice joined\n",
+            "MSG lobby 102-0 bob lobby-before-leave\n",
+            "MSG dev 201-0 dave dev-later\n",
+        ]
+    );
+}
+
+#[test]
+fn on_a_cluster_a_subscriber_sees_the_publications_after_its_step_whatever_comes_first() {
+    let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
+    let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
+    let (mut a, _) = conn(&hub, 1, 64);
+    let _wait = hub.expect(1, 1);
+    hub.dispatch(replies, &login_reply(1, 1, "alice", "5"));
+    // Her subscribe's step read carol's last publication: 50-0.
+    hub.dispatch(lines_ch, &wire("PUB 51-0 carol after-subscribe"));
+    let sub = |since: &str| Effect::Subscribe {
+        sid: "5".into(),
+        user: "carol".into(),
+        since: Some(since.into()),
+    };
+    hub.dispatch(replies, &effect(sub("50-0")));
+    hub.dispatch(lines_ch, &wire("PUB 50-0 carol before-subscribe"));
+    hub.dispatch(lines_ch, &wire("PUB 52-0 carol next"));
+    // Her unsubscribe's step read 53-0: that one is still hers.
+    let unsub = Effect::Unsubscribe {
+        sid: "5".into(),
+        user: "carol".into(),
+        since: Some("53-0".into()),
+    };
+    hub.dispatch(replies, &effect(unsub));
+    hub.dispatch(lines_ch, &wire("PUB 54-0 carol after-unsubscribe"));
+    hub.dispatch(lines_ch, &wire("PUB 53-0 carol before-unsubscribe"));
+    assert_eq!(
+        lines(&mut a),
+        [
+            "OK LOGIN alice lobby\n",
+            "PUB 51-0 carol after-subscribe\n",
+            "PUB 52-0 carol next\n",
+            "PUB 53-0 carol before-unsubscribe\n",
+        ]
+    );
+    // Lines are held for late replies, at most HELD_LINES an audience.
+    for i in 0..HELD_LINES + 10 {
+        hub.dispatch(lines_ch, &wire(&format!("PUB 60-{i} dave x")));
+    }
+    let held = hub.lock().held[&Audience::Pub("dave".into())].len();
+    assert_eq!(held, HELD_LINES);
+}
+
 #[test]
 fn moves_subscriptions_and_notices_follow_the_current_session() {
     let (hub, _orphans) = hub();
@@ -259,6 +373,7 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
         subs: "carol dave".into(),
         inbox: String::new(),
         expires: String::new(),
+        v: None,
     });
     hub.dispatch(REPLIES, &serde_json::to_vec(&login).unwrap());
     let notice = |rid: u64, sid: &str, lines: &[&str], effect: Option<Effect>| {
@@ -280,6 +395,8 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
         Some(Effect::Room {
             sid: sid.into(),
             room: "dev".into(),
+            v_from: None,
+            v_to: None,
         })
     };
     hub.dispatch(REPLIES, &notice(0, "", &[], moved("4")));
@@ -290,6 +407,7 @@ fn moves_subscriptions_and_notices_follow_the_current_session() {
     let unsub = Some(Effect::Unsubscribe {
         sid: "5".into(),
         user: "carol".into(),
+        since: None,
     });
     hub.dispatch(REPLIES, &notice(0, "", &[], unsub));
     hub.dispatch(LINES, &wire("PUB 2-0 carol y"));
