@@ -12,6 +12,9 @@
 //! So the edge sees replies and lines in the order Redis ran the functions
 //! that published them, and applying membership changes in that same
 //! order is what makes "the members of the room at routing time" exact.
+//! On a Redis Cluster the routers publish after their steps, each in its
+//! own time, and the room versions the lines and moves carry do that
+//! instead (`apply.rs`, `deliver_crossing`).
 
 mod apply;
 mod audience;
