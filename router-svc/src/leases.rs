@@ -10,17 +10,14 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Until when every lease held is surely still ours: the start of the
-/// last maintenance that renewed them all, plus their time to live (Redis
-/// counts it from later). Past it a router publishes nothing: on a Redis
-/// Cluster the routers publish after the steps, and a stalled router's
-/// late lines must not follow its successor's.
-pub(crate) type Until = Arc<Mutex<Instant>>;
-
-/// Whether the leases are surely still held now.
-pub(crate) fn holding(until: &Until) -> bool {
-    Instant::now() < *until.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Until when every lease held is surely still ours, less a margin: the
+/// start of the last maintenance that renewed them all, plus two thirds of
+/// their time to live (Redis counts it from later; the last third is left
+/// for a publish begun just before to reach Redis). Past it a router
+/// publishes nothing (`shared::steps::Steps::publish`): on a Redis Cluster
+/// the routers publish after the steps, and a stalled router's late lines
+/// must not follow its successor's.
+pub(crate) use shared::steps::Until;
 
 pub(crate) struct Leases {
     keys: Keys,
@@ -97,7 +94,7 @@ impl Leases {
                 self.owned.remove(&p);
             }
         }
-        self.hold_until(started + Duration::from_millis(self.ttl_ms));
+        self.hold_until(started + Duration::from_millis(self.ttl_ms * 2 / 3));
         let fair = self.partitions.div_ceil(live.max(1)) as usize;
         while self.owned.len() > fair {
             let p = *self.owned.iter().next_back().expect("not empty");

@@ -80,9 +80,10 @@ impl Worker {
             id: cfg.router.id.clone(),
             cfg: cfg.clone(),
             batch: cfg.router.batch,
-            steps: redis
-                .steps(cfg.notices)
-                .map(|s| Steps::new(s, cfg.clone(), until)),
+            steps: redis.steps(cfg.notices).map(|mut s| {
+                s.until = Some(until);
+                Steps::new(s, cfg.clone())
+            }),
         }
     }
 

@@ -39,7 +39,6 @@ pub(crate) struct Job<'a> {
 pub(crate) struct Steps {
     base: shared::steps::Steps,
     cfg: Config,
-    until: crate::leases::Until,
 }
 
 impl Deref for Steps {
@@ -51,25 +50,8 @@ impl Deref for Steps {
 }
 
 impl Steps {
-    pub(crate) fn new(
-        base: shared::steps::Steps,
-        cfg: Config,
-        until: crate::leases::Until,
-    ) -> Steps {
-        Steps { base, cfg, until }
-    }
-
-    /// Publishes what the steps left, only while the leases are surely
-    /// still this router's (else the requests stay pending, for their
-    /// next owner to carry out again: see [`crate::leases::Until`]).
-    async fn publish(&self, sends: Sends) -> Done<()> {
-        if !crate::leases::holding(&self.until) {
-            let e = std::io::Error::other(
-                "the leases may have run out; publishing left to their next owner",
-            );
-            return Err(Halt::Redis(e.into()));
-        }
-        self.base.publish(sends).await
+    pub(crate) fn new(base: shared::steps::Steps, cfg: Config) -> Steps {
+        Steps { base, cfg }
     }
 
     /// Applies `jobs`; the status of each, as the one-Redis functions

@@ -12,6 +12,8 @@ use crate::scripts::Call;
 use crate::store::Conn;
 use redis::{RedisError, RedisResult, Value};
 use serde_json::Value as Json;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Why a request's steps stopped short.
 pub enum Halt {
@@ -31,12 +33,20 @@ pub type Done<T> = Result<T, Halt>;
 /// What steps leave to publish: (channel, message), in order.
 pub type Sends = Vec<(String, String)>;
 
+/// Until when a router's partition leases are surely its own (see
+/// router-svc's leases): past it, it publishes nothing.
+pub type Until = Arc<Mutex<Instant>>;
+
 /// The steps' keys, notice settings and connection (to the cluster).
 #[derive(Clone)]
 pub struct Steps {
     pub k: Keys,
     pub notices: Notices,
     pub conn: Conn,
+    /// A router's: publishing only while its leases are surely held (two
+    /// routers publish in their own time, and a stalled one's late lines
+    /// must not follow its successor's).
+    pub until: Option<Until>,
 }
 
 impl Steps {
@@ -268,10 +278,20 @@ impl Steps {
         }
     }
 
-    /// Publishes `sends` in order (each edge's in one pipeline: one slot).
+    /// Publishes `sends` in order (each edge's in one pipeline: one slot);
+    /// a router's, only while its leases are surely held (else its
+    /// requests stay pending, for their next owner to carry out again).
     pub async fn publish(&self, sends: Sends) -> Done<()> {
         if sends.is_empty() {
             return Ok(());
+        }
+        if let Some(until) = &self.until {
+            if Instant::now() >= *until.lock().unwrap_or_else(|e| e.into_inner()) {
+                let e = std::io::Error::other(
+                    "the leases may have run out; publishing left to their next owner",
+                );
+                return Err(Halt::Redis(e.into()));
+            }
         }
         let mut pipe = redis::pipe();
         for (channel, message) in &sends {

@@ -344,6 +344,7 @@ impl Redis {
             k: self.keys.clone(),
             notices,
             conn: self.conn.clone(),
+            until: None,
         })
     }
 }

@@ -1,11 +1,11 @@
 //! Applying Pub/Sub messages: broadcast lines fan out to audiences; replies show and take effect.
 
 use super::audience::{enter, exit, leave_all, Audience};
-use super::{Conn, Held, Hub, Left, Out, Session, HELD_LINES, REORDER_MS};
+use super::{Conn, Crossing, Held, Hub, Left, Out, Session, HELD_LINES, REORDER_MS};
 use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 impl Hub {
@@ -132,9 +132,12 @@ impl Hub {
             return;
         };
         let now = Instant::now();
-        if let Some(left) = st.left.get_mut(a) {
-            left.retain(|l| l.until > now);
-            for l in left.iter().filter(|l| at < l.before) {
+        if let Some(left) = st.cross.left.get_mut(a) {
+            left.retain(|l| !expired(l.at, now));
+            for l in left
+                .iter()
+                .filter(|l| l.from.is_none_or(|f| f <= at) && at < l.before)
+            {
                 if let Some(c) = st.conns.get(&l.conn) {
                     self.push_line(c, &bytes);
                     n += 1;
@@ -142,26 +145,28 @@ impl Hub {
             }
         }
         self.deliveries.add(n);
-        let held = st.held.entry(a.clone()).or_default();
+        let cross = &mut st.cross;
+        let held = cross.held.entry(a.clone()).or_default();
         held.push_back(Held {
             at,
             came: now,
             line: bytes,
         });
         prune(held, now);
-        if st.held.len() >= st.sweep_at {
-            st.held.retain(|_, held| {
+        if cross.held.len() >= cross.sweep_at || cross.swept.is_none_or(|t| expired(t, now)) {
+            cross.held.retain(|_, held| {
                 prune(held, now);
                 !held.is_empty()
             });
-            st.left.retain(|_, left| {
-                left.retain(|l| l.until > now);
+            cross.left.retain(|_, left| {
+                left.retain(|l| !expired(l.at, now));
                 !left.is_empty()
             });
-            let kept = |a: &Audience| st.audience.contains_key(a) || st.held.contains_key(a);
+            cross.swept = Some(now);
+            let kept = |a: &Audience| st.audience.contains_key(a) || cross.held.contains_key(a);
             st.last.retain(|a, _| kept(a));
             st.recent.retain(|a, _| kept(a));
-            st.sweep_at = (2 * st.held.len()).max(64);
+            cross.sweep_at = (2 * cross.held.len()).max(64);
         }
     }
 
@@ -211,8 +216,9 @@ impl Hub {
                 });
                 // A RESUME may put the session back in a room of its own.
                 let room = Audience::Room(room.clone());
-                enter(&mut st.audience, id, conn, room.clone());
-                replay = joined(conn, &st.held, &room, v.map(version));
+                if enter(&mut st.audience, id, conn, room.clone()) {
+                    replay = joined(conn, &st.cross, id, &room, v.map(version));
+                }
                 conn.room = Some(room);
                 for publisher in subs.split_whitespace() {
                     enter(&mut st.audience, id, conn, Audience::Pub(publisher.into()));
@@ -236,23 +242,27 @@ impl Hub {
                 v_to,
             }) if holds(sid) => {
                 if let Some(old) = conn.room.take() {
-                    exit(&mut st.audience, id, conn, &old);
-                    gone(&mut st.left, id, conn, old, v_from.map(version));
+                    if exit(&mut st.audience, id, conn, &old) {
+                        gone(conn, &mut st.cross, id, old, v_from.map(version));
+                    }
                 }
                 let room = Audience::Room(room.clone());
-                enter(&mut st.audience, id, conn, room.clone());
-                replay = joined(conn, &st.held, &room, v_to.map(version));
+                if enter(&mut st.audience, id, conn, room.clone()) {
+                    replay = joined(conn, &st.cross, id, &room, v_to.map(version));
+                }
                 conn.room = Some(room);
             }
             Some(Effect::Subscribe { sid, user, since }) if holds(sid) => {
                 let a = Audience::Pub(user.clone());
-                enter(&mut st.audience, id, conn, a.clone());
-                replay = joined(conn, &st.held, &a, after(since));
+                if enter(&mut st.audience, id, conn, a.clone()) {
+                    replay = joined(conn, &st.cross, id, &a, after(since));
+                }
             }
             Some(Effect::Unsubscribe { sid, user, since }) if holds(sid) => {
                 let a = Audience::Pub(user.clone());
-                exit(&mut st.audience, id, conn, &a);
-                gone(&mut st.left, id, conn, a, after(since));
+                if exit(&mut st.audience, id, conn, &a) {
+                    gone(conn, &mut st.cross, id, a, after(since));
+                }
             }
             // Only the connection's current session is closed: a close for
             // one it no longer holds (say, a late login already undone) is
@@ -345,51 +355,61 @@ fn after(since: &Option<String>) -> Option<EntryId> {
     })
 }
 
-/// `conn` joined audience `a` at order mark `from` (on a Redis Cluster):
-/// shown its lines from there on, those held that came before this reply
-/// too (returned, to queue after the reply).
-fn joined(
-    conn: &mut Conn,
-    held: &HashMap<Audience, VecDeque<Held>>,
-    a: &Audience,
-    from: Option<EntryId>,
-) -> Vec<u8> {
+/// `conn` (id `id`) joined audience `a` at order mark `from` (on a Redis
+/// Cluster): shown its lines from there on, and those held that came
+/// before this reply (returned, to queue after the reply), but for those
+/// it was shown already as a member it just left.
+fn joined(conn: &mut Conn, st: &Crossing, id: u64, a: &Audience, from: Option<EntryId>) -> Vec<u8> {
     let Some(from) = from else {
         return Vec::new();
     };
     conn.after.insert(a.clone(), from);
-    let held = held.get(a).into_iter().flatten();
-    held.filter(|h| h.at >= from)
+    let left: Vec<&Left> = st
+        .left
+        .get(a)
+        .into_iter()
+        .flatten()
+        .filter(|l| l.conn == id)
+        .collect();
+    let shown = |h: &Held| {
+        left.iter()
+            .any(|l| h.came < l.at && l.from.is_none_or(|f| f <= h.at))
+    };
+    let held = st.held.get(a).into_iter().flatten();
+    held.filter(|h| h.at >= from && !shown(h))
         .flat_map(|h| h.line.iter().copied())
         .collect()
 }
 
 /// `conn` (id `id`) left audience `a` at order mark `before` (on a Redis
-/// Cluster): the lines before it that are still to come are its own.
-fn gone(
-    left: &mut HashMap<Audience, Vec<Left>>,
-    id: u64,
-    conn: &mut Conn,
-    a: Audience,
-    before: Option<EntryId>,
-) {
-    conn.after.remove(&a);
-    if let Some(before) = before {
-        let until = Instant::now() + Duration::from_millis(REORDER_MS);
-        left.entry(a).or_default().push(Left {
-            conn: id,
-            before,
-            until,
-        });
-    }
+/// Cluster): the lines from where it joined to before that mark that are
+/// still to come are its own.
+fn gone(conn: &mut Conn, st: &mut Crossing, id: u64, a: Audience, before: Option<EntryId>) {
+    let from = conn.after.remove(&a);
+    let Some(before) = before else {
+        return;
+    };
+    let now = Instant::now();
+    let left = st.left.entry(a).or_default();
+    left.retain(|l| !expired(l.at, now));
+    left.push(Left {
+        conn: id,
+        from,
+        before,
+        at: now,
+    });
+}
+
+/// Whether something of `at` is past [`REORDER_MS`] by `now`.
+fn expired(at: Instant, now: Instant) -> bool {
+    now.duration_since(at) > Duration::from_millis(REORDER_MS)
 }
 
 /// Drops held lines past [`REORDER_MS`] or [`HELD_LINES`].
 fn prune(held: &mut VecDeque<Held>, now: Instant) {
-    let window = Duration::from_millis(REORDER_MS);
     while held
         .front()
-        .is_some_and(|h| held.len() > HELD_LINES || now.duration_since(h.came) > window)
+        .is_some_and(|h| held.len() > HELD_LINES || expired(h.came, now))
     {
         held.pop_front();
     }

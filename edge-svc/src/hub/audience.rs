@@ -24,28 +24,32 @@ impl Audience {
     }
 }
 
-/// Adds `conn` (id `id`) to audience `a`.
+/// Adds `conn` (id `id`) to audience `a`; false if it was in it.
 pub(super) fn enter(
     audience: &mut HashMap<Audience, Members>,
     id: u64,
     conn: &mut Conn,
     a: Audience,
-) {
-    if conn.audiences.insert(a.clone()) {
+) -> bool {
+    let new = conn.audiences.insert(a.clone());
+    if new {
         audience.entry(a).or_default().insert(id);
     }
+    new
 }
 
-/// Takes `conn` (id `id`) out of audience `a`.
+/// Takes `conn` (id `id`) out of audience `a`; false if it was not in it.
 pub(super) fn exit(
     audience: &mut HashMap<Audience, Members>,
     id: u64,
     conn: &mut Conn,
     a: &Audience,
-) {
-    if conn.audiences.remove(a) {
+) -> bool {
+    let was = conn.audiences.remove(a);
+    if was {
         drop_member(audience, a, id);
     }
+    was
 }
 
 /// Takes `conn` (id `id`) out of every audience (its session ended).

@@ -141,25 +141,37 @@ struct State {
     /// their own time, so lines of one room can come out of id order: a
     /// line older than the last is dropped only if it was passed on.
     recent: HashMap<Audience, BTreeSet<EntryId>>,
-    /// On a Redis Cluster only: connections that left an audience in the
-    /// last [`REORDER_MS`], and the order mark from which its lines are
-    /// no longer theirs (lines routed before they left may still come).
-    left: HashMap<Audience, Vec<Left>>,
-    /// On a Redis Cluster only: each audience's lines of the last
-    /// [`REORDER_MS`] (at most [`HELD_LINES`]), for a join or subscribe
-    /// whose reply comes after lines routed after it.
-    held: HashMap<Audience, VecDeque<Held>>,
-    /// How many audiences with held lines make the next sweep of stale
-    /// ones.
-    sweep_at: usize,
+    /// On a Redis Cluster only: what orders lines and moves that cross.
+    cross: Crossing,
 }
 
-/// A connection that left an audience: its lines before mark `before`
-/// are still that connection's, until `until`.
+/// On a Redis Cluster only: what the edge keeps to order lines and moves
+/// that cross (see `apply.rs`, `deliver_crossing`).
+#[derive(Default)]
+struct Crossing {
+    /// Connections that left an audience in the last [`REORDER_MS`], and
+    /// the marks of the lines that are still theirs (lines routed before
+    /// they left may still come).
+    left: HashMap<Audience, Vec<Left>>,
+    /// Each audience's lines of the last [`REORDER_MS`] (at most
+    /// [`HELD_LINES`]), for a join or subscribe whose reply comes after
+    /// lines routed after it.
+    held: HashMap<Audience, VecDeque<Held>>,
+    /// How many audiences with held lines make the next sweep of stale
+    /// ones, and when the last one was (one is made every [`REORDER_MS`]
+    /// too).
+    sweep_at: usize,
+    swept: Option<Instant>,
+}
+
+/// A connection that left an audience when (`at`) its reply came: its
+/// lines from mark `from` (where it joined, if known) to before mark
+/// `before` are still that connection's, for [`REORDER_MS`].
 struct Left {
     conn: u64,
+    from: Option<EntryId>,
     before: EntryId,
-    until: Instant,
+    at: Instant,
 }
 
 /// A line held for late joiners: its order mark, when it came, its bytes.

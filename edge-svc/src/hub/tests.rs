@@ -318,6 +318,73 @@ fn on_a_cluster_members_see_the_lines_of_their_versions_whatever_comes_first() {
 }
 
 #[test]
+fn on_a_cluster_moves_back_and_forth_show_each_line_once_and_only_to_its_members() {
+    let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
+    let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
+    let (mut a, _) = conn(&hub, 1, 64);
+    let _wait = hub.expect(1, 1);
+    hub.dispatch(replies, &login_reply(1, 1, "alice", "5"));
+    let moved = |to: &str, v_from: u64, v_to: u64| {
+        effect(Effect::Room {
+            sid: "5".into(),
+            room: to.into(),
+            v_from: Some(v_from),
+            v_to: Some(v_to),
+        })
+    };
+    // dev's versions: she joins at 2, leaves at 3, joins at 4, leaves at
+    // 5, all within a second. A line routed before her first join (1),
+    // one of her first stay (2) and one of her second (4) come late.
+    hub.dispatch(replies, &moved("dev", 1, 2));
+    // Routed after her second join, it comes before her first leave's
+    // reply: shown once, not again when her second join's reply comes.
+    hub.dispatch(lines_ch, &wire_at("MSG dev 300-0 bob second-stay-early", 4));
+    hub.dispatch(replies, &moved("lobby", 3, 1));
+    hub.dispatch(replies, &moved("dev", 1, 4));
+    hub.dispatch(replies, &moved("lobby", 5, 1));
+    hub.dispatch(lines_ch, &wire_at("MSG dev 297-0 bob before-any-join", 1));
+    hub.dispatch(lines_ch, &wire_at("MSG dev 298-0 bob first-stay", 2));
+    hub.dispatch(lines_ch, &wire_at("MSG dev 301-0 bob second-stay", 4));
+    hub.dispatch(lines_ch, &wire_at("MSG dev 302-0 bob after-leaving", 5));
+    assert_eq!(
+        lines(&mut a),
+        [
+            "OK LOGIN alice lobby\n",
+            "MSG dev 300-0 bob second-stay-early\n",
+            "MSG dev 298-0 bob first-stay\n",
+            "MSG dev 301-0 bob second-stay\n",
+        ]
+    );
+    // Subscribing twice changes nothing; unsubscribing from someone not
+    // followed leaves nothing to show.
+    let sub = |since: &str| {
+        effect(Effect::Subscribe {
+            sid: "5".into(),
+            user: "carol".into(),
+            since: Some(since.into()),
+        })
+    };
+    hub.dispatch(replies, &sub("10-0"));
+    hub.dispatch(lines_ch, &wire("PUB 11-0 carol one"));
+    // (the second's step ran before carol's line, its reply came after)
+    hub.dispatch(replies, &sub("10-0"));
+    hub.dispatch(lines_ch, &wire("PUB 12-0 carol two"));
+    hub.dispatch(
+        replies,
+        &effect(Effect::Unsubscribe {
+            sid: "5".into(),
+            user: "dave".into(),
+            since: Some("50-0".into()),
+        }),
+    );
+    hub.dispatch(lines_ch, &wire("PUB 49-0 dave not-followed"));
+    assert_eq!(
+        lines(&mut a),
+        ["PUB 11-0 carol one\n", "PUB 12-0 carol two\n"]
+    );
+}
+
+#[test]
 fn on_a_cluster_a_subscriber_sees_the_publications_after_its_step_whatever_comes_first() {
     let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
     let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
@@ -356,7 +423,7 @@ fn on_a_cluster_a_subscriber_sees_the_publications_after_its_step_whatever_comes
     for i in 0..HELD_LINES + 10 {
         hub.dispatch(lines_ch, &wire(&format!("PUB 60-{i} dave x")));
     }
-    let held = hub.lock().held[&Audience::Pub("dave".into())].len();
+    let held = hub.lock().cross.held[&Audience::Pub("dave".into())].len();
     assert_eq!(held, HELD_LINES);
 }
 
