@@ -230,32 +230,30 @@ impl TestRedis {
 
     /// `INFO commandstats` as (command, calls).
     pub async fn command_calls(&self) -> Vec<(String, u64)> {
-        self.info("commandstats")
-            .await
-            .lines()
-            .filter_map(|l| {
-                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = rest
-                    .strip_prefix("calls=")?
-                    .split(',')
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some((name.to_string(), calls))
-            })
-            .collect()
+        self.counts("commandstats", "cmdstat_", "calls").await
     }
 
     /// Errors the server answered so far, by kind (`INFO errorstats`:
     /// `CROSSSLOT`, `MOVED`, …).
     pub async fn errors(&self) -> Vec<(String, u64)> {
-        self.info("errorstats")
+        self.counts("errorstats", "errorstat_", "count").await
+    }
+
+    /// The lines `<prefix><name>:<field>=<n>,…` of `INFO <section>` as
+    /// (name, n).
+    async fn counts(&self, section: &str, prefix: &str, field: &str) -> Vec<(String, u64)> {
+        self.info(section)
             .await
             .lines()
             .filter_map(|l| {
-                let (name, rest) = l.strip_prefix("errorstat_")?.split_once(':')?;
-                let count = rest.strip_prefix("count=")?.trim().parse().ok()?;
-                Some((name.to_string(), count))
+                let (name, rest) = l.strip_prefix(prefix)?.split_once(':')?;
+                let n = rest
+                    .trim()
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))?
+                    .parse()
+                    .ok()?;
+                Some((name.to_string(), n))
             })
             .collect()
     }

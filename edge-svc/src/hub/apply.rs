@@ -98,7 +98,7 @@ impl Hub {
         let st = &mut *st;
         if let Some(id) = id {
             let last = *st.last.entry(a.clone()).or_insert(id);
-            let seen = st.recent.entry(a.clone()).or_default();
+            let seen = st.cross.recent.entry(a.clone()).or_default();
             let newest = last.max(id);
             if seen.contains(&id) || id.ms + REORDER_MS < newest.ms {
                 return;
@@ -165,7 +165,7 @@ impl Hub {
             cross.swept = Some(now);
             let kept = |a: &Audience| st.audience.contains_key(a) || cross.held.contains_key(a);
             st.last.retain(|a, _| kept(a));
-            st.recent.retain(|a, _| kept(a));
+            cross.recent.retain(|a, _| kept(a));
             cross.sweep_at = (2 * cross.held.len()).max(64);
         }
     }

@@ -136,11 +136,6 @@ struct State {
     /// there (and a line that comes twice, replayed and live, is passed on
     /// once).
     last: HashMap<Audience, EntryId>,
-    /// On a Redis Cluster only: the ids passed on to each audience in the
-    /// last [`REORDER_MS`] before its last one. Two routers publish in
-    /// their own time, so lines of one room can come out of id order: a
-    /// line older than the last is dropped only if it was passed on.
-    recent: HashMap<Audience, BTreeSet<EntryId>>,
     /// On a Redis Cluster only: what orders lines and moves that cross.
     cross: Crossing,
 }
@@ -149,6 +144,11 @@ struct State {
 /// that cross (see `apply.rs`, `deliver_crossing`).
 #[derive(Default)]
 struct Crossing {
+    /// The ids passed on to each audience in the last [`REORDER_MS`]
+    /// before its last one. Two routers publish in their own time, so
+    /// lines of one room can come out of id order: a line older than the
+    /// last is dropped only if it was passed on.
+    recent: HashMap<Audience, BTreeSet<EntryId>>,
     /// Connections that left an audience in the last [`REORDER_MS`], and
     /// the marks of the lines that are still theirs (lines routed before
     /// they left may still come).
@@ -200,7 +200,7 @@ pub(crate) struct Hub {
     /// The edge's channel of replies (its other one has broadcast lines).
     edge_channel: String,
     /// Lines may come out of id order (a Redis Cluster's routers): see
-    /// [`State::recent`].
+    /// [`Crossing`].
     crossing: bool,
     state: Mutex<State>,
     /// Sessions to end that no connection holds any more (a login answered
@@ -344,7 +344,7 @@ impl Hub {
         let mut st = self.lock();
         let st = &mut *st;
         st.last.retain(|a, _| st.audience.contains_key(a));
-        st.recent.retain(|a, _| st.audience.contains_key(a));
+        st.cross.recent.retain(|a, _| st.audience.contains_key(a));
         st.last.iter().map(|(a, id)| (a.clone(), *id)).collect()
     }
 
