@@ -188,6 +188,8 @@ impl Hub {
                 .as_ref()
                 .is_some_and(|(rid, _)| *rid == reply.rid);
         let holds = |sid: &str| conn.session.as_ref().is_some_and(|s| s.sid == sid);
+        // A move applies once, in its session, in the order of its steps.
+        let moves = |sid: &str| holds(sid) && (reply.rid == 0 || reply.rid > conn.moved);
         // A late reply (the client was told `ERR unavailable`) shows no
         // lines, but its effect still holds or is undone. A notice to a
         // session shows only while the connection holds that session.
@@ -240,7 +242,7 @@ impl Hub {
                 room,
                 v_from,
                 v_to,
-            }) if holds(sid) => {
+            }) if moves(sid) => {
                 if let Some(old) = conn.room.take() {
                     if exit(&mut st.audience, id, conn, &old) {
                         gone(conn, &mut st.cross, id, old, v_from.map(version));
@@ -252,13 +254,13 @@ impl Hub {
                 }
                 conn.room = Some(room);
             }
-            Some(Effect::Subscribe { sid, user, since }) if holds(sid) => {
+            Some(Effect::Subscribe { sid, user, since }) if moves(sid) => {
                 let a = Audience::Pub(user.clone());
                 if enter(&mut st.audience, id, conn, a.clone()) {
                     replay = joined(conn, &st.cross, id, &a, after(since));
                 }
             }
-            Some(Effect::Unsubscribe { sid, user, since }) if holds(sid) => {
+            Some(Effect::Unsubscribe { sid, user, since }) if moves(sid) => {
                 let a = Audience::Pub(user.clone());
                 if exit(&mut st.audience, id, conn, &a) {
                     gone(conn, &mut st.cross, id, a, after(since));
@@ -278,6 +280,12 @@ impl Hub {
                 conn.early_close = Some((sid.clone(), reason.clone()));
             }
             _ => {}
+        }
+        if matches!(
+            reply.effect,
+            Some(Effect::Room { .. } | Effect::Subscribe { .. } | Effect::Unsubscribe { .. })
+        ) {
+            conn.moved = conn.moved.max(reply.rid);
         }
         if show && !reply.lines.is_empty() {
             // One queue slot for the whole reply, however long a listing.

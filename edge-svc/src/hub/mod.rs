@@ -100,6 +100,11 @@ struct Conn {
     /// shown only from an order mark on (the room's version its join took,
     /// the publication after the last one when it subscribed).
     after: HashMap<Audience, EntryId>,
+    /// The request id of the last move (join, leave, subscribe,
+    /// unsubscribe) applied. A user's router requests run in order, so a
+    /// reply to one at or before it is a step run again after a router
+    /// handover, already applied.
+    moved: u64,
 }
 
 /// Hashes a connection id (a counter) with one multiplication: the maps
@@ -247,6 +252,7 @@ impl Hub {
                 token: None,
                 early_close: None,
                 after: HashMap::new(),
+                moved: 0,
             },
         );
     }

@@ -385,6 +385,56 @@ fn on_a_cluster_moves_back_and_forth_show_each_line_once_and_only_to_its_members
 }
 
 #[test]
+fn a_move_run_again_after_a_router_handover_is_applied_once() {
+    let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
+    let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
+    let (mut a, _) = conn(&hub, 1, 64);
+    let _wait = hub.expect(1, 1);
+    hub.dispatch(replies, &login_reply(1, 1, "alice", "5"));
+    // Her `/join dev` (request 2): the lobby's step took 7, dev's 2.
+    let join = |rid: u64, to: &str, v_from: u64, v_to: u64| {
+        let _wait = hub.expect(1, rid);
+        serde_json::to_vec(&Reply {
+            conn: 1,
+            rid,
+            lines: vec![ServerLine::OkJoin { room: to.into() }],
+            effect: Some(Effect::Room {
+                sid: "5".into(),
+                room: to.into(),
+                v_from: Some(v_from),
+                v_to: Some(v_to),
+            }),
+            sid: String::new(),
+        })
+        .unwrap()
+    };
+    let to_dev = join(2, "dev", 7, 2);
+    hub.dispatch(replies, &to_dev);
+    hub.dispatch(lines_ch, &wire_at("MSG dev 100-0 bob one", 2));
+    // The next owner of her partition runs that request again: the same
+    // reply comes a second time. She stays in dev, shown each line once.
+    hub.dispatch(replies, &to_dev);
+    hub.dispatch(lines_ch, &wire_at("MSG dev 101-0 bob two", 3));
+    // After her `/join ops` (request 3), a request 2 run again does not
+    // take her back to dev.
+    hub.dispatch(replies, &join(3, "ops", 4, 1));
+    hub.dispatch(replies, &to_dev);
+    hub.dispatch(lines_ch, &wire_at("MSG dev 102-0 bob three", 4));
+    hub.dispatch(lines_ch, &wire_at("MSG ops 200-0 carol here", 1));
+    assert_eq!(
+        lines(&mut a),
+        [
+            "OK LOGIN alice lobby\n",
+            "OK JOIN dev\n",
+            "MSG dev 100-0 bob one\n",
+            "MSG dev 101-0 bob two\n",
+            "OK JOIN ops\n",
+            "MSG ops 200-0 carol here\n",
+        ]
+    );
+}
+
+#[test]
 fn on_a_cluster_a_subscriber_sees_the_publications_after_its_step_whatever_comes_first() {
     let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
     let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
