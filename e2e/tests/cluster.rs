@@ -177,8 +177,14 @@ impl Steps {
     }
 
     /// The room step of alice's request `eid`, as its user step decided
-    /// (`decided`: its answer).
+    /// (`decided`: its answer), a run of its own.
     async fn room(&self, eid: &str, decided: &[String]) -> Vec<String> {
+        self.room_in_run(eid, decided, numbers(decided).0).await
+    }
+
+    /// As [`Steps::room`], in a run whose first line of alice's is number
+    /// `run`.
+    async fn room_in_run(&self, eid: &str, decided: &[String], run: u64) -> Vec<String> {
         let (seq, prev) = numbers(decided);
         let k = &self.k;
         let keys = [
@@ -192,7 +198,7 @@ impl Steps {
             .arg(eid)
             .arg(seq)
             .arg(prev);
-        let call = call.arg(format!("line {eid}")).arg(100).arg(0);
+        let call = call.arg(format!("line {eid}")).arg(100).arg(0).arg(run);
         call.invoke(&mut self.conn.clone()).await.unwrap()
     }
 
@@ -351,6 +357,45 @@ async fn a_room_line_in_two_steps_takes_effect_once_in_order_whoever_sends_them(
 
     // The session moved since the router read it: read again.
     assert_eq!(s.user_at("100-6", "", "lobby").await, ["moved"]);
+
+    // A run of three lines (a router's room steps in one round trip, its
+    // publishes in the next), its router dead before the publishes: the
+    // next owner runs them again, and each gets its own answer back to
+    // publish, not only the last.
+    let eids = ["100-7", "100-8", "100-9"];
+    let mut decided = Vec::new();
+    for (i, eid) in eids.iter().enumerate() {
+        let prev = if i == 0 { "" } else { eids[i - 1] };
+        decided.push(s.user(eid, prev).await);
+    }
+    let run = numbers(&decided[0]).0;
+    let mut gave = Vec::new();
+    for (eid, d) in eids.iter().zip(&decided) {
+        let answer = s.room_in_run(eid, d, run).await;
+        assert_eq!(answer[0], "ok");
+        gave.push(answer);
+    }
+    for ((eid, d), answer) in eids.iter().zip(&decided).zip(&gave) {
+        let again = s.room_in_run(eid, d, run).await;
+        assert_eq!(
+            again,
+            ["duplicate", &answer[1], &answer[2], "e1", "e2"],
+            "{eid}"
+        );
+    }
+    // Once alice's next run starts here, the earlier answers are let go
+    // (that run was published): one of them sent again is only taken.
+    let next = s.user("100-10", "").await;
+    assert_eq!(s.room("100-10", &next).await[0], "ok");
+    assert_eq!(
+        s.room_in_run("100-8", &decided[1], run).await,
+        ["duplicate", ""]
+    );
+    assert!(
+        !s.show(&s.k.marks(&s.room)).await.contains("alice#"),
+        "{}",
+        s.show(&s.k.marks(&s.room)).await
+    );
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use shared::line::ServerLine;
 use shared::protocol::{ErrorCode, LOBBY};
 use shared::scripts::Call;
 use shared::steps::{json, num, str_of, Done, Halt, Sends};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 
 /// A request of a batch, in the batch's order.
@@ -283,10 +283,16 @@ impl Steps {
     ) -> Vec<(usize, String)> {
         let mut pipe = redis::pipe();
         let mut decided = Vec::new();
+        // Each publisher's first line in the run: its room steps keep the
+        // answers from there on, for a successor to publish them again
+        // should this router die before its publishes.
+        let mut first: HashMap<&str, u64> = HashMap::new();
         for &i in run {
             let (status, d) = said[i].as_ref().expect("a room line");
-            if !halted.contains(jobs[i].req.user.as_str()) {
-                pipe.add_command(self.say_call(&jobs[i], d).cmd().clone());
+            let user = jobs[i].req.user.as_str();
+            if !halted.contains(user) {
+                let from = *first.entry(user).or_insert(num(d, "seq"));
+                pipe.add_command(self.say_call(&jobs[i], d, from).cmd().clone());
             }
             decided.push((status.clone(), d));
         }
@@ -329,8 +335,9 @@ impl Steps {
         out
     }
 
-    /// The room step of a line as its user step decided (`d`).
-    fn say_call(&self, job: &Job, d: &Json) -> Call {
+    /// The room step of a line as its user step decided (`d`), in a run
+    /// whose first line of the same publisher is number `run`.
+    fn say_call(&self, job: &Job, d: &Json, run: u64) -> Call {
         let (room, k, r) = (str_of(d, "room"), &self.k, &self.cfg.router);
         let Op::Say { text } = &job.req.op else {
             unreachable!("a room line");
@@ -349,6 +356,7 @@ impl Steps {
             .arg(text)
             .arg(r.history_cap)
             .arg(r.history_ttl_ms)
+            .arg(run)
     }
 
     /// The line its room step's `answer` gives, to the edges it names.
@@ -369,7 +377,7 @@ impl Steps {
 
     /// A room line's room step.
     async fn say(&self, job: &Job<'_>, d: &Json, sends: &mut Sends) -> Done<()> {
-        let answer = self.step(self.say_call(job, d)).await?;
+        let answer = self.step(self.say_call(job, d, num(d, "seq"))).await?;
         self.said_line(job, d, &answer, sends);
         Ok(())
     }

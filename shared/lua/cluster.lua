@@ -88,19 +88,33 @@ redis.register_function('chat_c_say', function(keys, args)
 end)
 
 -- A room line's room step. KEYS 1-4: the room's history, its members per
--- edge, its marks, its version. ARGV 1-7: the publisher, the request's
+-- edge, its marks, its version. ARGV 1-8: the publisher, the request's
 -- entry id (its time names the history entry), the `seq` and `prev` its
--- user step gave, the text, the history cap and ttl. Answers `{'ok',
--- <history id>, <version>, <edge>…}`: the edges to publish the line to,
--- and the room's version then (an edge shows the line to the members who
--- joined at or before it and left after it). Or as `later_step` (a
--- duplicate gives the history id and version it was given and the edges
--- now: the router publishes it again, and an edge that passed it on drops
--- it).
+-- user step gave, the text, the history cap and ttl, and the `seq` of the
+-- publisher's first line in the router's run (its room steps go in one
+-- round trip, their publishes in the next). Answers `{'ok', <history id>,
+-- <version>, <edge>…}`: the edges to publish the line to, and the room's
+-- version then (an edge shows the line to the members who joined at or
+-- before it and left after it). Or as `later_step` (a duplicate gives the
+-- history id and version it was given and the edges now: the router
+-- publishes it again, and an edge that passed it on drops it).
+--
+-- A router that dies between a run's steps and its publishes leaves
+-- several of a publisher's lines applied and unpublished; its successor
+-- runs them again, and each must get its answer back, not only the last.
+-- So besides the last answer (`marks`' field `<publisher>`) the answers
+-- of the run before it are kept (field `<publisher>#`, `<seq> <id>
+-- <version>;` each), until the publisher's next run here starts.
 redis.register_function('chat_c_say_room', function(keys, args)
   local publisher, eid, text = args[1], args[2], args[5]
-  local seq, prev = tonumber(args[3]), tonumber(args[4])
-  local answer = later_step(keys[3], publisher, seq, prev)
+  local seq, prev, run = tonumber(args[3]), tonumber(args[4]), tonumber(args[8])
+  local marks, earlier = keys[3], args[1] .. '#'
+  local answer = later_step(marks, publisher, seq, prev)
+  if answer and answer[2] == '' then
+    local kept = ';' .. (redis.call('HGET', marks, earlier) or '')
+    local gave = string.match(kept, ';' .. seq .. ' ([^;]*);')
+    if gave then answer = {'duplicate', gave} end
+  end
   if answer and (answer[1] == 'retry' or answer[2] == '') then return answer end
   if answer then
     local id, v = string.match(answer[2], '^(%S+) ?(%d*)$')
@@ -109,7 +123,13 @@ redis.register_function('chat_c_say_room', function(keys, args)
     local h = {cap = args[6], ttl = tonumber(args[7])}
     local id = add_history({eid = eid}, keys[1], h, 'from', publisher, 'text', text)
     local v = redis.call('GET', keys[4]) or '0'
-    redis.call('HSET', keys[3], publisher, seq .. ' ' .. id .. ' ' .. v)
+    local last = redis.call('HGET', marks, publisher)
+    if last and tonumber(string.match(last, '^%d+')) >= run then
+      redis.call('HSET', marks, earlier, (redis.call('HGET', marks, earlier) or '') .. last .. ';')
+    else
+      redis.call('HDEL', marks, earlier)
+    end
+    redis.call('HSET', marks, publisher, seq .. ' ' .. id .. ' ' .. v)
     answer = {'ok', id, v}
   end
   for _, edge in ipairs(redis.call('HKEYS', keys[2])) do answer[#answer + 1] = edge end
