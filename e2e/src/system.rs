@@ -504,6 +504,27 @@ impl System {
         c
     }
 
+    /// Waits until Redis counts `conns[i]` connections on edge `i` (what
+    /// `/edges` lists; the harness's probe of a port may still be counted
+    /// for a moment).
+    pub async fn edges_count(&self, conns: &[u64]) {
+        let r = self.conn().await;
+        crate::eventually(&format!("the edges count {conns:?}"), || async {
+            let mut r = r.clone();
+            for (i, want) in conns.iter().enumerate() {
+                let info = self.keys().edge_info(&Role::Edge.id(i));
+                let n: Option<u64> = redis::AsyncCommands::hget(&mut r, &info, "conns")
+                    .await
+                    .unwrap();
+                if n != Some(*want) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+
     /// Logs `user` in on edge `edge` (0-based).
     pub async fn login(&self, edge: usize, user: &str) -> Client {
         let mut c = self.connect(edge).await;

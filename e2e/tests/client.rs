@@ -351,6 +351,7 @@ async fn a_client_given_one_edge_moves_to_another_live_edge_when_it_is_killed() 
     sys.add_users(&["alice"]).await;
     // Edges 2 and 3 hold a connection each: edge 1 is the least loaded.
     let _held = [sys.connect(1).await, sys.connect(2).await];
+    sys.edges_count(&[0, 1, 1]).await;
     let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", ""));
     tmux.shows(&status(&sys, "lobby", 0)).await;
 
@@ -371,7 +372,8 @@ async fn a_drained_edge_moves_the_client_to_another_in_its_room_without_repeats(
     let sys = system(&["alice", "bob"], |_| {}).await;
     let mut bob = ChatClient::start(&sys, 1, "bob");
     bob.until(|l| l == "OK LOGIN bob lobby").await;
-    // Edge 2 holds bob: alice, given edge 1, goes there too (least loaded).
+    // Edge 2 holds bob: alice, given edge 1, stays there (least loaded).
+    sys.edges_count(&[0, 1]).await;
     let tmux = Tmux::start(&chat_command(&sys, &[0], "alice-pw", ""));
     tmux.shows(&status(&sys, "lobby", 0)).await;
     tmux.type_text("/join den");

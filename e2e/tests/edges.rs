@@ -20,18 +20,7 @@ async fn edges_are_listed_before_and_after_login() {
     sys.add_user("alice").await;
     // The harness's probe of the port (a connection that closes at once)
     // has left edge 1's count first.
-    let info = sys.keys().edge_info(&Role::Edge.id(0));
-    let r = sys.redis.conn().await;
-    e2e::eventually("edge 1 counts no connection", || {
-        let (mut r, info) = (r.clone(), info.clone());
-        async move {
-            let conns: Option<u64> = redis::AsyncCommands::hget(&mut r, &info, "conns")
-                .await
-                .unwrap();
-            conns == Some(0)
-        }
-    })
-    .await;
+    sys.edges_count(&[0]).await;
     let mut c = sys.connect(0).await;
     let (before, last) = edges(&mut c).await;
     assert_eq!(last, "OK EDGES 3");
