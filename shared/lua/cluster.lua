@@ -59,10 +59,11 @@ end
 
 -- Whether a later step of `publisher`'s decision number `seq` may apply
 -- at a target whose marks are in hash `marks`, `prev` being the number of
--- the publisher's previous decision for it (0: none): nil if so, or the
--- answer: `{'duplicate', <what it gave>}` (applied before; '' if not the
--- last one), or `{'retry'}` (the previous one has not been applied here
--- yet).
+-- the publisher's previous decision for it (0: none): nil and the
+-- publisher's mark there (`<seq> <what it gave>`, nil if none) if so, or
+-- the answer: `{'duplicate', <what it gave>}` (applied before; '' if not
+-- the last one), or `{'retry'}` (the previous one has not been applied
+-- here yet).
 local function later_step(marks, publisher, seq, prev)
   local m = redis.call('HGET', marks, publisher)
   local last, gave = 0, ''
@@ -73,7 +74,7 @@ local function later_step(marks, publisher, seq, prev)
   end
   if seq <= last then return {'duplicate', seq == last and gave or ''} end
   if last ~= prev then return {'retry'} end
-  return nil
+  return nil, m
 end
 
 -- A room line's user step. KEYS 1-5: the user's last applied id,
@@ -108,8 +109,8 @@ end)
 redis.register_function('chat_c_say_room', function(keys, args)
   local publisher, eid, text = args[1], args[2], args[5]
   local seq, prev, run = tonumber(args[3]), tonumber(args[4]), tonumber(args[8])
-  local marks, earlier = keys[3], args[1] .. '#'
-  local answer = later_step(marks, publisher, seq, prev)
+  local marks, earlier = keys[3], publisher .. '#'
+  local answer, last = later_step(marks, publisher, seq, prev)
   if answer and answer[2] == '' then
     local kept = ';' .. (redis.call('HGET', marks, earlier) or '')
     local gave = string.match(kept, ';' .. seq .. ' ([^;]*);')
@@ -123,7 +124,6 @@ redis.register_function('chat_c_say_room', function(keys, args)
     local h = {cap = args[6], ttl = tonumber(args[7])}
     local id = add_history({eid = eid}, keys[1], h, 'from', publisher, 'text', text)
     local v = redis.call('GET', keys[4]) or '0'
-    local last = redis.call('HGET', marks, publisher)
     if last and tonumber(string.match(last, '^%d+')) >= run then
       redis.call('HSET', marks, earlier, (redis.call('HGET', marks, earlier) or '') .. last .. ';')
     else

@@ -13,6 +13,9 @@ fn wire(line: &str) -> Vec<u8> {
 /// The edge's two channels.
 const REPLIES: &str = "chat:ch:edge:e1";
 const LINES: &str = "chat:ch:lines:e1";
+/// The same on a Redis Cluster.
+const CLUSTER_REPLIES: &str = "chat:ch:edge:{e1}";
+const CLUSTER_LINES: &str = "chat:ch:lines:{e1}";
 
 fn hub() -> (Arc<Hub>, mpsc::Receiver<Session>) {
     Hub::new(&Keys::new("chat:"), "e1")
@@ -225,7 +228,7 @@ fn on_a_cluster_lines_that_cross_are_passed_on_once_each() {
     let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
     let (mut a, _) = conn(&hub, 1, 16);
     let _wait = hub.expect(1, 1);
-    hub.dispatch("chat:ch:edge:{e1}", &login_reply(1, 1, "alice", "5"));
+    hub.dispatch(CLUSTER_REPLIES, &login_reply(1, 1, "alice", "5"));
     let lobby = Audience::Room("lobby".into());
     for line in [
         "MSG lobby 5000-0 bob b",
@@ -247,6 +250,16 @@ fn on_a_cluster_lines_that_cross_are_passed_on_once_each() {
     );
 }
 
+/// A hub on a Redis Cluster, alice logged in on its connection 1
+/// (session 5; her `OK LOGIN` queued).
+fn alice_on_a_cluster() -> (Arc<Hub>, QueueRx, mpsc::Receiver<Session>) {
+    let (hub, orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
+    let (a, _) = conn(&hub, 1, 64);
+    let _wait = hub.expect(1, 1);
+    hub.dispatch(CLUSTER_REPLIES, &login_reply(1, 1, "alice", "5"));
+    (hub, a, orphans)
+}
+
 /// A cluster's broadcast line: a room's with the room's version `v`.
 fn wire_at(line: &str, v: u64) -> Vec<u8> {
     let mut json = serde_json::to_value(ServerLine::parse(line).unwrap()).unwrap();
@@ -262,7 +275,7 @@ fn effect(effect: Effect) -> Vec<u8> {
 #[test]
 fn on_a_cluster_members_see_the_lines_of_their_versions_whatever_comes_first() {
     let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
-    let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
+    let (replies, lines_ch) = (CLUSTER_REPLIES, CLUSTER_LINES);
     let (mut a, _) = conn(&hub, 1, 64);
     let _wait = hub.expect(1, 1);
     // Her login's step took the lobby's version 3. A line routed after it
@@ -319,11 +332,8 @@ fn on_a_cluster_members_see_the_lines_of_their_versions_whatever_comes_first() {
 
 #[test]
 fn on_a_cluster_moves_back_and_forth_show_each_line_once_and_only_to_its_members() {
-    let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
-    let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
-    let (mut a, _) = conn(&hub, 1, 64);
-    let _wait = hub.expect(1, 1);
-    hub.dispatch(replies, &login_reply(1, 1, "alice", "5"));
+    let (hub, mut a, _orphans) = alice_on_a_cluster();
+    let (replies, lines_ch) = (CLUSTER_REPLIES, CLUSTER_LINES);
     let moved = |to: &str, v_from: u64, v_to: u64| {
         effect(Effect::Room {
             sid: "5".into(),
@@ -386,11 +396,8 @@ fn on_a_cluster_moves_back_and_forth_show_each_line_once_and_only_to_its_members
 
 #[test]
 fn a_move_run_again_after_a_router_handover_is_applied_once() {
-    let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
-    let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
-    let (mut a, _) = conn(&hub, 1, 64);
-    let _wait = hub.expect(1, 1);
-    hub.dispatch(replies, &login_reply(1, 1, "alice", "5"));
+    let (hub, mut a, _orphans) = alice_on_a_cluster();
+    let (replies, lines_ch) = (CLUSTER_REPLIES, CLUSTER_LINES);
     // Her `/join dev` (request 2): the lobby's step took 7, dev's 2.
     let join = |rid: u64, to: &str, v_from: u64, v_to: u64| {
         let _wait = hub.expect(1, rid);
@@ -436,11 +443,8 @@ fn a_move_run_again_after_a_router_handover_is_applied_once() {
 
 #[test]
 fn on_a_cluster_a_subscriber_sees_the_publications_after_its_step_whatever_comes_first() {
-    let (hub, _orphans) = Hub::new(&Keys::for_cluster("chat:"), "e1");
-    let (replies, lines_ch) = ("chat:ch:edge:{e1}", "chat:ch:lines:{e1}");
-    let (mut a, _) = conn(&hub, 1, 64);
-    let _wait = hub.expect(1, 1);
-    hub.dispatch(replies, &login_reply(1, 1, "alice", "5"));
+    let (hub, mut a, _orphans) = alice_on_a_cluster();
+    let (replies, lines_ch) = (CLUSTER_REPLIES, CLUSTER_LINES);
     // Her subscribe's step read carol's last publication: 50-0.
     hub.dispatch(lines_ch, &wire("PUB 51-0 carol after-subscribe"));
     let sub = |since: &str| Effect::Subscribe {
