@@ -383,7 +383,7 @@ impl Ctx {
             let call = Call::new("chat_attempt", &[key])
                 .arg(self.window)
                 .arg(limit);
-            pipe.add_command(call.cmd().clone());
+            pipe.add_command(call.into_cmd());
         }
         let over: Vec<i64> = shared::scripts::query_pipe(conn, &pipe).await?;
         Ok(over.contains(&1))

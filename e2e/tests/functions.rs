@@ -373,7 +373,8 @@ fn router_call(
         edge: at.0.into(),
         room: at.1.into(),
     };
-    router_svc::request_call(k, owner, cfg, P, eid, req, prev, &place).expect("a router request")
+    let call = router_svc::request_call(k, owner, cfg, P, eid, req, prev, &place);
+    call.expect("a router request").call()
 }
 
 impl Fx {
@@ -953,6 +954,85 @@ async fn each_users_requests_apply_in_their_own_order() {
     assert_eq!(fx.apply(ROUTER, &i1, "", r, at).await, "duplicate");
 }
 
+/// Room lines applied as router-svc applies a batch's run of them: one
+/// call, each line with its own status and order (`at`: where each
+/// session is).
+async fn say_run(fx: &mut Fx, lines: &[(&str, &str, &str, &Request)]) -> String {
+    let at = router_svc::Place {
+        sid: String::new(),
+        edge: "e1".into(),
+        room: LOBBY.into(),
+    };
+    let mut run: Option<router_svc::RouterCall> = None;
+    for (n, &(owner, eid, prev, req)) in lines.iter().enumerate() {
+        let call = router_svc::request_call(&fx.k, owner, &fx.cfg, P, eid, req, prev, &at);
+        let call = call.expect("a router request");
+        match &mut run {
+            Some(run) => {
+                assert!(run.joins(&call, n), "room lines make one call");
+                run.extend(call);
+            }
+            None => run = Some(call),
+        }
+    }
+    run.expect("a line").call().invoke(&mut fx.c).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_run_of_room_lines_is_one_call_with_a_status_for_each() {
+    let mut fx = setup().await;
+    let k = fx.k.clone();
+    let alice = login(&mut fx, "alice", "e1", 1).await;
+    let bob = login(&mut fx, "bob", "e1", 2).await;
+    let lobby = k.lines_channel("e1");
+    let mut sub = fx.sub(&[&lobby]).await;
+    let (a1, b1, a2) = (
+        alice.req(say("a1")),
+        bob.req(say("b1")),
+        alice.req(say("a2")),
+    );
+    let (i1, i2, i3) = (fx.eid(), fx.eid(), fx.eid());
+    let run = [
+        (ROUTER, i1.as_str(), "", &a1),
+        (ROUTER, i2.as_str(), "", &b1),
+        (ROUTER, i3.as_str(), i1.as_str(), &a2),
+    ];
+    assert_eq!(say_run(&mut fx, &run).await, "ok ok ok");
+    for (who, text) in [("alice", "a1"), ("bob", "b1"), ("alice", "a2")] {
+        let line = sub.line(&lobby).await;
+        assert_eq!(line, format!("MSG lobby {} {who} {text}", word(&line, 2)));
+    }
+    let kept: i64 = fx.c.pttl(k.history(LOBBY)).await.unwrap();
+    assert!(kept > 0, "the history's expiry is set: {kept}");
+    fx.is(k.applied("alice"), &i3).await;
+    fx.is(k.applied("bob"), &i2).await;
+
+    // The same run again (a router taking over): nothing twice.
+    assert_eq!(
+        say_run(&mut fx, &run).await,
+        "duplicate duplicate duplicate"
+    );
+    sub.quiet().await;
+
+    // Each line is judged alone: out of its user's order, or sent by a
+    // router whose lease is gone, with a line applied between them.
+    let (a3, b2, a4) = (
+        alice.req(say("a3")),
+        bob.req(say("b2")),
+        alice.req(say("a4")),
+    );
+    let (i4, i5, i6) = (fx.eid(), fx.eid(), fx.eid());
+    let run = [
+        (ROUTER, i4.as_str(), i1.as_str(), &a3),
+        ("gone", i5.as_str(), "", &b2),
+        (ROUTER, i6.as_str(), i3.as_str(), &a4),
+    ];
+    assert_eq!(say_run(&mut fx, &run).await, "retry fenced ok");
+    let line = sub.line(&lobby).await;
+    assert_eq!(line, format!("MSG lobby {} alice a4", word(&line, 2)));
+    sub.quiet().await;
+}
+
 /// chat_attempt as auth-svc/src/login.rs calls it.
 async fn attempt(fx: &mut Fx, keys: &[String], window: u64, limits: &[u32]) -> i64 {
     let call = Call::new("chat_attempt", keys).arg(window).arg(limits);
@@ -1337,7 +1417,7 @@ async fn leases_are_kept_by_their_owner_and_the_library_reloads() {
     fx.run(&["FUNCTION", "FLUSH"]).await;
     let mut pipe = redis::pipe();
     pipe.add_command(renew.cmd().clone());
-    pipe.add_command(Call::new("chat_dead_edges", &[fx.k.edges()]).cmd().clone());
+    pipe.add_command(Call::new("chat_dead_edges", &[fx.k.edges()]).into_cmd());
     let done = shared::scripts::query_pipe(&mut fx.c, &pipe).await;
     let (kept, dead): (i64, Vec<String>) = done.unwrap();
     assert_eq!((kept, dead.len()), (1, 0));

@@ -887,7 +887,7 @@ async fn a_call_after_one_that_failed_in_the_same_pipeline_is_not_applied() {
             op: shared::envelope::Op::Say { text: text.into() },
         };
         let call = router_svc::request_call(&keys, "tester", &cfg, 0, eid, &req, prev, &at);
-        call.expect("a router request").cmd().clone()
+        call.expect("a router request").call().into_cmd()
     };
     let applied = |r: &mut MultiplexedConnection| {
         let mut r = r.clone();

@@ -14,7 +14,7 @@ mod leases;
 mod process;
 mod steps;
 
-pub use process::{request_call, Place};
+pub use process::{request_call, Place, RouterCall};
 
 use process::{Outcome, Worker};
 use shared::consumer::Entry;

@@ -1,6 +1,6 @@
 //! Applying requests: one call of a library function per request
-//! (shared/lua/router.lua), pipelined per batch, then acknowledgement of
-//! what was applied.
+//! (shared/lua/router.lua), or per run of consecutive room lines,
+//! pipelined per batch, then acknowledgement of what was applied.
 
 use crate::steps::{Job, Steps};
 use redis::Value;
@@ -268,7 +268,7 @@ impl Worker {
         order: &[(usize, usize)],
         mut places: Places,
     ) -> redis::RedisResult<Vec<((usize, usize), Value)>> {
-        let mut pipe = redis::pipe();
+        let mut calls: Vec<(RouterCall, Vec<(usize, usize)>)> = Vec::new();
         let mut jobs = Vec::new();
         let mut owners = Vec::new();
         // The id of each user's previous call in this pipeline.
@@ -295,25 +295,39 @@ impl Worker {
             } else if let Some(call) = request_call(
                 &self.keys, &self.id, &self.cfg, p, &entry.id, req, before, place,
             ) {
-                pipe.add_command(call.cmd().clone());
-                owners.push((r, i));
+                match calls.last_mut() {
+                    Some((run, owners)) if run.joins(&call, owners.len()) => {
+                        run.extend(call);
+                        owners.push((r, i));
+                    }
+                    _ => calls.push((call, vec![(r, i)])),
+                }
                 prev.insert(&req.user, &entry.id);
             }
             place.after(req);
         }
-        if owners.is_empty() {
+        if let Some(steps) = &self.steps {
+            if owners.is_empty() {
+                return Ok(Vec::new());
+            }
+            let values = steps.apply(&jobs).await?.into_iter();
+            let values = values.map(|s| Value::BulkString(s.into_bytes()));
+            return Ok(owners.into_iter().zip(values).collect());
+        }
+        if calls.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Value> = match &self.steps {
-            Some(steps) => steps
-                .apply(&jobs)
-                .await?
-                .into_iter()
-                .map(|s| Value::BulkString(s.into_bytes()))
-                .collect(),
-            None => shared::scripts::query_pipe(&mut self.conn, &pipe).await?,
-        };
-        Ok(owners.into_iter().zip(values).collect())
+        let mut pipe = redis::pipe();
+        for (call, _) in &calls {
+            pipe.add_command(call.call().into_cmd());
+        }
+        let values: Vec<Value> = shared::scripts::query_pipe(&mut self.conn, &pipe).await?;
+        let mut out = Vec::new();
+        for ((_, owners), value) in calls.into_iter().zip(values) {
+            let answers = answers(value, owners.len());
+            out.extend(owners.into_iter().zip(answers));
+        }
+        Ok(out)
     }
 
     /// After a batch failed on a script error: each entry alone; a
@@ -380,6 +394,50 @@ async fn places(
         .collect())
 }
 
+/// The most room lines one `chat_say` call takes: a call holds Redis up
+/// for its whole run (about 10 µs a line).
+const SAY_RUN: usize = 64;
+
+/// A call of the router's library: its function, keys and arguments.
+/// Consecutive room lines go in one `chat_say` call (see
+/// [`RouterCall::joins`]).
+#[derive(Debug)]
+pub struct RouterCall {
+    name: &'static str,
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+impl RouterCall {
+    /// Whether `next` may join this call, which holds `n` requests: room
+    /// lines do, up to [`SAY_RUN`] (shared/lua/router.lua).
+    pub fn joins(&self, next: &RouterCall, n: usize) -> bool {
+        self.name == "chat_say" && next.name == "chat_say" && n < SAY_RUN
+    }
+
+    /// Adds `next`'s request after this call's (see [`RouterCall::joins`]).
+    pub fn extend(&mut self, next: RouterCall) {
+        self.keys.extend(next.keys);
+        self.args.extend(next.args);
+    }
+
+    pub fn call(&self) -> Call {
+        let call = Call::new(self.name, &self.keys);
+        self.args.iter().fold(call, |call, a| call.arg(a))
+    }
+}
+
+/// The answer of each of a call's `n` requests: a run of room lines
+/// answers their statuses, space-separated.
+fn answers(value: Value, n: usize) -> Vec<Value> {
+    if n == 1 {
+        return vec![value];
+    }
+    let all: String = redis::from_redis_value(value).unwrap_or_default();
+    let one = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+    all.split(' ').map(one).collect()
+}
+
 /// The call that applies `req`, stream entry `entry_id` of partition `p`,
 /// for router `owner` with the limits of `cfg` (shared/lua/router.lua says
 /// what each key and argument is), with its session at `at` and `prev` the
@@ -395,7 +453,7 @@ pub fn request_call(
     req: &Request,
     prev: &str,
     at: &Place,
-) -> Option<Call> {
+) -> Option<RouterCall> {
     let (user, room) = (req.user.as_str(), at.room.as_str());
     let r = &cfg.router;
     // How long histories live (cap, ttl), and where notices go.
@@ -528,19 +586,25 @@ pub fn request_call(
     };
     let keys = [k.router_lease(p), k.applied(user), k.session(user)]
         .into_iter()
-        .chain(keys);
-    let call = Call::new(name, &keys.collect::<Vec<_>>())
-        .arg(owner)
-        .arg(entry_id)
-        .arg(prev)
-        .arg(k.edge_channel(&req.edge))
-        .arg(req.conn.to_string())
-        .arg(req.rid.to_string())
-        .arg(user)
-        .arg(&req.sid)
-        .arg(&at.edge)
-        .arg(room);
-    Some(args.into_iter().fold(call, Call::arg))
+        .chain(keys)
+        .collect();
+    let head = [
+        owner.to_string(),
+        entry_id.to_string(),
+        prev.to_string(),
+        k.edge_channel(&req.edge),
+        req.conn.to_string(),
+        req.rid.to_string(),
+        user.to_string(),
+        req.sid.clone(),
+        at.edge.clone(),
+        room.to_string(),
+    ];
+    Some(RouterCall {
+        name,
+        keys,
+        args: head.into_iter().chain(args).collect(),
+    })
 }
 
 /// (run, entry) pairs of `runs` by entry id (`<ms>-<seq>`, the time the

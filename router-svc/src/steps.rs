@@ -59,7 +59,7 @@ impl Steps {
     pub(crate) async fn apply(&self, jobs: &[Job<'_>]) -> RedisResult<Vec<String>> {
         let mut pipe = redis::pipe();
         for job in jobs {
-            pipe.add_command(self.user_step(job).cmd().clone());
+            pipe.add_command(self.user_step(job).into_cmd());
         }
         let values: Vec<Value> = shared::scripts::query_pipe(&mut self.conn.clone(), &pipe).await?;
         let answers: Vec<Vec<String>> = values
@@ -292,7 +292,7 @@ impl Steps {
             let user = jobs[i].req.user.as_str();
             if !halted.contains(user) {
                 let from = *first.entry(user).or_insert(num(d, "seq"));
-                pipe.add_command(self.say_call(&jobs[i], d, from).cmd().clone());
+                pipe.add_command(self.say_call(&jobs[i], d, from).into_cmd());
             }
             decided.push((status.clone(), d));
         }

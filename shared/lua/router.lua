@@ -13,14 +13,19 @@
 -- owner), `duplicate` (applied before), `retry` (the user's request before
 -- it was not applied: try again later, in order), `moved` (the session's edge or
 -- room changed since it was read: read again and retry) or `stale` (the
--- session is no longer current: nothing to do).
+-- session is no longer current: nothing to do). chat_say alone takes a
+-- run of requests, each with these KEYS and ARGV, and answers one status
+-- per request, space-separated (a run of one: the status alone).
 
-local function request(keys, args)
+-- (`k` and `a`: where the request's KEYS and ARGV start, less one; 0
+-- unless the call holds several, as chat_say's runs do.)
+local function request(keys, args, k, a)
+  k, a = k or 0, a or 0
   return {
-    lease = keys[1], applied = keys[2], session = keys[3],
-    owner = args[1], eid = args[2], prev = args[3], channel = args[4],
-    conn = args[5], rid = args[6], user = args[7], sid = args[8],
-    at_edge = args[9], at_room = args[10],
+    lease = keys[k + 1], applied = keys[k + 2], session = keys[k + 3],
+    owner = args[a + 1], eid = args[a + 2], prev = args[a + 3], channel = args[a + 4],
+    conn = args[a + 5], rid = args[a + 6], user = args[a + 7], sid = args[a + 8],
+    at_edge = args[a + 9], at_room = args[a + 10],
   }
 end
 
@@ -29,22 +34,33 @@ end
 -- `q.s` and the id recorded as the user's last applied, or why not:
 -- `duplicate`, `retry` or `moved`. `q` names `applied`, `session`,
 -- `prev` and the session's place as read before (`at_edge`, `at_room`).
--- Also the user step on a cluster (cluster.lua).
-local function in_order(q)
-  local last = redis.call('GET', q.applied)
+-- Also the user step on a cluster (cluster.lua). `run`, if given, keeps
+-- what a call of several requests that leave sessions as they are (see
+-- chat_say) has read or written: each user's last applied id and
+-- session.
+local function in_order(q, run)
+  local last = run and run.applied[q.applied]
+  if last == nil then last = redis.call('GET', q.applied) end
   if last and not id_after(q.eid, last) then return 'duplicate' end
   if q.prev ~= '' and last ~= q.prev then return 'retry' end
-  q.s = where(q.session)
+  q.s = run and run.sessions[q.session] or where(q.session)
   if not same_place(q.s, q.at_edge, q.at_room) then return 'moved' end
   redis.call('SET', q.applied, q.eid)
+  if run then run.applied[q.applied], run.sessions[q.session] = q.eid, q.s end
   return nil
 end
 
 -- Whether the request may be applied now (nil), or why not (a status).
--- `q.s` is the session as it is.
-local function admit(q)
-  if redis.call('GET', q.lease) ~= q.owner then return 'fenced' end
-  return in_order(q)
+-- `q.s` is the session as it is. `run` as `in_order`, with each lease's
+-- owner as read.
+local function admit(q, run)
+  local owner = run and run.owners[q.lease]
+  if not owner then
+    owner = redis.call('GET', q.lease) or ''
+    if run then run.owners[q.lease] = owner end
+  end
+  if owner ~= q.owner then return 'fenced' end
+  return in_order(q, run)
 end
 
 -- Registers a request function. `body(q, keys, args)` runs once the
@@ -69,8 +85,9 @@ end
 -- How long history streams live: ARGV 11-12 of the functions that write
 -- them (the cap in entries; the time since the last write in ms, 0: no
 -- expiry).
-local function retention(args)
-  return {cap = args[11], ttl = tonumber(args[12])}
+local function retention(args, a)
+  a = a or 0
+  return {cap = args[a + 11], ttl = tonumber(args[a + 12])}
 end
 
 -- Keeps a history key `h.ttl` ms from now (see `retention`).
@@ -78,7 +95,7 @@ local function keep(key, h)
   if h.ttl > 0 then redis.call('PEXPIRE', key, h.ttl) end
 end
 
--- Adds an entry to a history stream, capped and kept as `h` says. Its id
+-- Adds an entry to a history stream, capped as `h` says. Its id
 -- takes the time the edge received the request (the request's own id);
 -- if the stream already has a later one, the next id in that one's ms.
 -- The cap trims whole nodes (`MAXLEN ~`): an exact cap walks the first
@@ -86,7 +103,7 @@ end
 -- fan-out bench. The stream keeps up to a node (`stream-node-max-entries`)
 -- more; `/history` never shows more than the cap (the router asks for no
 -- more).
-local function add_history(q, key, h, ...)
+local function append(q, key, h, ...)
   local ms = string.match(q.eid, '^(%d+)-')
   local id = redis.pcall('XADD', key, 'MAXLEN', '~', h.cap, ms .. '-*', ...)
   if type(id) == 'table' and id.err then
@@ -94,17 +111,55 @@ local function add_history(q, key, h, ...)
     ms = top and string.match(top[1], '^(%d+)-') or ms
     id = redis.call('XADD', key, 'MAXLEN', '~', h.cap, ms .. '-*', ...)
   end
+  return id
+end
+
+-- `append`, and the stream kept as `h` says.
+local function add_history(q, key, h, ...)
+  local id = append(q, key, h, ...)
   keep(key, h)
   return id
 end
 
--- KEYS 4-5: the room's history, its members per edge. ARGV 11-14:
--- history cap and ttl, the edges' line channel without the id, text.
-routed('chat_say', function(q, keys, args)
-  local lines, text = args[13], args[14]
-  local id = add_history(q, keys[4], retention(args), 'from', q.user, 'text', text)
-  to_room(keys[5], lines,
-    cjson.encode({k = 'msg', room = q.s.room, id = id, from = q.user, text = text}))
+-- One line of a chat_say call, its KEYS from `k` + 1 and ARGV from `a` +
+-- 1; `run` keeps what the call's lines share: the leases' owners, each
+-- user's last applied id and session (see `in_order`), each room's
+-- edges, the histories to keep. KEYS 4-5: the room's history, its
+-- members per edge. ARGV 11-14: history cap and ttl, the edges' line
+-- channel without the id, text.
+local function say(keys, args, k, a, run)
+  local q = request(keys, args, k, a)
+  local status = admit(q, run)
+  if status then return status end
+  if q.s.sid ~= q.sid then return 'stale' end
+  local history, edges, h = keys[k + 4], keys[k + 5], retention(args, a)
+  local lines, text = args[a + 13], args[a + 14]
+  local id = append(q, history, h, 'from', q.user, 'text', text)
+  run.kept[history] = h
+  run.edges[edges] = run.edges[edges] or redis.call('HKEYS', edges)
+  local payload = cjson.encode({k = 'msg', room = q.s.room, id = id, from = q.user, text = text})
+  for _, edge in ipairs(run.edges[edges]) do
+    redis.call('PUBLISH', lines .. edge, payload)
+  end
+  return 'ok'
+end
+
+-- A run of room lines, applied in order: KEYS and ARGV are those of one
+-- line (see `say`; 5 keys, 14 arguments) once per line. Returns each
+-- line's status, space-separated. A run reads each lease, user's last
+-- applied id, session and room's edges once, and sets each history's
+-- expiry once, where a call per line did all of it for every line: the
+-- router sends its batch's consecutive room lines as one call. Each line
+-- still records itself as applied: should a later line fail, those
+-- before it are not applied again.
+redis.register_function('chat_say', function(keys, args)
+  local run = {owners = {}, applied = {}, sessions = {}, edges = {}, kept = {}}
+  local statuses = {}
+  for i = 0, #keys / 5 - 1 do
+    statuses[i + 1] = say(keys, args, 5 * i, 14 * i, run)
+  end
+  for history, h in pairs(run.kept) do keep(history, h) end
+  return table.concat(statuses, ' ')
 end)
 
 -- KEYS 4-10: the old room's members, the new room's, the set of rooms,

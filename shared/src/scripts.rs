@@ -63,6 +63,11 @@ impl Call {
         &self.0
     }
 
+    /// The command, without a copy.
+    pub fn into_cmd(self) -> Cmd {
+        self.0
+    }
+
     /// Runs the call, loading the library first if Redis lost it.
     pub async fn invoke<T: FromRedisValue>(&self, conn: &mut Conn) -> RedisResult<T> {
         match self.0.query_async(conn).await {

@@ -91,7 +91,7 @@ impl Steps {
                         .arg(*room)
                         .arg(members)
                         .arg(version);
-                    pipe.add_command(call.cmd().clone());
+                    pipe.add_command(call.into_cmd());
                 }
             }
         }

@@ -656,7 +656,7 @@ async fn end_edge_sessions(
             for (user, room) in todo.iter().zip(&rooms) {
                 let room = room.as_deref().unwrap_or("");
                 let call = end_edge_session(keys, edge, user, room, mode, notices);
-                calls.add_command(call.cmd().clone());
+                calls.add_command(call.into_cmd());
             }
             let statuses: Vec<String> = crate::scripts::query_pipe(conn, &calls).await?;
             if statuses.iter().any(|s| s == "alive") {
