@@ -1,7 +1,7 @@
 //! The Pub/Sub task: reads the edge's two channels in order, and reconnects.
 
 use crate::ctx::Ctx;
-use crate::hub::{Audience, Hub};
+use crate::hub::{Audience, Gathered, Hub};
 use crate::intake::{self, Backlog, PubSubSource};
 use crate::resync::resync;
 use crate::shard::{Event, ShardFeed};
@@ -134,22 +134,34 @@ pub(crate) async fn deliver_sharded(mut feed: ShardFeed, ctx: Arc<Ctx>, stop: Ca
 
 /// Applies `msg` and whatever else has arrived (up to [`DRAIN`]
 /// messages), counting each off the backlog; when nothing more is
-/// waiting, the backlog is empty.
+/// waiting, the backlog is empty. Consecutive lines of one room are
+/// queued together (see [`Hub::dispatch_into`]).
 fn apply(hub: &Hub, backlog: &Backlog, stream: &mut PubSubStream, mut msg: redis::Msg) {
+    let mut gathered = Gathered::default();
     for _ in 1..DRAIN {
-        hub.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+        hub.dispatch_into(
+            &mut gathered,
+            msg.get_channel_name(),
+            msg.get_payload_bytes(),
+        );
         backlog.applied(msg.get_channel_name(), msg.get_payload_bytes());
         match stream.next().now_or_never() {
             Some(Some(next)) => msg = next,
             // Ended: the caller's next read sees it.
-            Some(None) => return,
+            Some(None) => return hub.flush(&mut gathered),
             None => {
+                hub.flush(&mut gathered);
                 backlog.drained();
                 return;
             }
         }
     }
-    hub.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+    hub.dispatch_into(
+        &mut gathered,
+        msg.get_channel_name(),
+        msg.get_payload_bytes(),
+    );
+    hub.flush(&mut gathered);
     backlog.applied(msg.get_channel_name(), msg.get_payload_bytes());
 }
 

@@ -8,31 +8,55 @@ use shared::line::ServerLine;
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+/// Most bytes of lines gathered for one audience before they are queued.
+const GATHER_BYTES: usize = 16 * 1024;
+
+/// Consecutive lines of one audience, gathered from the Pub/Sub messages
+/// of one read to be queued to each member at once: one lock and one copy
+/// per member for the lot, not per line (see [`Hub::dispatch_into`]).
+#[derive(Default)]
+pub(crate) struct Gathered {
+    audience: Option<Audience>,
+    bytes: Vec<u8>,
+    lines: usize,
+}
+
 impl Hub {
     /// Applies one Pub/Sub message: a reply on the edge's channel, a
     /// broadcast line on its other one.
     pub(crate) fn dispatch(&self, channel: &str, payload: &[u8]) {
+        let mut gathered = Gathered::default();
+        self.dispatch_into(&mut gathered, channel, payload);
+        self.flush(&mut gathered);
+    }
+
+    /// As [`Hub::dispatch`], but a broadcast line joins the lines of its
+    /// audience `gathered` holds, to be queued by [`Hub::flush`], which
+    /// the caller calls once it has no message waiting. Lines of another
+    /// audience, a reply, and a full `gathered` flush first, so the
+    /// members see lines and moves in the order they came.
+    pub(crate) fn dispatch_into(&self, gathered: &mut Gathered, channel: &str, payload: &[u8]) {
         self.pubsub_messages.inc();
         if channel != self.edge_channel {
-            self.broadcast(channel, payload);
+            self.broadcast(gathered, channel, payload);
             return;
         }
+        self.flush(gathered);
         match serde_json::from_slice::<Reply>(payload) {
             Ok(reply) => self.apply(reply),
             Err(e) => tracing::warn!(channel, error = %e, "undecodable reply dropped"),
         }
     }
 
-    fn broadcast(&self, channel: &str, payload: &[u8]) {
+    fn broadcast(&self, gathered: &mut Gathered, channel: &str, payload: &[u8]) {
         let line = serde_json::from_slice::<ServerLine>(payload);
         match line.as_ref().map(|l| (Audience::of(l), l)) {
-            Ok((Some(a), line)) => {
+            Ok((Some(a), line)) if self.crossing => {
                 // A cluster's room line names the room's version then.
-                let v = self
-                    .crossing
-                    .then(|| serde_json::from_slice::<Version>(payload));
-                self.deliver(&a, line, v.and_then(|v| v.ok()?.v));
+                let v = serde_json::from_slice::<Version>(payload);
+                self.deliver_crossing(&a, line, v.ok().and_then(|v| v.v));
             }
+            Ok((Some(a), line)) => self.gather(gathered, a, line),
             Ok((None, line)) => tracing::warn!(channel, %line, "not a broadcast line; dropped"),
             Err(e) => tracing::warn!(channel, error = %e, "undecodable line dropped"),
         }
@@ -41,41 +65,61 @@ impl Hub {
     /// Queues a room or publisher line to its audience, unless it is a
     /// message already passed on (replayed, then live).
     pub(crate) fn pass_on(&self, a: &Audience, line: &ServerLine) {
-        self.deliver(a, line, None);
+        if self.crossing {
+            return self.deliver_crossing(a, line, None);
+        }
+        let mut gathered = Gathered::default();
+        self.gather(&mut gathered, a.clone(), line);
+        self.flush(&mut gathered);
     }
 
-    /// As [`Hub::pass_on`], for a room's line of version `v` (on a Redis
-    /// Cluster: see [`Hub::deliver_crossing`]).
-    fn deliver(&self, a: &Audience, line: &ServerLine, v: Option<u64>) {
-        let id = match line {
-            ServerLine::Msg { id, .. } | ServerLine::Pub { id, .. } => EntryId::parse(id),
-            _ => None,
-        };
-        if self.crossing {
-            return self.deliver_crossing(a, line, id, v);
+    /// Adds `line` to `gathered`, unless its audience has no member here
+    /// or it is a message already passed on; flushes first lines of
+    /// another audience, or too many.
+    fn gather(&self, gathered: &mut Gathered, a: Audience, line: &ServerLine) {
+        if gathered.audience.as_ref() != Some(&a) || gathered.bytes.len() >= GATHER_BYTES {
+            self.flush(gathered);
         }
-        let mut st = self.lock();
-        let st = &mut *st;
-        let Some(members) = st.audience.get(a) else {
-            st.last.remove(a);
-            return;
-        };
-        if let Some(id) = id {
-            match st.last.get_mut(a) {
-                Some(last) if id <= *last => return,
-                Some(last) => *last = id,
-                None => {
-                    st.last.insert(a.clone(), id);
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            if !st.audience.contains_key(&a) {
+                st.last.remove(&a);
+                return;
+            }
+            if let Some(id) = message_id(line) {
+                match st.last.get_mut(&a) {
+                    Some(last) if id <= *last => return,
+                    Some(last) => *last = id,
+                    None => {
+                        st.last.insert(a.clone(), id);
+                    }
                 }
             }
         }
-        let line = render(std::slice::from_ref(line));
+        render_into(&mut gathered.bytes, line);
+        gathered.lines += 1;
+        gathered.audience = Some(a);
+    }
+
+    /// Queues the lines `gathered` holds to each member of their audience,
+    /// all at once.
+    pub(crate) fn flush(&self, gathered: &mut Gathered) {
+        let Some(a) = gathered.audience.take() else {
+            return;
+        };
+        let (bytes, lines) = (std::mem::take(&mut gathered.bytes), gathered.lines);
+        gathered.lines = 0;
+        let st = self.lock();
+        let Some(members) = st.audience.get(&a) else {
+            return;
+        };
         for id in members {
             if let Some(c) = st.conns.get(id) {
-                self.push_line(c, &line);
+                self.refused(c, c.tx.lines(&bytes, lines));
             }
         }
-        self.deliveries.add(members.len() as u64);
+        self.deliveries.add((members.len() * lines) as u64);
     }
 
     /// On a Redis Cluster two routers publish in their own time, so a
@@ -87,13 +131,8 @@ impl Hub {
     /// lines that came before a join's reply are held that long for it.
     /// A line whose id was passed on already is dropped (ids of the last
     /// [`REORDER_MS`] are kept).
-    fn deliver_crossing(
-        &self,
-        a: &Audience,
-        line: &ServerLine,
-        id: Option<EntryId>,
-        v: Option<u64>,
-    ) {
+    fn deliver_crossing(&self, a: &Audience, line: &ServerLine, v: Option<u64>) {
+        let id = message_id(line);
         let mut st = self.lock();
         let st = &mut *st;
         if let Some(id) = id {
@@ -428,10 +467,23 @@ fn prune(held: &mut VecDeque<Held>, now: Instant) {
 /// clients read: a broadcast (one line), a reply's lines, and the edge's
 /// own lines ([`Hub::send`]).
 pub(super) fn render(lines: &[ServerLine]) -> Vec<u8> {
-    use std::fmt::Write;
-    let mut out = String::new();
+    let mut out = Vec::new();
     for line in lines {
-        let _ = writeln!(out, "{line}");
+        render_into(&mut out, line);
     }
-    out.into_bytes()
+    out
+}
+
+/// Adds `line`'s wire form, terminator included, to `out`.
+fn render_into(out: &mut Vec<u8>, line: &ServerLine) {
+    use std::io::Write;
+    let _ = writeln!(out, "{line}");
+}
+
+/// The id of a room message or a publication.
+fn message_id(line: &ServerLine) -> Option<EntryId> {
+    match line {
+        ServerLine::Msg { id, .. } | ServerLine::Pub { id, .. } => EntryId::parse(id),
+        _ => None,
+    }
 }

@@ -22,6 +22,7 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use apply::Gathered;
 pub(crate) use audience::Audience;
 use queue::Refused;
 pub(crate) use queue::{queue, QueueRx, QueueTx, CHUNK};

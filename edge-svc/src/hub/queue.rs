@@ -20,8 +20,8 @@ pub(crate) const CHUNK: usize = 64 * 1024;
 /// The first size of a buffer of lines.
 const CHUNK_START: usize = 4 * 1024;
 
-/// A queue of at most `lines` lines (a reply counts as one) and, but for
-/// one entry into an empty queue, `bytes` bytes.
+/// A queue of at most `lines` lines (a reply counts as one) and `bytes`
+/// bytes, but for one entry into an empty queue.
 pub(crate) fn queue(lines: usize, bytes: usize) -> (QueueTx, QueueRx) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
@@ -81,29 +81,37 @@ pub(crate) struct QueueTx {
 }
 
 impl QueueTx {
-    /// Queues complete lines (terminators included).
+    /// Queues a complete line (its terminator included).
     pub(crate) fn line(&self, line: &[u8]) -> Result<(), Refused> {
-        let n = line.len();
+        self.lines(line, 1)
+    }
+
+    /// Queues `count` complete lines, one after another in `lines`; all or
+    /// none.
+    pub(crate) fn lines(&self, lines: &[u8], count: usize) -> Result<(), Refused> {
+        let n = lines.len();
         let mut st = self.shared.lock();
         if st.receiver_gone {
             return Err(Refused::Closed);
         }
-        if st.lines >= self.limits.lines || (st.bytes > 0 && st.bytes + n > self.limits.bytes) {
+        if (st.lines > 0 && st.lines + count > self.limits.lines)
+            || (st.bytes > 0 && st.bytes + n > self.limits.bytes)
+        {
             return Err(Refused::Full);
         }
         let was_empty = st.entries.is_empty();
         match st.entries.back_mut() {
-            Some((Out::Line(buf), count)) if buf.len() + n <= CHUNK => {
-                buf.extend_from_slice(line);
-                *count += 1;
+            Some((Out::Line(buf), queued)) if buf.len() + n <= CHUNK => {
+                buf.extend_from_slice(lines);
+                *queued += count;
             }
             _ => {
                 let mut buf = Vec::with_capacity(n.max(CHUNK_START));
-                buf.extend_from_slice(line);
-                st.entries.push_back((Out::Line(buf), 1));
+                buf.extend_from_slice(lines);
+                st.entries.push_back((Out::Line(buf), count));
             }
         }
-        st.lines += 1;
+        st.lines += count;
         st.bytes += n;
         drop(st);
         if was_empty {

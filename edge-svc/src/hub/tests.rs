@@ -704,3 +704,58 @@ fn a_queue_holds_at_most_its_bytes_or_one_big_reply() {
         .sum();
     assert!(bytes <= 100, "{bytes} bytes queued: {got:?}");
 }
+
+#[test]
+fn lines_of_one_read_are_queued_at_once_and_in_order_with_replies() {
+    let (hub, _orphans) = hub();
+    let (mut a, _) = conn(&hub, 1, 16);
+    let _wait = hub.expect(1, 1);
+    hub.dispatch(REPLIES, &login_reply(1, 1, "alice", "5"));
+    lines(&mut a);
+    let mut read = Gathered::default();
+    for line in ["MSG lobby 1-0 bob one", "MSG lobby 2-0 bob two"] {
+        hub.dispatch_into(&mut read, LINES, &wire(line));
+    }
+    // A message passed on already is not gathered again.
+    hub.dispatch_into(&mut read, LINES, &wire("MSG lobby 2-0 bob two"));
+    assert!(a.try_recv().is_none(), "queued when the read is done");
+    // A reply moving alice comes after the lines before it, before those
+    // after it.
+    let to_dev = Reply {
+        conn: 1,
+        rid: 0,
+        lines: vec![ServerLine::OkJoin { room: "dev".into() }],
+        effect: Some(Effect::Room {
+            sid: "5".into(),
+            room: "dev".into(),
+            v_from: None,
+            v_to: None,
+        }),
+        sid: String::new(),
+    };
+    hub.dispatch_into(&mut read, REPLIES, &serde_json::to_vec(&to_dev).unwrap());
+    hub.dispatch_into(&mut read, LINES, &wire("MSG lobby 3-0 bob gone"));
+    hub.dispatch_into(&mut read, LINES, &wire("MSG dev 1-0 carol three"));
+    hub.dispatch_into(&mut read, LINES, &wire("MSG dev 2-0 carol four"));
+    hub.flush(&mut read);
+    let mut entries = std::iter::from_fn(|| a.try_recv()).map(|o| match o {
+        Out::Line(b) => String::from_utf8(b).unwrap(),
+        Out::Bye(r) => format!("BYE {r}"),
+    });
+    assert_eq!(
+        entries.next().unwrap(),
+        "MSG lobby 1-0 bob one\nMSG lobby 2-0 bob two\nOK JOIN dev\n\
+         MSG dev 1-0 carol three\nMSG dev 2-0 carol four\n",
+        "one buffer, in order, each line once"
+    );
+    assert!(entries.next().is_none());
+    let (mut b, b_closer) = conn(&hub, 2, 2);
+    let _wait = hub.expect(2, 2);
+    hub.dispatch(REPLIES, &login_reply(2, 2, "bob", "6"));
+    // Gathered lines count one by one against the queue's bound.
+    for i in 4..7 {
+        hub.dispatch_into(&mut read, LINES, &wire(&format!("MSG lobby {i}-0 x y")));
+    }
+    hub.flush(&mut read);
+    assert_eq!(b_closer.reason(), Some("too-slow"), "{:?}", lines(&mut b));
+}
