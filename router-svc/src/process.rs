@@ -456,17 +456,23 @@ pub fn request_call(
 ) -> Option<RouterCall> {
     let (user, room) = (req.user.as_str(), at.room.as_str());
     let r = &cfg.router;
-    // How long histories live (cap, ttl), and where notices go.
-    let retention = [r.history_cap.to_string(), r.history_ttl_ms.to_string()];
-    let notices = cfg.notices.args();
-    let (listing_max, reply_max) = (r.listing_max.to_string(), r.reply_max_bytes.to_string());
+    // How long histories live (cap, ttl), and where notices go; made for
+    // the requests that take them only (this runs for every request).
+    let retention = || [r.history_cap.to_string(), r.history_ttl_ms.to_string()];
+    let notices = || cfg.notices.args();
+    let listing_max = || r.listing_max.to_string();
+    let reply_max = || r.reply_max_bytes.to_string();
     // Histories are trimmed in whole nodes: a listing stops at the cap.
     let shown = |n: &u32| u64::from(*n).min(r.history_cap);
     let (name, keys, args): (&str, Vec<String>, Vec<String>) = match &req.op {
         Op::Say { text } => (
             "chat_say",
             vec![k.history(room), k.room_edges(room)],
-            [retention.to_vec(), vec![k.lines_channel(""), text.clone()]].concat(),
+            [
+                retention().to_vec(),
+                vec![k.lines_channel(""), text.clone()],
+            ]
+            .concat(),
         ),
         Op::Join { room: to } => (
             "chat_join",
@@ -479,7 +485,7 @@ pub fn request_call(
                 k.room_edges(room),
                 k.room_edges(to),
             ],
-            [vec![to.clone(), k.lines_channel("")], notices.to_vec()].concat(),
+            [vec![to.clone(), k.lines_channel("")], notices().to_vec()].concat(),
         ),
         Op::Leave => (
             "chat_leave",
@@ -492,16 +498,16 @@ pub fn request_call(
                 k.room_edges(room),
                 k.room_edges(LOBBY),
             ],
-            [vec![LOBBY.into(), k.lines_channel("")], notices.to_vec()].concat(),
+            [vec![LOBBY.into(), k.lines_channel("")], notices().to_vec()].concat(),
         ),
         Op::Rooms => (
             "chat_rooms",
             vec![k.room_sizes()],
-            vec![LOBBY.into(), listing_max],
+            vec![LOBBY.into(), listing_max()],
         ),
         Op::Who { room: of } => {
             let of = of.as_deref().unwrap_or(room);
-            ("chat_who", vec![k.room(of)], vec![of.into(), listing_max])
+            ("chat_who", vec![k.room(of)], vec![of.into(), listing_max()])
         }
         Op::Subscribe { target } | Op::Unsubscribe { target } => (
             if matches!(req.op, Op::Subscribe { .. }) {
@@ -515,7 +521,7 @@ pub fn request_call(
         Op::Subscriptions => (
             "chat_subscriptions",
             vec![k.subscriptions(user)],
-            vec![listing_max],
+            vec![listing_max()],
         ),
         Op::Publish { text } => (
             "chat_publish",
@@ -525,7 +531,11 @@ pub fn request_call(
                 k.online(),
                 k.edges(),
             ],
-            [retention.to_vec(), vec![k.lines_channel(""), text.clone()]].concat(),
+            [
+                retention().to_vec(),
+                vec![k.lines_channel(""), text.clone()],
+            ]
+            .concat(),
         ),
         Op::Msg { to, text } => (
             "chat_msg",
@@ -537,7 +547,7 @@ pub fn request_call(
                 k.inbox_counts(to),
             ],
             [
-                retention.to_vec(),
+                retention().to_vec(),
                 vec![to.clone(), text.clone(), k.edge_channel("")],
                 vec![r.inbox_per_sender.to_string()],
             ]
@@ -546,7 +556,12 @@ pub fn request_call(
         Op::History { with: None, n } => (
             "chat_history",
             vec![k.history(room)],
-            vec![shown(n).to_string(), room.into(), String::new(), reply_max],
+            vec![
+                shown(n).to_string(),
+                room.into(),
+                String::new(),
+                reply_max(),
+            ],
         ),
         Op::History { with: Some(w), n } => (
             "chat_history",
@@ -555,7 +570,7 @@ pub fn request_call(
                 shown(n).to_string(),
                 format!("@{w}"),
                 "dm".into(),
-                reply_max,
+                reply_max(),
             ],
         ),
         Op::KeySet { key, fingerprint } => (
@@ -575,7 +590,7 @@ pub fn request_call(
                 k.resume(user),
                 k.room_edges(room),
             ],
-            [vec![k.lines_channel("")], notices.to_vec()].concat(),
+            [vec![k.lines_channel("")], notices().to_vec()].concat(),
         ),
         Op::Delivered { upto } => (
             "chat_delivered",
