@@ -957,7 +957,10 @@ async fn each_users_requests_apply_in_their_own_order() {
 /// Room lines applied as router-svc applies a batch's run of them: one
 /// call, each line with its own status and order (`at`: where each
 /// session is).
-async fn say_run(fx: &mut Fx, lines: &[(&str, &str, &str, &Request)]) -> String {
+async fn say_run(
+    fx: &mut Fx,
+    lines: &[(&str, &str, &str, &Request)],
+) -> redis::RedisResult<String> {
     let at = router_svc::Place {
         sid: String::new(),
         edge: "e1".into(),
@@ -975,7 +978,7 @@ async fn say_run(fx: &mut Fx, lines: &[(&str, &str, &str, &Request)]) -> String 
             None => run = Some(call),
         }
     }
-    run.expect("a line").call().invoke(&mut fx.c).await.unwrap()
+    run.expect("a line").call().invoke(&mut fx.c).await
 }
 
 #[tokio::test]
@@ -997,7 +1000,7 @@ async fn a_run_of_room_lines_is_one_call_with_a_status_for_each() {
         (ROUTER, i2.as_str(), "", &b1),
         (ROUTER, i3.as_str(), i1.as_str(), &a2),
     ];
-    assert_eq!(say_run(&mut fx, &run).await, "ok ok ok");
+    assert_eq!(say_run(&mut fx, &run).await.unwrap(), "ok ok ok");
     for (who, text) in [("alice", "a1"), ("bob", "b1"), ("alice", "a2")] {
         let line = sub.line(&lobby).await;
         assert_eq!(line, format!("MSG lobby {} {who} {text}", word(&line, 2)));
@@ -1008,10 +1011,8 @@ async fn a_run_of_room_lines_is_one_call_with_a_status_for_each() {
     fx.is(k.applied("bob"), &i2).await;
 
     // The same run again (a router taking over): nothing twice.
-    assert_eq!(
-        say_run(&mut fx, &run).await,
-        "duplicate duplicate duplicate"
-    );
+    let again = say_run(&mut fx, &run).await.unwrap();
+    assert_eq!(again, "duplicate duplicate duplicate");
     sub.quiet().await;
 
     // Each line is judged alone: out of its user's order, or sent by a
@@ -1027,9 +1028,36 @@ async fn a_run_of_room_lines_is_one_call_with_a_status_for_each() {
         ("gone", i5.as_str(), "", &b2),
         (ROUTER, i6.as_str(), i3.as_str(), &a4),
     ];
-    assert_eq!(say_run(&mut fx, &run).await, "retry fenced ok");
+    assert_eq!(say_run(&mut fx, &run).await.unwrap(), "retry fenced ok");
     let line = sub.line(&lobby).await;
     assert_eq!(line, format!("MSG lobby {} alice a4", word(&line, 2)));
+    sub.quiet().await;
+
+    // A line that fails (its session key holds the wrong type) ends the
+    // call; the line before it stays applied, its history kept, and is
+    // not applied again.
+    fx.run(&["DEL", &k.history(LOBBY)]).await;
+    fx.run(&["SET", &k.session("mallory"), "not a hash"]).await;
+    let (a5, m1) = (
+        alice.req(say("a5")),
+        Request {
+            user: "mallory".into(),
+            ..bob.req(say("m1"))
+        },
+    );
+    let (i7, i8) = (fx.eid(), fx.eid());
+    let run = [
+        (ROUTER, i7.as_str(), i6.as_str(), &a5),
+        (ROUTER, i8.as_str(), "", &m1),
+    ];
+    assert!(say_run(&mut fx, &run).await.is_err(), "WRONGTYPE");
+    let line = sub.line(&lobby).await;
+    assert_eq!(line, format!("MSG lobby {} alice a5", word(&line, 2)));
+    fx.is(k.applied("alice"), &i7).await;
+    let kept: i64 = fx.c.pttl(k.history(LOBBY)).await.unwrap();
+    assert!(kept > 0, "a5's history is kept: {kept}");
+    let alone = say_run(&mut fx, &run[..1]).await.unwrap();
+    assert_eq!(alone, "duplicate");
     sub.quiet().await;
 }
 

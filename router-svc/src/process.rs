@@ -428,14 +428,22 @@ impl RouterCall {
 }
 
 /// The answer of each of a call's `n` requests: a run of room lines
-/// answers their statuses, space-separated.
+/// answers their statuses, space-separated. Any other number of them (a
+/// library of another version loaded meanwhile) says nothing of which
+/// were applied: each is tried again (`retry`), and those applied answer
+/// `duplicate` then.
 fn answers(value: Value, n: usize) -> Vec<Value> {
     if n == 1 {
         return vec![value];
     }
-    let all: String = redis::from_redis_value(value).unwrap_or_default();
     let one = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-    all.split(' ').map(one).collect()
+    let all: String = redis::from_redis_value(value).unwrap_or_default();
+    let statuses: Vec<Value> = all.split(' ').map(one).collect();
+    if statuses.len() == n {
+        return statuses;
+    }
+    tracing::warn!(expected = n, got = %all, "a run's statuses do not match its lines; trying again");
+    vec![one("retry"); n]
 }
 
 /// The call that applies `req`, stream entry `entry_id` of partition `p`,
@@ -694,6 +702,18 @@ mod tests {
             })
             .collect();
         (p, entries)
+    }
+
+    #[test]
+    fn a_runs_statuses_are_split_and_a_wrong_count_is_tried_again() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(answers(bulk("ok"), 1), [bulk("ok")]);
+        assert_eq!(
+            answers(bulk("ok duplicate"), 2),
+            [bulk("ok"), bulk("duplicate")]
+        );
+        assert_eq!(answers(bulk("ok"), 3), vec![bulk("retry"); 3]);
+        assert_eq!(answers(Value::Nil, 2), vec![bulk("retry"); 2]);
     }
 
     #[test]

@@ -124,7 +124,7 @@ end
 -- One line of a chat_say call, its KEYS from `k` + 1 and ARGV from `a` +
 -- 1; `run` keeps what the call's lines share: the leases' owners, each
 -- user's last applied id and session (see `in_order`), each room's
--- edges, the histories to keep. KEYS 4-5: the room's history, its
+-- edges, the histories kept already. KEYS 4-5: the room's history, its
 -- members per edge. ARGV 11-14: history cap and ttl, the edges' line
 -- channel without the id, text.
 local function say(keys, args, k, a, run)
@@ -135,7 +135,10 @@ local function say(keys, args, k, a, run)
   local history, edges, h = keys[k + 4], keys[k + 5], retention(args, a)
   local lines, text = args[a + 13], args[a + 14]
   local id = append(q, history, h, 'from', q.user, 'text', text)
-  run.kept[history] = h
+  if not run.kept[history] then
+    keep(history, h)
+    run.kept[history] = true
+  end
   run.edges[edges] = run.edges[edges] or redis.call('HKEYS', edges)
   local payload = cjson.encode({k = 'msg', room = q.s.room, id = id, from = q.user, text = text})
   for _, edge in ipairs(run.edges[edges]) do
@@ -148,17 +151,17 @@ end
 -- line (see `say`; 5 keys, 14 arguments) once per line. Returns each
 -- line's status, space-separated. A run reads each lease, user's last
 -- applied id, session and room's edges once, and sets each history's
--- expiry once, where a call per line did all of it for every line: the
--- router sends its batch's consecutive room lines as one call. Each line
--- still records itself as applied: should a later line fail, those
--- before it are not applied again.
+-- expiry once (at its first line), where a call per line did all of it
+-- for every line: the router sends its batch's consecutive room lines as
+-- one call. Each line still records itself as applied: should a later
+-- line fail, those before it are not applied again, and their histories
+-- are kept.
 redis.register_function('chat_say', function(keys, args)
   local run = {owners = {}, applied = {}, sessions = {}, edges = {}, kept = {}}
   local statuses = {}
   for i = 0, #keys / 5 - 1 do
     statuses[i + 1] = say(keys, args, 5 * i, 14 * i, run)
   end
-  for history, h in pairs(run.kept) do keep(history, h) end
   return table.concat(statuses, ' ')
 end)
 

@@ -1,7 +1,7 @@
 //! Applying Pub/Sub messages: broadcast lines fan out to audiences; replies show and take effect.
 
 use super::audience::{enter, exit, leave_all, Audience};
-use super::{Conn, Crossing, Held, Hub, Left, Out, Session, HELD_LINES, REORDER_MS};
+use super::{Conn, Crossing, Held, Hub, Left, Out, Refused, Session, HELD_LINES, REORDER_MS};
 use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
@@ -103,7 +103,9 @@ impl Hub {
     }
 
     /// Queues the lines `gathered` holds to each member of their audience,
-    /// all at once.
+    /// all at once; to a member whose queue cannot take them all, one by
+    /// one as they came, so it gets those that fit before it is closed as
+    /// too slow, as if they had come alone.
     pub(crate) fn flush(&self, gathered: &mut Gathered) {
         let Some(a) = gathered.audience.take() else {
             return;
@@ -116,7 +118,13 @@ impl Hub {
         };
         for id in members {
             if let Some(c) = st.conns.get(id) {
-                self.refused(c, c.tx.lines(&bytes, lines));
+                let queued = match c.tx.lines(&bytes, lines) {
+                    Err(Refused::Full) if lines > 1 => bytes
+                        .split_inclusive(|&b| b == b'\n')
+                        .try_for_each(|line| c.tx.line(line)),
+                    queued => queued,
+                };
+                self.refused(c, queued);
             }
         }
         self.deliveries.add((members.len() * lines) as u64);

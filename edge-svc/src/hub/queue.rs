@@ -20,8 +20,8 @@ pub(crate) const CHUNK: usize = 64 * 1024;
 /// The first size of a buffer of lines.
 const CHUNK_START: usize = 4 * 1024;
 
-/// A queue of at most `lines` lines (a reply counts as one) and `bytes`
-/// bytes, but for one entry into an empty queue.
+/// A queue of at most `lines` lines (a reply counts as one) and, but for
+/// one entry into an empty queue, `bytes` bytes.
 pub(crate) fn queue(lines: usize, bytes: usize) -> (QueueTx, QueueRx) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
@@ -86,16 +86,19 @@ impl QueueTx {
         self.lines(line, 1)
     }
 
-    /// Queues `count` complete lines, one after another in `lines`; all or
-    /// none.
+    /// Queues `count` complete lines, one after another in `lines`, if
+    /// they all fit; only a single line may go over the bytes into an
+    /// empty queue. Queued one by one instead, those that fit would be
+    /// taken ([`QueueTx::line`]).
     pub(crate) fn lines(&self, lines: &[u8], count: usize) -> Result<(), Refused> {
         let n = lines.len();
         let mut st = self.shared.lock();
         if st.receiver_gone {
             return Err(Refused::Closed);
         }
-        if (st.lines > 0 && st.lines + count > self.limits.lines)
-            || (st.bytes > 0 && st.bytes + n > self.limits.bytes)
+        let one_into_empty = count == 1 && st.bytes == 0;
+        if st.lines + count > self.limits.lines
+            || (!one_into_empty && st.bytes + n > self.limits.bytes)
         {
             return Err(Refused::Full);
         }
@@ -199,6 +202,20 @@ mod tests {
                 _ => b"(other)".to_vec(),
             })
             .collect()
+    }
+
+    #[test]
+    fn lines_together_go_in_whole_or_not_at_all() {
+        let (tx, mut rx) = queue(3, 8);
+        assert_eq!(tx.lines(b"a\nb\nc\nd\n", 4), Err(Refused::Full), "4 lines");
+        assert_eq!(tx.lines(b"aaaa\nbbbb\n", 2), Err(Refused::Full), "10 bytes");
+        assert!(taken(&mut rx).is_empty());
+        tx.lines(b"a\nb\n", 2).unwrap();
+        assert_eq!(tx.lines(b"c\nd\n", 2), Err(Refused::Full), "a fourth line");
+        tx.line(b"c\n").unwrap();
+        assert_eq!(taken(&mut rx), [b"a\nb\nc\n".to_vec()]);
+        // One line bigger than the bytes still goes into an empty queue.
+        tx.line(b"0123456789\n").unwrap();
     }
 
     #[test]

@@ -749,13 +749,22 @@ fn lines_of_one_read_are_queued_at_once_and_in_order_with_replies() {
         "one buffer, in order, each line once"
     );
     assert!(entries.next().is_none());
-    let (mut b, b_closer) = conn(&hub, 2, 2);
+    // A queue that cannot take a read's lines all at once takes those
+    // that fit, as if they had come one by one, and its reader is closed.
+    let (mut b, b_closer) = conn(&hub, 2, 3);
     let _wait = hub.expect(2, 2);
     hub.dispatch(REPLIES, &login_reply(2, 2, "bob", "6"));
-    // Gathered lines count one by one against the queue's bound.
-    for i in 4..7 {
+    for i in 4..8 {
         hub.dispatch_into(&mut read, LINES, &wire(&format!("MSG lobby {i}-0 x y")));
     }
     hub.flush(&mut read);
-    assert_eq!(b_closer.reason(), Some("too-slow"), "{:?}", lines(&mut b));
+    assert_eq!(b_closer.reason(), Some("too-slow"));
+    assert_eq!(
+        lines(&mut b),
+        [
+            "OK LOGIN bob lobby\n",
+            "MSG lobby 4-0 x y\n",
+            "MSG lobby 5-0 x y\n"
+        ]
+    );
 }
