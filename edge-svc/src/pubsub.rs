@@ -138,31 +138,28 @@ pub(crate) async fn deliver_sharded(mut feed: ShardFeed, ctx: Arc<Ctx>, stop: Ca
 /// queued together (see [`Hub::dispatch_into`]).
 fn apply(hub: &Hub, backlog: &Backlog, stream: &mut PubSubStream, mut msg: redis::Msg) {
     let mut gathered = Gathered::default();
-    for _ in 1..DRAIN {
-        hub.dispatch_into(
-            &mut gathered,
-            msg.get_channel_name(),
-            msg.get_payload_bytes(),
-        );
-        backlog.applied(msg.get_channel_name(), msg.get_payload_bytes());
+    let mut drained = false;
+    for n in 1..=DRAIN {
+        let (channel, payload) = (msg.get_channel_name(), msg.get_payload_bytes());
+        hub.dispatch_into(&mut gathered, channel, payload);
+        backlog.applied(channel, payload);
+        if n == DRAIN {
+            break;
+        }
         match stream.next().now_or_never() {
             Some(Some(next)) => msg = next,
             // Ended: the caller's next read sees it.
-            Some(None) => return hub.flush(&mut gathered),
+            Some(None) => break,
             None => {
-                hub.flush(&mut gathered);
-                backlog.drained();
-                return;
+                drained = true;
+                break;
             }
         }
     }
-    hub.dispatch_into(
-        &mut gathered,
-        msg.get_channel_name(),
-        msg.get_payload_bytes(),
-    );
     hub.flush(&mut gathered);
-    backlog.applied(msg.get_channel_name(), msg.get_payload_bytes());
+    if drained {
+        backlog.drained();
+    }
 }
 
 /// Most messages applied in a row before the Pub/Sub task looks at its

@@ -476,11 +476,10 @@ pub fn request_call(
         Op::Say { text } => (
             "chat_say",
             vec![k.history(room), k.room_edges(room)],
-            [
-                retention().to_vec(),
-                vec![k.lines_channel(""), text.clone()],
-            ]
-            .concat(),
+            retention()
+                .into_iter()
+                .chain([k.lines_channel(""), text.clone()])
+                .collect(),
         ),
         Op::Join { room: to } => (
             "chat_join",
@@ -539,11 +538,10 @@ pub fn request_call(
                 k.online(),
                 k.edges(),
             ],
-            [
-                retention().to_vec(),
-                vec![k.lines_channel(""), text.clone()],
-            ]
-            .concat(),
+            retention()
+                .into_iter()
+                .chain([k.lines_channel(""), text.clone()])
+                .collect(),
         ),
         Op::Msg { to, text } => (
             "chat_msg",
@@ -554,12 +552,15 @@ pub fn request_call(
                 k.inbox(to),
                 k.inbox_counts(to),
             ],
-            [
-                retention().to_vec(),
-                vec![to.clone(), text.clone(), k.edge_channel("")],
-                vec![r.inbox_per_sender.to_string()],
-            ]
-            .concat(),
+            retention()
+                .into_iter()
+                .chain([
+                    to.clone(),
+                    text.clone(),
+                    k.edge_channel(""),
+                    r.inbox_per_sender.to_string(),
+                ])
+                .collect(),
         ),
         Op::History { with: None, n } => (
             "chat_history",
