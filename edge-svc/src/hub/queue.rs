@@ -8,6 +8,9 @@
 //! [`CHUNK`] bytes), so a broadcast costs its target one short lock and a
 //! copy, the writer takes a whole batch at once, and it is woken only when
 //! the queue was empty: no per-line allocation, reference count or wakeup.
+//! A new buffer starts a quarter larger than the recent buffers taken were
+//! full (up to [`CHUNK`]), so a busy connection's buffer is not grown (and
+//! copied) again on every batch; an idle connection holds none.
 
 use super::Out;
 use std::collections::VecDeque;
@@ -58,6 +61,9 @@ struct State {
     entries: VecDeque<(Out, usize)>,
     lines: usize,
     bytes: usize,
+    /// The most bytes of the recent buffers of lines taken (it decays by
+    /// an eighth at each one): the size to start the next one at.
+    recent: usize,
     sender_gone: bool,
     receiver_gone: bool,
 }
@@ -109,7 +115,8 @@ impl QueueTx {
                 *queued += count;
             }
             _ => {
-                let mut buf = Vec::with_capacity(n.max(CHUNK_START));
+                let start = (st.recent + st.recent / 4).clamp(CHUNK_START, CHUNK);
+                let mut buf = Vec::with_capacity(n.max(start));
                 buf.extend_from_slice(lines);
                 st.entries.push_back((Out::Line(buf), count));
             }
@@ -178,6 +185,7 @@ impl QueueRx {
         st.lines -= lines;
         if let Out::Line(buf) = &out {
             st.bytes -= buf.len();
+            st.recent = buf.len().max(st.recent - st.recent / 8);
         }
         Some(out)
     }
@@ -257,6 +265,44 @@ mod tests {
             got.iter().map(Vec::len).sum::<usize>(),
             2 * CHUNK / 1000 * 1000
         );
+    }
+
+    #[test]
+    fn a_new_buffer_starts_at_the_size_recent_ones_reached() {
+        let (tx, mut rx) = queue(usize::MAX, usize::MAX);
+        let line = [b'x'; 100];
+        let mut capacities = Vec::new();
+        for _ in 0..3 {
+            for _ in 0..90 {
+                tx.line(&line).unwrap();
+            }
+            match rx.try_recv() {
+                Some(Out::Line(buf)) => capacities.push(buf.capacity()),
+                _ => panic!("a buffer of lines"),
+            }
+        }
+        // The first grew from CHUNK_START by doubling, to 16 KiB; the next
+        // ones were made big enough for 9,000 bytes at once.
+        assert_eq!(capacities[0], 16 * 1024);
+        assert!(
+            capacities[1..]
+                .iter()
+                .all(|&c| (9_000..16 * 1024).contains(&c)),
+            "{capacities:?}"
+        );
+        // Small batches bring the start back down, little by little.
+        let mut capacity = usize::MAX;
+        for _ in 0..20 {
+            tx.line(&line).unwrap();
+            match rx.try_recv() {
+                Some(Out::Line(buf)) => {
+                    assert!(buf.capacity() <= capacity);
+                    capacity = buf.capacity();
+                }
+                _ => panic!("a buffer of lines"),
+            }
+        }
+        assert_eq!(capacity, CHUNK_START);
     }
 
     #[tokio::test]
