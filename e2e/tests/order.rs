@@ -57,7 +57,7 @@ async fn receive(mut c: Client, want: usize) -> HashMap<String, (usize, usize)> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_recipient_sees_each_publishers_messages_once_and_in_order() {
     let shape = Shape::new(2, 2, 2);
-    let sys = System::start_with(shape, |c| c.edge.out_queue = 8192).await;
+    let sys = System::start_with(shape, |_| {}).await;
     let listeners = ["la", "lb"];
     for u in PUBLISHERS.iter().chain(&listeners) {
         sys.add_user(u).await;

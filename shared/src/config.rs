@@ -84,7 +84,9 @@ pub struct EdgeConfig {
     pub handshake_timeout_ms: u64,
     /// Time a back-end service has to answer before `ERR unavailable`.
     pub request_timeout_ms: u64,
-    /// Lines queued to one client before it is dropped as `too-slow`.
+    /// Lines queued to one client before it is dropped as `too-slow`
+    /// (with `out_queue_bytes`, which binds first for lines of 64 bytes
+    /// or more).
     pub out_queue: usize,
     /// Time a closing connection gets to flush its last lines.
     pub write_timeout_ms: u64,
@@ -331,7 +333,7 @@ impl Default for EdgeConfig {
             max_line: 4096,
             handshake_timeout_ms: 10_000,
             request_timeout_ms: 5_000,
-            out_queue: 1024,
+            out_queue: 16_384,
             write_timeout_ms: 5_000,
             write_coalesce_ms: 10,
             login_timeout_ms: 30_000,
