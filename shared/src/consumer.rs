@@ -5,7 +5,7 @@ use crate::store::Conn;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamReadOptions;
 use redis::{AsyncCommands, Client, RedisResult, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -170,7 +170,8 @@ impl Consumer {
                     .count(count)
                     .block(block.as_millis() as usize);
                 let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
-                let read = reader.clone().xread_options(streams, &ids, &opts).await;
+                let read: RedisResult<Value> =
+                    reader.clone().xread_options(streams, &ids, &opts).await;
                 read.map(entries)
             }
             Reader::Cluster(reader) => self.read_each(reader, streams, count, block).await,
@@ -214,7 +215,7 @@ impl Consumer {
         for stream in streams {
             now.add_command(read(stream, None));
         }
-        let replies: Vec<Option<StreamReadReply>> = now.query_async(&mut self.conn.clone()).await?;
+        let replies: Vec<Value> = now.query_async(&mut self.conn.clone()).await?;
         let got: Vec<Entry> = replies.into_iter().flat_map(entries).collect();
         if !got.is_empty() || block.is_zero() || streams.is_empty() {
             return Ok(got);
@@ -226,7 +227,7 @@ impl Consumer {
             ids.push((stream.clone(), id));
             let cmd = read(stream, Some(block));
             waiting.push(async move {
-                let reply = cmd.query_async::<Option<StreamReadReply>>(&mut conn).await;
+                let reply = cmd.query_async::<Value>(&mut conn).await;
                 (stream, reply)
             });
         }
@@ -265,7 +266,7 @@ impl Consumer {
         min_idle: Duration,
         count: usize,
     ) -> RedisResult<Vec<Entry>> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(stream)
             .arg(&self.group)
             .arg(&self.name)
@@ -275,15 +276,15 @@ impl Consumer {
             .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(reply
-            .claimed
-            .into_iter()
-            .map(|e| Entry {
-                stream: stream.to_string(),
-                req: decode(&e.map),
-                id: e.id,
-            })
-            .collect())
+        // The next id to scan from, the entries claimed, (since Redis 7)
+        // the ids of those deleted.
+        let mut out = Vec::new();
+        if let Value::Array(items) = reply {
+            if let Some(claimed) = items.into_iter().nth(1) {
+                stream_entries(stream, claimed, &mut out);
+            }
+        }
+        Ok(out)
     }
 
     /// Claims this consumer's entries `ids` of `stream` afresh: their idle
@@ -346,23 +347,50 @@ pub fn pending_count(summary: Value) -> Option<u64> {
     }
 }
 
-/// The entries of an `XREADGROUP` answer, stream by stream.
-fn entries(reply: Option<StreamReadReply>) -> Vec<Entry> {
-    let Some(reply) = reply else {
-        return Vec::new();
+/// The entries of an `XREADGROUP` answer, stream by stream, taken from
+/// the reply as it came: a typed reply would copy it whole, and make a map
+/// of each entry's fields (a fifth of the router's allocations).
+fn entries(reply: Value) -> Vec<Entry> {
+    let streams: Vec<(Value, Value)> = match reply {
+        Value::Array(streams) => streams.into_iter().filter_map(pair).collect(),
+        Value::Map(streams) => streams,
+        _ => return Vec::new(),
     };
-    reply
-        .keys
-        .into_iter()
-        .flat_map(|k| {
-            let stream = k.key;
-            k.ids.into_iter().map(move |e| Entry {
-                stream: stream.clone(),
-                req: decode(&e.map),
-                id: e.id,
-            })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (stream, list) in streams {
+        if let Ok(stream) = redis::from_redis_value::<String>(stream) {
+            stream_entries(&stream, list, &mut out);
+        }
+    }
+    out
+}
+
+/// Adds the entries of `stream` in `list` (`[[id, [field, value, ...]], ...]`)
+/// to `out`.
+fn stream_entries(stream: &str, list: Value, out: &mut Vec<Entry>) {
+    let Value::Array(list) = list else {
+        return;
+    };
+    for (id, fields) in list.into_iter().filter_map(pair) {
+        if let Ok(id) = redis::from_redis_value(id) {
+            out.push(Entry {
+                stream: stream.to_string(),
+                id,
+                req: decode(fields),
+            });
+        }
+    }
+}
+
+/// The two items of a two-item array.
+fn pair(v: Value) -> Option<(Value, Value)> {
+    match v {
+        Value::Array(items) if items.len() == 2 => {
+            let mut items = items.into_iter();
+            Some((items.next()?, items.next()?))
+        }
+        _ => None,
+    }
 }
 
 impl ClusterReader {
@@ -391,11 +419,17 @@ impl ClusterReader {
     }
 }
 
-fn decode(map: &HashMap<String, Value>) -> Option<Request> {
-    match map.get(REQUEST_FIELD)? {
-        Value::BulkString(b) => serde_json::from_slice(b).ok(),
+/// The request in an entry's fields (`field value ...`).
+fn decode(fields: Value) -> Option<Request> {
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    fields.chunks(2).find_map(|kv| match kv {
+        [Value::BulkString(k), Value::BulkString(v)] if k == REQUEST_FIELD.as_bytes() => {
+            serde_json::from_slice(v).ok()
+        }
         _ => None,
-    }
+    })
 }
 
 /// The call that appends `reqs` to `stream` in order, all or none, capped
@@ -436,6 +470,47 @@ mod tests {
         for bad in ["", "17", "17-", "-3", "a-1", "1-b", "1-2-3"] {
             assert_eq!(EntryId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn stream_replies_are_read_as_they_come() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let req = r#"{"edge":"edge-1","conn":"7","rid":"0","user":"ann","sid":"s","op":"say","text":"hi"}"#;
+        let list = || {
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![bulk("x"), bulk("y"), bulk(REQUEST_FIELD), bulk(req)]),
+                ]),
+                // A deleted entry's fields, and fields that are no request.
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+                Value::Array(vec![
+                    bulk("3-0"),
+                    Value::Array(vec![bulk(REQUEST_FIELD), bulk("{")]),
+                ]),
+            ])
+        };
+        let check = |got: Vec<Entry>, stream: &str| {
+            let ids: Vec<_> = got
+                .iter()
+                .map(|e| (e.stream.as_str(), e.id.as_str()))
+                .collect();
+            assert_eq!(ids, [(stream, "1-0"), (stream, "2-0"), (stream, "3-0")]);
+            let req = got[0].req.as_ref().expect("a request");
+            assert_eq!((req.user.as_str(), req.conn), ("ann", 7));
+            assert!(got[1].req.is_none() && got[2].req.is_none());
+        };
+        // XREADGROUP, as RESP2 answers it and as RESP3 does; nothing read.
+        check(
+            entries(Value::Array(vec![Value::Array(vec![bulk("s1"), list()])])),
+            "s1",
+        );
+        check(entries(Value::Map(vec![(bulk("s2"), list())])), "s2");
+        assert!(entries(Value::Nil).is_empty());
+        // XAUTOCLAIM's claimed entries.
+        let mut out = Vec::new();
+        stream_entries("s3", list(), &mut out);
+        check(out, "s3");
     }
 
     #[test]
