@@ -1,7 +1,7 @@
 //! Applying Pub/Sub messages: broadcast lines fan out to audiences; replies show and take effect.
 
 use super::audience::{enter, exit, leave_all, Audience};
-use super::{Conn, Crossing, Held, Hub, Left, Out, Refused, Session, HELD_LINES, REORDER_MS};
+use super::{Conn, Crossing, Held, Hub, Left, Out, Session, HELD_LINES, REORDER_MS};
 use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
@@ -103,9 +103,8 @@ impl Hub {
     }
 
     /// Queues the lines `gathered` holds to each member of their audience,
-    /// all at once; to a member whose queue cannot take them all, one by
-    /// one as they came, so it gets those that fit before it is closed as
-    /// too slow, as if they had come alone.
+    /// all at once (a member whose queue cannot take them all gets those
+    /// that fit before it is closed as too slow: `QueueTx::lines`).
     pub(crate) fn flush(&self, gathered: &mut Gathered) {
         let Some(a) = gathered.audience.take() else {
             return;
@@ -118,13 +117,7 @@ impl Hub {
         };
         for id in members {
             if let Some(c) = st.conns.get(id) {
-                let queued = match c.tx.lines(&bytes, lines) {
-                    Err(Refused::Full) if lines > 1 => bytes
-                        .split_inclusive(|&b| b == b'\n')
-                        .try_for_each(|line| c.tx.line(line)),
-                    queued => queued,
-                };
-                self.refused(c, queued);
+                self.refused(c, c.tx.lines(&bytes, lines));
             }
         }
         self.deliveries.add((members.len() * lines) as u64);

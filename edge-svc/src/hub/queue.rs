@@ -74,6 +74,34 @@ struct Limits {
     bytes: usize,
 }
 
+impl State {
+    /// Whether `count` lines of `n` bytes fit: one line (or reply) always
+    /// fits the bytes of an empty queue.
+    fn fits(&self, limits: Limits, n: usize, count: usize) -> bool {
+        let one_into_empty = count == 1 && self.bytes == 0;
+        self.lines + count <= limits.lines && (one_into_empty || self.bytes + n <= limits.bytes)
+    }
+
+    /// Appends `count` lines, into the last buffer while it has room.
+    fn push(&mut self, lines: &[u8], count: usize) {
+        let n = lines.len();
+        match self.entries.back_mut() {
+            Some((Out::Line(buf), queued)) if buf.len() + n <= CHUNK => {
+                buf.extend_from_slice(lines);
+                *queued += count;
+            }
+            _ => {
+                let start = (self.recent + self.recent / 4).clamp(CHUNK_START, CHUNK);
+                let mut buf = Vec::with_capacity(n.max(start));
+                buf.extend_from_slice(lines);
+                self.entries.push_back((Out::Line(buf), count));
+            }
+        }
+        self.lines += count;
+        self.bytes += n;
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Never held across an await nor while panicking.
@@ -92,42 +120,36 @@ impl QueueTx {
         self.lines(line, 1)
     }
 
-    /// Queues `count` complete lines, one after another in `lines`, if
-    /// they all fit; only a single line may go over the bytes into an
-    /// empty queue. Queued one by one instead, those that fit would be
-    /// taken ([`QueueTx::line`]).
+    /// Queues `count` complete lines, one after another in `lines`, all at
+    /// once. If they do not all fit, those that do are queued one by one,
+    /// as if they had come alone, and the answer is `Full`. Only a single
+    /// line (or reply) may go over the bytes, into an empty queue.
     pub(crate) fn lines(&self, lines: &[u8], count: usize) -> Result<(), Refused> {
-        let n = lines.len();
         let mut st = self.shared.lock();
         if st.receiver_gone {
             return Err(Refused::Closed);
         }
-        let one_into_empty = count == 1 && st.bytes == 0;
-        if st.lines + count > self.limits.lines
-            || (!one_into_empty && st.bytes + n > self.limits.bytes)
-        {
-            return Err(Refused::Full);
-        }
         let was_empty = st.entries.is_empty();
-        match st.entries.back_mut() {
-            Some((Out::Line(buf), queued)) if buf.len() + n <= CHUNK => {
-                buf.extend_from_slice(lines);
-                *queued += count;
+        let queued = if st.fits(self.limits, lines.len(), count) {
+            st.push(lines, count);
+            Ok(())
+        } else {
+            if count > 1 {
+                for line in lines.split_inclusive(|&b| b == b'\n') {
+                    if !st.fits(self.limits, line.len(), 1) {
+                        break;
+                    }
+                    st.push(line, 1);
+                }
             }
-            _ => {
-                let start = (st.recent + st.recent / 4).clamp(CHUNK_START, CHUNK);
-                let mut buf = Vec::with_capacity(n.max(start));
-                buf.extend_from_slice(lines);
-                st.entries.push_back((Out::Line(buf), count));
-            }
-        }
-        st.lines += count;
-        st.bytes += n;
+            Err(Refused::Full)
+        };
+        let woken = was_empty && !st.entries.is_empty();
         drop(st);
-        if was_empty {
+        if woken {
             self.shared.ready.notify_one();
         }
-        Ok(())
+        queued
     }
 
     /// Queues an entry: lines, a close or a gate.
@@ -213,15 +235,19 @@ mod tests {
     }
 
     #[test]
-    fn lines_together_go_in_whole_or_not_at_all() {
+    fn lines_that_do_not_all_fit_go_in_as_far_as_they_fit() {
         let (tx, mut rx) = queue(3, 8);
         assert_eq!(tx.lines(b"a\nb\nc\nd\n", 4), Err(Refused::Full), "4 lines");
+        assert_eq!(taken(&mut rx), [b"a\nb\nc\n".to_vec()]);
         assert_eq!(tx.lines(b"aaaa\nbbbb\n", 2), Err(Refused::Full), "10 bytes");
-        assert!(taken(&mut rx).is_empty());
+        assert_eq!(taken(&mut rx), [b"aaaa\n".to_vec()]);
         tx.lines(b"a\nb\n", 2).unwrap();
-        assert_eq!(tx.lines(b"c\nd\n", 2), Err(Refused::Full), "a fourth line");
         tx.line(b"c\n").unwrap();
         assert_eq!(taken(&mut rx), [b"a\nb\nc\n".to_vec()]);
+        // A reply is one entry: whole or not at all.
+        tx.line(b"a\n").unwrap();
+        assert_eq!(tx.line(b"bbbb\ncccc\n"), Err(Refused::Full));
+        assert_eq!(taken(&mut rx), [b"a\n".to_vec()]);
         // One line bigger than the bytes still goes into an empty queue.
         tx.line(b"0123456789\n").unwrap();
     }
