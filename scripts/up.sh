@@ -29,6 +29,8 @@
 #   STOP_TIMEOUT     seconds from SIGTERM to SIGKILL when stopping: the
 #                    services, then Redis [10]
 #   RUST_LOG [info], and any CHAT_* setting, reach every service.
+#   The edges run on one thread each (CHAT_EDGE__THREADS [1]): they share
+#   this machine, and one thread is cheaper per line than several.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -135,7 +137,7 @@ start() {
         CHAT_EDGE__ADMIN_LISTEN="${admin[$name]}"
         CHAT_EDGE__TLS_CERT="$CERTS_DIR/server.pem" CHAT_EDGE__TLS_KEY="$CERTS_DIR/server-key.pem"
         CHAT_EDGE__AUTH_PUBLIC_KEY_FILE="$CERTS_DIR/auth-seal.pub"
-        "$BIN/edge-svc")
+        CHAT_EDGE__THREADS="${CHAT_EDGE__THREADS:-1}" "$BIN/edge-svc")
       ;;
   esac
   setsid "${cmd[@]}" &

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     shared::service::main(
         "auth-svc",
         "Chat authentication service, and account administration",
-        shared::service::Threads::PerCore,
+        |_| 0, // a worker per core
         |args: AuthArgs, cfg| async move {
             match args.command.unwrap_or(Command::Serve) {
                 Command::Serve => {

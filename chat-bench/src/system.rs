@@ -8,9 +8,12 @@ use e2e::{Role, Setup, Shape};
 use redis::AsyncCommands;
 use std::path::Path;
 
-/// Settings every service of the benchmark system runs with: limits meant
-/// for untrusted clients, which one load-generating address would hit.
+/// Settings every service of the benchmark system runs with: one thread
+/// per edge, as `make up` runs its edges (they share the machine), and
+/// limits meant for untrusted clients, which one load-generating address
+/// would hit.
 pub const BENCH_SETTINGS: &[(&str, &str)] = &[
+    ("CHAT_EDGE__THREADS", "1"),
     ("CHAT_EDGE__LINES_PER_SEC", "0"),
     ("CHAT_EDGE__MAX_CONNECTIONS_PER_ADDR", "0"),
     ("CHAT_EDGE__MAX_UNAUTH_PER_ADDR", "0"),

@@ -292,3 +292,39 @@ async fn services_stop_on_sigterm_even_when_nobody_reads_their_logs() {
         assert!(status.success(), "{role:?}: {status}");
     }
 }
+
+/// The threads of process `pid`, from /proc.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn an_edge_serves_its_clients_on_the_threads_edge_threads_asks_for() {
+    let mut sys = System::start_with(Shape::new(0, 1, 1), |_| {}).await;
+    let one = sys
+        .add_with(Role::Edge, &[("CHAT_EDGE__THREADS", "1")])
+        .await;
+    let four = sys
+        .add_with(Role::Edge, &[("CHAT_EDGE__THREADS", "4")])
+        .await;
+    sys.add_users(&["alice", "bob"]).await;
+    let mut alice = sys.login(one, "alice").await;
+    let mut bob = sys.login(four, "bob").await;
+    alice.send("across the edges").await;
+    bob.until_line(|l| matches!(l, ServerLine::Msg { from, text, .. } if from == "alice" && text == "across the edges"))
+        .await;
+    bob.send("and back").await;
+    alice
+        .until_line(|l| matches!(l, ServerLine::Msg { from, text, .. } if from == "bob" && text == "and back"))
+        .await;
+    // One thread: the main thread alone (a blocking pool thread at most
+    // besides). Four: the main thread and four workers.
+    let (single, several) = (
+        threads_of(sys.pid(Role::Edge, one)),
+        threads_of(sys.pid(Role::Edge, four)),
+    );
+    assert!(single <= 2, "edge.threads = 1 runs {single} threads");
+    assert!(several >= 5, "edge.threads = 4 runs {several} threads");
+}

@@ -2,13 +2,13 @@
 #![forbid(unsafe_code)]
 
 use shared::config::exit_config;
-use shared::service::{Failure, NoArgs, Threads};
+use shared::service::{Failure, NoArgs};
 
 fn main() -> std::process::ExitCode {
     shared::service::main(
         "edge-svc",
         "Chat edge: the TLS listener clients connect to",
-        Threads::PerCore,
+        |cfg| cfg.edge.threads,
         |_: NoArgs, cfg| async move {
             let tls = shared::tls::server_config(&cfg.edge.tls_cert, &cfg.edge.tls_key)
                 .unwrap_or_else(|e| exit_config("edge-svc", &format!("{e} (run `make certs`?)")));

@@ -94,6 +94,10 @@ pub struct EdgeConfig {
     /// 100); what arrives meanwhile goes out in the same write (0: write at
     /// once).
     pub write_coalesce_ms: u64,
+    /// Threads that serve the clients: 0, one per core; 1, every
+    /// connection on one thread (the cheapest per line, for an edge that
+    /// shares its machine with others); at most 1024.
+    pub threads: usize,
     /// Time a connection may take to log in; 0: no limit.
     pub login_timeout_ms: u64,
     /// Time a logged-in client may send nothing (`/ping` counts) before
@@ -336,6 +340,7 @@ impl Default for EdgeConfig {
             out_queue: 16_384,
             write_timeout_ms: 5_000,
             write_coalesce_ms: 10,
+            threads: 0,
             login_timeout_ms: 30_000,
             idle_timeout_ms: 900_000,
             max_connections: 20_000,
@@ -534,6 +539,9 @@ impl Config {
                 "edge.write_coalesce_ms must be at most 100 and below edge.write_timeout_ms",
             );
         }
+        if self.edge.threads > 1024 {
+            return bad("edge.threads must be at most 1024 (0: one per core)");
+        }
         if self.edge.out_queue == 0 {
             return bad("edge.out_queue must be at least 1");
         }
@@ -706,6 +714,10 @@ mod tests {
             assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
             jail.set_env("CHAT_EDGE__WRITE_COALESCE_MS", "100");
             assert!(Config::load(None).is_ok());
+            jail.set_env("CHAT_EDGE__THREADS", "1025");
+            assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
+            jail.set_env("CHAT_EDGE__THREADS", "1");
+            assert_eq!(Config::load(None).unwrap().edge.threads, 1);
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "0");
             assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
             jail.set_env("CHAT_ROUTER__LISTING_MAX", "5");

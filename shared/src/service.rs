@@ -83,24 +83,16 @@ pub fn idle_thread() {
     }
 }
 
-/// The threads of a service's runtime.
-pub enum Threads {
-    /// One worker thread per core (and a blocking pool).
-    PerCore,
-    /// Every task on the main thread (a blocking pool still resolves host
-    /// names): for a service whose work is one loop of round trips to
-    /// Redis, where worker threads only wake each other.
-    One,
-}
-
 /// Parses the command line of service `name` (described by `about`),
 /// starts logging, loads the configuration (a bad one ends the process with
 /// status 64 before anything binds), then runs `service` to its end on a
-/// runtime of `threads`.
+/// runtime of the worker threads `threads` reads from the configuration:
+/// 0, one per core (and a blocking pool); 1, every task on the main thread
+/// (a blocking pool still resolves host names).
 pub fn main<A, F, Fut>(
     name: &'static str,
     about: &'static str,
-    threads: Threads,
+    threads: fn(&Config) -> usize,
     service: F,
 ) -> ExitCode
 where
@@ -116,9 +108,14 @@ where
     if name == "auth-svc" {
         lower_priority(cfg.auth.nice);
     }
-    let rt = match threads {
-        Threads::PerCore => tokio::runtime::Builder::new_multi_thread(),
-        Threads::One => tokio::runtime::Builder::new_current_thread(),
+    let rt = match threads(&cfg) {
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
     }
     .enable_all()
     .build()
