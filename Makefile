@@ -1,7 +1,7 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test bench bench-cluster soak model build certs redis lint fuzz compose-up compose-users compose-test report clean
+.PHONY: up test bench bench-cluster bench-irc soak model build certs redis lint fuzz compose-up compose-users compose-test report clean
 
 ## Start the whole system in the foreground, supervised: a service that
 ## dies is restarted (Ctrl-C stops everything). More instances:
@@ -39,6 +39,15 @@ bench-cluster: redis
 		./target/release/chat-bench --cluster $${mode#*:} --only rooms,fanout --rates 1000,5000,10000 \
 			--no-report --json target/bench/$${mode%:*}.json --dir target/bench/$${mode%:*} $(BENCH_ARGS) || exit 1; \
 	done
+
+## The fanout sweep against InspIRCd 3 (Debian's package `inspircd`),
+## which chat-bench starts on a free loopback port with TLS: the same
+## generator against a single-process IRC daemon (about three minutes;
+## figures in target/bench/irc.json, not the report).
+bench-irc:
+	$(CARGO) build --release --workspace --bins
+	ulimit -n $$(ulimit -Hn); PATH="$$PATH:/usr/sbin" ./target/release/chat-bench --irc inspircd \
+		--no-report --json target/bench/irc.json $(BENCH_ARGS)
 
 ## The abuse soak alone (about two minutes): hostile load against a fresh
 ## system with the default limits; fails if a bound of docs/security.md

@@ -118,6 +118,20 @@ pub async fn connect_from(
     from: Option<std::net::Ipv4Addr>,
 ) -> Result<(Reader, Writer), Error> {
     let addr = &target.edges[edge % target.edges.len()];
+    let (mut reader, writer) = connect_tls(addr, &target.tls, from).await?;
+    reader
+        .until(|l| matches!(l, ServerLine::Hello { .. }))
+        .await?;
+    Ok((reader, writer))
+}
+
+/// A TLS connection to `addr` (`host:port`), from source address `from`
+/// if given.
+pub async fn connect_tls(
+    addr: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    from: Option<std::net::Ipv4Addr>,
+) -> Result<(Reader, Writer), Error> {
     let tcp = match from {
         None => TcpStream::connect(addr).await?,
         Some(ip) => {
@@ -127,20 +141,15 @@ pub async fn connect_from(
         }
     };
     tcp.set_nodelay(true)?;
-    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let name = shared::tls::server_name(host)?;
-    let tls = TlsConnector::from(target.tls.clone())
-        .connect(name, tcp)
-        .await?;
+    let tls = TlsConnector::from(tls.clone()).connect(name, tcp).await?;
     let (rd, wr) = tokio::io::split(tls);
-    let mut reader = Reader {
+    let reader = Reader {
         rd,
         buf: Vec::new(),
         pos: 0,
     };
-    reader
-        .until(|l| matches!(l, ServerLine::Hello { .. }))
-        .await?;
     Ok((reader, Writer(wr)))
 }
 
@@ -289,6 +298,8 @@ pub struct Tally {
     /// `received` as last added to `live` (once per read, not per line:
     /// the counter is shared by every receiver).
     reported: u64,
+    /// How a line is read: [`seen`], or [`seen_irc`] against an IRC server.
+    pub read: fn(&[u8]) -> Seen<'_>,
 }
 
 impl Tally {
@@ -304,6 +315,7 @@ impl Tally {
             closed: false,
             live,
             reported: 0,
+            read: seen,
         }
     }
 
@@ -323,7 +335,7 @@ impl Tally {
         for end in memchr::memchr_iter(b'\n', lines) {
             let line = &lines[start..end];
             start = end + 1;
-            match seen(line) {
+            match (self.read)(line) {
                 Seen::Delivery {
                     id,
                     payload: (slot, seq, sent),
@@ -437,6 +449,28 @@ fn word(rest: &[u8]) -> Option<(&[u8], &[u8])> {
     (i > 0).then(|| (&rest[..i], &rest[i + 1..]))
 }
 
+/// [`seen`] for an IRC server's lines: `:<nick>!<user>@<host> PRIVMSG
+/// <channel> :<text>` (CR LF ended), whose text is a [`payload`]; `ERROR`
+/// (the server closing the link) as [`Seen::Bye`]. IRC lines carry no
+/// message id: the id is empty.
+pub fn seen_irc(line: &[u8]) -> Seen<'_> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.starts_with(b"ERROR ") {
+        return Seen::Bye;
+    }
+    let delivery = line
+        .strip_prefix(b":")
+        .and_then(word)
+        .and_then(|(_source, rest)| rest.strip_prefix(b"PRIVMSG "))
+        .and_then(word)
+        .and_then(|(_channel, rest)| rest.strip_prefix(b":"))
+        .and_then(payload);
+    match delivery {
+        Some(payload) => Seen::Delivery { id: b"", payload },
+        None => Seen::Other,
+    }
+}
+
 /// Reads deliveries until `stop`: room lines (`MSG <room> <id> <from>
 /// <text>`) or publications (`PUB <id> <from> <text>`).
 pub async fn receive(mut rd: Reader, mut tally: Tally, stop: CancellationToken) -> Tally {
@@ -471,6 +505,14 @@ pub fn say(slot: usize, seq: u64, sent: u64, out: &mut Vec<u8>) {
 pub fn publish(slot: usize, seq: u64, sent: u64, out: &mut Vec<u8>) {
     use std::io::Write;
     let _ = writeln!(out, "/publish {slot} {seq} {sent}");
+}
+
+/// The channel of the IRC fan-out (see `crate::irc`).
+pub const IRC_CHANNEL: &str = "#fanout";
+
+pub fn privmsg(slot: usize, seq: u64, sent: u64, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = write!(out, "PRIVMSG {IRC_CHANNEL} :{slot} {seq} {sent}\r\n");
 }
 
 /// Where a sender's batches of lines go.
@@ -620,6 +662,41 @@ mod tests {
             0
         ));
         assert_eq!(t.received, 4, "nothing after BYE");
+    }
+
+    #[test]
+    fn irc_deliveries_are_read_from_privmsg_lines() {
+        let mut sent = Vec::new();
+        privmsg(2, 17, 123456, &mut sent);
+        assert_eq!(sent, b"PRIVMSG #fanout :2 17 123456\r\n");
+        let line = b":fan-3!fan-3@127.0.0.1 PRIVMSG #fanout :2 17 123456\r";
+        assert_eq!(
+            seen_irc(line),
+            Seen::Delivery {
+                id: b"",
+                payload: (2, 17, 123456)
+            }
+        );
+        for other in [
+            &b":irc.bench 001 fan-3 :Welcome\r"[..],
+            b":fan-3!f@h PRIVMSG #fanout :hello\r",
+            b":fan-3!f@h NOTICE #fanout :2 17 123456\r",
+            b"PRIVMSG #fanout :2 17 123456\r",
+            b"PING :irc.bench\r",
+            b"",
+        ] {
+            assert_eq!(seen_irc(other), Seen::Other, "{other:?}");
+        }
+        assert_eq!(seen_irc(b"ERROR :Closing link\r"), Seen::Bye);
+        let window = Window::new(Duration::ZERO, Duration::from_secs(3600));
+        let mut t = Tally::new(window, 3, Arc::default());
+        t.read = seen_irc;
+        assert!(t.lines(
+            b":a!a@h PRIVMSG #fanout :1 0 5\r\n:a!a@h PRIVMSG #fanout :1 1 6\r\n",
+            10,
+            0
+        ));
+        assert_eq!((t.received, t.next[1]), (2, 2));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod abuse;
 mod failover;
+mod irc;
 mod load;
 mod report;
 mod scenarios;
@@ -99,6 +100,13 @@ pub struct Cli {
     /// --no-report (the report is one Redis's).
     #[arg(long, default_value_t = 0)]
     cluster: usize,
+    /// Run only the fanout sweep (--rates, --clients, --senders), against
+    /// this IRC daemon (InspIRCd 3: `apt-get install inspircd`) instead of
+    /// the system: it is started on a free loopback port, over TLS, with
+    /// flood limits off (chat-bench/inspircd.conf). Figures go to the
+    /// JSON, not the report.
+    #[arg(long)]
+    irc: Option<String>,
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
     #[arg(long, default_value_t = 5.0)]
@@ -150,6 +158,9 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
     }
     if cli.cluster > 0 && !cli.no_report {
         return Err("--cluster needs --no-report (the report is one Redis's)".into());
+    }
+    if let Some(program) = &cli.irc {
+        return irc_sweep(&cli, program, timing).await;
     }
     eprintln!("starting a local system from {}", cli.bin.display());
     let mut system = system::System::start_on(&cli.bin, &cli.dir, 2, cli.cluster).await?;
@@ -246,4 +257,27 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
         Some(failed) if !failed.is_empty() => Err(format!("abuse bounds broken: {failed}").into()),
         _ => Ok(()),
     }
+}
+
+/// The fanout sweep against an IRC daemon (`--irc`), into the JSON.
+async fn irc_sweep(cli: &Cli, program: &str, timing: Timing) -> Result<(), load::Error> {
+    eprintln!("starting {program}");
+    let ircd = irc::Ircd::start(program, &cli.bin, &cli.dir.join("irc")).await?;
+    let mut traffic = Vec::new();
+    for &rate in &cli.rates {
+        let t = irc::fanout(&ircd, cli.clients, cli.senders, rate, timing).await?;
+        report::line(&t);
+        let saturated = t.p99_ms > cli.sweep_stop_ms;
+        traffic.push(t);
+        if saturated {
+            eprintln!("  p99 above {} ms, the sweep stops", cli.sweep_stop_ms);
+            break;
+        }
+    }
+    if let Some(parent) = cli.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let json = serde_json::json!({ "irc": program, "timing": timing, "traffic": traffic });
+    std::fs::write(&cli.json, serde_json::to_string_pretty(&json)?)?;
+    Ok(())
 }

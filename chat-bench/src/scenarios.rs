@@ -90,6 +90,37 @@ impl Run {
     }
 }
 
+/// What a run measures besides its clients.
+pub enum Against<'a> {
+    /// Our system: its processes' CPU, and its Redis's calls.
+    System(&'a System),
+    /// Another server's processes (name, pid): their CPU only.
+    Processes(Vec<(String, u32)>),
+}
+
+impl Against<'_> {
+    fn pids(&self) -> Vec<(String, u32)> {
+        match self {
+            Against::System(system) => system.pids(),
+            Against::Processes(pids) => pids.clone(),
+        }
+    }
+
+    async fn command_calls(&self) -> Vec<Vec<(String, u64)>> {
+        match self {
+            Against::System(system) => system.command_calls().await,
+            Against::Processes(_) => Vec::new(),
+        }
+    }
+
+    async fn cross_slot_errors(&self) -> u64 {
+        match self {
+            Against::System(system) => system.cross_slot_errors().await,
+            Against::Processes(_) => 0,
+        }
+    }
+}
+
 /// What a traffic run is, for its row in the report.
 pub struct Meta {
     pub scenario: String,
@@ -103,16 +134,17 @@ pub struct Meta {
 /// Sends from `sinks` at `meta.rate` in total, waits for what is in flight,
 /// and adds up what the receivers saw.
 pub async fn measure<S: Sink + Send + 'static>(
-    system: &System,
+    against: Against<'_>,
     run: Run,
     receivers: Vec<JoinHandle<Tally>>,
     sinks: Vec<S>,
     meta: Meta,
 ) -> Result<Traffic, Error> {
     let senders = sinks.len();
-    let cpu_before = cpu_now(system);
-    let calls_before = system.command_calls().await;
-    let cross_slot_before = system.cross_slot_errors().await;
+    let pids = against.pids();
+    let cpu_before = cpu_now(&pids);
+    let calls_before = against.command_calls().await;
+    let cross_slot_before = against.cross_slot_errors().await;
     let started = Instant::now();
     let per_sec = meta.rate / senders as f64;
     let sending: Vec<_> = sinks
@@ -145,7 +177,7 @@ pub async fn measure<S: Sink + Send + 'static>(
         keep.push(sink);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_since(&cpu_before, system, seconds);
+    let cpu = cpu_since(&cpu_before, &pids, seconds);
     let total_sent: u64 = sent.iter().sum();
     let expected: u64 = sent.iter().zip(&meta.listeners).map(|(s, l)| s * l).sum();
     let drained_by = Instant::now() + run.drain;
@@ -153,8 +185,8 @@ pub async fn measure<S: Sink + Send + 'static>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Read once everything sent has been routed.
-    let calls_after = system.command_calls().await;
-    let cross_slot = system.cross_slot_errors().await - cross_slot_before;
+    let calls_after = against.command_calls().await;
+    let cross_slot = against.cross_slot_errors().await - cross_slot_before;
     let shards: Vec<BTreeMap<String, f64>> = calls_before
         .iter()
         .zip(&calls_after)
@@ -242,17 +274,19 @@ async fn progress(label: String, live: Arc<Live>, window: Window, stop: Cancella
     eprint!("\r{:100}\r", "");
 }
 
-fn cpu_now(system: &System) -> Vec<(String, f64)> {
-    system
-        .pids()
-        .into_iter()
-        .map(|(name, pid)| (name, usage::cpu_seconds(pid)))
+fn cpu_now(pids: &[(String, u32)]) -> Vec<(String, f64)> {
+    pids.iter()
+        .map(|(name, pid)| (name.clone(), usage::cpu_seconds(*pid)))
         .chain(usage::idle_and_stolen())
         .collect()
 }
 
-fn cpu_since(before: &[(String, f64)], system: &System, seconds: f64) -> BTreeMap<String, f64> {
-    cpu_now(system)
+fn cpu_since(
+    before: &[(String, f64)],
+    pids: &[(String, u32)],
+    seconds: f64,
+) -> BTreeMap<String, f64> {
+    cpu_now(pids)
         .into_iter()
         .zip(before)
         .map(|((name, after), (_, b))| (name, ((after - b) / seconds * 100.0).round() / 100.0))
@@ -366,7 +400,7 @@ async fn in_rooms(
         format: load::say,
         listeners: vec![(clients / rooms) as u64; senders],
     };
-    measure(system, run, receivers, sinks, meta).await
+    measure(Against::System(system), run, receivers, sinks, meta).await
 }
 
 /// `publishers`, each followed by `per` subscribers.
@@ -400,7 +434,7 @@ pub async fn pubsub(
         format: load::publish,
         listeners: vec![per as u64; publishers],
     };
-    measure(system, run, receivers, sinks, meta).await
+    measure(Against::System(system), run, receivers, sinks, meta).await
 }
 
 /// A publisher straight to Redis: `PUBLISH` per line, one round trip per
@@ -486,7 +520,7 @@ pub async fn baseline(
         format: baseline_line,
         listeners: vec![clients as u64; senders],
     };
-    measure(system, run, receivers, sinks, meta).await
+    measure(Against::System(system), run, receivers, sinks, meta).await
 }
 
 #[derive(Serialize, Default)]
@@ -703,7 +737,7 @@ pub(crate) async fn chat_in(
         format: load::say,
         listeners: vec![20; who.len()],
     };
-    measure(system, run, receivers, sinks, meta).await
+    measure(Against::System(system), run, receivers, sinks, meta).await
 }
 
 /// Every user logs in over and over (a new connection each time) through

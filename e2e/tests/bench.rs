@@ -6,9 +6,10 @@
 use e2e::binary;
 use std::process::Command;
 
-#[test]
-fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
-    let dir = std::env::temp_dir().join(format!("chat-bench-e2e-{}", std::process::id()));
+/// Runs chat-bench with `args` (and its own --bin, --dir and --json, in a
+/// directory named after `name`, removed after); its figures.
+fn chat_bench(name: &str, env: &[(&str, &str)], args: &[&str]) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let json = dir.join("results.json");
     let bin = binary("edge-svc").parent().unwrap().to_path_buf();
     let out = Command::new(binary("chat-bench"))
@@ -18,9 +19,30 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
         .arg(&dir)
         .arg("--json")
         .arg(&json)
-        .env("CHAT_AUTH__BCRYPT_COST", "4")
-        .args(["--no-report", "--only", "fanout,baseline,connect,failover"])
-        .args([
+        .envs(env.iter().copied())
+        .args(args)
+        .args(["--warmup", "0.3", "--duration", "1", "--drain", "10"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chat-bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    results
+}
+
+#[test]
+fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
+    let results = chat_bench(
+        "chat-bench-e2e",
+        &[("CHAT_AUTH__BCRYPT_COST", "4")],
+        &[
+            "--no-report",
+            "--only",
+            "fanout,baseline,connect,failover",
             "--rates",
             "100",
             "--baseline-rates",
@@ -33,19 +55,8 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
             "40",
             "--failover-clients",
             "20",
-        ])
-        .args(["--warmup", "0.3", "--duration", "1", "--drain", "10"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chat-bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-
     let traffic = results["traffic"].as_array().unwrap();
     let scenarios: Vec<&str> = traffic
         .iter()
@@ -100,5 +111,57 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
     for how in ["resume", "password"] {
         assert_eq!(failover[how]["logged_in"], 20, "{failover}");
         assert!(failover[how]["p99_s"].as_f64().unwrap() > 0.0, "{failover}");
+    }
+}
+
+/// InspIRCd's binary, where Debian puts it or on the PATH.
+fn inspircd() -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("inspircd"))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn chat_bench_runs_fanout_against_an_irc_daemon_and_accounts_for_every_message() {
+    let Some(ircd) = inspircd() else {
+        eprintln!("skipped: inspircd is not installed (apt-get install inspircd; CI installs it)");
+        return;
+    };
+    let ircd = ircd.display().to_string();
+    let results = chat_bench(
+        "chat-bench-irc",
+        &[],
+        &[
+            "--irc",
+            &ircd,
+            "--rates",
+            "100,200",
+            "--clients",
+            "6",
+            "--senders",
+            "3",
+        ],
+    );
+    let traffic = results["traffic"].as_array().unwrap();
+    assert_eq!(traffic.len(), 2, "{results}");
+    for t in traffic {
+        assert_eq!(t["scenario"], "fanout (IRC)", "{t}");
+        let sent = t["sent"].as_u64().unwrap();
+        let rate = t["offered_msgs_per_s"].as_f64().unwrap() as u64;
+        // 1.3 s at the rate, every one due sent; a sender does not hear
+        // itself in IRC, so each line reaches the 5 others.
+        assert!(sent.abs_diff(rate * 13 / 10) <= 3, "{t}");
+        assert_eq!(t["expected_deliveries"].as_u64().unwrap(), sent * 5, "{t}");
+        assert_eq!(t["received"], t["expected_deliveries"], "{t}");
+        assert_eq!(t["lost"], 0, "{t}");
+        assert_eq!(t["out_of_order"], 0, "{t}");
+        assert_eq!(t["disconnected"], 0, "{t}");
+        assert!(t["p99_ms"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(t["cpu"]["ircd"].as_f64().is_some(), "{t}");
     }
 }
