@@ -29,13 +29,15 @@
 #   STOP_TIMEOUT     seconds from SIGTERM to SIGKILL when stopping: the
 #                    services, then Redis [10]
 #   RUST_LOG [info], and any CHAT_* setting, reach every service.
-#   The edges run on one thread each (CHAT_EDGE__THREADS [1]): they share
-#   this machine, and one thread is cheaper per line than several.
+#   Two edges or more run on one thread each (CHAT_EDGE__THREADS [1]; one
+#   edge: 0, a thread per core): they share this machine, and one thread
+#   is cheaper per line than several.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 BIN=${BIN:-target/release}
 EDGES=${EDGES:-2}
+edge_threads=$([ "$EDGES" -gt 1 ] && echo 1 || echo 0)
 AUTHS=${AUTHS:-1}
 ROUTERS=${ROUTERS:-1}
 EDGE_PORT_BASE=${EDGE_PORT_BASE:-7001}
@@ -137,7 +139,7 @@ start() {
         CHAT_EDGE__ADMIN_LISTEN="${admin[$name]}"
         CHAT_EDGE__TLS_CERT="$CERTS_DIR/server.pem" CHAT_EDGE__TLS_KEY="$CERTS_DIR/server-key.pem"
         CHAT_EDGE__AUTH_PUBLIC_KEY_FILE="$CERTS_DIR/auth-seal.pub"
-        CHAT_EDGE__THREADS="${CHAT_EDGE__THREADS:-1}" "$BIN/edge-svc")
+        CHAT_EDGE__THREADS="${CHAT_EDGE__THREADS:-$edge_threads}" "$BIN/edge-svc")
       ;;
   esac
   setsid "${cmd[@]}" &

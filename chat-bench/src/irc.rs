@@ -4,7 +4,6 @@ use crate::load::{self, Error, Reader, Writer, IRC_CHANNEL};
 use crate::scenarios::{measure, Against, Meta, Run, Timing, Traffic};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::{Child, Command};
@@ -43,10 +42,12 @@ impl Ircd {
         let file = dir.join("inspircd.conf");
         std::fs::write(&file, config)?;
         let out = dir.join("ircd.out");
+        let log = std::fs::File::create(&out)?;
         let mut cmd = Command::new(program);
         cmd.arg("--nofork")
             .arg(format!("--config={}", file.display()))
-            .stdout(std::fs::File::create(&out)?)
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .kill_on_drop(true);
         // InspIRCd refuses to run as root unless told.
         let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
@@ -56,18 +57,22 @@ impl Ircd {
         if root {
             cmd.arg("--runasroot");
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| format!("{program}: {e} (apt-get install inspircd)"))?;
         let addr = format!("127.0.0.1:{port}");
+        let failed = |why: &str| format!("{program} {why} (see {})", out.display());
         let listening = async {
             while tokio::net::TcpStream::connect(&addr).await.is_err() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
-        tokio::time::timeout(WAIT, listening)
-            .await
-            .map_err(|_| format!("{program} did not listen on {addr} (see {})", out.display()))?;
+        tokio::select! {
+            listened = tokio::time::timeout(WAIT, listening) => {
+                listened.map_err(|_| failed(&format!("did not listen on {addr}")))?;
+            }
+            status = child.wait() => return Err(failed(&format!("exited: {}", status?)).into()),
+        }
         let trust = shared::tls::Trust::ca_file(&certs.join("ca.pem"))?;
         let tls = shared::tls::client_config(&trust)?;
         Ok(Ircd { child, addr, tls })
@@ -109,8 +114,8 @@ async fn join(ircd: &Ircd, nick: String) -> Result<(Reader, Writer), Error> {
     Ok((rd, wr))
 }
 
-/// `fanout` on the daemon: `clients` in one channel, `senders` of them
-/// sending. A sender does not hear its own lines in IRC, so each is heard
+/// `fanout` on the daemon (one started for this run: nothing of another
+/// run is in it): `clients` in one channel, `senders` of them sending. A sender does not hear its own lines in IRC, so each is heard
 /// by the `clients - 1` others.
 pub async fn fanout(
     ircd: &Ircd,
@@ -119,11 +124,8 @@ pub async fn fanout(
     rate: f64,
     timing: Timing,
 ) -> Result<Traffic, Error> {
-    // Nicks new to each run: the last run's may not be gone yet.
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let nth = RUNS.fetch_add(1, Ordering::Relaxed);
     let conns: Vec<(Reader, Writer)> = stream::iter(0..clients)
-        .map(|i| join(ircd, format!("f{nth}-{i}")))
+        .map(|i| join(ircd, format!("fan-{i}")))
         .buffered(64)
         .try_collect()
         .await?;

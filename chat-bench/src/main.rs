@@ -12,7 +12,7 @@ mod scenarios;
 mod system;
 
 use clap::Parser;
-use scenarios::Timing;
+use scenarios::{Timing, Traffic};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -177,25 +177,24 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
             "pubsub" => vec![cli.pub_rate],
             _ => cli.baseline_rates.clone(),
         };
-        for rate in rates {
-            let (clients, senders) = (cli.clients, cli.senders);
-            let t = match scenario {
-                "fanout" => scenarios::fanout(&system, clients, senders, rate, timing).await?,
-                "rooms" => scenarios::rooms(&system, 1000, 100, rate, timing).await?,
-                "pubsub" => scenarios::pubsub(&system, 10, 100, rate, timing).await?,
-                _ => scenarios::baseline(&system, clients, senders, rate, timing).await?,
-            };
-            report::line(&t);
-            let saturated = scenario == "fanout" && t.p99_ms > cli.sweep_stop_ms;
-            results.traffic.push(t);
-            if saturated {
-                eprintln!(
-                    "  fanout: p99 above {} ms, the sweep stops",
-                    cli.sweep_stop_ms
-                );
-                break;
+        // Only fanout is a sweep to saturation.
+        let stop_ms = if scenario == "fanout" {
+            cli.sweep_stop_ms
+        } else {
+            f64::INFINITY
+        };
+        let (clients, senders) = (cli.clients, cli.senders);
+        let system = &system;
+        let runs = sweep(&rates, stop_ms, |rate| async move {
+            match scenario {
+                "fanout" => scenarios::fanout(system, clients, senders, rate, timing).await,
+                "rooms" => scenarios::rooms(system, 1000, 100, rate, timing).await,
+                "pubsub" => scenarios::pubsub(system, 10, 100, rate, timing).await,
+                _ => scenarios::baseline(system, clients, senders, rate, timing).await,
             }
-        }
+        })
+        .await?;
+        results.traffic.extend(runs);
         if scenario == "fanout" {
             results.fanout_summary = report::summarize(&results.traffic, cli.knee_ms);
             if let Some(f) = &results.fanout_summary {
@@ -259,25 +258,53 @@ async fn run(cli: Cli) -> Result<(), load::Error> {
     }
 }
 
-/// The fanout sweep against an IRC daemon (`--irc`), into the JSON.
-async fn irc_sweep(cli: &Cli, program: &str, timing: Timing) -> Result<(), load::Error> {
-    eprintln!("starting {program}");
-    let ircd = irc::Ircd::start(program, &cli.bin, &cli.dir.join("irc")).await?;
-    let mut traffic = Vec::new();
-    for &rate in &cli.rates {
-        let t = irc::fanout(&ircd, cli.clients, cli.senders, rate, timing).await?;
+/// Runs `one` at each of `rates` in turn, printing each run's line;
+/// stops after the first whose p99 passes `stop_ms`.
+async fn sweep<F, Fut>(rates: &[f64], stop_ms: f64, mut one: F) -> Result<Vec<Traffic>, load::Error>
+where
+    F: FnMut(f64) -> Fut,
+    Fut: std::future::Future<Output = Result<Traffic, load::Error>>,
+{
+    let mut runs = Vec::new();
+    for &rate in rates {
+        let t = one(rate).await?;
         report::line(&t);
-        let saturated = t.p99_ms > cli.sweep_stop_ms;
-        traffic.push(t);
+        let saturated = t.p99_ms > stop_ms;
+        runs.push(t);
         if saturated {
-            eprintln!("  p99 above {} ms, the sweep stops", cli.sweep_stop_ms);
+            eprintln!("  p99 above {stop_ms} ms, the sweep stops");
             break;
         }
+    }
+    Ok(runs)
+}
+
+/// The fanout sweep against an IRC daemon (`--irc`), into the JSON: a
+/// daemon of its own for each rate, so that nothing of one run (a backlog
+/// past saturation) reaches the next.
+async fn irc_sweep(cli: &Cli, program: &str, timing: Timing) -> Result<(), load::Error> {
+    let dir = cli.dir.join("irc");
+    let traffic = sweep(&cli.rates, cli.sweep_stop_ms, |rate| {
+        let dir = dir.clone();
+        async move {
+            let ircd = irc::Ircd::start(program, &cli.bin, &dir).await?;
+            irc::fanout(&ircd, cli.clients, cli.senders, rate, timing).await
+        }
+    })
+    .await?;
+    let summary = report::summarize(&traffic, cli.knee_ms);
+    if let Some(f) = &summary {
+        report::summary_line(f);
     }
     if let Some(parent) = cli.json.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let json = serde_json::json!({ "irc": program, "timing": timing, "traffic": traffic });
+    let json = serde_json::json!({
+        "irc": program,
+        "timing": timing,
+        "traffic": traffic,
+        "fanout_summary": summary,
+    });
     std::fs::write(&cli.json, serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }

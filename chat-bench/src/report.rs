@@ -63,7 +63,11 @@ pub struct PerDelivery {
 /// The knee, the saturation throughput, the target's verdict and the CPU
 /// per delivery, from the `fanout` runs among `traffic` (none if none ran).
 pub fn summarize(traffic: &[Traffic], knee_ms: f64) -> Option<FanoutSummary> {
-    let runs: Vec<&Traffic> = traffic.iter().filter(|t| t.scenario == "fanout").collect();
+    // Ours ("fanout") or an IRC daemon's ("fanout (IRC)"), not both.
+    let runs: Vec<&Traffic> = traffic
+        .iter()
+        .filter(|t| t.scenario.starts_with("fanout"))
+        .collect();
     let most = runs
         .iter()
         .max_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s))?;

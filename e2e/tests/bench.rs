@@ -164,4 +164,11 @@ fn chat_bench_runs_fanout_against_an_irc_daemon_and_accounts_for_every_message()
         assert!(t["p99_ms"].as_f64().unwrap() > 0.0, "{t}");
         assert!(t["cpu"]["ircd"].as_f64().is_some(), "{t}");
     }
+    // The sweep's summary, as for ours: the busier rate delivered the most.
+    let summary = &results["fanout_summary"];
+    assert_eq!(summary["saturation_at_msgs_per_s"], 200.0, "{summary}");
+    assert!(
+        summary["cpu_us_per_1000_deliveries"][1]["by_process"]["ircd"].is_number(),
+        "{summary}"
+    );
 }

@@ -59,6 +59,23 @@ fn lower_priority(by: i32) {
     }
 }
 
+/// A runtime of `threads` worker threads: 0, one per core; 1, every task
+/// on the calling thread.
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    match threads {
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime")
+}
+
 /// Puts the calling thread under Linux's `SCHED_IDLE` policy, once per
 /// thread: it runs on CPU time no other thread wants, and any other thread
 /// that wakes takes the CPU from it at once. A nice value only shares the
@@ -108,18 +125,7 @@ where
     if name == "auth-svc" {
         lower_priority(cfg.auth.nice);
     }
-    let rt = match threads(&cfg) {
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    }
-    .enable_all()
-    .build()
-    .expect("tokio runtime");
+    let rt = runtime(threads(&cfg));
     match rt.block_on(async move { service(cli.more, cfg).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Log(e)) => {
@@ -130,5 +136,27 @@ where
             eprintln!("{name}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn a_runtime_has_the_threads_asked_for() {
+        let one = runtime(1);
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        let three = runtime(3);
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.metrics().num_workers(), 3);
+        let per_core = runtime(0);
+        assert_eq!(
+            per_core.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(per_core.metrics().num_workers(), cores);
     }
 }
