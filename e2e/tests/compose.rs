@@ -17,6 +17,25 @@ fn compose_file() -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// `value` as compose reads it with nothing set: each `${NAME:-default}`
+/// its default.
+fn interpolated(value: &str) -> String {
+    let mut out = value.to_string();
+    while let Some(start) = out.find("${") {
+        let end = start + out[start..].find('}').expect("a closing brace");
+        let default = out[start + 2..end].split_once(":-").map_or("", |(_, d)| d);
+        out = format!("{}{default}{}", &out[..start], &out[end + 1..]);
+    }
+    out
+}
+
+#[test]
+fn compose_values_are_read_with_their_defaults() {
+    assert_eq!(interpolated("${CHAT_EDGE__THREADS:-1}"), "1");
+    assert_eq!(interpolated("localhost:${PORT:-7001}"), "localhost:7001");
+    assert_eq!(interpolated("a${X}b"), "ab");
+}
+
 /// Every `CHAT_*` variable the compose file sets is a real setting, with a
 /// valid value: they load, through the same layers as the services use,
 /// into a configuration that passes validation.
@@ -31,7 +50,8 @@ fn compose_sets_only_real_settings() {
         let Some(name) = key.strip_prefix("CHAT_") else {
             continue;
         };
-        let value = value.trim_matches('"');
+        let value = interpolated(value.trim_matches('"'));
+        let value = value.as_str();
         let path: Vec<String> = name.split("__").map(str::to_lowercase).collect();
         let (table, field) = match path.as_slice() {
             [field] => (String::new(), field.clone()),
