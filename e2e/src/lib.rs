@@ -29,6 +29,13 @@ use tokio::net::TcpStream;
 /// How long a test waits for anything before it fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// The threads of process `pid` (from /proc).
+pub fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

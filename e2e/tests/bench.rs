@@ -34,6 +34,25 @@ fn chat_bench(name: &str, env: &[(&str, &str)], args: &[&str]) -> serde_json::Va
     results
 }
 
+/// Run `t` sent for 1.3 s at its rate (every message due sent), and each
+/// message reached `listeners` clients: all of them, in order, with a
+/// latency, nobody dropped.
+fn accounted(t: &serde_json::Value, listeners: u64) {
+    let sent = t["sent"].as_u64().unwrap();
+    let rate = t["offered_msgs_per_s"].as_f64().unwrap() as u64;
+    assert!(sent.abs_diff(rate * 13 / 10) <= 3, "{t}");
+    assert_eq!(
+        t["expected_deliveries"].as_u64().unwrap(),
+        sent * listeners,
+        "{t}"
+    );
+    assert_eq!(t["received"], t["expected_deliveries"], "{t}");
+    assert_eq!(t["lost"], 0, "{t}");
+    assert_eq!(t["out_of_order"], 0, "{t}");
+    assert_eq!(t["disconnected"], 0, "{t}");
+    assert!(t["p99_ms"].as_f64().unwrap() > 0.0, "{t}");
+}
+
 #[test]
 fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
     let results = chat_bench(
@@ -64,21 +83,13 @@ fn chat_bench_runs_its_scenarios_and_accounts_for_every_message() {
         .collect();
     assert_eq!(scenarios, ["fanout", "baseline"]);
     for t in traffic {
-        let sent = t["sent"].as_u64().unwrap();
-        // 1.3 s at 100 messages/s (every one due sent), each to all 6
-        // clients.
-        assert!(sent.abs_diff(130) <= 3, "{t}");
+        // Each message to all 6 clients.
+        accounted(t, 6);
         assert!(
             t["sent_msgs_per_s"].as_f64().unwrap().round() >= 98.0,
             "{t}"
         );
-        assert_eq!(t["expected_deliveries"].as_u64().unwrap(), sent * 6, "{t}");
-        assert_eq!(t["received"], t["expected_deliveries"], "{t}");
-        assert_eq!(t["lost"], 0, "{t}");
-        assert_eq!(t["out_of_order"], 0, "{t}");
-        assert_eq!(t["disconnected"], 0, "{t}");
         assert!(t["deliveries_per_s"].as_f64().unwrap() > 0.0, "{t}");
-        assert!(t["p99_ms"].as_f64().unwrap() > 0.0, "{t}");
     }
     // The sweep's summary: its one rate, and CPU per delivery by process.
     let summary = &results["fanout_summary"];
@@ -151,17 +162,9 @@ fn chat_bench_runs_fanout_against_an_irc_daemon_and_accounts_for_every_message()
     assert_eq!(traffic.len(), 2, "{results}");
     for t in traffic {
         assert_eq!(t["scenario"], "fanout (IRC)", "{t}");
-        let sent = t["sent"].as_u64().unwrap();
-        let rate = t["offered_msgs_per_s"].as_f64().unwrap() as u64;
-        // 1.3 s at the rate, every one due sent; a sender does not hear
-        // itself in IRC, so each line reaches the 5 others.
-        assert!(sent.abs_diff(rate * 13 / 10) <= 3, "{t}");
-        assert_eq!(t["expected_deliveries"].as_u64().unwrap(), sent * 5, "{t}");
-        assert_eq!(t["received"], t["expected_deliveries"], "{t}");
-        assert_eq!(t["lost"], 0, "{t}");
-        assert_eq!(t["out_of_order"], 0, "{t}");
-        assert_eq!(t["disconnected"], 0, "{t}");
-        assert!(t["p99_ms"].as_f64().unwrap() > 0.0, "{t}");
+        // A sender does not hear itself in IRC: each line reaches the 5
+        // others.
+        accounted(t, 5);
         assert!(t["cpu"]["ircd"].as_f64().is_some(), "{t}");
     }
     // The sweep's summary, as for ours: the busier rate delivered the most.

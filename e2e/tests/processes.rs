@@ -1,7 +1,7 @@
 //! The real binaries as processes, driven as a user would: certificates,
 //! accounts, the services, and the `chat` client with piped input.
 
-use e2e::{eventually, free_port, parse, password, ChatClient, Role, Shape, System};
+use e2e::{eventually, free_port, parse, password, threads, ChatClient, Role, Shape, System};
 use redis::AsyncCommands;
 use shared::line::ServerLine;
 use std::process::Stdio;
@@ -293,13 +293,6 @@ async fn services_stop_on_sigterm_even_when_nobody_reads_their_logs() {
     }
 }
 
-/// The threads of process `pid`, from /proc.
-fn threads_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .count()
-}
-
 #[tokio::test]
 async fn an_edge_serves_its_clients_on_the_threads_edge_threads_asks_for() {
     let mut sys = System::start_with(Shape::new(0, 1, 1), |_| {}).await;
@@ -319,12 +312,12 @@ async fn an_edge_serves_its_clients_on_the_threads_edge_threads_asks_for() {
     alice
         .until_line(|l| matches!(l, ServerLine::Msg { from, text, .. } if from == "bob" && text == "and back"))
         .await;
-    // One thread: the main thread alone (a blocking pool thread at most
-    // besides). Four: the main thread and four workers.
+    // One thread: the main thread alone (as the router's). Four: the main
+    // thread and four workers.
     let (single, several) = (
-        threads_of(sys.pid(Role::Edge, one)),
-        threads_of(sys.pid(Role::Edge, four)),
+        threads(sys.pid(Role::Edge, one)),
+        threads(sys.pid(Role::Edge, four)),
     );
-    assert!(single <= 2, "edge.threads = 1 runs {single} threads");
+    assert_eq!(single, 1, "edge.threads = 1 runs {single} threads");
     assert!(several >= 5, "edge.threads = 4 runs {several} threads");
 }

@@ -1,7 +1,7 @@
 //! Router instances failing: a crash, and a router that lost its lease
 //! with requests in hand. Nothing accepted is lost, duplicated or reordered.
 
-use e2e::{Client, Role, Shape, System};
+use e2e::{threads, Client, Role, Shape, System};
 use redis::AsyncCommands;
 use shared::envelope::{Op, Request};
 use shared::keys::{partition_of, Keys};
@@ -124,13 +124,6 @@ async fn requests_left_by_a_router_that_lost_its_lease_go_first() {
         redis::Value::Array(v) => assert_eq!(v[0], redis::Value::Int(0)),
         other => panic!("{other:?}"),
     }
-}
-
-/// The threads of process `pid`.
-fn threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .count()
 }
 
 #[tokio::test]
