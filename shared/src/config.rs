@@ -339,7 +339,7 @@ impl Default for EdgeConfig {
             request_timeout_ms: 5_000,
             out_queue: 16_384,
             write_timeout_ms: 5_000,
-            write_coalesce_ms: 5,
+            write_coalesce_ms: 10,
             threads: 0,
             login_timeout_ms: 30_000,
             idle_timeout_ms: 900_000,
