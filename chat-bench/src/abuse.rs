@@ -231,7 +231,8 @@ async fn settle(system: &System) -> Result<(), Error> {
         for edge in &edges {
             pipe.hget(keys.edge_info(edge), "conns");
         }
-        let conns: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+        // A count may be briefly below 0 (a close counted after a beat).
+        let conns: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
         let mut pipe = redis::pipe();
         pipe.xlen(keys.auth_requests());
         for p in 0..partitions {
@@ -239,7 +240,11 @@ async fn settle(system: &System) -> Result<(), Error> {
         }
         let queued: Vec<u64> = pipe.query_async(&mut conn).await?;
         let (open, queued) = (
-            conns.into_iter().flatten().sum::<u64>(),
+            conns
+                .into_iter()
+                .flatten()
+                .map(|n| n.max(0) as u64)
+                .sum::<u64>(),
             queued.iter().sum::<u64>(),
         );
         if (open <= 10 && queued == 0) || Instant::now() > deadline {

@@ -93,13 +93,9 @@ end)
 
 -- Counts a connection opened or closed between beats. KEYS 1: the edge's
 -- info hash. ARGV 1: +1 or -1. Only while the hash is there (a beat
--- writes it whole, with its expiry and the exact count). Never below 0:
--- a close counted after a beat that had already left it out would
--- otherwise show -1 until the next beat.
+-- writes it whole, with its expiry and the exact count).
 redis.register_function('chat_count_conn', function(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then return 0 end
-  if redis.call('HINCRBY', keys[1], 'conns', tonumber(args[1])) < 0 then
-    redis.call('HSET', keys[1], 'conns', 0)
-  end
+  redis.call('HINCRBY', keys[1], 'conns', tonumber(args[1]))
   return 1
 end)
