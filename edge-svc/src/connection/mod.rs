@@ -25,7 +25,7 @@ use tokio::io::ReadHalf;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
-use writer::write_loop;
+use writer::{write_loop, Pace};
 
 /// Runs `fut` with a deadline; the error names the phase.
 async fn within<T>(
@@ -82,7 +82,10 @@ async fn serve_tls(
             rx,
             closer.clone(),
             ctx.cfg.edge.write_timeout(),
-            Duration::from_millis(ctx.cfg.edge.write_coalesce_ms),
+            Pace::new(
+                Duration::from_millis(ctx.cfg.edge.write_coalesce_idle_ms),
+                Duration::from_millis(ctx.cfg.edge.write_coalesce_ms),
+            ),
         )
         .in_current_span(),
     );

@@ -14,8 +14,8 @@ const WRITE_BATCH: usize = crate::hub::CHUNK;
 /// queued; ends with `BYE <reason>` when the connection is closed by the
 /// server.
 ///
-/// A socket is written at most once per `write_coalesce_ms`: under load,
-/// lines that arrive within that time share TLS records (up to 16 KiB
+/// A socket is written at most once per window (see [`Pace`]): under
+/// load, lines that arrive within it share TLS records (up to 16 KiB
 /// each) and one system call (on each side) instead of costing one each;
 /// an idle connection's first line goes out at once, and so does the next
 /// batch when the last one was full.
@@ -24,7 +24,7 @@ pub(super) async fn write_loop<W: AsyncWrite>(
     mut rx: QueueRx,
     closer: Arc<Closer>,
     limit: Duration,
-    coalesce: Duration,
+    mut pace: Pace,
 ) {
     let mut next_write = Instant::now();
     let bye = loop {
@@ -38,6 +38,7 @@ pub(super) async fn write_loop<W: AsyncWrite>(
         }
         if next_write > Instant::now() {
             tokio::time::sleep_until(next_write.into()).await;
+            pace.woke(Instant::now().saturating_duration_since(next_write));
         }
         // The queue's buffers of lines are written as they are (the first
         // one is not copied); an idle connection holds no write buffer.
@@ -66,7 +67,7 @@ pub(super) async fn write_loop<W: AsyncWrite>(
                 return;
             }
             let full = buf.len() >= WRITE_BATCH;
-            next_write = Instant::now() + if full { Duration::ZERO } else { coalesce };
+            next_write = Instant::now() + if full { Duration::ZERO } else { pace.window() };
         }
         if bye.is_some() {
             break bye;
@@ -83,4 +84,72 @@ pub(super) async fn write_loop<W: AsyncWrite>(
     }
     let _ = within(Phase::Close, limit, wr.shutdown()).await;
     closer.token.cancel();
+}
+
+/// How late a wakeup may come, on average, before the edge counts as
+/// behind: Tokio's timers tick every millisecond, so an edge with time to
+/// spare wakes up to about 1 ms after the time asked for.
+const BEHIND: Duration = Duration::from_millis(2);
+
+/// The write window of one connection: `idle` (`edge.write_coalesce_idle_ms`)
+/// while its wakeups come on time, `busy` (`edge.write_coalesce_ms`) once
+/// they come late on average: the edge's thread, or the machine, is short
+/// of CPU, and fewer, larger writes cost less of it per line.
+pub(super) struct Pace {
+    idle: Duration,
+    busy: Duration,
+    /// How late the wakeups came: a moving average (weight 1/8 each).
+    late: Duration,
+}
+
+impl Pace {
+    pub(super) fn new(idle: Duration, busy: Duration) -> Self {
+        Self {
+            idle,
+            busy,
+            late: Duration::ZERO,
+        }
+    }
+
+    /// Counts a wakeup that came `late` after the time asked for.
+    fn woke(&mut self, late: Duration) {
+        self.late = (self.late * 7 + late) / 8;
+    }
+
+    fn window(&self) -> Duration {
+        if self.late > BEHIND {
+            self.busy
+        } else {
+            self.idle
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_lengthens_while_wakeups_come_late_and_shortens_again() {
+        let ms = Duration::from_millis;
+        let mut pace = Pace::new(ms(5), ms(10));
+        assert_eq!(pace.window(), ms(5));
+        // Timers a millisecond late, as they are on an edge with time to spare.
+        for _ in 0..50 {
+            pace.woke(ms(1));
+        }
+        assert_eq!(pace.window(), ms(5));
+        // One very late wakeup is not enough...
+        pace.woke(ms(8));
+        assert_eq!(pace.window(), ms(5));
+        // ... wakeups late on average are.
+        for _ in 0..5 {
+            pace.woke(ms(4));
+        }
+        assert_eq!(pace.window(), ms(10));
+        for _ in 0..20 {
+            pace.woke(ms(1));
+        }
+        assert_eq!(pace.window(), ms(5));
+    }
 }
