@@ -91,8 +91,8 @@ pub(super) async fn write_loop<W: AsyncWrite>(
 /// spare wakes up to about 1 ms after the time asked for.
 const BEHIND: Duration = Duration::from_millis(2);
 
-/// The write window of one connection: `idle` (`edge.write_coalesce_idle_ms`)
-/// while its wakeups come on time, `busy` (`edge.write_coalesce_ms`) once
+/// The write window of one connection: `idle` (`edge.write_coalesce_idle_ms`,
+/// at most `busy`) while its wakeups come on time, `busy` (`edge.write_coalesce_ms`) once
 /// they come late on average: the edge's thread, or the machine, is short
 /// of CPU, and fewer, larger writes cost less of it per line.
 pub(super) struct Pace {
@@ -105,7 +105,7 @@ pub(super) struct Pace {
 impl Pace {
     pub(super) fn new(idle: Duration, busy: Duration) -> Self {
         Self {
-            idle,
+            idle: idle.min(busy),
             busy,
             late: Duration::ZERO,
         }
@@ -151,5 +151,7 @@ mod tests {
             pace.woke(ms(1));
         }
         assert_eq!(pace.window(), ms(5));
+        // A fixed window of 0 (write at once) stays one.
+        assert_eq!(Pace::new(ms(5), ms(0)).window(), ms(0));
     }
 }
