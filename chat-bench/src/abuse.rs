@@ -221,18 +221,8 @@ async fn settle(system: &System) -> Result<(), Error> {
     let mut conn = system.redis().await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let edges: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys.edges())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        let mut pipe = redis::pipe();
-        for edge in &edges {
-            pipe.hget(keys.edge_info(edge), "conns");
-        }
-        // A count may be briefly below 0 (a close counted after a beat).
-        let conns: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
+        // As `/edges` reads them (a count briefly below 0 as 0).
+        let edges = shared::store::live_edges(&mut conn, &keys).await?;
         let mut pipe = redis::pipe();
         pipe.xlen(keys.auth_requests());
         for p in 0..partitions {
@@ -240,11 +230,7 @@ async fn settle(system: &System) -> Result<(), Error> {
         }
         let queued: Vec<u64> = pipe.query_async(&mut conn).await?;
         let (open, queued) = (
-            conns
-                .into_iter()
-                .flatten()
-                .map(|n| n.max(0) as u64)
-                .sum::<u64>(),
+            edges.iter().map(|e| e.conns).sum::<u64>(),
             queued.iter().sum::<u64>(),
         );
         if (open <= 10 && queued == 0) || Instant::now() > deadline {
