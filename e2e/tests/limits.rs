@@ -76,6 +76,27 @@ async fn the_tls_handshake_has_a_deadline() {
         .expect("the edge closes a stalled handshake")
         .unwrap_or(0);
     assert_eq!(n, 0);
+
+    // One deadline from the connection on: a client that waits before
+    // its first byte does not get the whole timeout again after it.
+    let limit = Duration::from_millis(2000);
+    let sys = System::start_with(Default::default(), |c| c.edge.handshake_timeout_ms = 2000).await;
+    let connected = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(sys.edge(0)).await.unwrap();
+    tokio::time::sleep(limit * 7 / 10).await; // a slow client, not a wait for an event
+    tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("the edge closes a stalled handshake")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Closed at the deadline (2 s after connecting), not 2 s after the
+    // first byte (3.4 s); the margin is for a slow machine.
+    assert!(
+        connected.elapsed() < limit * 3 / 2,
+        "closed {:?} after connecting",
+        connected.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use crate::limits::Refusal;
 use shared::protocol::{ErrorCode, ProtoError};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -25,13 +25,15 @@ const TOO_MANY_UNAUTH: ProtoError = ProtoError::new(
     "too many connections from your address that have not logged in",
 );
 
-/// Completes the TLS handshake, within the handshake timeout; `None` if
-/// the client left first, or spoke plain text (it is told TLS is required).
+/// Completes the TLS handshake, within the handshake timeout (one
+/// deadline for the first byte and the handshake after it); `None` if the
+/// client left first, or spoke plain text (it is told TLS is required).
 pub(super) async fn handshake(
     ctx: &Ctx,
     stream: TcpStream,
 ) -> Result<Option<TlsStream<TcpStream>>, EdgeError> {
     let limit = ctx.cfg.edge.handshake_timeout();
+    let deadline = Instant::now() + limit;
     let mut first = [0u8; 1];
     if within(Phase::Handshake, limit, stream.peek(&mut first)).await? == 0 {
         return Ok(None);
@@ -47,7 +49,8 @@ pub(super) async fn handshake(
         let _ = within(Phase::Close, limit, stream.shutdown()).await;
         return Ok(None);
     }
-    let tls = within(Phase::Handshake, limit, ctx.acceptor.accept(stream)).await?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let tls = within(Phase::Handshake, left, ctx.acceptor.accept(stream)).await?;
     Ok(Some(tls))
 }
 
