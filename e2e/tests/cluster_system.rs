@@ -320,3 +320,38 @@ async fn lines_of_two_publishers_on_two_routers_all_arrive_in_each_ones_order() 
         }
     }
 }
+
+#[tokio::test]
+async fn subscribing_and_messaging_yourself_work_on_a_cluster() {
+    // A user's steps at herself (her subscription's step at its target,
+    // a private message's check and delivery) and her subscription's own
+    // step land in one hash of marks: each keeps its own place in line.
+    let sys = on_cluster(Shape::default(), 0).await;
+    sys.add_users(&["alice", "bob"]).await;
+    let mut alice = sys.login(0, "alice").await;
+    assert_eq!(alice.ask("/subscribe alice").await, "OK SUBSCRIBE alice");
+    assert_eq!(
+        alice.command("/subscriptions").await,
+        ["SUB alice", "OK SUBSCRIPTIONS 1"]
+    );
+    assert_eq!(alice.ask("/subscribe bob").await, "OK SUBSCRIBE bob");
+    let mut lines = alice.command("/msg alice note to self").await;
+    if lines.len() == 1 {
+        lines.push(alice.line().await); // the DM after the OK
+    }
+    lines.sort();
+    assert!(
+        lines[0].starts_with("DM ")
+            && lines[0].ends_with(" alice note to self")
+            && lines[1].starts_with("OK MSG alice "),
+        "{lines:?}"
+    );
+    let mut subs = alice.command("/subscriptions").await;
+    subs.sort();
+    assert_eq!(subs, ["OK SUBSCRIPTIONS 2", "SUB alice", "SUB bob"]);
+    // Her next request goes through too (nothing waits in line).
+    assert_eq!(
+        alice.ask("/unsubscribe alice").await,
+        "OK UNSUBSCRIBE alice"
+    );
+}

@@ -402,16 +402,22 @@ redis.register_function('chat_c_subscriber', function(keys, args)
   return {'ok', since}
 end)
 
+-- The field of a user's marks that numbers her subscriptions' own steps
+-- there: not a user name (names have no '@'), so apart from the user's
+-- steps at herself (a subscription to herself, a message to herself),
+-- numbered in line with other users' steps at her.
+local OWN = '@own'
+
 -- A subscription's last step, in the subscriber's own slot. KEYS 1-2:
 -- the user's subscriptions, its marks. ARGV 1-5: the user, the target,
 -- the `seq` and `prev_own` its user step gave, `subscribe`, `unsubscribe`
 -- or `none` (the target has no account: nothing but the number).
 -- Answers `{'ok'}` or as `later_step`.
 redis.register_function('chat_c_own_subscription', function(keys, args)
-  local user, target, seq = args[1], args[2], tonumber(args[3])
-  local refused = later_step(keys[2], user, seq, tonumber(args[4]))
+  local target, seq = args[2], tonumber(args[3])
+  local refused = later_step(keys[2], OWN, seq, tonumber(args[4]))
   if refused then return refused end
-  redis.call('HSET', keys[2], user, seq)
+  redis.call('HSET', keys[2], OWN, seq)
   if args[5] == 'subscribe' then
     redis.call('SADD', keys[1], target)
   elseif args[5] == 'unsubscribe' then
