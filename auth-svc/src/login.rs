@@ -400,6 +400,12 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry) -> bool {
     let span = tracing::info_span!("login", edge = %req.edge, conn = req.conn, user = %req.user);
     let deadline = EntryId::parse(&entry.id).map_or(u64::MAX, |id| id.ms + ctx.max_age);
     let handled = async {
+        if let Some(addr) = decided(&ctx, &req, &entry.id).await? {
+            // Carried out however late: see `decided`.
+            return switch(&ctx, &req, &entry.id, addr, deadline, "", Tokens::default())
+                .await
+                .map(|()| true);
+        }
         if let Op::Resume { .. } = &req.op {
             // No password: nothing for bcrypt, so no gate either.
             return resume(&ctx, &req, &entry.id, deadline).await.map(|()| true);
@@ -424,6 +430,31 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, entry: Entry) -> bool {
             true
         }
     }
+}
+
+/// On a Redis Cluster: the client's address, if the user step of login
+/// request `entry_id` was taken already (its decision kept). An instance
+/// that stopped after that step left the steps after it undone, and the
+/// session half open (in no edge's set, its room not entered); they are
+/// taken now, before and whatever the deadline (the edge ends the session
+/// if it no longer waits for it).
+async fn decided<'r>(
+    ctx: &Ctx,
+    req: &'r Request,
+    entry_id: &str,
+) -> Result<Option<&'r str>, AuthError> {
+    let (Op::Login { addr, .. } | Op::Resume { addr, .. }) = &req.op else {
+        return Ok(None);
+    };
+    if ctx.steps.is_none() {
+        return Ok(None); // one call does it all there
+    }
+    let done: bool = ctx
+        .conn
+        .clone()
+        .exists(ctx.keys.auth_done(&req.user, entry_id))
+        .await?;
+    Ok(done.then_some(addr.as_str()))
 }
 
 /// Checks the password under `permit` (let go after bcrypt), then opens

@@ -20,18 +20,7 @@ pub(crate) async fn switch(
     switch: &Switch<'_>,
 ) -> Result<String, AuthError> {
     let (k, req, user) = (&steps.k, switch.req, switch.req.user.as_str());
-    let keys = [
-        k.auth_done(user, switch.entry_id),
-        k.user(user),
-        k.fail_user(user),
-        k.session(user),
-        k.resume(user),
-        k.inbox(user),
-        k.subscriptions(user),
-        k.decisions(user),
-        k.routes(user),
-        k.ending(user),
-    ];
+    let keys = k.login_step(user, switch.entry_id);
     let t = &switch.token;
     let call = Call::new("chat_c_login", &keys)
         .arg(user)

@@ -786,18 +786,7 @@ fn login<'a>(eid: &'a str, sid: &'a str) -> Login<'a> {
 impl Login<'_> {
     async fn call(&self, conn: &Conn, k: &Keys) -> Vec<String> {
         let u = "alice";
-        let keys = [
-            k.auth_done(u, self.eid),
-            k.user(u),
-            k.fail_user(u),
-            k.session(u),
-            k.resume(u),
-            k.inbox(u),
-            k.subscriptions(u),
-            k.decisions(u),
-            k.routes(u),
-            k.ending(u),
-        ];
+        let keys = k.login_step(u, self.eid);
         let call = Call::new("chat_c_login", &keys)
             .arg(u)
             .arg(self.edge)
@@ -852,8 +841,15 @@ async fn a_logins_user_step_opens_one_session_and_numbers_the_steps_after_it() {
         .await
         .unwrap();
     assert_eq!(account.as_deref(), Some("$2b$hash"));
-    // Claimed again by another instance: the same decision, to carry out.
+    // Claimed again by another instance: the same decision, to carry out,
+    // also once the edge has stopped waiting (an instance killed after
+    // this step, taken over late): its steps must still be taken, or the
+    // session stays half open (in no edge's set, its room not entered).
     assert_eq!(first.call(&conn, &k).await, ["duplicate", &opened[1]]);
+    let mut late = login("300-1", "s1");
+    late.new_hash = "$2b$hash";
+    late.deadline = shared::now_ms() - 1;
+    assert_eq!(late.call(&conn, &k).await, ["duplicate", &opened[1]]);
 
     // A second login on e2 replaces the first: its end, then the new
     // session, numbered in that order in the lobby; queued messages follow

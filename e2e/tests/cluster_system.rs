@@ -355,3 +355,56 @@ async fn subscribing_and_messaging_yourself_work_on_a_cluster() {
         "OK UNSUBSCRIBE alice"
     );
 }
+
+#[tokio::test]
+async fn a_login_decided_by_an_auth_svc_that_stopped_is_carried_out_when_it_is_back() {
+    // auth-svc takes a login's user step (the session hash, the decision)
+    // and stops before the steps after it: the session is half open, in
+    // no edge's set. Whoever handles the request next carries it out,
+    // even past the edge's wait, and the edge ends the session nobody
+    // holds: the user is not locked out.
+    let mut sys = on_cluster(Shape::default(), 0).await;
+    sys.add_users(&["alice"]).await;
+    sys.stop(Role::Auth, 0).await;
+    let mut client = sys.connect(0).await;
+    client
+        .send(&format!("LOGIN alice {}", e2e::password("alice")))
+        .await;
+    client.expect_prefix("ERR unavailable").await;
+
+    // The user step, as the stopped instance took it.
+    let k = sys.keys();
+    let mut conn = sys.conn().await;
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(k.auth_requests())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entry = &entries.ids[0];
+    let req: shared::envelope::Request = serde_json::from_str(
+        &entry
+            .get::<String>(shared::envelope::REQUEST_FIELD)
+            .unwrap(),
+    )
+    .unwrap();
+    let keys = k.login_step("alice", &entry.id);
+    let call = shared::scripts::Call::new("chat_c_login", &keys)
+        .arg("alice")
+        .arg(&req.edge)
+        .arg(req.conn.to_string())
+        .arg(req.rid.to_string())
+        .arg("127.0.0.1:5000")
+        .arg("reject")
+        .arg(shared::now_ms() + 60_000);
+    let call = call.arg("").arg("s-half").arg("").arg("").arg("lobby");
+    let call = call.arg("").arg(0).arg("").arg("");
+    let answer: Vec<String> = call.invoke(&mut conn).await.unwrap();
+    assert_eq!(answer[0], "ok", "{answer:?}");
+
+    sys.restart(Role::Auth, 0).await;
+    sys.session_gone("alice").await;
+    let mut alice = sys.login(1, "alice").await;
+    assert_eq!(alice.ask("/ping").await, "OK PING");
+}

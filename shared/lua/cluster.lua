@@ -296,9 +296,13 @@ redis.register_function('chat_c_login', function(keys, args)
   local t = {key = keys[5], next = args[13], ttl = tonumber(args[14]), presented = args[15],
     back_room = args[16]}
   local now = now_ms()
-  if now > tonumber(deadline) then return {'stale'} end
+  -- Decided before: its steps are still to be carried out, however late
+  -- (an instance killed after this step, taken over past the deadline),
+  -- or the session would stay half open; the edge ends one it no longer
+  -- waits for when the reply comes.
   local before = redis.call('GET', done)
   if before then return {'duplicate', before} end
+  if now > tonumber(deadline) then return {'stale'} end
   local pending = redis.call('GET', ending)
   if pending then return {'pending', pending} end
   local old = where(session)

@@ -305,6 +305,24 @@ impl Keys {
         }
     }
 
+    /// The keys of a login's user step on a cluster (`chat_c_login`,
+    /// shared/lua/cluster.lua), for `user`'s request with stream entry id
+    /// `id`: all in the user's slot.
+    pub fn login_step(&self, user: &str, id: &str) -> [String; 10] {
+        [
+            self.auth_done(user, id),
+            self.user(user),
+            self.fail_user(user),
+            self.session(user),
+            self.resume(user),
+            self.inbox(user),
+            self.subscriptions(user),
+            self.decisions(user),
+            self.routes(user),
+            self.ending(user),
+        ]
+    }
+
     /// Names the auth-svc instance checking the password of the login
     /// request with stream entry id `id` (one check per request). On a
     /// cluster all in one slot: an instance renews its checks in one call.

@@ -273,6 +273,9 @@ impl Hub {
                     }
                 }
             }
+            // The login of the session this connection holds, carried
+            // out again by another instance: nothing changes.
+            Some(Effect::Login { sid, .. }) if holds(sid) => {}
             Some(Effect::Login { user, sid, .. }) => self.orphan(Session {
                 user: user.clone(),
                 sid: sid.clone(),

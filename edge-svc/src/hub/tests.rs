@@ -158,6 +158,17 @@ fn a_late_login_is_undone_and_shows_nothing() {
     // A reply for a connection that is gone is undone as well.
     hub.dispatch(REPLIES, &login_reply(99, 3, "bob", "8"));
     assert_eq!(orphans.try_recv().unwrap().user, "bob");
+
+    // The reply of the login a connection holds, published again (another
+    // auth-svc carried the login out again): the session stays.
+    let (mut c, _) = conn(&hub, 2, 8);
+    let _wait = hub.expect(2, 11);
+    hub.dispatch(REPLIES, &login_reply(2, 11, "carol", "9"));
+    assert_eq!(lines(&mut c), ["OK LOGIN carol lobby\n"]);
+    hub.dispatch(REPLIES, &login_reply(2, 11, "carol", "9"));
+    assert!(orphans.try_recv().is_err(), "carol's session is not ended");
+    assert!(lines(&mut c).is_empty());
+    assert!(heard(&hub, Audience::Room("lobby".into())));
 }
 
 #[test]
