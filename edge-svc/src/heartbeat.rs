@@ -41,9 +41,9 @@ pub(crate) async fn renew_tokens(ctx: Arc<Ctx>, stop: CancellationToken) {
         }
         let users: Vec<String> = ctx
             .hub
-            .sessions()
+            .sessions(None)
             .into_iter()
-            .map(|(_, s)| s.user)
+            .map(|h| h.session.user)
             .collect();
         for chunk in users.chunks(RENEW_CHUNK) {
             let mut pipe = redis::pipe();

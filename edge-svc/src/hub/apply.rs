@@ -1,7 +1,7 @@
 //! Applying Pub/Sub messages: broadcast lines fan out to audiences; replies show and take effect.
 
 use super::audience::{enter, exit, leave_all, Audience};
-use super::{Conn, Crossing, Held, Hub, Left, Out, Session, HELD_LINES, REORDER_MS};
+use super::{Conn, Crossing, Held, Holding, Hub, Left, Out, Session, HELD_LINES, REORDER_MS};
 use shared::consumer::EntryId;
 use shared::envelope::{Effect, Reply};
 use shared::line::ServerLine;
@@ -330,6 +330,9 @@ impl Hub {
         ) {
             conn.moved = conn.moved.max(reply.rid);
         }
+        if reply.effect.is_some() {
+            conn.changes += 1;
+        }
         if show && !reply.lines.is_empty() {
             // One queue slot for the whole reply, however long a listing.
             let out = render(&reply.lines);
@@ -353,23 +356,29 @@ impl Hub {
 
     /// Brings a connection in line with its session as Redis has it now
     /// (after replies may have been lost): `current` is the session's sid,
-    /// room and subscriptions there, or `None` if it has no session. A
-    /// connection whose session is gone is closed.
-    pub(crate) fn resync(&self, id: u64, held: &Session, current: Option<(&str, &str, &[String])>) {
+    /// room and subscriptions there, read after `held` was taken, or
+    /// `None` if it has no session. A connection whose session is gone is
+    /// closed. False if a reply changed the connection since `held` was
+    /// taken: the read may be older than that reply, so it is read again.
+    pub(crate) fn resync(&self, held: &Holding, current: Option<(&str, &str, &[String])>) -> bool {
         let mut st = self.lock();
         let st = &mut *st;
+        let id = held.id;
         let Some(conn) = st.conns.get_mut(&id) else {
-            return;
+            return true;
         };
-        if conn.session.as_ref() != Some(held) {
-            return; // changed meanwhile, by a reply that did arrive
+        if conn.changes != held.changes {
+            return false;
         }
-        let Some((_, room, subs)) = current.filter(|(sid, ..)| *sid == held.sid) else {
-            tracing::info!(user = %held.user, "session gone while Redis was away; closing");
+        if conn.session.as_ref() != Some(&held.session) {
+            return true; // logged out meanwhile
+        }
+        let Some((_, room, subs)) = current.filter(|(sid, ..)| *sid == held.session.sid) else {
+            tracing::info!(user = %held.session.user, "session gone while Redis was away; closing");
             conn.session = None;
             leave_all(&mut st.audience, id, conn);
             self.push(conn, Out::Bye("server-shutdown".into()));
-            return;
+            return true;
         };
         let room = Audience::Room(room.to_string());
         let mut wanted: HashSet<Audience> = subs.iter().map(|p| Audience::Pub(p.clone())).collect();
@@ -382,6 +391,7 @@ impl Hub {
             enter(&mut st.audience, id, conn, a);
         }
         conn.room = Some(room);
+        true
     }
 }
 

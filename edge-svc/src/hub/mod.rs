@@ -106,6 +106,18 @@ struct Conn {
     /// reply to one at or before it is a step run again after a router
     /// handover, already applied.
     moved: u64,
+    /// How many replies with an effect were applied to it: a read-back of
+    /// its session (`resync`) taken while one came may be older than it.
+    changes: u64,
+}
+
+/// A logged-in connection as it was at one instant: its id, session and
+/// count of changes (see [`Hub::resync`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Holding {
+    pub(crate) id: u64,
+    pub(crate) session: Session,
+    changes: u64,
 }
 
 /// Hashes a connection id (a counter) with one multiplication: the maps
@@ -254,6 +266,7 @@ impl Hub {
                 early_close: None,
                 after: HashMap::new(),
                 moved: 0,
+                changes: 0,
             },
         );
     }
@@ -336,12 +349,20 @@ impl Hub {
         self.lock().conns.contains_key(&id)
     }
 
-    /// The logged-in connections and their sessions.
-    pub(crate) fn sessions(&self) -> Vec<(u64, Session)> {
+    /// The logged-in connections (of `only`, if given) and their sessions.
+    pub(crate) fn sessions(&self, only: Option<&[u64]>) -> Vec<Holding> {
         let st = self.lock();
         st.conns
             .iter()
-            .filter_map(|(id, c)| c.session.clone().map(|s| (*id, s)))
+            .filter(|(id, _)| only.is_none_or(|ids| ids.contains(id)))
+            .filter_map(|(id, c)| {
+                let session = c.session.clone()?;
+                Some(Holding {
+                    id: *id,
+                    session,
+                    changes: c.changes,
+                })
+            })
             .collect()
     }
 

@@ -573,16 +573,14 @@ fn resync_follows_redis_and_closes_a_lost_session() {
     let (mut a, _) = conn(&hub, 1, 16);
     let _wait = hub.expect(1, 1);
     hub.dispatch(REPLIES, &login_reply(1, 1, "alice", "5"));
-    let held = Session {
-        user: "alice".into(),
-        sid: "5".into(),
-    };
+    let held = hub.sessions(None).pop().unwrap();
+    assert_eq!((held.id, held.session.sid.as_str()), (1, "5"));
     let subs = ["dave".to_string()];
-    hub.resync(1, &held, Some(("5", "dev", &subs)));
+    assert!(hub.resync(&held, Some(("5", "dev", &subs))));
     hub.dispatch(LINES, &wire("MSG lobby 1-0 bob not here"));
     hub.dispatch(LINES, &wire("MSG dev 1-0 bob here"));
     hub.dispatch(LINES, &wire("PUB 1-0 dave news"));
-    hub.resync(1, &held, None);
+    assert!(hub.resync(&held, None));
     hub.dispatch(LINES, &wire("MSG dev 2-0 bob gone"));
     assert_eq!(
         lines(&mut a),
@@ -594,6 +592,35 @@ fn resync_follows_redis_and_closes_a_lost_session() {
         ]
     );
     assert!(hub.lock().audience.is_empty());
+
+    // Read back before a move whose reply came meanwhile: the read may be
+    // older than the move, so it is not applied, and is taken again.
+    let (mut b, _) = conn(&hub, 2, 16);
+    let _wait = hub.expect(2, 2);
+    hub.dispatch(REPLIES, &login_reply(2, 2, "bob", "6"));
+    let before = hub.sessions(Some(&[2])).pop().unwrap();
+    let to_ops = Effect::Room {
+        sid: "6".into(),
+        room: "ops".into(),
+        v_from: None,
+        v_to: None,
+    };
+    hub.dispatch(
+        REPLIES,
+        &serde_json::to_vec(&Reply::effect(2, to_ops)).unwrap(),
+    );
+    assert!(
+        !hub.resync(&before, Some(("6", "lobby", &[]))),
+        "read again"
+    );
+    hub.dispatch(LINES, &wire("MSG lobby 3-0 carol in the lobby"));
+    hub.dispatch(LINES, &wire("MSG ops 3-0 carol in ops"));
+    let again = hub.sessions(Some(&[2])).pop().unwrap();
+    assert!(hub.resync(&again, Some(("6", "ops", &[]))));
+    assert_eq!(
+        lines(&mut b),
+        ["OK LOGIN bob lobby\n", "MSG ops 3-0 carol in ops\n"]
+    );
 }
 
 #[test]
