@@ -84,7 +84,6 @@ impl Hub {
             let mut st = self.lock();
             let st = &mut *st;
             if !st.audience.contains_key(&a) {
-                st.last.remove(&a);
                 return;
             }
             if let Some(id) = message_id(line) {
@@ -268,7 +267,7 @@ impl Hub {
                 if let Some((closed, reason)) = conn.early_close.take() {
                     if closed == *sid {
                         conn.session = None;
-                        leave_all(&mut st.audience, id, conn);
+                        leave_all(&mut st.audience, self.forgetting(&mut st.last), id, conn);
                         bye = Some(reason);
                     }
                 }
@@ -287,7 +286,13 @@ impl Hub {
                 v_to,
             }) if moves(sid) => {
                 if let Some(old) = conn.room.take() {
-                    if exit(&mut st.audience, id, conn, &old) {
+                    if exit(
+                        &mut st.audience,
+                        self.forgetting(&mut st.last),
+                        id,
+                        conn,
+                        &old,
+                    ) {
                         gone(conn, &mut st.cross, id, old, v_from.map(version));
                     }
                 }
@@ -305,7 +310,13 @@ impl Hub {
             }
             Some(Effect::Unsubscribe { sid, user, since }) if moves(sid) => {
                 let a = Audience::Pub(user.clone());
-                if exit(&mut st.audience, id, conn, &a) {
+                if exit(
+                    &mut st.audience,
+                    self.forgetting(&mut st.last),
+                    id,
+                    conn,
+                    &a,
+                ) {
                     gone(conn, &mut st.cross, id, a, after(since));
                 }
             }
@@ -314,7 +325,7 @@ impl Hub {
             // moot.
             Some(Effect::Close { reason, sid }) if holds(sid) => {
                 conn.session = None;
-                leave_all(&mut st.audience, id, conn);
+                leave_all(&mut st.audience, self.forgetting(&mut st.last), id, conn);
                 bye = Some(reason.clone());
             }
             // Before the reply of the login it closes (a cluster's
@@ -376,7 +387,7 @@ impl Hub {
         let Some((_, room, subs)) = current.filter(|(sid, ..)| *sid == held.session.sid) else {
             tracing::info!(user = %held.session.user, "session gone while Redis was away; closing");
             conn.session = None;
-            leave_all(&mut st.audience, id, conn);
+            leave_all(&mut st.audience, self.forgetting(&mut st.last), id, conn);
             self.push(conn, Out::Bye("server-shutdown".into()));
             return true;
         };
@@ -385,7 +396,13 @@ impl Hub {
         wanted.insert(room.clone());
         let stale: Vec<Audience> = conn.audiences.difference(&wanted).cloned().collect();
         for a in stale {
-            exit(&mut st.audience, id, conn, &a);
+            exit(
+                &mut st.audience,
+                self.forgetting(&mut st.last),
+                id,
+                conn,
+                &a,
+            );
         }
         for a in wanted {
             enter(&mut st.audience, id, conn, a);

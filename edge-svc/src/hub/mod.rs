@@ -274,8 +274,14 @@ impl Hub {
     /// Forgets a connection; returns its session, which the caller ends.
     pub(crate) fn remove(&self, id: u64) -> Option<Session> {
         let mut st = self.lock();
+        let st = &mut *st;
         let mut conn = st.conns.remove(&id)?;
-        audience::leave_all(&mut st.audience, id, &mut conn);
+        audience::leave_all(
+            &mut st.audience,
+            self.forgetting(&mut st.last),
+            id,
+            &mut conn,
+        );
         conn.session
     }
 
@@ -342,6 +348,12 @@ impl Hub {
         if let Some(c) = self.lock().conns.get(&conn) {
             self.push(c, Out::Bye(reason.to_string()));
         }
+    }
+
+    /// `last`, where an audience's mark goes with its last member (see
+    /// [`audience::Marks`]).
+    fn forgetting<'a>(&self, last: &'a mut HashMap<Audience, EntryId>) -> audience::Marks<'a> {
+        (!self.crossing).then_some(last)
     }
 
     /// Whether connection `id` is open.

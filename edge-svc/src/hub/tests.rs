@@ -806,3 +806,36 @@ fn lines_of_one_read_are_queued_at_once_and_in_order_with_replies() {
         ]
     );
 }
+
+#[test]
+fn an_audience_forgets_its_last_message_with_its_last_member() {
+    let (hub, _orphans) = hub();
+    let (_a, _) = conn(&hub, 1, 16);
+    let (_b, _) = conn(&hub, 2, 16);
+    let _wait = hub.expect(1, 1);
+    hub.dispatch(REPLIES, &login_reply(1, 1, "alice", "5"));
+    let _wait = hub.expect(2, 2);
+    hub.dispatch(REPLIES, &login_reply(2, 2, "bob", "6"));
+    let to = |conn: u64, sid: &str, room: &str| {
+        let moved = Effect::Room {
+            sid: sid.into(),
+            room: room.into(),
+            v_from: None,
+            v_to: None,
+        };
+        serde_json::to_vec(&Reply::effect(conn, moved)).unwrap()
+    };
+    let dev = Audience::Room("dev".into());
+    hub.dispatch(REPLIES, &to(1, "5", "dev"));
+    hub.dispatch(LINES, &wire("MSG dev 1-0 carol before bob"));
+    assert!(hub
+        .marks()
+        .contains(&(dev.clone(), EntryId { ms: 1, seq: 0 })));
+    // alice leaves: nobody here is in dev, and its mark goes (a room left
+    // for good holds no memory); bob joins later: after a reconnect he is
+    // not replayed dev's lines from before he joined.
+    hub.dispatch(REPLIES, &to(1, "5", "lobby"));
+    assert!(!hub.lock().last.contains_key(&dev));
+    hub.dispatch(REPLIES, &to(2, "6", "dev"));
+    assert!(hub.marks().iter().all(|(a, _)| *a != dev));
+}
