@@ -179,3 +179,30 @@ async fn draining_an_edge_under_load_moves_its_clients_evenly_without_losing_a_m
     }
     assert!(drained_at.elapsed() < 4 * WAIT);
 }
+
+#[tokio::test]
+async fn an_edge_stopped_while_redis_does_not_answer_exits_within_its_grace() {
+    const GRACE: Duration = Duration::from_millis(3_000);
+    let mut sys = System::start_with(Shape::new(2, 1, 1), |c| {
+        c.shutdown_grace_ms = GRACE.as_millis() as u64;
+    })
+    .await;
+    sys.add_users(&["alice", "bob"]).await;
+    let _alice = sys.login(0, "alice").await;
+    let _bob = sys.login(0, "bob").await;
+    let redis = sys.redis.pid();
+    e2e::signal(redis, "STOP");
+    let stopped = Instant::now();
+    sys.signal(Role::Edge, 0, "TERM");
+    let status = tokio::time::timeout(WAIT, sys.exited(Role::Edge, 0)).await;
+    let took = stopped.elapsed();
+    e2e::signal(redis, "CONT");
+    let status = status.expect("edge-1 exits");
+    assert!(status.success(), "{status}");
+    // The deadline is the grace; the margin is for a slow machine's
+    // start of the process and its last writes.
+    assert!(
+        took < GRACE + Duration::from_secs(1),
+        "edge-1 took {took:?} to exit on SIGTERM with Redis stopped (grace {GRACE:?})"
+    );
+}

@@ -53,7 +53,11 @@ pub(crate) async fn drain(ctx: Arc<Ctx>) {
 const READ_LIMIT: Duration = Duration::from_secs(2);
 
 /// The longest a stopping edge waits for its drain: its window (at most
-/// `shutdown_grace_ms` less a second) and the read of the other edges.
+/// `shutdown_grace_ms` less a second) and the read of the other edges, but
+/// no longer than the grace less a second, which is left for closing the
+/// connections (whatever Redis does meanwhile).
 pub(crate) fn longest(ctx: &Ctx) -> Duration {
-    ctx.cfg.edge.drain_window(ctx.cfg.shutdown_grace()) + READ_LIMIT
+    let grace = ctx.cfg.shutdown_grace();
+    let closing = Duration::from_secs(1);
+    (ctx.cfg.edge.drain_window(grace) + READ_LIMIT).min(grace.saturating_sub(closing))
 }

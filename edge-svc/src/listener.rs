@@ -229,10 +229,7 @@ impl Listener {
             ctx.hub.bye(id, "server-shutdown");
         }
         tracker.close();
-        let half = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1))
-            / 2;
+        let half = deadline.saturating_duration_since(Instant::now()) / 2;
         if tokio::time::timeout(half, tracker.wait()).await.is_ok() {
             return;
         }
