@@ -353,7 +353,9 @@ enum Gate<'a> {
 /// `timeout_ms`, at least one per permit.
 fn max_in_flight(permits: usize, timeout_ms: u64, bcrypt_us: u64) -> usize {
     let rounds = (timeout_ms * 1000 / bcrypt_us.max(1)).max(1);
-    permits.saturating_mul(usize::try_from(rounds).unwrap_or(usize::MAX))
+    permits
+        .saturating_mul(usize::try_from(rounds).unwrap_or(usize::MAX))
+        .min(shared::config::MAX_IN_FLIGHT)
 }
 
 /// Our clock, in Unix ms.

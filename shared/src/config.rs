@@ -38,7 +38,8 @@ pub struct Config {
     /// Number of router request partitions; the same on every edge and router.
     pub partitions: u32,
     /// Approximate cap on each request stream, against unbounded growth
-    /// while no service reads it.
+    /// while no service reads it (at least 1000: requests past it are
+    /// dropped unread).
     pub request_stream_maxlen: u64,
     /// Time a stopping service gives the work in hand (an edge: its clients
     /// to close) before it exits anyway.
@@ -80,9 +81,11 @@ pub struct EdgeConfig {
     pub auth_public_key_file: PathBuf,
     /// Longest accepted line in bytes, terminator included.
     pub max_line: usize,
-    /// Time allowed for the TLS handshake (and the first byte before it).
+    /// Time allowed for the TLS handshake (and the first byte before it;
+    /// at least 100).
     pub handshake_timeout_ms: u64,
-    /// Time a back-end service has to answer before `ERR unavailable`.
+    /// Time a back-end service has to answer before `ERR unavailable`
+    /// (at least 100).
     pub request_timeout_ms: u64,
     /// Lines queued to one client before it is dropped as `too-slow`
     /// (with `out_queue_bytes`, which binds first for lines of 64 bytes
@@ -162,7 +165,8 @@ pub struct AuthConfig {
     pub seal_max_age_ms: u64,
     /// bcrypt cost for new password hashes (4..=31).
     pub bcrypt_cost: u32,
-    /// Password checks that run at once; 0 means the number of cores.
+    /// Password checks that run at once; 0 means the number of cores (at
+    /// most 1024).
     pub bcrypt_concurrency: usize,
     /// How much auth-svc raises its own nice value (0..=19) as it starts:
     /// bcrypt is bulk work, and on a busy machine it gives way to the work
@@ -180,12 +184,12 @@ pub struct AuthConfig {
     /// Most requests in hand at once; the rest wait in the stream, where
     /// other instances can take them. 0: what bcrypt can check within
     /// `edge.request_timeout_ms` (permits × request timeout / the time of
-    /// one check, measured at start).
+    /// one check, measured at start). At most [`MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
     /// Whether `REGISTER` creates accounts.
     pub registration: bool,
     /// Shortest password `REGISTER` and `auth-svc user add`/`passwd`
-    /// accept (characters).
+    /// accept (characters; at most 72, bcrypt's longest).
     pub min_password: usize,
     /// Failed logins per user name within `failure_window_ms` before
     /// `ERR rate-limited`; 0: no limit.
@@ -575,6 +579,22 @@ impl Config {
                 return bad("admin_listen must be empty or host:port with a numeric host");
             }
         }
+        if self.request_stream_maxlen < 1000 {
+            return bad("request_stream_maxlen must be at least 1000");
+        }
+        if self.edge.handshake_timeout_ms < 100 || self.edge.request_timeout_ms < 100 {
+            return bad(
+                "edge.handshake_timeout_ms and edge.request_timeout_ms must be at least 100",
+            );
+        }
+        if self.auth.bcrypt_concurrency > 1024 || self.auth.max_in_flight > MAX_IN_FLIGHT {
+            return bad(
+                "auth.bcrypt_concurrency must be at most 1024, auth.max_in_flight at most 1000000",
+            );
+        }
+        if self.auth.min_password > 72 {
+            return bad("auth.min_password must be at most 72 (bcrypt reads no more)");
+        }
         if self.edge.request_timeout_ms >= self.edge.dead_after_ms {
             return bad("edge.request_timeout_ms must be below edge.dead_after_ms");
         }
@@ -628,6 +648,10 @@ impl Config {
         Ok(())
     }
 }
+
+/// The most login requests one auth-svc takes in hand (`auth.max_in_flight`,
+/// set or computed).
+pub const MAX_IN_FLIGHT: usize = 1_000_000;
 
 /// Reports a configuration error and exits with [`EXIT_CONFIG`].
 pub fn exit_config(service: &str, e: &dyn std::fmt::Display) -> ! {
@@ -758,6 +782,23 @@ mod tests {
             jail.set_env("CHAT_AUTH__SEAL_MAX_AGE_MS", "100");
             assert!(matches!(Config::load(None), Err(ConfigError::Invalid(_))));
             jail.set_env("CHAT_AUTH__SEAL_MAX_AGE_MS", "60000");
+            // Values that would leave the service unusable, or panic later.
+            for (var, bad, good) in [
+                ("CHAT_REQUEST_STREAM_MAXLEN", "0", "1000"),
+                ("CHAT_EDGE__REQUEST_TIMEOUT_MS", "0", "100"),
+                ("CHAT_EDGE__HANDSHAKE_TIMEOUT_MS", "99", "100"),
+                ("CHAT_AUTH__BCRYPT_CONCURRENCY", "1025", "1024"),
+                ("CHAT_AUTH__MAX_IN_FLIGHT", "2305843009213693952", "1000000"),
+                ("CHAT_AUTH__MIN_PASSWORD", "73", "72"),
+            ] {
+                jail.set_env(var, bad);
+                assert!(
+                    matches!(Config::load(None), Err(ConfigError::Invalid(_))),
+                    "{var}={bad}"
+                );
+                jail.set_env(var, good);
+                assert!(Config::load(None).is_ok(), "{var}={good}");
+            }
             jail.set_env("CHAT_EDGE__NO_SUCH_KEY", "1");
             assert!(Config::load(None).is_err());
             Ok(())
