@@ -1,7 +1,9 @@
 //! The plain-HTTP admin port every service serves: `GET /healthz` (200
 //! while the service's Redis answers, else 503), `GET /metrics`
 //! (Prometheus text format) and, on an edge, `POST /drain`. A few lines of HTTP/1.1, enough for probes
-//! and scrapers; one request per connection.
+//! and scrapers; one request per connection. A `POST` that names an
+//! `Origin` (a web page's, which every browser sends) is refused: a page
+//! on the operator's machine must not drain an edge.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -136,6 +138,11 @@ async fn answer(mut stream: TcpStream, probe: &impl Probe) -> std::io::Result<()
         (Some("GET"), Some("/metrics")) => {
             ("200 OK", "text/plain; version=0.0.4", probe.metrics().await)
         }
+        (Some("POST"), _) if has_header(&head, "origin") => (
+            "403 Forbidden",
+            "text/plain",
+            "not from a web page\n".to_string(),
+        ),
         (Some("POST"), Some("/drain")) if probe.drain().await => {
             ("200 OK", "text/plain", "draining\n".to_string())
         }
@@ -151,6 +158,14 @@ async fn answer(mut stream: TcpStream, probe: &impl Probe) -> std::io::Result<()
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Whether the request head `head` has header `name` (lower case).
+fn has_header(head: &str, name: &str) -> bool {
+    head.lines().skip(1).any(|line| {
+        line.split_once(':')
+            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+    })
 }
 
 /// Whether Redis answers a `PING` within a second.
@@ -301,6 +316,47 @@ mod tests {
         assert!(matches!(bind("").await, AdminPort::Off));
         let free = bind("127.0.0.1:0").await;
         assert!(free.listener().is_some(), "a free port is bound");
+    }
+
+    /// A probe that counts the drains asked of it.
+    #[derive(Default)]
+    struct Drains(AtomicU64);
+
+    impl Probe for Drains {
+        async fn healthy(&self) -> bool {
+            true
+        }
+        async fn metrics(&self) -> String {
+            String::new()
+        }
+        async fn drain(&self) -> bool {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drain_from_a_web_page_is_refused() {
+        let listener = bind("127.0.0.1:0").await.listener().unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let probe = Arc::new(Drains::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, probe.clone(), stop.clone()));
+        let post = |extra: &'static str| async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let head = format!("POST /drain HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n");
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).await.unwrap();
+            answer
+        };
+        let page = post("Origin: http://evil.example\r\n").await;
+        assert!(page.starts_with("HTTP/1.1 403 "), "{page}");
+        assert_eq!(probe.0.load(Ordering::Relaxed), 0, "not drained");
+        let operator = post("").await;
+        assert!(operator.starts_with("HTTP/1.1 200 "), "{operator}");
+        assert_eq!(probe.0.load(Ordering::Relaxed), 1);
+        stop.cancel();
     }
 
     #[test]
