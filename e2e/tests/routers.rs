@@ -114,16 +114,24 @@ async fn requests_left_by_a_router_that_lost_its_lease_go_first() {
     }
     let got = numbers(&collect(&mut bob, 6).await, "alice");
     assert_eq!(got, (0..6).collect::<Vec<_>>());
-    let pending: redis::Value = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("router")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    match pending {
-        redis::Value::Array(v) => assert_eq!(v[0], redis::Value::Int(0)),
-        other => panic!("{other:?}"),
-    }
+    // Acknowledged too: just after the lines are published, so waited for.
+    e2e::eventually("every request is acknowledged", || {
+        let mut r = r.clone();
+        let stream = stream.clone();
+        async move {
+            let pending: redis::Value = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("router")
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            match pending {
+                redis::Value::Array(v) => v[0] == redis::Value::Int(0),
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
