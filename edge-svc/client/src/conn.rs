@@ -367,8 +367,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 /// With `edges`, it also keeps them up to date: `/edges` every
 /// [`Timing::edges_every`] once logged in (the answer is not passed on),
 /// and a `REDIRECT` becomes the hint (before the login is answered, it
-/// ends the session as soon as the login is answered, that answer not
-/// passed on: [`End::Redirected`]).
+/// ends the session once the login is answered, that answer not passed
+/// on: [`End::Redirected`]; after an `OK LOGIN`, once the rest of its
+/// reply is in, the queued `DM` lines passed on and the `TOKEN` kept: the
+/// edge counts them delivered).
 ///
 /// `TOKEN` lines are kept in `resume`, not passed on. With a token there,
 /// the login is `RESUME` instead; should that be answered
@@ -443,12 +445,29 @@ pub async fn session(
                         _ => {}
                     }
                     let answer = ServerLine::parse(&line);
-                    if moving && matches!(answer, Ok(ServerLine::OkLogin { .. } | ServerLine::Err { .. })) {
-                        return End::Redirected;
+                    if moving && logging_in {
+                        match answer {
+                            Ok(ServerLine::Err { .. }) => return End::Redirected,
+                            // The queued messages and the token follow it,
+                            // in the same reply: they are in once a ping
+                            // sent now is answered.
+                            Ok(ServerLine::OkLogin { .. }) => {
+                                if let Err(e) = wr.write_all(b"/ping\n").await {
+                                    return End::Broken(e.to_string());
+                                }
+                                pings += 1;
+                                logging_in = false;
+                                continue;
+                            }
+                            _ => {}
+                        }
                     }
                     match answer {
                         Ok(ServerLine::OkPing) if pings > 0 => {
                             pings -= 1;
+                            if moving && pings == 0 {
+                                return End::Redirected;
+                            }
                             continue;
                         }
                         Ok(ServerLine::OkLogin { .. }) => logging_in = false,

@@ -1094,14 +1094,13 @@ fn edges_are_tried_from_the_hint_and_the_least_loaded_the_lost_one_last() {
 /// `conn::session` for alice on `edge`, keeping `Edges` (`redirected`:
 /// this connection follows a `REDIRECT`), with `/edges` every 50 ms: the channel to type into, the events, and the session's
 /// end with what it learnt.
+/// A session's task: how it ended, the edges and the resume token it left.
+type SessionTask = tokio::task::JoinHandle<(conn::End, conn::Edges, conn::Resume)>;
+
 fn session_with_edges(
     edge: &FakeEdge,
     redirected: bool,
-) -> (
-    Sender<String>,
-    Receiver<conn::Net>,
-    tokio::task::JoinHandle<(conn::End, conn::Edges)>,
-) {
+) -> (Sender<String>, Receiver<conn::Net>, SessionTask) {
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(conn::QUEUE);
     let (net_tx, events) = tokio::sync::mpsc::channel(conn::QUEUE);
     let (addr, trust) = (edge.addr.clone(), edge.trust.clone());
@@ -1126,7 +1125,7 @@ fn session_with_edges(
             &net_tx,
             Some(&mut edges),
         );
-        (end.await, edges)
+        (end.await, edges, resume)
     });
     (out_tx, events, client)
 }
@@ -1145,7 +1144,7 @@ async fn the_edge_list_is_kept_up_to_date_without_being_shown() {
     drop((lines, wr));
     assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
     assert_eq!(event(&mut events).await, line("BYE server-shutdown"));
-    let (end, edges) = within(client).await.unwrap();
+    let (end, edges, _) = within(client).await.unwrap();
     assert_eq!(end, conn::End::Closed(Some("server-shutdown".into())));
     let load = |addr: &str, conns| EdgeLoad {
         addr: addr.into(),
@@ -1159,7 +1158,7 @@ async fn the_edge_list_is_kept_up_to_date_without_being_shown() {
 async fn a_redirect_before_the_login_is_answered_ends_the_session_once_it_is() {
     let edge = FakeEdge::start().await;
     let (_out, mut events, client) = session_with_edges(&edge, false);
-    let (_lines, mut wr) = edge.accept().await;
+    let (mut lines, mut wr) = edge.accept().await;
     write(&mut wr, "HELLO edge-1 chat/1\nREDIRECT c:1\n").await;
     assert_eq!(event(&mut events).await, line("HELLO edge-1 chat/1"));
     // The login sent here is answered first: it cannot land after the
@@ -1167,10 +1166,30 @@ async fn a_redirect_before_the_login_is_answered_ends_the_session_once_it_is() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(!client.is_finished(), "waits for the login's answer");
     write(&mut wr, "OK LOGIN alice lobby\n").await;
-    let (end, edges) = within(client).await.unwrap();
+    // The rest of the login's reply follows (the edge counts the queued
+    // messages delivered): in once a ping sent after it is answered.
+    assert_eq!(read(&mut lines).await.as_deref(), Some("/ping"));
+    let token = "ab".repeat(32);
+    write(
+        &mut wr,
+        &format!("DM 1-0 bob while you were away\nTOKEN {token} 1\n"),
+    )
+    .await;
+    assert!(!client.is_finished(), "waits for the ping's answer");
+    write(&mut wr, "OK PING\n").await;
+    let (end, edges, resume) = within(client).await.unwrap();
     assert_eq!(end, conn::End::Redirected);
     assert_eq!(edges.hint.as_deref(), Some("c:1"));
-    // That answer is not passed on: the session moves.
+    assert_eq!(
+        resume.token,
+        Some(token),
+        "the next edge gets RESUME with it"
+    );
+    // The queued message is shown; the answer is not: the session moves.
+    assert_eq!(
+        event(&mut events).await,
+        line("DM 1-0 bob while you were away")
+    );
     assert!(events.try_recv().is_err());
 }
 
@@ -1187,7 +1206,7 @@ async fn a_second_redirect_in_a_row_before_a_login_is_not_followed() {
     assert_eq!(event(&mut events).await, line("HELLO edge-2 chat/1"));
     assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
     drop((lines, wr));
-    let (end, edges) = within(client).await.unwrap();
+    let (end, edges, _) = within(client).await.unwrap();
     assert!(!matches!(end, conn::End::Redirected), "{end:?}");
     assert_eq!(edges.hint, None);
 }
