@@ -49,6 +49,7 @@ impl TestRedis {
             let port = free_port();
             let dir =
                 std::env::temp_dir().join(format!("chat-redis-{port}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir); // its certificates are made new
             std::fs::create_dir_all(&dir).unwrap();
             let tls_port = opts.tls.then(free_port);
             if tls_port.is_some() {

@@ -98,29 +98,35 @@ impl Opener {
 }
 
 /// Creates a key pair in `private` (mode 0600) and `public`, each one line
-/// of hex.
+/// of hex; neither file may exist.
 pub fn write_pair(private: &Path, public: &Path) -> Result<(), SealError> {
+    let secret = Opener::generate().0;
+    write_key(private, &secret.to_bytes(), 0o600)?;
+    write_key(public, &secret.public_key().to_bytes(), 0o644)
+}
+
+/// Writes the public key of the private key in `private` to `public`,
+/// which may not exist.
+pub fn write_public(private: &Path, public: &Path) -> Result<(), SealError> {
+    let secret = Opener::load(private)?.0;
+    write_key(public, &secret.public_key().to_bytes(), 0o644)
+}
+
+/// Writes `key` as a line of hex to a new file `path` with mode `mode`.
+fn write_key(path: &Path, key: &[u8], mode: u32) -> Result<(), SealError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let secret = Opener::generate().0;
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| SealError::Io { path, source }
+    let io = |source| SealError::Io {
+        path: path.display().to_string(),
+        source,
     };
-    for (path, key, mode) in [
-        (private, secret.to_bytes(), 0o600),
-        (public, secret.public_key().to_bytes(), 0o644),
-    ] {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(path)
-            .map_err(io(path))?;
-        writeln!(f, "{}", crate::tls::hex(&key)).map_err(io(path))?;
-    }
-    Ok(())
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    writeln!(f, "{}", crate::tls::hex(key)).map_err(io)
 }
 
 fn read_key(path: &Path) -> Result<[u8; 32], SealError> {

@@ -321,7 +321,7 @@ impl DevCerts {
     }
 
     /// Writes `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem` into
-    /// `dir` (keys readable by the owner only).
+    /// `dir` (keys readable by the owner only); none of them may exist.
     pub fn write_to(&self, dir: &Path) -> Result<(), TlsError> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::create_dir_all(dir)?;
@@ -334,8 +334,7 @@ impl DevCerts {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(mode)
                 .open(dir.join(name))?;
             f.write_all(text.as_bytes())?;
