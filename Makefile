@@ -1,13 +1,13 @@
 # The two commands a newcomer runs: `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up test bench bench-cluster bench-irc soak model build certs redis lint fuzz compose-up compose-users compose-test report clean
+.PHONY: up test bench bench-cluster bench-irc soak model build certs redis up-deps lint fuzz compose-up compose-users compose-test report clean
 
 ## Start the whole system in the foreground, supervised: a service that
 ## dies is restarted (Ctrl-C stops everything). More instances:
 ## ROUTERS=2 AUTHS=2 EDGES=3 make up; on a Redis Cluster of 3 masters:
 ## REDIS_CLUSTER=3 make up; scripts/up.sh lists every setting.
-up: redis build certs
+up: up-deps build certs
 	./scripts/up.sh
 
 ## Run every test (unit, property and end-to-end, with real Redis and TLS).
@@ -95,6 +95,9 @@ certs: build
 ## Install redis-server and tmux (for the client tests) when missing (apt-get, as root).
 redis:
 	./scripts/ensure-redis.sh
+## What make up needs: redis-server and redis-cli, unless REDIS_URL names a Redis.
+up-deps:
+	./scripts/ensure-redis.sh up
 
 ## Formatting and lints, as CI runs them.
 lint:
