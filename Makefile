@@ -70,7 +70,7 @@ compose-up:
 
 ## The demo accounts, in the compose stack's Redis.
 compose-users:
-	./scripts/compose.sh run --rm users
+	./scripts/compose.sh run --rm -e DEMO_ALWAYS=1 users
 
 ## The container test: the stack scaled (3 auth-svc, 2 router-svc), the
 ## end-to-end scenario against it, then down -v (needs a Docker engine;
