@@ -752,7 +752,15 @@ mod tests {
         assert_eq!(super::max_in_flight(2, 5_000, 170_000), 58);
         // A check slower than the wait: one per permit still.
         assert_eq!(super::max_in_flight(4, 1_000, 3_000_000), 4);
-        assert_eq!(super::max_in_flight(1, 5_000, 0), 5_000_000);
+        // Never more than a semaphore takes.
+        assert_eq!(
+            super::max_in_flight(1, 5_000, 0),
+            shared::config::MAX_IN_FLIGHT
+        );
+        assert_eq!(
+            super::max_in_flight(usize::MAX, 5_000, 1),
+            shared::config::MAX_IN_FLIGHT
+        );
     }
 
     #[test]
