@@ -20,6 +20,16 @@ async fn right_password_logs_in_wrong_and_unknown_look_the_same() {
     c.expect("OK LOGIN alice lobby").await;
     c.send("LOGIN alice alice-pw").await;
     c.expect_prefix("ERR already-authenticated").await;
+    // Only the upper-case word is the command once logged in: chat text
+    // may start with it in any other case.
+    for text in ["login works now", "resume the build"] {
+        c.send(text).await;
+        let line = c.line().await;
+        assert!(
+            line.starts_with("MSG lobby ") && line.ends_with(&format!(" alice {text}")),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -205,8 +205,21 @@ const CONTROL: ProtoError = ProtoError::new(
 
 impl Command {
     /// Parses one line (without its terminator). Returns `Ok(None)` for a
-    /// line that is to be ignored (empty or only blanks).
+    /// line that is to be ignored (empty or only blanks). `LOGIN`,
+    /// `REGISTER` and `RESUME` are taken in any case.
     pub fn parse(line: &str) -> Result<Option<Command>, ProtoError> {
+        Self::parse_with(line, true)
+    }
+
+    /// [`Command::parse`] for a logged-in session: there only the upper-case
+    /// `LOGIN`, `REGISTER` and `RESUME` are those commands (answered
+    /// `ERR already-authenticated`); `resume the build` or `Login works
+    /// now` is chat text, as the contract's `<text>` is.
+    pub fn parse_in_session(line: &str) -> Result<Option<Command>, ProtoError> {
+        Self::parse_with(line, false)
+    }
+
+    fn parse_with(line: &str, any_case: bool) -> Result<Option<Command>, ProtoError> {
         if line.trim().is_empty() {
             return Ok(None);
         }
@@ -220,13 +233,14 @@ impl Command {
         }
         let Some(body) = line.strip_prefix('/') else {
             let (word, rest) = split_word(line);
-            return Ok(Some(if word.eq_ignore_ascii_case("LOGIN") {
+            let is = |k: &str| word == k || (any_case && word.eq_ignore_ascii_case(k));
+            return Ok(Some(if is("LOGIN") {
                 let (user, password) = credentials(rest)?;
                 Command::Login { user, password }
-            } else if word.eq_ignore_ascii_case("REGISTER") {
+            } else if is("REGISTER") {
                 let (user, password) = credentials(rest)?;
                 Command::Register { user, password }
-            } else if word.eq_ignore_ascii_case("RESUME") {
+            } else if is("RESUME") {
                 match rest.split(' ').collect::<Vec<_>>().as_slice() {
                     [user, token] if !token.is_empty() => Command::Resume {
                         user: name(user)?,
@@ -519,6 +533,24 @@ mod tests {
         assert_eq!(p("/JOIN dev").unwrap(), Some(Command::Join("dev".into())));
         assert_eq!(p("/Ping").unwrap(), Some(Command::Ping));
         assert_eq!(p("/quit").unwrap(), Some(Command::Quit));
+        assert!(matches!(
+            p("login alice pw"),
+            Ok(Some(Command::Login { .. }))
+        ));
+    }
+
+    #[test]
+    fn in_a_session_only_upper_case_login_words_are_commands() {
+        let s = |line: &str| Command::parse_in_session(line).unwrap();
+        for text in ["resume the build", "Login works now", "register here: x"] {
+            assert_eq!(s(text), Some(Command::Say(text.into())), "{text}");
+        }
+        assert!(matches!(s("LOGIN alice pw"), Some(Command::Login { .. })));
+        assert!(matches!(
+            s("RESUME alice t0k"),
+            Some(Command::Resume { .. })
+        ));
+        assert_eq!(s("/JOIN dev"), Some(Command::Join("dev".into())));
     }
 
     #[test]

@@ -160,7 +160,11 @@ impl Handler {
                 "log in first: LOGIN <user> <password>",
             ));
         }
-        match Command::parse(text) {
+        let parsed = match self.session {
+            Some(_) => Command::parse_in_session(text),
+            None => Command::parse(text),
+        };
+        match parsed {
             Ok(None) => Flow::Continue,
             Ok(Some(cmd)) => self.command(cmd).await,
             Err(e) => self.mistake(e),
