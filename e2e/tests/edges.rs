@@ -177,7 +177,6 @@ async fn draining_an_edge_under_load_moves_its_clients_evenly_without_losing_a_m
             moved.len()
         );
     }
-    assert!(drained_at.elapsed() < 4 * WAIT);
 }
 
 #[tokio::test]
@@ -199,10 +198,11 @@ async fn an_edge_stopped_while_redis_does_not_answer_exits_within_its_grace() {
     e2e::signal(redis, "CONT");
     let status = status.expect("edge-1 exits");
     assert!(status.success(), "{status}");
-    // The deadline is the grace; the margin is for a slow machine's
-    // start of the process and its last writes.
+    // The deadline is the grace (it exited 5 s after SIGTERM before); the
+    // margin is for a slow machine's start of the process and its last
+    // writes.
     assert!(
-        took < GRACE + Duration::from_secs(1),
+        took < GRACE + Duration::from_millis(1500),
         "edge-1 took {took:?} to exit on SIGTERM with Redis stopped (grace {GRACE:?})"
     );
 }

@@ -9,17 +9,17 @@ use std::time::Duration;
 async fn a_flood_is_rate_limited_and_persistent_abuse_is_closed() {
     let sys = System::start_with(Default::default(), |c| {
         c.edge.lines_per_sec = 1;
-        c.edge.line_burst = 5;
+        c.edge.line_burst = 20;
         c.edge.max_errors_per_min = 10;
     })
     .await;
     sys.add_user("alice").await;
     let mut alice = sys.login(0, "alice").await; // the login took one token
-    let burst: String = (0..8).map(|i| format!("line {i}\n")).collect();
+    let burst: String = (0..24).map(|i| format!("line {i}\n")).collect();
     alice.send_raw(burst.as_bytes()).await;
     let mut said = 0;
     let mut limited = 0;
-    for _ in 0..8 {
+    for _ in 0..24 {
         let line = alice.line().await;
         if line.starts_with("MSG ") {
             said += 1;
@@ -28,10 +28,11 @@ async fn a_flood_is_rate_limited_and_persistent_abuse_is_closed() {
             limited += 1;
         }
     }
-    assert_eq!(
-        (said, limited),
-        (4, 4),
-        "the burst passes, the rest is refused"
+    // The burst less the login's token passes (one more if a second of
+    // refill went by on a slow machine), the rest is refused.
+    assert!(
+        (19..=20).contains(&said) && said + limited == 24,
+        "said {said}, limited {limited}"
     );
     // Still connected; flooding on runs out the mistake budget.
     let flood: String = (0..20).map(|i| format!("more {i}\n")).collect();
@@ -79,21 +80,21 @@ async fn the_tls_handshake_has_a_deadline() {
 
     // One deadline from the connection on: a client that waits before
     // its first byte does not get the whole timeout again after it.
-    let limit = Duration::from_millis(2000);
-    let sys = System::start_with(Default::default(), |c| c.edge.handshake_timeout_ms = 2000).await;
+    let limit = Duration::from_millis(5000);
+    let sys = System::start_with(Default::default(), |c| c.edge.handshake_timeout_ms = 5000).await;
     let connected = std::time::Instant::now();
     let mut tcp = tokio::net::TcpStream::connect(sys.edge(0)).await.unwrap();
-    tokio::time::sleep(limit * 7 / 10).await; // a slow client, not a wait for an event
+    tokio::time::sleep(limit * 4 / 5).await; // a slow client, not a wait for an event
     tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
     let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
         .await
         .expect("the edge closes a stalled handshake")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    // Closed at the deadline (2 s after connecting), not 2 s after the
-    // first byte (3.4 s); the margin is for a slow machine.
+    // Closed at the deadline (5 s after connecting), not 5 s after the
+    // first byte (9 s); the margin is for a slow machine.
     assert!(
-        connected.elapsed() < limit * 3 / 2,
+        connected.elapsed() < limit * 7 / 5,
         "closed {:?} after connecting",
         connected.elapsed()
     );

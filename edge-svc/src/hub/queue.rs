@@ -333,17 +333,22 @@ mod tests {
 
     #[tokio::test]
     async fn ready_wakes_for_a_line_and_says_when_the_sender_is_gone() {
+        let limit = std::time::Duration::from_secs(10);
         let (tx, mut rx) = queue(10, 100);
+        let (woke_tx, woke) = tokio::sync::oneshot::channel();
         let wait = tokio::spawn(async move {
-            let first = rx.ready().await;
+            let _ = woke_tx.send(rx.ready().await);
             rx.try_recv();
-            (first, rx.ready().await)
+            rx.ready().await
         });
         tokio::task::yield_now().await;
         tx.line(b"a\n").unwrap();
-        tokio::task::yield_now().await;
+        // Woken by the line itself, with the sender still there.
+        let first = tokio::time::timeout(limit, woke).await;
+        assert!(first.expect("the line wakes the reader").unwrap());
         drop(tx);
-        assert_eq!(wait.await.unwrap(), (true, false));
+        let last = tokio::time::timeout(limit, wait).await;
+        assert!(!last.expect("the sender's end wakes it").unwrap());
     }
 
     #[test]
