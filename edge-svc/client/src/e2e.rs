@@ -310,10 +310,11 @@ impl E2e {
             }
         }
         let Some(key) = key else { return out };
-        let line = format!("/msg {to} {}", self.seal(&key, text));
+        let line = format!("/msg {to} {}", self.seal(to, &key, text));
         if line.len() + 1 > self.max_line {
             let room = self.max_line - 1 - format!("/msg {to} {PREFIX}").len();
-            let most = (room / 4 * 3).saturating_sub(HEADER + TAG);
+            let names = self.user.len() + to.len() + 2;
+            let most = (room / 4 * 3).saturating_sub(HEADER + TAG + names);
             out.push(Out::Warning(format!(
                 "not sent: too long to encrypt (at most {most} bytes of text)"
             )));
@@ -334,11 +335,16 @@ impl E2e {
         Out::Send(line)
     }
 
-    fn seal(&self, to: &IdentityKey, text: &str) -> String {
+    /// `text` sealed for user `to_user`, whose key is `to`. Inside the box
+    /// it is `<sender>\n<recipient>\n<text>` (names hold no newline, nor
+    /// does a line's text): the box opens the same with either side's
+    /// private key, so the names say which way it went and between whom.
+    fn seal(&self, to_user: &str, to: &IdentityKey, text: &str) -> String {
         let sealer = SalsaBox::new(&PublicKey::from(to.0), &self.secret);
         let nonce = SalsaBox::generate_nonce(&mut OsRng);
+        let inner = format!("{}\n{to_user}\n{text}", self.user);
         let sealed = sealer
-            .encrypt(&nonce, text.as_bytes())
+            .encrypt(&nonce, inner.as_bytes())
             .expect("a line of text is well within what a box holds");
         let blob = [&self.public.0[..], &to.0, nonce.as_slice(), &sealed].concat();
         format!("{PREFIX}{}", STANDARD.encode(blob))
@@ -350,6 +356,16 @@ impl E2e {
     /// shows as if it were the text.
     pub fn open(&mut self, from: &str, text: &str) -> (String, Option<Out>) {
         let Some(b64) = text.strip_prefix(PREFIX) else {
+            // Plain text that looks sealed (it starts as the lock or a
+            // warning does), or from a peer whose key is known (its client
+            // would have sealed it): said to be what it is.
+            let looks = ['🔒', '⚠']
+                .iter()
+                .any(|c| text.trim_start().starts_with(*c));
+            let expected = from != self.user && self.known.contains_key(from);
+            if looks || expected {
+                return (format!("⚠ not encrypted: {text}"), None);
+            }
             return (text.to_string(), None);
         };
         let bad = |why: &str| (format!("⚠ undecryptable message ({why})"), None);
@@ -376,7 +392,18 @@ impl E2e {
         let Some(plain) = plain else {
             return bad("tampered with, or not sealed by its sender");
         };
-        let shown = format!("{LOCK}{plain}");
+        let shown = match plain.splitn(3, '\n').collect::<Vec<_>>()[..] {
+            [sender, recipient, text] => {
+                // Shown under another name, or back to its sender as the
+                // peer's: the box is genuine, the label is not.
+                if sender != from || (!own && recipient != self.user) {
+                    return bad("relabelled: not sealed by its sender for you");
+                }
+                format!("{LOCK}{text}")
+            }
+            // Sealed by an older client, whose boxes name nobody.
+            _ => format!("⚠ unverified sender {LOCK}{plain}"),
+        };
         if own {
             return (shown, None);
         }
@@ -605,8 +632,43 @@ mod tests {
         // The key is looked up for every message.
         let again = msg(&mut alice, "bob", Some(&bob_key), "again");
         assert!(sends(&again)[0].starts_with("/msg bob e2e:"));
-        // Plain text passes as it is.
-        assert_eq!(bob.open("alice", "hello"), ("hello".into(), None));
+        // Plain text passes as it is, but from a peer whose key is known
+        // (its client would have sealed it) it is said to be plain.
+        assert_eq!(bob.open("dave", "hello"), ("hello".into(), None));
+        assert_eq!(bob.open("alice", "hello").0, "⚠ not encrypted: hello");
+    }
+
+    #[test]
+    fn a_box_under_another_label_does_not_open_and_a_fake_lock_shows() {
+        let (a, b) = (dir(), dir());
+        let (mut alice, alice_key) = engine(&a, "alice");
+        let (mut bob, bob_key) = engine(&b, "bob");
+        msg(&mut bob, "alice", Some(&alice_key), "hi");
+        let text = sealed(&msg(&mut alice, "bob", Some(&bob_key), "pay 10 euros"));
+        // Back to its sender as the peer's (the two keys swapped: the box
+        // opens the same both ways), or to bob under carol's name.
+        let mut blob = STANDARD.decode(&text[PREFIX.len()..]).unwrap();
+        let (sender, recipient) = (blob[..32].to_vec(), blob[32..64].to_vec());
+        blob[..32].copy_from_slice(&recipient);
+        blob[32..64].copy_from_slice(&sender);
+        let reflected = format!("{PREFIX}{}", STANDARD.encode(&blob));
+        let (shown, _) = alice.open("bob", &reflected);
+        assert!(shown.starts_with("⚠ undecryptable"), "{shown}");
+        let (shown, _) = bob.open("carol", &text);
+        assert!(shown.starts_with("⚠ undecryptable"), "{shown}");
+        assert!(!bob.known.contains_key("carol"), "no key pinned for carol");
+        assert_eq!(bob.open("alice", &text).0, "🔒 pay 10 euros");
+        // Plain text made to look sealed.
+        let (shown, _) = bob.open("dave", "🔒 wire 500 euros to X");
+        assert_eq!(shown, "⚠ not encrypted: 🔒 wire 500 euros to X");
+        // A box of an older client (no names inside): opened, flagged.
+        let nonce = SalsaBox::generate_nonce(&mut OsRng);
+        let old = SalsaBox::new(&PublicKey::from(bob.public.0), &alice.secret)
+            .encrypt(&nonce, &b"old text"[..])
+            .unwrap();
+        let blob = [&alice.public.0[..], &bob.public.0, nonce.as_slice(), &old].concat();
+        let v1 = format!("{PREFIX}{}", STANDARD.encode(blob));
+        assert_eq!(bob.open("alice", &v1).0, "⚠ unverified sender 🔒 old text");
     }
 
     #[test]

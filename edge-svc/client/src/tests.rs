@@ -1041,13 +1041,17 @@ fn sealed_messages_show_a_lock_and_broken_ones_say_so() {
         }
     );
     assert_eq!(e.text, "🔒 meet at noon");
-    // Both read it in the history; a plain one has no lock.
+    // Both read it in the history; a plain one has no lock (and from
+    // alice, whose key bob knows now, it is said to be plain).
     bob.on_line(NOW, &format!("HIST @alice 5-0 alice {sealed}"));
     assert_eq!(bob.entries.back().unwrap().text, "🔒 meet at noon");
     alice.on_line(NOW, &format!("HIST @bob 5-0 alice {sealed}"));
     assert_eq!(alice.entries.back().unwrap().text, "🔒 meet at noon");
     bob.on_line(NOW, "DM 6-0 alice plain words");
-    assert_eq!(bob.entries.back().unwrap().text, "plain words");
+    assert_eq!(
+        bob.entries.back().unwrap().text,
+        "⚠ not encrypted: plain words"
+    );
     // One character changed: never shown as text.
     let mut forged = sealed.to_string();
     let at = forged.len() - 5;
