@@ -544,14 +544,15 @@ impl Model {
                 self.notice(now, format!("the server points to {addr}"));
             }
             ServerLine::Info { text } => self.push(now, Kind::Reply, text, false),
-            ServerLine::Key {
-                user, fingerprint, ..
-            } => self.push(
-                now,
-                Kind::Reply,
-                format!("{user}'s key on the server: {fingerprint}"),
-                false,
-            ),
+            // The fingerprint of the key itself, not the one the server
+            // says it has.
+            ServerLine::Key { user, key, .. } => {
+                let text = match shared::identity::IdentityKey::parse(&key) {
+                    Some(k) => format!("{user}'s key on the server: {}", k.fingerprint()),
+                    None => format!("{user}'s key on the server is not a key"),
+                };
+                self.push(now, Kind::Reply, text, false)
+            }
             ServerLine::More { what, n } => {
                 let what = what.to_lowercase();
                 self.push(

@@ -1217,3 +1217,17 @@ async fn a_second_redirect_in_a_row_before_a_login_is_not_followed() {
     assert!(!matches!(end, conn::End::Redirected), "{end:?}");
     assert_eq!(edges.hint, None);
 }
+
+#[test]
+fn a_keys_fingerprint_is_worked_out_not_taken_from_the_server() {
+    let (a, b) = (::e2e::config_dir(), ::e2e::config_dir());
+    let (mut alice, _) = sealing(&a, "alice");
+    let (_, bob_key) = sealing(&b, "bob");
+    let real = shared::identity::IdentityKey::parse(&bob_key)
+        .unwrap()
+        .fingerprint();
+    let lie = "0000:0000:0000:0000:0000:0000:0000:0000";
+    alice.on_line(NOW, &format!("KEY bob {bob_key} {lie}"));
+    let text = &alice.entries.back().unwrap().text;
+    assert_eq!(*text, format!("bob's key on the server: {real}"));
+}
