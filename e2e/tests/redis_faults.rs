@@ -462,6 +462,45 @@ async fn a_black_holed_edge_replays_what_it_missed_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_quiet_since_its_member_joined_gets_what_a_black_hole_hid() {
+    // No line had been passed on to the room on edge-2 (so no id to
+    // replay from): what was said while edge-2's Pub/Sub was black-holed
+    // is replayed from when it was last heard from.
+    let _serial = SERIAL.lock().await;
+    let mut sys = System::start_with(
+        Shape {
+            edges: 1,
+            ..Default::default()
+        },
+        |c| c.edge.request_timeout_ms = 1000,
+    )
+    .await;
+    let proxy = Proxy::start(sys.redis.port).await;
+    let url = proxy.url();
+    let edge2 = sys.add_with(Role::Edge, &[("CHAT_REDIS_URL", &url)]).await;
+    sys.add_users(&["alice", "bob"]).await;
+    let mut alice = sys.login(edge2, "alice").await;
+    let mut bob = sys.login(0, "bob").await;
+    assert_eq!(alice.ask("/join quiet").await, "OK JOIN quiet");
+    assert_eq!(bob.ask("/join quiet").await, "OK JOIN quiet");
+
+    let hole = Instant::now();
+    proxy.black_hole();
+    e2e::eventually("edge-2 reconnects to Redis", || async {
+        proxy.accepted_since(hole).is_some()
+    })
+    .await;
+    bob.send("while you were away").await;
+    let said = bob.line().await;
+    assert!(said.ends_with(" bob while you were away"), "{said}");
+    proxy.restore();
+    assert_eq!(alice.line().await, said, "replayed once edge-2 is back");
+    bob.send("and now").await;
+    let live = bob.line().await;
+    assert_eq!(alice.line().await, live, "then live, nothing twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_past_replay_max_shows_a_gap_and_no_duplicate() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();

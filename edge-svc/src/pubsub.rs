@@ -41,6 +41,9 @@ pub(crate) async fn deliver(
     let limit = ctx.cfg.edge.request_timeout();
     let mut connected = Some(first);
     let mut backoff = Duration::from_millis(100);
+    // When the connection was last heard from (a message, a PONG): lines
+    // of a room with no mark yet that it missed are after that.
+    let mut heard = shared::now_ms();
 
     loop {
         if let Some((mut sink, mut stream)) = connected.take() {
@@ -59,9 +62,13 @@ pub(crate) async fn deliver(
                             tracing::warn!("Redis did not answer a Pub/Sub PING in time");
                             break;
                         }
+                        heard = shared::now_ms();
                     }
                     m = stream.next() => match m {
-                        Some(msg) => apply(hub, &backlog, &mut stream, msg),
+                        Some(msg) => {
+                            apply(hub, &backlog, &mut stream, msg);
+                            heard = shared::now_ms();
+                        }
                         None => break,
                     },
                 }
@@ -84,7 +91,7 @@ pub(crate) async fn deliver(
                 tokio::spawn(resync(ctx.clone(), stop.clone()));
                 // Room and publisher lines published meanwhile are in
                 // history: passed on before anything newer.
-                replay(&ctx).await;
+                replay(&ctx, heard).await;
                 connected = Some(c);
             }
             Err(e) => {
@@ -103,12 +110,16 @@ pub(crate) async fn deliver_sharded(mut feed: ShardFeed, ctx: Arc<Ctx>, stop: Ca
     let limit = ctx.cfg.edge.request_timeout();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When every shard was last heard from (a PONG from each; a message
+    // says nothing of the other shards): see `deliver`.
+    let mut heard = shared::now_ms();
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             _ = ping.tick() => {
                 // A silent master (no FIN, no RST) is noticed here.
                 if matches!(tokio::time::timeout(limit, feed.ping()).await, Ok(Ok(()))) {
+                    heard = shared::now_ms();
                     continue;
                 }
                 tracing::warn!("Redis did not answer a Pub/Sub PING in time; subscribing again");
@@ -122,7 +133,7 @@ pub(crate) async fn deliver_sharded(mut feed: ShardFeed, ctx: Arc<Ctx>, stop: Ca
             Some(Event::Resumed) => {
                 tracing::warn!("Pub/Sub resumed after a loss; replaying");
                 tokio::spawn(resync(ctx.clone(), stop.clone()));
-                replay(&ctx).await;
+                replay(&ctx, heard).await;
             }
             None => {
                 tracing::error!("the Pub/Sub feed ended");
@@ -167,15 +178,18 @@ fn apply(hub: &Hub, backlog: &Backlog, stream: &mut PubSubStream, mut msg: redis
 const DRAIN: usize = 256;
 
 /// After a reconnect, passes on what each room's and publisher's audience
-/// missed, read from history from the last id passed on, before any newer
-/// line (those of the new connection wait meanwhile; one that is both
-/// read and received is passed on once). Past `edge.replay_max` lines, or
-/// if history cannot be read, the audience gets `GAP` instead.
-async fn replay(ctx: &Ctx) {
+/// missed, read from history from the last id passed on (or from `heard`,
+/// when the connection was last heard from, for one that had no line
+/// since its members joined), before any newer line (those of the new
+/// connection wait meanwhile; one that is both read and received is
+/// passed on once). Past `edge.replay_max` lines, or if history cannot be
+/// read, the audience gets `GAP` instead.
+async fn replay(ctx: &Ctx, heard: u64) {
     let max = ctx.cfg.edge.replay_max;
+    let since = EntryId { ms: heard, seq: 0 };
     let sources: Vec<(Audience, EntryId, Source)> = ctx
         .hub
-        .marks()
+        .marks(since)
         .into_iter()
         .map(|(a, last)| {
             let source = Source::of(&ctx.keys, &a);

@@ -379,13 +379,19 @@ impl Hub {
     }
 
     /// Each room and publisher with an audience and the id of the last
-    /// message passed on to it (forgetting those that lost their audience).
-    pub(crate) fn marks(&self) -> Vec<(Audience, EntryId)> {
+    /// message passed on to it, or `since` (when the Pub/Sub connection
+    /// was last heard from) for one that has had none since its members
+    /// joined: what it missed is after that (forgetting those that lost
+    /// their audience).
+    pub(crate) fn marks(&self, since: EntryId) -> Vec<(Audience, EntryId)> {
         let mut st = self.lock();
         let st = &mut *st;
         st.last.retain(|a, _| st.audience.contains_key(a));
         st.cross.recent.retain(|a, _| st.audience.contains_key(a));
-        st.last.iter().map(|(a, id)| (a.clone(), *id)).collect()
+        st.audience
+            .keys()
+            .map(|a| (a.clone(), st.last.get(a).copied().unwrap_or(since)))
+            .collect()
     }
 
     /// Tells an audience that lines after `after` may be missing, and

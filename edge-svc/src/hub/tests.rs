@@ -668,7 +668,11 @@ fn a_message_passed_on_once_is_not_passed_on_again() {
     let lobby = &Audience::Room("lobby".into());
     let line = |l: &str| ServerLine::parse(l).unwrap();
     hub.dispatch(LINES, &wire("MSG lobby 5-0 bob live"));
-    assert_eq!(hub.marks(), [(lobby.clone(), EntryId { ms: 5, seq: 0 })]);
+    let since = EntryId { ms: 1, seq: 0 };
+    assert_eq!(
+        hub.marks(since),
+        [(lobby.clone(), EntryId { ms: 5, seq: 0 })]
+    );
     // Replayed after a reconnect: what came already is skipped.
     hub.pass_on(lobby, &line("MSG lobby 5-0 bob live"));
     hub.pass_on(lobby, &line("MSG lobby 4-9 bob older"));
@@ -692,7 +696,7 @@ fn a_message_passed_on_once_is_not_passed_on_again() {
     );
     // A room without an audience is forgotten.
     hub.remove(1);
-    assert!(hub.marks().is_empty());
+    assert!(hub.marks(since).is_empty());
 }
 
 #[test]
@@ -828,14 +832,18 @@ fn an_audience_forgets_its_last_message_with_its_last_member() {
     let dev = Audience::Room("dev".into());
     hub.dispatch(REPLIES, &to(1, "5", "dev"));
     hub.dispatch(LINES, &wire("MSG dev 1-0 carol before bob"));
+    let since = EntryId { ms: 7, seq: 0 };
     assert!(hub
-        .marks()
+        .marks(since)
         .contains(&(dev.clone(), EntryId { ms: 1, seq: 0 })));
     // alice leaves: nobody here is in dev, and its mark goes (a room left
     // for good holds no memory); bob joins later: after a reconnect he is
-    // not replayed dev's lines from before he joined.
+    // replayed dev's lines from when Pub/Sub was last heard from (`since`),
+    // none from before he joined.
     hub.dispatch(REPLIES, &to(1, "5", "lobby"));
     assert!(!hub.lock().last.contains_key(&dev));
     hub.dispatch(REPLIES, &to(2, "6", "dev"));
-    assert!(hub.marks().iter().all(|(a, _)| *a != dev));
+    let marks = hub.marks(since);
+    assert!(marks.contains(&(dev.clone(), since)), "{marks:?}");
+    assert!(!marks.contains(&(dev, EntryId { ms: 1, seq: 0 })));
 }
