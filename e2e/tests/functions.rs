@@ -1447,6 +1447,15 @@ async fn leases_are_kept_by_their_owner_and_the_library_reloads() {
     assert_eq!(fx.int(release(ROUTER)).await, 1);
     fx.is(lease.clone(), "").await;
     assert_eq!(fx.int(renew(ROUTER)).await, 0);
+    // Taken when free, kept from another, taken again by its holder (one
+    // that forgot it held it), its time renewed.
+    let take = |who: &str| Call::new("chat_lease_take", &[&lease]).arg(who);
+    assert_eq!(fx.int(take(ROUTER).arg(1_000)).await, 1);
+    assert_eq!(fx.int(take("router-2").arg(60_000)).await, 0);
+    fx.is(lease.clone(), ROUTER).await;
+    assert_eq!(fx.int(take(ROUTER).arg(60_000)).await, 1);
+    let ttl: i64 = fx.c.pttl(&lease).await.unwrap();
+    assert!(ttl > 1_000, "renewed: {ttl}");
 
     // After FUNCTION FLUSH (Redis lost its data): loaded again, one retry.
     let renew = Call::new("chat_lease_renew", &[fx.k.router_lease(P)]);

@@ -111,15 +111,13 @@ impl Leases {
             if self.owned.contains(&p) {
                 continue;
             }
-            let got: Option<String> = redis::cmd("SET")
-                .arg(self.keys.router_lease(p))
+            // Free, or still ours from before a maintenance that failed.
+            let got: i64 = Call::new("chat_lease_take", &[self.keys.router_lease(p)])
                 .arg(&self.id)
-                .arg("NX")
-                .arg("PX")
                 .arg(self.ttl_ms)
-                .query_async(&mut self.conn)
+                .invoke(&mut self.conn)
                 .await?;
-            if got.is_some() {
+            if got == 1 {
                 self.owned.insert(p);
                 taken.push(p);
             }

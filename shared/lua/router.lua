@@ -486,6 +486,17 @@ redis.register_function{
   end,
 }
 
+-- Takes a lease that is free or already this router's (still held from
+-- before a maintenance that failed half way, which forgot what it held),
+-- for ttl ms. KEYS 1: the lease. ARGV: router id, ttl. 1 if it is this
+-- router's now, 0 if another's.
+redis.register_function('chat_lease_take', function(keys, args)
+  local holder = redis.call('GET', keys[1])
+  if holder and holder ~= args[1] then return 0 end
+  redis.call('SET', keys[1], args[1], 'PX', args[2])
+  return 1
+end)
+
 -- Gives a lease back if this router holds it. KEYS 1: the lease. ARGV:
 -- router id.
 redis.register_function('chat_lease_release', function(keys, args)
