@@ -330,8 +330,11 @@ impl Worker {
         Ok(out)
     }
 
-    /// After a batch failed on a script error: each entry alone; a
-    /// transient failure stops here and leaves the rest for a retry.
+    /// After a batch failed on a script error: each entry alone; what
+    /// [`judge`] stops at (a transient failure, `retry`, `moved`, `fenced`)
+    /// stops here too and leaves the rest for a retry: each entry goes
+    /// alone, without the id of the user's request before it, so one
+    /// applied after an entry left for later would skip its turn.
     async fn apply_singly(&mut self, p: u32, entries: &[Entry]) -> Vec<String> {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -343,7 +346,7 @@ impl Worker {
                     "failed".into()
                 }
             };
-            let stop = status == "retry";
+            let stop = matches!(status.as_str(), "retry" | "moved" | "fenced");
             out.push(status);
             if stop {
                 break;
