@@ -25,7 +25,7 @@ pub(crate) async fn resync(ctx: Arc<Ctx>, stop: CancellationToken) {
         let Some(values) = read_back(&ctx, &sessions, &stop).await else {
             return;
         };
-        let mut changed = Vec::new();
+        let mut changed = std::collections::HashSet::new();
         for (held, pair) in sessions.iter().zip(values.chunks(2)) {
             let (sid, room): (Option<String>, Option<String>) =
                 redis::from_redis_value(pair[0].clone()).unwrap_or((None, None));
@@ -35,7 +35,7 @@ pub(crate) async fn resync(ctx: Arc<Ctx>, stop: CancellationToken) {
                 _ => None,
             };
             if !ctx.hub.resync(held, current) {
-                changed.push(held.id);
+                changed.insert(held.id);
             }
         }
         sessions = ctx.hub.sessions(Some(&changed));

@@ -362,7 +362,7 @@ impl Hub {
     }
 
     /// The logged-in connections (of `only`, if given) and their sessions.
-    pub(crate) fn sessions(&self, only: Option<&[u64]>) -> Vec<Holding> {
+    pub(crate) fn sessions(&self, only: Option<&HashSet<u64>>) -> Vec<Holding> {
         let st = self.lock();
         st.conns
             .iter()

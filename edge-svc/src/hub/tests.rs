@@ -598,7 +598,7 @@ fn resync_follows_redis_and_closes_a_lost_session() {
     let (mut b, _) = conn(&hub, 2, 16);
     let _wait = hub.expect(2, 2);
     hub.dispatch(REPLIES, &login_reply(2, 2, "bob", "6"));
-    let before = hub.sessions(Some(&[2])).pop().unwrap();
+    let before = hub.sessions(Some(&HashSet::from([2]))).pop().unwrap();
     let to_ops = Effect::Room {
         sid: "6".into(),
         room: "ops".into(),
@@ -615,7 +615,7 @@ fn resync_follows_redis_and_closes_a_lost_session() {
     );
     hub.dispatch(LINES, &wire("MSG lobby 3-0 carol in the lobby"));
     hub.dispatch(LINES, &wire("MSG ops 3-0 carol in ops"));
-    let again = hub.sessions(Some(&[2])).pop().unwrap();
+    let again = hub.sessions(Some(&HashSet::from([2]))).pop().unwrap();
     assert!(hub.resync(&again, Some(("6", "ops", &[]))));
     assert_eq!(
         lines(&mut b),
