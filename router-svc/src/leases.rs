@@ -26,6 +26,10 @@ pub(crate) struct Leases {
     partitions: u32,
     ttl_ms: u64,
     owned: BTreeSet<u32>,
+    /// What a maintenance that failed dropped: their keys may still name
+    /// this router, which then takes them back (not another process given
+    /// the same id: it takes only free leases).
+    dropped: BTreeSet<u32>,
     until: Until,
 }
 
@@ -38,6 +42,7 @@ impl Leases {
             partitions: cfg.partitions,
             ttl_ms: cfg.router.lease_ms,
             owned: BTreeSet::new(),
+            dropped: BTreeSet::new(),
             until: Arc::new(Mutex::new(Instant::now())),
         }
     }
@@ -61,7 +66,7 @@ impl Leases {
             // Unconfirmed leases may have run out: stop acting on them.
             // Pending requests stay for whoever owns the partitions next.
             tracing::warn!(error = %e, "lease maintenance failed; dropping leases");
-            self.owned.clear();
+            self.dropped.append(&mut self.owned);
             self.hold_until(Instant::now());
         }
     }
@@ -111,13 +116,27 @@ impl Leases {
             if self.owned.contains(&p) {
                 continue;
             }
-            // Free, or still ours from before a maintenance that failed.
-            let got: i64 = Call::new("chat_lease_take", &[self.keys.router_lease(p)])
-                .arg(&self.id)
-                .arg(self.ttl_ms)
-                .invoke(&mut self.conn)
-                .await?;
-            if got == 1 {
+            let lease = self.keys.router_lease(p);
+            let got = if self.dropped.contains(&p) {
+                // Still ours, unless it ran out meanwhile.
+                Call::new("chat_lease_take", &[lease])
+                    .arg(&self.id)
+                    .arg(self.ttl_ms)
+                    .invoke::<i64>(&mut self.conn)
+                    .await?
+                    == 1
+            } else {
+                redis::cmd("SET")
+                    .arg(lease)
+                    .arg(&self.id)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.ttl_ms)
+                    .query_async::<Option<String>>(&mut self.conn)
+                    .await?
+                    .is_some()
+            };
+            if got {
                 self.owned.insert(p);
                 taken.push(p);
             }
@@ -125,6 +144,7 @@ impl Leases {
         if !taken.is_empty() {
             tracing::info!(partitions = ?taken, owned = self.owned.len(), "leases taken");
         }
+        self.dropped.clear();
         Ok(())
     }
 

@@ -486,10 +486,11 @@ redis.register_function{
   end,
 }
 
--- Takes a lease that is free or already this router's (still held from
--- before a maintenance that failed half way, which forgot what it held),
--- for ttl ms. KEYS 1: the lease. ARGV: router id, ttl. 1 if it is this
--- router's now, 0 if another's.
+-- Takes back a lease a maintenance that failed half way dropped: free or
+-- still this router's, for ttl ms (a router takes others only when free,
+-- with SET NX, so a second process given the same id takes none of its).
+-- KEYS 1: the lease. ARGV: router id, ttl. 1 if it is this router's now,
+-- 0 if another's.
 redis.register_function('chat_lease_take', function(keys, args)
   local holder = redis.call('GET', keys[1])
   if holder and holder ~= args[1] then return 0 end
