@@ -286,13 +286,8 @@ impl Hub {
                 v_to,
             }) if moves(sid) => {
                 if let Some(old) = conn.room.take() {
-                    if exit(
-                        &mut st.audience,
-                        self.forgetting(&mut st.last),
-                        id,
-                        conn,
-                        &old,
-                    ) {
+                    let marks = self.forgetting(&mut st.last);
+                    if exit(&mut st.audience, marks, id, conn, &old) {
                         gone(conn, &mut st.cross, id, old, v_from.map(version));
                     }
                 }
@@ -310,13 +305,8 @@ impl Hub {
             }
             Some(Effect::Unsubscribe { sid, user, since }) if moves(sid) => {
                 let a = Audience::Pub(user.clone());
-                if exit(
-                    &mut st.audience,
-                    self.forgetting(&mut st.last),
-                    id,
-                    conn,
-                    &a,
-                ) {
+                let marks = self.forgetting(&mut st.last);
+                if exit(&mut st.audience, marks, id, conn, &a) {
                     gone(conn, &mut st.cross, id, a, after(since));
                 }
             }
