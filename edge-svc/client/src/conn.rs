@@ -48,6 +48,12 @@ pub struct Timing {
     /// shown), to know where to go next; `None`: the client neither asks
     /// nor places itself by load (nor follows `REDIRECT`).
     pub edges_every: Option<Duration>,
+    /// That `/edges` waits until no line has been sent for this long (and
+    /// no keepalive `/ping` is unanswered): the answers to the lines
+    /// before it, an `ERR` to chat text included, are in by then, so an
+    /// `ERR` while it is unanswered is its own (and the flood budget has
+    /// refilled).
+    pub edges_quiet: Duration,
 }
 
 impl Default for Timing {
@@ -56,6 +62,7 @@ impl Default for Timing {
             keepalive: Duration::from_secs(120),
             answer_within: Duration::from_secs(20),
             edges_every: Some(Duration::from_secs(30)),
+            edges_quiet: Duration::from_secs(10),
         }
     }
 }
@@ -434,6 +441,13 @@ pub async fn session(
                             edges.known = std::mem::take(&mut listed);
                             continue;
                         }
+                        // The list could not be read (Redis away): the
+                        // known one stays.
+                        (Ok(ServerLine::Err { .. }), Some(_)) if listing > 0 => {
+                            listing -= 1;
+                            listed.clear();
+                            continue;
+                        }
                         (Ok(ServerLine::Redirect { addr }), Some(edges)) => {
                             if logging_in && edges.redirected {
                                 continue; // followed one already: stay
@@ -522,6 +536,12 @@ pub async fn session(
                 continue;
             }
             _ = tokio::time::sleep_until(list_at) => {
+                // (The last line went out a keepalive before `ping_at`.)
+                let quiet_from = ping_at - timing.keepalive + timing.edges_quiet;
+                if listing > 0 || pings > 0 || Instant::now() < quiet_from {
+                    list_at = quiet_from.max(Instant::now() + timing.edges_quiet);
+                    continue;
+                }
                 if let Err(e) = wr.write_all(b"/edges\n").await {
                     return End::Broken(e.to_string());
                 }

@@ -823,6 +823,7 @@ async fn a_silent_server_is_left_after_a_keepalive_ping_goes_unanswered() {
         keepalive: std::time::Duration::from_millis(100),
         answer_within: std::time::Duration::from_millis(300),
         edges_every: None,
+        ..Default::default()
     };
     let (edge, _out, mut events, (mut lines, mut wr)) = fake_session(timing).await;
     write(&mut wr, "OK LOGIN alice lobby\n").await;
@@ -1095,12 +1096,17 @@ fn edges_are_tried_from_the_hint_and_the_least_loaded_the_lost_one_last() {
     assert_eq!(order, ["a:1", "g:1"]);
 }
 
-/// `conn::session` for alice on `edge`, keeping `Edges` (`redirected`:
-/// this connection follows a `REDIRECT`), with `/edges` every 50 ms: the channel to type into, the events, and the session's
-/// end with what it learnt.
 /// A session's task: how it ended, the edges and the resume token it left.
 type SessionTask = tokio::task::JoinHandle<(conn::End, conn::Edges, conn::Resume)>;
 
+/// How long the sessions of [`session_with_edges`] wait without a line
+/// sent before their `/edges`.
+const EDGES_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// `conn::session` for alice on `edge`, keeping `Edges` (`redirected`:
+/// this connection follows a `REDIRECT`), with `/edges` every 50 ms once
+/// [`EDGES_QUIET`]: the channel to type into, the events, and the
+/// session's end with what it learnt.
 fn session_with_edges(
     edge: &FakeEdge,
     redirected: bool,
@@ -1110,6 +1116,7 @@ fn session_with_edges(
     let (addr, trust) = (edge.addr.clone(), edge.trust.clone());
     let timing = conn::Timing {
         edges_every: Some(std::time::Duration::from_millis(50)),
+        edges_quiet: EDGES_QUIET,
         ..Default::default()
     };
     let client = tokio::spawn(async move {
@@ -1156,6 +1163,33 @@ async fn the_edge_list_is_kept_up_to_date_without_being_shown() {
     };
     assert_eq!(edges.known, [load("a:1", 3), load("b:1", 1)]);
     assert_eq!(edges.hint.as_deref(), Some("b:1"));
+}
+
+#[tokio::test]
+async fn the_edge_list_is_asked_for_when_quiet_and_an_err_to_it_is_not_the_users() {
+    let edge = FakeEdge::start().await;
+    let (out, mut events, client) = session_with_edges(&edge, false);
+    let (mut lines, mut wr) = edge.accept().await;
+    write(&mut wr, "OK LOGIN alice lobby\n").await;
+    let typed = std::time::Instant::now();
+    out.send("hi".into()).await.unwrap();
+    assert_eq!(read(&mut lines).await.as_deref(), Some("hi"));
+    // Asked only once no line has been sent for a while: an ERR to the
+    // chat line before it would be in by then.
+    assert_eq!(read(&mut lines).await.as_deref(), Some("/edges"));
+    assert!(typed.elapsed() >= EDGES_QUIET, "{:?}", typed.elapsed());
+    // Its ERR (the list could not be read) is not shown, and the /edges
+    // the user types next is answered to the user, not taken as the list.
+    write(&mut wr, "ERR unavailable try again\n").await;
+    out.send("/edges".into()).await.unwrap();
+    assert_eq!(read(&mut lines).await.as_deref(), Some("/edges"));
+    write(&mut wr, "EDGE a:1 3\nOK EDGES 1\n").await;
+    assert_eq!(event(&mut events).await, line("OK LOGIN alice lobby"));
+    assert_eq!(event(&mut events).await, line("EDGE a:1 3"));
+    assert_eq!(event(&mut events).await, line("OK EDGES 1"));
+    drop((lines, wr));
+    let (_, edges, _) = within(client).await.unwrap();
+    assert!(edges.known.is_empty(), "{:?}", edges.known);
 }
 
 #[tokio::test]
