@@ -218,7 +218,7 @@ async fn a_changed_key_is_refused_until_trusted() {
     let mut r = sys.redis.conn().await;
     let new: String = r.hget(sys.keys().user("bob"), "fingerprint").await.unwrap();
     assert!(fp.contains(&new), "{fp} / {new}");
-    alice.say("/trust bob").await;
+    alice.say(&format!("/trust bob {new}")).await;
     alice
         .until(|l| l.contains("bob's key is trusted now"))
         .await;

@@ -179,14 +179,15 @@ impl E2e {
         let cmd = words.next().unwrap_or_default().to_ascii_lowercase();
         let args: Vec<&str> = words.collect();
         match (cmd.as_str(), args.as_slice()) {
-            ("/trust", [user]) => vec![self.trust(user)],
+            ("/trust", [user]) => vec![self.trust(user, None)],
+            ("/trust", [user, fingerprint]) => vec![self.trust(user, Some(fingerprint))],
             ("/fingerprint", []) => vec![Out::Notice(format!(
                 "your key's fingerprint: {}",
                 self.public.fingerprint()
             ))],
             ("/fingerprint", [user]) => vec![self.fingerprint(user)],
             ("/trust" | "/fingerprint", _) => vec![Out::Notice(
-                "usage: /trust <user>, /fingerprint [<user>]".into(),
+                "usage: /trust <user> [<fingerprint>], /fingerprint [<user>]".into(),
             )],
             // Read as the server reads it: what it would take as a message
             // is sealed.
@@ -439,17 +440,34 @@ impl E2e {
         format!(
             "WARNING: {user}'s KEY HAS CHANGED (trusted {}, now {}): someone may be \
              impersonating them, or they use a new device. Messages to {user} are not sent \
-             until you compare fingerprints with them and type /trust {user}.",
+             until you compare fingerprints with them and type /trust {user} <fingerprint>.",
             fp(self.known.get(user)),
             fp(new.as_ref())
         )
     }
 
-    /// `/trust <user>`: accepts the key that changed.
-    fn trust(&mut self, user: &str) -> Out {
-        let Some(key) = self.changed.remove(user) else {
+    /// `/trust <user> [<fingerprint>]`: accepts the key that changed; with
+    /// a fingerprint, only if it is that key's (the one compared with the
+    /// peer, not one the server put in its place since).
+    fn trust(&mut self, user: &str, fingerprint: Option<&str>) -> Out {
+        let Some(&key) = self.changed.get(user) else {
             return Out::Notice(format!("{user}'s key has not changed: nothing to trust"));
         };
+        if let Some(given) = fingerprint {
+            let digits = |fp: &str| -> String {
+                fp.chars()
+                    .filter(|c| *c != ':')
+                    .map(|c| c.to_ascii_lowercase())
+                    .collect()
+            };
+            let new = key.map_or("none".into(), |k| k.fingerprint());
+            if digits(given) != digits(&new) {
+                return Out::Warning(format!(
+                    "{given} is not the fingerprint of {user}'s new key ({new}): not trusted"
+                ));
+            }
+        }
+        self.changed.remove(user);
         match key {
             Some(k) => self.known.insert(user.to_string(), k),
             None => self.known.remove(user),
@@ -717,7 +735,22 @@ mod tests {
         };
         let new_fp = IdentityKey::parse(&new).unwrap().fingerprint();
         assert!(fp.contains(&new_fp) && fp.contains("NOT trusted"), "{fp}");
-        alice.input("/trust bob");
+        // Not with a fingerprint other than the new key's (one compared
+        // with bob before the server swapped his key again, say).
+        let old_fp = IdentityKey::parse(&old).unwrap().fingerprint();
+        let outs = alice.input(&format!("/trust bob {old_fp}"));
+        assert!(
+            matches!(&outs[..], [Out::Warning(w)] if w.contains("not trusted")),
+            "{outs:?}"
+        );
+        assert!(sends(&msg(&mut alice, "bob", Some(&new), "still not")).is_empty());
+        // With the fingerprint compared (in any case, colons or none), yes.
+        let typed = new_fp.replace(':', "").to_ascii_uppercase();
+        let outs = alice.input(&format!("/trust bob {typed}"));
+        assert!(
+            matches!(&outs[..], [Out::Notice(n)] if n.contains("trusted now")),
+            "{outs:?}"
+        );
         let text = sealed(&msg(&mut alice, "bob", Some(&new), "fourth"));
         assert_eq!(bob.open("alice", &text).0, "🔒 fourth");
         // The trust is kept in the known-keys file.
