@@ -19,7 +19,7 @@ use crypto_box::{Nonce, PublicKey, SalsaBox, SecretKey};
 use shared::identity::IdentityKey;
 use shared::line::ServerLine;
 use shared::protocol::Command;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ const HEADER: usize = 32 + 32 + 24;
 const TAG: usize = 16;
 /// The most lines that wait behind a key lookup.
 const BACKLOG: usize = 1000;
+/// The most boxes remembered as opened (see [`Opened`]).
+const OPENED: usize = 10_000;
 
 /// What the engine asks of the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +89,33 @@ pub struct E2e {
     unanswered: usize,
     /// The longest line the server takes, terminator included.
     max_line: usize,
+    opened: Opened,
+}
+
+/// The boxes opened in this run of the client, by nonce (every box has its
+/// own, and it is sealed with it): a `DM` whose box was opened before is a
+/// second delivery, a server replaying it or delivering it again. The
+/// latest [`OPENED`], oldest forgotten first.
+#[derive(Default)]
+struct Opened {
+    nonces: HashSet<[u8; 24]>,
+    order: VecDeque<[u8; 24]>,
+}
+
+impl Opened {
+    /// Notes `nonce`; whether it was noted before.
+    fn again(&mut self, nonce: [u8; 24]) -> bool {
+        if !self.nonces.insert(nonce) {
+            return true;
+        }
+        self.order.push_back(nonce);
+        if self.order.len() > OPENED {
+            if let Some(old) = self.order.pop_front() {
+                self.nonces.remove(&old);
+            }
+        }
+        false
+    }
 }
 
 impl std::fmt::Debug for E2e {
@@ -135,6 +164,7 @@ impl E2e {
             backlog: VecDeque::new(),
             unanswered: 0,
             max_line,
+            opened: Opened::default(),
         })
     }
 
@@ -354,8 +384,9 @@ impl E2e {
     /// The text of a private message from `from` (the user, in its
     /// history) as shown, and a warning to show before it if any: a sealed
     /// text opened gets the lock, one that does not open says so and never
-    /// shows as if it were the text.
-    pub fn open(&mut self, from: &str, text: &str) -> (String, Option<Out>) {
+    /// shows as if it were the text. `delivered`: a `DM` (not a history
+    /// row), marked `⚠ delivered again` if its box was opened before.
+    pub fn open(&mut self, from: &str, text: &str, delivered: bool) -> (String, Option<Out>) {
         let Some(b64) = text.strip_prefix(PREFIX) else {
             // Plain text that looks sealed (it starts as the lock or a
             // warning does), or from a peer whose key is known (its client
@@ -404,6 +435,11 @@ impl E2e {
             }
             // Sealed by an older client, whose boxes name nobody.
             _ => format!("⚠ unverified sender {LOCK}{plain}"),
+        };
+        let nonce = blob[64..HEADER].try_into().expect("24 bytes");
+        let shown = match self.opened.again(nonce) && delivered {
+            true => format!("⚠ delivered again {shown}"),
+            false => shown,
         };
         if own {
             return (shown, None);
@@ -641,19 +677,34 @@ mod tests {
             sealed: true
         }));
         // bob reads it, and trusts alice's key from then on.
-        let (shown, notice) = bob.open("alice", &text);
+        let (shown, notice) = bob.open("alice", &text, true);
         assert_eq!(shown, "🔒 meet at noon");
         assert!(matches!(notice, Some(Out::Notice(_))));
-        assert_eq!(bob.open("alice", &text), ("🔒 meet at noon".into(), None));
+        // Again in the history: shown as it is.
+        assert_eq!(
+            bob.open("alice", &text, false),
+            ("🔒 meet at noon".into(), None)
+        );
+        // The same box delivered again as a DM (a server replaying it) is
+        // marked; the same text sealed again is a new box, and is not.
+        assert_eq!(
+            bob.open("alice", &text, true).0,
+            "⚠ delivered again 🔒 meet at noon"
+        );
+        let resent = sealed(&msg(&mut alice, "bob", Some(&bob_key), "meet at noon"));
+        assert_eq!(bob.open("alice", &resent, true).0, "🔒 meet at noon");
         // alice reads her own in the history.
-        assert_eq!(alice.open("alice", &text).0, "🔒 meet at noon");
+        assert_eq!(alice.open("alice", &text, false).0, "🔒 meet at noon");
         // The key is looked up for every message.
         let again = msg(&mut alice, "bob", Some(&bob_key), "again");
         assert!(sends(&again)[0].starts_with("/msg bob e2e:"));
         // Plain text passes as it is, but from a peer whose key is known
         // (its client would have sealed it) it is said to be plain.
-        assert_eq!(bob.open("dave", "hello"), ("hello".into(), None));
-        assert_eq!(bob.open("alice", "hello").0, "⚠ not encrypted: hello");
+        assert_eq!(bob.open("dave", "hello", false), ("hello".into(), None));
+        assert_eq!(
+            bob.open("alice", "hello", false).0,
+            "⚠ not encrypted: hello"
+        );
     }
 
     #[test]
@@ -670,14 +721,14 @@ mod tests {
         blob[..32].copy_from_slice(&recipient);
         blob[32..64].copy_from_slice(&sender);
         let reflected = format!("{PREFIX}{}", STANDARD.encode(&blob));
-        let (shown, _) = alice.open("bob", &reflected);
+        let (shown, _) = alice.open("bob", &reflected, false);
         assert!(shown.starts_with("⚠ undecryptable"), "{shown}");
-        let (shown, _) = bob.open("carol", &text);
+        let (shown, _) = bob.open("carol", &text, false);
         assert!(shown.starts_with("⚠ undecryptable"), "{shown}");
         assert!(!bob.known.contains_key("carol"), "no key pinned for carol");
-        assert_eq!(bob.open("alice", &text).0, "🔒 pay 10 euros");
+        assert_eq!(bob.open("alice", &text, false).0, "🔒 pay 10 euros");
         // Plain text made to look sealed.
-        let (shown, _) = bob.open("dave", "🔒 wire 500 euros to X");
+        let (shown, _) = bob.open("dave", "🔒 wire 500 euros to X", false);
         assert_eq!(shown, "⚠ not encrypted: 🔒 wire 500 euros to X");
         // A box of an older client (no names inside): opened, flagged.
         let nonce = SalsaBox::generate_nonce(&mut OsRng);
@@ -686,7 +737,10 @@ mod tests {
             .unwrap();
         let blob = [&alice.public.0[..], &bob.public.0, nonce.as_slice(), &old].concat();
         let v1 = format!("{PREFIX}{}", STANDARD.encode(blob));
-        assert_eq!(bob.open("alice", &v1).0, "⚠ unverified sender 🔒 old text");
+        assert_eq!(
+            bob.open("alice", &v1, false).0,
+            "⚠ unverified sender 🔒 old text"
+        );
     }
 
     #[test]
@@ -699,19 +753,44 @@ mod tests {
         for at in [0, 40, 70, HEADER + 1, blob.len() - 1] {
             blob[at] ^= 1;
             let forged = format!("{PREFIX}{}", STANDARD.encode(&blob));
-            let (shown, _) = bob.open("alice", &forged);
+            let (shown, _) = bob.open("alice", &forged, false);
             assert!(shown.starts_with("⚠ undecryptable"), "{at}: {shown}");
             assert!(!shown.contains("euros"));
             blob[at] ^= 1;
         }
-        assert!(bob.open("alice", "e2e:!!").0.starts_with("⚠ undecryptable"));
         assert!(bob
-            .open("alice", "e2e:AAAA")
+            .open("alice", "e2e:!!", false)
+            .0
+            .starts_with("⚠ undecryptable"));
+        assert!(bob
+            .open("alice", "e2e:AAAA", false)
             .0
             .starts_with("⚠ undecryptable"));
         // Another user cannot open it.
         let (mut carol, _) = engine(&c, "carol");
-        assert!(carol.open("alice", &text).0.starts_with("⚠ undecryptable"));
+        assert!(carol
+            .open("alice", &text, false)
+            .0
+            .starts_with("⚠ undecryptable"));
+    }
+
+    #[test]
+    fn opened_boxes_are_remembered_up_to_a_bound() {
+        let nonce = |i: usize| {
+            let mut n = [0u8; 24];
+            n[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            n
+        };
+        let mut opened = Opened::default();
+        assert!(!opened.again(nonce(0)));
+        assert!(opened.again(nonce(0)));
+        for i in 1..=OPENED {
+            assert!(!opened.again(nonce(i)));
+        }
+        // The oldest is forgotten first; the latest are kept.
+        assert_eq!(opened.nonces.len(), OPENED);
+        assert!(!opened.again(nonce(0)));
+        assert!(opened.again(nonce(OPENED)));
     }
 
     #[test]
@@ -752,7 +831,7 @@ mod tests {
             "{outs:?}"
         );
         let text = sealed(&msg(&mut alice, "bob", Some(&new), "fourth"));
-        assert_eq!(bob.open("alice", &text).0, "🔒 fourth");
+        assert_eq!(bob.open("alice", &text, false).0, "🔒 fourth");
         // The trust is kept in the known-keys file.
         let reloaded = E2e::load(&a, "alice", 4096).unwrap();
         assert_eq!(reloaded.known["bob"].to_base64(), new);
@@ -763,14 +842,17 @@ mod tests {
             &to_self[..],
             [Out::Send(_), Out::Sent { sealed: true, .. }]
         ));
-        assert_eq!(alice.open("alice", &sealed(&to_self)).0, "🔒 note to self");
+        assert_eq!(
+            alice.open("alice", &sealed(&to_self), false).0,
+            "🔒 note to self"
+        );
         let elsewhere = msg(&mut alice, "alice", Some(&old), "mixed up");
         assert!(matches!(&elsewhere[..], [Out::Warning(w)] if w.contains("another device")));
         // A message sealed by a new key of alice's is flagged, not trusted.
         std::fs::remove_dir_all(&a).unwrap();
         let (mut alice2, _) = engine(&a, "alice");
         let text = sealed(&msg(&mut alice2, "bob", Some(&new), "from a new device"));
-        let (shown, warning) = bob.open("alice", &text);
+        let (shown, warning) = bob.open("alice", &text, false);
         assert!(shown.starts_with("⚠ unverified key 🔒"), "{shown}");
         assert!(matches!(warning, Some(Out::Warning(w)) if w.contains("CHANGED")));
     }

@@ -356,12 +356,12 @@ impl Model {
     }
 
     /// The text of a private message from `from` as shown (opened, if it
-    /// is sealed).
-    fn open(&mut self, now: i64, from: &str, text: String) -> String {
+    /// is sealed; `delivered`: a `DM`, see `E2e::open`).
+    fn open(&mut self, now: i64, from: &str, text: String, delivered: bool) -> String {
         let Some(e2e) = self.e2e.as_mut() else {
             return text;
         };
-        let (shown, warning) = e2e.open(from, &text);
+        let (shown, warning) = e2e.open(from, &text, delivered);
         self.apply(now, warning.into_iter().collect());
         shown
     }
@@ -471,7 +471,7 @@ impl Model {
                 self.message(&format!("pub:{from}"), &id, Kind::Pub { from }, text)
             }
             ServerLine::Dm { id, from, text } => {
-                let text = self.open(now, &from, text);
+                let text = self.open(now, &from, text, true);
                 self.message(&format!("@{from}"), &id, Kind::DmIn { from }, text)
             }
             ServerLine::Hist {
@@ -504,7 +504,7 @@ impl Model {
                 } else {
                     self.users.insert(from.clone());
                     let text = match conv.starts_with('@') {
-                        true => self.open(now, &from, text),
+                        true => self.open(now, &from, text, false),
                         false => text,
                     };
                     let own = from == self.user;

@@ -162,12 +162,12 @@ fn server_line(e2e: Option<&mut E2e>, line: String) -> (Option<String>, Vec<Out>
             return (Some(line), outs);
         }
         ServerLine::Dm { id, from, text } => {
-            let (text, warning) = e2e.open(&from, &text);
+            let (text, warning) = e2e.open(&from, &text, true);
             outs.extend(warning);
             ServerLine::Dm { id, from, text }
         }
         ServerLine::Hist { of, id, from, text } if of.starts_with('@') => {
-            let (text, warning) = e2e.open(&from, &text);
+            let (text, warning) = e2e.open(&from, &text, false);
             outs.extend(warning);
             ServerLine::Hist { of, id, from, text }
         }
