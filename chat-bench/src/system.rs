@@ -30,9 +30,12 @@ pub const BENCH_SETTINGS: &[(&str, &str)] = &[
 ];
 
 /// The abuse soak's settings: the defaults, less the admin ports, with
-/// registration open (for the REGISTER flood).
+/// registration open (for the REGISTER flood), and each edge on one
+/// thread, as `make up` and compose run several edges on one machine
+/// (docs/operations.md, `edge.threads`).
 pub const ABUSE_SETTINGS: &[(&str, &str)] = &[
     ("CHAT_AUTH__REGISTRATION", "true"),
+    ("CHAT_EDGE__THREADS", "1"),
     ("CHAT_EDGE__ADMIN_LISTEN", ""),
     ("CHAT_AUTH__ADMIN_LISTEN", ""),
     ("CHAT_ROUTER__ADMIN_LISTEN", ""),
