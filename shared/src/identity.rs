@@ -29,6 +29,19 @@ impl IdentityKey {
             .collect::<Vec<_>>()
             .join(":")
     }
+
+    /// Whether `typed` is this key's [`fingerprint`](Self::fingerprint),
+    /// with or without its colons, in either case (as a user types what a
+    /// peer read out).
+    pub fn has_fingerprint(&self, typed: &str) -> bool {
+        let digits = |s: &str| -> String {
+            s.chars()
+                .filter(|c| *c != ':')
+                .map(|c| c.to_ascii_lowercase())
+                .collect()
+        };
+        digits(typed) == digits(&self.fingerprint())
+    }
 }
 
 #[cfg(test)]
@@ -58,5 +71,15 @@ mod tests {
             IdentityKey([0; 32]).fingerprint(),
             "6668:7aad:f862:bd77:6c8f:c18b:8e9f:8e20"
         );
+        let k = IdentityKey([0; 32]);
+        for typed in [
+            "6668:7aad:f862:bd77:6c8f:c18b:8e9f:8e20",
+            "66687AADF862BD776C8FC18B8E9F8E20",
+        ] {
+            assert!(k.has_fingerprint(typed), "{typed}");
+        }
+        for typed in ["", "6668:7aad", "7668:7aad:f862:bd77:6c8f:c18b:8e9f:8e20"] {
+            assert!(!k.has_fingerprint(typed), "{typed}");
+        }
     }
 }

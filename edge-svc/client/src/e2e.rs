@@ -490,14 +490,8 @@ impl E2e {
             return Out::Notice(format!("{user}'s key has not changed: nothing to trust"));
         };
         if let Some(given) = fingerprint {
-            let digits = |fp: &str| -> String {
-                fp.chars()
-                    .filter(|c| *c != ':')
-                    .map(|c| c.to_ascii_lowercase())
-                    .collect()
-            };
-            let new = key.map_or("none".into(), |k| k.fingerprint());
-            if digits(given) != digits(&new) {
+            if !key.is_some_and(|k| k.has_fingerprint(given)) {
+                let new = key.map_or("none".into(), |k| k.fingerprint());
                 return Out::Warning(format!(
                     "{given} is not the fingerprint of {user}'s new key ({new}): not trusted"
                 ));
